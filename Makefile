@@ -1,0 +1,39 @@
+# Set-up and the project's jobs. `make demo` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch first and pinned: an unpinned `torch` requirement not yet satisfied pulls a CUDA build.
+TORCH ?= torch==2.13.0
+EXTRAS ?= dev,runtimes,executorch
+
+.PHONY: install demo test lint typecheck pytest bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m nas demo
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: install
+	$(PY) -m mypy
+
+pytest: install
+	$(PY) -m pytest
+
+test: lint typecheck pytest
+
+bench: install
+	$(PY) benchmarks/layer_specs.py --out runs/bench/layer_specs
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
