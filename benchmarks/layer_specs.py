@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import search_spaces  # noqa: E402
-from nas.layers import trace_layer_specs  # noqa: E402
+import search_spaces
+from nas.layers import trace_layer_specs
 
 
 def _commit() -> str:

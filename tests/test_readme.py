@@ -23,7 +23,7 @@ def test_readme_space_example_runs() -> None:
     example = next(b for b in blocks if "class TwoStageNet" in b)
     assert len(example.strip().splitlines()) <= 30
     namespace: dict[str, object] = {}
-    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(example, "README.md", "exec"), namespace)
     space = namespace["space"]
     arch = namespace["arch"]
     assert space.cost(arch).macs > 0  # type: ignore[attr-defined]
