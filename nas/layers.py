@@ -244,6 +244,29 @@ def _leaf_spec(name: str, args: tuple[Any, ...], out: torch.Tensor) -> tuple[Lay
     return LayerSpec(name, _shape(x), _shape(out)), "other"
 
 
+def _shape_only(name: str, args: tuple[Any, ...]) -> Any:
+    """Outputs of common ops made directly, skipping PyTorch's meta kernels (its batch norm
+    decomposes in Python and dominated tracing time). None: run the real meta kernel."""
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or x.device.type != "meta":
+        return None
+    if name in ("_native_batch_norm_legit_no_training", "native_batch_norm"):
+        return torch.empty_like(x), x.new_empty(0), x.new_empty(0)
+    if name in _ACTIVATIONS and len(args) == 1 or name in ("relu_", "hardswish_", "hardsigmoid_"):
+        return x if name.endswith("_") else torch.empty_like(x)
+    if name in ("add", "mul") and len(args) == 2:
+        other = args[1]
+        shape = (
+            torch.broadcast_shapes(x.shape, other.shape)
+            if isinstance(other, torch.Tensor)
+            else x.shape
+        )
+        if isinstance(other, torch.Tensor) and other.dtype != x.dtype:
+            return None
+        return x.new_empty(shape)
+    return None
+
+
 class _Recorder(TorchDispatchMode):
     """Records every computing aten op with the dataflow tensors it reads and writes."""
 
@@ -273,8 +296,10 @@ class _Recorder(TorchDispatchMode):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
+        out = _shape_only(name, args)
+        if out is None:
+            out = func(*args, **(kwargs or {}))
         outputs = list(out) if isinstance(out, (list, tuple)) else [out]
         first = outputs[0] if outputs and isinstance(outputs[0], torch.Tensor) else None
         if first is None or name in _IGNORED:
