@@ -252,7 +252,7 @@ def _shape_only(name: str, args: tuple[Any, ...]) -> Any:
         return None
     if name in ("_native_batch_norm_legit_no_training", "native_batch_norm"):
         return torch.empty_like(x), x.new_empty(0), x.new_empty(0)
-    if name in _ACTIVATIONS and len(args) == 1 or name in ("relu_", "hardswish_", "hardsigmoid_"):
+    if (name in _ACTIVATIONS and len(args) == 1) or name in ("relu_", "hardswish_", "hardsigmoid_"):
         return x if name.endswith("_") else torch.empty_like(x)
     if name in ("add", "mul") and len(args) == 2:
         other = args[1]
