@@ -36,6 +36,7 @@ __all__ = [
     "CIFAR_LAYOUTS",
     "DATASET_NAMES",
     "IMAGE_EXTENSIONS",
+    "SPLITS",
     "ImageDataset",
     "UnsafePickleError",
     "default_cache_dir",
@@ -77,7 +78,10 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+Loader = DataLoader[tuple[torch.Tensor, ...]]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: compared by identity; the splits are big tensors
 class ImageDataset:
     """Three splits of normalised images, ready for training.
 
@@ -112,7 +116,7 @@ class ImageDataset:
         seed: int = 0,
         num_workers: int = 0,
         eval_batch_size: int | None = None,
-    ) -> tuple[DataLoader[tuple[torch.Tensor, ...]], ...]:
+    ) -> tuple[Loader, Loader, Loader]:
         """Train (shuffled by a generator seeded with ``seed``), validation and test loaders."""
         for label, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -363,10 +367,11 @@ def _generate_digits(
         rng = np.random.default_rng(stream)
         # Every copy of every source of this split; clutter is drawn from this split only.
         local = np.tile(np.arange(len(idx)), n_copies)
+        pool = sources[idx]
         images = np.empty((len(local), 3, resolution, resolution), dtype=np.uint8)
         for start in range(0, len(local), _CHUNK):
             chunk = local[start : start + _CHUNK]
-            images[start : start + len(chunk)] = _augment(sources[idx], chunk, rng)
+            images[start : start + len(chunk)] = _augment(pool, chunk, rng)
         if channels == 1:
             gray = np.tensordot(_LUMA, images.astype(np.float64), axes=([0], [1]))  # N,R,R
             images = np.rint(gray)[:, None].astype(np.uint8)
@@ -443,7 +448,7 @@ def _augment(sources: np.ndarray, which: np.ndarray, rng: np.random.Generator) -
     )
     field = rng.uniform(-1.0, 1.0, (2, n, size, size)).astype(f32)
     field = ndimage.gaussian_filter(field, sigma=(0, 0, 4.0 * px, 4.0 * px), truncate=3.0)
-    coords += field * (34.0 * px)
+    coords += field * (30.0 * px)
     digit = _sample(sources, which, coords)  # n,R,R
 
     # Clutter from this split only: a fragment of another digit cut by a random half-plane,
@@ -460,7 +465,7 @@ def _augment(sources: np.ndarray, which: np.ndarray, rng: np.random.Generator) -
         cols - point[:, 1, None, None]
     ) * np.sin(angle)[:, None, None]  # n,R,R signed distance to the cut
     fragment *= np.clip(side / f32(1.5 * px) + f32(0.5), 0.0, 1.0)
-    fragment *= (rng.uniform(0.5, 1.0, n) * (rng.uniform(size=n) < 0.8)).astype(f32)[:, None, None]
+    fragment *= (rng.uniform(0.5, 1.0, n) * (rng.uniform(size=n) < 0.6)).astype(f32)[:, None, None]
 
     # Strokes: up to two soft line segments; the first is drawn over the digit half the time.
     strokes = np.zeros((2, n, size, size), dtype=f32)
@@ -468,7 +473,7 @@ def _augment(sources: np.ndarray, which: np.ndarray, rng: np.random.Generator) -
         p0 = (rng.uniform(-0.1, 1.1, (n, 2)) * size).astype(f32)
         seg = (rng.normal(0.0, 0.35, (n, 2)) * size).astype(f32)
         width = (rng.uniform(0.6, 1.4, n) * px).astype(f32)
-        on = (rng.uniform(0.5, 1.0, n) * (rng.uniform(size=n) < 0.6)).astype(f32)
+        on = (rng.uniform(0.5, 1.0, n) * (rng.uniform(size=n) < 0.5)).astype(f32)
         dr, dc = rows - p0[:, 0, None, None], cols - p0[:, 1, None, None]  # n,R,R each
         length2 = np.maximum((seg**2).sum(1), 1e-6)[:, None, None]
         tpos = np.clip((dr * seg[:, 0, None, None] + dc * seg[:, 1, None, None]) / length2, 0, 1)
@@ -503,7 +508,7 @@ def _augment(sources: np.ndarray, which: np.ndarray, rng: np.random.Generator) -
     img = over(img, np.maximum(strokes[1], strokes[0] * ~stroke_over[:, None, None]), stroke_col)
     img = over(img, digit, digit_col)
     img = over(img, strokes[0] * stroke_over[:, None, None], stroke_col)
-    sigma = rng.uniform(0.02, 0.12, n).astype(f32)
+    sigma = rng.uniform(0.02, 0.1, n).astype(f32)
     img += rng.standard_normal(img.shape, dtype=f32) * sigma[:, None, None, None]
     return np.rint(np.clip(img, 0.0, 1.0) * f32(255.0)).astype(np.uint8)
 
