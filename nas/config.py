@@ -1,0 +1,219 @@
+"""Run configuration: one YAML or TOML file (or the CLI's flags) that says what a run does.
+
+The file maps onto nested dataclasses; loading validates every key and type and reports all
+problems at once, with close matches for misspelt keys. The resolved config is saved into the
+run folder with the package version and the git commit, so a run can be reproduced and resumed
+from its folder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import subprocess
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    tomllib = None
+
+
+class ConfigError(ValueError):
+    """A config that does not fit the schema; the message lists every problem."""
+
+
+@dataclass
+class SpaceConfig:
+    name: str = "tiny"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    #: "digits" (the embedded default) or a path to an image folder / CIFAR layout
+    name: str = "digits"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SupernetConfig:
+    schedule: str = "sandwich"
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 0.05
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AccuracyConfig:
+    #: archs evaluated with inherited weights to fit the accuracy predictor
+    train_archs: int = 60
+    predictor: str = "gp"
+    bn_batches: int = 4
+
+
+@dataclass
+class DeviceConfig:
+    name: str = "ort-cpu-1t"
+    dtype: str = "fp32"
+    #: archs sampled to collect the unique layers of the LUT
+    lut_archs: int = 50
+    #: archs measured end to end to fit the LUT's correction and report its error
+    calibration_archs: int = 0
+
+
+@dataclass
+class SearchConfig:
+    sampler: str = "hw-aware"
+    trials: int = 200
+    #: Optuna storage URL; empty for SQLite in the run folder
+    storage: str = ""
+    #: e.g. {"latency_ms@pixel3-emulated": 15.0, "peak_activation_bytes": 262144}
+    budgets: dict[str, float] = field(default_factory=dict)
+    objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency"])
+
+
+@dataclass
+class CompressConfig:
+    top_k: int = 2
+    steps: list[str] = field(default_factory=lambda: ["distill", "prune", "qat", "export"])
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    devices: list[DeviceConfig] = field(default_factory=lambda: [DeviceConfig()])
+    search: SearchConfig = field(default_factory=SearchConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    """`value` as type `tp`, or record a problem (and return the value unchanged)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            return tp()
+        return _build(tp, value, where, problems)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+            return value
+        return [_convert(v, args[0], f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+            return value
+        return {str(k): _convert(v, args[1], f"{where}.{k}", problems) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            trial: list[str] = []
+            out = _convert(value, option, where, trial)
+            if not trial:
+                return out
+        problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
+        problems.append(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type[T], data: dict[str, Any], where: str, problems: list[str]) -> T:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(
+                f"{where}.{key}: unknown key{hint}; valid keys: {', '.join(names)}".lstrip(".")
+            )
+            continue
+        kwargs[key] = _convert(value, hints[key], f"{where}.{key}".lstrip("."), problems)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"a run config is a mapping at the top level, got {type(data).__name__}")
+    problems: list[str] = []
+    config = _build(RunConfig, data, "", problems)
+    if problems:
+        raise ConfigError("invalid run config:\n  " + "\n  ".join(problems))
+    return config
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) run config, validated."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            if tomllib is None:  # pragma: no cover
+                raise ConfigError("TOML configs need Python 3.11+; use YAML")
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml", ".json"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config must be .yaml, .yml, .json or .toml, got {p.name!r}")
+    except (yaml.YAMLError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"could not parse {p}: {err}") from err
+    return config_from_dict(data)
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    try:
+        return subprocess.check_output(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, text=True, stderr=subprocess.DEVNULL
+        ).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def save_config(config: RunConfig, run_dir: str | Path) -> Path:
+    """Write the resolved config with the package version and commit into the run folder."""
+    from nas import __version__
+
+    out = Path(run_dir) / "config.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"package_version": __version__, "git_commit": git_commit(Path(__file__).parent)}
+    out.write_text(
+        "# resolved run config; "
+        + json.dumps(meta)
+        + "\n"
+        + yaml.safe_dump(config.to_dict(), sort_keys=False)
+    )
+    return out

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nas.config import ConfigError, RunConfig, config_from_dict, load_config, save_config
+
+
+def test_defaults_and_round_trip(tmp_path: Path) -> None:
+    config = config_from_dict(
+        {
+            "name": "x",
+            "supernet": {"epochs": 2, "lr": 1},
+            "devices": [{"name": "pixel3-emulated", "dtype": "int8"}],
+            "search": {"budgets": {"latency_ms@pixel3-emulated": 15}},
+        }
+    )
+    assert config.supernet.epochs == 2 and config.supernet.lr == 1.0
+    assert config.devices[0].dtype == "int8" and config.search.trials == 200
+    path = save_config(config, tmp_path)
+    text = path.read_text()
+    assert "git_commit" in text and "package_version" in text
+    assert load_config(path) == config
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(
+            {
+                "nmae": "x",
+                "supernet": {"epochs": "six", "shedule": "spos"},
+                "devices": [{"name": 3}],
+                "search": {"trials": True},
+            }
+        )
+    msg = str(err.value)
+    assert "nmae: unknown key (did you mean 'name'?)" in msg
+    assert "supernet.epochs: expected int, got str 'six'" in msg
+    assert "supernet.shedule: unknown key (did you mean 'schedule'?)" in msg
+    assert "devices[0].name: expected str" in msg
+    assert "search.trials: expected int, got bool" in msg
+
+
+def test_files_yaml_and_toml(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("name: a\nseed: 3\nspace: {name: nb201}\n")
+    (tmp_path / "b.toml").write_text('name = "b"\n[search]\ntrials = 5\n')
+    assert load_config(tmp_path / "a.yaml").space.name == "nb201"
+    assert load_config(tmp_path / "b.toml").search.trials == 5
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "c.txt").write_text("x")
+    with pytest.raises(ConfigError, match=r"\.yaml"):
+        load_config(tmp_path / "c.txt")
+    (tmp_path / "d.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="could not parse"):
+        load_config(tmp_path / "d.yaml")
+    assert isinstance(config_from_dict({}), RunConfig)
