@@ -29,6 +29,10 @@ DTYPES: tuple[str, ...] = ("fp32", "int8")
 CALIBRATION_BATCHES = 8
 """Batches of seeded standard-normal data used for int8 calibration when none is given."""
 
+LUT_CALIBRATION_BATCHES = 2
+"""Calibration batches for layers timed in a LUT build: scales do not change a kernel's speed,
+and XNNPACK's histogram observers make calibration a large share of a batched build."""
+
 LayerItem = tuple[nn.Module, tuple[int, ...]]
 """One entry of ``measure_many``: a module and the input shape to time it at."""
 
@@ -75,15 +79,18 @@ def example_input(input_shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 
 def calibration_batches(
-    calibration: torch.Tensor | None, input_shape: tuple[int, ...], seed: int
+    calibration: torch.Tensor | None,
+    input_shape: tuple[int, ...],
+    seed: int,
+    n_random: int = CALIBRATION_BATCHES,
 ) -> list[torch.Tensor]:
     """Split ``calibration`` (k * batch samples) into k batches of ``input_shape``.
 
-    ``None`` gives :data:`CALIBRATION_BATCHES` batches of seeded standard-normal data.
+    ``None`` gives ``n_random`` batches of seeded standard-normal data.
     """
     if calibration is None:
         gen = torch.Generator().manual_seed(seed + 1)
-        return [torch.randn(input_shape, generator=gen) for _ in range(CALIBRATION_BATCHES)]
+        return [torch.randn(input_shape, generator=gen) for _ in range(n_random)]
     batch = input_shape[0]
     ok = (
         isinstance(calibration, torch.Tensor)
@@ -104,9 +111,11 @@ def calibration_batches(
     return list(data.split(batch))
 
 
-def calibration_digest(calibration: torch.Tensor | None, seed: int) -> str:
+def calibration_digest(
+    calibration: torch.Tensor | None, seed: int, n_random: int = CALIBRATION_BATCHES
+) -> str:
     if calibration is None:
-        return f"randn-seed{seed + 1}-n{CALIBRATION_BATCHES}"
+        return f"randn-seed{seed + 1}-n{n_random}"
     data = calibration.detach().to(torch.float32).cpu().contiguous()
     return hashlib.sha256(data.numpy().tobytes()).hexdigest() + str(tuple(data.shape))
 

@@ -48,6 +48,7 @@ from torch import nn
 from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol, measure_rounds
 from latency_models.runtimes.base import (
     DTYPES,
+    LUT_CALIBRATION_BATCHES,
     Branches,
     LayerItem,
     Prepared,
@@ -263,13 +264,14 @@ def _branch_partitioner() -> Any:
                 tag = node.meta.get("delegation_tag")
                 if tag is None:
                     continue
-                owners = branch[node] or set().union(*(branch[u] for u in node.users))
-                if len(owners) != 1:
-                    # Shared by several branches (or none): leave it to the runtime; those
-                    # branches will not map to one delegate and get timed alone.
+                owners = branch[node]
+                if not owners:
+                    # Not reachable from any input nor used by any layer: leave it out.
                     del node.meta["delegation_tag"]
                     continue
-                new_tag = f"{tag}_layer{next(iter(owners))}"
+                # A constant shared by several layers goes with the first; the partitioning
+                # infrastructure copies constant data into every partition that uses it.
+                new_tag = f"{tag}_layer{min(owners)}"
                 node.meta["delegation_tag"] = new_tag
                 tags[new_tag] = self.delegation_spec
             return PartitionResult(
@@ -280,14 +282,22 @@ def _branch_partitioner() -> Any:
 
 
 def _branch_of_nodes(ep: Any) -> dict[Any, set[int]]:
-    """For every node, the indices of the user inputs it depends on."""
+    """For every node, the layers (user-input indices) it belongs to.
+
+    A node belongs to the layers whose input it depends on; a node that depends on no input
+    (a weight, its scale, a dequantize of a weight) belongs to the layers that use it.
+    """
     user_inputs = list(ep.graph_signature.user_inputs)
+    nodes = list(ep.graph_module.graph.nodes)
     owner: dict[Any, set[int]] = {}
-    for node in ep.graph_module.graph.nodes:
+    for node in nodes:
         if node.op == "placeholder":
             owner[node] = {user_inputs.index(node.name)} if node.name in user_inputs else set()
         else:
             owner[node] = set().union(*(owner[a] for a in node.all_input_nodes))
+    for node in reversed(nodes):  # users come later in topological order
+        if not owner[node]:
+            owner[node] = set().union(*(owner[u] for u in node.users))
     return owner
 
 
@@ -486,7 +496,8 @@ class XnnpackDevice(RuntimeDevice):
         t0 = time.perf_counter()
         ep = export_program(model, xs)
         export_s = time.perf_counter() - t0
-        key = self._key(ep, shapes, dtype, calibration_digest(None, self.seed), "batch")
+        calib = calibration_digest(None, self.seed, LUT_CALIBRATION_BATCHES)
+        key = self._key(ep, shapes, dtype, calib, "batch")
         pte = self.cache.load(self.runtime, key, ".pte")
         meta = self.cache.load_meta(self.runtime, key, ".pte")
         build_s: dict[str, float] = {}
@@ -494,7 +505,10 @@ class XnnpackDevice(RuntimeDevice):
             build_s["export_s"] = export_s
             if dtype == "int8":
                 t1 = time.perf_counter()
-                per_layer = [calibration_batches(None, shape, self.seed) for shape in shapes]
+                per_layer = [
+                    calibration_batches(None, shape, self.seed, LUT_CALIBRATION_BATCHES)
+                    for shape in shapes
+                ]
                 batches = list(zip(*per_layer, strict=True))
                 ep = _quantize(ep, xs, batches)
                 build_s["quantize_s"] = time.perf_counter() - t1
@@ -579,12 +593,26 @@ class XnnpackDevice(RuntimeDevice):
         out: list[Measurement] = []
         for start in range(0, len(checked), self.batch_layers):
             chunk = checked[start : start + self.batch_layers]
-            results = self.measure_batch(self.prepare_batch(chunk, dtype), protocol)
+            results: list[Measurement | None]
+            try:
+                batch = self.prepare_batch(chunk, dtype)
+            except Exception as err:  # lowering fails with many exception types
+                log.warning(
+                    "%s: lowering layers %d..%d as one program failed (%s: %s); timing each alone",
+                    self.name,
+                    start,
+                    start + len(chunk) - 1,
+                    type(err).__name__,
+                    err,
+                )
+                results = [None] * len(chunk)
+            else:
+                results = self.measure_batch(batch, protocol)
             for i, m in enumerate(results):
                 if m is None:
-                    log.warning(
-                        "%s: layer %d (%s) did not lower to one XNNPACK delegate in the batched "
-                        "program; timing it alone",
+                    log.info(
+                        "%s: layer %d (%s) is not one XNNPACK delegate in the batched program; "
+                        "timing it alone",
                         self.name,
                         start + i,
                         type(chunk[i][0]).__name__,
