@@ -87,7 +87,9 @@ def test_using_restores_the_previous_arch(space_and_net: tuple[SearchSpace, Supe
     assert net.arch == before  # a rejected arch changes nothing
 
 
-def test_extremes_are_valid_and_ordered_by_macs(space_and_net: tuple[SearchSpace, Supernet]) -> None:
+def test_extremes_are_valid_and_ordered_by_macs(
+    space_and_net: tuple[SearchSpace, Supernet],
+) -> None:
     space, net = space_and_net
     big, small = space.validate(net.largest_arch()), space.validate(net.smallest_arch())
     macs = [space.cost(space.sample(s)).macs for s in range(5)]
