@@ -268,3 +268,15 @@ def test_training_resumes_after_a_kill(tmp_path: Path) -> None:
         resumed.supernet.state_dict().items(), fresh.supernet.state_dict().values(), strict=True
     ):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+
+
+def test_elastic_resolution_feeds_each_subnet_its_own_input_size(tmp_path: Path) -> None:
+    space = MobileNetV3Space(resolutions=(32, 40), num_classes=10)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = space.supernet()
+    seen: set[int] = set()
+    net.first_conv.register_forward_pre_hook(lambda m, args: seen.add(args[0].shape[-1]))
+    config = {"epochs": 1, "batch_size": 4, "options": {"n_random": 2}, "seed": 2}
+    run = train_supernet(space, _data(8), tmp_path, config, supernet=net, progress=False)
+    assert run.completed and seen == {32, 40}  # the largest at 40, the smallest at 32
