@@ -51,8 +51,8 @@ logger = logging.getLogger("supernet_ranking")
 FULL = {
     "archs": 12,
     "seeds": 2,
-    "standalone_epochs": 5,
-    "supernet_epochs": 12,
+    "standalone_epochs": 4,
+    "supernet_epochs": 10,
     "batch_size": 128,
     "lr": 0.1,
     "train_images": 0,  # 0: the whole train split
