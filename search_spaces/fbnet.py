@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from nas.blocks import ConvBNAct, MBConv
+from nas.elastic import MixedOp, Supernet, active_state_dict
 from nas.layers import LayerSpec
 from nas.space import Arch, Choice, InvalidArchError, SearchSpace
 
@@ -153,3 +154,47 @@ class FBNetSpace(SearchSpace):
     def build(self, arch: Mapping[str, Any]) -> nn.Module:
         a = self.validate(arch)
         return FBNet([str(a[k]) for k in LAYER_KEYS], self.num_classes)
+
+    def supernet(self) -> FBNetSupernet:
+        """One-shot supernet: each layer holds all 9 candidate blocks, one weight set each."""
+        return FBNetSupernet(self)
+
+
+class FBNetSupernet(Supernet):
+    """FBNet with a `MixedOp` of the 9 blocks per layer (FBNet's / SPOS's layer choice)."""
+
+    LARGEST_OP = "k5_e6"
+    SMALLEST_OP = "skip"
+
+    def __init__(self, space: FBNetSpace) -> None:
+        super().__init__(space)
+        self.stem = ConvBNAct(3, STEM_CHANNELS, 3, 1, act="relu")
+        self.layers = nn.ModuleList(
+            MixedOp({op: make_layer(op, *p) for op in OPS}) for p in layer_plan()
+        )
+        self.header = Header(space.num_classes)
+        self.set_arch(self.largest_arch())
+
+    def largest_arch(self) -> Arch:
+        return dict.fromkeys(LAYER_KEYS, self.LARGEST_OP)
+
+    def smallest_arch(self) -> Arch:
+        return dict.fromkeys(LAYER_KEYS, self.SMALLEST_OP)
+
+    def _configure(self, arch: Arch) -> None:
+        for key, layer in zip(LAYER_KEYS, self.layers, strict=True):
+            assert isinstance(layer, MixedOp)
+            layer.choose(str(arch[key]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: N x 3 x 32 x 32
+        x = self.stem(x)  # N x 16 x 32 x 32
+        for layer in self.layers:
+            x = layer(x)  # last: N x 352 x 4 x 4
+        return self.header(x)  # N x classes
+
+    def _subnet_state(self) -> dict[str, torch.Tensor]:
+        state = active_state_dict(self.stem, "stem.")
+        for i, layer in enumerate(self.layers):
+            state.update(active_state_dict(layer, f"layers.{i}."))
+        state.update(active_state_dict(self.header, "header."))
+        return state

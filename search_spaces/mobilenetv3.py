@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from nas.blocks import ConvBNAct, MBConv, conv_out, make_divisible, mbconv_spec
+from nas.elastic import ElasticMBConv, Supernet, active_state_dict
 from nas.layers import LayerSpec
-from nas.space import Choice, SearchSpace
+from nas.space import Arch, Choice, SearchSpace
 
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
 STAGE_STRIDES = (2, 2, 2, 1, 2)
@@ -117,6 +118,11 @@ class MobileNetV3Space(SearchSpace):
     def build(self, arch: Mapping[str, Any]) -> nn.Module:
         return MobileNetV3(self.validate(arch), self.widths, self.num_classes)
 
+    def supernet(self, transform_kernels: bool = True) -> MobileNetV3Supernet:
+        """OFA's supernet: elastic kernel (with OFA's kernel transformation matrices by default),
+        expansion, depth and resolution; export gives `build(arch)` with the sliced weights."""
+        return MobileNetV3Supernet(self, transform_kernels=transform_kernels)
+
     def block_specs(self, arch: Mapping[str, Any]) -> list[LayerSpec]:
         stem, first, *stage_widths, final_expand, last = self.widths
         r = int(arch["resolution"])
@@ -190,3 +196,69 @@ class MobileNetV3Space(SearchSpace):
             ),
         ]
         return specs
+
+
+class MobileNetV3Supernet(Supernet):
+    """Max-size OFA MobileNetV3: block `b` of stage `s` is `blocks[s * MAX_DEPTH + b]` at
+    kernel 7 and expansion 6; fixed layers (stem, first block, head) are plain modules."""
+
+    def __init__(self, space: MobileNetV3Space, transform_kernels: bool = True) -> None:
+        super().__init__(space)
+        stem, first, *stage_widths, final_expand, last = space.widths
+        self.first_conv = ConvBNAct(3, stem, 3, stride=2, act="hswish")
+        self.first_block = MBConv(stem, first, stem, 3, 1, act="relu", expand_conv=False)
+        blocks: list[nn.Module] = []
+        c = first
+        for s in range(N_STAGES):
+            for b in range(MAX_DEPTH):
+                blocks.append(
+                    ElasticMBConv(
+                        c,
+                        stage_widths[s],
+                        make_divisible(round(c * max(EXPANDS)), 8),
+                        KERNELS,
+                        STAGE_STRIDES[s] if b == 0 else 1,
+                        STAGE_ACTS[s],
+                        STAGE_SE[s],
+                        transform_kernels=transform_kernels,
+                    )
+                )
+                c = stage_widths[s]
+        self.blocks = nn.ModuleList(blocks)
+        self.final_expand = ConvBNAct(c, final_expand, 1, act="hswish")
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_mix = ConvBNAct(final_expand, last, 1, act="hswish", bn=False)
+        self.classifier = nn.Linear(last, space.num_classes)
+        self._first_width = first
+        self._stage_widths = tuple(stage_widths)
+        self._active: tuple[int, ...] = ()
+        self.set_arch(self.largest_arch())
+
+    def _configure(self, arch: Arch) -> None:
+        active: list[int] = []
+        c = self._first_width
+        for s in range(N_STAGES):
+            for b in range(int(arch[f"s{s}.depth"])):
+                k, e = int(arch[f"s{s}.b{b}.k"]), int(arch[f"s{s}.b{b}.e"])
+                block = self.blocks[s * MAX_DEPTH + b]
+                assert isinstance(block, ElasticMBConv)
+                block.configure(c, self._stage_widths[s], make_divisible(round(c * e), 8), k)
+                active.append(s * MAX_DEPTH + b)
+                c = self._stage_widths[s]
+        self._active = tuple(active)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: N x 3 x R x R
+        x = self.first_block(self.first_conv(x))  # N x first x R/2 x R/2
+        for i in self._active:
+            x = self.blocks[i](x)  # last: N x 160 x R/32 x R/32
+        x = self.feature_mix(self.pool(self.final_expand(x)))  # N x last x 1 x 1
+        return self.classifier(x.flatten(1))  # N x classes
+
+    def _subnet_state(self) -> dict[str, torch.Tensor]:
+        state = active_state_dict(self.first_conv, "first_conv.")
+        state.update(active_state_dict(self.first_block, "first_block."))
+        for j, i in enumerate(self._active):
+            state.update(active_state_dict(self.blocks[i], f"blocks.{j}."))
+        for name in ("final_expand", "feature_mix", "classifier"):
+            state.update(active_state_dict(getattr(self, name), f"{name}."))
+        return state

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from nas.elastic import MixedOp, Supernet, active_state_dict
 from nas.layers import LayerSpec
 from nas.space import Arch, Choice, InvalidArchError, SearchSpace
 
@@ -258,3 +259,59 @@ class NB201Space(SearchSpace):
         return NB201Net(
             self.ops(self.validate(arch)), self.channels, self.cells_per_stage, self.num_classes
         )
+
+    def supernet(self) -> NB201Supernet:
+        """The one-shot network: every edge of every cell holds all 5 candidate ops."""
+        return NB201Supernet(self)
+
+
+class OneShotCell(Cell):
+    """A `Cell` whose every edge is a `MixedOp` of all candidate ops (same forward)."""
+
+    def __init__(self, channels: int) -> None:
+        nn.Module.__init__(self)
+        self.edges = nn.ModuleList(
+            MixedOp({op: make_op(op, channels) for op in OPS}) for _ in EDGES
+        )
+
+    def choose(self, ops: tuple[str, ...]) -> None:
+        for edge, op in zip(self.edges, ops, strict=True):
+            assert isinstance(edge, MixedOp)
+            edge.choose(op)
+
+
+class NB201Supernet(Supernet):
+    """NB201Net with one-shot cells; all cells share the arch (as in the benchmark)."""
+
+    def __init__(self, space: NB201Space) -> None:
+        super().__init__(space)
+        c = space.channels
+        self.stem = stem(c)
+        layers: list[nn.Module] = []
+        for stage in range(3):
+            if stage > 0:
+                layers.append(ResNetReduction(c, c * 2))
+                c *= 2
+            layers += [OneShotCell(c) for _ in range(space.cells_per_stage)]
+        self.cells = nn.Sequential(*layers)
+        self.head = Head(c, space.num_classes)
+        self.set_arch(self.largest_arch())
+
+    def largest_arch(self) -> Arch:
+        return dict.fromkeys(EDGE_KEYS, "nor_conv_3x3")
+
+    def smallest_arch(self) -> Arch:
+        """All skips: parameter-free yet not degenerate (all-`none` cells output zero)."""
+        return dict.fromkeys(EDGE_KEYS, "skip_connect")
+
+    def _configure(self, arch: Arch) -> None:
+        ops = NB201Space.ops(arch)
+        for cell in self.cells:
+            if isinstance(cell, OneShotCell):
+                cell.choose(ops)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: N x 3 x 32 x 32
+        return self.head(self.cells(self.stem(x)))  # cells: N x 4C x 8 x 8
+
+    def _subnet_state(self) -> dict[str, torch.Tensor]:
+        return active_state_dict(self)

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from nas.blocks import ConvBNAct, MBConv
+from nas.elastic import ElasticLinear, ElasticMBConv, Supernet, active_state_dict
 from nas.layers import LayerSpec
-from nas.space import Choice, SearchSpace
+from nas.space import Arch, Choice, SearchSpace
 
 STEM_CHANNELS = 16
 STAGE_STRIDES = (1, 2, 2)
@@ -114,3 +115,78 @@ class TinySpace(SearchSpace):
 
     def build(self, arch: Mapping[str, Any]) -> nn.Module:
         return TinyNet(self.validate(arch), self.num_classes, self.default_input_shape[0])
+
+    def supernet(self, transform_kernels: bool = False) -> TinySupernet:
+        """The weight-sharing supernet (OFA-style elastic depth, width, kernel, expansion)."""
+        return TinySupernet(self, transform_kernels=transform_kernels)
+
+
+class _ElasticHead(nn.Module):
+    def __init__(self, max_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = ElasticLinear(max_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(x).flatten(1))  # N x classes
+
+
+class TinySupernet(Supernet):
+    """Max-size `TinyNet`: every block at the largest width, expansion and kernel, sliced per arch.
+
+    Block `b` of stage `s` is `blocks[s * MAX_DEPTH + b]`; a stage of depth d runs its first d.
+    """
+
+    def __init__(self, space: TinySpace, transform_kernels: bool = False) -> None:
+        super().__init__(space)
+        in_ch = space.default_input_shape[0]
+        self.stem = ConvBNAct(in_ch, STEM_CHANNELS, 3, stride=2, act="relu")
+        blocks: list[nn.Module] = []
+        c = STEM_CHANNELS
+        for s, stride in enumerate(STAGE_STRIDES):
+            width = max(STAGE_WIDTHS[s])
+            for b in range(MAX_DEPTH):
+                blocks.append(
+                    ElasticMBConv(
+                        c,
+                        width,
+                        c * max(EXPANDS),
+                        KERNELS,
+                        stride if b == 0 else 1,
+                        act="relu",
+                        transform_kernels=transform_kernels,
+                    )
+                )
+                c = width
+        self.blocks = nn.ModuleList(blocks)
+        self.head = _ElasticHead(c, space.num_classes)
+        self._active: tuple[int, ...] = ()
+        self.set_arch(self.largest_arch())
+
+    def _configure(self, arch: Arch) -> None:
+        active: list[int] = []
+        c = STEM_CHANNELS
+        for s in range(len(STAGE_STRIDES)):
+            width = int(arch[f"s{s}.width"])
+            for b in range(int(arch[f"s{s}.depth"])):
+                e, k = int(arch[f"s{s}.b{b}.e"]), int(arch[f"s{s}.b{b}.k"])
+                block = self.blocks[s * MAX_DEPTH + b]
+                assert isinstance(block, ElasticMBConv)
+                block.configure(c, width, c * e, k)
+                active.append(s * MAX_DEPTH + b)
+                c = width
+        self.head.classifier.configure(c)
+        self._active = tuple(active)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: N x 3 x 32 x 32
+        x = self.stem(x)  # N x 16 x 16 x 16
+        for i in self._active:
+            x = self.blocks[i](x)  # last: N x width x 4 x 4
+        return self.head(x)  # N x classes
+
+    def _subnet_state(self) -> dict[str, torch.Tensor]:
+        state = active_state_dict(self.stem, "stem.")
+        for j, i in enumerate(self._active):
+            state.update(active_state_dict(self.blocks[i], f"blocks.{j}."))
+        state.update(active_state_dict(self.head, "head."))
+        return state
