@@ -1,0 +1,94 @@
+"""Compression of search winners into deployable models: KD, pruning, int8, export, parity.
+
+The steps (:mod:`~nas.compress.distill`, :mod:`~nas.compress.prune`, :mod:`~nas.compress.qat`,
+:mod:`~nas.compress.export`) work on plain modules and data; :func:`run_chain` strings them
+together for one arch of a space, resumably, with a report of what each step bought. Heavy
+runtimes (torch-pruning, torchao, executorch, onnx, onnxruntime) are imported only when a step
+needs them.
+"""
+
+from nas.compress.chain import (
+    DEFAULT_STEPS,
+    STEPS,
+    ChainConfig,
+    ChainResult,
+    ExportConfig,
+    LatencyDevice,
+    ReportRow,
+    chain_dir,
+    predicted_latency_ms,
+    read_report,
+    render_report,
+    run_chain,
+)
+from nas.compress.checkpoint import CheckpointError, load_model, read_checkpoint, save_model
+from nas.compress.distill import (
+    KDConfig,
+    TrainConfig,
+    distill_model,
+    evaluate_accuracy,
+    extract_subnet,
+    kd_loss,
+    largest_arch,
+    train_model,
+)
+from nas.compress.export import (
+    ParityReport,
+    check_parity,
+    export_onnx,
+    export_pte,
+    export_tflite,
+    lower_to_pte,
+    median_latency_ms,
+    open_runner,
+    quantize_onnx_static,
+)
+from nas.compress.prune import PruneConfig, PruneResult, macs_params, prune_channels, prune_model
+from nas.compress.qat import QATConfig, convert, load_quantized, ptq, save_quantized, train_qat
+
+__all__ = [
+    "DEFAULT_STEPS",
+    "STEPS",
+    "ChainConfig",
+    "ChainResult",
+    "CheckpointError",
+    "ExportConfig",
+    "KDConfig",
+    "LatencyDevice",
+    "ParityReport",
+    "PruneConfig",
+    "PruneResult",
+    "QATConfig",
+    "ReportRow",
+    "TrainConfig",
+    "chain_dir",
+    "check_parity",
+    "convert",
+    "distill_model",
+    "evaluate_accuracy",
+    "export_onnx",
+    "export_pte",
+    "export_tflite",
+    "extract_subnet",
+    "kd_loss",
+    "largest_arch",
+    "load_model",
+    "load_quantized",
+    "lower_to_pte",
+    "macs_params",
+    "median_latency_ms",
+    "open_runner",
+    "predicted_latency_ms",
+    "prune_channels",
+    "prune_model",
+    "ptq",
+    "quantize_onnx_static",
+    "read_checkpoint",
+    "read_report",
+    "render_report",
+    "run_chain",
+    "save_model",
+    "save_quantized",
+    "train_model",
+    "train_qat",
+]

@@ -1,0 +1,348 @@
+"""Model checkpoints for the compression chain: safetensors weights plus a JSON description.
+
+A checkpoint is two files side by side: ``<name>.safetensors`` (tensors only; reading it cannot
+run code, unlike a pickle) and ``<name>.json`` (format, version, the SHA-256 of the tensor file,
+the *structure* of the model and free-form info). The structure lists the channel counts of
+every convolution, batch norm and linear layer, so a model whose channels were removed by
+pruning is rebuilt from the plain architecture (``space.build(arch)``) by resizing those layers
+before the weights are loaded. Loading is strict: a missing file, a changed or truncated tensor
+file, another architecture or another tensor layout raises :class:`CheckpointError` saying what
+was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "apply_structure",
+    "load_model",
+    "load_state_strict",
+    "meta_path",
+    "module_structure",
+    "read_checkpoint",
+    "save_model",
+    "save_state",
+    "sha256_file",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "edge-nas/compress-checkpoint"
+CHECKPOINT_VERSION = 1
+_MAX_LISTED = 6  # names listed in an error before "and N more"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read from disk: its tensors (verified against the recorded hash) and meta."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    kind: str
+    structure: dict[str, dict[str, Any]]
+    info: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+
+def meta_path(path: str | os.PathLike[str]) -> Path:
+    """The JSON file that describes the tensor file ``path``."""
+    return Path(path).with_suffix(".json")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:_MAX_LISTED])
+    more = len(names) - _MAX_LISTED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+# -- structure: the channel counts that pruning changes ------------------------------------------
+
+
+def module_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Channel counts of every conv, batch norm and linear layer, by module name."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            out[name] = {
+                "type": type(m).__name__,
+                "in_channels": int(m.in_channels),
+                "out_channels": int(m.out_channels),
+                "groups": int(m.groups),
+                "kernel_size": [int(k) for k in m.kernel_size],
+                "bias": m.bias is not None,
+            }
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            out[name] = {"type": type(m).__name__, "num_features": int(m.num_features)}
+        elif isinstance(m, nn.Linear):
+            out[name] = {
+                "type": "Linear",
+                "in_features": int(m.in_features),
+                "out_features": int(m.out_features),
+                "bias": m.bias is not None,
+            }
+    return out
+
+
+def apply_structure(model: nn.Module, structure: Mapping[str, Mapping[str, Any]]) -> nn.Module:
+    """Resize ``model``'s layers in place to the channel counts of ``structure``.
+
+    Resized layers get uninitialised weights: load a state dict afterwards. Raises
+    :class:`CheckpointError` when the model lacks a module the structure names, or a module
+    has another type or kernel (the checkpoint came from another architecture).
+    """
+    modules = dict(model.named_modules())
+    missing = [n for n in structure if n not in modules]
+    if missing:
+        raise CheckpointError(
+            f"the checkpoint describes modules that the built model does not have: "
+            f"{_listed(missing)}; the checkpoint was made from another architecture "
+            f"(the built model is a {type(model).__name__})"
+        )
+    for name, spec in structure.items():
+        m = modules[name]
+        kind = str(spec.get("type", ""))
+        if type(m).__name__ != kind:
+            raise CheckpointError(
+                f"module {name!r} is a {type(m).__name__} in the built model but a {kind} in the "
+                "checkpoint; the checkpoint was made from another architecture"
+            )
+        with torch.no_grad():
+            if isinstance(m, nn.modules.conv._ConvNd):
+                _resize_conv(name, m, spec)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                _resize_bn(m, int(spec["num_features"]))
+            elif isinstance(m, nn.Linear):
+                _resize_linear(m, int(spec["in_features"]), int(spec["out_features"]))
+    return model
+
+
+def _resize_conv(name: str, m: nn.modules.conv._ConvNd, spec: Mapping[str, Any]) -> None:
+    kernel = tuple(int(k) for k in spec["kernel_size"])
+    if kernel != tuple(m.kernel_size):
+        raise CheckpointError(
+            f"conv {name!r} has kernel {tuple(m.kernel_size)} in the built model but {kernel} in "
+            "the checkpoint; the checkpoint was made from another architecture"
+        )
+    cin, cout, groups = int(spec["in_channels"]), int(spec["out_channels"]), int(spec["groups"])
+    if (cin, cout, groups) == (m.in_channels, m.out_channels, m.groups):
+        return
+    if groups < 1 or cin % groups or cout % groups:
+        raise CheckpointError(
+            f"conv {name!r}: in_channels={cin} and out_channels={cout} must be multiples of "
+            f"groups={groups}"
+        )
+    m.in_channels, m.out_channels, m.groups = cin, cout, groups
+    m.weight = nn.Parameter(torch.empty((cout, cin // groups, *kernel)))
+    if m.bias is not None:
+        m.bias = nn.Parameter(torch.empty(cout))
+
+
+def _resize_bn(m: nn.modules.batchnorm._BatchNorm, n: int) -> None:
+    if n == m.num_features:
+        return
+    m.num_features = n
+    if m.affine:
+        m.weight = nn.Parameter(torch.ones(n))
+        m.bias = nn.Parameter(torch.zeros(n))
+    if m.track_running_stats:
+        m.running_mean = torch.zeros(n)
+        m.running_var = torch.ones(n)
+
+
+def _resize_linear(m: nn.Linear, n_in: int, n_out: int) -> None:
+    if (n_in, n_out) == (m.in_features, m.out_features):
+        return
+    m.in_features, m.out_features = n_in, n_out
+    m.weight = nn.Parameter(torch.empty((n_out, n_in)))
+    if m.bias is not None:
+        m.bias = nn.Parameter(torch.empty(n_out))
+
+
+# -- writing and reading ---------------------------------------------------------------------
+
+
+def save_state(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    kind: str,
+    structure: Mapping[str, Mapping[str, Any]],
+    info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``tensors`` to ``path`` (safetensors) and the description beside it (JSON).
+
+    Both files are written to temporary names and renamed, the JSON last, so a reader never
+    sees a description of a half-written tensor file.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"checkpoint path must end in .safetensors; got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Cloned so that tied or strided tensors save as independent, contiguous ones.
+    clean = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(clean, str(tmp), metadata={"format": CHECKPOINT_FORMAT, "kind": kind})
+    os.replace(tmp, path)
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "kind": kind,
+        "tensor_file": path.name,
+        "sha256": sha256_file(path),
+        "size_bytes": path.stat().st_size,
+        "n_tensors": len(clean),
+        "structure": {k: dict(v) for k, v in structure.items()},
+        "info": dict(info or {}),
+    }
+    mpath = meta_path(path)
+    tmp_meta = mpath.with_name(f".{mpath.name}.{os.getpid()}.tmp")
+    tmp_meta.write_text(json.dumps(meta, indent=1, sort_keys=True, default=_json_default))
+    os.replace(tmp_meta, mpath)
+    return path
+
+
+def _json_default(obj: object) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def save_model(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    kind: str = "fp32",
+    info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save a plain ``nn.Module``: its state dict and its structure (channel counts)."""
+    return save_state(
+        path, model.state_dict(), kind=kind, structure=module_structure(model), info=info
+    )
+
+
+def read_checkpoint(path: str | os.PathLike[str], kind: str | None = None) -> Checkpoint:
+    """Read and verify a checkpoint; tensors are loaded by safetensors (no unpickling)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    mpath = meta_path(path)
+    if not mpath.is_file():
+        raise CheckpointError(
+            f"checkpoint description {mpath} is missing; a checkpoint is a .safetensors file with "
+            "a .json file beside it, written by nas.compress.save_model / save_state"
+        )
+    try:
+        meta = json.loads(mpath.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint description {mpath} is not valid JSON ({err})") from err
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(
+            f"{mpath} is not a {CHECKPOINT_FORMAT!r} description (format field: {got!r})"
+        )
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{mpath} has checkpoint version {meta.get('version')!r}; this code reads version "
+            f"{CHECKPOINT_VERSION}"
+        )
+    if kind is not None and meta.get("kind") != kind:
+        raise CheckpointError(
+            f"{path} holds a {meta.get('kind')!r} checkpoint; expected a {kind!r} one"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint tensor file {path} is missing (its {mpath.name} exists)")
+    digest = sha256_file(path)
+    if digest != meta.get("sha256"):
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its SHA-256 is {digest[:16]}..., but {mpath.name} "
+            f"recorded {str(meta.get('sha256'))[:16]}... (the file was changed or truncated "
+            "after it was written); delete the step folder to recompute it"
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read as safetensors ({err})") from err
+    structure = meta.get("structure")
+    if not isinstance(structure, dict):
+        raise CheckpointError(f"{mpath} has no 'structure' mapping")
+    return Checkpoint(
+        path=path,
+        tensors=tensors,
+        kind=str(meta.get("kind")),
+        structure=structure,
+        info=dict(meta.get("info") or {}),
+        sha256=digest,
+    )
+
+
+def load_state_strict(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists what differs."""
+    own = module.state_dict()
+    missing = sorted(k for k in own if k not in tensors)
+    unexpected = sorted(k for k in tensors if k not in own)
+    shapes = sorted(
+        f"{k}: model {tuple(own[k].shape)} vs checkpoint {tuple(tensors[k].shape)}"
+        for k in own
+        if k in tensors and own[k].shape != tensors[k].shape and own[k].numel() > 0
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing from the checkpoint: {_listed(missing)}")
+        if unexpected:
+            parts.append(f"not in the model: {_listed(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches: {_listed(shapes)}")
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the model ({type(module).__name__}): "
+            + "; ".join(parts)
+            + ". The checkpoint was made from another architecture or another step."
+        )
+    module.load_state_dict(dict(tensors), strict=True)
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    build: Callable[[], nn.Module],
+    *,
+    kind: str | None = "fp32",
+) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild a model saved by :func:`save_model`: ``build()``, resize to the saved structure,
+    load the weights strictly. Returns the model (eval mode) and the checkpoint read."""
+    ckpt = read_checkpoint(path, kind)
+    model = build()
+    apply_structure(model, ckpt.structure)
+    load_state_strict(model, ckpt.tensors, str(path))
+    return model.eval(), ckpt

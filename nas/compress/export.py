@@ -1,0 +1,554 @@
+"""Deployable artifacts, the one place that makes them, and the runners that check them.
+
+Formats:
+
+- **ExecuTorch ``.pte``** with the XNNPACK delegate: ``torch.export`` -> ``to_edge_transform_and_lower``
+  with ``XnnpackPartitioner`` -> ``to_executorch``. An fp32 module gives an fp32 program; a PT2E
+  int8 model (:func:`nas.compress.qat.convert`) gives an int8 one, because the partitioner turns
+  its quantize / dequantize patterns into XNNPACK's int8 operators.
+- **ONNX** through the ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``).
+  An fp32 module gives an fp32 model; a PT2E int8 model gives a QDQ model. int8 can also come
+  from ONNX Runtime's own static quantizer (:func:`quantize_onnx_static`, QDQ, per-channel int8
+  weights, uint8 activations, MinMax calibration), its recommended path for CPUs. Node
+  metadata the exporter adds (source stack traces: ~40 % of a small model's file) is stripped.
+- **LiteRT ``.tflite``** (optional extra: ``litert-torch`` or ``ai-edge-torch``, ~1.2 GB with jax).
+
+Artifacts are exported at batch 1 (``torch.export`` fixes every dimension): the deployment shape
+and the one latency is measured at. Each format has a runner that executes the file in its own
+runtime; :func:`check_parity` runs a runner over a test set and compares it with the model the
+artifact came from (top-1 agreement and largest logit difference), so a quantization or export
+bug cannot hide behind an accuracy measured in PyTorch.
+
+ExecuTorch's runtime has one process-wide thread pool; a loaded method keeps a pointer to the
+pool it was loaded under. :class:`PteRunner` sizes the pool before loading and reloads when the
+size has changed since; code elsewhere in the process that resizes the pool while a runner is
+alive must not interleave with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "ARTIFACT_SUFFIXES",
+    "ArtifactRunner",
+    "OnnxRunner",
+    "ParityReport",
+    "PteRunner",
+    "TfliteRunner",
+    "check_parity",
+    "export_onnx",
+    "export_program",
+    "export_pte",
+    "export_tflite",
+    "has_vnni",
+    "lower_to_pte",
+    "median_latency_ms",
+    "onnx_bytes",
+    "open_runner",
+    "quantize_onnx_static",
+    "set_executorch_threads",
+    "strip_onnx_metadata",
+]
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_SUFFIXES = {".pte": "executorch-xnnpack", ".onnx": "onnxruntime", ".tflite": "litert"}
+
+
+_CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime", "root")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' and lowerers' chatter about their own internals (their warnings
+    and INFO logs), restoring the log levels afterwards."""
+    loggers = [logging.getLogger(n if n != "root" else None) for n in _CHATTY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(max(lg.level, logging.ERROR) if lg.name == "root" else logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _eval(module: nn.Module) -> Iterator[nn.Module]:
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def export_program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``module`` in eval mode at the example's shape (batch included)."""
+    with _eval(module), torch.no_grad(), _quiet():
+        return torch.export.export(module, (example,))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+# -- ExecuTorch -------------------------------------------------------------------------------
+
+
+def lower_to_pte(module: nn.Module, example: torch.Tensor) -> tuple[bytes, dict[str, float]]:
+    """ExecuTorch program bytes of ``module`` with every op XNNPACK takes delegated to it, and
+    the seconds each stage took. fp32 modules give fp32 programs, PT2E int8 models int8 ones."""
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+    except ImportError as err:
+        raise ImportError(
+            "ExecuTorch export needs executorch: pip install 'edge-nas[executorch]'"
+        ) from err
+    t0 = time.perf_counter()
+    ep = export_program(module, example)
+    t1 = time.perf_counter()
+    with _quiet():
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        t2 = time.perf_counter()
+        program = edge.to_executorch()
+        data = bytes(program.buffer)
+    t3 = time.perf_counter()
+    undelegated = sorted(
+        {
+            str(n.target)
+            for n in edge.exported_program().graph_module.graph.nodes
+            if n.op == "call_function"
+            and "executorch_call_delegate" not in str(n.target)
+            and "getitem" not in str(n.target)
+        }
+    )
+    if undelegated:
+        log.warning("ops left to ExecuTorch's portable kernels (slow): %s", undelegated)
+    return data, {"export_s": t1 - t0, "lower_s": t2 - t1, "to_executorch_s": t3 - t2}
+
+
+def export_pte(module: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> Path:
+    """Write ``module`` as an XNNPACK-delegated ExecuTorch program (see :func:`lower_to_pte`)."""
+    data, times = lower_to_pte(module, example)
+    log.info("wrote %s (%d bytes) in %.1f s", path, len(data), sum(times.values()))
+    return _write(Path(path), data)
+
+
+def _portable_lib() -> Any:
+    try:
+        with _quiet():
+            from executorch.extension.pybindings import portable_lib
+    except ImportError as err:
+        raise ImportError(
+            "running .pte files needs executorch: pip install 'edge-nas[executorch]'"
+        ) from err
+    return portable_lib
+
+
+def set_executorch_threads(threads: int) -> int:
+    """Size ExecuTorch's process-wide thread pool; returns the size it had. Methods loaded
+    before a resize must be reloaded (they point at the old pool)."""
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1; got {threads!r}")
+    lib = _portable_lib()
+    before = int(lib._threadpool_get_thread_count())
+    if before != threads:
+        lib._unsafe_reset_threadpool(threads)
+    return before
+
+
+class ArtifactRunner(Protocol):
+    """Runs one artifact file in its runtime."""
+
+    path: Path
+    runtime: str
+    input_shape: tuple[int, ...]
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """Output logits for ``x`` (shape ``input_shape``)."""
+        ...
+
+    def __call__(self) -> None:
+        """One inference on a stored input: the thing a latency measurement times."""
+        ...
+
+
+def _check(runner: ArtifactRunner, x: torch.Tensor) -> torch.Tensor:
+    if tuple(x.shape) != runner.input_shape:
+        raise ValueError(
+            f"{runner.path.name} was exported for input shape {runner.input_shape}; got "
+            f"{tuple(x.shape)} (export fixes every dimension, the batch included)"
+        )
+    return x.detach().to(torch.float32).contiguous()
+
+
+class PteRunner:
+    """An ExecuTorch ``.pte`` loaded with the XNNPACK thread pool sized to ``threads``."""
+
+    runtime = "executorch-xnnpack"
+
+    def __init__(
+        self, path: str | os.PathLike[str], input_shape: Sequence[int], threads: int = 1
+    ) -> None:
+        self.path = Path(path)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.threads = threads
+        self._data = self.path.read_bytes()
+        self._example = torch.zeros(self.input_shape)
+        self._load()
+
+    def _load(self) -> None:
+        lib = _portable_lib()
+        set_executorch_threads(self.threads)
+        with _quiet():
+            self._program = lib._load_program_from_buffer(
+                self._data,
+                enable_etdump=False,
+                debug_buffer_size=0,
+                program_verification=lib.Verification.Minimal,
+            )
+        self._method = self._program.load_method("forward")
+        self._method.set_inputs((self._example,))
+        self._pool_threads = self.threads
+
+    def _fresh(self) -> None:
+        if int(_portable_lib()._threadpool_get_thread_count()) != self._pool_threads:
+            self._load()
+
+    def __call__(self) -> None:
+        self._method.execute()
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        self._fresh()
+        self._method.set_inputs((_check(self, x),))
+        try:
+            self._method.execute()
+            outs = [t for t in self._method.get_outputs() if isinstance(t, torch.Tensor)]
+            return outs[0].clone()
+        finally:
+            self._method.set_inputs((self._example,))
+
+
+# -- ONNX -------------------------------------------------------------------------------------
+
+
+def strip_onnx_metadata(model: Any) -> Any:
+    """Drop per-node metadata and doc strings (source locations), keeping the computation."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.graph.value_info[:]
+    return model
+
+
+def onnx_bytes(module: nn.Module, example: torch.Tensor, strip: bool = True) -> bytes:
+    """Serialized ONNX model of ``module`` from the ``torch.export``-based exporter."""
+    ep = export_program(module, example)
+    with _quiet():
+        program = torch.onnx.export(ep, (example,), dynamo=True, verbose=False)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program; expected an ONNXProgram")
+    model = program.model_proto
+    if strip:
+        strip_onnx_metadata(model)
+    data: bytes = model.SerializeToString()
+    return data
+
+
+def export_onnx(
+    module: nn.Module, example: torch.Tensor, path: str | os.PathLike[str], strip: bool = True
+) -> Path:
+    """Write ``module`` as ONNX (fp32 module -> fp32; PT2E int8 model -> QDQ int8)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "ONNX export needs onnx and onnxscript: pip install 'edge-nas[runtimes]'"
+        ) from err
+    return _write(Path(path), onnx_bytes(module, example, strip))
+
+
+def has_vnni() -> bool:
+    """Whether this CPU has an 8-bit dot-product instruction (AVX512-VNNI or AVX-VNNI)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool(set(line.split(":", 1)[1].split()) & {"avx512_vnni", "avx_vnni"})
+    return False
+
+
+def quantize_onnx_static(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    calibration: Sequence[torch.Tensor],
+    *,
+    per_channel: bool = True,
+    reduce_range: bool | None = None,
+) -> Path:
+    """ONNX Runtime static int8 quantization of the fp32 model ``src`` into ``dst`` (QDQ).
+
+    ``calibration`` is a sequence of input batches of the model's input shape. ``reduce_range``
+    (7-bit weights, against overflow in the u8s8 dot product of CPUs without VNNI) defaults to
+    True exactly when this CPU lacks VNNI, as ONNX Runtime advises.
+    """
+    try:
+        import onnx
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+    except ImportError as err:
+        raise ImportError(
+            "ONNX Runtime quantization needs onnx and onnxruntime: pip install 'edge-nas[runtimes]'"
+        ) from err
+    if not calibration:
+        raise ValueError("quantize_onnx_static needs at least one calibration batch; got none")
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(src)
+    name = model.graph.input[0].name
+    batches = [{name: b.detach().float().numpy()} for b in calibration]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edge-nas-ort-") as tmp, _quiet():
+        out = Path(tmp) / "int8.onnx"
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            # ONNX Runtime's advised pre-processing: shape inference and graph optimisation,
+            # so that quantization sees fused ops.
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            quant_pre_process(str(src), str(pre))
+        except Exception as err:  # an optional improvement: quantize the model as it is
+            log.warning("ONNX quantization pre-processing failed (%s); quantizing as is", err)
+            pre = src
+        quantize_static(
+            pre,
+            out,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=(not has_vnni()) if reduce_range is None else reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        quantized = strip_onnx_metadata(onnx.load(out))
+        _write(dst, quantized.SerializeToString())
+    return dst
+
+
+class OnnxRunner:
+    """An ONNX model in an ONNX Runtime CPU session with ``threads`` intra-op threads."""
+
+    runtime = "onnxruntime"
+
+    def __init__(
+        self, path: str | os.PathLike[str], input_shape: Sequence[int], threads: int = 1
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise ImportError(
+                "running .onnx files needs onnxruntime: pip install 'edge-nas[runtimes]'"
+            ) from err
+        self.path = Path(path)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        self._name = self.session.get_inputs()[0].name
+        self._example = {self._name: np.zeros(self.input_shape, dtype=np.float32)}
+
+    def __call__(self) -> None:
+        self.session.run(None, self._example)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self._name: _check(self, x).numpy()})[0]
+        return torch.from_numpy(np.asarray(out))
+
+
+# -- LiteRT (optional) ------------------------------------------------------------------------
+
+
+def _litert_converter() -> Any:
+    for name in ("litert_torch", "ai_edge_torch"):
+        try:
+            return __import__(name)
+        except ImportError:
+            continue
+    raise ImportError(
+        "LiteRT export is an optional extra: pip install litert-torch (it brings jax and "
+        "transformers, about 1.2 GB); neither litert_torch nor ai_edge_torch is installed"
+    )
+
+
+def export_tflite(module: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> Path:
+    """Write an fp32 ``module`` as a LiteRT flatbuffer (``.tflite``); optional extra."""
+    converter = _litert_converter()
+    with _eval(module), _quiet():
+        edge = converter.convert(module, (example,))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    edge.export(str(path))
+    return path
+
+
+class TfliteRunner:
+    """A ``.tflite`` file in the LiteRT interpreter (optional extra)."""
+
+    runtime = "litert"
+
+    def __init__(
+        self, path: str | os.PathLike[str], input_shape: Sequence[int], threads: int = 1
+    ) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as err:
+            raise ImportError(
+                "running .tflite files needs ai-edge-litert (comes with litert-torch)"
+            ) from err
+        self.path = Path(path)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self._in = self.interpreter.get_input_details()[0]["index"]
+        self._out = self.interpreter.get_output_details()[0]["index"]
+        self.interpreter.set_tensor(self._in, np.zeros(self.input_shape, dtype=np.float32))
+
+    def __call__(self) -> None:
+        self.interpreter.invoke()
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        self.interpreter.set_tensor(self._in, _check(self, x).numpy())
+        self.interpreter.invoke()
+        return torch.from_numpy(np.array(self.interpreter.get_tensor(self._out)))
+
+
+def open_runner(
+    path: str | os.PathLike[str], input_shape: Sequence[int], threads: int = 1
+) -> ArtifactRunner:
+    """The runner for an artifact, chosen by its suffix (.pte, .onnx, .tflite)."""
+    suffix = Path(path).suffix
+    runners: dict[str, Callable[..., ArtifactRunner]] = {
+        ".pte": PteRunner,
+        ".onnx": OnnxRunner,
+        ".tflite": TfliteRunner,
+    }
+    if suffix not in runners:
+        raise ValueError(
+            f"no runner for {str(path)!r}: the suffix must be one of {sorted(runners)}"
+        )
+    return runners[suffix](path, input_shape, threads)
+
+
+# -- parity and timing ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """An artifact run in its runtime over a test set, against the model it came from."""
+
+    n_images: int
+    top1_agreement: float
+    max_abs_logit_diff: float
+    runtime_accuracy: float
+    reference_accuracy: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def check_parity(
+    runner: ArtifactRunner,
+    reference: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    reference_batch_size: int = 256,
+) -> ParityReport:
+    """Run ``runner`` on every image (at its exported batch size) and ``reference`` (the model
+    the artifact came from) in PyTorch; compare their top-1 and logits."""
+    batch = runner.input_shape[0]
+    n = (len(images) // batch) * batch
+    if n == 0:
+        raise ValueError(
+            f"check_parity needs at least {batch} images (the artifact's batch size); got "
+            f"{len(images)}"
+        )
+    outs = [runner.run(images[i : i + batch]) for i in range(0, n, batch)]
+    got = torch.cat(outs).float()  # n x classes
+    from nas.compress.distill import predict_logits
+
+    ref = predict_logits(reference, images[:n], reference_batch_size)  # n x classes
+    if got.shape != ref.shape:
+        raise RuntimeError(
+            f"{runner.path.name} returns logits of shape {tuple(got.shape)}; the reference model "
+            f"returns {tuple(ref.shape)}"
+        )
+    y = labels[:n]
+    return ParityReport(
+        n_images=n,
+        top1_agreement=float((got.argmax(1) == ref.argmax(1)).float().mean()),
+        max_abs_logit_diff=float((got - ref).abs().max()),
+        runtime_accuracy=float((got.argmax(1) == y).float().mean()),
+        reference_accuracy=float((ref.argmax(1) == y).float().mean()),
+    )
+
+
+def median_latency_ms(
+    fn: Callable[[], object], *, warmup: int = 10, min_runs: int = 50, max_s: float = 2.0
+) -> float:
+    """A simple timing: ``warmup`` runs discarded, then at least ``min_runs`` runs (more while
+    under ``max_s`` seconds), median in ms. Pass a project protocol instead where one exists
+    (``latency_models.measure.measure``) for stable figures."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < min_runs or time.perf_counter() - start < max_s:
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+        if len(samples) >= 100_000:
+            break
+    return float(np.median(samples))
