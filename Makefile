@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	# torch-pruning declares an unpinned torch: --no-deps keeps the CPU build in place
+	$(PY) -m pip install -q --no-deps torch-pruning==1.6.1
 	touch $@
 
 install: $(VENV)/.installed
