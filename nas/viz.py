@@ -1,16 +1,19 @@
-"""Plots for notebooks and reports (matplotlib, headless)."""
+"""Plots for notebooks and reports (matplotlib, headless): cost scatters, accuracy/latency
+fronts per device, hypervolume histories."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
-from nas.search import pareto_mask
+from nas.pareto import pareto_mask
 
 
 def plot_cost_scatter(
@@ -48,8 +51,106 @@ def plot_cost_scatter(
     return fig
 
 
+def _front(frame: pd.DataFrame, acc: str, lat: str) -> pd.DataFrame:
+    pts = np.c_[-frame[acc].to_numpy(float), frame[lat].to_numpy(float)]
+    return frame[pareto_mask(pts)].sort_values(lat)
+
+
+def plot_pareto(
+    frame: pd.DataFrame,
+    accuracy: str = "accuracy",
+    latency: str = "latency_ms",
+    ax: plt.Axes | None = None,
+    label: str = "",
+    true_front: pd.DataFrame | None = None,
+    path: str | Path | None = None,
+) -> plt.Figure:
+    """Evaluated archs (accuracy up, latency down) with their Pareto front as a staircase;
+    optionally the true front of a tabular benchmark for comparison."""
+    for col in (accuracy, latency):
+        if col not in frame.columns:
+            raise KeyError(f"column {col!r} not in frame; columns: {list(frame.columns)}")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    else:
+        fig = ax.figure  # type: ignore[assignment]
+    ax.scatter(
+        frame[latency], frame[accuracy], s=10, alpha=0.5, color="steelblue", label=label or None
+    )
+    front = _front(frame, accuracy, latency)
+    ax.step(front[latency], front[accuracy], where="post", color="crimson", lw=1.3,
+            label=f"front ({len(front)})")  # fmt: skip
+    if true_front is not None:
+        tf = _front(true_front, accuracy, latency)
+        ax.step(tf[latency], tf[accuracy], where="post", color="black", lw=0.9, ls="--",
+                label=f"true front ({len(tf)})")  # fmt: skip
+    ax.set_xlabel(latency)
+    ax.set_ylabel(accuracy)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    if path is not None:
+        fig.tight_layout()
+        fig.savefig(path)
+    return fig
+
+
+def plot_fronts_per_device(
+    frame: pd.DataFrame,
+    accuracy: str = "accuracy",
+    devices: Sequence[str] | None = None,
+    path: str | Path | None = None,
+) -> plt.Figure:
+    """One panel per device: accuracy against `latency_ms@<device>` with the front."""
+    cols = [f"latency_ms@{d}" for d in devices] if devices else [
+        c for c in frame.columns if str(c).startswith("latency_ms@")
+    ]  # fmt: skip
+    if not cols:
+        raise KeyError(f"no latency_ms@<device> columns in frame; columns: {list(frame.columns)}")
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.5 * len(cols), 4), dpi=120, squeeze=False)
+    for ax, col in zip(axes[0], cols, strict=True):
+        plot_pareto(frame, accuracy, col, ax=ax)
+        ax.set_title(col.split("@", 1)[1])
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+    return fig
+
+
+def plot_hypervolume_history(
+    histories: Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]],
+    normalise_by: float | None = None,
+    path: str | Path | None = None,
+) -> plt.Figure:
+    """Hypervolume against paid evaluations, one line per strategy (several runs: mean with a
+    min-max band). Frames come from `nas.search.hypervolume_history`."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    scale = normalise_by or 1.0
+    for name, runs in histories.items():
+        runs_list = [runs] if isinstance(runs, pd.DataFrame) else list(runs)
+        n = min(len(r) for r in runs_list)
+        hv = np.stack([r["hypervolume"].to_numpy(float)[:n] for r in runs_list]) / scale
+        x = np.arange(1, n + 1)
+        (line,) = ax.plot(x, hv.mean(0), label=name, lw=1.3)
+        if len(runs_list) > 1:
+            ax.fill_between(x, hv.min(0), hv.max(0), color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("accuracy evaluations")
+    ax.set_ylabel("hypervolume" + (" ratio" if normalise_by else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+    return fig
+
+
 def close(fig: plt.Figure) -> None:
     plt.close(fig)
 
 
-__all__ = ["close", "plot_cost_scatter"]
+__all__ = [
+    "close",
+    "plot_cost_scatter",
+    "plot_fronts_per_device",
+    "plot_hypervolume_history",
+    "plot_pareto",
+]

@@ -1,0 +1,280 @@
+"""How close each search strategy gets to the true accuracy/latency front of NAS-Bench-201.
+
+Two (accuracy, device) pairs: (cifar10_acc, pixel3_ms) and (cifar100_acc, raspi4_ms). Score:
+HV(found) / HV(true), reference point = (median accuracy, 95th-percentile latency) over all
+15,625 rows, HV(true) over all rows. Strategies side by side in one run: random search, Optuna
+NSGA-II and TPE with default settings, and ours (`frontier`), 10 seeds each, scored after 50,
+100 and 300 paid evaluations of one run. Rules (see `nas.tabular`): one evaluation per distinct
+arch paid for (isomorphic archs share a canonical key and are not paid twice, but count as found
+only once paid); latency look-ups are free; a strategy sees the latency columns and only the
+accuracies it paid for; nothing is fitted on an accuracy column but paid values; the scoring
+reference point is never shown to a strategy. Optuna's samplers may re-propose paid archs
+(free), so they run up to 5 x 300 trials; `paid` says how many evaluations they reached.
+
+Also: the Kendall tau of accuracy predictors on NB201 with 100 and 300 training archs.
+
+    python benchmarks/search_nb201.py --out runs/bench/search_nb201 [--seeds 10] [--quick]
+    python benchmarks/search_nb201.py --csv my_table.csv --arch-column arch_str \\
+        --pair top1:latency_ms --out runs/bench/mine        # any table of a space's archs
+"""
+
+from __future__ import annotations
+
+import os
+
+# small dense algebra runs fastest on one thread per worker process; set before numpy loads
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pandas as pd
+
+from nas import predictors as P
+from nas.space import SearchSpace
+from nas.tabular import STRATEGIES, TabularBenchmark, bench_tabular, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CSV = ROOT.parent / "shared" / "benchmarks" / "nb201" / "nb201.csv"
+PAIRS = (("cifar10_acc", "pixel3_ms"), ("cifar100_acc", "raspi4_ms"))
+BUDGETS = (50, 100, 300)
+log = logging.getLogger("search_nb201")
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
+        dirty = subprocess.check_output(["git", "status", "--porcelain"], cwd=ROOT, text=True)
+        return head + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def predictor_ranking(
+    table: TabularBenchmark,
+    accuracy_column: str,
+    n_train: tuple[int, ...] = (100, 300),
+    seeds: tuple[int, ...] = (0, 1, 2),
+    n_test: int = 3000,
+) -> pd.DataFrame:
+    """Kendall tau / Spearman / RMSE of each predictor on held-out archs, with two feature
+    sets: the one-hot code alone, and one-hot plus every (free) latency column."""
+    space = table.space
+    onehot = P.ArchFeatures(space)
+    x_code = onehot.transform(table.archs)
+    lat = table.frame[table.latency_columns].to_numpy(float)
+    costs = {c: (lambda archs: None) for c in table.latency_columns}
+    with_lat = P.ArchFeatures(space, costs=costs).fit(table.archs, lat)  # type: ignore[arg-type]
+    x_lat = with_lat.transform(table.archs, lat)
+    y = table.frame[accuracy_column].to_numpy(float)
+    factories: dict[str, Any] = {
+        "ridge": lambda: P.RidgePredictor(alpha=1.0),
+        "gbt": lambda: P.GBTPredictor(seed=0),
+        "gp": lambda: P.GPPredictor(n_restarts=1, seed=0),
+        "mlp (OFA 3x400)": lambda: P.MLPPredictor(epochs=100, seed=0),
+        "ensemble (5x 2x128)": lambda: P.EnsemblePredictor(epochs=100, seed=0),
+    }
+    frames = []
+    for name, x, groups in (
+        ("one-hot", x_code, onehot.groups),
+        ("one-hot + latency", x_lat, with_lat.groups),
+    ):
+        facts = dict(factories)
+        facts["gp"] = lambda g=groups: P.GPPredictor(groups=g, n_restarts=1, seed=0)
+        f = P.compare_predictors(x, y, facts, n_train=n_train, n_test=n_test, seeds=seeds)
+        f.insert(0, "features", name)
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_benchmark(
+    csv: Path,
+    space: SearchSpace,
+    arch_column: str,
+    pairs: tuple[tuple[str, str], ...],
+    latency_columns: list[str] | None,
+    seeds: list[int],
+    budgets: tuple[int, ...],
+    strategies: tuple[str, ...],
+    n_jobs: int,
+    predictor_seeds: tuple[int, ...],
+) -> dict[str, Any]:
+    """The whole benchmark on any table; returns the results dictionary."""
+    frame = pd.read_csv(csv)
+    lat_cols = latency_columns or [c for c in frame.columns if str(c).endswith("_ms")]
+    acc_cols = list(dict.fromkeys(a for a, _ in pairs))
+    table = TabularBenchmark(space, frame, arch_column, acc_cols, lat_cols, source=str(csv))
+    results: dict[str, Any] = {
+        "benchmark": "search_nb201",
+        "commit": _commit(),
+        "csv": str(csv),
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus visible, {n_jobs} jobs",
+        "budgets": list(budgets),
+        "seeds": seeds,
+        "strategies": list(strategies),
+        "pairs": {},
+    }
+    for acc, lat in pairs:
+        t0 = time.perf_counter()
+        runs = bench_tabular(table, acc, lat, strategies, budgets, seeds, n_jobs=n_jobs)
+        summary = summarize(runs)
+        paid = runs.groupby(["strategy", "budget"])["n_paid"].mean().rename("mean_paid")
+        summary = summary.merge(paid.reset_index(), on=["strategy", "budget"])
+        key = f"{acc}/{lat}"
+        results["pairs"][key] = {
+            "reference": runs.attrs["reference"],
+            "hv_true": runs.attrs["hv_true"],
+            "true_front_size": len(table.true_front(acc, lat)),
+            "runs": runs.to_dict(orient="records"),
+            "summary": summary.to_dict(orient="records"),
+            "elapsed_s": time.perf_counter() - t0,
+        }
+        log.info("%s done in %.0f s\n%s", key, time.perf_counter() - t0, summary.to_string())
+    if predictor_seeds:
+        t0 = time.perf_counter()
+        pr = predictor_ranking(table, pairs[0][0], seeds=predictor_seeds)
+        agg = (
+            pr.groupby(["features", "predictor", "n_train"])[
+                ["kendall_tau", "spearman", "rmse", "fit_s"]
+            ]
+            .mean()
+            .reset_index()
+        )
+        results["predictors"] = {
+            "accuracy_column": pairs[0][0],
+            "runs": pr.to_dict(orient="records"),
+            "summary": agg.to_dict(orient="records"),
+            "elapsed_s": time.perf_counter() - t0,
+        }
+    return results
+
+
+def table_md(results: dict[str, Any]) -> str:
+    budgets = results["budgets"]
+    lines = [
+        "# Search on NAS-Bench-201: HV(found) / HV(true)",
+        "",
+        f"Commit `{results['commit']}`, seeds {results['seeds']}, {results['machine']}, "
+        f"{results.get('elapsed_s', 0):.0f} s in all.",
+        "Mean (worst) over seeds after each number of paid accuracy evaluations; `paid` = mean "
+        "evaluations a strategy reached at the last budget (Optuna samplers stop at 5 x 300 "
+        "trials).",
+        "",
+    ]
+    for key, pair in results["pairs"].items():
+        ref = pair["reference"]
+        lines += [
+            f"## {key}",
+            "",
+            f"Reference: accuracy {ref['accuracy']:.3f}, latency {ref['latency_ms']:.3f} ms; "
+            f"true front {pair['true_front_size']} archs.",
+            "",
+            "| strategy | " + " | ".join(f"{b} evals" for b in budgets) + " | paid |",
+            "|---|" + "---|" * (len(budgets) + 1),
+        ]
+        summary = pd.DataFrame(pair["summary"])
+        for strategy in results["strategies"]:
+            s = summary[summary["strategy"] == strategy].set_index("budget")
+            cells = [f"{s.at[b, 'mean']:.3f} ({s.at[b, 'worst']:.3f})" for b in budgets]
+            lines.append(
+                f"| {strategy} | "
+                + " | ".join(cells)
+                + f" | {s.at[budgets[-1], 'mean_paid']:.0f} |"
+            )
+        lines.append("")
+    if "predictors" in results:
+        pr = pd.DataFrame(results["predictors"]["summary"])
+        lines += [
+            f"## Predictors on {results['predictors']['accuracy_column']} (held-out archs)",
+            "",
+            "| features | predictor | n_train | Kendall tau | Spearman | RMSE | fit (s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for _, r in pr.iterrows():
+            lines.append(
+                f"| {r['features']} | {r['predictor']} | {r['n_train']} | {r['kendall_tau']:.3f} "
+                f"| {r['spearman']:.3f} | {r['rmse']:.2f} | {r['fit_s']:.1f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _space(name: str) -> SearchSpace:
+    import search_spaces
+
+    return search_spaces.get_space(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="writes results.json, table.md")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    parser.add_argument("--space", default="nb201", help="registered space of the table's archs")
+    parser.add_argument("--arch-column", default="arch_str")
+    parser.add_argument(
+        "--pair",
+        action="append",
+        help="ACCURACY_COLUMN:LATENCY_COLUMN (repeatable; default: the two NB201 pairs)",
+    )
+    parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default 10)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument(
+        "--quick", action="store_true", help="3 seeds, budgets 50/100, 1 predictor seed"
+    )
+    parser.add_argument("--no-predictors", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("nas").setLevel(logging.WARNING)
+    pairs = (
+        tuple(tuple(p.split(":", 1)) for p in args.pair)  # type: ignore[misc]
+        if args.pair
+        else PAIRS
+    )
+    n_seeds = 3 if args.quick else args.seeds
+    seeds = list(range(args.first_seed, args.first_seed + n_seeds))
+    budgets = (50, 100) if args.quick else BUDGETS
+    pred_seeds: tuple[int, ...] = () if args.no_predictors else ((0,) if args.quick else (0, 1, 2))
+    t0 = time.perf_counter()
+    results = run_benchmark(
+        args.csv,
+        _space(args.space),
+        args.arch_column,
+        pairs,  # type: ignore[arg-type]
+        None,
+        seeds,
+        budgets,
+        tuple(args.strategies.split(",")),
+        args.jobs,
+        pred_seeds,
+    )
+    results["elapsed_s"] = time.perf_counter() - t0
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    (args.out / "table.md").write_text(table_md(results))
+    print(table_md(results))
+    return 0
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,450 @@
+"""Our hardware-aware search strategy: predictor-guided expected hypervolume improvement over
+candidates whose cheap objectives are already known.
+
+Latency, MACs and memory are free for every candidate; accuracy is paid. So the strategy prices
+a whole pool of candidates (every arch of a small space, one representative per isomorphism
+class; or random archs plus mutants of the found front in a large one), fits a Gaussian process
+(or any predictor with uncertainty) on the accuracies paid so far, using the arch encoding *and*
+the free cost features, and pays next for the candidates with the largest expected hypervolume
+improvement (EHVI) of the accuracy/cost front, which is exact here because only accuracy is
+uncertain (`nas.pareto.expected_hvi`). Batches are chosen greedily with the "Kriging believer"
+(a chosen candidate joins the front at its predicted accuracy, and the GP's posterior variance
+is updated in closed form), so one refit serves several evaluations. Multi-objective Bayesian
+optimisation in the spirit of Emmerich et al. (EHVI, 2006) and Daulton et al. (qEHVI, 2020).
+
+Packaged as an Optuna sampler: it chooses a whole arch in `before_trial` and answers each
+`suggest_*` from it, so it runs in `study.optimize`, next to other workers, and resumes from
+storage (its state is the study's trials).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.objectives import ACCURACY, SearchProblem
+from nas.pareto import expected_hvi, pareto_mask
+from nas.predictors import ArchFeatures, GPPredictor, Predictor
+from nas.space import Arch
+
+log = logging.getLogger(__name__)
+
+
+def _limit_threads() -> Any:
+    """Small dense algebra runs faster on one BLAS thread (and the box is shared)."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=1, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class _Pool:
+    """Candidates with their cheap metric values, canonical keys and features."""
+
+    def __init__(
+        self,
+        archs: list[Arch],
+        keys: list[str],
+        canon: list[str],
+        cheap: np.ndarray,
+        feasible: np.ndarray,
+    ) -> None:
+        self.archs, self.keys, self.canon = archs, keys, canon
+        self.cheap, self.feasible = cheap, feasible
+        self.index = {k: i for i, k in enumerate(keys)}
+        self.x = np.zeros((len(archs), 0))
+
+
+class FrontierSampler(BaseSampler):
+    """Predictor-guided EHVI over the cheap-objective front (see the module docstring).
+
+    Args:
+        problem: the search problem; accuracy must be among its objectives.
+        seed: seeds the initial design, the pool and the predictor.
+        n_initial: archs paid for before the first fit, spread over the range of the first
+            cheap objective (stratified), so the predictor sees fast and slow archs alike.
+        batch_size: most evaluations chosen per predictor fit ...
+        batch_divisor: ... and at most (paid so far) / batch_divisor, so early batches are small.
+        predictor: "gp" (default) or a factory returning a fresh predictor that has
+            `predict_with_std`.
+        features: extra free cost features for the predictor, name -> function of a list of
+            archs (e.g. other devices' latency); every cheap metric the problem uses is a
+            feature already.
+        reference: reference point per objective (metric units and directions). Defaults:
+            a budget's bound where a cheap objective has one, else the worst value in the pool;
+            for accuracy, the median paid accuracy (improving on the typical arch).
+        candidates: an explicit pool (e.g. the archs a table covers).
+        pool_limit: spaces with at most this many genotypes are enumerated into the pool.
+        pool_size: otherwise, the size of each freshly drawn pool (half random archs, half
+            mutants and crossovers of the found front).
+        one_per_class: keep, per canonical key, only the members not dominated in the cheap
+            objectives (isomorphic archs share an accuracy: paying twice learns nothing).
+    """
+
+    def __init__(
+        self,
+        problem: SearchProblem,
+        seed: int | None = 0,
+        n_initial: int = 10,
+        batch_size: int = 10,
+        batch_divisor: int = 5,
+        predictor: str | Callable[[], Predictor] = "gp",
+        features: Mapping[str, Callable[[Sequence[Arch]], np.ndarray]] | None = None,
+        reference: Mapping[str, float] | None = None,
+        candidates: Sequence[Arch] | None = None,
+        pool_limit: int = 200_000,
+        pool_size: int = 4000,
+        one_per_class: bool = True,
+    ) -> None:
+        if ACCURACY not in problem.objectives:
+            raise ValueError(
+                "the frontier sampler spends accuracy evaluations carefully, so 'accuracy' must "
+                f"be an objective; got objectives {problem.objectives} (use 'nsga2' for cheap "
+                "objectives only)"
+            )
+        if n_initial < 2 or batch_size < 1 or batch_divisor < 1:
+            raise ValueError(
+                f"need n_initial >= 2, batch_size >= 1, batch_divisor >= 1; got {n_initial}, "
+                f"{batch_size}, {batch_divisor}"
+            )
+        self.problem = problem
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.n_initial, self.batch_size, self.batch_divisor = n_initial, batch_size, batch_divisor
+        self.predictor = predictor
+        self.extra_features = dict(features or {})
+        self.reference = dict(reference or {})
+        for name in self.reference:
+            if name not in problem.objectives:
+                raise ValueError(
+                    f"reference names {name!r}, not an objective; objectives: {problem.objectives}"
+                )
+        self.candidates = list(candidates) if candidates is not None else None
+        self.pool_limit, self.pool_size, self.one_per_class = pool_limit, pool_size, one_per_class
+        self._fallback = RandomSampler(seed=seed)
+        self._pending: dict[int, Arch] = {}
+        self._queue: list[str] = []  # arch keys chosen but not yet asked for
+        self._pool: _Pool | None = None
+        self._features: ArchFeatures | None = None
+        self._static_pool = False
+        self.cheap_names = problem.cheap_used
+        self.last_fit: dict[str, float] = {}
+
+    # -- Optuna's sampler interface ----------------------------------------------------------
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.system_attrs.get("fixed_params"):
+            return  # an enqueued trial: its arch is given
+        arch = self._next(study)
+        if arch is not None:
+            self._pending[trial._trial_id] = arch
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        arch = self._pending.get(trial._trial_id)
+        if arch is not None and param_name in arch:
+            return arch[param_name]
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._pending.pop(trial._trial_id, None)
+
+    def reseed_rng(self) -> None:
+        self.rng = np.random.default_rng()
+        self._fallback.reseed_rng()
+
+    # -- the pool ----------------------------------------------------------------------------
+    def _make_pool(self, archs: list[Arch]) -> _Pool:
+        p, space = self.problem, self.problem.space
+        keys = [space.key(a) for a in archs]
+        uniq = dict(zip(keys, archs, strict=True))  # first of duplicated genotypes
+        keys, archs = list(uniq), list(uniq.values())
+        canon = [space.canonical_key(a) for a in archs]
+        cheap = p.cheap_matrix(archs, self.cheap_names)
+        values = {n: cheap[:, j] for j, n in enumerate(self.cheap_names)}
+        feasible = np.asarray(p.feasible_cheap(values), dtype=bool) & np.ones(len(archs), bool)
+        if self.one_per_class:
+            keep = self._class_representatives(canon, cheap)
+            archs = [a for a, k in zip(archs, keep, strict=True) if k]
+            keys = [a for a, k in zip(keys, keep, strict=True) if k]
+            canon = [a for a, k in zip(canon, keep, strict=True) if k]
+            cheap, feasible = cheap[keep], feasible[keep]
+        return _Pool(archs, keys, canon, cheap, feasible)
+
+    def _class_representatives(self, canon: list[str], cheap: np.ndarray) -> np.ndarray:
+        objs = np.array(
+            [self.cheap_names.index(n) for n in self.problem.cheap_objectives], dtype=np.int64
+        )
+        signs = np.array([self.problem.metrics[self.cheap_names[j]].sign for j in objs])
+        keep = np.zeros(len(canon), dtype=bool)
+        groups: dict[str, list[int]] = {}
+        for i, c in enumerate(canon):
+            groups.setdefault(c, []).append(i)
+        for members in groups.values():
+            if len(members) == 1 or not len(objs):
+                keep[members[0]] = True
+                continue
+            idx = np.array(members)
+            v = cheap[np.ix_(idx, objs)] * signs
+            # one arch per distinct cost vector among the non-dominated members
+            nd = idx[pareto_mask(v)]
+            _, first = np.unique(cheap[np.ix_(nd, objs)], axis=0, return_index=True)
+            keep[nd[first]] = True
+        return keep
+
+    def _ensure_features(self, pool: _Pool) -> ArchFeatures:
+        if self._features is None:
+            costs: dict[str, Callable[[Sequence[Arch]], np.ndarray]] = {
+                n: self.problem.metrics[n].many for n in self.cheap_names
+            }
+            costs.update(self.extra_features)
+            feats = ArchFeatures(self.problem.space, "onehot", costs)
+            self._features = feats.fit(pool.archs, self._cost_block(pool))
+        return self._features
+
+    def _cost_block(self, pool: _Pool) -> np.ndarray:
+        extra = [
+            np.asarray(fn(pool.archs), dtype=np.float64) for fn in self.extra_features.values()
+        ]
+        return np.column_stack([pool.cheap, *extra]) if extra else pool.cheap
+
+    def _featurize(self, pool: _Pool) -> None:
+        feats = self._ensure_features(pool)
+        pool.x = feats.transform(pool.archs, self._cost_block(pool))
+
+    def _get_pool(self, front_archs: list[Arch]) -> _Pool:
+        space = self.problem.space
+        if self._static_pool and self._pool is not None:
+            return self._pool
+        if self.candidates is not None:
+            archs, self._static_pool = list(self.candidates), True
+        elif space.n_genotypes <= self.pool_limit:
+            archs, self._static_pool = list(space.enumerate()), True
+        else:
+            n_random = self.pool_size // 2 if front_archs else self.pool_size
+            archs = [space.sample(self.rng) for _ in range(n_random)]
+            while front_archs and len(archs) < self.pool_size:
+                a = front_archs[int(self.rng.integers(len(front_archs)))]
+                if self.rng.random() < 0.3 and len(front_archs) > 1:
+                    b = front_archs[int(self.rng.integers(len(front_archs)))]
+                    archs.append(space.mutate(space.crossover(a, b, self.rng), self.rng, 0.05))
+                else:
+                    archs.append(space.mutate(a, self.rng, 1.0 / max(len(space.keys), 1)))
+        pool = self._make_pool(archs)
+        self._featurize(pool)
+        self._pool = pool
+        log.debug(
+            "frontier pool: %d candidates (%d feasible)", len(pool.archs), pool.feasible.sum()
+        )
+        return pool
+
+    # -- choosing ----------------------------------------------------------------------------
+    def _study_state(
+        self, study: optuna.Study
+    ) -> tuple[dict[str, tuple[Arch, float]], set[str], list[Arch]]:
+        """Paid archs by canonical key, canonical keys in flight, and in-flight archs."""
+        space = self.problem.space
+        paid: dict[str, tuple[Arch, float]] = {}
+        busy: set[str] = set()
+        busy_archs: list[Arch] = []
+        n_dims = len(space.keys)
+        for t in study.get_trials(deepcopy=False):
+            ck = t.user_attrs.get("canonical_key")
+            if t.user_attrs.get("evaluated") and "accuracy" in t.user_attrs and ck is not None:
+                if ck not in paid and len(t.params) == n_dims:
+                    paid[str(ck)] = (space.validate(t.params), float(t.user_attrs["accuracy"]))
+            elif t.state in (TrialState.RUNNING, TrialState.WAITING):
+                params = t.params or t.system_attrs.get("fixed_params", {})
+                arch = self._pending.get(t._trial_id)
+                if arch is None and len(params) == n_dims:
+                    arch = space.validate(params)
+                if arch is not None:
+                    busy.add(space.canonical_key(arch))
+                    busy_archs.append(arch)
+        return paid, busy, busy_archs
+
+    def _next(self, study: optuna.Study) -> Arch | None:
+        space = self.problem.space
+        paid, busy, _ = self._study_state(study)
+        while self._queue:
+            key = self._queue.pop(0)
+            pool = self._pool
+            if pool is None or key not in pool.index:
+                continue
+            i = pool.index[key]
+            if pool.canon[i] not in paid and pool.canon[i] not in busy:
+                return space.validate(pool.archs[i])
+        with _limit_threads():
+            self._queue = self._choose_batch(study)
+        if not self._queue:
+            log.info("frontier: no unpaid feasible candidate left; sampling at random")
+            return None
+        return self._next(study) if self._queue else None
+
+    def _choose_batch(self, study: optuna.Study) -> list[str]:
+        paid, busy, busy_archs = self._study_state(study)
+        paid_archs = [a for a, _ in paid.values()]
+        y = np.array([acc for _, acc in paid.values()])
+        pool = self._get_pool(self._found_front(paid_archs, y))
+        avail = pool.feasible & np.array(
+            [c not in paid and c not in busy for c in pool.canon], dtype=bool
+        )
+        if not avail.any():
+            return []
+        if len(paid) < self.n_initial:
+            return self._initial_design(pool, avail, self.n_initial - len(paid) - len(busy))
+        return self._ehvi_batch(pool, avail, paid_archs, y, busy_archs)
+
+    def _found_front(self, archs: list[Arch], y: np.ndarray) -> list[Arch]:
+        if not archs:
+            return []
+        cheap = self.problem.cheap_matrix(archs, self.problem.cheap_objectives)
+        signs = np.array([self.problem.metrics[n].sign for n in self.problem.cheap_objectives])
+        mask = pareto_mask(np.column_stack([cheap * signs, -y]))
+        return [a for a, m in zip(archs, mask, strict=True) if m]
+
+    def _initial_design(self, pool: _Pool, avail: np.ndarray, n: int) -> list[str]:
+        idx = np.flatnonzero(avail)
+        n = max(1, min(n, len(idx)))
+        if not self.problem.cheap_objectives:
+            chosen = self.rng.choice(idx, size=n, replace=False)
+            return [pool.keys[i] for i in chosen]
+        j = self.cheap_names.index(self.problem.cheap_objectives[0])
+        order = idx[np.argsort(pool.cheap[idx, j], kind="stable")]
+        return [pool.keys[int(self.rng.choice(b))] for b in np.array_split(order, n) if len(b)]
+
+    def _fit(self, x: np.ndarray, y: np.ndarray) -> Predictor:
+        if self.predictor == "gp":
+            assert self._features is not None
+            seed = int(self.rng.integers(2**31))
+            return GPPredictor(groups=self._features.groups, n_restarts=1, seed=seed).fit(x, y)
+        if callable(self.predictor):
+            model = self.predictor()
+            if not hasattr(model, "predict_with_std"):
+                raise TypeError(
+                    f"the frontier sampler needs a predictor with predict_with_std (uncertainty); "
+                    f"{type(model).__name__} has none"
+                )
+            return model.fit(x, y)
+        raise ValueError(f"predictor must be 'gp' or a factory, got {self.predictor!r}")
+
+    def _references(self, pool: _Pool, y: np.ndarray) -> tuple[np.ndarray, float]:
+        p = self.problem
+        refs = []
+        for name in p.cheap_objectives:
+            sign = p.metrics[name].sign
+            if name in self.reference:
+                refs.append(sign * self.reference[name])
+                continue
+            j = self.cheap_names.index(name)
+            worst = float(np.max(sign * pool.cheap[pool.feasible, j]))
+            bounds = [c.bound * sign for c in p.constraints if c.metric == name]
+            refs.append(min([worst, *bounds]) if bounds else worst)
+        acc_ref = self.reference.get(ACCURACY, float(np.median(y)))
+        return np.array(refs), float(acc_ref)
+
+    def _ehvi_batch(
+        self,
+        pool: _Pool,
+        avail: np.ndarray,
+        paid_archs: list[Arch],
+        y: np.ndarray,
+        busy_archs: list[Arch],
+    ) -> list[str]:
+        p = self.problem
+        feats = self._features
+        assert feats is not None
+        x_paid = feats.transform(paid_archs, self._cost_block(self._make_side_pool(paid_archs)))
+        model = self._fit(x_paid, y)
+        idx = np.flatnonzero(avail)
+        xc = pool.x[idx]
+        gp = model if isinstance(model, GPPredictor) else None
+        if gp is not None:
+            mu, v = gp.posterior(xc)
+            var = np.maximum(gp.signal_variance - (v * v).sum(0), 1e-12)  # standardised units
+        else:
+            mu, sd0 = model.predict_with_std(xc)  # type: ignore[attr-defined]
+        objs = np.array([self.cheap_names.index(n) for n in p.cheap_objectives], dtype=np.int64)
+        signs = np.array([p.metrics[n].sign for n in p.cheap_objectives])
+        cand = pool.cheap[np.ix_(idx, objs)] * signs
+        front_c = p.cheap_matrix(paid_archs, p.cheap_objectives) * signs
+        front_y = y.copy()
+        if busy_archs:  # others' in-flight archs join the front at their predicted accuracy
+            xb = feats.transform(busy_archs, self._cost_block(self._make_side_pool(busy_archs)))
+            front_c = np.vstack([front_c, p.cheap_matrix(busy_archs, p.cheap_objectives) * signs])
+            front_y = np.concatenate([front_y, model.predict(xb)])
+        ref_c, ref_y = self._references(pool, y)
+        n_batch = min(self.batch_size, max(1, len(paid_archs) // self.batch_divisor))
+        chosen: list[int] = []
+        cols: list[np.ndarray] = []
+        noise = math.exp(gp.log_noise_) if gp is not None else 0.0
+        taken = np.zeros(len(idx), dtype=bool)
+        best_gain = 0.0
+        for _ in range(min(n_batch, len(idx))):
+            sd = np.sqrt(var) * gp.target_std if gp is not None else sd0
+            gain = expected_hvi(front_c, front_y, cand, mu, sd, ref_c, ref_y)
+            gain[taken] = -np.inf
+            s = int(np.argmax(gain))
+            if not np.isfinite(gain[s]):
+                break
+            if not chosen:
+                best_gain = float(gain[s])
+            chosen.append(s)
+            taken[s] = True
+            front_c = np.vstack([front_c, cand[s]])
+            front_y = np.append(front_y, mu[s])
+            if gp is not None:  # rank-1 update of the posterior covariance (Kriging believer)
+                cov = gp.kernel(xc, xc[s : s + 1])[:, 0] - v.T @ v[:, s]
+                for c in cols:
+                    cov -= c * c[s]
+                c_new = cov / math.sqrt(max(cov[s] + noise, 1e-12))
+                cols.append(c_new)
+                var = np.maximum(var - c_new * c_new, 1e-12)
+        self.last_fit = {"n_paid": float(len(y)), "best_ehvi": best_gain, "reference_acc": ref_y}
+        log.debug("frontier: %d paid, batch of %d, best EHVI %.4g", len(y), len(chosen), best_gain)
+        return [pool.keys[idx[s]] for s in chosen]
+
+    def _make_side_pool(self, archs: list[Arch]) -> _Pool:
+        """Cheap metrics of archs that may lie outside the pool (paid by another sampler)."""
+        pool = self._pool
+        rows = []
+        for a in archs:
+            k = self.problem.space.key(a)
+            if pool is not None and k in pool.index:
+                rows.append(pool.cheap[pool.index[k]])
+            else:
+                rows.append(self.problem.cheap_matrix([a], self.cheap_names)[0])
+        cheap = np.array(rows).reshape(len(archs), len(self.cheap_names))
+        return _Pool(archs, [], [], cheap, np.ones(len(archs), bool))
