@@ -230,6 +230,26 @@ class SearchSpace:
         inactive = self.inactive_keys(a)
         return "|".join(f"{k}={INACTIVE if k in inactive else a[k]}" for k in a)
 
+    def from_key(self, key: str) -> Arch:
+        """The arch of a key written by `key` (inactive slots come back as their first choice)."""
+        if not isinstance(key, str) or "=" not in key:
+            raise InvalidArchError(
+                f"not an arch key of space {self.name!r}: {key!r}; keys read "
+                f"'{self.keys[0]}=...|{self.keys[1] if len(self.keys) > 1 else '...'}=...'"
+            )
+        raw: dict[str, Any] = {}
+        for part in key.split("|"):
+            name, _, text = part.partition("=")
+            choice = self._dims.get(name)
+            if choice is None or text == INACTIVE:
+                raw[name] = choice.values[0] if choice is not None and text == INACTIVE else text
+                continue
+            raw[name] = next((v for v in choice.values if str(v) == text), text)
+        arch = self.validate(raw)
+        if self.key(arch) != key:
+            raise InvalidArchError(f"{key!r} is not the key of any arch of space {self.name!r}")
+        return arch
+
     def canonical_key(self, arch: Mapping[str, Any]) -> str:
         """Key shared by every arch that builds an equivalent network (default: `key`)."""
         return self.key(arch)

@@ -128,6 +128,12 @@ class FBNetSpace(SearchSpace):
     def key(self, arch: Mapping[str, Any]) -> str:
         return "fbnet:" + "".join(str(i) for i in self.to_indices(arch))
 
+    def from_key(self, key: str) -> Arch:
+        digits = key.removeprefix("fbnet:") if isinstance(key, str) else ""
+        if not key.startswith("fbnet:") or not digits.isdigit():
+            raise InvalidArchError(f"an FBNet key reads 'fbnet:' + 22 op indices, got {key!r}")
+        return self.from_indices([int(d) for d in digits])
+
     def block_specs(self, arch: Mapping[str, Any]) -> list[LayerSpec]:
         """Traced per layer and composed: the same specs as tracing `build`."""
         a = self.validate(arch)

@@ -191,6 +191,9 @@ class NB201Space(SearchSpace):
     def key(self, arch: Mapping[str, Any]) -> str:
         return self.to_str(arch)
 
+    def from_key(self, key: str) -> Arch:
+        return self.from_str(key)
+
     # -- isomorphism -------------------------------------------------------------------------
     def live_edges(self, arch: Mapping[str, Any]) -> list[tuple[int, int, str]]:
         """Edges (to, from, op) that carry signal from the input to the output."""

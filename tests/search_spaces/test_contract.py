@@ -62,6 +62,15 @@ def test_validate_names_every_problem(space: SearchSpace) -> None:
         space.validate([1, 2, 3])  # type: ignore[arg-type]
 
 
+def test_from_key_round_trips(space: SearchSpace) -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(10):
+        a = space.sample(rng)
+        assert space.key(space.from_key(space.key(a))) == space.key(a)
+    with pytest.raises(InvalidArchError):
+        space.from_key("no such key")
+
+
 def test_key_masks_inactive_slots(space: SearchSpace) -> None:
     rng = np.random.default_rng(0)
     for _ in range(20):
