@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch first and pinned: an unpinned `torch` requirement not yet satisfied pulls a CUDA build.
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,runtimes,executorch,nni
+EXTRAS ?= dev,runtimes,executorch,nni,postgres
 
 .PHONY: install demo test lint typecheck pytest bench clean
 
@@ -29,8 +29,9 @@ lint: install
 typecheck: install
 	$(PY) -m mypy
 
+# a local PostgreSQL (localhost only) for the multi-worker storage tests; see scripts/postgres.sh
 pytest: install
-	$(PY) -m pytest
+	EDGE_NAS_TEST_PG_URL="$$(bash scripts/postgres.sh)" $(PY) -m pytest
 
 test: lint typecheck pytest
 
