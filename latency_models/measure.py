@@ -20,7 +20,11 @@ Protocol (one timed thing, or several timed together by :func:`measure_rounds`):
    metadata the caller supplies: device name, runtime, runtime version, thread count, dtype.
 
 The median is the headline figure: it ignores the long right tail that preemption, interrupts
-and page faults put on latency samples. Thread counts are *recorded* here, not set: each device
+and page faults put on latency samples. It does not survive sustained contention: when another
+busy process shares the core, runs take ~2x as long for stretches of time, and the median of a
+round follows whichever mode dominated it (seen on this project's shared 2-core machine). There,
+``p10_ms`` (or the minimum over repeated measurements) is the robust figure, and
+``Measurement.spread`` (p90 / p10) flags the affected measurements. Thread counts are *recorded* here, not set: each device
 sets its own before it calls :func:`measure`.
 
 Each sample of :func:`measure` is one call of the callable, timed with ``time.perf_counter_ns``
@@ -128,6 +132,12 @@ class Measurement:
     runtime_version: str
     threads: int
     dtype: str
+
+    @property
+    def spread(self) -> float:
+        """p90 / p10: near 1 on a quiet machine; ~2 when another process shares the core for
+        part of the runs (the median then depends on which mode dominated)."""
+        return self.p90_ms / self.p10_ms if self.p10_ms > 0 else math.inf
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready mapping (for LUT files)."""

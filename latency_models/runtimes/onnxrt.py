@@ -14,7 +14,10 @@ metadata. The exported and quantized models are cached on disk (see ``cache.py``
 
 ``measure_many`` exports every uncached layer in one ``torch.onnx`` call (independent branches
 of one model) and cuts the per-layer models out of it with ``onnx.utils.Extractor``: the
-exporter's fixed cost (about 0.6 s a call here) is paid once per batch instead of per layer.
+exporter's fixed cost (decompositions, about 0.6 s a call here) is paid once per batch instead
+of per layer. On the 20 layers of a MobileNetV2-style CNN that took 0.42 s a layer instead of
+1.96 s (fp32; int8 0.49 s vs 1.99 s, quantization itself being cheap), on a loaded machine.
+Each layer is still timed alone, in its own session.
 """
 
 from __future__ import annotations

@@ -128,6 +128,7 @@ def test_summarize_statistics() -> None:
     assert m.mean_ms == pytest.approx(5.5)
     assert m.std_ms == pytest.approx(float(np.std(samples)))
     assert m.min_ms == 1.0 and m.count == 10
+    assert m.spread == pytest.approx(9.1 / 1.9)
     with pytest.raises(ValueError, match="non-empty 1-D"):
         summarize([], warmup=0, rounds=1, converged=True, info=RunInfo())
 
@@ -310,16 +311,18 @@ def _layers() -> list[tuple[nn.Module, tuple[int, ...]]]:
 
 
 def test_xnnpack_measure_many_lowers_once_and_times_every_layer(cache: ArtifactCache) -> None:
+    """int8, the harder case: weights, scales and their dequantize nodes must follow their layer
+    into its own delegate."""
     pytest.importorskip("executorch")
     device = XnnpackDevice(cache=cache)
     layers = _layers()
-    batch = device.prepare_batch(layers, "fp32")
+    batch = device.prepare_batch(layers, "int8")
     assert sorted(batch.delegate_layers) == [0, 1, 2] and batch.unbatched == []
-    assert set(batch.build_s) >= {"export_s", "to_edge_and_lower_s"}
-    ms = device.measure_many(layers, "fp32", FAST)  # same chunk: a cache hit, no lowering
+    assert set(batch.build_s) >= {"export_s", "quantize_s", "to_edge_and_lower_s"}
+    ms = device.measure_many(layers, "int8", FAST)  # same chunk: a cache hit, no lowering
     assert len(ms) == 3
     assert all(math.isfinite(m.median_ms) and m.median_ms > 0 for m in ms)
-    assert all(m.device == "xnnpack-1t" and m.dtype == "fp32" for m in ms)
+    assert all(m.device == "xnnpack-1t" and m.dtype == "int8" for m in ms)
 
 
 def test_ort_measure_many_shares_one_export_and_fills_the_per_layer_cache(
