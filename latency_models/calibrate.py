@@ -165,7 +165,11 @@ def calibrate(
     y = np.asarray(latency_ms, dtype=np.float64)
     if dead_branches not in ("auto", True, False):
         raise ValueError(f"dead_branches must be 'auto', True or False; got {dead_branches!r}")
-    runtime_specs = runtime_specs or RuntimeSpecs()
+    if runtime_specs is None:
+        # share the device's cache of pruned specs: tracing them is the slow part
+        runtime_specs = (
+            device.runtime_specs if isinstance(device, EmulatedDevice) else RuntimeSpecs()
+        )
 
     def plain(space: SearchSpace, arch: Mapping[str, Any], dtype: str) -> list[LayerSpec]:
         return space.layer_specs(arch, dtype)

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from latency_models.costmodel import (
     COSTMODEL_VERSION,
     CostParams,
@@ -189,7 +191,7 @@ class EmulatedDevice(Device):
         self.params = params or CostParams()
         self.name = name or f"{profile.name}-emulated"
         self.threads = profile.cores
-        self._runtime_specs = runtime_specs or RuntimeSpecs()
+        self.runtime_specs = runtime_specs or RuntimeSpecs()
 
     @property
     def runtime_version(self) -> str:
@@ -209,13 +211,13 @@ class EmulatedDevice(Device):
 
     def with_params(self, params: CostParams, name: str | None = None) -> EmulatedDevice:
         """The same profile with other (e.g. calibrated) parameters."""
-        return EmulatedDevice(self.profile, params, name or self.name, self._runtime_specs)
+        return EmulatedDevice(self.profile, params, name or self.name, self.runtime_specs)
 
     def layer_specs(
         self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
     ) -> list[LayerSpec]:
         if self.removes_dead_branches:
-            return self._runtime_specs(space, arch, dtype)
+            return self.runtime_specs(space, arch, dtype)
         return space.layer_specs(arch, dtype)
 
     def layer_ms(self, spec: LayerSpec) -> float:
@@ -339,7 +341,11 @@ class RealDevice(Device):
         self.check_dtype(dtype)
         a = space.validate(arch)
         shape = (1, *space.input_shape(a))
-        return self.runtime_device.measure_module(space.build(a), shape, dtype, None, self.protocol)
+        # seeded weights: the same arch lowers to the same (cached) artifact every time
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            module = space.build(a)
+        return self.runtime_device.measure_module(module, shape, dtype, None, self.protocol)
 
 
 # --------------------------------------------------------------------------------------------

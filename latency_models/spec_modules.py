@@ -229,7 +229,7 @@ def _feature_map(spec: LayerSpec, which: str) -> tuple[int, int, int]:
     return c, h, w
 
 
-def module_for_spec(spec: LayerSpec) -> tuple[nn.Module, tuple[int, ...]]:
+def module_for_spec(spec: LayerSpec, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
     """A stand-in module for `spec` and its input shape *with* the batch dimension (1, ...).
 
     The module's output shape is checked against the spec's. Raises `UnsupportedSpecError`
@@ -246,7 +246,12 @@ def module_for_spec(spec: LayerSpec) -> tuple[nn.Module, tuple[int, ...]]:
     input_shape = (1, *(int(s) for s in spec.input_shape))
     with torch.device("meta"):  # shapes only: no weights allocated, no arithmetic
         check_output_shape(spec, builder(spec).eval(), device="meta")
-    return builder(spec).eval(), input_shape
+    # Seeded weights: the same spec gives the same module, so runtimes' artifact caches (keyed
+    # by content, weights included) hit on every later build of the same layer.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = builder(spec).eval()
+    return module, input_shape
 
 
 def check_output_shape(spec: LayerSpec, module: nn.Module, device: str = "cpu") -> None:
