@@ -127,7 +127,8 @@ def _features(
     dtype: str,
     profile: DeviceProfile,
 ) -> np.ndarray:
-    return np.stack([network_features(specs_of(space, a, dtype), profile) for a in archs])
+    cache: dict[LayerSpec, np.ndarray] = {}
+    return np.stack([network_features(specs_of(space, a, dtype), profile, cache) for a in archs])
 
 
 def calibrate(

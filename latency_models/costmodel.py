@@ -314,20 +314,42 @@ FEATURE_NAMES: tuple[str, ...] = tuple(
 )
 
 
-def network_features(specs: Iterable[LayerSpec], profile: DeviceProfile) -> np.ndarray:
-    """The linear features of a network's time: for each kind, the summed compute-bound and
-    memory-bound roofline times (ms) and the number of leaf layers (see `FEATURE_NAMES`)."""
+def spec_features(spec: LayerSpec, profile: DeviceProfile) -> np.ndarray:
+    """`network_features` of one spec (a network's features are the sum over its specs)."""
     n = len(KINDS)
-    index = {k: i for i, k in enumerate(KINDS)}
     out = np.zeros(3 * n)
+    for c in leaf_costs(spec, profile):
+        i = _KIND_INDEX[c.kind]
+        if c.compute_bound:
+            out[i] += c.compute_ms
+        else:
+            out[n + i] += c.memory_ms
+        out[2 * n + i] += 1
+    return out
+
+
+_KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
+
+
+def network_features(
+    specs: Iterable[LayerSpec],
+    profile: DeviceProfile,
+    cache: dict[LayerSpec, np.ndarray] | None = None,
+) -> np.ndarray:
+    """The linear features of a network's time: for each kind, the summed compute-bound and
+    memory-bound roofline times (ms) and the number of leaf layers (see `FEATURE_NAMES`).
+
+    `cache` (spec -> features, for this profile only) saves recomputing repeated layers.
+    """
+    out = np.zeros(3 * len(KINDS))
     for spec in specs:
-        for c in leaf_costs(spec, profile):
-            i = index[c.kind]
-            if c.compute_bound:
-                out[i] += c.compute_ms
-            else:
-                out[n + i] += c.memory_ms
-            out[2 * n + i] += 1
+        if cache is None:
+            out += spec_features(spec, profile)
+            continue
+        f = cache.get(spec)
+        if f is None:
+            f = cache[spec] = spec_features(spec, profile)
+        out += f
     return out
 
 

@@ -192,6 +192,7 @@ class EmulatedDevice(Device):
         self.name = name or f"{profile.name}-emulated"
         self.threads = profile.cores
         self.runtime_specs = runtime_specs or RuntimeSpecs()
+        self._layer_cache: dict[LayerSpec, float] = {}
 
     @property
     def runtime_version(self) -> str:
@@ -221,7 +222,11 @@ class EmulatedDevice(Device):
         return space.layer_specs(arch, dtype)
 
     def layer_ms(self, spec: LayerSpec) -> float:
-        return layer_time_ms(spec, self.profile, self.params)
+        """Time of one spec (memoised: profile and parameters never change on an instance)."""
+        ms = self._layer_cache.get(spec)
+        if ms is None:
+            ms = self._layer_cache[spec] = layer_time_ms(spec, self.profile, self.params)
+        return ms
 
     def _point(self, ms: float, dtype: str) -> Measurement:
         return point_measurement(

@@ -21,8 +21,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from scipy.optimize import lsq_linear
 
-from latency_models.calibrate import CalibrationResult, calibrate
+from latency_models.calibrate import FLOOR_FRAC, CalibrationResult, calibrate
 from latency_models.costmodel import CostParams, leaf_specs, op_kind
 from latency_models.devices import Device, EmulatedDevice, TabularDevice
 from latency_models.lut import LUT, MissingKeysError, fill_missing
@@ -127,9 +128,12 @@ class _LineProxy(LatencyPredictor):
     ) -> _LineProxy:
         y = _check_xy(archs, latency_ms)
         x = np.array([self.proxy(space, a) for a in archs]) / self.unit
-        a = np.stack([x, np.ones_like(x)], axis=1) / y[:, None]
-        coef, *_ = np.linalg.lstsq(a, np.ones_like(y), rcond=None)
-        self.coef_ = (float(coef[0]), float(coef[1]))
+        # relative errors, floored as in calibration (a network folded to ~0 ms cannot
+        # dominate); the slope cannot go negative (more MACs never make a network faster)
+        denom = np.maximum(y, FLOOR_FRAC * float(np.median(y)))
+        a = np.stack([x, np.ones_like(x)], axis=1) / denom[:, None]
+        sol = lsq_linear(a, y / denom, bounds=([0.0, -np.inf], [np.inf, np.inf]))
+        self.coef_ = (float(sol.x[0]), float(sol.x[1]))
         return self
 
     def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
