@@ -42,6 +42,12 @@ def _device(device: Device | str, **kwargs: Any) -> Device:
     return get_device(device, **kwargs)
 
 
+def _is_table(name: str) -> bool:
+    from latency_models import DEVICES
+
+    return name in DEVICES and DEVICES.describe(name).startswith("table:")
+
+
 def cli_build_lut(
     space: SearchSpace,
     device: Device | str,
@@ -149,8 +155,8 @@ def cli_validate(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if isinstance(measured, str) and measured.startswith("nb201-"):
-        device_kwargs.setdefault("space", space)
+    if isinstance(measured, str) and _is_table(measured):
+        device_kwargs.setdefault("space", space)  # a table's archs are parsed by the space
     meas = _device(measured, **device_kwargs)
     if isinstance(meas, EmulatedDevice):
         raise ValueError(

@@ -9,9 +9,11 @@ before fusion. Ops that merely *read* a zero (a conv of a zero node) are kept: a
 not know a computed tensor is zero, and the measured NAS-Bench-201 latencies agree (see
 benchmarks/latency_nb201.py).
 
-Pruning reuses the space's block decomposition (`SearchSpace.traced_block`) so an arch costs a
-few dictionary look-ups once its blocks have been seen; a space without block specs is traced
-whole. Dead code is found inside each block: a block's output always counts as used.
+Only archs whose specs hold a multiplication are re-traced (others are returned as the space
+gives them). Pruning reuses the space's block decomposition (`SearchSpace.traced_block`) so an
+arch costs a few dictionary look-ups once its blocks have been seen; a space without block specs
+is traced whole. Dead code is found inside each block: a block's output always counts as used,
+except that a block whose output is a constant folds the whole chain of blocks.
 """
 
 from __future__ import annotations
@@ -242,6 +244,11 @@ class RuntimeSpecs:
         return specs
 
     def _fp32(self, space: SearchSpace, arch: Mapping[str, Any]) -> list[LayerSpec]:
+        plain = space.layer_specs(arch)  # cached by the space
+        if not has_zero_ops(plain):
+            # Nothing multiplies by zero: nothing to fold. (A network that computes results it
+            # never uses would still be priced whole: modules rarely do.)
+            return plain
         if type(space).block_specs is SearchSpace.block_specs:  # no block decomposition
             return self._whole(space, arch)
         view = _BlockView(space, self._blocks.setdefault(space, {}))

@@ -46,6 +46,7 @@ __all__ = [
     "DeviceProfile",
     "cpu_profile",
     "host_cpu_profile",
+    "profiles_markdown",
 ]
 
 #: Op kinds the cost model prices separately (see `costmodel.op_kind`).
@@ -555,3 +556,35 @@ def host_cpu_profile(threads: int = 1, name: str = "host") -> DeviceProfile:
             "dram_bandwidth_gbs": "8 GB/s per thread (assumed; calibration corrects it)",
         },
     )
+
+
+def profiles_markdown(profiles: Mapping[str, DeviceProfile] | None = None) -> str:
+    """The catalogue as Markdown: figures, derived peaks and sources (latency_models/PROFILES.md)."""
+    profiles = PROFILES if profiles is None else profiles
+    lines = [
+        "# Emulated device profiles",
+        "",
+        "Generated from `latency_models/profiles.py` by `profiles_markdown()` (a test keeps this",
+        "file in step with the code). Figures are public vendor or paper numbers; bandwidths are",
+        "achievable rates and efficiencies are estimates (see each source). Calibration",
+        "(`latency_models.calibrate`) corrects them from whole-network measurements.",
+        "",
+        "| device | kind | clock GHz | cores | MACs/cycle/core | peak GMAC/s | cache KiB | "
+        "cache GB/s | DRAM GB/s | layer / network overhead us | removes dead branches |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in profiles.values():
+        macs = ", ".join(f"{d} {v:g}" for d, v in p.macs_per_cycle.items())
+        peaks = ", ".join(f"{d} {p.peak_macs_per_s(d) / 1e9:.0f}" for d in p.dtypes)
+        lines.append(
+            f"| `{p.name}-emulated` | {p.kind} | {p.clock_ghz:g} | {p.cores} | {macs} | {peaks} | "
+            f"{p.cache_bytes / 1024:.0f} | {p.cache_bandwidth_gbs:g} | {p.dram_bandwidth_gbs:g} | "
+            f"{p.layer_overhead_us:g} / {p.network_overhead_us:g} | "
+            f"{'yes' if p.removes_dead_branches else 'no'} |"
+        )
+    for p in profiles.values():
+        lines += ["", f"## `{p.name}-emulated`", "", p.description + f" ({p.runtime}).", ""]
+        lines += [f"- **{field_name}**: {text}" for field_name, text in p.sources.items()]
+        eff = ", ".join(f"{k} {v:g}" for k, v in p.efficiency.items())
+        lines.append(f"- **efficiency** (fraction of peak per op kind): {eff}")
+    return "\n".join(lines) + "\n"

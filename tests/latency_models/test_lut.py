@@ -166,3 +166,13 @@ def test_dead_branch_device_prices_runtime_specs() -> None:
 
 def test_real_lut_path_naming(tmp_path: Path) -> None:
     assert lm.lut_path(tmp_path, "xnnpack-1t", "int8").name == "lut_xnnpack-1t_int8.csv"
+
+
+def test_cli_build_lut_writes_and_resumes(tmp_path: Path) -> None:
+    path = lm.cli_build_lut(SPACE, "raspi4-emulated", tmp_path, n_archs=10, progress=False)
+    assert path == tmp_path / "lut_raspi4-emulated_fp32.csv"
+    first = LUT.load(path)
+    again = lm.cli_build_lut(SPACE, "raspi4-emulated", path, n_archs=20, progress=False)
+    assert again == path and len(LUT.load(path)) >= len(first)
+    with pytest.raises(lm.DeviceError, match="valid dtypes"):
+        lm.cli_build_lut(SPACE, "raspi4-emulated", tmp_path, dtype="fp16")

@@ -100,3 +100,15 @@ def test_expanded_conv_splits_into_leaves() -> None:
         if x.op == "conv"
     )
     assert macs == se_block.macs
+
+
+def test_profiles_document_is_up_to_date() -> None:
+    from pathlib import Path
+
+    from latency_models.profiles import profiles_markdown
+
+    doc = Path(lm.__file__).with_name("PROFILES.md")
+    assert doc.read_text() == profiles_markdown(), (
+        'regenerate latency_models/PROFILES.md: python -c "from latency_models.profiles import '
+        "profiles_markdown; open('latency_models/PROFILES.md', 'w').write(profiles_markdown())\""
+    )
