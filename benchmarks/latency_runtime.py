@@ -1,0 +1,273 @@
+"""Latency models against real runtimes on this machine: ONNX Runtime and ExecuTorch + XNNPACK.
+
+For each device (`ort-cpu-1t`, `xnnpack-1t`) and each case (tiny and nb201 in fp32 and int8 on
+50 test archs; mobilenetv3 and fbnet in fp32 on 20), whole networks are measured: the test
+archs twice (test-retest agreement: the noise floor), and separate fitting archs once (every
+learned correction is fitted on those, never on test archs). A LUT of the case's layers is built
+on the same device (build time and unique layers reported). Predictors side by side: MACs line
+(the baseline), LUT sum, LUT sum + learned correction, cost model from this CPU's spec figures
+(uncalibrated) and calibrated on the fitting archs. Finally the cost model calibrated on nb201
+alone predicts fbnet and mobilenetv3 unchanged.
+
+Everything measured is kept under --out (arch measurements CSV, LUT CSVs; compiled artifacts
+in the runtimes' cache, --cache to move it), so an interrupted run resumes where it stopped.
+
+    python benchmarks/latency_runtime.py --out runs/bench/latency_runtime [--quick] [--cache DIR]
+
+Targets: Kendall tau >= 0.95 and >= 95 % of test archs within +-10 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import latency_models as lm
+import search_spaces
+from latency_models.commands import disjoint_archs
+from latency_models.validate import metrics
+
+log = logging.getLogger("latency_runtime")
+ROOT = Path(__file__).resolve().parents[1]
+
+# (space, dtype, test archs, fitting archs)
+FULL_PLAN = [
+    ("tiny", "fp32", 50, 30),
+    ("tiny", "int8", 50, 30),
+    ("nb201", "fp32", 50, 30),
+    ("nb201", "int8", 50, 30),
+    ("mobilenetv3", "fp32", 20, 15),
+    ("fbnet", "fp32", 20, 15),
+]
+QUICK_PLAN = [("tiny", "fp32", 6, 6), ("nb201", "fp32", 6, 6)]
+DEVICES = ("ort-cpu-1t", "xnnpack-1t")
+
+
+def _commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, cwd=ROOT).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _space(name: str) -> Any:
+    return search_spaces.get_space(name)
+
+
+def run_case(
+    device: lm.Device,
+    space_name: str,
+    dtype: str,
+    n_test: int,
+    n_fit: int,
+    out: Path,
+    store: lm.ArchMeasurements,
+    seed: int,
+) -> dict[str, Any]:
+    space = _space(space_name)
+    fit, test = disjoint_archs(space, n_fit, n_test, seed=seed)
+    t0 = time.perf_counter()
+    y_fit = np.array(store.measure(device, space, fit, dtype, repeat=0, progress=True))
+    y_test = np.array(store.measure(device, space, test, dtype, repeat=0, progress=True))
+    y_retest = np.array(store.measure(device, space, test, dtype, repeat=1, progress=True))
+    t_measure = time.perf_counter() - t0
+    specs = lm.lut.reachable_specs(space, device, dtype, archs=[*fit, *test])
+    t0 = time.perf_counter()
+    lut = lm.build_lut(
+        space,
+        device,
+        lm.lut_path(out / "luts", device, dtype),
+        dtype=dtype,
+        archs=[*fit, *test],
+        progress=True,
+    )
+    t_lut = time.perf_counter() - t0
+    predictors: dict[str, lm.LatencyModel] = {
+        "macs line": lm.MacsProxy(device.name, dtype).fit(space, fit, y_fit),
+        "lut sum": lm.LUTSum(lut, device),
+        "lut + correction": lm.LUTCorrected(lut, device).fit(space, fit, y_fit),
+        "costmodel (spec only)": lm.CostModelPredictor(device, dtype),
+        "costmodel (calibrated)": lm.CostModelPredictor(device, dtype).fit(space, fit, y_fit),
+    }
+    predicted = {name: p.predict_many(space, test) for name, p in predictors.items()}
+    return {
+        "space": space_name,
+        "dtype": dtype,
+        "device": device.name,
+        "n_test": n_test,
+        "n_fit": n_fit,
+        "test_keys": [space.key(a) for a in test],
+        "fit_keys": [space.key(a) for a in fit],
+        "measured_ms": {
+            "fit": y_fit.tolist(),
+            "test": y_test.tolist(),
+            "retest": y_retest.tolist(),
+        },
+        "median_ms": {"test": float(np.median(y_test)), "retest": float(np.median(y_retest))},
+        "predicted_ms": {k: np.asarray(v).tolist() for k, v in predicted.items()},
+        "metrics": {k: metrics(np.maximum(v, 1e-9), y_test) for k, v in predicted.items()},
+        "test_retest": metrics(y_retest, y_test),
+        "lut": {
+            "path": str(lut.path),
+            "unique_layers": len(specs),
+            "entries": len(lut),
+            "build_s_this_run": t_lut,
+        },
+        "measure_s_this_run": t_measure,
+    }
+
+
+def cross_space(device: lm.Device, cases: list[dict[str, Any]], seed: int) -> dict[str, Any] | None:
+    """Calibrate on nb201 fp32 only; predict the other fp32 spaces' test archs unchanged."""
+    by = {(c["space"], c["dtype"]): c for c in cases}
+    source = by.get(("nb201", "fp32"))
+    if source is None:
+        return None
+    space = _space("nb201")
+    fit, test = disjoint_archs(space, source["n_fit"], source["n_test"], seed=seed)
+    archs = [*fit, *test]
+    y = np.array(source["measured_ms"]["fit"] + source["measured_ms"]["test"])
+    model = lm.CostModelPredictor(device, "fp32").fit(space, archs, y)
+    out: dict[str, Any] = {"calibrated_on": "nb201 fp32", "n_archs": len(archs), "targets": {}}
+    for (name, dtype), case in by.items():
+        if dtype != "fp32" or name == "nb201":
+            continue
+        target = _space(name)
+        _, t_test = disjoint_archs(target, case["n_fit"], case["n_test"], seed=seed)
+        pred = model.predict_many(target, t_test)
+        own = case["metrics"]["costmodel (calibrated)"]
+        out["targets"][name] = {
+            "transferred": metrics(pred, np.array(case["measured_ms"]["test"])),
+            "calibrated_on_own_space": own,
+        }
+    out["params"] = model.params.to_dict()
+    return out
+
+
+def _table(results: dict[str, Any]) -> str:
+    lines = [
+        "# Latency models against real runtimes on this machine",
+        "",
+        f"commit `{results['commit'][:10]}`{' (quick)' if results['quick'] else ''}; "
+        "targets: Kendall tau >= 0.95, >= 95 % within +-10 %",
+        "",
+    ]
+    for dev, entry in results["devices"].items():
+        lines += [
+            f"## {dev}",
+            "",
+            "| space | dtype | test/fit archs | median ms | test-retest tau / w10 | predictor | tau | w10 % | w20 % | median APE % |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in entry["cases"]:
+            tr = c["test_retest"]
+            first = True
+            for name, m in c["metrics"].items():
+                lead = (
+                    f"| {c['space']} | {c['dtype']} | {c['n_test']}/{c['n_fit']} | "
+                    f"{c['median_ms']['test']:.3f} | {tr['kendall_tau']:.3f} / {tr['within_10_pct']:.0f} "
+                    if first
+                    else "| | | | | "
+                )
+                lines.append(
+                    f"{lead}| {name} | {m['kendall_tau']:.3f} | {m['within_10_pct']:.1f} | "
+                    f"{m['within_20_pct']:.1f} | {m['median_ape_pct']:.1f} |"
+                )
+                first = False
+        lines += [
+            "",
+            "| space | dtype | unique layers | LUT entries | LUT build (s, this run) |",
+            "|---|---|---|---|---|",
+        ]
+        for c in entry["cases"]:
+            lut = c["lut"]
+            lines.append(
+                f"| {c['space']} | {c['dtype']} | {lut['unique_layers']} | {lut['entries']} | {lut['build_s_this_run']:.1f} |"
+            )
+        cross = entry.get("cross_space")
+        if cross:
+            lines += [
+                "",
+                f"Cost model calibrated on nb201 fp32 only ({cross['n_archs']} archs), other spaces unchanged:",
+                "",
+                "| target | tau (transferred) | w10 % (transferred) | tau (calibrated on own space) |",
+                "|---|---|---|---|",
+            ]
+            for name, t in cross["targets"].items():
+                lines.append(
+                    f"| {name} | {t['transferred']['kendall_tau']:.3f} | {t['transferred']['within_10_pct']:.1f} | "
+                    f"{t['calibrated_on_own_space']['kendall_tau']:.3f} |"
+                )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--quick", action="store_true", help="tiny and nb201 fp32, 6+6 archs")
+    parser.add_argument("--devices", nargs="+", default=list(DEVICES))
+    parser.add_argument("--cases", nargs="+", help="space:dtype filters, e.g. tiny:fp32 nb201:int8")
+    parser.add_argument("--cache", type=Path, help="compiled-artifact cache (EDGE_NAS_CACHE)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.cache is not None:
+        os.environ["EDGE_NAS_CACHE"] = str(args.cache)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plan = QUICK_PLAN if args.quick else FULL_PLAN
+    if args.cases:
+        plan = [p for p in plan if f"{p[0]}:{p[1]}" in set(args.cases)]
+    store = lm.ArchMeasurements(args.out / "measurements.csv")
+    results: dict[str, Any] = {
+        "benchmark": "latency_runtime",
+        "commit": _commit(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "quick": args.quick,
+        "seed": args.seed,
+        "plan": plan,
+        "devices": {},
+    }
+    t_start = time.perf_counter()
+    for name in args.devices:
+        device = lm.get_device(name)
+        cases = []
+        for space_name, dtype, n_test, n_fit in plan:
+            if dtype not in device.dtypes:
+                continue
+            log.info("%s: %s %s (%d test, %d fit archs)", name, space_name, dtype, n_test, n_fit)
+            case = run_case(device, space_name, dtype, n_test, n_fit, args.out, store, args.seed)
+            cases.append(case)
+            results["devices"][name] = {"cases": cases}
+            (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        results["devices"][name]["cross_space"] = cross_space(device, cases, args.seed)
+    results["total_s_this_run"] = time.perf_counter() - t_start
+    summary: dict[str, Any] = {}
+    for name, entry in results["devices"].items():
+        for c in entry["cases"]:
+            for pred, m in c["metrics"].items():
+                summary.setdefault(name, {}).setdefault(pred, []).append(m["kendall_tau"])
+    results["median_tau_over_cases"] = {
+        dev: {p: statistics.median(v) for p, v in preds.items()} for dev, preds in summary.items()
+    }
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    (args.out / "table.md").write_text(_table(results))
+    print((args.out / "table.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,510 @@
+"""Devices: things that time a layer or a whole network, real, emulated or read from a table.
+
+All devices share one interface, so LUT building, calibration and validation have one code path:
+
+- `layer_specs(space, arch, dtype)`: the layers this device executes for an arch (after
+  dead-branch elimination where its runtime does that),
+- `measure_layers(specs, dtype)`: one `Measurement` per spec (milliseconds, with spread),
+- `measure_arch(space, arch, dtype)`: one whole network,
+- `metadata(dtype)`: what a LUT records so tables of different devices never mix,
+- `prior_profile()`: the profile the cost model starts from when calibrated on this device.
+
+`RealDevice` wraps a runtime of `latency_models.runtimes` (ONNX Runtime, ExecuTorch + XNNPACK,
+PyTorch eager) and builds a stand-in module per spec (`spec_modules`). `EmulatedDevice` prices
+specs with the cost model of a `DeviceProfile`: deterministic, zero spread. `TabularDevice`
+reads whole-network latencies measured elsewhere (e.g. HW-NAS-Bench's Pixel 3 column of
+`nb201.csv`): it can be calibrated on and validated against, never asked for a layer.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from latency_models.costmodel import (
+    COSTMODEL_VERSION,
+    CostParams,
+    layer_time_ms,
+)
+from latency_models.graph import RuntimeSpecs
+from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol
+from latency_models.profiles import DeviceProfile, host_cpu_profile
+from latency_models.spec_modules import is_free, module_for_spec
+from nas.layers import LayerSpec
+from nas.space import Arch, SearchSpace
+
+if TYPE_CHECKING:
+    from latency_models.runtimes import RuntimeDevice
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Device",
+    "DeviceError",
+    "EmulatedDevice",
+    "RealDevice",
+    "TabularDevice",
+    "point_measurement",
+]
+
+ProgressFn = Callable[[int], None]
+
+
+class DeviceError(ValueError):
+    """A device asked for something it cannot do (the message says what it can do)."""
+
+
+def point_measurement(
+    ms: float,
+    *,
+    device: str,
+    runtime: str,
+    runtime_version: str,
+    threads: int,
+    dtype: str,
+) -> Measurement:
+    """A deterministic measurement: one value, zero spread."""
+    return Measurement(
+        median_ms=ms,
+        p10_ms=ms,
+        p90_ms=ms,
+        mean_ms=ms,
+        std_ms=0.0,
+        min_ms=ms,
+        count=1,
+        warmup=0,
+        rounds=1,
+        converged=True,
+        device=device,
+        runtime=runtime,
+        runtime_version=runtime_version,
+        threads=threads,
+        dtype=dtype,
+    )
+
+
+class Device(ABC):
+    """The common interface (module docstring)."""
+
+    name: str
+    kind: str  # "real", "emulated" or "tabular"
+    runtime: str
+    threads: int = 1
+    deterministic: bool = False
+
+    @property
+    @abstractmethod
+    def runtime_version(self) -> str:
+        """Runtime (or cost model) name and version, recorded in every LUT."""
+
+    @property
+    @abstractmethod
+    def dtypes(self) -> tuple[str, ...]:
+        """The dtypes this device runs, its default first."""
+
+    def check_dtype(self, dtype: str) -> str:
+        if dtype not in self.dtypes:
+            raise DeviceError(
+                f"device {self.name!r} does not run dtype {dtype!r}; valid dtypes: "
+                f"{list(self.dtypes)}"
+            )
+        return dtype
+
+    def metadata(self, dtype: str) -> dict[str, Any]:
+        """What identifies this device's measurements (LUT files refuse to mix others)."""
+        return {
+            "device": self.name,
+            "device_kind": self.kind,
+            "runtime": self.runtime,
+            "runtime_version": self.runtime_version,
+            "threads": self.threads,
+            "dtype": dtype,
+        }
+
+    def layer_specs(
+        self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
+    ) -> list[LayerSpec]:
+        """The layers this device executes for `arch` (default: all the space's specs)."""
+        return space.layer_specs(arch, dtype)
+
+    @abstractmethod
+    def measure_layers(
+        self,
+        specs: Sequence[LayerSpec],
+        dtype: str = "fp32",
+        progress: ProgressFn | None = None,
+    ) -> list[Measurement]:
+        """One measurement per spec, in order; `progress(n)` is called as n more finish."""
+
+    @abstractmethod
+    def measure_arch(
+        self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
+    ) -> Measurement:
+        """One whole network."""
+
+    def measure_archs(
+        self, space: SearchSpace, archs: Sequence[Mapping[str, Any]], dtype: str = "fp32"
+    ) -> list[Measurement]:
+        return [self.measure_arch(space, a, dtype) for a in archs]
+
+    def prior_profile(self) -> DeviceProfile:
+        """The profile the cost model starts from when it is calibrated on this device."""
+        return host_cpu_profile(self.threads, name=self.name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# Emulated
+# --------------------------------------------------------------------------------------------
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class EmulatedDevice(Device):
+    """A `DeviceProfile` priced by the cost model (deterministic, zero spread)."""
+
+    kind = "emulated"
+    runtime = "emulated"
+    deterministic = True
+
+    def __init__(
+        self,
+        profile: DeviceProfile,
+        params: CostParams | None = None,
+        name: str | None = None,
+        runtime_specs: RuntimeSpecs | None = None,
+    ) -> None:
+        self.profile = profile
+        self.params = params or CostParams()
+        self.name = name or f"{profile.name}-emulated"
+        self.threads = profile.cores
+        self.runtime_specs = runtime_specs or RuntimeSpecs()
+        self._layer_cache: dict[LayerSpec, float] = {}
+
+    @property
+    def runtime_version(self) -> str:
+        # Any change of figures or calibration changes the version: LUTs of it never mix.
+        return (
+            f"{COSTMODEL_VERSION} profile={_digest(self.profile.to_dict())} "
+            f"params={_digest(self.params.to_dict())}"
+        )
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        return self.profile.dtypes
+
+    @property
+    def removes_dead_branches(self) -> bool:
+        return self.params.dead_branches(self.profile)
+
+    def with_params(self, params: CostParams, name: str | None = None) -> EmulatedDevice:
+        """The same profile with other (e.g. calibrated) parameters."""
+        return EmulatedDevice(self.profile, params, name or self.name, self.runtime_specs)
+
+    def layer_specs(
+        self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
+    ) -> list[LayerSpec]:
+        if self.removes_dead_branches:
+            return self.runtime_specs(space, arch, dtype)
+        return space.layer_specs(arch, dtype)
+
+    def layer_ms(self, spec: LayerSpec) -> float:
+        """Time of one spec (memoised: profile and parameters never change on an instance)."""
+        ms = self._layer_cache.get(spec)
+        if ms is None:
+            ms = self._layer_cache[spec] = layer_time_ms(spec, self.profile, self.params)
+        return ms
+
+    def _point(self, ms: float, dtype: str) -> Measurement:
+        return point_measurement(
+            ms,
+            device=self.name,
+            runtime=self.runtime,
+            runtime_version=self.runtime_version,
+            threads=self.threads,
+            dtype=dtype,
+        )
+
+    def measure_layers(
+        self,
+        specs: Sequence[LayerSpec],
+        dtype: str = "fp32",
+        progress: ProgressFn | None = None,
+    ) -> list[Measurement]:
+        self.check_dtype(dtype)
+        out = [self._point(self.layer_ms(_as_dtype(s, dtype)), dtype) for s in specs]
+        if progress is not None:
+            progress(len(out))
+        return out
+
+    def arch_ms(self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32") -> float:
+        self.check_dtype(dtype)
+        specs = self.layer_specs(space, arch, dtype)
+        return sum(self.layer_ms(s) for s in specs) + self.params.network_overhead(self.profile)
+
+    def measure_arch(
+        self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
+    ) -> Measurement:
+        return self._point(self.arch_ms(space, arch, dtype), dtype)
+
+    def prior_profile(self) -> DeviceProfile:
+        return self.profile
+
+
+def _as_dtype(spec: LayerSpec, dtype: str) -> LayerSpec:
+    return spec if spec.dtype == dtype else spec.with_dtype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Real
+# --------------------------------------------------------------------------------------------
+
+
+class RealDevice(Device):
+    """A runtime on this machine (`latency_models.runtimes`), timing stand-in modules."""
+
+    kind = "real"
+
+    def __init__(
+        self,
+        runtime_device: RuntimeDevice,
+        protocol: Protocol = DEFAULT_PROTOCOL,
+        chunk_layers: int = 32,
+    ) -> None:
+        if chunk_layers < 1:
+            raise ValueError(f"chunk_layers must be >= 1, got {chunk_layers}")
+        self.runtime_device = runtime_device
+        self.name = runtime_device.name
+        self.runtime = runtime_device.runtime
+        self.threads = runtime_device.threads
+        self.protocol = protocol
+        self.chunk_layers = chunk_layers
+
+    @property
+    def runtime_version(self) -> str:
+        return self.runtime_device.version
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        return tuple(self.runtime_device.dtypes)
+
+    def _zero(self, dtype: str) -> Measurement:
+        return point_measurement(
+            0.0,
+            device=self.name,
+            runtime=self.runtime,
+            runtime_version=self.runtime_version,
+            threads=self.threads,
+            dtype=dtype,
+        )
+
+    def measure_layers(
+        self,
+        specs: Sequence[LayerSpec],
+        dtype: str = "fp32",
+        progress: ProgressFn | None = None,
+    ) -> list[Measurement]:
+        """Stand-in modules timed `chunk_layers` at a time through the runtime's
+        `measure_many` (XNNPACK lowers each chunk as one program); free ops cost zero."""
+        self.check_dtype(dtype)
+        out: list[Measurement | None] = [None] * len(specs)
+        todo = []
+        for i, spec in enumerate(specs):
+            if is_free(spec):
+                out[i] = self._zero(dtype)
+            else:
+                todo.append(i)
+        if progress is not None and len(todo) < len(specs):
+            progress(len(specs) - len(todo))
+        for start in range(0, len(todo), self.chunk_layers):
+            chunk = todo[start : start + self.chunk_layers]
+            items = [module_for_spec(specs[i]) for i in chunk]
+            results = self.runtime_device.measure_many(items, dtype, self.protocol)
+            for i, m in zip(chunk, results, strict=True):
+                out[i] = m
+            if progress is not None:
+                progress(len(chunk))
+        assert all(m is not None for m in out)
+        return [m for m in out if m is not None]
+
+    def measure_arch(
+        self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
+    ) -> Measurement:
+        self.check_dtype(dtype)
+        a = space.validate(arch)
+        shape = (1, *space.input_shape(a))
+        # seeded weights: the same arch lowers to the same (cached) artifact every time
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            module = space.build(a)
+        return self.runtime_device.measure_module(module, shape, dtype, None, self.protocol)
+
+
+# --------------------------------------------------------------------------------------------
+# Tabular: whole-network latencies measured elsewhere
+# --------------------------------------------------------------------------------------------
+
+
+class TabularDevice(Device):
+    """Whole-network latencies read from a CSV (one row per arch, one column per device).
+
+    `arch_column` holds the arch: parsed with `parse` (default: the space's `from_str` where it
+    has one, else JSON of the arch mapping). Rows are keyed by `space.key(arch)`.
+    """
+
+    kind = "tabular"
+    deterministic = True
+
+    def __init__(
+        self,
+        path: str | Path,
+        column: str,
+        space: SearchSpace,
+        *,
+        arch_column: str = "arch_str",
+        parse: Callable[[str], Mapping[str, Any]] | None = None,
+        name: str | None = None,
+        dtype: str = "fp32",
+        profile: DeviceProfile | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.column = column
+        self.space = space
+        self.name = name or f"table:{self.path.name}:{column}"
+        self.runtime = f"table {self.path.name}"
+        self._dtype = dtype
+        self._profile = profile
+        self.threads = profile.cores if profile is not None else 1
+        if parse is None:
+            from_str = getattr(space, "from_str", None)
+            parse = from_str if callable(from_str) else _parse_json_arch
+        self._table, self._archs = _read_table(self.path, arch_column, column, space, parse)
+
+    @property
+    def runtime_version(self) -> str:
+        return f"{self.path.name} column {self.column}"
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        return (self._dtype,)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def archs(self) -> list[Arch]:
+        """Every arch in the table, in file order."""
+        return [dict(a) for a in self._archs]
+
+    def latencies_ms(self, archs: Iterable[Mapping[str, Any]] | None = None) -> list[float]:
+        """Measured latency of each arch (all rows in file order when `archs` is None)."""
+        if archs is None:
+            archs = self._archs
+        return [self.latency_ms(self.space, a) for a in archs]
+
+    def latency_ms(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
+        if space is not self.space and space.name != self.space.name:
+            raise DeviceError(
+                f"table device {self.name!r} holds archs of space {self.space.name!r}, "
+                f"not {space.name!r}"
+            )
+        key = self.space.key(arch)
+        try:
+            return self._table[key]
+        except KeyError:
+            raise DeviceError(
+                f"arch {key!r} is not in {self.path} ({len(self._table)} rows): a table device "
+                "only knows the archs it was measured on"
+            ) from None
+
+    def measure_layers(
+        self,
+        specs: Sequence[LayerSpec],
+        dtype: str = "fp32",
+        progress: ProgressFn | None = None,
+    ) -> list[Measurement]:
+        raise DeviceError(
+            f"table device {self.name!r} holds whole-network latencies only and cannot time "
+            "layers; calibrate an emulated device on it (latency_models.calibrate) and build "
+            "LUTs on that"
+        )
+
+    def measure_arch(
+        self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
+    ) -> Measurement:
+        self.check_dtype(dtype)
+        return point_measurement(
+            self.latency_ms(space, arch),
+            device=self.name,
+            runtime=self.runtime,
+            runtime_version=self.runtime_version,
+            threads=self.threads,
+            dtype=dtype,
+        )
+
+    def prior_profile(self) -> DeviceProfile:
+        if self._profile is None:
+            raise DeviceError(
+                f"table device {self.name!r} has no device profile to calibrate from; pass "
+                "profile=PROFILES[...] when creating it"
+            )
+        return self._profile
+
+
+def _parse_json_arch(text: str) -> Mapping[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object of dimension -> value, got {text!r}")
+    return value
+
+
+def _read_table(
+    path: Path,
+    arch_column: str,
+    column: str,
+    space: SearchSpace,
+    parse: Callable[[str], Mapping[str, Any]],
+) -> tuple[dict[str, float], list[Arch]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no measurement table at {path}")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in (arch_column, column) if c not in header]
+        if missing:
+            raise DeviceError(
+                f"{path} has no column(s) {missing}; it has {header}. Pass arch_column= and "
+                "column= naming the arch and the latency (ms) columns"
+            )
+        table: dict[str, float] = {}
+        archs: list[Arch] = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                arch = space.validate(parse(row[arch_column]))
+                value = float(row[column])
+            except (ValueError, TypeError, KeyError) as err:
+                raise DeviceError(f"{path}, line {line}: cannot read the row: {err}") from None
+            if not (math.isfinite(value) and value > 0):
+                raise DeviceError(
+                    f"{path}, line {line}: latency {column}={row[column]!r} must be a finite "
+                    "number > 0 (milliseconds)"
+                )
+            key = space.key(arch)
+            if key not in table:
+                archs.append(arch)
+            table[key] = value
+    if not table:
+        raise DeviceError(f"{path} holds no rows")
+    return table, archs

@@ -1,0 +1,522 @@
+"""Latency lookup tables: each unique layer of a space measured once on a device, kept as CSV.
+
+File format (`edge-nas-lut/1`): a first line `# edge-nas-lut/1 {json metadata}` naming the
+device, its kind, runtime, runtime version, threads, dtype, creation date and host; then a CSV
+header and one row per layer key with the measurement's statistics and when it was taken. Rows
+are appended and flushed (with fsync) after every batch, so a crash loses at most the batch in
+flight; opening the file again resumes where it stopped, and drops a last line the crash cut
+short. A table refuses to be resumed, merged or read by a device whose identity differs
+(device, runtime, runtime version, threads, dtype): measurements of two devices never mix.
+
+Keys are the specs' keys (`LayerSpec.key`), which do not name the space: one table per device
+and dtype serves every space whose layers it holds.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import logging
+import os
+import platform
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latency_models.devices import Device
+from latency_models.measure import Measurement
+from latency_models.spec_modules import is_free
+from nas.layers import LayerSpec
+from nas.space import SearchSpace, as_rng
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMAT",
+    "IDENTITY",
+    "LUT",
+    "CorruptLUTError",
+    "LUTError",
+    "LUTMismatchError",
+    "MissingKeysError",
+    "build_lut",
+    "lut_path",
+    "reachable_specs",
+]
+
+FORMAT = "edge-nas-lut/1"
+IDENTITY: tuple[str, ...] = (
+    "device",
+    "device_kind",
+    "runtime",
+    "runtime_version",
+    "threads",
+    "dtype",
+)
+COLUMNS: tuple[str, ...] = (
+    "key",
+    "op",
+    "median_ms",
+    "p10_ms",
+    "p90_ms",
+    "mean_ms",
+    "std_ms",
+    "min_ms",
+    "count",
+    "warmup",
+    "rounds",
+    "converged",
+    "measured_at",
+)
+#: Spaces with at most this many genotypes are enumerated for their reachable specs.
+ENUMERATE_LIMIT = 2_000
+DEFAULT_SAMPLE_ARCHS = 1_000
+
+
+class LUTError(ValueError):
+    """A LUT file or lookup problem; the message says what must hold."""
+
+
+class LUTMismatchError(LUTError):
+    """Two tables (or a table and a device) of different device, runtime, threads or dtype."""
+
+
+class CorruptLUTError(LUTError):
+    """A LUT file that cannot be read (the message gives the line)."""
+
+
+class MissingKeysError(LUTError):
+    """Layer keys a LUT does not hold, all listed at once (`.missing`)."""
+
+    def __init__(self, missing: Sequence[str], lut: LUT) -> None:
+        self.missing = list(missing)
+        shown = "\n  ".join(self.missing[:20])
+        more = f"\n  ... and {len(self.missing) - 20} more" if len(self.missing) > 20 else ""
+        super().__init__(
+            f"{len(self.missing)} layer key(s) missing from the LUT of {lut.device!r} "
+            f"({lut.path or 'in memory'}, {len(lut)} entries):\n  {shown}{more}\n"
+            "Build the LUT on these archs (build_lut(..., archs=...)) or pass "
+            "on_missing='measure' to measure them on the spot"
+        )
+
+
+@dataclass(frozen=True)
+class LUTEntry:
+    key: str
+    op: str
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    count: int
+    warmup: int
+    rounds: int
+    converged: bool
+    measured_at: str
+
+    @classmethod
+    def from_measurement(cls, spec: LayerSpec, m: Measurement) -> LUTEntry:
+        return cls(
+            key=spec.key,
+            op=spec.op,
+            median_ms=m.median_ms,
+            p10_ms=m.p10_ms,
+            p90_ms=m.p90_ms,
+            mean_ms=m.mean_ms,
+            std_ms=m.std_ms,
+            min_ms=m.min_ms,
+            count=m.count,
+            warmup=m.warmup,
+            rounds=m.rounds,
+            converged=m.converged,
+            measured_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+
+    def row(self) -> list[str]:
+        return [
+            self.key,
+            self.op,
+            repr(self.median_ms),
+            repr(self.p10_ms),
+            repr(self.p90_ms),
+            repr(self.mean_ms),
+            repr(self.std_ms),
+            repr(self.min_ms),
+            str(self.count),
+            str(self.warmup),
+            str(self.rounds),
+            str(int(self.converged)),
+            self.measured_at,
+        ]
+
+    @classmethod
+    def parse(cls, row: Sequence[str]) -> LUTEntry:
+        values = dict(zip(COLUMNS, row, strict=True))
+        entry = cls(
+            key=values["key"],
+            op=values["op"],
+            median_ms=float(values["median_ms"]),
+            p10_ms=float(values["p10_ms"]),
+            p90_ms=float(values["p90_ms"]),
+            mean_ms=float(values["mean_ms"]),
+            std_ms=float(values["std_ms"]),
+            min_ms=float(values["min_ms"]),
+            count=int(values["count"]),
+            warmup=int(values["warmup"]),
+            rounds=int(values["rounds"]),
+            converged=values["converged"] in ("1", "True", "true"),
+            measured_at=values["measured_at"],
+        )
+        if not entry.key or not np.isfinite(entry.median_ms) or entry.median_ms < 0:
+            raise ValueError(f"a row needs a key and a finite median_ms >= 0, got {row}")
+        return entry
+
+
+def _identity(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: metadata.get(k) for k in IDENTITY}
+
+
+class LUT:
+    """Layer key -> measured statistics of one device and dtype (module docstring)."""
+
+    def __init__(
+        self,
+        metadata: Mapping[str, Any],
+        entries: Iterable[LUTEntry] = (),
+        path: Path | None = None,
+    ) -> None:
+        missing = [k for k in IDENTITY if k not in metadata]
+        if missing:
+            raise LUTError(f"LUT metadata needs the fields {list(IDENTITY)}; missing {missing}")
+        self.metadata: dict[str, Any] = dict(metadata)
+        self.entries: dict[str, LUTEntry] = {e.key: e for e in entries}
+        self.path = path
+
+    @classmethod
+    def for_device(cls, device: Device, dtype: str) -> LUT:
+        """An empty table with the metadata of `device` in `dtype`."""
+        import torch
+
+        meta = {
+            "format": FORMAT,
+            **device.metadata(dtype),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": platform.node(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "spaces": [],
+        }
+        return cls(meta)
+
+    # -- identity ----------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        return str(self.metadata["device"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.metadata["dtype"])
+
+    def check_identity(self, other: Mapping[str, Any], what: str = "device") -> None:
+        """Raise `LUTMismatchError` unless `other` (metadata) has the same identity."""
+        mine, theirs = _identity(self.metadata), _identity(other)
+        diff = {k: (mine[k], theirs[k]) for k in IDENTITY if mine[k] != theirs[k]}
+        if diff:
+            lines = ", ".join(f"{k}: table {a!r} vs {what} {b!r}" for k, (a, b) in diff.items())
+            raise LUTMismatchError(
+                f"the LUT at {self.path or '(in memory)'} belongs to another device or runtime "
+                f"({lines}); tables of different devices, runtimes, threads or dtypes never "
+                "mix: use another path (or delete this file) to build a new one"
+            )
+
+    def check_device(self, device: Device, dtype: str | None = None) -> None:
+        self.check_identity(device.metadata(dtype or self.dtype), f"device {device.name!r}")
+
+    # -- lookups -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    def __getitem__(self, key: str) -> LUTEntry:
+        try:
+            return self.entries[key]
+        except KeyError:
+            raise MissingKeysError([key], self) from None
+
+    def missing(self, specs: Iterable[LayerSpec]) -> list[str]:
+        """Keys of `specs` (unique, in order; free ops excluded) the table does not hold."""
+        seen: dict[str, None] = {}
+        for s in specs:
+            if not is_free(s) and s.key not in self.entries:
+                seen.setdefault(s.key)
+        return list(seen)
+
+    def latency_ms(self, specs: Sequence[LayerSpec], stat: str = "median_ms") -> float:
+        """Sum of `stat` over `specs`; raises `MissingKeysError` listing every missing key."""
+        missing = self.missing(specs)
+        if missing:
+            raise MissingKeysError(missing, self)
+        return float(sum(getattr(self.entries[s.key], stat) for s in specs if not is_free(s)))
+
+    def per_op_ms(self, specs: Sequence[LayerSpec]) -> dict[str, float]:
+        """Summed median per op kind (features for learned corrections)."""
+        out: dict[str, float] = {}
+        for s in specs:
+            if not is_free(s):
+                out[s.op] = out.get(s.op, 0.0) + self[s.key].median_ms
+        return out
+
+    def merge(self, other: LUT) -> LUT:
+        """A table with the entries of both (this one wins on shared keys); same device only."""
+        self.check_identity(other.metadata, "other table")
+        merged = LUT(self.metadata, [*other.entries.values(), *self.entries.values()])
+        spaces = sorted({*self.metadata.get("spaces", []), *other.metadata.get("spaces", [])})
+        merged.metadata["spaces"] = spaces
+        return merged
+
+    # -- files -------------------------------------------------------------------------------
+    def header_line(self) -> str:
+        return f"# {FORMAT} {json.dumps(self.metadata, sort_keys=True)}\n"
+
+    def save(self, path: str | Path) -> Path:
+        """Write the whole table atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.StringIO()
+        buf.write(self.header_line())
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for e in self.entries.values():
+            writer.writerow(e.row())
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, path)
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, repair: bool = False) -> LUT:
+        """Read a table. A last line cut short by a crash is dropped (and, with `repair`,
+        truncated from the file so appending resumes cleanly); any other bad line is an error.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no LUT file at {path}")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8", errors="replace")
+        lines = text.split("\n")
+        complete = text.endswith("\n")
+        if not complete:
+            cut = lines.pop()  # written without its newline: the crash hit mid-row
+            log.warning("%s: dropping a last line cut short by a crash: %r", path, cut[:80])
+            if repair:
+                with path.open("r+b") as f:
+                    f.truncate(len(raw) - len(cut.encode("utf-8")))
+        elif lines and lines[-1] == "":
+            lines.pop()
+        if not lines or not lines[0].startswith(f"# {FORMAT} "):
+            first = lines[0][:80] if lines else ""
+            raise CorruptLUTError(
+                f"{path} is not an edge-nas LUT: its first line must start with "
+                f"'# {FORMAT} ' followed by JSON metadata, got {first!r}"
+            )
+        try:
+            metadata = json.loads(lines[0][len(f"# {FORMAT} ") :])
+        except json.JSONDecodeError as err:
+            raise CorruptLUTError(f"{path}, line 1: metadata is not valid JSON: {err}") from None
+        if not isinstance(metadata, dict):
+            raise CorruptLUTError(f"{path}, line 1: metadata must be a JSON object")
+        if len(lines) < 2 or next(csv.reader([lines[1]])) != list(COLUMNS):
+            got = lines[1] if len(lines) > 1 else "(nothing)"
+            raise CorruptLUTError(
+                f"{path}, line 2: the CSV header must be {','.join(COLUMNS)}; got {got!r}"
+            )
+        entries = []
+        for number, row in enumerate(csv.reader(lines[2:]), start=3):
+            try:
+                entries.append(LUTEntry.parse(row))
+            except (ValueError, TypeError) as err:
+                raise CorruptLUTError(
+                    f"{path}, line {number}: not a LUT row ({len(row)} fields, expected "
+                    f"{len(COLUMNS)}: {', '.join(COLUMNS)}): {err}"
+                ) from None
+        try:
+            return cls(metadata, entries, path)
+        except LUTError as err:
+            raise CorruptLUTError(f"{path}: {err}") from None
+
+
+class _Appender:
+    """Appends rows to a LUT file, flushed and fsynced per batch."""
+
+    def __init__(self, lut: LUT, path: Path) -> None:
+        self.lut = lut
+        self.path = path
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", newline="") as f:
+                f.write(lut.header_line())
+                csv.writer(f, lineterminator="\n").writerow(COLUMNS)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def append(self, entries: Sequence[LUTEntry]) -> None:
+        with self.path.open("a", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            for e in entries:
+                writer.writerow(e.row())
+            f.flush()
+            os.fsync(f.fileno())
+        for e in entries:
+            self.lut.entries[e.key] = e
+
+
+def lut_path(directory: str | Path, device: Device | str, dtype: str) -> Path:
+    """The conventional file of a device's table in a cache directory."""
+    name = device if isinstance(device, str) else device.name
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return Path(directory) / f"lut_{safe}_{dtype}.csv"
+
+
+def _archs_for(
+    space: SearchSpace,
+    archs: Sequence[Mapping[str, Any]] | None,
+    n_archs: int | None,
+    seed: int,
+) -> list[dict[str, Any]]:
+    if archs is not None:
+        return [dict(space.validate(a)) for a in archs]
+    if n_archs is None and space.n_genotypes <= ENUMERATE_LIMIT:
+        return [dict(a) for a in space.enumerate()]
+    rng = as_rng(seed)
+    return [dict(space.sample(rng)) for _ in range(n_archs or DEFAULT_SAMPLE_ARCHS)]
+
+
+def reachable_specs(
+    space: SearchSpace,
+    device: Device,
+    dtype: str,
+    archs: Sequence[Mapping[str, Any]] | None = None,
+    n_archs: int | None = None,
+    seed: int = 0,
+) -> list[LayerSpec]:
+    """Unique specs (first seen first, free ops left out) of the archs a LUT should cover:
+    `archs` if given, else every arch of a small space, else `n_archs` seeded samples."""
+    unique: dict[str, LayerSpec] = {}
+    for a in _archs_for(space, archs, n_archs, seed):
+        for s in device.layer_specs(space, a, dtype):
+            if not is_free(s):
+                unique.setdefault(s.key, s)
+    return list(unique.values())
+
+
+def build_lut(
+    space: SearchSpace,
+    device: Device,
+    path: str | Path | None = None,
+    *,
+    dtype: str | None = None,
+    archs: Sequence[Mapping[str, Any]] | None = None,
+    n_archs: int | None = None,
+    seed: int = 0,
+    batch_layers: int = 32,
+    progress: bool = False,
+) -> LUT:
+    """Measure every unique layer of `space` (module docstring) on `device`; resumable.
+
+    With `path`, rows go to that CSV as they are measured and an existing file is resumed
+    (after checking it belongs to the same device, runtime, threads and dtype); without it,
+    the table stays in memory. `progress` shows a tqdm bar.
+    """
+    dtype = device.check_dtype(dtype or device.dtypes[0])
+    if batch_layers < 1:
+        raise ValueError(f"batch_layers must be >= 1, got {batch_layers}")
+    fresh = LUT.for_device(device, dtype)
+    appender: _Appender | None = None
+    if path is not None:
+        path = Path(path)
+        if path.exists():
+            lut = LUT.load(path, repair=True)
+            lut.check_identity(fresh.metadata, f"device {device.name!r}")
+            log.info("resuming %s: %d layers already measured", path, len(lut))
+        else:
+            lut = fresh
+            lut.path = path
+        appender = _Appender(lut, path)
+    else:
+        lut = fresh
+    specs = reachable_specs(space, device, dtype, archs, n_archs, seed)
+    todo = [s for s in specs if s.key not in lut]
+    log.info(
+        "%s on %s (%s): %d unique layers, %d to measure",
+        space.name,
+        device.name,
+        dtype,
+        len(specs),
+        len(todo),
+    )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"LUT {space.name} on {device.name}", unit="layer")
+    try:
+        for start in range(0, len(todo), batch_layers):
+            batch = todo[start : start + batch_layers]
+            measured = device.measure_layers(batch, dtype)
+            entries = [
+                LUTEntry.from_measurement(s, m) for s, m in zip(batch, measured, strict=True)
+            ]
+            if appender is not None:
+                appender.append(entries)
+            else:
+                lut.entries.update({e.key: e for e in entries})
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+    spaces = set(lut.metadata.get("spaces", []))
+    if space.name not in spaces:
+        lut.metadata["spaces"] = sorted(spaces | {space.name})
+        # the space list is informational; rewriting the header is safe once all rows are in
+        if path is not None:
+            lut.save(path)
+    return lut
+
+
+def fill_missing(
+    lut: LUT,
+    device: Device,
+    specs: Sequence[LayerSpec],
+    path: str | Path | None = None,
+) -> list[str]:
+    """Measure the keys of `specs` the table lacks on `device` (same identity), in place;
+    appended to `path` (default: the table's own file). Returns the keys measured."""
+    lut.check_device(device)
+    unique: dict[str, LayerSpec] = {}
+    for s in specs:
+        if not is_free(s) and s.key not in lut:
+            unique.setdefault(s.key, s)
+    if not unique:
+        return []
+    todo = list(unique.values())
+    measured = device.measure_layers(todo, lut.dtype)
+    entries = [LUTEntry.from_measurement(s, m) for s, m in zip(todo, measured, strict=True)]
+    target = Path(path) if path is not None else lut.path
+    if target is not None:
+        _Appender(lut, target).append(entries)
+    else:
+        lut.entries.update({e.key: e for e in entries})
+    log.info("measured %d missing layers on %s", len(entries), device.name)
+    return [e.key for e in entries]

@@ -1,0 +1,359 @@
+"""Latency predictors, side by side, in scikit-learn's shape (the constructor stores, `fit`
+returns self, `predict` predicts), over archs of a space instead of feature matrices.
+
+Every predictor has `.device` (str), `.dtype` (str), `predict_arch(space, arch) -> float` (ms)
+and `predict_many(space, archs) -> np.ndarray`: what the search engine relies on.
+
+- `MacsProxy`, `ParamsProxy`: a line through MACs (or parameters) fitted to measurements: the
+  baselines every latency model must beat.
+- `LUTSum`: the sum of the LUT entries of the layers the device executes (OFA's predictor).
+- `LUTCorrected`: the LUT sum plus a learned correction for what a sum misses (fusion between
+  layers, per-network overhead, per-op-kind bias of isolated-layer timings): a ridge fit on
+  relative errors, pulled towards the plain sum.
+- `CostModelPredictor`: the roofline cost model of a profile, calibrated on measurements.
+- `TableLatency`: measured latencies of a table device, for archs the table holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from scipy.optimize import lsq_linear
+
+from latency_models.calibrate import FLOOR_FRAC, CalibrationResult, calibrate
+from latency_models.costmodel import CostParams, leaf_specs, op_kind
+from latency_models.devices import Device, EmulatedDevice, TabularDevice
+from latency_models.lut import LUT, MissingKeysError, fill_missing
+from latency_models.profiles import KINDS, DeviceProfile
+from latency_models.spec_modules import is_free
+from nas.space import SearchSpace
+
+__all__ = [
+    "CostModelPredictor",
+    "LUTCorrected",
+    "LUTSum",
+    "LatencyModel",
+    "LatencyPredictor",
+    "MacsProxy",
+    "NotFittedError",
+    "ParamsProxy",
+    "TableLatency",
+]
+
+
+class NotFittedError(RuntimeError):
+    """`predict` called on a predictor that must be fitted first."""
+
+
+@runtime_checkable
+class LatencyModel(Protocol):
+    """What the search engine needs from a latency model."""
+
+    device: str
+    dtype: str
+
+    def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float: ...
+
+    def predict_many(
+        self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]
+    ) -> np.ndarray: ...
+
+
+def _check_xy(
+    archs: Sequence[Mapping[str, Any]], latency_ms: Sequence[float] | np.ndarray
+) -> np.ndarray:
+    y = np.asarray(latency_ms, dtype=np.float64)
+    if y.ndim != 1 or len(y) != len(archs):
+        raise ValueError(
+            f"fit needs one latency (ms) per arch; got {len(archs)} archs and shape {y.shape}"
+        )
+    if len(y) == 0 or not np.all(np.isfinite(y)) or np.any(y <= 0):
+        raise ValueError("fit needs at least one finite latency > 0 (milliseconds) per arch")
+    return y
+
+
+class LatencyPredictor:
+    """Base class: `predict_many` loops over `predict_arch`; `predict` is `predict_many`."""
+
+    device: str = ""
+    dtype: str = "fp32"
+
+    def fit(
+        self,
+        space: SearchSpace,
+        archs: Sequence[Mapping[str, Any]],
+        latency_ms: Sequence[float] | np.ndarray,
+    ) -> LatencyPredictor:
+        return self
+
+    def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
+        raise NotImplementedError
+
+    def predict_many(self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return np.array([self.predict_arch(space, a) for a in archs], dtype=np.float64)
+
+    def predict(self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self.predict_many(space, archs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(device={self.device!r}, dtype={self.dtype!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# Proxies
+# --------------------------------------------------------------------------------------------
+
+
+class _LineProxy(LatencyPredictor):
+    """latency = slope * proxy + intercept, fitted by least squares on relative errors."""
+
+    unit = 1.0
+
+    def __init__(self, device: str = "", dtype: str = "fp32") -> None:
+        self.device = device
+        self.dtype = dtype
+        self.coef_: tuple[float, float] | None = None
+
+    def proxy(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
+        raise NotImplementedError
+
+    def fit(
+        self,
+        space: SearchSpace,
+        archs: Sequence[Mapping[str, Any]],
+        latency_ms: Sequence[float] | np.ndarray,
+    ) -> _LineProxy:
+        y = _check_xy(archs, latency_ms)
+        x = np.array([self.proxy(space, a) for a in archs]) / self.unit
+        # relative errors, floored as in calibration (a network folded to ~0 ms cannot
+        # dominate); the slope cannot go negative (more MACs never make a network faster)
+        denom = np.maximum(y, FLOOR_FRAC * float(np.median(y)))
+        a = np.stack([x, np.ones_like(x)], axis=1) / denom[:, None]
+        sol = lsq_linear(a, y / denom, bounds=([0.0, -np.inf], [np.inf, np.inf]))
+        self.coef_ = (float(sol.x[0]), float(sol.x[1]))
+        return self
+
+    def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
+        if self.coef_ is None:
+            raise NotFittedError(
+                f"{type(self).__name__} is a line through a proxy: fit it on measured archs "
+                "first (or rank archs by .proxy(space, arch) directly)"
+            )
+        slope, intercept = self.coef_
+        return slope * self.proxy(space, arch) / self.unit + intercept
+
+
+class MacsProxy(_LineProxy):
+    """A line through MACs (batch 1)."""
+
+    unit = 1e6
+
+    def proxy(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
+        return float(space.cost(arch).macs)
+
+
+class ParamsProxy(_LineProxy):
+    """A line through the parameter count."""
+
+    unit = 1e6
+
+    def proxy(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
+        return float(space.cost(arch).params)
+
+
+# --------------------------------------------------------------------------------------------
+# LUT based
+# --------------------------------------------------------------------------------------------
+
+
+class LUTSum(LatencyPredictor):
+    """Sum of the LUT medians of the layers `device` executes for an arch.
+
+    `on_missing="measure"` measures absent keys on `device` (appending them to the LUT's file);
+    "raise" lists them all in one `MissingKeysError`.
+    """
+
+    def __init__(self, lut: LUT, device: Device | None = None, on_missing: str = "raise") -> None:
+        if on_missing not in ("raise", "measure"):
+            raise ValueError(f"on_missing must be 'raise' or 'measure', got {on_missing!r}")
+        if on_missing == "measure" and device is None:
+            raise ValueError("on_missing='measure' needs the device to measure on")
+        if device is not None:
+            lut.check_device(device)
+        self.lut = lut
+        self.device_obj = device
+        self.on_missing = on_missing
+        self.device = lut.device
+        self.dtype = lut.dtype
+
+    def specs(self, space: SearchSpace, arch: Mapping[str, Any]) -> list[Any]:
+        if self.device_obj is not None:
+            return self.device_obj.layer_specs(space, arch, self.dtype)
+        return space.layer_specs(arch, self.dtype)
+
+    def _ensure(self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> None:
+        """Measure (on_missing="measure") or report, all at once, the keys `archs` need."""
+        specs = [s for a in archs for s in self.specs(space, a)]
+        missing = self.lut.missing(specs)
+        if not missing:
+            return
+        if self.on_missing == "measure" and self.device_obj is not None:
+            fill_missing(self.lut, self.device_obj, specs)
+        else:
+            raise MissingKeysError(missing, self.lut)
+
+    def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
+        self._ensure(space, [arch])
+        return self.lut.latency_ms(self.specs(space, arch))
+
+    def predict_many(self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        self._ensure(space, archs)
+        return np.array([self.lut.latency_ms(self.specs(space, a)) for a in archs])
+
+
+#: op kinds of the learned correction's per-kind terms (cost-model kinds of each leaf)
+_CORRECTION_KINDS = KINDS
+
+
+class LUTCorrected(LUTSum):
+    """LUT sum plus a learned correction (module docstring).
+
+    latency = b + s * sum + sum_k w_k * sum_k + c * n_layers, where sum_k is the LUT time of
+    op kind k; fitted on relative errors with a ridge pulling (s, w, c) towards (1, 0, 0), so
+    with few archs it stays close to the plain sum.
+    """
+
+    def __init__(
+        self,
+        lut: LUT,
+        device: Device | None = None,
+        on_missing: str = "raise",
+        alpha: float = 1e-2,
+    ) -> None:
+        super().__init__(lut, device, on_missing)
+        if not (math.isfinite(alpha) and alpha >= 0):
+            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+        self.alpha = alpha
+        self.coef_: np.ndarray | None = None
+
+    def features(self, space: SearchSpace, arch: Mapping[str, Any]) -> np.ndarray:
+        specs = [s for s in self.specs(space, arch) if not is_free(s)]
+        total = self.lut.latency_ms(specs)
+        per_kind = dict.fromkeys(_CORRECTION_KINDS, 0.0)
+        for s in specs:
+            kinds = [op_kind(leaf) for leaf in leaf_specs(s)]
+            share = self.lut[s.key].median_ms / len(kinds)
+            for k in kinds:
+                per_kind[k] += share
+        return np.array([1.0, total, *per_kind.values(), float(len(specs))])
+
+    def fit(
+        self,
+        space: SearchSpace,
+        archs: Sequence[Mapping[str, Any]],
+        latency_ms: Sequence[float] | np.ndarray,
+    ) -> LUTCorrected:
+        y = _check_xy(archs, latency_ms)
+        self._ensure(space, archs)
+        x = np.stack([self.features(space, a) for a in archs])
+        a = x / y[:, None]
+        prior = np.zeros(x.shape[1])
+        prior[1] = 1.0
+        scale = np.maximum(np.abs(a).mean(axis=0), 1e-12)
+        reg = np.sqrt(self.alpha * len(y)) * np.diag(scale)
+        reg[0, 0] = 0.0  # the intercept (per-network overhead) is free
+        lhs = np.vstack([a, reg])
+        rhs = np.concatenate([np.ones(len(y)), reg @ prior])
+        coef, *_ = np.linalg.lstsq(lhs, rhs, rcond=None)
+        self.coef_ = coef
+        return self
+
+    def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
+        self._ensure(space, [arch])
+        f = self.features(space, arch)
+        if self.coef_ is None:
+            return float(f[1])  # unfitted: the plain sum
+        return float(f @ self.coef_)
+
+    def predict_many(self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        self._ensure(space, archs)
+        return np.array([self.predict_arch(space, a) for a in archs])
+
+
+# --------------------------------------------------------------------------------------------
+# Cost model
+# --------------------------------------------------------------------------------------------
+
+
+class CostModelPredictor(LatencyPredictor):
+    """The roofline cost model of a profile; `fit` calibrates it (`latency_models.calibrate`).
+
+    `device` is the device the predictions stand for: an emulated device (its profile and
+    parameters are the start), a real or table device (the prior profile it gives), or a
+    profile. Unfitted, it predicts with the spec-sheet figures.
+    """
+
+    def __init__(
+        self,
+        device: Device | DeviceProfile,
+        dtype: str = "fp32",
+        params: CostParams | None = None,
+        dead_branches: bool | str = "auto",
+        prior_weight: float = 1e-3,
+    ) -> None:
+        self.source = device
+        self.dtype = dtype
+        self.dead_branches = dead_branches
+        self.prior_weight = prior_weight
+        if isinstance(device, EmulatedDevice):
+            self.emulated = device if params is None else device.with_params(params)
+        else:
+            profile = device if isinstance(device, DeviceProfile) else device.prior_profile()
+            name = f"{profile.name}-emulated" if isinstance(device, DeviceProfile) else device.name
+            self.emulated = EmulatedDevice(profile, params, name=name)
+        self.device = self.emulated.name
+        self.emulated.check_dtype(dtype)
+        self.calibration_: CalibrationResult | None = None
+
+    def fit(
+        self,
+        space: SearchSpace,
+        archs: Sequence[Mapping[str, Any]],
+        latency_ms: Sequence[float] | np.ndarray,
+    ) -> CostModelPredictor:
+        y = _check_xy(archs, latency_ms)
+        result = calibrate(
+            self.emulated,
+            space,
+            archs,
+            y,
+            dtype=self.dtype,
+            dead_branches=self.dead_branches,
+            prior_weight=self.prior_weight,
+            name=self.device,
+        )
+        self.calibration_ = result
+        self.emulated = result.device
+        return self
+
+    @property
+    def params(self) -> CostParams:
+        return self.emulated.params
+
+    def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
+        return self.emulated.arch_ms(space, arch, self.dtype)
+
+
+class TableLatency(LatencyPredictor):
+    """Latencies measured elsewhere, for the archs a table device holds."""
+
+    def __init__(self, table: TabularDevice) -> None:
+        self.table = table
+        self.device = table.name
+        self.dtype = table.dtypes[0]
+
+    def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
+        return self.table.latency_ms(space, arch)

@@ -1,0 +1,178 @@
+"""LUTs: build, resume after a crash without losing a measurement, refuse to mix devices,
+report corrupt files and missing keys clearly."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import latency_models as lm
+from latency_models import (
+    LUT,
+    CorruptLUTError,
+    CostParams,
+    EmulatedDevice,
+    LUTMismatchError,
+    LUTSum,
+    MissingKeysError,
+    build_lut,
+)
+from latency_models.measure import Measurement
+from nas.layers import LayerSpec
+from search_spaces import NB201Space, TinySpace
+
+SPACE = TinySpace()
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CountingDevice(EmulatedDevice):
+    """An emulated phone that counts what it measures and can crash after some batches."""
+
+    def __init__(self, crash_after: int | None = None) -> None:
+        super().__init__(lm.PROFILES["pixel3"])
+        self.crash_after = crash_after
+        self.batches = 0
+        self.measured: list[str] = []
+
+    def measure_layers(
+        self,
+        specs: Sequence[LayerSpec],
+        dtype: str = "fp32",
+        progress=None,  # type: ignore[no-untyped-def]
+    ) -> list[Measurement]:
+        if self.crash_after is not None and self.batches >= self.crash_after:
+            raise Crash("power cut")
+        self.batches += 1
+        self.measured += [s.key for s in specs]
+        return super().measure_layers(specs, dtype, progress)
+
+
+def test_build_covers_every_layer_and_sums_like_the_device(tmp_path: Path) -> None:
+    device = lm.get_device("pixel3-emulated")
+    path = tmp_path / "lut.csv"
+    lut = build_lut(SPACE, device, path, n_archs=50, seed=0)
+    assert path.exists() and len(lut) > 20
+    again = LUT.load(path)
+    assert again.entries == lut.entries
+    assert again.metadata["device"] == "pixel3-emulated" and again.metadata["spaces"] == ["tiny"]
+    for key in ("runtime", "runtime_version", "threads", "dtype", "created", "host"):
+        assert key in again.metadata
+    arch = SPACE.sample(3)
+    model = LUTSum(again, device, on_missing="measure")
+    assert isinstance(model, lm.LatencyModel)
+    expected = device.arch_ms(SPACE, arch) - device.params.network_overhead(device.profile)
+    assert model.predict_arch(SPACE, arch) == pytest.approx(expected)
+
+
+def test_resume_after_a_crash_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "lut.csv"
+    crashing = CountingDevice(crash_after=2)
+    with pytest.raises(Crash):
+        build_lut(SPACE, crashing, path, n_archs=60, batch_layers=8)
+    saved = LUT.load(path)
+    assert len(saved) == 16 == len(crashing.measured)  # both finished batches are on disk
+    # the crash also cut a row in half while it was being written
+    with path.open("a") as f:
+        f.write("conv-input:32x32x3-output:16x16x16-kernel:3-str")
+    resumed_device = CountingDevice()
+    lut = build_lut(SPACE, resumed_device, path, n_archs=60, batch_layers=8)
+    assert not set(resumed_device.measured) & set(crashing.measured)  # nothing measured twice
+    full = build_lut(SPACE, CountingDevice(), None, n_archs=60)
+    assert set(lut.entries) == set(full.entries)
+    assert LUT.load(path).entries == lut.entries  # the cut row was repaired away
+
+
+def test_refuses_to_mix_devices(tmp_path: Path) -> None:
+    path = tmp_path / "lut.csv"
+    build_lut(SPACE, lm.get_device("pixel3-emulated"), path, n_archs=5)
+    with pytest.raises(LUTMismatchError, match="device: table 'pixel3-emulated'"):
+        build_lut(SPACE, lm.get_device("raspi4-emulated"), path, n_archs=5)
+    recalibrated = EmulatedDevice(lm.PROFILES["pixel3"], CostParams(network_overhead_ms=1.0))
+    with pytest.raises(LUTMismatchError, match="runtime_version"):
+        build_lut(SPACE, recalibrated, path, n_archs=5)
+    with pytest.raises(LUTMismatchError, match="dtype"):
+        build_lut(SPACE, lm.get_device("pixel3-emulated"), path, dtype="int8", n_archs=5)
+    other = build_lut(SPACE, lm.get_device("raspi4-emulated"), None, n_archs=5)
+    with pytest.raises(LUTMismatchError):
+        LUT.load(path).merge(other)
+    with pytest.raises(LUTMismatchError):
+        LUTSum(LUT.load(path), lm.get_device("raspi4-emulated"))
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("key,op\n", "not an edge-nas LUT"),
+        ('# edge-nas-lut/1 {"device": \n', "not valid JSON"),
+        ('# edge-nas-lut/1 {"device": "x"}\nkey,op\n', "CSV header"),
+        ("", "not an edge-nas LUT"),
+    ],
+)
+def test_corrupt_files_say_what_is_wrong(tmp_path: Path, content: str, match: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(CorruptLUTError, match=match):
+        LUT.load(path)
+
+
+def test_corrupt_row_gives_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "lut.csv"
+    build_lut(SPACE, lm.get_device("pixel3-emulated"), path, n_archs=3)
+    lines = path.read_text().splitlines(keepends=True)
+    lines.insert(3, "garbage,row\n")
+    path.write_text("".join(lines))
+    with pytest.raises(CorruptLUTError, match="line 4"):
+        LUT.load(path)
+    path.write_text(lines[0].replace('"device"', '"devise"') + "".join(lines[1:3]))
+    with pytest.raises(CorruptLUTError, match="missing"):
+        LUT.load(path)
+
+
+def test_missing_keys_are_reported_together_or_measured(tmp_path: Path) -> None:
+    device = lm.get_device("pixel3-emulated")
+    lut = build_lut(SPACE, device, tmp_path / "lut.csv", archs=[SPACE.sample(0)])
+    others = [SPACE.sample(i) for i in range(1, 30)]
+    strict = LUTSum(lut, device)
+    missing = {k for a in others for k in lut.missing(SPACE.layer_specs(a))}
+    assert missing
+    with pytest.raises(MissingKeysError) as err:
+        strict.predict_many(SPACE, others)
+    first_bad = next(a for a in others if lut.missing(SPACE.layer_specs(a)))
+    assert set(err.value.missing) == missing and "on_missing='measure'" in str(err.value)
+    with pytest.raises(MissingKeysError) as err:
+        lut.latency_ms(SPACE.layer_specs(first_bad))
+    assert set(err.value.missing) == set(lut.missing(SPACE.layer_specs(first_bad)))
+    filling = LUTSum(lut, device, on_missing="measure")
+    predicted = filling.predict_many(SPACE, others)
+    assert len(predicted) == len(others) and not lut.missing(
+        [s for a in others for s in SPACE.layer_specs(a)]
+    )
+    assert len(LUT.load(tmp_path / "lut.csv")) == len(lut)  # measured keys were appended
+
+
+def test_dead_branch_device_prices_runtime_specs() -> None:
+    nb = NB201Space()
+    device = lm.get_device("pixel3-emulated")
+    archs = [nb.from_index(i) for i in (21, 1852)]
+    lut = build_lut(nb, device, None, archs=archs)
+    assert not any(k.startswith("mul") for k in lut.entries)
+    assert LUTSum(lut, device).predict_many(nb, archs)[1] == 0.0  # index 1852: degenerate
+
+
+def test_real_lut_path_naming(tmp_path: Path) -> None:
+    assert lm.lut_path(tmp_path, "xnnpack-1t", "int8").name == "lut_xnnpack-1t_int8.csv"
+
+
+def test_cli_build_lut_writes_and_resumes(tmp_path: Path) -> None:
+    path = lm.cli_build_lut(SPACE, "raspi4-emulated", tmp_path, n_archs=10, progress=False)
+    assert path == tmp_path / "lut_raspi4-emulated_fp32.csv"
+    first = LUT.load(path)
+    again = lm.cli_build_lut(SPACE, "raspi4-emulated", path, n_archs=20, progress=False)
+    assert again == path and len(LUT.load(path)) >= len(first)
+    with pytest.raises(lm.DeviceError, match="valid dtypes"):
+        lm.cli_build_lut(SPACE, "raspi4-emulated", tmp_path, dtype="fp16")

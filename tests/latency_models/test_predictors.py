@@ -1,0 +1,113 @@
+"""Predictors: scikit-learn shape, the search-engine interface, and each one's behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import latency_models as lm
+from latency_models import (
+    LATENCY_MODELS,
+    CostModelPredictor,
+    CostParams,
+    EmulatedDevice,
+    LatencyModel,
+    LUTCorrected,
+    LUTSum,
+    MacsProxy,
+    NotFittedError,
+    ParamsProxy,
+    build_lut,
+)
+from search_spaces import FBNetSpace, TinySpace
+
+SPACE = TinySpace()
+ARCHS = [dict(SPACE.sample(i)) for i in range(60)]
+# "measurements": a phone whose network overhead and 1x1 convs the plain profile gets wrong
+TRUTH = EmulatedDevice(
+    lm.PROFILES["pixel3"],
+    CostParams(compute_scale={"conv1x1": 1.5}, network_overhead_ms=0.3),
+    name="truth",
+)
+Y = np.array([TRUTH.arch_ms(SPACE, a) for a in ARCHS])
+
+
+@pytest.fixture(scope="module")
+def lut() -> lm.LUT:
+    return build_lut(SPACE, lm.get_device("pixel3-emulated"), None, archs=ARCHS)
+
+
+def _all(lut: lm.LUT) -> dict[str, lm.LatencyPredictor]:
+    phone = lm.get_device("pixel3-emulated")
+    return {
+        "macs": MacsProxy("pixel3"),
+        "params": ParamsProxy("pixel3"),
+        "lut": LUTSum(lut, phone),
+        "lut+correction": LUTCorrected(lut, phone),
+        "costmodel": CostModelPredictor(phone),
+    }
+
+
+def test_sklearn_shape_and_engine_interface(lut: lm.LUT) -> None:
+    for name, model in _all(lut).items():
+        assert model.fit(SPACE, ARCHS[:40], Y[:40]) is model, name
+        assert isinstance(model, LatencyModel), name
+        assert isinstance(model.device, str) and model.device and model.dtype == "fp32"
+        one = model.predict_arch(SPACE, ARCHS[45])
+        many = model.predict_many(SPACE, ARCHS[40:])
+        assert isinstance(one, float) and many.shape == (20,)
+        assert one == pytest.approx(many[5])
+        assert np.array_equal(model.predict(SPACE, ARCHS[40:]), many)
+
+
+def test_unfitted_proxy_says_fit_first() -> None:
+    with pytest.raises(NotFittedError, match="fit it"):
+        MacsProxy().predict_arch(SPACE, ARCHS[0])
+    with pytest.raises(ValueError, match="one latency"):
+        MacsProxy().fit(SPACE, ARCHS[:3], [1.0, 2.0])
+
+
+def test_corrections_beat_the_plain_sum(lut: lm.LUT) -> None:
+    test, y_test = ARCHS[40:], Y[40:]
+    phone = lm.get_device("pixel3-emulated")
+    plain = LUTSum(lut, phone).predict_many(SPACE, test)
+    corrected = LUTCorrected(lut, phone).fit(SPACE, ARCHS[:40], Y[:40]).predict_many(SPACE, test)
+    calibrated = CostModelPredictor(phone).fit(SPACE, ARCHS[:40], Y[:40]).predict_many(SPACE, test)
+
+    def err(p: np.ndarray) -> float:
+        return float(np.mean(np.abs(p / y_test - 1)))
+
+    assert err(corrected) < 0.5 * err(plain)
+    assert err(calibrated) < 0.01
+
+
+def test_costmodel_stands_for_a_real_device_from_its_prior() -> None:
+    class FakeReal(lm.Device):
+        name, kind, runtime, threads = "fake-1t", "real", "fake", 1
+
+        @property
+        def runtime_version(self) -> str:
+            return "fake 0"
+
+        @property
+        def dtypes(self) -> tuple[str, ...]:
+            return ("fp32",)
+
+        def measure_layers(self, specs, dtype="fp32", progress=None):  # type: ignore[no-untyped-def]
+            raise NotImplementedError
+
+        def measure_arch(self, space, arch, dtype="fp32"):  # type: ignore[no-untyped-def]
+            raise NotImplementedError
+
+    model = CostModelPredictor(FakeReal()).fit(SPACE, ARCHS[:30], Y[:30])
+    assert model.device == "fake-1t"
+    assert model.params.removes_dead_branches in (True, False)
+    assert model.predict_many(FBNetSpace(), [FBNetSpace().sample(0)])[0] > 0
+
+
+def test_registry_builds_predictors(lut: lm.LUT) -> None:
+    assert {"macs", "params", "lut", "lut+correction", "costmodel", "table"} <= set(LATENCY_MODELS)
+    model = LATENCY_MODELS.get("lut", lut=lut)
+    assert isinstance(model, LUTSum)
+    with pytest.raises(KeyError, match="lut"):
+        LATENCY_MODELS.get("lutt")
