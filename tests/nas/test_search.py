@@ -66,7 +66,7 @@ def test_price_study_records_keys_and_resumes(tmp_path: Path) -> None:
 
 def test_demo_writes_a_run_folder(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    assert main(["-q", "demo", "--trials", "12", "--out", str(out)]) == 0
+    assert main(["-q", "price", "--trials", "12", "--out", str(out)]) == 0
     for name in ("study.db", "archs.csv", "pareto.csv", "cost_scatter.png", "report.md"):
         assert (out / name).stat().st_size > 0, name
     frame = pd.read_csv(out / "archs.csv")
@@ -75,7 +75,7 @@ def test_demo_writes_a_run_folder(tmp_path: Path) -> None:
 
 
 def test_cli_unknown_space_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--space", "tinyy"]) == 2
+    assert main(["price", "--space", "tinyy"]) == 2
     assert "Did you mean 'tiny'" in capsys.readouterr().err
 
 
