@@ -31,8 +31,16 @@ def test_small_run_end_to_end_and_resume(tmp_path: Path) -> None:
     config = demo_config(**SMALL)
     run_dir = tmp_path / "run"
     state = run_pipeline(config, run_dir, progress=False)
-    for name in ("config.yaml", "report.md", "pareto.csv", "winners.csv", "trials.csv",
-                 "pareto_fronts.png", "study.db", "timings.json"):
+    for name in (
+        "config.yaml",
+        "report.md",
+        "pareto.csv",
+        "winners.csv",
+        "trials.csv",
+        "pareto_fronts.png",
+        "study.db",
+        "timings.json",
+    ):
         assert (run_dir / name).stat().st_size > 0, name
     winners = pd.read_csv(run_dir / "winners.csv")
     assert len(winners) == 1
