@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,runtimes,executorch,nni,postgres
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint typecheck pytest notebooks bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,11 @@ typecheck: install
 pytest: install
 	EDGE_NAS_TEST_PG_URL="$$(bash scripts/postgres.sh)" $(PY) -m pytest
 
-test: lint typecheck pytest
+# the notebooks, executed headless (a missing run folder makes a small run first)
+notebooks: install
+	$(PY) -m pytest --nbmake --nbmake-timeout=1500 -q notebooks
+
+test: lint typecheck pytest notebooks
 
 bench: install
 	$(PY) benchmarks/layer_specs.py --out runs/bench/layer_specs

@@ -16,6 +16,16 @@ import pandas as pd
 from nas.pareto import pareto_mask
 
 
+def _scaled(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, str]:
+    """Values of a column in readable units, and the axis label that says which."""
+    v = frame[column].to_numpy(float)
+    if column.endswith("_bytes"):
+        return v / 1024, f"{column} (KiB)"
+    if column in ("macs", "params"):
+        return v / 1e6, f"{column} (millions)"
+    return v, column
+
+
 def plot_cost_scatter(
     frame: pd.DataFrame,
     x: str = "macs",
@@ -28,20 +38,22 @@ def plot_cost_scatter(
     for col in (x, y, color):
         if col not in frame.columns:
             raise KeyError(f"column {col!r} not in frame; columns: {list(frame.columns)}")
+    (xs, xlabel), (ys, ylabel), (cs, clabel) = (_scaled(frame, c) for c in (x, y, color))
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    sc = ax.scatter(frame[x] / 1e6, frame[y] / 1024, c=frame[color] / 1e3, s=14, cmap="viridis")
-    front = frame[pareto_mask(frame[[x, y]].to_numpy())].sort_values(x)
+    sc = ax.scatter(xs, ys, c=cs, s=14, cmap="viridis")
+    mask = pareto_mask(frame[[x, y]].to_numpy())
+    order = np.argsort(xs[mask])
     ax.step(
-        front[x] / 1e6,
-        front[y] / 1024,
+        xs[mask][order],
+        ys[mask][order],
         where="post",
         color="crimson",
         lw=1.2,
-        label=f"Pareto front ({len(front)})",
+        label=f"Pareto front ({int(mask.sum())})",
     )
-    ax.set_xlabel(f"{x} (millions)")
-    ax.set_ylabel(f"{y} (KiB)")
-    fig.colorbar(sc, ax=ax, label=f"{color} (thousands)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.colorbar(sc, ax=ax, label=clabel)
     ax.set_title(title or f"{len(frame)} archs")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
