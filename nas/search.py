@@ -203,6 +203,16 @@ def count_evaluations(study: optuna.Study) -> int:
     return len(paid_accuracies(study))
 
 
+def _first_heartbeat(trial: optuna.Trial) -> None:
+    """Record a heartbeat now, before any paid work. Optuna's heartbeat thread may not have
+    written its first beat when a worker dies, and a trial with no beat is never failed as
+    stale, so it would stay RUNNING forever."""
+    storage = getattr(trial, "storage", None)
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if storage is not None and interval is not None:
+        storage.record_heartbeat(trial._trial_id)
+
+
 class _Objective:
     """Evaluates one trial: cheap metrics, budgets, then accuracy unless already paid."""
 
@@ -212,6 +222,7 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         p = self.problem
+        _first_heartbeat(trial)
         arch = p.space.suggest(trial)
         ck = p.space.canonical_key(arch)
         trial.set_user_attr("arch_key", p.space.key(arch))

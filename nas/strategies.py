@@ -32,22 +32,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.objectives import ACCURACY, SearchProblem
 from nas.pareto import expected_hvi, pareto_mask
-from nas.predictors import ArchFeatures, GPPredictor, Predictor
+from nas.predictors import ArchFeatures, GPPredictor, Predictor, one_blas_thread
 from nas.space import Arch
 
 log = logging.getLogger(__name__)
-
-
-def _limit_threads() -> Any:
-    """Small dense algebra runs faster on one BLAS thread (and the box is shared)."""
-    try:
-        from threadpoolctl import threadpool_limits
-
-        return threadpool_limits(limits=1, user_api="blas")
-    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
-        import contextlib
-
-        return contextlib.nullcontext()
 
 
 class _Pool:
@@ -141,6 +129,8 @@ class FrontierSampler(BaseSampler):
         self._static_pool = False
         self.cheap_names = problem.cheap_used
         self.last_fit: dict[str, float] = {}
+        self._theta: list[float] | None = None  # last GP fit, the next fit's warm start
+        self._paid_cache: dict[int, tuple[str, Arch, float]] = {}  # trial number -> paid arch
 
     # -- Optuna's sampler interface ----------------------------------------------------------
     def infer_relative_search_space(
@@ -281,18 +271,25 @@ class FrontierSampler(BaseSampler):
         busy_archs: list[Arch] = []
         n_dims = len(space.keys)
         for t in study.get_trials(deepcopy=False):
+            cached = self._paid_cache.get(t.number)
+            if cached is not None:
+                paid.setdefault(cached[0], (cached[1], cached[2]))
+                continue
             ck = t.user_attrs.get("canonical_key")
             if t.user_attrs.get("evaluated") and "accuracy" in t.user_attrs and ck is not None:
-                if ck not in paid and len(t.params) == n_dims:
-                    paid[str(ck)] = (space.validate(t.params), float(t.user_attrs["accuracy"]))
+                if len(t.params) == n_dims:
+                    arch = space.validate(t.params)
+                    acc = float(t.user_attrs["accuracy"])
+                    self._paid_cache[t.number] = (str(ck), arch, acc)
+                    paid.setdefault(str(ck), (arch, acc))
             elif t.state in (TrialState.RUNNING, TrialState.WAITING):
                 params = t.params or t.system_attrs.get("fixed_params", {})
-                arch = self._pending.get(t._trial_id)
-                if arch is None and len(params) == n_dims:
-                    arch = space.validate(params)
-                if arch is not None:
-                    busy.add(space.canonical_key(arch))
-                    busy_archs.append(arch)
+                flying = self._pending.get(t._trial_id)
+                if flying is None and len(params) == n_dims:
+                    flying = space.validate(params)
+                if flying is not None:
+                    busy.add(space.canonical_key(flying))
+                    busy_archs.append(flying)
         return paid, busy, busy_archs
 
     def _next(self, study: optuna.Study) -> Arch | None:
@@ -306,7 +303,7 @@ class FrontierSampler(BaseSampler):
             i = pool.index[key]
             if pool.canon[i] not in paid and pool.canon[i] not in busy:
                 return space.validate(pool.archs[i])
-        with _limit_threads():
+        with one_blas_thread():
             self._queue = self._choose_batch(study)
         if not self._queue:
             log.info("frontier: no unpaid feasible candidate left; sampling at random")
@@ -349,7 +346,14 @@ class FrontierSampler(BaseSampler):
         if self.predictor == "gp":
             assert self._features is not None
             seed = int(self.rng.integers(2**31))
-            return GPPredictor(groups=self._features.groups, n_restarts=1, seed=seed).fit(x, y)
+            gp = GPPredictor(
+                groups=self._features.groups,
+                n_restarts=1 if self._theta is None else 0,
+                seed=seed,
+                init_theta=self._theta,
+            ).fit(x, y)
+            self._theta = gp.theta_
+            return gp
         if callable(self.predictor):
             model = self.predictor()
             if not hasattr(model, "predict_with_std"):

@@ -47,7 +47,7 @@ def test_bad_values_and_repeated_archs_fail_clearly(tmp_path: Path) -> None:
     frame = pd.read_csv(_toy_csv(tmp_path / "t.csv"))
     bad = frame.copy()
     bad.loc[5, "pixel3_ms"] = np.nan
-    with pytest.raises(TableError, match="column 'pixel3_ms' has 1 bad value.*row 5"):
+    with pytest.raises(TableError, match=r"column 'pixel3_ms' has 1 bad value.*row 5"):
         TabularBenchmark(ToySpace(), bad, "arch", ["top1"], ["pixel3_ms"])
     dup = pd.concat([frame, frame.iloc[[2]]], ignore_index=True)
     with pytest.raises(TableError, match=f"row {len(frame)}.*same arch as row 2"):
