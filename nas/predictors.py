@@ -862,6 +862,20 @@ def compare_predictors(
     return pd.DataFrame(rows)
 
 
+class PredictedAccuracy:
+    """A fitted predictor as an accuracy source (`arch -> accuracy`), e.g. the "predicted
+    accuracy" objective of a study, or a cheap stand-in for a supernet."""
+
+    def __init__(self, predictor: Predictor, features: ArchFeatures) -> None:
+        self.predictor, self.features = predictor, features
+
+    def __call__(self, arch: Arch) -> float:
+        return float(self.predictor.predict(self.features.transform([arch]))[0])
+
+    def many(self, archs: Sequence[Arch]) -> np.ndarray:
+        return np.asarray(self.predictor.predict(self.features.transform(list(archs))))
+
+
 def fit_on_archs(
     predictor: Predictor,
     features: ArchFeatures,

@@ -130,7 +130,7 @@ def fail_running_trials(study: optuna.Study) -> int:
 
 
 # -- samplers --------------------------------------------------------------------------------
-SAMPLERS = ("frontier", "gp", "nsga2", "nsga3", "random", "tpe")
+SAMPLERS = ("auto", "frontier", "gp", "nsga2", "nsga3", "random", "tpe")
 _SAMPLER_ALIASES = {
     "nsgaii": "nsga2",
     "nsga-ii": "nsga2",
@@ -149,8 +149,11 @@ def make_sampler(
     **options: Any,
 ) -> optuna.samplers.BaseSampler:
     """A sampler by name: `nsga2`, `nsga3`, `tpe`, `gp`, `random` (Optuna's, with `options`
-    passed to their constructors), or `frontier` (ours; needs `problem`)."""
+    passed to their constructors), `frontier` (ours; needs `problem`), or `auto`: `frontier`
+    when accuracy is an objective, else `nsga2` (every objective is free to compute)."""
     key = _SAMPLER_ALIASES.get(name.lower(), name.lower())
+    if key == "auto":
+        key = "frontier" if problem is not None and ACCURACY in problem.objectives else "nsga2"
     if key not in SAMPLERS:
         close = difflib.get_close_matches(name.lower(), [*SAMPLERS, *_SAMPLER_ALIASES], n=2)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -357,7 +360,7 @@ def create_search(
     accuracy: Callable[[Arch], float] | None = None,
     latency_models: Sequence[LatencyModel] = (),
     constraints: Sequence[str | Constraint] | Mapping[str, float] | None = None,
-    sampler: str | optuna.samplers.BaseSampler = "frontier",
+    sampler: str | optuna.samplers.BaseSampler = "auto",
     n_evaluations: int = 100,
     storage: str | Path | BaseStorage | None = None,
     study_name: str = "search",
@@ -411,7 +414,7 @@ def run_search(
     accuracy: Callable[[Arch], float] | None = None,
     latency_models: Sequence[LatencyModel] = (),
     constraints: Sequence[str | Constraint] | Mapping[str, float] | None = None,
-    sampler: str | optuna.samplers.BaseSampler = "frontier",
+    sampler: str | optuna.samplers.BaseSampler = "auto",
     n_evaluations: int = 100,
     max_trials: int | None = None,
     storage: str | Path | BaseStorage | None = None,
@@ -432,7 +435,8 @@ def run_search(
         accuracy: the paid metric, any callable `arch -> accuracy` (higher is better).
         latency_models: further latency models, recorded on every trial and usable in budgets.
         constraints: budgets, e.g. `["latency_ms@pixel3 <= 20"]` or `{"params": 2e6}`.
-        sampler: a name from `SAMPLERS` or an Optuna sampler object.
+        sampler: a name from `SAMPLERS` (default `auto`: ours when accuracy is an objective,
+            else NSGA-II) or an Optuna sampler object.
         n_evaluations: the budget: distinct archs whose accuracy is paid for (duplicates and
             isomorphic archs reuse a paid value and do not count). Without accuracy among
             the metrics, the number of complete trials.
@@ -508,7 +512,7 @@ def join_worker(
         raise ValueError(f"study {study_name!r} was not created by run_search (no {CONFIG_ATTR!r})")
     problem = SearchProblem(space, objectives, accuracy, latency_models, constraints, model_dtype)
     _check_same_problem(study, problem)
-    name = sampler or str(cfg.get("sampler", "frontier"))
+    name = sampler or str(cfg.get("sampler", "auto"))
     worker_seed = seed if seed is not None else (os.getpid() * 7919) % 2**32
     study.sampler = make_sampler(name, problem, worker_seed, **dict(sampler_options or {}))
     n_evaluations = int(cfg["n_evaluations"])

@@ -184,7 +184,8 @@ class FrontierSampler(BaseSampler):
         canon = [space.canonical_key(a) for a in archs]
         cheap = p.cheap_matrix(archs, self.cheap_names)
         values = {n: cheap[:, j] for j, n in enumerate(self.cheap_names)}
-        feasible = np.asarray(p.feasible_cheap(values), dtype=bool) & np.ones(len(archs), bool)
+        feasible = np.broadcast_to(np.asarray(p.feasible_cheap(values), bool), (len(archs),))
+        feasible = feasible.copy()
         if self.one_per_class:
             keep = self._class_representatives(canon, cheap)
             archs = [a for a, k in zip(archs, keep, strict=True) if k]
@@ -292,7 +293,7 @@ class FrontierSampler(BaseSampler):
                     busy_archs.append(flying)
         return paid, busy, busy_archs
 
-    def _next(self, study: optuna.Study) -> Arch | None:
+    def _next(self, study: optuna.Study, fresh_batch: bool = False) -> Arch | None:
         space = self.problem.space
         paid, busy, _ = self._study_state(study)
         while self._queue:
@@ -303,12 +304,14 @@ class FrontierSampler(BaseSampler):
             i = pool.index[key]
             if pool.canon[i] not in paid and pool.canon[i] not in busy:
                 return space.validate(pool.archs[i])
+        if fresh_batch:  # a batch chosen just now was taken meanwhile: give up this once
+            return None
         with one_blas_thread():
             self._queue = self._choose_batch(study)
         if not self._queue:
             log.info("frontier: no unpaid feasible candidate left; sampling at random")
             return None
-        return self._next(study) if self._queue else None
+        return self._next(study, fresh_batch=True)
 
     def _choose_batch(self, study: optuna.Study) -> list[str]:
         paid, busy, busy_archs = self._study_state(study)
