@@ -50,6 +50,9 @@ __all__ = [
     "create_search",
     "default_reference",
     "export_pareto_csv",
+    "export_run",
+    "fail_running_trials",
+    "front_hypervolume",
     "hypervolume",
     "hypervolume_history",
     "join_worker",
@@ -369,12 +372,15 @@ def create_search(
     model_dtype: str = "fp32",
     heartbeat_interval_s: int | None = None,
     grace_period_s: int | None = None,
+    run_dir: str | Path | None = None,
 ) -> tuple[optuna.Study, SearchProblem]:
     """Create (or load, to resume) the study of a search without running a trial; see
     `run_search` for the arguments. Workers can `join_worker` the study right away."""
     if n_evaluations < 1:
         raise ValueError(f"n_evaluations must be >= 1, got {n_evaluations}")
     problem = SearchProblem(space, objectives, accuracy, latency_models, constraints, model_dtype)
+    if storage is None and run_dir is not None:
+        storage = Path(run_dir) / "study.db"  # one process: SQLite in the run folder
     store = open_storage(storage, heartbeat_interval_s, grace_period_s)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler_name = sampler if isinstance(sampler, str) else type(sampler).__name__
@@ -426,6 +432,7 @@ def run_search(
     grace_period_s: int | None = None,
     timeout_s: float | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    run_dir: str | Path | None = None,
 ) -> optuna.Study:
     """Search `space` and return the Optuna study.
 
@@ -449,6 +456,8 @@ def run_search(
         heartbeat_interval_s, grace_period_s: database storages only; trials of a worker that
             stopped beating for `grace_period_s` are failed when a search (re)starts.
         callbacks: Optuna callbacks `(study, frozen_trial)` run after each trial.
+        run_dir: with no `storage`, keep the study in `run_dir/study.db` (SQLite); see
+            `export_run` for the rest of a run folder.
     """
     study, problem = create_search(
         space,
@@ -465,6 +474,7 @@ def run_search(
         model_dtype=model_dtype,
         heartbeat_interval_s=heartbeat_interval_s,
         grace_period_s=grace_period_s,
+        run_dir=run_dir,
     )
     _optimize(study, problem, n_evaluations, max_trials or 20 * n_evaluations, timeout_s, callbacks)
     return study
@@ -731,3 +741,45 @@ def export_pareto_csv(
     p.parent.mkdir(parents=True, exist_ok=True)
     pareto_frame(study_or_frame, objectives, directions).to_csv(p, index=False)
     return p
+
+
+def export_run(
+    study: optuna.Study,
+    out: str | Path,
+    reference: Mapping[str, float] | None = None,
+) -> dict[str, Path]:
+    """Write what a person looks at into the run folder `out`: `trials.csv` (every trial),
+    `pareto.csv` (the study's front), `pareto_<device>.csv` and `fronts.png` (accuracy against
+    each recorded device latency), and with a `reference` point `hypervolume.csv` and
+    `hypervolume.png`. Returns the written paths by name."""
+    from nas import viz
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    frame = trials_frame(study)
+    frame.to_csv(out_dir / "trials.csv", index=False)
+    written["trials"] = out_dir / "trials.csv"
+    if frame.empty:
+        return written
+    written["pareto"] = export_pareto_csv(study, out_dir / "pareto.csv")
+    devices = [c for c in frame.columns if str(c).startswith("latency_ms@")]
+    if ACCURACY in frame.columns and devices:
+        for col in devices:
+            name = col.split("@", 1)[1].replace(":", "_")
+            written[f"pareto_{name}"] = export_pareto_csv(
+                study, out_dir / f"pareto_{name}.csv", [ACCURACY, col]
+            )
+        evaluated = frame[frame["evaluated"]] if frame["evaluated"].any() else frame
+        fig = viz.plot_fronts_per_device(evaluated, path=out_dir / "fronts.png")
+        viz.close(fig)
+        written["fronts"] = out_dir / "fronts.png"
+    if reference is not None:
+        hist = hypervolume_history(study, reference, list(reference))
+        hist.to_csv(out_dir / "hypervolume.csv", index=False)
+        fig = viz.plot_hypervolume_history(
+            {study.study_name: hist}, path=out_dir / "hypervolume.png"
+        )
+        viz.close(fig)
+        written["hypervolume"] = out_dir / "hypervolume.csv"
+    return written
