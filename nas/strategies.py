@@ -71,8 +71,9 @@ class FrontierSampler(BaseSampler):
             archs (e.g. other devices' latency); every cheap metric the problem uses is a
             feature already.
         reference: reference point per objective (metric units and directions). Defaults:
-            a budget's bound where a cheap objective has one, else the worst value in the pool;
-            for accuracy, the median paid accuracy (improving on the typical arch).
+            a budget's bound where an objective has one (`latency_ms@d <= 20`,
+            `accuracy >= 70`); else the worst value in the pool, and for accuracy the median
+            paid accuracy (improving on the typical arch).
         candidates: an explicit pool (e.g. the archs a table covers).
         pool_limit: spaces with at most this many genotypes are enumerated into the pool.
         pool_size: otherwise, the size of each freshly drawn pool (half random archs, half
@@ -379,8 +380,9 @@ class FrontierSampler(BaseSampler):
             worst = float(np.max(sign * pool.cheap[pool.feasible, j]))
             bounds = [c.bound * sign for c in p.constraints if c.metric == name]
             refs.append(min([worst, *bounds]) if bounds else worst)
-        acc_ref = self.reference.get(ACCURACY, float(np.median(y)))
-        return np.array(refs), float(acc_ref)
+        floors = [c.bound for c in p.constraints if c.metric == ACCURACY and c.op == ">="]
+        default = max(floors) if floors else float(np.median(y))
+        return np.array(refs), float(self.reference.get(ACCURACY, default))
 
     def _ehvi_batch(
         self,
@@ -406,8 +408,11 @@ class FrontierSampler(BaseSampler):
         objs = np.array([self.cheap_names.index(n) for n in p.cheap_objectives], dtype=np.int64)
         signs = np.array([p.metrics[n].sign for n in p.cheap_objectives])
         cand = pool.cheap[np.ix_(idx, objs)] * signs
-        front_c = p.cheap_matrix(paid_archs, p.cheap_objectives) * signs
-        front_y = y.copy()
+        front_cheap = self._make_side_pool(paid_archs).cheap
+        ok = p.feasible_cheap({n: front_cheap[:, j] for j, n in enumerate(self.cheap_names)})
+        ok = np.broadcast_to(np.asarray(ok, bool), (len(paid_archs),))
+        front_c = front_cheap[np.ix_(np.flatnonzero(ok), objs)] * signs  # feasible paid archs
+        front_y = y[ok]
         if busy_archs:  # others' in-flight archs join the front at their predicted accuracy
             xb = feats.transform(busy_archs, self._cost_block(self._make_side_pool(busy_archs)))
             front_c = np.vstack([front_c, p.cheap_matrix(busy_archs, p.cheap_objectives) * signs])
