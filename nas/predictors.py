@@ -74,6 +74,19 @@ def _check_xy(X: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, n
     return x, t
 
 
+def one_blas_thread() -> Any:
+    """Context: BLAS on one thread. The matrices here are small (hundreds of rows), where
+    threads cost more than they give, and much more on a shared 2-core box."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=1, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
 class NotFittedError(RuntimeError):
     """predict or save before fit."""
 
@@ -269,7 +282,8 @@ class GPPredictor:
     One length scale per feature group (`groups[j]` is the group of column j; by default one
     group), a signal variance, a noise variance and a constant mean; all fitted by maximising
     the log marginal likelihood (L-BFGS-B with analytic gradients, `n_restarts` extra random
-    starts from `seed`). `predict_with_std` gives the posterior std of the latent function.
+    starts from `seed`; `init_theta`, e.g. a previous fit's `theta_`, is tried first).
+    `predict_with_std` gives the posterior std of the latent function.
     """
 
     kind: ClassVar[str] = "gp"
@@ -285,11 +299,13 @@ class GPPredictor:
         groups: Sequence[int] | None = None,
         n_restarts: int = 2,
         seed: int = 0,
+        init_theta: Sequence[float] | None = None,
     ) -> None:
         if kernel not in ("matern52", "rbf"):
             raise ValueError(f"kernel must be 'matern52' or 'rbf', got {kernel!r}")
         self.kernel_name, self.n_restarts, self.seed = kernel, n_restarts, seed
         self.groups = None if groups is None else [int(g) for g in groups]
+        self.init_theta = None if init_theta is None else [float(v) for v in init_theta]
         self._x: np.ndarray | None = None
         self._alpha = np.zeros(0)
         self._chol = np.zeros((0, 0))
@@ -358,6 +374,10 @@ class GPPredictor:
         return float(nlml), -np.asarray(grads)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> GPPredictor:
+        with one_blas_thread():
+            return self._fit(X, y)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> GPPredictor:
         x, t = _check_xy(X, y)
         assert t is not None
         self._scaler = _Scaler.fit(t)
@@ -372,6 +392,8 @@ class GPPredictor:
             for dk in d
         ]
         starts = [np.array([*med, 0.0, math.log(0.1)])]
+        if self.init_theta is not None and len(self.init_theta) == n_g + 2:
+            starts = [np.array(self.init_theta)]
         rng = np.random.default_rng(self.seed)
         for _ in range(self.n_restarts):
             starts.append(np.array([rng.uniform(lo, hi) for lo, hi in bounds]))
@@ -414,10 +436,16 @@ class GPPredictor:
         _need_fit(self._x is not None, self)
         assert self._x is not None
         x, _ = _check_xy(X)
-        ks = self.kernel(self._x, x)  # (n_train, n)
-        mean = ks.T @ self._alpha
-        v = linalg.solve_triangular(self._chol, ks, lower=True, check_finite=False)
+        with one_blas_thread():
+            ks = self.kernel(self._x, x)  # (n_train, n)
+            mean = ks.T @ self._alpha
+            v = linalg.solve_triangular(self._chol, ks, lower=True, check_finite=False)
         return self._scaler.mean + self._scaler.std * mean, v
+
+    @property
+    def theta_(self) -> list[float]:
+        """Fitted log hyper-parameters (length scales, signal, noise): a warm start."""
+        return [*map(float, self.log_lengthscales_), self.log_signal_, self.log_noise_]
 
     @property
     def target_std(self) -> float:
@@ -832,6 +860,20 @@ def compare_predictors(
                     {"predictor": name, "n_train": n, "seed": seed, **m.as_dict(), "fit_s": fit_s}
                 )
     return pd.DataFrame(rows)
+
+
+class PredictedAccuracy:
+    """A fitted predictor as an accuracy source (`arch -> accuracy`), e.g. the "predicted
+    accuracy" objective of a study, or a cheap stand-in for a supernet."""
+
+    def __init__(self, predictor: Predictor, features: ArchFeatures) -> None:
+        self.predictor, self.features = predictor, features
+
+    def __call__(self, arch: Arch) -> float:
+        return float(self.predictor.predict(self.features.transform([arch]))[0])
+
+    def many(self, archs: Sequence[Arch]) -> np.ndarray:
+        return np.asarray(self.predictor.predict(self.features.transform(list(archs))))
 
 
 def fit_on_archs(

@@ -50,6 +50,9 @@ __all__ = [
     "create_search",
     "default_reference",
     "export_pareto_csv",
+    "export_run",
+    "fail_running_trials",
+    "front_hypervolume",
     "hypervolume",
     "hypervolume_history",
     "join_worker",
@@ -130,7 +133,7 @@ def fail_running_trials(study: optuna.Study) -> int:
 
 
 # -- samplers --------------------------------------------------------------------------------
-SAMPLERS = ("frontier", "gp", "nsga2", "nsga3", "random", "tpe")
+SAMPLERS = ("auto", "frontier", "gp", "nsga2", "nsga3", "random", "tpe")
 _SAMPLER_ALIASES = {
     "nsgaii": "nsga2",
     "nsga-ii": "nsga2",
@@ -149,8 +152,11 @@ def make_sampler(
     **options: Any,
 ) -> optuna.samplers.BaseSampler:
     """A sampler by name: `nsga2`, `nsga3`, `tpe`, `gp`, `random` (Optuna's, with `options`
-    passed to their constructors), or `frontier` (ours; needs `problem`)."""
+    passed to their constructors), `frontier` (ours; needs `problem`), or `auto`: `frontier`
+    when accuracy is an objective, else `nsga2` (every objective is free to compute)."""
     key = _SAMPLER_ALIASES.get(name.lower(), name.lower())
+    if key == "auto":
+        key = "frontier" if problem is not None and ACCURACY in problem.objectives else "nsga2"
     if key not in SAMPLERS:
         close = difflib.get_close_matches(name.lower(), [*SAMPLERS, *_SAMPLER_ALIASES], n=2)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -203,6 +209,16 @@ def count_evaluations(study: optuna.Study) -> int:
     return len(paid_accuracies(study))
 
 
+def _first_heartbeat(trial: optuna.Trial) -> None:
+    """Record a heartbeat now, before any paid work. Optuna's heartbeat thread may not have
+    written its first beat when a worker dies, and a trial with no beat is never failed as
+    stale, so it would stay RUNNING forever."""
+    storage = getattr(trial, "storage", None)
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if storage is not None and interval is not None:
+        storage.record_heartbeat(trial._trial_id)
+
+
 class _Objective:
     """Evaluates one trial: cheap metrics, budgets, then accuracy unless already paid."""
 
@@ -212,6 +228,7 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         p = self.problem
+        _first_heartbeat(trial)
         arch = p.space.suggest(trial)
         ck = p.space.canonical_key(arch)
         trial.set_user_attr("arch_key", p.space.key(arch))
@@ -346,7 +363,7 @@ def create_search(
     accuracy: Callable[[Arch], float] | None = None,
     latency_models: Sequence[LatencyModel] = (),
     constraints: Sequence[str | Constraint] | Mapping[str, float] | None = None,
-    sampler: str | optuna.samplers.BaseSampler = "frontier",
+    sampler: str | optuna.samplers.BaseSampler = "auto",
     n_evaluations: int = 100,
     storage: str | Path | BaseStorage | None = None,
     study_name: str = "search",
@@ -355,12 +372,15 @@ def create_search(
     model_dtype: str = "fp32",
     heartbeat_interval_s: int | None = None,
     grace_period_s: int | None = None,
+    run_dir: str | Path | None = None,
 ) -> tuple[optuna.Study, SearchProblem]:
     """Create (or load, to resume) the study of a search without running a trial; see
     `run_search` for the arguments. Workers can `join_worker` the study right away."""
     if n_evaluations < 1:
         raise ValueError(f"n_evaluations must be >= 1, got {n_evaluations}")
     problem = SearchProblem(space, objectives, accuracy, latency_models, constraints, model_dtype)
+    if storage is None and run_dir is not None:
+        storage = Path(run_dir) / "study.db"  # one process: SQLite in the run folder
     store = open_storage(storage, heartbeat_interval_s, grace_period_s)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler_name = sampler if isinstance(sampler, str) else type(sampler).__name__
@@ -400,7 +420,7 @@ def run_search(
     accuracy: Callable[[Arch], float] | None = None,
     latency_models: Sequence[LatencyModel] = (),
     constraints: Sequence[str | Constraint] | Mapping[str, float] | None = None,
-    sampler: str | optuna.samplers.BaseSampler = "frontier",
+    sampler: str | optuna.samplers.BaseSampler = "auto",
     n_evaluations: int = 100,
     max_trials: int | None = None,
     storage: str | Path | BaseStorage | None = None,
@@ -412,6 +432,7 @@ def run_search(
     grace_period_s: int | None = None,
     timeout_s: float | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    run_dir: str | Path | None = None,
 ) -> optuna.Study:
     """Search `space` and return the Optuna study.
 
@@ -421,7 +442,8 @@ def run_search(
         accuracy: the paid metric, any callable `arch -> accuracy` (higher is better).
         latency_models: further latency models, recorded on every trial and usable in budgets.
         constraints: budgets, e.g. `["latency_ms@pixel3 <= 20"]` or `{"params": 2e6}`.
-        sampler: a name from `SAMPLERS` or an Optuna sampler object.
+        sampler: a name from `SAMPLERS` (default `auto`: ours when accuracy is an objective,
+            else NSGA-II) or an Optuna sampler object.
         n_evaluations: the budget: distinct archs whose accuracy is paid for (duplicates and
             isomorphic archs reuse a paid value and do not count). Without accuracy among
             the metrics, the number of complete trials.
@@ -434,6 +456,8 @@ def run_search(
         heartbeat_interval_s, grace_period_s: database storages only; trials of a worker that
             stopped beating for `grace_period_s` are failed when a search (re)starts.
         callbacks: Optuna callbacks `(study, frozen_trial)` run after each trial.
+        run_dir: with no `storage`, keep the study in `run_dir/study.db` (SQLite); see
+            `export_run` for the rest of a run folder.
     """
     study, problem = create_search(
         space,
@@ -450,6 +474,7 @@ def run_search(
         model_dtype=model_dtype,
         heartbeat_interval_s=heartbeat_interval_s,
         grace_period_s=grace_period_s,
+        run_dir=run_dir,
     )
     _optimize(study, problem, n_evaluations, max_trials or 20 * n_evaluations, timeout_s, callbacks)
     return study
@@ -497,7 +522,7 @@ def join_worker(
         raise ValueError(f"study {study_name!r} was not created by run_search (no {CONFIG_ATTR!r})")
     problem = SearchProblem(space, objectives, accuracy, latency_models, constraints, model_dtype)
     _check_same_problem(study, problem)
-    name = sampler or str(cfg.get("sampler", "frontier"))
+    name = sampler or str(cfg.get("sampler", "auto"))
     worker_seed = seed if seed is not None else (os.getpid() * 7919) % 2**32
     study.sampler = make_sampler(name, problem, worker_seed, **dict(sampler_options or {}))
     n_evaluations = int(cfg["n_evaluations"])
@@ -716,3 +741,45 @@ def export_pareto_csv(
     p.parent.mkdir(parents=True, exist_ok=True)
     pareto_frame(study_or_frame, objectives, directions).to_csv(p, index=False)
     return p
+
+
+def export_run(
+    study: optuna.Study,
+    out: str | Path,
+    reference: Mapping[str, float] | None = None,
+) -> dict[str, Path]:
+    """Write what a person looks at into the run folder `out`: `trials.csv` (every trial),
+    `pareto.csv` (the study's front), `pareto_<device>.csv` and `fronts.png` (accuracy against
+    each recorded device latency), and with a `reference` point `hypervolume.csv` and
+    `hypervolume.png`. Returns the written paths by name."""
+    from nas import viz
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    frame = trials_frame(study)
+    frame.to_csv(out_dir / "trials.csv", index=False)
+    written["trials"] = out_dir / "trials.csv"
+    if frame.empty:
+        return written
+    written["pareto"] = export_pareto_csv(study, out_dir / "pareto.csv")
+    devices = [c for c in frame.columns if str(c).startswith("latency_ms@")]
+    if ACCURACY in frame.columns and devices:
+        for col in devices:
+            name = col.split("@", 1)[1].replace(":", "_")
+            written[f"pareto_{name}"] = export_pareto_csv(
+                study, out_dir / f"pareto_{name}.csv", [ACCURACY, col]
+            )
+        evaluated = frame[frame["evaluated"]] if frame["evaluated"].any() else frame
+        fig = viz.plot_fronts_per_device(evaluated, path=out_dir / "fronts.png")
+        viz.close(fig)
+        written["fronts"] = out_dir / "fronts.png"
+    if reference is not None:
+        hist = hypervolume_history(study, reference, list(reference))
+        hist.to_csv(out_dir / "hypervolume.csv", index=False)
+        fig = viz.plot_hypervolume_history(
+            {study.study_name: hist}, path=out_dir / "hypervolume.png"
+        )
+        viz.close(fig)
+        written["hypervolume"] = out_dir / "hypervolume.csv"
+    return written

@@ -32,22 +32,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.objectives import ACCURACY, SearchProblem
 from nas.pareto import expected_hvi, pareto_mask
-from nas.predictors import ArchFeatures, GPPredictor, Predictor
+from nas.predictors import ArchFeatures, GPPredictor, Predictor, one_blas_thread
 from nas.space import Arch
 
 log = logging.getLogger(__name__)
-
-
-def _limit_threads() -> Any:
-    """Small dense algebra runs faster on one BLAS thread (and the box is shared)."""
-    try:
-        from threadpoolctl import threadpool_limits
-
-        return threadpool_limits(limits=1, user_api="blas")
-    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
-        import contextlib
-
-        return contextlib.nullcontext()
 
 
 class _Pool:
@@ -83,8 +71,9 @@ class FrontierSampler(BaseSampler):
             archs (e.g. other devices' latency); every cheap metric the problem uses is a
             feature already.
         reference: reference point per objective (metric units and directions). Defaults:
-            a budget's bound where a cheap objective has one, else the worst value in the pool;
-            for accuracy, the median paid accuracy (improving on the typical arch).
+            a budget's bound where an objective has one (`latency_ms@d <= 20`,
+            `accuracy >= 70`); else the worst value in the pool, and for accuracy the median
+            paid accuracy (improving on the typical arch).
         candidates: an explicit pool (e.g. the archs a table covers).
         pool_limit: spaces with at most this many genotypes are enumerated into the pool.
         pool_size: otherwise, the size of each freshly drawn pool (half random archs, half
@@ -141,6 +130,8 @@ class FrontierSampler(BaseSampler):
         self._static_pool = False
         self.cheap_names = problem.cheap_used
         self.last_fit: dict[str, float] = {}
+        self._theta: list[float] | None = None  # last GP fit, the next fit's warm start
+        self._paid_cache: dict[int, tuple[str, Arch, float]] = {}  # trial number -> paid arch
 
     # -- Optuna's sampler interface ----------------------------------------------------------
     def infer_relative_search_space(
@@ -194,7 +185,8 @@ class FrontierSampler(BaseSampler):
         canon = [space.canonical_key(a) for a in archs]
         cheap = p.cheap_matrix(archs, self.cheap_names)
         values = {n: cheap[:, j] for j, n in enumerate(self.cheap_names)}
-        feasible = np.asarray(p.feasible_cheap(values), dtype=bool) & np.ones(len(archs), bool)
+        feasible = np.broadcast_to(np.asarray(p.feasible_cheap(values), bool), (len(archs),))
+        feasible = feasible.copy()
         if self.one_per_class:
             keep = self._class_representatives(canon, cheap)
             archs = [a for a, k in zip(archs, keep, strict=True) if k]
@@ -281,21 +273,28 @@ class FrontierSampler(BaseSampler):
         busy_archs: list[Arch] = []
         n_dims = len(space.keys)
         for t in study.get_trials(deepcopy=False):
+            cached = self._paid_cache.get(t.number)
+            if cached is not None:
+                paid.setdefault(cached[0], (cached[1], cached[2]))
+                continue
             ck = t.user_attrs.get("canonical_key")
             if t.user_attrs.get("evaluated") and "accuracy" in t.user_attrs and ck is not None:
-                if ck not in paid and len(t.params) == n_dims:
-                    paid[str(ck)] = (space.validate(t.params), float(t.user_attrs["accuracy"]))
+                if len(t.params) == n_dims:
+                    arch = space.validate(t.params)
+                    acc = float(t.user_attrs["accuracy"])
+                    self._paid_cache[t.number] = (str(ck), arch, acc)
+                    paid.setdefault(str(ck), (arch, acc))
             elif t.state in (TrialState.RUNNING, TrialState.WAITING):
                 params = t.params or t.system_attrs.get("fixed_params", {})
-                arch = self._pending.get(t._trial_id)
-                if arch is None and len(params) == n_dims:
-                    arch = space.validate(params)
-                if arch is not None:
-                    busy.add(space.canonical_key(arch))
-                    busy_archs.append(arch)
+                flying = self._pending.get(t._trial_id)
+                if flying is None and len(params) == n_dims:
+                    flying = space.validate(params)
+                if flying is not None:
+                    busy.add(space.canonical_key(flying))
+                    busy_archs.append(flying)
         return paid, busy, busy_archs
 
-    def _next(self, study: optuna.Study) -> Arch | None:
+    def _next(self, study: optuna.Study, fresh_batch: bool = False) -> Arch | None:
         space = self.problem.space
         paid, busy, _ = self._study_state(study)
         while self._queue:
@@ -306,12 +305,14 @@ class FrontierSampler(BaseSampler):
             i = pool.index[key]
             if pool.canon[i] not in paid and pool.canon[i] not in busy:
                 return space.validate(pool.archs[i])
-        with _limit_threads():
+        if fresh_batch:  # a batch chosen just now was taken meanwhile: give up this once
+            return None
+        with one_blas_thread():
             self._queue = self._choose_batch(study)
         if not self._queue:
             log.info("frontier: no unpaid feasible candidate left; sampling at random")
             return None
-        return self._next(study) if self._queue else None
+        return self._next(study, fresh_batch=True)
 
     def _choose_batch(self, study: optuna.Study) -> list[str]:
         paid, busy, busy_archs = self._study_state(study)
@@ -349,7 +350,14 @@ class FrontierSampler(BaseSampler):
         if self.predictor == "gp":
             assert self._features is not None
             seed = int(self.rng.integers(2**31))
-            return GPPredictor(groups=self._features.groups, n_restarts=1, seed=seed).fit(x, y)
+            gp = GPPredictor(
+                groups=self._features.groups,
+                n_restarts=1 if self._theta is None else 0,
+                seed=seed,
+                init_theta=self._theta,
+            ).fit(x, y)
+            self._theta = gp.theta_
+            return gp
         if callable(self.predictor):
             model = self.predictor()
             if not hasattr(model, "predict_with_std"):
@@ -372,8 +380,9 @@ class FrontierSampler(BaseSampler):
             worst = float(np.max(sign * pool.cheap[pool.feasible, j]))
             bounds = [c.bound * sign for c in p.constraints if c.metric == name]
             refs.append(min([worst, *bounds]) if bounds else worst)
-        acc_ref = self.reference.get(ACCURACY, float(np.median(y)))
-        return np.array(refs), float(acc_ref)
+        floors = [c.bound for c in p.constraints if c.metric == ACCURACY and c.op == ">="]
+        default = max(floors) if floors else float(np.median(y))
+        return np.array(refs), float(self.reference.get(ACCURACY, default))
 
     def _ehvi_batch(
         self,
@@ -399,8 +408,11 @@ class FrontierSampler(BaseSampler):
         objs = np.array([self.cheap_names.index(n) for n in p.cheap_objectives], dtype=np.int64)
         signs = np.array([p.metrics[n].sign for n in p.cheap_objectives])
         cand = pool.cheap[np.ix_(idx, objs)] * signs
-        front_c = p.cheap_matrix(paid_archs, p.cheap_objectives) * signs
-        front_y = y.copy()
+        front_cheap = self._make_side_pool(paid_archs).cheap
+        ok = p.feasible_cheap({n: front_cheap[:, j] for j, n in enumerate(self.cheap_names)})
+        ok = np.broadcast_to(np.asarray(ok, bool), (len(paid_archs),))
+        front_c = front_cheap[np.ix_(np.flatnonzero(ok), objs)] * signs  # feasible paid archs
+        front_y = y[ok]
         if busy_archs:  # others' in-flight archs join the front at their predicted accuracy
             xb = feats.transform(busy_archs, self._cost_block(self._make_side_pool(busy_archs)))
             front_c = np.vstack([front_c, p.cheap_matrix(busy_archs, p.cheap_objectives) * signs])

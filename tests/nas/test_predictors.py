@@ -89,3 +89,20 @@ def test_predictor_errors_say_what_is_wrong(tmp_path: Path) -> None:
     np.savez(bogus, a=np.zeros(2))
     with pytest.raises(ValueError, match="not a saved predictor"):
         P.load_predictor(bogus)
+
+
+def test_predicted_accuracy_is_an_objective_source() -> None:
+    import optuna
+
+    from nas import search
+
+    space, lat = ToySpace(), FakeLatency()
+    archs = list(space.enumerate())
+    feats = P.ArchFeatures(space).fit(archs)
+    model = P.fit_on_archs(P.RidgePredictor(), feats, archs[::4], toy_accuracy)
+    predicted = P.PredictedAccuracy(model, feats)
+    assert predicted(archs[0]) == pytest.approx(float(predicted.many(archs[:1])[0]))
+    study = search.run_search(space, ["accuracy", lat], accuracy=predicted, n_evaluations=12)
+    assert search.count_evaluations(study) == 12
+    cheap = search.run_search(space, [lat, FakeLatency("pi", 3.0)], n_evaluations=5)  # auto
+    assert isinstance(cheap.sampler, optuna.samplers.NSGAIISampler)

@@ -229,3 +229,15 @@ def test_viz_plots_fronts_and_history(tmp_path: Path) -> None:
     fig = viz.plot_hypervolume_history({"random": hist}, path=tmp_path / "hv.png")
     viz.close(fig)
     assert (tmp_path / "fronts.png").stat().st_size > 0 and (tmp_path / "hv.png").stat().st_size
+
+
+def test_run_dir_holds_the_study_and_export_run_writes_the_folder(tmp_path: Path) -> None:
+    space, pixel, pi = ToySpace(), FakeLatency("pixel3"), FakeLatency("raspi4", 3.0)
+    kwargs = {"accuracy": toy_accuracy, "latency_models": [pi], "run_dir": tmp_path}
+    search.run_search(space, ["accuracy", pixel], n_evaluations=8, **kwargs)  # type: ignore[arg-type]
+    study = search.run_search(space, ["accuracy", pixel], n_evaluations=12, **kwargs)  # type: ignore[arg-type]
+    assert (tmp_path / "study.db").exists() and search.count_evaluations(study) == 12
+    paths = search.export_run(study, tmp_path, {"accuracy": 60.0, "latency_ms@pixel3": 5.0})
+    expected = {"trials", "pareto", "pareto_pixel3", "pareto_raspi4", "fronts", "hypervolume"}
+    assert set(paths) == expected
+    assert all(p.stat().st_size > 0 for p in paths.values())

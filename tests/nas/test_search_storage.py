@@ -66,7 +66,7 @@ def _records(path: Path) -> list[dict]:
 def _two_workers(storage: str, tmp_path: Path, sampler: str) -> None:
     study_name = f"workers-{uuid.uuid4().hex[:8]}"
     space, lat = ToySpace(), FakeLatency()
-    n = 40
+    n = 30
     search.create_search(
         space,
         ["accuracy", lat],
@@ -117,7 +117,7 @@ def test_two_workers_share_a_journal_file_study(tmp_path: Path) -> None:
 def test_killed_search_resumes_without_duplicates_or_lost_trials(tmp_path: Path) -> None:
     storage = search.sqlite_url(tmp_path / "study.db")
     log = tmp_path / "run.jsonl"
-    k, n = 8, 20
+    k, n = 6, 16
     args = ["--storage", storage, "--log", str(log), "--n", str(n), "--heartbeat", "1"]
     first = _spawn("search", *args, "--sampler", "frontier", "--kill-after", str(k))
     first.communicate(timeout=180)
