@@ -394,6 +394,11 @@ class ArchSampler:
                 self._allowed[k] = None
                 self.smallest[k] = smallest[k]
 
+    @property
+    def is_elastic(self) -> bool:
+        """Whether any dimension has more than one allowed value in this phase."""
+        return any(allowed is None or len(allowed) > 1 for allowed in self._allowed.values())
+
     def sample(self, rng: np.random.Generator) -> Arch:
         arch = self.space.sample(rng)
         for k, allowed in self._allowed.items():
@@ -526,9 +531,7 @@ class _Progressive(_Schedule):
         return phase_index > 0 and self.options.kd_weight > 0
 
     def plan(self, sampler: ArchSampler, rng: np.random.Generator, phase_index: int) -> list[Arch]:
-        if sampler.phase.elastic is not None and not any(
-            len(a or ()) > 1 for a in sampler._allowed.values()
-        ):
+        if not sampler.is_elastic:
             return [sampler.largest]  # nothing elastic: the full net, once
         return [sampler.sample(rng) for _ in range(self.options.n_subnets)]
 
@@ -919,6 +922,9 @@ def _as_supernet(module: nn.Module) -> Supernet:
 
 @dataclass
 class TrainResult:
+    """What `train_supernet` returns; `history` has one record per epoch (phase, epoch, step,
+    loss summed over the step's subnets and averaged over the epoch's steps, lr, images/s)."""
+
     supernet: Supernet
     out_dir: Path
     step: int
