@@ -1,0 +1,632 @@
+"""ExecuTorch with the XNNPACK delegate (``xnnpack-1t``): the runtime that phones use.
+
+Build: ``torch.export`` -> (int8: PT2E ``prepare_pt2e`` with ``XNNPACKQuantizer`` and the
+symmetric per-channel config, calibrate, ``convert_pt2e``, export again) ->
+``to_edge_transform_and_lower`` with ``XnnpackPartitioner`` -> ``to_executorch`` -> ``.pte``
+bytes, cached on disk by content hash. Run: ExecuTorch's Python runtime (the ``portable_lib``
+pybindings), inputs set once, a timed run is one ``execute()`` of the loaded method.
+
+Threads. ExecuTorch has one process-wide pthreadpool, created on first use with one thread per
+CPU that cpuinfo reports (2 here). ``portable_lib._unsafe_reset_threadpool(n)`` (experimental)
+replaces it and ``portable_lib._threadpool_get_thread_count()`` reads it; there is no per-program
+setting. The XNNPACK delegate hands the pool's pointer to ``xnn_create_runtime`` when a method is
+*loaded*, so resizing destroys the pool that already-loaded methods still point at. This module
+therefore sizes the pool before loading, counts resizes, and reloads a method whose pool was
+replaced before running it again. Devices with different thread counts can share a process,
+but alternating between them reloads methods.
+
+Batched LUT builds (``measure_many``). Lowering costs a fixed ~0.5-1 s per program (mostly
+``run_decompositions`` inside ``to_edge``: ~80 % of lowering one conv) plus a cost per graph
+node for every pass (FX interpreters, fake tensors), and int8 adds PT2E's fixed pattern export
+(~3-6 s per ``prepare_pt2e``) and histogram-observer calibration. Layer by layer, a conv costs
+~1-2 s and an MBConv block ~2 s fp32, ~4-6 s int8. Here many layers become one program: layer i
+reads input i and writes output i, a partitioner gives every layer its own XNNPACK delegate, the
+program is lowered once (fixed costs paid once per ``batch_layers``), and the method runs with
+ExecuTorch's event tracer (ETDump) on. Each run records one ``DELEGATE_CALL`` event per layer
+with its own start and end time: those are the per-layer samples, fed to
+:func:`latency_models.measure.measure_rounds`. A layer that does not lower to exactly one
+delegate (an op XNNPACK does not take) is timed on its own instead, as is a whole batch that
+fails to lower.
+
+What a batched time means. A delegate call covers the layer's kernels and its NCHW<->NHWC
+layout changes but not the Python binding; measured here, a one-layer program timed by ETDump
+and by wall clock agree within ~2 %. In the batched program a layer runs after the others, so
+its weights and input are not in cache the way they are when one layer runs back to back: on
+ten MobileNet-style layers the batched p10 was 1.05x the per-layer one (fp32; rank correlation
+1.00; worst 1.4x, a 28 us layer) and 1.29x for int8 (rank correlation 0.96; tiny int8 layers,
+10-30 us, up to 4x). That is closer to how a layer runs inside a network, but it is a
+different quantity from the classic back-to-back LUT entry: ``batched=False`` gives that one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol, measure_rounds
+from latency_models.runtimes.base import (
+    DTYPES,
+    LUT_CALIBRATION_BATCHES,
+    Branches,
+    LayerItem,
+    Prepared,
+    RuntimeDevice,
+    calibration_batches,
+    calibration_digest,
+    check_dtype,
+    check_items,
+    check_shape,
+    example_input,
+    export_program,
+    fingerprint,
+    require,
+)
+from latency_models.runtimes.cache import ArtifactCache
+
+log = logging.getLogger(__name__)
+
+_PACKAGES = "executorch (with its XNNPACK backend) and torchao"
+_EXTRA = "executorch"
+_RECIPE = "xnnpack-partitioner;int8=pt2e-xnnpack-symmetric-per-channel"
+
+
+def _portable_lib(device: str) -> ModuleType:
+    require("torchao", device=device, packages=_PACKAGES, extra=_EXTRA)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental API" warning on import
+        return require(
+            "executorch.extension.pybindings.portable_lib",
+            device=device,
+            packages=_PACKAGES,
+            extra=_EXTRA,
+        )
+
+
+class _Pool:
+    """The state of ExecuTorch's process-wide threadpool as far as this module changed it."""
+
+    generation = 0
+
+
+def ensure_threadpool(threads: int, device: str = "xnnpack") -> int:
+    """Size ExecuTorch's threadpool to ``threads``; return its generation (bumped on resize).
+
+    Methods loaded under another generation hold a dangling pool pointer and must be reloaded.
+    """
+    lib = _portable_lib(device)
+    if lib._threadpool_get_thread_count() != threads:
+        lib._unsafe_reset_threadpool(threads)
+        _Pool.generation += 1
+        got = lib._threadpool_get_thread_count()
+        if got != threads:
+            raise RuntimeError(
+                f"could not size ExecuTorch's threadpool to {threads} threads; it has {got}"
+            )
+        log.debug("ExecuTorch threadpool resized to %d threads", threads)
+    return _Pool.generation
+
+
+def threadpool_threads(device: str = "xnnpack") -> int:
+    """Threads in ExecuTorch's process-wide pool now (creates it if it does not exist yet)."""
+    return int(_portable_lib(device)._threadpool_get_thread_count())
+
+
+class _Loaded:
+    """A ``.pte`` loaded into the runtime with one method ready, inputs set."""
+
+    def __init__(
+        self,
+        pte: bytes,
+        inputs: Sequence[torch.Tensor],
+        threads: int,
+        device: str,
+        *,
+        etdump: bool = False,
+    ) -> None:
+        self.pte = pte
+        self.inputs = tuple(inputs)  # kept alive: the method may point at their memory
+        self.threads = threads
+        self.device = device
+        self.etdump = etdump
+        self.load()
+
+    def load(self) -> None:
+        lib = _portable_lib(self.device)
+        self.generation = ensure_threadpool(self.threads, self.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.program = lib._load_program_from_buffer(
+                self.pte,
+                enable_etdump=self.etdump,
+                debug_buffer_size=0,
+                program_verification=lib.Verification.Minimal,
+            )
+        self.method = self.program.load_method("forward")
+        self.method.set_inputs(self.inputs)
+
+    def fresh(self) -> None:
+        if self.generation != _Pool.generation:
+            log.debug("%s: threadpool was replaced since load; reloading the method", self.device)
+            self.load()
+
+    def execute(self) -> None:
+        self.method.execute()
+
+    def outputs(self) -> list[torch.Tensor]:
+        return [t for t in self.method.get_outputs() if isinstance(t, torch.Tensor)]
+
+
+@dataclass
+class XnnpackPrepared(Prepared):
+    pte: bytes = b""
+    threads: int = 1
+    _loaded: _Loaded | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._loaded = _Loaded(self.pte, (self.example,), self.threads, self.device)
+
+    @property
+    def loaded(self) -> _Loaded:
+        assert self._loaded is not None
+        self._loaded.fresh()
+        return self._loaded
+
+    def __call__(self) -> None:
+        self.loaded.execute()
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        loaded = self.loaded
+        try:
+            loaded.method.set_inputs((self._check_input(x),))
+            loaded.execute()
+            out = loaded.outputs()[0].clone()
+        finally:
+            loaded.method.set_inputs(loaded.inputs)
+        return out
+
+
+@dataclass
+class XnnpackBatch:
+    """Many layers lowered into one program, one delegate per layer (see the module doc)."""
+
+    device: str
+    dtype: str
+    input_shapes: list[tuple[int, ...]]
+    examples: list[torch.Tensor]
+    pte: bytes
+    delegate_layers: list[int]
+    """Layer index of each delegate call, in execution order."""
+    unbatched: list[int]
+    """Layers that did not lower to exactly one delegate: time them alone."""
+    artifact_path: Path | None = None
+    cache_hit: bool = False
+    build_s: dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _quiet_third_party() -> Iterator[None]:
+    """Hide executorch/torch deprecation chatter about their own internals (not ours to fix)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message="read_binary")
+        yield
+
+
+def _lower(ep: Any, partitioner: Any) -> tuple[bytes, Any, dict[str, float]]:
+    from executorch.exir import to_edge_transform_and_lower
+
+    t0 = time.perf_counter()
+    with _quiet_third_party():
+        edge = to_edge_transform_and_lower(ep, partitioner=[partitioner])
+        t1 = time.perf_counter()
+        et_program = edge.to_executorch()
+        t2 = time.perf_counter()
+        data = bytes(et_program.buffer)
+    t3 = time.perf_counter()
+    times = {"to_edge_and_lower_s": t1 - t0, "to_executorch_s": t2 - t1, "serialize_s": t3 - t2}
+    return data, edge.exported_program().graph_module, times
+
+
+def _quantize(
+    ep: Any, args: tuple[torch.Tensor, ...], batches: Sequence[tuple[torch.Tensor, ...]]
+) -> Any:
+    """PT2E int8: XNNPACK quantizer (symmetric, per-channel weights), calibrate, convert."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)
+    )
+    observed = prepare_pt2e(ep.module(), quantizer)
+    with torch.no_grad():
+        for batch in batches:
+            observed(*batch)
+    converted = convert_pt2e(observed)
+    return torch.export.export(converted, args)
+
+
+def _branch_partitioner() -> Any:
+    """XnnpackPartitioner whose partitions never span two independent branches of the graph."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir.backend.partitioner import PartitionResult
+
+    class BranchPartitioner(XnnpackPartitioner):
+        def partition(self, exported_program: Any) -> Any:
+            result = super().partition(exported_program)
+            branch = _branch_of_nodes(exported_program)
+            tags = {}
+            for node in exported_program.graph_module.graph.nodes:
+                tag = node.meta.get("delegation_tag")
+                if tag is None:
+                    continue
+                owners = branch[node]
+                if not owners:
+                    # Not reachable from any input nor used by any layer: leave it out.
+                    del node.meta["delegation_tag"]
+                    continue
+                # A constant shared by several layers goes with the first; the partitioning
+                # infrastructure copies constant data into every partition that uses it.
+                new_tag = f"{tag}_layer{min(owners)}"
+                node.meta["delegation_tag"] = new_tag
+                tags[new_tag] = self.delegation_spec
+            return PartitionResult(
+                tagged_exported_program=result.tagged_exported_program, partition_tags=tags
+            )
+
+    return BranchPartitioner()
+
+
+def _branch_of_nodes(ep: Any) -> dict[Any, set[int]]:
+    """For every node, the layers (user-input indices) it belongs to.
+
+    A node belongs to the layers whose input it depends on; a node that depends on no input
+    (a weight, its scale, a dequantize of a weight) belongs to the layers that use it.
+    """
+    user_inputs = list(ep.graph_signature.user_inputs)
+    nodes = list(ep.graph_module.graph.nodes)
+    owner: dict[Any, set[int]] = {}
+    for node in nodes:
+        if node.op == "placeholder":
+            owner[node] = {user_inputs.index(node.name)} if node.name in user_inputs else set()
+        else:
+            owner[node] = set().union(*(owner[a] for a in node.all_input_nodes))
+    for node in reversed(nodes):  # users come later in topological order
+        if not owner[node]:
+            owner[node] = set().union(*(owner[u] for u in node.users))
+    return owner
+
+
+def _delegate_layers(graph_module: Any, n_layers: int) -> tuple[list[int], list[int]]:
+    """(layer of each delegate call in order, layers not lowered to exactly one delegate)."""
+    user_inputs = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    owner: dict[Any, set[int]] = {}
+    input_index = {n: i for i, n in enumerate(user_inputs[-n_layers:])}
+    calls: list[int] = []
+    bad: set[int] = set()
+    per_layer = [0] * n_layers
+    for node in graph_module.graph.nodes:
+        if node.op == "placeholder":
+            owner[node] = {input_index[node]} if node in input_index else set()
+            continue
+        owner[node] = set().union(*(owner[a] for a in node.all_input_nodes))
+        if node.op != "call_function" or getattr(node.target, "__name__", "") == "getitem":
+            continue
+        layers = owner[node]
+        if getattr(node.target, "__name__", "") == "executorch_call_delegate" and len(layers) == 1:
+            (layer,) = layers
+            calls.append(layer)
+            per_layer[layer] += 1
+        else:
+            bad |= layers
+    bad |= {i for i, count in enumerate(per_layer) if count != 1}
+    return calls, sorted(bad)
+
+
+def delegate_times_ms(etdump: bytes) -> np.ndarray:
+    """``DELEGATE_CALL`` durations (ms) from an ETDump: one row per run, columns in call order."""
+    from executorch.devtools.etdump.serialize import deserialize_from_etdump_flatcc
+
+    rows = []
+    with _quiet_third_party():
+        runs = deserialize_from_etdump_flatcc(etdump).run_data
+    for run in runs:
+        calls = [
+            (
+                ev.profile_event.instruction_id,
+                ev.profile_event.end_time - ev.profile_event.start_time,
+            )
+            for ev in run.events or []
+            if ev.profile_event is not None and ev.profile_event.name == "DELEGATE_CALL"
+        ]
+        if calls:
+            rows.append([duration for _, duration in sorted(calls)])
+    if not rows or len({len(r) for r in rows}) != 1:
+        raise RuntimeError(
+            "ETDump must hold the same number of DELEGATE_CALL events in every run; got "
+            f"{sorted({len(r) for r in rows})} (is the event tracer built into executorch?)"
+        )
+    # The pybindings' event tracer stamps with et_pal_current_ticks(): nanoseconds on Linux.
+    return np.asarray(rows, dtype=np.float64) / 1e6
+
+
+class XnnpackDevice(RuntimeDevice):
+    """ExecuTorch + XNNPACK delegate, its threadpool sized to ``threads`` while in use."""
+
+    runtime = "executorch-xnnpack"
+    dtypes = DTYPES
+
+    def __init__(
+        self,
+        name: str = "xnnpack-1t",
+        threads: int = 1,
+        *,
+        seed: int = 0,
+        cache: ArtifactCache | None = None,
+        batch_layers: int = 32,
+        batched: bool = True,
+    ) -> None:
+        super().__init__(name, threads, seed=seed)
+        if batch_layers < 1:
+            raise ValueError(f"batch_layers must be >= 1; got {batch_layers}")
+        self.cache = cache if cache is not None else ArtifactCache()
+        self.batch_layers = batch_layers
+        self.batched = batched
+
+    @property
+    def version(self) -> str:
+        _portable_lib(self.name)
+        from executorch.version import __version__ as et_version
+
+        return f"executorch {et_version} (XNNPACK delegate)"
+
+    @contextlib.contextmanager
+    def _pool(self) -> Iterator[None]:
+        before = threadpool_threads(self.name)
+        ensure_threadpool(self.threads, self.name)
+        try:
+            yield
+        finally:
+            # Restoring the size the process had keeps other ExecuTorch users unsurprised; our
+            # own artifacts notice the resize and reload before their next run.
+            ensure_threadpool(before, self.name)
+
+    def _fixed_threads(self) -> contextlib.AbstractContextManager[None]:
+        return self._pool()
+
+    def measure_prepared(
+        self, prepared: Prepared, protocol: Protocol = DEFAULT_PROTOCOL
+    ) -> Measurement:
+        with self._pool():
+            if isinstance(prepared, XnnpackPrepared):
+                prepared.loaded  # noqa: B018 - reload now, outside the timed runs
+            return super().measure_prepared(prepared, protocol)
+
+    def _key(
+        self, ep: Any, shapes: Sequence[tuple[int, ...]], dtype: str, calib: str, kind: str
+    ) -> str:
+        import torchao
+
+        return fingerprint(
+            ep,
+            runtime=self.version,
+            torch=torch.__version__,
+            torchao=torchao.__version__,
+            input_shapes=tuple(shapes),
+            dtype=dtype,
+            calibration=calib if dtype == "int8" else "",
+            recipe=_RECIPE,
+            kind=kind,
+        )
+
+    def prepare(
+        self,
+        module: nn.Module,
+        input_shape: tuple[int, ...],
+        dtype: str = "fp32",
+        calibration: torch.Tensor | None = None,
+    ) -> Prepared:
+        check_dtype(self.name, dtype, self.dtypes)
+        _portable_lib(self.name)
+        shape = check_shape(input_shape)
+        x = example_input(shape, self.seed)
+        t0 = time.perf_counter()
+        ep = export_program(module, (x,))
+        export_s = time.perf_counter() - t0
+        key = self._key(ep, [shape], dtype, calibration_digest(calibration, self.seed), "single")
+        pte = self.cache.load(self.runtime, key, ".pte")
+        build_s: dict[str, float] = {}
+        if pte is None:
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+            build_s["export_s"] = export_s
+            if dtype == "int8":
+                t1 = time.perf_counter()
+                batches = [(b,) for b in calibration_batches(calibration, shape, self.seed)]
+                ep = _quantize(ep, (x,), batches)
+                build_s["quantize_s"] = time.perf_counter() - t1
+            pte, _, stages = _lower(ep, XnnpackPartitioner())
+            build_s.update(stages)
+            self.cache.store(
+                self.runtime,
+                key,
+                ".pte",
+                pte,
+                {
+                    "device": self.name,
+                    "runtime": self.version,
+                    "input_shape": list(shape),
+                    "dtype": dtype,
+                    "build_s": build_s,
+                },
+            )
+            log.info(
+                "%s: lowered %s %s in %.2f s",
+                self.name,
+                type(module).__name__,
+                dtype,
+                sum(build_s.values()),
+            )
+        return XnnpackPrepared(
+            device=self.name,
+            dtype=dtype,
+            input_shape=shape,
+            example=x,
+            artifact_path=self.cache.path(self.runtime, key, ".pte"),
+            cache_hit=not build_s,
+            build_s=build_s,
+            pte=pte,
+            threads=self.threads,
+        )
+
+    def prepare_batch(self, items: Sequence[LayerItem], dtype: str = "fp32") -> XnnpackBatch:
+        """Lower many independent layers into one program, one delegate per layer (cached)."""
+        checked = check_items(items)
+        check_dtype(self.name, dtype, self.dtypes)
+        _portable_lib(self.name)
+        if not checked:
+            raise ValueError("prepare_batch needs at least one (module, input_shape) item")
+        shapes = [shape for _, shape in checked]
+        xs = tuple(example_input(shape, self.seed) for shape in shapes)
+        model = Branches([m for m, _ in checked])
+        t0 = time.perf_counter()
+        ep = export_program(model, xs)
+        export_s = time.perf_counter() - t0
+        calib = calibration_digest(None, self.seed, LUT_CALIBRATION_BATCHES)
+        key = self._key(ep, shapes, dtype, calib, "batch")
+        pte = self.cache.load(self.runtime, key, ".pte")
+        meta = self.cache.load_meta(self.runtime, key, ".pte")
+        build_s: dict[str, float] = {}
+        if pte is None or meta is None or "delegate_layers" not in meta:
+            build_s["export_s"] = export_s
+            if dtype == "int8":
+                t1 = time.perf_counter()
+                per_layer = [
+                    calibration_batches(None, shape, self.seed, LUT_CALIBRATION_BATCHES)
+                    for shape in shapes
+                ]
+                batches = list(zip(*per_layer, strict=True))
+                ep = _quantize(ep, xs, batches)
+                build_s["quantize_s"] = time.perf_counter() - t1
+            pte, graph_module, stages = _lower(ep, _branch_partitioner())
+            build_s.update(stages)
+            calls, unbatched = _delegate_layers(graph_module, len(checked))
+            meta = {
+                "device": self.name,
+                "runtime": self.version,
+                "input_shapes": [list(s) for s in shapes],
+                "dtype": dtype,
+                "build_s": build_s,
+                "delegate_layers": calls,
+                "unbatched": unbatched,
+            }
+            self.cache.store(self.runtime, key, ".pte", pte, meta)
+            log.info(
+                "%s: lowered %d layers (%s) as one program in %.2f s (%.2f s per layer)",
+                self.name,
+                len(checked),
+                dtype,
+                sum(build_s.values()),
+                sum(build_s.values()) / len(checked),
+            )
+        return XnnpackBatch(
+            device=self.name,
+            dtype=dtype,
+            input_shapes=shapes,
+            examples=list(xs),
+            pte=pte,
+            delegate_layers=[int(i) for i in meta["delegate_layers"]],
+            unbatched=[int(i) for i in meta["unbatched"]],
+            artifact_path=self.cache.path(self.runtime, key, ".pte"),
+            cache_hit=not build_s,
+            build_s=build_s,
+        )
+
+    def measure_batch(
+        self, batch: XnnpackBatch, protocol: Protocol = DEFAULT_PROTOCOL
+    ) -> list[Measurement | None]:
+        """Per-layer times from one batched program's ETDump; ``None`` for unbatched layers."""
+        if batch.device != self.name:
+            raise ValueError(f"batch was prepared by device {batch.device!r}, not {self.name!r}")
+        results: list[Measurement | None] = [None] * len(batch.input_shapes)
+        usable = [i for i in batch.delegate_layers if i not in batch.unbatched]
+        if not usable:
+            return results
+        with self._pool(), tempfile.TemporaryDirectory(prefix="edge-nas-etdump-") as tmp:
+            loaded = _Loaded(batch.pte, batch.examples, self.threads, self.name, etdump=True)
+            etdump_path, debug_path = str(Path(tmp) / "run.etdp"), str(Path(tmp) / "debug.bin")
+
+            def run(n: int) -> np.ndarray:
+                loaded.fresh()
+                for _ in range(n):
+                    loaded.execute()
+                # Writing the dump also clears the tracer, so each call sees only its n runs.
+                loaded.program.write_etdump_result_to_file(etdump_path, debug_path)
+                times = delegate_times_ms(Path(etdump_path).read_bytes())
+                return times[-n:]
+
+            # Drop what loading recorded, so the first dump holds runs only.
+            loaded.program.write_etdump_result_to_file(etdump_path, debug_path)
+            columns = measure_rounds(
+                run, len(batch.delegate_layers), protocol, info=self.info(batch.dtype)
+            )
+        for layer, m in zip(batch.delegate_layers, columns, strict=True):
+            if layer in usable:
+                results[layer] = m
+        return results
+
+    def measure_many(
+        self,
+        items: Sequence[LayerItem],
+        dtype: str = "fp32",
+        protocol: Protocol = DEFAULT_PROTOCOL,
+    ) -> list[Measurement]:
+        """Time layers ``batch_layers`` at a time in one lowered program each (module doc)."""
+        checked = check_items(items)
+        check_dtype(self.name, dtype, self.dtypes)
+        if not self.batched:
+            return super().measure_many(checked, dtype, protocol)
+        out: list[Measurement] = []
+        for start in range(0, len(checked), self.batch_layers):
+            chunk = checked[start : start + self.batch_layers]
+            results: list[Measurement | None]
+            try:
+                batch = self.prepare_batch(chunk, dtype)
+            except Exception as err:  # lowering fails with many exception types
+                log.warning(
+                    "%s: lowering layers %d..%d as one program failed (%s: %s); timing each alone",
+                    self.name,
+                    start,
+                    start + len(chunk) - 1,
+                    type(err).__name__,
+                    err,
+                )
+                results = [None] * len(chunk)
+            else:
+                results = self.measure_batch(batch, protocol)
+            for i, m in enumerate(results):
+                if m is None:
+                    log.info(
+                        "%s: layer %d (%s) is not one XNNPACK delegate in the batched program; "
+                        "timing it alone",
+                        self.name,
+                        start + i,
+                        type(chunk[i][0]).__name__,
+                    )
+                    m = self.measure_module(chunk[i][0], chunk[i][1], dtype, None, protocol)
+                out.append(m)
+        return out
