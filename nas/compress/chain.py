@@ -608,7 +608,7 @@ class _Chain:
         self.int8["qat"] = (converted, twin, src_name)
         return [
             self._int8_row(
-                "train_qat",
+                "qat",
                 "int8 (QAT)",
                 converted,
                 twin,
