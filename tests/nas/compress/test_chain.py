@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -170,3 +171,13 @@ def test_chain_rejects_bad_steps_and_configs(
     assert cfg.prune.macs_reduction == 0.5 and cfg.export.formats == ("pte",)
     assert ChainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert replace(cfg, ptq_images=3).ptq_images == 3
+
+
+def test_arch_keys_parse_back(space: TinySpace, arch: dict[str, Any]) -> None:
+    from nas.compress import parse_arch_key
+
+    rng = np.random.default_rng(0)
+    for a in [arch, *(space.sample(rng) for _ in range(20))]:
+        assert space.key(parse_arch_key(space, space.key(a))) == space.key(a)
+    with pytest.raises(ValueError, match=r"s0.width='99' is not one of \[16, 24\]"):
+        parse_arch_key(space, space.key(arch).replace("s0.width=16", "s0.width=99"))
