@@ -672,8 +672,8 @@ class _Chain:
         if baseline is not None and baseline.accuracy is not None and row.accuracy is not None:
             drop = 100 * (baseline.accuracy - row.accuracy)
             row.notes = (row.notes + "; " if row.notes else "") + (
-                f"accuracy {drop:+.2f} points below its fp32 source"
-                if drop > 0
+                f"accuracy {drop:.2f} points below its fp32 source"
+                if drop >= 0
                 else f"accuracy {-drop:.2f} points above its fp32 source"
             )
         row.notes += "; checkpoint holds fp32 weights + quantization state (size_bytes)"
