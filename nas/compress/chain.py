@@ -75,6 +75,7 @@ __all__ = [
     "LatencyDevice",
     "ReportRow",
     "chain_dir",
+    "parse_arch_key",
     "predicted_latency_ms",
     "read_report",
     "render_report",
@@ -315,6 +316,34 @@ def _module_latency_fn(predictor: Any, input_shape: Sequence[int]) -> Callable[[
 
 
 # -- the chain --------------------------------------------------------------------------------
+
+
+def parse_arch_key(space: Any, key: str) -> dict[str, Any]:
+    """The arch whose ``space.key`` is ``key`` ("k=v|k=v|..."; inactive slots "-" take the first
+    choice), so a command line can name an arch by the key a study or report shows."""
+    dims = space.dimensions()
+    arch: dict[str, Any] = {}
+    problems = []
+    for part in key.strip().split("|"):
+        name, sep, text = part.partition("=")
+        if not sep or name not in dims:
+            problems.append(f"{part!r} is not 'dimension=value' for a dimension of the space")
+            continue
+        choice = dims[name]
+        if text == "-":
+            arch[name] = choice.values[0]
+            continue
+        matches = [v for v in choice.values if str(v) == text]
+        if not matches:
+            problems.append(f"{name}={text!r} is not one of {list(choice.values)}")
+        else:
+            arch[name] = matches[0]
+    missing = [k for k in dims if k not in arch]
+    if missing and not problems:
+        problems.append(f"missing dimension(s) {missing}")
+    if problems:
+        raise ValueError(f"cannot read arch key of space {space.name!r}: " + "; ".join(problems))
+    return dict(space.validate(arch))
 
 
 def chain_dir(run_dir: str | os.PathLike[str], space: Any, arch: Mapping[str, Any]) -> Path:
@@ -608,7 +637,7 @@ class _Chain:
         self.int8["qat"] = (converted, twin, src_name)
         return [
             self._int8_row(
-                "train_qat",
+                "qat",
                 "int8 (QAT)",
                 converted,
                 twin,
@@ -643,8 +672,8 @@ class _Chain:
         if baseline is not None and baseline.accuracy is not None and row.accuracy is not None:
             drop = 100 * (baseline.accuracy - row.accuracy)
             row.notes = (row.notes + "; " if row.notes else "") + (
-                f"accuracy {drop:+.2f} points below its fp32 source"
-                if drop > 0
+                f"accuracy {drop:.2f} points below its fp32 source"
+                if drop >= 0
                 else f"accuracy {-drop:.2f} points above its fp32 source"
             )
         row.notes += "; checkpoint holds fp32 weights + quantization state (size_bytes)"

@@ -312,10 +312,13 @@ def load_state_strict(module: nn.Module, tensors: Mapping[str, torch.Tensor], so
     own = module.state_dict()
     missing = sorted(k for k in own if k not in tensors)
     unexpected = sorted(k for k in tensors if k not in own)
+    resizing = _self_resizing_prefixes(module)
     shapes = sorted(
         f"{k}: model {tuple(own[k].shape)} vs checkpoint {tuple(tensors[k].shape)}"
         for k in own
-        if k in tensors and own[k].shape != tensors[k].shape and own[k].numel() > 0
+        if k in tensors
+        and own[k].shape != tensors[k].shape
+        and k.rpartition(".")[0] not in resizing
     )
     if missing or unexpected or shapes:
         parts = []
@@ -331,6 +334,17 @@ def load_state_strict(module: nn.Module, tensors: Mapping[str, torch.Tensor], so
             + ". The checkpoint was made from another architecture or another step."
         )
     module.load_state_dict(dict(tensors), strict=True)
+
+
+def _self_resizing_prefixes(module: nn.Module) -> set[str]:
+    """Names of observer and fake-quantize submodules: their ranges, scales and zero points take
+    their shape from the data they saw (per channel after calibration) and they resize
+    themselves on loading."""
+    return {
+        name
+        for name, m in module.named_modules()
+        if any(c.__name__ in ("ObserverBase", "FakeQuantizeBase") for c in type(m).__mro__)
+    }
 
 
 def load_model(

@@ -117,9 +117,17 @@ def _write(path: Path, data: bytes) -> Path:
 # -- ExecuTorch -------------------------------------------------------------------------------
 
 
-def lower_to_pte(module: nn.Module, example: torch.Tensor) -> tuple[bytes, dict[str, float]]:
+def lower_to_pte(
+    module: nn.Module | torch.export.ExportedProgram,
+    example: torch.Tensor | None = None,
+    partitioner: Any = None,
+) -> tuple[bytes, dict[str, float]]:
     """ExecuTorch program bytes of ``module`` with every op XNNPACK takes delegated to it, and
-    the seconds each stage took. fp32 modules give fp32 programs, PT2E int8 models int8 ones."""
+    the seconds each stage took. fp32 modules give fp32 programs, PT2E int8 models int8 ones.
+
+    ``module`` may be an ``ExportedProgram`` already (``example`` is then unused);
+    ``partitioner`` replaces the default ``XnnpackPartitioner()`` (e.g. one delegate per layer).
+    """
     try:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
@@ -128,10 +136,17 @@ def lower_to_pte(module: nn.Module, example: torch.Tensor) -> tuple[bytes, dict[
             "ExecuTorch export needs executorch: pip install 'edge-nas[executorch]'"
         ) from err
     t0 = time.perf_counter()
-    ep = export_program(module, example)
+    if isinstance(module, torch.export.ExportedProgram):
+        ep = module
+    else:
+        if example is None:
+            raise ValueError("lower_to_pte needs an example input to export a module")
+        ep = export_program(module, example)
     t1 = time.perf_counter()
     with _quiet():
-        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        edge = to_edge_transform_and_lower(
+            ep, partitioner=[partitioner if partitioner is not None else XnnpackPartitioner()]
+        )
         t2 = time.perf_counter()
         program = edge.to_executorch()
         data = bytes(program.buffer)

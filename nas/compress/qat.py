@@ -10,10 +10,10 @@ observers frozen after a share of the steps (scales and zero points then stay fi
 norm statistics frozen a little later, and a small learning rate with warm-up and cosine decay.
 KD from the fp32 model (the one being quantized) keeps the int8 model close to it.
 
-Checkpoints of a prepared model hold its state dict (fp32 weights, batch-norm statistics,
-observer ranges, scales and zero points) in safetensors. Loading rebuilds the fp32 model from
-its structure, prepares it again (the graph is deterministic) and loads the state strictly, so
-nothing is ever unpickled.
+Checkpoints of a prepared model hold, in safetensors, the fp32 model it came from and the
+prepared model's state (weights, batch-norm statistics, observer ranges, scales and zero
+points). Loading rebuilds the fp32 model from its structure, prepares it again (the graph is
+deterministic) and loads the state strictly, so nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 QUANT_KINDS = ("ptq", "qat")
+_FP32, _QUANT = "fp32/", "quant/"  # key prefixes of the two states in a quantized checkpoint
 _MAX_BATCH = 1 << 16  # upper bound of the dynamic batch dimension of a prepared model
 
 
@@ -380,14 +381,19 @@ def save_quantized(
     per_channel: bool = True,
     info: dict[str, Any] | None = None,
 ) -> Path:
-    """Save a prepared model's state with the structure of the fp32 model it came from."""
+    """Save a prepared model's state with the fp32 model it came from (state and structure)."""
     if kind not in QUANT_KINDS:
         raise ValueError(f"kind must be one of {QUANT_KINDS}, got {kind!r}")
     meta = dict(info or {})
     meta.update({"input_shape": [int(s) for s in input_shape], "per_channel": per_channel})
+    # Both states: the fp32 model is prepared again on loading (PTQ's preparation folds batch
+    # norm into the convs, so the prepared state alone cannot rebuild it), then the prepared
+    # state (trained weights, ranges, scales) goes on top.
+    tensors = {f"{_FP32}{k}": v for k, v in fp32_model.state_dict().items()}
+    tensors.update({f"{_QUANT}{k}": v for k, v in prepared.state_dict().items()})
     return save_state(
         path,
-        prepared.state_dict(),
+        tensors,
         kind=kind,
         structure=module_structure(fp32_model),
         info=meta,
@@ -413,16 +419,13 @@ def load_quantized(
         raise CheckpointError(f"{path}: its description lacks the input shape (info.input_shape)")
     model = build()
     apply_structure(model, ckpt.structure)
-    fp32_keys = set(model.state_dict())
-    # The fp32 weights go in first: preparing traces the model, and a resized layer holds
-    # uninitialised memory until then.
-    load_state_strict(
-        model, {k: v for k, v in ckpt.tensors.items() if k in fp32_keys}, f"{path} (fp32 part)"
-    )
+    fp32 = {k[len(_FP32) :]: v for k, v in ckpt.tensors.items() if k.startswith(_FP32)}
+    quant = {k[len(_QUANT) :]: v for k, v in ckpt.tensors.items() if k.startswith(_QUANT)}
+    load_state_strict(model, fp32, f"{path} (fp32 model)")
     prepared = prepare(
         model, shape, kind=ckpt.kind, per_channel=bool(ckpt.info.get("per_channel", True))
     )
-    load_state_strict(prepared, ckpt.tensors, str(path))
+    load_state_strict(prepared, quant, f"{path} (quantized model)")
     with _cached_patterns():
         prepared.eval()
     return prepared, model.eval(), ckpt.info

@@ -1,0 +1,348 @@
+"""What compression buys on the real artifacts: fp32 -> pruned (-40 % MACs) -> int8 (QAT), PTQ beside.
+
+One run of :func:`nas.compress.run_chain` on the embedded digits (test set 2,250 images) for the
+largest-MACs `tiny` arch (every dimension at its largest value; until a search picks a winner),
+trained from scratch first ("distill" without a teacher), then pruned by 40 % of its MACs with
+KD fine-tuning from the unpruned model, then quantized to int8 both ways (PTQ with calibration,
+QAT with KD from the pruned fp32 model), then exported: ExecuTorch ``.pte`` (XNNPACK) and ONNX
+for every model, plus ONNX Runtime's own static int8 of each fp32 model. Every artifact runs on
+the whole test set in its runtime (top-1 agreement and largest logit difference against the
+model it came from) and is timed there with the project's measurement protocol
+(``latency_models.measure``), 1 thread, batch 1.
+
+    python benchmarks/compress.py --out runs/bench/compress [--quick]
+
+Timings share a 2-core CPU with whatever else runs; the load average is recorded beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torch.utils.data import TensorDataset
+
+from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol, RunInfo, measure
+from latency_models.runtimes import real_device
+from nas.compress import (
+    ChainConfig,
+    ExportConfig,
+    KDConfig,
+    PruneConfig,
+    QATConfig,
+    TrainConfig,
+    largest_arch,
+    run_chain,
+)
+from nas.data import ImageDataset, load_embedded_digits
+from search_spaces.tiny import TinySpace
+
+log = logging.getLogger("benchmarks.compress")
+
+TARGETS = {
+    "int8_size_ratio_max": 0.3,
+    "qat_accuracy_drop_points_max": 1.0,
+    "runtime_agreement_min": 0.99,
+    "pruned_macs_ratio_max": 0.6,
+}
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
+        dirty = subprocess.check_output(["git", "status", "--porcelain"], text=True).strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _subset(data: ImageDataset, n_train: int, n_test: int | None) -> ImageDataset:
+    def cut(ds: TensorDataset, n: int | None) -> TensorDataset:
+        return ds if n is None else TensorDataset(*(t[:n] for t in ds.tensors))
+
+    return dataclasses.replace(
+        data, train=cut(data.train, n_train), val=cut(data.val, 512), test=cut(data.test, n_test)
+    )
+
+
+def _config(quick: bool, epochs: float) -> ChainConfig:
+    kd = KDConfig(alpha=0.7, temperature=4.0)
+    if quick:
+        short = TrainConfig(epochs=0.25, lr=0.01)
+        return ChainConfig(
+            distill=TrainConfig(epochs=epochs, lr=0.1),
+            kd=kd,
+            prune=PruneConfig(macs_reduction=0.4, rounds=1, finetune=short, final_finetune=short),
+            ptq_images=128,
+            qat=QATConfig(train=TrainConfig(epochs=0.25, lr=0.002), calibration_images=128),
+            export=ExportConfig(formats=("pte", "onnx"), calibration_images=64),
+        )
+    return ChainConfig(
+        distill=TrainConfig(epochs=epochs, lr=0.1),
+        kd=kd,
+        prune=PruneConfig(
+            macs_reduction=0.4,
+            rounds=4,
+            finetune=TrainConfig(epochs=0.5, lr=0.01),
+            final_finetune=TrainConfig(epochs=2.0, lr=0.01),
+            kd=kd,
+        ),
+        ptq_images=512,
+        qat=QATConfig(
+            train=TrainConfig(epochs=2.0, lr=0.002),
+            kd=kd,
+            freeze_observers_at=0.5,
+            freeze_bn_at=0.7,
+            calibration_images=512,
+        ),
+        export=ExportConfig(formats=("pte", "onnx"), calibration_images=256),
+    )
+
+
+def _summary(rows: list[dict[str, Any]], timings: dict[str, Measurement]) -> dict[str, Any]:
+    """One entry per model (fp32, pruned fp32, PTQ int8, QAT int8, ORT int8 of each fp32)."""
+    models: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["format"] == "pytorch":
+            key = {
+                "distill": "fp32",
+                "prune": "pruned fp32",
+                "ptq": "pruned int8 PTQ (PT2E)",
+                "qat": "pruned int8 QAT (PT2E)",
+            }.get(r["step"], r["model"])
+            models.setdefault(key, {}).update(
+                {"accuracy_pytorch": r["accuracy"], "macs": r["macs"], "params": r["params"]}
+            )
+            continue
+        if r["step"] != "export":
+            continue
+        src = {
+            "distill": "fp32",
+            "prune": "pruned fp32",
+            "ptq": "pruned int8 PTQ (PT2E)",
+            "qat": "pruned int8 QAT (PT2E)",
+        }[r["source"]]
+        key = src if "ORT" not in r["model"] else f"{src} -> int8 ORT static"
+        entry = models.setdefault(key, {"macs": r["macs"], "params": r["params"]})
+        fmt = r["format"]
+        m = timings.get(r["file"])
+        entry[fmt] = {
+            "file": r["file"],
+            "size_bytes": r["size_bytes"],
+            "accuracy": r["accuracy"],
+            "top1_agreement": r["top1_agreement"],
+            "max_abs_logit_diff": r["max_abs_logit_diff"],
+            "latency_ms": m.median_ms if m else None,
+            "latency_p10_ms": m.p10_ms if m else None,
+            "latency_p90_ms": m.p90_ms if m else None,
+            "converged": m.converged if m else None,
+        }
+    return models
+
+
+def _targets(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    fp32, pruned = models["fp32"], models["pruned fp32"]
+    qat = models["pruned int8 QAT (PT2E)"]
+    out: dict[str, Any] = {}
+    for fmt in ("pte", "onnx"):
+        ratio = qat[fmt]["size_bytes"] / pruned[fmt]["size_bytes"]
+        out[f"int8_size_ratio_{fmt}"] = {
+            "value": ratio,
+            "met": ratio <= TARGETS["int8_size_ratio_max"],
+        }
+    ort = models["pruned fp32 -> int8 ORT static"]["onnx"]["size_bytes"]
+    ratio = ort / pruned["onnx"]["size_bytes"]
+    out["int8_size_ratio_onnx_ort_static"] = {
+        "value": ratio,
+        "met": ratio <= TARGETS["int8_size_ratio_max"],
+    }
+    drop_vs_pruned = 100 * (pruned["accuracy_pytorch"] - qat["accuracy_pytorch"])
+    drop_vs_fp32 = 100 * (fp32["accuracy_pytorch"] - qat["accuracy_pytorch"])
+    out["qat_accuracy_drop_points_vs_pruned_fp32"] = {
+        "value": drop_vs_pruned,
+        "met": drop_vs_pruned <= TARGETS["qat_accuracy_drop_points_max"],
+    }
+    out["qat_accuracy_drop_points_vs_unpruned_fp32"] = {
+        "value": drop_vs_fp32,
+        "met": drop_vs_fp32 <= TARGETS["qat_accuracy_drop_points_max"],
+    }
+    agreements = {
+        f"{k} {fmt}": v[fmt]["top1_agreement"]
+        for k, v in models.items()
+        for fmt in ("pte", "onnx")
+        if fmt in v
+    }
+    worst = min(agreements, key=lambda k: agreements[k])
+    out["runtime_agreement_min"] = {
+        "value": agreements[worst],
+        "artifact": worst,
+        "met": agreements[worst] >= TARGETS["runtime_agreement_min"],
+    }
+    ratio = pruned["macs"] / fp32["macs"]
+    out["pruned_macs_ratio"] = {"value": ratio, "met": ratio <= TARGETS["pruned_macs_ratio_max"]}
+    return out
+
+
+def _table(models: dict[str, dict[str, Any]]) -> str:
+    head = [
+        "model",
+        "top-1 % (PyTorch)",
+        "MACs",
+        "params",
+        ".pte bytes",
+        ".onnx bytes",
+        ".pte top-1 % / agree %",
+        ".onnx top-1 % / agree %",
+        "max dlogit pte / onnx",
+        "XNNPACK 1t ms",
+        "ORT 1t ms",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def f(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    for name, m in models.items():
+        pte, onnx = m.get("pte", {}), m.get("onnx", {})
+        acc = m.get("accuracy_pytorch")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    f(None if acc is None else 100 * acc, ".2f"),
+                    f(m.get("macs"), ","),
+                    f(m.get("params"), ","),
+                    f(pte.get("size_bytes"), ","),
+                    f(onnx.get("size_bytes"), ","),
+                    f"{f(100 * pte['accuracy'], '.2f')} / {f(100 * pte['top1_agreement'], '.2f')}"
+                    if pte
+                    else "-",
+                    f"{f(100 * onnx['accuracy'], '.2f')} / {f(100 * onnx['top1_agreement'], '.2f')}"
+                    if onnx
+                    else "-",
+                    f"{f(pte.get('max_abs_logit_diff'), '.3g')} / {f(onnx.get('max_abs_logit_diff'), '.3g')}",
+                    f(pte.get("latency_ms"), ".3f"),
+                    f(onnx.get("latency_ms"), ".3f"),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 epoch on 2,048 images, short fine-tuning, 500 test images",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=float,
+        default=None,
+        help="training epochs from scratch (default 8; 1 with --quick)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torchao"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    epochs = args.epochs if args.epochs is not None else (1.0 if args.quick else 8.0)
+
+    space = TinySpace()
+    arch = largest_arch(space)
+    data = load_embedded_digits()
+    if args.quick:
+        data = _subset(data, 2048, 500)
+    protocol = Protocol(max_s=0.5, min_rounds=2) if args.quick else DEFAULT_PROTOCOL
+    timings: dict[str, Measurement] = {}
+
+    def timer(runner: Any) -> float:
+        info = RunInfo(
+            device=f"{runner.runtime}-1t",
+            runtime=runner.runtime,
+            threads=1,
+            dtype="int8" if "int8" in runner.path.name else "fp32",
+        )
+        m = measure(runner, protocol, info=info)
+        timings[runner.path.name] = m
+        return m.median_ms
+
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    result = run_chain(
+        args.out / "run",
+        arch,
+        space=space,
+        data=data,
+        steps=("distill", "prune", "ptq", "qat", "export"),
+        config=_config(args.quick, epochs),
+        devices=[real_device("torch-cpu")],
+        timer=timer,
+        seed=args.seed,
+    )
+    seconds = time.perf_counter() - t0
+    rows = [r.to_dict() for r in result.rows]
+    if result.resumed and "export" in result.resumed:
+        log.warning("every step was resumed: artifact timings come from the earlier run")
+    models = _summary(rows, timings)
+    targets = _targets(models)
+    results = {
+        "benchmark": "compress",
+        "commit": _commit(),
+        "quick": args.quick,
+        "space": space.name,
+        "arch_key": space.key(arch),
+        "arch_choice": "largest arch of `tiny` (every dimension at its largest value = largest MACs)",
+        "train_epochs_from_scratch": epochs,
+        "test_images": len(data.test),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "seconds": seconds,
+        "resumed_steps": result.resumed,
+        "targets": targets,
+        "models": models,
+        "chain_rows": rows,
+        "chain_dir": str(result.directory),
+    }
+    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    met = "\n".join(
+        f"- {k}: {v['value']:.4g} ({'met' if v['met'] else 'NOT met'})" for k, v in targets.items()
+    )
+    table = (
+        f"# Compression benchmark ({'quick' if args.quick else 'full'})\n\n"
+        f"commit {results['commit']}; tiny arch `{space.key(arch)}`; {len(data.test)} test "
+        f"images; {epochs:g} epochs from scratch; load average {load_before[0]:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after (2 shared cores: timings are noisy); {seconds:.0f} s.\n\n"
+        f"{_table(models)}\nTargets:\n{met}\n\n"
+        f"Chain report: {result.report_path}\n"
+    )
+    (args.out / "table.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

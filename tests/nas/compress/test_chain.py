@@ -1,0 +1,183 @@
+"""The chain: every step writes a model and a report line, and a second run resumes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nas.compress import (
+    ChainConfig,
+    CheckpointError,
+    ExportConfig,
+    PruneConfig,
+    TrainConfig,
+    macs_params,
+    read_report,
+    run_chain,
+)
+from nas.data import ImageDataset
+from search_spaces.tiny import TinySpace
+
+pytest.importorskip("torch_pruning")
+pytestmark = pytest.mark.slow
+
+STEPS = ("distill", "prune", "ptq", "export")
+
+
+@dataclass
+class _Measured:
+    median_ms: float
+
+
+class _MacsDevice:
+    """A stand-in device whose latency is proportional to MACs (int8 twice as fast)."""
+
+    name = "macs-device"
+    dtypes = ("fp32", "int8")
+
+    def measure_module(
+        self,
+        module: nn.Module,
+        input_shape: tuple[int, ...],
+        dtype: str = "fp32",
+        calibration: torch.Tensor | None = None,
+    ) -> _Measured:
+        assert input_shape == (1, 3, 32, 32)
+        if dtype == "int8":
+            assert calibration is not None and calibration.shape[1:] == (3, 32, 32)
+        macs = macs_params(module, input_shape[1:])[0]
+        return _Measured(macs / 1e6 / (2 if dtype == "int8" else 1))
+
+
+class _FlatDevice:
+    """A device on which channel count does not matter (overhead-bound): pruning buys nothing."""
+
+    name = "flat-device"
+
+    def measure_module(
+        self,
+        module: nn.Module,
+        input_shape: tuple[int, ...],
+        dtype: str = "fp32",
+        calibration: torch.Tensor | None = None,
+    ) -> float:
+        return 1.0
+
+
+def _config(macs_reduction: float = 0.3) -> ChainConfig:
+    quick = TrainConfig(epochs=1, lr=0.05, batch_size=64, max_steps=2)
+    return ChainConfig(
+        distill=TrainConfig(epochs=1, lr=0.1, batch_size=64),
+        prune=PruneConfig(
+            macs_reduction=macs_reduction,
+            rounds=1,
+            step_fraction=0.25,
+            finetune=quick,
+            final_finetune=quick,
+        ),
+        ptq_images=32,
+        export=ExportConfig(
+            formats=("onnx",), ort_int8=False, parity_images=64, calibration_images=16
+        ),
+    )
+
+
+def _run(
+    tmp: Path,
+    space: TinySpace,
+    arch: dict[str, Any],
+    data: ImageDataset,
+    config: ChainConfig,
+    **kw: Any,
+) -> Any:
+    return run_chain(
+        tmp, arch, space=space, data=data, steps=STEPS, config=config,
+        devices=[_MacsDevice(), _FlatDevice()],
+        latency_predictor=lambda m: macs_params(m, (3, 32, 32))[0] / 1e6,
+        timer=lambda fn: (fn(), 0.5)[1], seed=0, **kw,
+    )  # fmt: skip
+
+
+def test_chain_reports_every_step_and_resumes(
+    tmp_path: Path, space: TinySpace, arch: dict[str, Any], data: ImageDataset
+) -> None:
+    first = _run(tmp_path, space, arch, data, _config())
+    assert first.resumed == []
+    steps = [r.step for r in first.rows]
+    assert steps[:3] == ["distill", "prune", "ptq"] and set(steps[3:]) == {"export"}
+    distill, pruned, int8 = first.rows[:3]
+    assert pruned.macs < 0.71 * distill.macs and pruned.params < distill.params
+    assert pruned.speedup["macs-device"] > 1.2
+    assert "NOT FASTER on flat-device" in pruned.notes  # a pruned model that is not faster shows
+    assert (
+        int8.dtype == "int8" and int8.latency_ms["macs-device"] < pruned.latency_ms["macs-device"]
+    )
+    assert distill.predicted_latency_ms == pytest.approx(distill.macs / 1e6)
+    artifacts = {r.file: r for r in first.rows if r.step == "export"}
+    assert set(artifacts) == {
+        "distill-fp32.onnx",
+        "pruned-fp32.onnx",
+        "ptq-int8.onnx",
+    }
+    for row in artifacts.values():
+        assert (first.directory / "05-export" / row.file).is_file()
+        assert row.top1_agreement is not None and row.top1_agreement >= 0.9
+        assert row.latency_ms == {"onnxruntime-1t": 0.5}
+    assert artifacts["pruned-fp32.onnx"].top1_agreement == 1.0
+    md = (first.directory / "report.md").read_text()
+    assert "| distill | fp32 | pytorch |" in md and "ptq-int8.onnx" not in md  # files by row
+    assert [r.to_dict() for r in read_report(first.directory)] == [r.to_dict() for r in first.rows]
+
+    # A second run finds every step finished and loads it: same rows, same models.
+    again = _run(tmp_path, space, arch, data, _config())
+    assert again.resumed == list(STEPS)
+    assert [r.to_dict() for r in again.rows] == [r.to_dict() for r in first.rows]
+    x = data.test.tensors[0][:4]
+    with torch.no_grad():
+        assert torch.equal(again.models["prune"](x), first.models["prune"](x))
+        assert torch.equal(again.models["ptq"](x), first.models["ptq"](x))
+
+    # Changing the pruning target reruns pruning and what follows, not distillation.
+    changed = _run(tmp_path, space, arch, data, _config(macs_reduction=0.4), STEPS[:2])
+    assert changed.resumed == ["distill"]
+    assert changed.rows[1].macs < pruned.macs
+
+    # A finished step whose checkpoint was damaged fails clearly instead of being trusted.
+    ckpt = first.directory / "01-distill" / "model.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        _run(tmp_path, space, arch, data, _config(), STEPS[:1])
+    fixed = _run(tmp_path, space, arch, data, _config(), STEPS[:1], restart_from="distill")
+    assert fixed.resumed == []
+
+
+def test_chain_rejects_bad_steps_and_configs(
+    tmp_path: Path, space: TinySpace, arch: dict[str, Any], data: ImageDataset
+) -> None:
+    with pytest.raises(ValueError, match="valid steps, in order"):
+        run_chain(tmp_path, arch, space=space, data=data, steps=("distill", "quantize"))
+    with pytest.raises(ValueError, match="must be distinct and in the order"):
+        run_chain(tmp_path, arch, space=space, data=data, steps=("prune", "distill"))
+    with pytest.raises(ValueError, match="unknown key"):
+        ChainConfig.from_dict({"prune": {"macs_reduction": 0.3, "ratio": 1}})
+    cfg = ChainConfig.from_dict({"prune": {"macs_reduction": 0.5}, "export": {"formats": ["pte"]}})
+    assert cfg.prune.macs_reduction == 0.5 and cfg.export.formats == ("pte",)
+    assert ChainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert replace(cfg, ptq_images=3).ptq_images == 3
+
+
+def test_arch_keys_parse_back(space: TinySpace, arch: dict[str, Any]) -> None:
+    from nas.compress import parse_arch_key
+
+    rng = np.random.default_rng(0)
+    for a in [arch, *(space.sample(rng) for _ in range(20))]:
+        assert space.key(parse_arch_key(space, space.key(a))) == space.key(a)
+    with pytest.raises(ValueError, match=r"s0.width='99' is not one of \[16, 24\]"):
+        parse_arch_key(space, space.key(arch).replace("s0.width=16", "s0.width=99"))

@@ -1,0 +1,103 @@
+"""int8: QAT and PTQ models convert, run in ExecuTorch and ONNX Runtime, and agree with PyTorch."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.compress import (
+    QATConfig,
+    TrainConfig,
+    check_parity,
+    convert,
+    export_onnx,
+    export_pte,
+    load_quantized,
+    open_runner,
+    ptq,
+    save_quantized,
+    train_qat,
+)
+from nas.compress.qat import fp32_twin
+from nas.data import ImageDataset
+from search_spaces.tiny import TinySpace
+
+pytestmark = pytest.mark.slow
+
+SHAPE = (3, 32, 32)
+EXAMPLE = torch.zeros(1, *SHAPE)
+
+
+def test_qat_converts_and_runtimes_agree(
+    tmp_path: Path,
+    space: TinySpace,
+    arch: dict[str, object],
+    trained: torch.nn.Module,
+    data: ImageDataset,
+) -> None:
+    fp32 = copy.deepcopy(trained)
+    cfg = QATConfig(
+        train=TrainConfig(epochs=1, lr=0.005, batch_size=64, max_steps=4),
+        freeze_observers_at=0.5,
+        freeze_bn_at=0.75,
+        calibration_images=64,
+    )
+    prepared, history = train_qat(fp32, data.train, cfg, SHAPE, teacher=trained, seed=0)
+    assert history.steps == 4
+    state = prepared.state_dict()
+    assert all(int(v) == 0 for k, v in state.items() if k.endswith("observer_enabled"))
+    assert not any(
+        n.args[5] is True
+        for n in prepared.graph.nodes
+        if n.op == "call_function" and n.target == torch.ops.aten.batch_norm.default
+    )
+    # The checkpoint reloads into an identical prepared model (safetensors, no pickle).
+    path = save_quantized(tmp_path / "qat.safetensors", prepared, fp32, SHAPE, kind="qat")
+    reloaded, _, info = load_quantized(path, lambda: space.build(arch))
+    assert info["input_shape"] == list(SHAPE)
+    x, y = data.test.tensors
+    converted = convert(prepared)
+    with torch.no_grad():
+        assert torch.equal(converted(x[:8]), convert(reloaded)(x[:8]))
+    # int8 in PyTorch stays close to fp32 after QAT.
+    twin = fp32_twin(fp32, prepared)
+    assert check_parity(_Torch(converted), twin, x, y).top1_agreement >= 0.9
+    # ...and each runtime runs the int8 artifact as PyTorch's converted model does.
+    for artifact in (
+        export_pte(converted, EXAMPLE, tmp_path / "qat-int8.pte"),
+        export_onnx(converted, EXAMPLE, tmp_path / "qat-int8.onnx"),
+    ):
+        report = check_parity(open_runner(artifact, (1, *SHAPE)), converted, x, y)
+        assert report.top1_agreement >= 0.98, (artifact.name, report)
+        assert report.max_abs_logit_diff < 0.5, (artifact.name, report)
+
+
+def test_ptq_calibrates_and_converts(trained: torch.nn.Module, data: ImageDataset) -> None:
+    prepared = ptq(trained, data.train.tensors[0], SHAPE, n_images=64, seed=0)
+    converted = convert(prepared)
+    x, y = data.test.tensors
+    report = check_parity(_Torch(converted), trained, x, y)
+    assert report.top1_agreement >= 0.9
+    assert report.runtime_accuracy >= report.reference_accuracy - 0.1
+
+
+class _Torch:
+    """A PyTorch model behind the runner interface: batch 1, for check_parity."""
+
+    runtime = "pytorch"
+    input_shape = (1, *SHAPE)
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.path = Path("pytorch")
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out: torch.Tensor = self.model(x)
+        return out
+
+    def __call__(self) -> None:
+        self.model(torch.zeros(self.input_shape))
