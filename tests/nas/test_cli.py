@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nas.cli import build_parser, main
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["spaces"],
+        ["demo", "--quick"],
+        ["run", "config.yaml"],
+        ["report", "runs/demo"],
+        ["supernet", "train", "--space", "tiny", "--epochs", "1"],
+        ["latency", "devices"],
+        ["latency", "build", "--device", "xnnpack-1t"],
+        ["latency", "validate", "--device", "nb201-pixel3", "--table", "t.csv"],
+        ["search", "--device", "pixel3-emulated", "--budget", "latency_ms@pixel3-emulated<=2"],
+        ["search", "worker", "--storage", "sqlite:///x.db"],
+        ["compress", "--run", "runs/demo", "--arch", "KEY"],
+        ["bench", "tabular", "--table", "t.csv", "--accuracy-column", "a", "--latency-column", "l"],
+    ],
+)
+def test_every_subcommand_parses(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert callable(args.func)
+
+
+def test_search_on_an_emulated_phone_respects_the_budget(tmp_path: Path) -> None:
+    out = tmp_path / "search"
+    budget = "latency_ms@pixel3-emulated<=1.0"
+    argv = [
+        "-q",
+        "search",
+        "--device",
+        "pixel3-emulated",
+        "--budget",
+        budget,
+        "--trials",
+        "12",
+        "--lut-archs",
+        "20",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) >= 12
+    feasible = trials[trials["feasible"]]
+    assert (feasible["latency_ms@pixel3-emulated"] <= 1.0).all()
+    assert (out / "pareto.csv").stat().st_size > 0
+
+
+def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no report" in capsys.readouterr().err
+    assert main(["supernet", "train", "--schedule", "bogus", "--out", str(tmp_path)]) == 2
+    assert "valid schedules" in capsys.readouterr().err
