@@ -95,10 +95,11 @@ def _run(
     arch: dict[str, Any],
     data: ImageDataset,
     config: ChainConfig,
+    steps: tuple[str, ...] = STEPS,
     **kw: Any,
 ) -> Any:
     return run_chain(
-        tmp, arch, space=space, data=data, steps=STEPS, config=config,
+        tmp, arch, space=space, data=data, steps=steps, config=config,
         devices=[_MacsDevice(), _FlatDevice()],
         latency_predictor=lambda m: macs_params(m, (3, 32, 32))[0] / 1e6,
         timer=lambda fn: (fn(), 0.5)[1], seed=0, **kw,
