@@ -249,13 +249,13 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="1 epoch on 2,048 images, short fine-tuning, 500 test images",
+        help="3 epochs on 2,048 images, short fine-tuning, 500 test images",
     )
     parser.add_argument(
         "--epochs",
         type=float,
         default=None,
-        help="training epochs from scratch (default 8; 1 with --quick)",
+        help="training epochs from scratch (default 8; 3 with --quick)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
@@ -267,7 +267,7 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    epochs = args.epochs if args.epochs is not None else (1.0 if args.quick else 8.0)
+    epochs = args.epochs if args.epochs is not None else (3.0 if args.quick else 8.0)
 
     space = TinySpace()
     arch = largest_arch(space)

@@ -135,20 +135,50 @@ def _cached_patterns() -> Iterator[None]:
             return copy.deepcopy(_PATTERN_CACHE[key])
 
     cached._edge_nas_cached = True  # type: ignore[attr-defined]
-    patched = []
+    patched: list[tuple[Any, str, Any]] = []
     for name in _PATTERN_MODULES:
         module = sys.modules.get(name)
         if (
             module is not None
             and getattr(module, "_get_aten_graph_module_for_pattern", None) is original
         ):
+            patched.append((module, "_get_aten_graph_module_for_pattern", original))
             module._get_aten_graph_module_for_pattern = cached  # type: ignore[attr-defined]
-            patched.append(module)
+    # The conv-bn fuse / fold passes try conv1d, conv2d, conv_transpose1d and conv_transpose2d
+    # patterns in turn; patterns of a conv kind the graph does not contain cannot match, so
+    # those helpers are skipped (three quarters of the pattern builds for a 2-D CNN).
+    from torchao.quantization.pt2e import qat_utils
+
+    for helper_name in ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper"):
+        helper = getattr(qat_utils, helper_name, None)
+        if helper is not None:
+            patched.append((qat_utils, helper_name, helper))
+            setattr(qat_utils, helper_name, _only_present_convs(helper))
     try:
         yield
     finally:
-        for module in patched:
-            module._get_aten_graph_module_for_pattern = original  # type: ignore[attr-defined]
+        for module, attr, value in patched:
+            setattr(module, attr, value)
+
+
+_CONV_OPS = {
+    "conv1d": "aten.conv1d.",
+    "conv2d": "aten.conv2d.",
+    "conv_transpose1d": "aten.conv_transpose1d.",
+    "conv_transpose2d": "aten.conv_transpose2d.",
+}
+
+
+def _only_present_convs(helper: Callable[..., Any]) -> Callable[..., Any]:
+    def run(m: Any, conv_fn: Callable[..., Any], example_inputs: Any, is_cuda: bool) -> Any:
+        prefix = _CONV_OPS.get(getattr(conv_fn, "__name__", ""))
+        targets = {str(n.target) for n in m.graph.nodes if n.op == "call_function"}
+        generic = any(t.startswith("aten.convolution.") for t in targets)
+        if prefix is not None and not generic and not any(t.startswith(prefix) for t in targets):
+            return m
+        return helper(m, conv_fn, example_inputs, is_cuda)
+
+    return run
 
 
 def xnnpack_quantizer(*, is_qat: bool, per_channel: bool = True) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,16 @@ SMALL_ARCH: dict[str, Any] = {
     "s1.depth": 1, "s1.width": 24, "s1.b0.k": 3, "s1.b0.e": 2, "s1.b1.k": 3, "s1.b1.e": 2,
     "s2.depth": 1, "s2.width": 32, "s2.b0.k": 3, "s2.b0.e": 2, "s2.b1.k": 3, "s2.b1.e": 2,
 }  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: the CPU is shared, and two spinning OpenMP threads on a busy 2-core
+    machine cost more than they give."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from nas.compress import (
     ExportConfig,
     PruneConfig,
     TrainConfig,
+    largest_arch,
     macs_params,
     read_report,
     run_chain,
@@ -95,10 +96,11 @@ def _run(
     arch: dict[str, Any],
     data: ImageDataset,
     config: ChainConfig,
+    steps: tuple[str, ...] = STEPS,
     **kw: Any,
 ) -> Any:
     return run_chain(
-        tmp, arch, space=space, data=data, steps=STEPS, config=config,
+        tmp, arch, space=space, data=data, steps=steps, config=config,
         devices=[_MacsDevice(), _FlatDevice()],
         latency_predictor=lambda m: macs_params(m, (3, 32, 32))[0] / 1e6,
         timer=lambda fn: (fn(), 0.5)[1], seed=0, **kw,
@@ -181,3 +183,21 @@ def test_arch_keys_parse_back(space: TinySpace, arch: dict[str, Any]) -> None:
         assert space.key(parse_arch_key(space, space.key(a))) == space.key(a)
     with pytest.raises(ValueError, match=r"s0.width='99' is not one of \[16, 24\]"):
         parse_arch_key(space, space.key(arch).replace("s0.width=16", "s0.width=99"))
+
+
+def test_supernet_hook_gives_student_and_largest_teacher(
+    tmp_path: Path, space: TinySpace, arch: dict[str, Any], data: ImageDataset
+) -> None:
+    """A student callable (a supernet's `export`) is called with the arch, and by default also
+    with the space's largest arch to make the KD teacher."""
+    asked: list[str] = []
+
+    def export(a: Any) -> nn.Module:
+        asked.append(space.key(a))
+        return space.build(a)
+
+    config = replace(_config(), distill=TrainConfig(epochs=1, batch_size=64, max_steps=1))
+    result = run_chain(tmp_path, arch, space=space, data=data, steps=("distill",), config=config,
+                       student=export, seed=0)  # fmt: skip
+    assert space.key(arch) in asked and space.key(largest_arch(space)) in asked
+    assert "KD alpha=0.7 T=4.0" in result.rows[0].notes
