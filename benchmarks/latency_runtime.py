@@ -223,6 +223,9 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", help="space:dtype filters, e.g. tiny:fp32 nb201:int8")
     parser.add_argument("--cache", type=Path, help="compiled-artifact cache (EDGE_NAS_CACHE)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max-archs", type=int, help="cap test and fitting archs per case (smoke runs)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.cache is not None:
@@ -231,6 +234,8 @@ def main() -> None:
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     if args.cases:
         plan = [p for p in plan if f"{p[0]}:{p[1]}" in set(args.cases)]
+    if args.max_archs:
+        plan = [(s, d, min(t, args.max_archs), min(f, args.max_archs)) for s, d, t, f in plan]
     store = lm.ArchMeasurements(args.out / "measurements.csv")
     results: dict[str, Any] = {
         "benchmark": "latency_runtime",
@@ -238,6 +243,7 @@ def main() -> None:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "quick": args.quick,
+        "max_archs": args.max_archs,
         "seed": args.seed,
         "plan": plan,
         "devices": {},

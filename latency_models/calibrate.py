@@ -185,7 +185,9 @@ def calibrate(
             continue
         theta, err = fit_params(x, y, profile, prior=prior, prior_weight=prior_weight)
         fits[remove] = (theta, err, x)
-    best = min(fits, key=lambda r: (fits[r][1], not r))
+    # ties (a space without zero products) keep what the device's figures say
+    default = prior.dead_branches(profile)
+    best = min(fits, key=lambda r: (round(fits[r][1], 12), r != default))
     theta, err, x = fits[best]
     kinds = sorted(
         {FEATURE_NAMES[j].split(":", 1)[1] for j in np.flatnonzero(np.abs(x).sum(axis=0) > 0)}

@@ -34,14 +34,21 @@ FREE_OPS: frozenset[str] = frozenset(
     {"_unsafe_view", "view", "reshape", "flatten", "squeeze", "unsqueeze", "identity"}
 )
 
+# Never in place: a stand-alone activation would mutate the module's input, which exported
+# programs cannot hold (torch.export fails to unlift a mutated user input).
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    **BLOCK_ACTIVATIONS,
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "hswish": nn.Hardswish,
+    "hsigmoid": nn.Hardsigmoid,
+    "silu": nn.SiLU,
     "hardtanh": nn.Hardtanh,
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,
     "gelu": nn.GELU,
     "leaky_relu": nn.LeakyReLU,
 }
+assert set(BLOCK_ACTIVATIONS) - {"none"} <= set(_ACTIVATIONS)
 
 
 class UnsupportedSpecError(ValueError):
@@ -150,7 +157,9 @@ def _pool(spec: LayerSpec) -> nn.Module:
     pad = _padding(h, ho, kernel, spec.stride, spec)
     if spec.op == "maxpool":
         return nn.MaxPool2d(kernel, spec.stride, pad)
-    return nn.AvgPool2d(kernel, spec.stride, pad)
+    # A spec does not say whether padding counts in the mean. Leave it out, as NAS cells do
+    # (NAS-Bench-201's avg_pool_3x3) and as XNNPACK requires to take the op at all.
+    return nn.AvgPool2d(kernel, spec.stride, pad, count_include_pad=False)
 
 
 def _global_pool(spec: LayerSpec) -> nn.Module:

@@ -83,3 +83,22 @@ def test_impossible_shapes_are_refused() -> None:
         module_for_spec(LayerSpec("conv", (8, 16, 16), (8, 3, 3), kernel=3, stride=1))
     with pytest.raises(UnsupportedSpecError, match="groups"):
         module_for_spec(LayerSpec("conv", (8, 16, 16), (6, 16, 16), kernel=3, groups=4))
+
+
+def test_stand_ins_export_cleanly() -> None:
+    """Runtimes export the stand-ins; an in-place activation would mutate the program's input,
+    which torch.export cannot unlift (it failed that way on XNNPACK before)."""
+    from latency_models.runtimes.base import example_input, export_program
+
+    specs = [
+        LayerSpec("act", (8, 8, 8), (8, 8, 8), activation="relu"),
+        LayerSpec("add", (8, 8, 8), (8, 8, 8)),
+        LayerSpec("mul", (8, 8, 8), (8, 8, 8)),
+        LayerSpec("copy", (4, 2, 8, 8), (4, 2, 8, 8)),
+        LayerSpec("conv", (8, 8, 8), (8, 8, 8), kernel=3, groups=8, activation="hswish"),
+    ]
+    for spec in specs:
+        module, shape = module_for_spec(spec)
+        ep = export_program(module, (example_input(shape, 0),))
+        ep.run_decompositions({})
+        assert not ep.graph_signature.user_inputs_to_mutate, spec.key
