@@ -216,7 +216,8 @@ class TabularBenchmark:
         return np.array(rows, dtype=np.int64)
 
     def lookup(self, arch: Arch, column: str) -> float:
-        return float(self.frame[column].iat[int(self.rows_of([arch])[0])])
+        values = self.frame[column].to_numpy(dtype=np.float64)
+        return float(values[int(self.rows_of([arch])[0])])
 
     def accuracy(self, column: str | None = None) -> TableAccuracy:
         """A paid accuracy source reading `column` (default: the first accuracy column)."""
