@@ -100,6 +100,7 @@ class FrontierSampler(BaseSampler):
         pool_size: int = 4000,
         one_per_class: bool = True,
         warp: str = "none",
+        min_noise: float = 1e-5,
     ) -> None:
         if ACCURACY not in problem.objectives:
             raise ValueError(
@@ -127,6 +128,7 @@ class FrontierSampler(BaseSampler):
         self.candidates = list(candidates) if candidates is not None else None
         self.pool_limit, self.pool_size, self.one_per_class = pool_limit, pool_size, one_per_class
         self.warp = warp
+        self.min_noise = min_noise
         self._fallback = RandomSampler(seed=seed)
         self._pending: dict[int, Arch] = {}
         self._queue: list[str] = []  # arch keys chosen but not yet asked for
@@ -360,6 +362,7 @@ class FrontierSampler(BaseSampler):
                 n_restarts=1 if self._theta is None else 0,
                 seed=seed,
                 init_theta=self._theta,
+                min_noise=self.min_noise,
             ).fit(x, y)
             self._theta = gp.theta_
             return gp
