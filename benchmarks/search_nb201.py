@@ -170,7 +170,7 @@ def table_md(results: dict[str, Any]) -> str:
         f"Commit `{results['commit']}`, seeds {results['seeds']}, {results['machine']}, "
         f"{results.get('elapsed_s', 0):.0f} s wall, {results.get('cpu_s', 0):.0f} s CPU in all.",
         "Mean (worst) over seeds after each number of paid accuracy evaluations; `paid` = mean "
-        "evaluations a strategy reached at the last budget (Optuna samplers stop at 5 x 300 "
+        "evaluations a strategy reached at the last budget (Optuna samplers stop at 5 x that many "
         "trials).",
         "",
     ]
