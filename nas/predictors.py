@@ -283,7 +283,12 @@ class GPPredictor:
     group), a signal variance, a noise variance and a constant mean; all fitted by maximising
     the log marginal likelihood (L-BFGS-B with analytic gradients, `n_restarts` extra random
     starts from `seed`; `init_theta`, e.g. a previous fit's `theta_`, is tried first).
-    `predict_with_std` gives the posterior std of the latent function.
+    A log-normal prior (std `lengthscale_prior_std`, None for plain maximum likelihood) keeps
+    each length scale near the median distance of its group in `X` (the inputs, not the
+    targets): without it, a few hundred points often let one group's length scale run to its
+    bound, and the GP silently ignores, say, the arch encoding in favour of latency alone.
+    `min_noise` floors the noise variance (standardised units). `predict_with_std` gives the
+    posterior std of the latent function.
     """
 
     kind: ClassVar[str] = "gp"
@@ -300,12 +305,20 @@ class GPPredictor:
         n_restarts: int = 2,
         seed: int = 0,
         init_theta: Sequence[float] | None = None,
+        lengthscale_prior_std: float | None = 1.0,
+        min_noise: float = 1e-5,
     ) -> None:
         if kernel not in ("matern52", "rbf"):
             raise ValueError(f"kernel must be 'matern52' or 'rbf', got {kernel!r}")
         self.kernel_name, self.n_restarts, self.seed = kernel, n_restarts, seed
         self.groups = None if groups is None else [int(g) for g in groups]
         self.init_theta = None if init_theta is None else [float(v) for v in init_theta]
+        self.lengthscale_prior_std = lengthscale_prior_std
+        if not 0 < min_noise < 1:
+            raise ValueError(
+                f"min_noise is a variance in standardised units in (0, 1), got {min_noise}"
+            )
+        self.min_noise = min_noise
         self._x: np.ndarray | None = None
         self._alpha = np.zeros(0)
         self._chol = np.zeros((0, 0))
@@ -353,7 +366,10 @@ class GPPredictor:
             base = np.exp(log_sig) * (5.0 / 3.0) * (1.0 + r) * np.exp(-r)
         return [base * (w[k] * d[k]) for k in range(d.shape[0])]
 
-    def _nlml(self, theta: np.ndarray, d: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
+    def _nlml(
+        self, theta: np.ndarray, d: np.ndarray, t: np.ndarray, prior_mu: np.ndarray
+    ) -> tuple[float, np.ndarray]:
+        """Negative log marginal likelihood (plus the length-scale prior) and its gradient."""
         n_g = d.shape[0]
         log_ls, log_sig, log_noise = theta[:n_g], float(theta[n_g]), float(theta[n_g + 1])
         k = self._k(d, log_ls, log_sig)
@@ -371,7 +387,12 @@ class GPPredictor:
         grads = [0.5 * np.sum(inner * dk) for dk in self._dk(d, log_ls, log_sig)]
         grads.append(0.5 * np.sum(inner * k))  # d/d log signal
         grads.append(0.5 * np.exp(log_noise) * np.trace(inner))  # d/d log noise
-        return float(nlml), -np.asarray(grads)
+        grad = -np.asarray(grads)
+        if self.lengthscale_prior_std is not None:
+            dev = (log_ls - prior_mu) / self.lengthscale_prior_std
+            nlml += 0.5 * float(dev @ dev)
+            grad[:n_g] += dev / self.lengthscale_prior_std
+        return float(nlml), grad
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> GPPredictor:
         with one_blas_thread():
@@ -385,7 +406,8 @@ class GPPredictor:
         d = self._sqdists(x, x)
         n_g = d.shape[0]
         b = self._LOG_BOUNDS
-        bounds = [b["lengthscale"]] * n_g + [b["signal"], b["noise"]]
+        noise_bounds = (math.log(self.min_noise), b["noise"][1])
+        bounds = [b["lengthscale"]] * n_g + [b["signal"], noise_bounds]
         # start: length scale at the median distance of each group, unit signal, 10 % noise
         med = [
             0.5 * math.log(max(float(np.median(dk[dk > 0])) if (dk > 0).any() else 1.0, 1e-6))
@@ -403,7 +425,7 @@ class GPPredictor:
             res = optimize.minimize(
                 self._nlml,
                 s,
-                args=(d, z),
+                args=(d, z, np.array(med)),
                 jac=True,
                 method="L-BFGS-B",
                 bounds=bounds,
@@ -471,6 +493,8 @@ class GPPredictor:
             "groups": self.groups,
             "n_restarts": self.n_restarts,
             "seed": self.seed,
+            "lengthscale_prior_std": self.lengthscale_prior_std,
+            "min_noise": self.min_noise,
             "log_signal": self.log_signal_,
             "log_noise": self.log_noise_,
             "y_mean": self._scaler.mean,
@@ -485,7 +509,14 @@ class GPPredictor:
 
     @classmethod
     def _from_saved(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> GPPredictor:
-        p = cls(config["kernel"], config["groups"], config["n_restarts"], config["seed"])
+        p = cls(
+            config["kernel"],
+            config["groups"],
+            config["n_restarts"],
+            config["seed"],
+            lengthscale_prior_std=config.get("lengthscale_prior_std"),
+            min_noise=float(config.get("min_noise", 1e-5)),
+        )
         p.log_signal_, p.log_noise_ = float(config["log_signal"]), float(config["log_noise"])
         p.log_lengthscales_ = arrays["log_lengthscales"]
         p._scaler = _Scaler(float(config["y_mean"]), float(config["y_std"]))

@@ -80,6 +80,9 @@ class FrontierSampler(BaseSampler):
             mutants and crossovers of the found front).
         one_per_class: keep, per canonical key, only the members not dominated in the cheap
             objectives (isomorphic archs share an accuracy: paying twice learns nothing).
+        warp: "none", or a monotone map of the paid accuracies ("rank": normal scores,
+            "yeo-johnson": a power transform) that the GP and the hypervolume work in;
+            dominance is unchanged, skewed accuracies (a long tail of broken archs) less so.
     """
 
     def __init__(
@@ -96,6 +99,8 @@ class FrontierSampler(BaseSampler):
         pool_limit: int = 200_000,
         pool_size: int = 4000,
         one_per_class: bool = True,
+        warp: str = "none",
+        min_noise: float = 1e-5,
     ) -> None:
         if ACCURACY not in problem.objectives:
             raise ValueError(
@@ -122,6 +127,8 @@ class FrontierSampler(BaseSampler):
                 )
         self.candidates = list(candidates) if candidates is not None else None
         self.pool_limit, self.pool_size, self.one_per_class = pool_limit, pool_size, one_per_class
+        self.warp = warp
+        self.min_noise = min_noise
         self._fallback = RandomSampler(seed=seed)
         self._pending: dict[int, Arch] = {}
         self._queue: list[str] = []  # arch keys chosen but not yet asked for
@@ -355,6 +362,7 @@ class FrontierSampler(BaseSampler):
                 n_restarts=1 if self._theta is None else 0,
                 seed=seed,
                 init_theta=self._theta,
+                min_noise=self.min_noise,
             ).fit(x, y)
             self._theta = gp.theta_
             return gp
@@ -367,6 +375,24 @@ class FrontierSampler(BaseSampler):
                 )
             return model.fit(x, y)
         raise ValueError(f"predictor must be 'gp' or a factory, got {self.predictor!r}")
+
+    def _warp(self, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """A monotone map of accuracies, fitted on the paid values only: dominance is kept,
+        the GP sees a less skewed target."""
+        if self.warp == "none":
+            return lambda v: np.asarray(v, dtype=float)
+        if self.warp == "rank":
+            from scipy import stats
+
+            srt = np.sort(y)
+            q = stats.norm.ppf((np.arange(len(srt)) + 0.5) / len(srt))
+            return lambda v: np.interp(np.asarray(v, float), srt, q)
+        if self.warp == "yeo-johnson":
+            from sklearn.preprocessing import PowerTransformer
+
+            pt = PowerTransformer(method="yeo-johnson").fit(y.reshape(-1, 1))
+            return lambda v: pt.transform(np.asarray(v, float).reshape(-1, 1)).ravel()
+        raise ValueError(f"warp must be 'none', 'rank' or 'yeo-johnson', got {self.warp!r}")
 
     def _references(self, pool: _Pool, y: np.ndarray) -> tuple[np.ndarray, float]:
         p = self.problem
@@ -396,6 +422,8 @@ class FrontierSampler(BaseSampler):
         feats = self._features
         assert feats is not None
         x_paid = feats.transform(paid_archs, self._cost_block(self._make_side_pool(paid_archs)))
+        warp = self._warp(y)
+        y_raw, y = y, warp(y)
         model = self._fit(x_paid, y)
         idx = np.flatnonzero(avail)
         xc = pool.x[idx]
@@ -417,7 +445,8 @@ class FrontierSampler(BaseSampler):
             xb = feats.transform(busy_archs, self._cost_block(self._make_side_pool(busy_archs)))
             front_c = np.vstack([front_c, p.cheap_matrix(busy_archs, p.cheap_objectives) * signs])
             front_y = np.concatenate([front_y, model.predict(xb)])
-        ref_c, ref_y = self._references(pool, y)
+        ref_c, ref_y = self._references(pool, y_raw)
+        ref_y = float(warp(np.array([ref_y]))[0])
         n_batch = min(self.batch_size, max(1, len(paid_archs) // self.batch_divisor))
         chosen: list[int] = []
         cols: list[np.ndarray] = []

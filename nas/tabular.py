@@ -216,7 +216,7 @@ class TabularBenchmark:
         return np.array(rows, dtype=np.int64)
 
     def lookup(self, arch: Arch, column: str) -> float:
-        values = self.frame[column].to_numpy(dtype=float)
+        values = self.frame[column].to_numpy(dtype=np.float64)
         return float(values[int(self.rows_of([arch])[0])])
 
     def accuracy(self, column: str | None = None) -> TableAccuracy:

