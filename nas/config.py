@@ -162,11 +162,29 @@ def _build(cls: type[T], data: dict[str, Any], where: str, problems: list[str]) 
     return cls(**kwargs)
 
 
+def _check_compress(compress: CompressConfig, problems: list[str]) -> None:
+    """Check the compression steps and options now, not after the hours of work before them."""
+    from nas.compress.chain import ChainConfig, check_steps
+
+    if compress.steps:
+        try:
+            check_steps(compress.steps)
+        except ValueError as e:
+            problems.append(f"compress.steps: {e}")
+    try:
+        ChainConfig.from_dict(compress.options)
+    except (ValueError, TypeError) as e:
+        problems.append(f"compress.options: {e}")
+    if compress.top_k < 0:
+        problems.append(f"compress.top_k: expected >= 0, got {compress.top_k}")
+
+
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"a run config is a mapping at the top level, got {type(data).__name__}")
     problems: list[str] = []
     config = _build(RunConfig, data, "", problems)
+    _check_compress(config.compress, problems)
     if problems:
         raise ConfigError("invalid run config:\n  " + "\n  ".join(problems))
     return config

@@ -394,7 +394,7 @@ def demo_config(**overrides: Any) -> RunConfig:
             "steps": ["distill", "prune", "qat", "export"],
             "options": {
                 "distill": {"epochs": 1.0},
-                "qat": {"epochs": 1.0},
+                "qat": {"train": {"epochs": 1.0}},
                 "export": {"formats": ["onnx", "pte"], "models": "final"},
             },
         },

@@ -75,6 +75,7 @@ __all__ = [
     "LatencyDevice",
     "ReportRow",
     "chain_dir",
+    "check_steps",
     "parse_arch_key",
     "predicted_latency_ms",
     "read_report",
@@ -353,7 +354,7 @@ def chain_dir(run_dir: str | os.PathLike[str], space: Any, arch: Mapping[str, An
     return Path(run_dir) / "compress" / f"{space.name or 'space'}-{digest}"
 
 
-def _check_steps(steps: Sequence[str]) -> list[str]:
+def check_steps(steps: Sequence[str]) -> list[str]:
     steps = [s.strip() for s in steps if s.strip()]
     unknown = [s for s in steps if s not in STEPS]
     if unknown or not steps:
@@ -955,7 +956,7 @@ def run_chain(
         seed: seeds initialisation, batch order, calibration subsets.
     """
     config = config or ChainConfig()
-    steps = _check_steps(steps)
+    steps = check_steps(steps)
     if restart_from is not None and restart_from not in steps:
         raise ValueError(f"restart_from must be one of the steps {steps}; got {restart_from!r}")
     arch = dict(space.validate(arch))

@@ -56,3 +56,26 @@ def test_files_yaml_and_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="could not parse"):
         load_config(tmp_path / "d.yaml")
     assert isinstance(config_from_dict({}), RunConfig)
+
+
+def test_compression_options_are_checked_when_the_config_loads() -> None:
+    # a typo here used to surface only at the compress stage, after the supernet and the search
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(
+            {
+                "compress": {
+                    "steps": ["prune", "distill"],
+                    "options": {"qat": {"epochs": 1}},
+                }
+            }
+        )
+    msg = str(err.value)
+    assert "compress.steps: compression steps must be distinct and in the order" in msg
+    assert "compress.options: unknown key(s) ['epochs'] in ChainConfig.qat" in msg
+
+
+def test_the_demo_config_is_valid() -> None:
+    from nas.pipeline import demo_config
+
+    config = demo_config()
+    assert config_from_dict(config.to_dict()) == config
