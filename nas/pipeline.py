@@ -31,6 +31,7 @@ import yaml
 
 from nas.config import ConfigError, DeviceConfig, RunConfig, config_from_dict, save_config
 from nas.space import Arch, SearchSpace, as_rng
+from nas.timings import RunTimings
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,8 @@ def stage_search(state: RunState, progress: bool) -> None:
         else:
             objectives.append(name)
     storage = cfg.storage or sqlite_url(state.run_dir / "study.db")
+    if not cfg.storage:
+        _fail_trials_of_a_killed_run(storage, state.config.name)
     evaluator = state.evaluator
     state.study = run_search(
         state.space,
@@ -225,6 +228,23 @@ def stage_search(state: RunState, progress: bool) -> None:
         study_name=state.config.name,
         seed=state.config.seed,
     )
+
+
+def _fail_trials_of_a_killed_run(storage: str, study_name: str) -> None:
+    """The run folder's SQLite study belongs to this one process, so a trial still RUNNING
+    there was cut short by a killed run: mark it FAIL (its arch is paid for again if the
+    sampler asks for it; nothing complete is touched). Shared storages use heartbeats."""
+    import optuna
+
+    from nas.search import fail_running_trials
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # no study yet
+        return
+    n = fail_running_trials(study)
+    if n:
+        log.info("search: %d trial(s) of an interrupted run marked FAIL", n)
 
 
 def stage_winners(state: RunState, progress: bool) -> None:
@@ -352,21 +372,15 @@ def run_pipeline(
         space=space or search_spaces.get_space(config.space.name, **config.space.args),
         data=data if data is not None else load_dataset(config.data.name, **config.data.args),
     )
+    timings = RunTimings(run_dir)
     for name in STAGES:
         t = time.perf_counter()
         log.info("stage %s", name)
         STAGE_FUNCTIONS[name](state, progress)
         state.timings_s[name] = time.perf_counter() - t
-        _append_timing(run_dir, name, state.timings_s[name])
+        timings.record(name, state.timings_s[name])
     stage_report(state, progress)  # again, with every stage's timing in it
     return state
-
-
-def _append_timing(run_dir: Path, stage: str, seconds: float) -> None:
-    path = run_dir / "timings.json"
-    timings: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    timings[stage] = round(seconds, 2)
-    path.write_text(json.dumps(timings, indent=1))
 
 
 def demo_config(**overrides: Any) -> RunConfig:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import html
+import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from nas import viz
+from nas.timings import load_timings, stage_totals
 
 
 def _table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
@@ -20,7 +22,8 @@ def _table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
         cells = []
         for c in cols:
             v = row[c]
-            cells.append(format(v, floatfmt) if isinstance(v, float) else str(v))
+            text = format(v, floatfmt) if isinstance(v, float) else str(v)
+            cells.append(text.replace("|", "\\|"))  # arch keys hold "|": keep the columns
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -40,16 +43,30 @@ def write_report(state: Any) -> Path:
         f"budgets: {dict(cfg.search.budgets) or 'none'}; seed {cfg.seed}.",
         "",
     ]
-    timings_path = run_dir / "timings.json"
-    if timings_path.exists():
-        timings = json.loads(timings_path.read_text())
-        total = sum(timings.values())
+    runs = load_timings(run_dir)
+    if runs:
+        totals = stage_totals(runs)
+        last = runs[-1]["stages"]
         lines += [
             "## Wall time per stage (s)",
             "",
-            " | ".join(f"{k} {v:.0f}" for k, v in timings.items()) + f" | **total {total:.0f}**",
+            f"Summed over the {len(runs)} invocation(s) of this run folder"
+            + (" (a resumed invocation skips finished stages)" if len(runs) > 1 else "")
+            + ".",
             "",
+            "| stage | " + " | ".join(totals) + " | total |",
+            "|---|" + "---|" * (len(totals) + 1),
+            "| all invocations | "
+            + " | ".join(f"{v:.0f}" for v in totals.values())
+            + f" | **{sum(totals.values()):.0f}** |",
         ]
+        if len(runs) > 1:
+            lines.append(
+                "| last invocation | "
+                + " | ".join(f"{last.get(k, 0.0):.1f}" for k in totals)
+                + f" | {sum(last.values()):.1f} |"
+            )
+        lines.append("")
     if state.predictor_quality:
         q = state.predictor_quality
         lines += [
@@ -105,5 +122,79 @@ def write_report(state: Any) -> Path:
     for key, table in state.compress_tables.items():
         lines += [f"## Compression of `{key}`", "", table, ""]
     out = run_dir / "report.md"
-    out.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    out.write_text(text)
+    page = markdown_to_html(text.splitlines(), title=f"Run report: {cfg.name}")
+    (run_dir / "report.html").write_text(page)
     return out
+
+
+_INLINE = [
+    (re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)"), r'<img alt="\1" src="\2">'),
+    (re.compile(r"\*\*([^*]+)\*\*"), r"<strong>\1</strong>"),
+    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+]
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem}"
+    "table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}"
+    "td,th{border:1px solid #ccc;padding:.2rem .4rem;text-align:right}"
+    "td:first-child,th:first-child{text-align:left;word-break:break-all;max-width:28rem}"
+    "img{max-width:100%}code{background:#f4f4f4}"
+)
+
+
+def _inline(text: str) -> str:
+    out = html.escape(text, quote=False)
+    for pattern, repl in _INLINE:
+        out = pattern.sub(repl, out)
+    return out
+
+
+def _cells(row: str) -> list[str]:
+    """A pipe-table row's cells; an escaped pipe (\\|) is part of a cell."""
+    cells = re.split(r"(?<!\\)\|", row.strip().removeprefix("|").removesuffix("|"))
+    return [c.strip().replace("\\|", "|") for c in cells]
+
+
+def markdown_to_html(lines: list[str], title: str = "report") -> str:
+    """The report's own Markdown (headings, paragraphs, lists, pipe tables, images, bold,
+    code) as one self-contained HTML page; images stay files beside it."""
+    body: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i += 1
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+            i += 1
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(lines[i])
+                i += 1
+            head, rest = _cells(rows[0]), [r for r in rows[1:] if not set(r) <= set("|-: ")]
+            body.append("<table><thead><tr>")
+            body.append("".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead><tbody>")
+            for r in rest:
+                body.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in _cells(r)) + "</tr>")
+            body.append("</tbody></table>")
+        elif line.startswith("- "):
+            body.append("<ul>")
+            while i < len(lines) and lines[i].startswith("- "):
+                body.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            body.append("</ul>")
+        else:
+            para = []
+            while i < len(lines) and lines[i].strip() and lines[i][0] not in "#|-":
+                para.append(lines[i])
+                i += 1
+            if not para:  # a line starting with "-" that is not a list item
+                para, i = [line], i + 1
+            body.append(f"<p>{_inline(' '.join(para))}</p>")
+    return (
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
+import yaml
 
 from nas.config import ConfigError
 from nas.pipeline import demo_config, run_pipeline
 
-SMALL = {
+ROOT = Path(__file__).resolve().parents[2]
+SMALL: dict = {
     "name": "small",
     "data": {"args": {"copies_train": 1, "copies_val": 1, "copies_test": 1}},
     "supernet": {"epochs": 1, "batch_size": 128},
@@ -53,9 +61,63 @@ def test_small_run_end_to_end_and_resume(tmp_path: Path) -> None:
 
     again = run_pipeline(config, run_dir, progress=False)
     assert len(again.study.trials) == n_trials  # resumed: nothing redone, nothing lost
-    timings = json.loads((run_dir / "timings.json").read_text())
-    assert timings["supernet"] < state.timings_s["supernet"]
+    runs = json.loads((run_dir / "timings.json").read_text())["runs"]
+    assert len(runs) == 2 and set(runs[0]["stages"]) == set(runs[1]["stages"])
+    assert runs[1]["stages"]["supernet"] < runs[0]["stages"]["supernet"]  # skipped, not redone
+    report = (run_dir / "report.md").read_text()
+    assert "Summed over the 2 invocation(s)" in report and "| last invocation |" in report
+    page = (run_dir / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and '<img alt="Pareto fronts"' in page
+    # arch keys hold "|": the winners table keeps its columns in Markdown and in HTML
+    assert "\\|" in report and "<td>" + str(winners["arch_key"][0]) + "</td>" in page
 
     changed = demo_config(**{**SMALL, "seed": 1})
     with pytest.raises(ConfigError, match="different config"):
         run_pipeline(changed, run_dir, progress=False)
+
+
+def _complete_trials(db: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    except (KeyError, Exception):  # no study yet, or the database is being created
+        return []
+    return study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+
+
+@pytest.mark.slow
+def test_nas_run_killed_mid_search_resumes_with_no_lost_trials(tmp_path: Path) -> None:
+    trials = 40
+    config = demo_config(
+        **{**SMALL, "name": "killed", "search": {**SMALL["search"], "trials": trials}}
+    )
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "nas", "-q", "run", str(path), "--out", str(run_dir)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 300
+    before: dict[int, list[float]] = {}
+    while time.monotonic() < deadline and first.poll() is None:
+        done = _complete_trials(run_dir / "study.db", "killed")
+        if len(done) >= 5:
+            first.kill()  # SIGKILL: no handler runs, as when a machine dies
+            break
+        time.sleep(0.1)
+    first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-search"
+    before = {t.number: t.values for t in _complete_trials(run_dir / "study.db", "killed")}
+    assert 5 <= len(before) < trials
+
+    second = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{run_dir / 'study.db'}")
+    complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert {t.number: t.values for t in complete if t.number in before} == before, "lost trials"
+    paid = [t.user_attrs["canonical_key"] for t in complete if t.user_attrs["evaluated"]]
+    assert len(paid) == len(set(paid)) == trials, "budget reached, no arch paid twice"
+    assert not study.get_trials(states=[optuna.trial.TrialState.RUNNING]), "stale trial left"
+    assert (run_dir / "report.md").stat().st_size > 0
+    assert len(json.loads((run_dir / "timings.json").read_text())["runs"]) == 2
