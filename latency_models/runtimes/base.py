@@ -1,4 +1,9 @@
-"""The common shape of a real-runtime device, and the helpers every runtime shares."""
+"""The common shape of a real-runtime device, and the helpers every runtime shares.
+
+Artifacts themselves (``torch.export``, lowering, ONNX export and quantization, loading a
+``.pte``, ExecuTorch's thread pool) are made by :mod:`nas.compress.export`, the one place that
+makes them; the runtimes add caching, timing and batched LUT builds on top.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import hashlib
 import importlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -118,41 +123,6 @@ def calibration_digest(
         return f"randn-seed{seed + 1}-n{n_random}"
     data = calibration.detach().to(torch.float32).cpu().contiguous()
     return hashlib.sha256(data.numpy().tobytes()).hexdigest() + str(tuple(data.shape))
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Put ``module`` in eval mode for the duration, then restore every submodule's own mode."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-def cpu_flags() -> frozenset[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where that file does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def has_vnni() -> bool:
-    """Whether the CPU has an 8-bit dot-product instruction (AVX512-VNNI or AVX-VNNI)."""
-    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni"})
-
-
-def export_program(module: nn.Module, args: tuple[torch.Tensor, ...]) -> ExportedProgram:
-    """``torch.export`` of the module in eval mode, shapes static (batch size included)."""
-    with eval_mode(module), torch.no_grad():
-        return torch.export.export(module, args)
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
