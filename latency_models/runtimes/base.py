@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import importlib
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol, RunInfo, measure
+from nas.compress.export import export_program
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
@@ -146,6 +148,16 @@ def fingerprint(ep: ExportedProgram, **parts: object) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class Exported:
+    """A module exported for one input shape: what every runtime's ``prepare`` starts from."""
+
+    shape: tuple[int, ...]
+    example: torch.Tensor
+    program: ExportedProgram
+    export_s: float
+
+
 class Branches(nn.Module):
     """Independent layers side by side: input i goes through layer i to output i.
 
@@ -237,6 +249,16 @@ class RuntimeDevice(ABC):
     ) -> Prepared:
         """Compile ``module`` for ``input_shape`` and ``dtype`` (int8: calibrate on
         ``calibration``, shape ``(k * batch, *input_shape[1:])``, or seeded random data)."""
+
+    def export(self, module: nn.Module, input_shape: tuple[int, ...], dtype: str) -> Exported:
+        """Check ``dtype`` and ``input_shape``, then ``torch.export`` ``module`` at that shape on
+        the device's seeded example input (:func:`nas.compress.export.export_program`)."""
+        check_dtype(self.name, dtype, self.dtypes)
+        shape = check_shape(input_shape)
+        x = example_input(shape, self.seed)
+        t0 = time.perf_counter()
+        ep = export_program(module, x)
+        return Exported(shape, x, ep, time.perf_counter() - t0)
 
     @abstractmethod
     def _fixed_threads(self) -> contextlib.AbstractContextManager[None]:

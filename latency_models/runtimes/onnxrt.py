@@ -45,7 +45,6 @@ from latency_models.runtimes.base import (
     calibration_digest,
     check_dtype,
     check_items,
-    check_shape,
     example_input,
     fingerprint,
 )
@@ -129,14 +128,8 @@ class OrtCPUDevice(RuntimeDevice):
         return contextlib.nullcontext()
 
     def session_options(self) -> Any:
-        ort = _import_ort(self.name)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        return so
+        _import_ort(self.name)
+        return artifacts.ort_session_options(self.threads)
 
     def _key(self, ep: Any, shape: tuple[int, ...], dtype: str, calib: str) -> str:
         import onnx
@@ -172,19 +165,16 @@ class OrtCPUDevice(RuntimeDevice):
         dtype: str = "fp32",
         calibration: torch.Tensor | None = None,
     ) -> Prepared:
-        check_dtype(self.name, dtype, self.dtypes)
         _import_ort(self.name)
-        shape = check_shape(input_shape)
-        x = example_input(shape, self.seed)
-        t0 = time.perf_counter()
-        ep = artifacts.export_program(module, x)
-        key = self._key(ep, shape, dtype, calibration_digest(calibration, self.seed))
+        exported = self.export(module, input_shape, dtype)
+        shape, x = exported.shape, exported.example
+        key = self._key(exported.program, shape, dtype, calibration_digest(calibration, self.seed))
         data = self.cache.load(self.runtime, key, ".onnx")
         build_s: dict[str, float] = {}
         if data is None:
-            build_s["torch_export_s"] = time.perf_counter() - t0
+            build_s["torch_export_s"] = exported.export_s
             t1 = time.perf_counter()
-            model = artifacts.onnx_model(ep, x, strip=False)
+            model = artifacts.onnx_model(exported.program, x, strip=False)
             build_s["onnx_export_s"] = time.perf_counter() - t1
             if dtype == "int8":
                 t2 = time.perf_counter()

@@ -69,7 +69,6 @@ from latency_models.runtimes.base import (
     calibration_digest,
     check_dtype,
     check_items,
-    check_shape,
     example_input,
     fingerprint,
     require,
@@ -343,18 +342,14 @@ class XnnpackDevice(RuntimeDevice):
         dtype: str = "fp32",
         calibration: torch.Tensor | None = None,
     ) -> Prepared:
-        check_dtype(self.name, dtype, self.dtypes)
         _portable_lib(self.name)
-        shape = check_shape(input_shape)
-        x = example_input(shape, self.seed)
-        t0 = time.perf_counter()
-        ep = artifacts.export_program(module, x)
-        export_s = time.perf_counter() - t0
+        exported = self.export(module, input_shape, dtype)
+        shape, x, ep = exported.shape, exported.example, exported.program
         key = self._key(ep, [shape], dtype, calibration_digest(calibration, self.seed), "single")
         pte = self.cache.load(self.runtime, key, ".pte")
         build_s: dict[str, float] = {}
         if pte is None:
-            build_s["export_s"] = export_s
+            build_s["export_s"] = exported.export_s
             if dtype == "int8":
                 t1 = time.perf_counter()
                 batches = [(b,) for b in calibration_batches(calibration, shape, self.seed)]

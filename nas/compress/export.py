@@ -73,6 +73,7 @@ __all__ = [
     "onnx_bytes",
     "onnx_model",
     "open_runner",
+    "ort_session_options",
     "quantize_onnx_model",
     "quantize_onnx_static",
     "set_executorch_threads",
@@ -548,6 +549,20 @@ def quantize_onnx_static(
     return _write(Path(dst), strip_onnx_metadata(quantized).SerializeToString())
 
 
+def ort_session_options(threads: int) -> Any:
+    """ONNX Runtime session options for timing on the CPU: ``threads`` intra-op threads, one
+    inter-op thread, sequential execution, every graph optimisation, warnings off."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
+
+
 class OnnxRunner:
     """An ONNX model in an ONNX Runtime CPU session with ``threads`` intra-op threads."""
 
@@ -564,13 +579,9 @@ class OnnxRunner:
             ) from err
         self.path = Path(path)
         self.input_shape = tuple(int(s) for s in input_shape)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(self.path), ort_session_options(threads), providers=["CPUExecutionProvider"]
+        )
         self._name = self.session.get_inputs()[0].name
         self._example = {self._name: np.zeros(self.input_shape, dtype=np.float32)}
 
