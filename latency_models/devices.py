@@ -130,6 +130,17 @@ class Device(ABC):
             "dtype": dtype,
         }
 
+    def _point(self, ms: float, dtype: str) -> Measurement:
+        """A deterministic measurement of `ms` on this device (zero spread)."""
+        return point_measurement(
+            ms,
+            device=self.name,
+            runtime=self.runtime,
+            runtime_version=self.runtime_version,
+            threads=self.threads,
+            dtype=dtype,
+        )
+
     def layer_specs(
         self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
     ) -> list[LayerSpec]:
@@ -228,16 +239,6 @@ class EmulatedDevice(Device):
             ms = self._layer_cache[spec] = layer_time_ms(spec, self.profile, self.params)
         return ms
 
-    def _point(self, ms: float, dtype: str) -> Measurement:
-        return point_measurement(
-            ms,
-            device=self.name,
-            runtime=self.runtime,
-            runtime_version=self.runtime_version,
-            threads=self.threads,
-            dtype=dtype,
-        )
-
     def measure_layers(
         self,
         specs: Sequence[LayerSpec],
@@ -301,16 +302,6 @@ class RealDevice(Device):
     def dtypes(self) -> tuple[str, ...]:
         return tuple(self.runtime_device.dtypes)
 
-    def _zero(self, dtype: str) -> Measurement:
-        return point_measurement(
-            0.0,
-            device=self.name,
-            runtime=self.runtime,
-            runtime_version=self.runtime_version,
-            threads=self.threads,
-            dtype=dtype,
-        )
-
     def measure_layers(
         self,
         specs: Sequence[LayerSpec],
@@ -324,7 +315,7 @@ class RealDevice(Device):
         todo = []
         for i, spec in enumerate(specs):
             if is_free(spec):
-                out[i] = self._zero(dtype)
+                out[i] = self._point(0.0, dtype)
             else:
                 todo.append(i)
         if progress is not None and len(todo) < len(specs):
@@ -445,14 +436,7 @@ class TabularDevice(Device):
         self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
     ) -> Measurement:
         self.check_dtype(dtype)
-        return point_measurement(
-            self.latency_ms(space, arch),
-            device=self.name,
-            runtime=self.runtime,
-            runtime_version=self.runtime_version,
-            threads=self.threads,
-            dtype=dtype,
-        )
+        return self._point(self.latency_ms(space, arch), dtype)
 
     def prior_profile(self) -> DeviceProfile:
         if self._profile is None:

@@ -22,12 +22,11 @@ import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
-# The tracer's recorder and fusion pass are internals of nas.layers; this module extends the
-# recorder (zero-operand bookkeeping) instead of copying it, so fusion rules stay one thing.
-from nas.layers import DTYPE_BYTES, LayerSpec, _fuse_and_price, _Recorder
+# This module extends the tracer's recorder (zero-operand bookkeeping) instead of copying it,
+# so the way a module is run, recorded and fused stays one thing (nas.layers).
+from nas.layers import DTYPE_BYTES, LayerSpec, OpRecorder, fuse_and_price, record_ops
 from nas.space import SearchSpace
 
 __all__ = ["RuntimeSpecs", "has_zero_ops", "pruned_layer_specs"]
@@ -40,7 +39,7 @@ def _is_zero_scalar(a: object) -> bool:
     return isinstance(a, (int, float)) and not isinstance(a, bool) and a == 0
 
 
-class _PruningRecorder(_Recorder):
+class _PruningRecorder(OpRecorder):
     """The tracer's recorder, also noting which ops multiply by a literal zero."""
 
     def __init__(self) -> None:
@@ -144,33 +143,11 @@ def _pruned(
     """(specs, whether the output is a constant)."""
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
-    x = torch.empty((1, *input_shape), device="meta")  # 1 x C x H x W
     rec = _PruningRecorder()
-    if isinstance(module_or_factory, nn.Module):
-        module = module_or_factory
-        stand_ins = {
-            name: torch.empty_like(t, device="meta")
-            for name, t in [*module.named_parameters(), *module.named_buffers()]
-        }
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.no_grad(), rec:
-                rec.new_tensor(x)
-                out = torch.func.functional_call(module, stand_ins, (x,))
-        finally:
-            module.train(was_training)
-    else:
-        with torch.device("meta"):
-            module = module_or_factory()
-        module.eval()
-        with torch.no_grad(), rec:
-            rec.new_tensor(x)
-            out = module(x)
-    outputs = list(out) if isinstance(out, (list, tuple)) else [out]
+    outputs = record_ops(module_or_factory, input_shape, rec)
     if _prune(rec, outputs):
         return [], True
-    return _fuse_and_price(rec, outputs, dtype), False
+    return fuse_and_price(rec, outputs, dtype), False
 
 
 def has_zero_ops(specs: Sequence[LayerSpec]) -> bool:

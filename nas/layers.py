@@ -183,7 +183,7 @@ def _shape(t: torch.Tensor) -> Shape:
 
 
 @dataclass
-class _Event:
+class OpEvent:
     """One aten op that computes something (views excluded), as recorded."""
 
     spec: LayerSpec  # its own spec, before fusion
@@ -267,12 +267,17 @@ def _shape_only(name: str, args: tuple[Any, ...]) -> Any:
     return None
 
 
-class _Recorder(TorchDispatchMode):
-    """Records every computing aten op with the dataflow tensors it reads and writes."""
+class OpRecorder(TorchDispatchMode):
+    """Records every computing aten op with the dataflow tensors it reads and writes.
+
+    Subclass it to note more per op (``latency_models.graph`` notes zero products); run a
+    module under it with :func:`record_ops` and turn the record into specs with
+    :func:`fuse_and_price`.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.events: list[_Event] = []
+        self.events: list[OpEvent] = []
         self.tensor_bytes: list[int] = []
         # id(tensor) -> (weak reference, dataflow tensor id); views map to their source's id
         self._ids: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
@@ -321,12 +326,12 @@ class _Recorder(TorchDispatchMode):
         spec, kind = _leaf_spec(name, args, first)
         # an in-place op writes a new value (a new dataflow tensor) into its input's buffer
         self.events.append(
-            _Event(spec, kind, reads, self.new_tensor(first), in_place and bool(reads))
+            OpEvent(spec, kind, reads, self.new_tensor(first), in_place and bool(reads))
         )
         return out
 
 
-def _fuse_and_price(rec: _Recorder, outputs: Sequence[Any], dtype: str) -> list[LayerSpec]:
+def fuse_and_price(rec: OpRecorder, outputs: Sequence[Any], dtype: str) -> list[LayerSpec]:
     """Fuse conv/linear -> BN -> activation chains and price activation memory per spec.
 
     A BN or activation fuses into the conv/linear whose output it reads when nothing else reads
@@ -406,6 +411,44 @@ def _fuse_and_price(rec: _Recorder, outputs: Sequence[Any], dtype: str) -> list[
     return [s.with_dtype(dtype) for s in specs] if dtype != "fp32" else specs
 
 
+def record_ops(
+    module_or_factory: nn.Module | Callable[[], nn.Module],
+    input_shape: Sequence[int],
+    recorder: OpRecorder,
+) -> list[Any]:
+    """Run a module once on a meta input of `input_shape` (no batch dimension) under
+    `recorder`; returns the module's outputs as a list.
+
+    A factory builds the module on the meta device, so not even its weights are allocated; a
+    module instance runs with meta stand-ins for its weights and is left as it was (its
+    training mode included). Batch size 1, eval mode.
+    """
+    x = torch.empty((1, *input_shape), device="meta")
+    if isinstance(module_or_factory, nn.Module):
+        # a user's module keeps its weights: run it with meta stand-ins swapped in
+        module = module_or_factory
+        stand_ins = {
+            name: torch.empty_like(t, device="meta")
+            for name, t in itertools.chain(module.named_parameters(), module.named_buffers())
+        }
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad(), recorder:
+                recorder.new_tensor(x)
+                out = torch.func.functional_call(module, stand_ins, (x,))
+        finally:
+            module.train(was_training)
+    else:
+        with torch.device("meta"):
+            module = module_or_factory()
+        module.eval()
+        with torch.no_grad(), recorder:
+            recorder.new_tensor(x)
+            out = module(x)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
 def trace_layer_specs(
     module_or_factory: nn.Module | Callable[[], nn.Module],
     input_shape: Sequence[int],
@@ -419,31 +462,9 @@ def trace_layer_specs(
     """
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
-    x = torch.empty((1, *input_shape), device="meta")
-    rec = _Recorder()
-    if isinstance(module_or_factory, nn.Module):
-        # a user's module keeps its weights: run it with meta stand-ins swapped in
-        module = module_or_factory
-        stand_ins = {
-            name: torch.empty_like(t, device="meta")
-            for name, t in itertools.chain(module.named_parameters(), module.named_buffers())
-        }
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.no_grad(), rec:
-                rec.new_tensor(x)
-                out = torch.func.functional_call(module, stand_ins, (x,))
-        finally:
-            module.train(was_training)
-    else:
-        with torch.device("meta"):
-            module = module_or_factory()
-        module.eval()
-        with torch.no_grad(), rec:
-            rec.new_tensor(x)
-            out = module(x)
-    return _fuse_and_price(rec, list(out) if isinstance(out, (list, tuple)) else [out], dtype)
+    rec = OpRecorder()
+    outputs = record_ops(module_or_factory, input_shape, rec)
+    return fuse_and_price(rec, outputs, dtype)
 
 
 def count_params(module: nn.Module) -> int:

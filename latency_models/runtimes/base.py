@@ -1,4 +1,9 @@
-"""The common shape of a real-runtime device, and the helpers every runtime shares."""
+"""The common shape of a real-runtime device, and the helpers every runtime shares.
+
+Artifacts themselves (``torch.export``, lowering, ONNX export and quantization, loading a
+``.pte``, ExecuTorch's thread pool) are made by :mod:`nas.compress.export`, the one place that
+makes them; the runtimes add caching, timing and batched LUT builds on top.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import contextlib
 import hashlib
 import importlib
 import logging
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +23,7 @@ import torch
 from torch import nn
 
 from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol, RunInfo, measure
+from nas.compress.export import export_program
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
@@ -120,41 +127,6 @@ def calibration_digest(
     return hashlib.sha256(data.numpy().tobytes()).hexdigest() + str(tuple(data.shape))
 
 
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Put ``module`` in eval mode for the duration, then restore every submodule's own mode."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-def cpu_flags() -> frozenset[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where that file does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def has_vnni() -> bool:
-    """Whether the CPU has an 8-bit dot-product instruction (AVX512-VNNI or AVX-VNNI)."""
-    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni"})
-
-
-def export_program(module: nn.Module, args: tuple[torch.Tensor, ...]) -> ExportedProgram:
-    """``torch.export`` of the module in eval mode, shapes static (batch size included)."""
-    with eval_mode(module), torch.no_grad():
-        return torch.export.export(module, args)
-
-
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     flat = t.detach().cpu().contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
@@ -174,6 +146,16 @@ def fingerprint(ep: ExportedProgram, **parts: object) -> str:
     for key in sorted(parts):
         h.update(f"|{key}={parts[key]!r}".encode())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A module exported for one input shape: what every runtime's ``prepare`` starts from."""
+
+    shape: tuple[int, ...]
+    example: torch.Tensor
+    program: ExportedProgram
+    export_s: float
 
 
 class Branches(nn.Module):
@@ -267,6 +249,16 @@ class RuntimeDevice(ABC):
     ) -> Prepared:
         """Compile ``module`` for ``input_shape`` and ``dtype`` (int8: calibrate on
         ``calibration``, shape ``(k * batch, *input_shape[1:])``, or seeded random data)."""
+
+    def export(self, module: nn.Module, input_shape: tuple[int, ...], dtype: str) -> Exported:
+        """Check ``dtype`` and ``input_shape``, then ``torch.export`` ``module`` at that shape on
+        the device's seeded example input (:func:`nas.compress.export.export_program`)."""
+        check_dtype(self.name, dtype, self.dtypes)
+        shape = check_shape(input_shape)
+        x = example_input(shape, self.seed)
+        t0 = time.perf_counter()
+        ep = export_program(module, x)
+        return Exported(shape, x, ep, time.perf_counter() - t0)
 
     @abstractmethod
     def _fixed_threads(self) -> contextlib.AbstractContextManager[None]:

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -48,13 +45,11 @@ from latency_models.runtimes.base import (
     calibration_digest,
     check_dtype,
     check_items,
-    check_shape,
     example_input,
-    export_program,
     fingerprint,
-    has_vnni,
 )
 from latency_models.runtimes.cache import ArtifactCache
+from nas.compress import export as artifacts
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +117,7 @@ class OrtCPUDevice(RuntimeDevice):
             raise ValueError(f"batch_layers must be >= 1; got {batch_layers}")
         self.cache = cache if cache is not None else ArtifactCache()
         self.batch_layers = batch_layers
-        self.reduce_range = not has_vnni()
+        self.reduce_range = not artifacts.has_vnni()
 
     @property
     def version(self) -> str:
@@ -133,14 +128,8 @@ class OrtCPUDevice(RuntimeDevice):
         return contextlib.nullcontext()
 
     def session_options(self) -> Any:
-        ort = _import_ort(self.name)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        return so
+        _import_ort(self.name)
+        return artifacts.ort_session_options(self.threads)
 
     def _key(self, ep: Any, shape: tuple[int, ...], dtype: str, calib: str) -> str:
         import onnx
@@ -176,19 +165,16 @@ class OrtCPUDevice(RuntimeDevice):
         dtype: str = "fp32",
         calibration: torch.Tensor | None = None,
     ) -> Prepared:
-        check_dtype(self.name, dtype, self.dtypes)
         _import_ort(self.name)
-        shape = check_shape(input_shape)
-        x = example_input(shape, self.seed)
-        t0 = time.perf_counter()
-        ep = export_program(module, (x,))
-        key = self._key(ep, shape, dtype, calibration_digest(calibration, self.seed))
+        exported = self.export(module, input_shape, dtype)
+        shape, x = exported.shape, exported.example
+        key = self._key(exported.program, shape, dtype, calibration_digest(calibration, self.seed))
         data = self.cache.load(self.runtime, key, ".onnx")
         build_s: dict[str, float] = {}
         if data is None:
-            build_s["torch_export_s"] = time.perf_counter() - t0
+            build_s["torch_export_s"] = exported.export_s
             t1 = time.perf_counter()
-            model = _to_onnx(ep, (x,))
+            model = artifacts.onnx_model(exported.program, x, strip=False)
             build_s["onnx_export_s"] = time.perf_counter() - t1
             if dtype == "int8":
                 t2 = time.perf_counter()
@@ -228,37 +214,11 @@ class OrtCPUDevice(RuntimeDevice):
         )
 
     def _quantize(self, model: Any, batches: list[torch.Tensor]) -> Any:
-        import onnx
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            QuantFormat,
-            QuantType,
-            quantize_static,
+        # No pre-processing: the recipe in the cache key ("qdq-u8s8-per-channel-minmax") is
+        # quantization of the exported graph as it is, and the timed LUTs were built that way.
+        return artifacts.quantize_onnx_model(
+            model, batches, per_channel=True, reduce_range=self.reduce_range, preprocess=False
         )
-
-        name = model.graph.input[0].name
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self._it = iter([{name: b.numpy()} for b in batches])
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(self._it, None)
-
-        with tempfile.TemporaryDirectory(prefix="edge-nas-ort-") as tmp:
-            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            onnx.save(model, src)
-            quantize_static(
-                src,
-                dst,
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=self.reduce_range,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-            )
-            return onnx.load(dst)
 
     def measure_many(
         self,
@@ -284,7 +244,7 @@ class OrtCPUDevice(RuntimeDevice):
         xs = [example_input(shape, self.seed) for _, shape in checked]
         t0 = time.perf_counter()
         keys = [
-            self._key(export_program(m, (x,)), shape, dtype, calib)
+            self._key(artifacts.export_program(m, x), shape, dtype, calib)
             for (m, shape), x in zip(checked, xs, strict=True)
         ]
         keys_s = time.perf_counter() - t0
@@ -332,24 +292,14 @@ class OrtCPUDevice(RuntimeDevice):
         return prepared
 
 
-def _to_onnx(ep: Any, args: tuple[torch.Tensor, ...]) -> Any:
-    """ONNX ModelProto of an exported program (dynamo exporter, quiet)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(ep, args, dynamo=True, verbose=False)
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program; expected an ONNXProgram")
-    return program.model_proto
-
-
 def _export_branches(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]) -> list[Any]:
     """Per-layer ONNX models cut out of one export of all layers side by side."""
     if len(modules) == 1:
-        return [_to_onnx(export_program(modules[0], (xs[0],)), (xs[0],))]
+        return [artifacts.onnx_model(modules[0], xs[0], strip=False)]
     import onnx.utils
 
     args = tuple(xs)
-    model = _to_onnx(export_program(Branches(modules), args), args)
+    model = artifacts.onnx_model(Branches(modules), args, strip=False)
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
     if len(inputs) != len(modules) or len(outputs) != len(modules):

@@ -29,9 +29,9 @@ from latency_models.runtimes.base import (
     calibration_batches,
     check_dtype,
     check_shape,
-    eval_mode,
     example_input,
 )
+from nas.compress.export import eval_mode
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,12 @@ Threads. ExecuTorch has one process-wide pthreadpool, created on first use with 
 CPU that cpuinfo reports (2 here). ``portable_lib._unsafe_reset_threadpool(n)`` (experimental)
 replaces it and ``portable_lib._threadpool_get_thread_count()`` reads it; there is no per-program
 setting. The XNNPACK delegate hands the pool's pointer to ``xnn_create_runtime`` when a method is
-*loaded*, so resizing destroys the pool that already-loaded methods still point at. This module
-therefore sizes the pool before loading, counts resizes, and reloads a method whose pool was
-replaced before running it again. Devices with different thread counts can share a process,
-but alternating between them reloads methods.
+*loaded*, so resizing destroys the pool that already-loaded methods still point at. The pool is
+sized, and its resizes counted, in one place for the whole project
+(:func:`nas.compress.export.set_executorch_threads`); a program (``LoadedProgram``) is loaded
+after sizing the pool and reloaded before running when the pool was replaced since. Devices with
+different thread counts can share a process with each other and with the compression chain's
+runners, but alternating between them reloads methods.
 
 Batched LUT builds (``measure_many``). Lowering costs a fixed ~0.5-1 s per program (mostly
 ``run_decompositions`` inside ``to_edge``: ~80 % of lowering one conv) plus a cost per graph
@@ -67,13 +69,13 @@ from latency_models.runtimes.base import (
     calibration_digest,
     check_dtype,
     check_items,
-    check_shape,
     example_input,
-    export_program,
     fingerprint,
     require,
 )
 from latency_models.runtimes.cache import ArtifactCache
+from nas.compress import export as artifacts
+from nas.compress.export import LoadedProgram
 
 log = logging.getLogger(__name__)
 
@@ -94,107 +96,25 @@ def _portable_lib(device: str) -> ModuleType:
         )
 
 
-class _Pool:
-    """The state of ExecuTorch's process-wide threadpool as far as this module changed it."""
-
-    generation = 0
-
-
-def ensure_threadpool(threads: int, device: str = "xnnpack") -> int:
-    """Size ExecuTorch's threadpool to ``threads``; return its generation (bumped on resize).
-
-    Methods loaded under another generation hold a dangling pool pointer and must be reloaded.
-    """
-    lib = _portable_lib(device)
-    if lib._threadpool_get_thread_count() != threads:
-        lib._unsafe_reset_threadpool(threads)
-        _Pool.generation += 1
-        got = lib._threadpool_get_thread_count()
-        if got != threads:
-            raise RuntimeError(
-                f"could not size ExecuTorch's threadpool to {threads} threads; it has {got}"
-            )
-        log.debug("ExecuTorch threadpool resized to %d threads", threads)
-    return _Pool.generation
-
-
-def threadpool_threads(device: str = "xnnpack") -> int:
-    """Threads in ExecuTorch's process-wide pool now (creates it if it does not exist yet)."""
-    return int(_portable_lib(device)._threadpool_get_thread_count())
-
-
-class _Loaded:
-    """A ``.pte`` loaded into the runtime with one method ready, inputs set."""
-
-    def __init__(
-        self,
-        pte: bytes,
-        inputs: Sequence[torch.Tensor],
-        threads: int,
-        device: str,
-        *,
-        etdump: bool = False,
-    ) -> None:
-        self.pte = pte
-        self.inputs = tuple(inputs)  # kept alive: the method may point at their memory
-        self.threads = threads
-        self.device = device
-        self.etdump = etdump
-        self.load()
-
-    def load(self) -> None:
-        lib = _portable_lib(self.device)
-        self.generation = ensure_threadpool(self.threads, self.device)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.program = lib._load_program_from_buffer(
-                self.pte,
-                enable_etdump=self.etdump,
-                debug_buffer_size=0,
-                program_verification=lib.Verification.Minimal,
-            )
-        self.method = self.program.load_method("forward")
-        self.method.set_inputs(self.inputs)
-
-    def fresh(self) -> None:
-        if self.generation != _Pool.generation:
-            log.debug("%s: threadpool was replaced since load; reloading the method", self.device)
-            self.load()
-
-    def execute(self) -> None:
-        self.method.execute()
-
-    def outputs(self) -> list[torch.Tensor]:
-        return [t for t in self.method.get_outputs() if isinstance(t, torch.Tensor)]
-
-
 @dataclass
 class XnnpackPrepared(Prepared):
     pte: bytes = b""
     threads: int = 1
-    _loaded: _Loaded | None = field(default=None, repr=False)
+    _loaded: LoadedProgram | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self._loaded = _Loaded(self.pte, (self.example,), self.threads, self.device)
+        self._loaded = LoadedProgram(self.pte, (self.example,), self.threads)
 
     @property
-    def loaded(self) -> _Loaded:
+    def loaded(self) -> LoadedProgram:
         assert self._loaded is not None
-        self._loaded.fresh()
-        return self._loaded
+        return self._loaded.fresh()
 
     def __call__(self) -> None:
         self.loaded.execute()
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        loaded = self.loaded
-        try:
-            loaded.method.set_inputs((self._check_input(x),))
-            loaded.execute()
-            out = loaded.outputs()[0].clone()
-        finally:
-            loaded.method.set_inputs(loaded.inputs)
-        return out
+        return self.loaded.run(self._check_input(x))[0]
 
 
 @dataclass
@@ -224,40 +144,22 @@ def _quiet_third_party() -> Iterator[None]:
         yield
 
 
-def _lower(ep: Any, partitioner: Any) -> tuple[bytes, Any, dict[str, float]]:
-    from executorch.exir import to_edge_transform_and_lower
-
-    t0 = time.perf_counter()
-    with _quiet_third_party():
-        edge = to_edge_transform_and_lower(ep, partitioner=[partitioner])
-        t1 = time.perf_counter()
-        et_program = edge.to_executorch()
-        t2 = time.perf_counter()
-        data = bytes(et_program.buffer)
-    t3 = time.perf_counter()
-    times = {"to_edge_and_lower_s": t1 - t0, "to_executorch_s": t2 - t1, "serialize_s": t3 - t2}
-    return data, edge.exported_program().graph_module, times
-
-
 def _quantize(
     ep: Any, args: tuple[torch.Tensor, ...], batches: Sequence[tuple[torch.Tensor, ...]]
 ) -> Any:
-    """PT2E int8: XNNPACK quantizer (symmetric, per-channel weights), calibrate, convert."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    """PT2E int8 with the compression chain's quantizer (XNNPACK, symmetric, per-channel
+    weights) and converter: prepare, calibrate, convert, export again."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=True)
-    )
-    observed = prepare_pt2e(ep.module(), quantizer)
+    from nas.compress.qat import convert, xnnpack_quantizer
+
+    observed = prepare_pt2e(ep.module(), xnnpack_quantizer(is_qat=False, per_channel=True))
+    allow_exported_model_train_eval(observed)  # convert() switches it to eval mode
     with torch.no_grad():
         for batch in batches:
             observed(*batch)
-    converted = convert_pt2e(observed)
-    return torch.export.export(converted, args)
+    return torch.export.export(convert(observed), args)
 
 
 def _branch_partitioner() -> Any:
@@ -396,14 +298,14 @@ class XnnpackDevice(RuntimeDevice):
 
     @contextlib.contextmanager
     def _pool(self) -> Iterator[None]:
-        before = threadpool_threads(self.name)
-        ensure_threadpool(self.threads, self.name)
+        _portable_lib(self.name)  # says what to install where executorch is missing
+        before = artifacts.set_executorch_threads(self.threads)
         try:
             yield
         finally:
             # Restoring the size the process had keeps other ExecuTorch users unsurprised; our
             # own artifacts notice the resize and reload before their next run.
-            ensure_threadpool(before, self.name)
+            artifacts.set_executorch_threads(before)
 
     def _fixed_threads(self) -> contextlib.AbstractContextManager[None]:
         return self._pool()
@@ -440,27 +342,22 @@ class XnnpackDevice(RuntimeDevice):
         dtype: str = "fp32",
         calibration: torch.Tensor | None = None,
     ) -> Prepared:
-        check_dtype(self.name, dtype, self.dtypes)
         _portable_lib(self.name)
-        shape = check_shape(input_shape)
-        x = example_input(shape, self.seed)
-        t0 = time.perf_counter()
-        ep = export_program(module, (x,))
-        export_s = time.perf_counter() - t0
+        exported = self.export(module, input_shape, dtype)
+        shape, x, ep = exported.shape, exported.example, exported.program
         key = self._key(ep, [shape], dtype, calibration_digest(calibration, self.seed), "single")
         pte = self.cache.load(self.runtime, key, ".pte")
         build_s: dict[str, float] = {}
         if pte is None:
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-
-            build_s["export_s"] = export_s
+            build_s["export_s"] = exported.export_s
             if dtype == "int8":
                 t1 = time.perf_counter()
                 batches = [(b,) for b in calibration_batches(calibration, shape, self.seed)]
                 ep = _quantize(ep, (x,), batches)
                 build_s["quantize_s"] = time.perf_counter() - t1
-            pte, _, stages = _lower(ep, XnnpackPartitioner())
-            build_s.update(stages)
+            lowered = artifacts.lower_program(ep)
+            pte = lowered.data
+            build_s.update(lowered.stages_s)
             self.cache.store(
                 self.runtime,
                 key,
@@ -504,7 +401,7 @@ class XnnpackDevice(RuntimeDevice):
         xs = tuple(example_input(shape, self.seed) for shape in shapes)
         model = Branches([m for m, _ in checked])
         t0 = time.perf_counter()
-        ep = export_program(model, xs)
+        ep = artifacts.export_program(model, xs)
         export_s = time.perf_counter() - t0
         calib = calibration_digest(None, self.seed, LUT_CALIBRATION_BATCHES)
         key = self._key(ep, shapes, dtype, calib, "batch")
@@ -522,9 +419,10 @@ class XnnpackDevice(RuntimeDevice):
                 batches = list(zip(*per_layer, strict=True))
                 ep = _quantize(ep, xs, batches)
                 build_s["quantize_s"] = time.perf_counter() - t1
-            pte, graph_module, stages = _lower(ep, _branch_partitioner())
-            build_s.update(stages)
-            calls, unbatched = _delegate_layers(graph_module, len(checked))
+            lowered = artifacts.lower_program(ep, _branch_partitioner())
+            pte = lowered.data
+            build_s.update(lowered.stages_s)
+            calls, unbatched = _delegate_layers(lowered.graph_module, len(checked))
             meta = {
                 "device": self.name,
                 "runtime": self.version,
@@ -567,7 +465,7 @@ class XnnpackDevice(RuntimeDevice):
         if not usable:
             return results
         with self._pool(), tempfile.TemporaryDirectory(prefix="edge-nas-etdump-") as tmp:
-            loaded = _Loaded(batch.pte, batch.examples, self.threads, self.name, etdump=True)
+            loaded = LoadedProgram(batch.pte, batch.examples, self.threads, etdump=True)
             etdump_path, debug_path = str(Path(tmp) / "run.etdp"), str(Path(tmp) / "debug.bin")
 
             def run(n: int) -> np.ndarray:

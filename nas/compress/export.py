@@ -19,10 +19,16 @@ runtime; :func:`check_parity` runs a runner over a test set and compares it with
 artifact came from (top-1 agreement and largest logit difference), so a quantization or export
 bug cannot hide behind an accuracy measured in PyTorch.
 
-ExecuTorch's runtime has one process-wide thread pool; a loaded method keeps a pointer to the
-pool it was loaded under. :class:`PteRunner` sizes the pool before loading and reloads when the
-size has changed since; code elsewhere in the process that resizes the pool while a runner is
-alive must not interleave with it.
+This module is also the one implementation the latency runtimes (``latency_models.runtimes``)
+build on: :func:`export_program`, :func:`lower_program`, :func:`onnx_model`,
+:func:`quantize_onnx_model`, :class:`LoadedProgram` and the thread pool below.
+
+ExecuTorch's runtime has one process-wide thread pool (created on first use with one thread per
+CPU); ``portable_lib._unsafe_reset_threadpool(n)`` replaces it, and a loaded method keeps a
+pointer to the pool it was loaded under, which a resize frees. :func:`set_executorch_threads` is
+the one place that resizes it and counts resizes (:func:`executorch_pool_generation`); a
+:class:`LoadedProgram` remembers the generation it was loaded under and reloads before running
+when the pool has been replaced since. Resize through :func:`set_executorch_threads` only.
 """
 
 from __future__ import annotations
@@ -45,20 +51,31 @@ from torch import nn
 __all__ = [
     "ARTIFACT_SUFFIXES",
     "ArtifactRunner",
+    "LoadedProgram",
+    "LoweredProgram",
     "OnnxRunner",
     "ParityReport",
     "PteRunner",
     "TfliteRunner",
     "check_parity",
+    "compact_onnx",
+    "cpu_flags",
+    "eval_mode",
+    "executorch_pool_generation",
+    "executorch_threads",
     "export_onnx",
     "export_program",
     "export_pte",
     "export_tflite",
     "has_vnni",
+    "lower_program",
     "lower_to_pte",
     "median_latency_ms",
     "onnx_bytes",
+    "onnx_model",
     "open_runner",
+    "ort_session_options",
+    "quantize_onnx_model",
     "quantize_onnx_static",
     "set_executorch_threads",
     "strip_onnx_metadata",
@@ -90,7 +107,8 @@ def _quiet() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _eval(module: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode for the duration, then restore every submodule's own mode."""
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
@@ -100,10 +118,18 @@ def _eval(module: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
-def export_program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``module`` in eval mode at the example's shape (batch included)."""
-    with _eval(module), torch.no_grad(), _quiet():
-        return torch.export.export(module, (example,))
+def _args(example: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return (example,) if isinstance(example, torch.Tensor) else tuple(example)
+
+
+def export_program(
+    module: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...]
+) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``module`` in eval mode at the example's shape (batch included);
+    ``example`` is the input, or a tuple of inputs for a module that takes several. The
+    caller's training modes are restored afterwards."""
+    with eval_mode(module), torch.no_grad(), _quiet():
+        return torch.export.export(module, _args(example))
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -117,24 +143,75 @@ def _write(path: Path, data: bytes) -> Path:
 # -- ExecuTorch -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LoweredProgram:
+    """An ExecuTorch program lowered with the XNNPACK delegate."""
+
+    data: bytes
+    """The ``.pte`` bytes."""
+    graph_module: Any
+    """The lowered edge graph (delegate calls and whatever was left outside them)."""
+    stages_s: dict[str, float]
+    """Seconds per stage: ``to_edge_and_lower_s``, ``to_executorch_s``, ``serialize_s``."""
+
+    def undelegated_ops(self) -> list[str]:
+        """Ops left to ExecuTorch's portable kernels (slow), sorted."""
+        return sorted(
+            {
+                str(n.target)
+                for n in self.graph_module.graph.nodes
+                if n.op == "call_function"
+                and "executorch_call_delegate" not in str(n.target)
+                and "getitem" not in str(n.target)
+            }
+        )
+
+
+def _xnnpack_partitioner() -> Any:
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    except ImportError as err:
+        raise ImportError(
+            "ExecuTorch export needs executorch: pip install 'edge-nas[executorch]'"
+        ) from err
+    return XnnpackPartitioner()
+
+
+def lower_program(ep: torch.export.ExportedProgram, partitioner: Any = None) -> LoweredProgram:
+    """``to_edge_transform_and_lower`` with ``partitioner`` (default ``XnnpackPartitioner()``)
+    -> ``to_executorch`` -> bytes: the one lowering every ``.pte`` in the project goes through.
+    fp32 programs give fp32 ``.pte`` files, PT2E int8 ones int8 files."""
+    if partitioner is None:
+        partitioner = _xnnpack_partitioner()
+    from executorch.exir import to_edge_transform_and_lower
+
+    t0 = time.perf_counter()
+    with _quiet():
+        edge = to_edge_transform_and_lower(ep, partitioner=[partitioner])
+        t1 = time.perf_counter()
+        program = edge.to_executorch()
+        t2 = time.perf_counter()
+        data = bytes(program.buffer)
+    t3 = time.perf_counter()
+    stages = {"to_edge_and_lower_s": t1 - t0, "to_executorch_s": t2 - t1, "serialize_s": t3 - t2}
+    return LoweredProgram(data, edge.exported_program().graph_module, stages)
+
+
 def lower_to_pte(
     module: nn.Module | torch.export.ExportedProgram,
     example: torch.Tensor | None = None,
     partitioner: Any = None,
 ) -> tuple[bytes, dict[str, float]]:
     """ExecuTorch program bytes of ``module`` with every op XNNPACK takes delegated to it, and
-    the seconds each stage took. fp32 modules give fp32 programs, PT2E int8 models int8 ones.
+    the seconds each stage took (``export_s`` and those of :func:`lower_program`). fp32
+    modules give fp32 programs, PT2E int8 models int8 ones.
 
     ``module`` may be an ``ExportedProgram`` already (``example`` is then unused);
     ``partitioner`` replaces the default ``XnnpackPartitioner()`` (e.g. one delegate per layer).
+    Ops left outside the delegate are logged as a warning.
     """
-    try:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-    except ImportError as err:
-        raise ImportError(
-            "ExecuTorch export needs executorch: pip install 'edge-nas[executorch]'"
-        ) from err
+    if partitioner is None:
+        partitioner = _xnnpack_partitioner()
     t0 = time.perf_counter()
     if isinstance(module, torch.export.ExportedProgram):
         ep = module
@@ -142,27 +219,12 @@ def lower_to_pte(
         if example is None:
             raise ValueError("lower_to_pte needs an example input to export a module")
         ep = export_program(module, example)
-    t1 = time.perf_counter()
-    with _quiet():
-        edge = to_edge_transform_and_lower(
-            ep, partitioner=[partitioner if partitioner is not None else XnnpackPartitioner()]
-        )
-        t2 = time.perf_counter()
-        program = edge.to_executorch()
-        data = bytes(program.buffer)
-    t3 = time.perf_counter()
-    undelegated = sorted(
-        {
-            str(n.target)
-            for n in edge.exported_program().graph_module.graph.nodes
-            if n.op == "call_function"
-            and "executorch_call_delegate" not in str(n.target)
-            and "getitem" not in str(n.target)
-        }
-    )
+    export_s = time.perf_counter() - t0
+    lowered = lower_program(ep, partitioner)
+    undelegated = lowered.undelegated_ops()
     if undelegated:
         log.warning("ops left to ExecuTorch's portable kernels (slow): %s", undelegated)
-    return data, {"export_s": t1 - t0, "lower_s": t2 - t1, "to_executorch_s": t3 - t2}
+    return lowered.data, {"export_s": export_s, **lowered.stages_s}
 
 
 def export_pte(module: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> Path:
@@ -183,16 +245,102 @@ def _portable_lib() -> Any:
     return portable_lib
 
 
+class _Pool:
+    """Resizes of ExecuTorch's process-wide thread pool made through this module."""
+
+    generation = 0
+
+
+def executorch_threads() -> int:
+    """Threads in ExecuTorch's process-wide pool now (creates the pool if it does not exist)."""
+    return int(_portable_lib()._threadpool_get_thread_count())
+
+
+def executorch_pool_generation() -> int:
+    """How many times :func:`set_executorch_threads` has replaced the pool in this process."""
+    return _Pool.generation
+
+
 def set_executorch_threads(threads: int) -> int:
-    """Size ExecuTorch's process-wide thread pool; returns the size it had. Methods loaded
-    before a resize must be reloaded (they point at the old pool)."""
-    if not isinstance(threads, int) or threads < 1:
+    """Size ExecuTorch's process-wide thread pool to ``threads``; returns the size it had.
+
+    A resize replaces the pool and bumps :func:`executorch_pool_generation`: methods loaded
+    before it point at the freed pool, and :class:`LoadedProgram` reloads them before running.
+    """
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be an int >= 1; got {threads!r}")
     lib = _portable_lib()
     before = int(lib._threadpool_get_thread_count())
     if before != threads:
         lib._unsafe_reset_threadpool(threads)
+        _Pool.generation += 1
+        got = int(lib._threadpool_get_thread_count())
+        if got != threads:
+            raise RuntimeError(
+                f"could not size ExecuTorch's threadpool to {threads} threads; it has {got}"
+            )
+        log.debug("ExecuTorch threadpool resized from %d to %d threads", before, threads)
     return before
+
+
+class LoadedProgram:
+    """``.pte`` bytes loaded into ExecuTorch's runtime, method ``forward`` ready, inputs set.
+
+    Loading sizes the thread pool to ``threads``; :meth:`fresh` reloads when the pool has been
+    replaced since (see the module doc). ``etdump`` turns on the event tracer (per-delegate
+    timings, written with ``program.write_etdump_result_to_file``).
+    """
+
+    def __init__(
+        self,
+        data: bytes,
+        inputs: Sequence[torch.Tensor],
+        threads: int = 1,
+        *,
+        etdump: bool = False,
+    ) -> None:
+        self.data = data
+        self.inputs = tuple(inputs)  # kept alive: the method may point at their memory
+        self.threads = threads
+        self.etdump = etdump
+        self.load()
+
+    def load(self) -> None:
+        lib = _portable_lib()
+        set_executorch_threads(self.threads)
+        self.generation = _Pool.generation
+        with _quiet():
+            self.program = lib._load_program_from_buffer(
+                self.data,
+                enable_etdump=self.etdump,
+                debug_buffer_size=0,
+                program_verification=lib.Verification.Minimal,
+            )
+        self.method = self.program.load_method("forward")
+        self.method.set_inputs(self.inputs)
+
+    def fresh(self) -> LoadedProgram:
+        """Reload if the thread pool was replaced since loading; returns ``self``."""
+        if self.generation != _Pool.generation:
+            log.debug("ExecuTorch threadpool was replaced since load; reloading the method")
+            self.load()
+        return self
+
+    def execute(self) -> None:
+        self.method.execute()
+
+    def outputs(self) -> list[torch.Tensor]:
+        return [t for t in self.method.get_outputs() if isinstance(t, torch.Tensor)]
+
+    def run(self, *xs: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs (copies) for inputs ``xs``; the stored inputs are set back afterwards."""
+        self.fresh()
+        self.method.set_inputs(xs)
+        try:
+            self.method.execute()
+            return [t.clone() for t in self.outputs()]
+        finally:
+            self.method.set_inputs(self.inputs)
 
 
 class ArtifactRunner(Protocol):
@@ -231,65 +379,135 @@ class PteRunner:
         self.path = Path(path)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.threads = threads
-        self._data = self.path.read_bytes()
-        self._example = torch.zeros(self.input_shape)
-        self._load()
-
-    def _load(self) -> None:
-        lib = _portable_lib()
-        set_executorch_threads(self.threads)
-        with _quiet():
-            self._program = lib._load_program_from_buffer(
-                self._data,
-                enable_etdump=False,
-                debug_buffer_size=0,
-                program_verification=lib.Verification.Minimal,
-            )
-        self._method = self._program.load_method("forward")
-        self._method.set_inputs((self._example,))
-        self._pool_threads = self.threads
-
-    def _fresh(self) -> None:
-        if int(_portable_lib()._threadpool_get_thread_count()) != self._pool_threads:
-            self._load()
+        self.loaded = LoadedProgram(
+            self.path.read_bytes(), (torch.zeros(self.input_shape),), threads
+        )
 
     def __call__(self) -> None:
-        self._method.execute()
+        self.loaded.execute()
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        self._fresh()
-        self._method.set_inputs((_check(self, x),))
-        try:
-            self._method.execute()
-            outs = [t for t in self._method.get_outputs() if isinstance(t, torch.Tensor)]
-            return outs[0].clone()
-        finally:
-            self._method.set_inputs((self._example,))
+        return self.loaded.run(_check(self, x))[0]
 
 
 # -- ONNX -------------------------------------------------------------------------------------
 
 
 def strip_onnx_metadata(model: Any) -> Any:
-    """Drop per-node metadata and doc strings (source locations), keeping the computation."""
+    """Drop what only describes the model, keeping the computation: per-node metadata (source
+    locations), node names and doc strings, value_info, and the model's and graph's metadata
+    (the exporter stores the whole ``torch.export`` graph signature there: ~10 KB)."""
     for node in model.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
+        node.name = ""
     del model.graph.value_info[:]
+    del model.graph.metadata_props[:]
+    del model.metadata_props[:]
+    model.doc_string = ""
+    model.graph.doc_string = ""
+    return model
+
+
+def compact_onnx(model: Any) -> Any:
+    """Remove an ONNX model's overhead, in place, leaving its computation as it was.
+
+    :func:`strip_onnx_metadata`; identical initializers stored once; zero points of
+    ``DequantizeLinear`` nodes that dequantize a stored int8 / int32 tensor (weights and biases)
+    for a ``Conv`` dropped where they are all zero (an absent zero point is zero, of the input's
+    type: int8 weights are symmetric, int32 biases always zero); ONNX Runtime's fusions and
+    results are unchanged by it (checked on the demo models); every value but the graph's inputs and
+    outputs renamed to a short name (the exporter's names repeat module paths on every
+    reference). Activation zero points stay: they give ``QuantizeLinear`` its output type.
+    """
+    from onnx import AttributeProto, numpy_helper
+
+    graph = strip_onnx_metadata(model).graph
+    if any(
+        a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+        for node in graph.node
+        for a in node.attribute
+    ):
+        return model  # subgraphs may refer to outer names: leave names and tensors as they are
+    inits = {t.name: t for t in graph.initializer}
+    # 1. identical initializers -> one
+    first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
+    alias: dict[str, str] = {}
+    for t in graph.initializer:
+        a = numpy_helper.to_array(t)
+        key = (t.data_type, tuple(a.shape), a.tobytes())
+        alias[t.name] = first.setdefault(key, t.name)
+    # 2. zero points of stored weights and biases
+    consumers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    for node in graph.node:
+        # Only for Conv: ONNX Runtime fuses QDQ Conv into QLinearConv either way, but fuses a
+        # QDQ Gemm into QGemm only with its zero points present.
+        if (
+            node.op_type == "DequantizeLinear"
+            and len(node.input) == 3
+            and consumers.get(node.output[0]) == {"Conv"}
+        ):
+            x, zp = inits.get(node.input[0]), inits.get(alias.get(node.input[2], ""))
+            if x is not None and zp is not None and not numpy_helper.to_array(zp).any():
+                del node.input[2]
+    for node in graph.node:
+        node.input[:] = [alias.get(name, name) for name in node.input]
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if alias[t.name] == t.name and t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    # 3. short names for everything but the graph's inputs and outputs
+    fixed = {v.name for v in graph.input} | {v.name for v in graph.output}
+    short: dict[str, str] = {}
+    skipped: list[str] = []
+
+    def rename(name: str) -> str:
+        if not name or name in fixed:
+            return name
+        if name not in short:
+            candidate = np.base_repr(len(short) + len(skipped), 36).lower()
+            while candidate in fixed:  # a graph input or output is called that already
+                skipped.append(candidate)
+                candidate = np.base_repr(len(short) + len(skipped), 36).lower()
+            short[name] = candidate
+        return short[name]
+
+    for t in graph.initializer:
+        t.name = rename(t.name)
+    for node in graph.node:
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+    return model
+
+
+def onnx_model(
+    module: nn.Module | torch.export.ExportedProgram,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    strip: bool = True,
+) -> Any:
+    """ONNX ``ModelProto`` of ``module`` (or of an ``ExportedProgram`` of it) from the
+    ``torch.export``-based exporter; ``strip`` removes metadata, names and other overhead
+    (:func:`compact_onnx`)."""
+    args = _args(example)
+    ep = (
+        module if isinstance(module, torch.export.ExportedProgram) else export_program(module, args)
+    )
+    with _quiet():
+        program = torch.onnx.export(ep, args, dynamo=True, verbose=False)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program; expected an ONNXProgram")
+    model = program.model_proto
+    if strip:
+        compact_onnx(model)
     return model
 
 
 def onnx_bytes(module: nn.Module, example: torch.Tensor, strip: bool = True) -> bytes:
     """Serialized ONNX model of ``module`` from the ``torch.export``-based exporter."""
-    ep = export_program(module, example)
-    with _quiet():
-        program = torch.onnx.export(ep, (example,), dynamo=True, verbose=False)
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program; expected an ONNXProgram")
-    model = program.model_proto
-    if strip:
-        strip_onnx_metadata(model)
-    data: bytes = model.SerializeToString()
+    data: bytes = onnx_model(module, example, strip).SerializeToString()
     return data
 
 
@@ -307,31 +525,39 @@ def export_onnx(
     return _write(Path(path), onnx_bytes(module, example, strip))
 
 
-def has_vnni() -> bool:
-    """Whether this CPU has an 8-bit dot-product instruction (AVX512-VNNI or AVX-VNNI)."""
+def cpu_flags() -> frozenset[str]:
+    """CPU feature flags from /proc/cpuinfo (empty where that file does not exist)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return bool(set(line.split(":", 1)[1].split()) & {"avx512_vnni", "avx_vnni"})
-    return False
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
-def quantize_onnx_static(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
+def has_vnni() -> bool:
+    """Whether this CPU has an 8-bit dot-product instruction (AVX512-VNNI or AVX-VNNI)."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni"})
+
+
+def quantize_onnx_model(
+    model: Any,
     calibration: Sequence[torch.Tensor],
     *,
     per_channel: bool = True,
     reduce_range: bool | None = None,
-) -> Path:
-    """ONNX Runtime static int8 quantization of the fp32 model ``src`` into ``dst`` (QDQ).
+    preprocess: bool = True,
+) -> Any:
+    """ONNX Runtime static int8 quantization (QDQ) of the fp32 ``ModelProto`` ``model``.
 
-    ``calibration`` is a sequence of input batches of the model's input shape. ``reduce_range``
-    (7-bit weights, against overflow in the u8s8 dot product of CPUs without VNNI) defaults to
-    True exactly when this CPU lacks VNNI, as ONNX Runtime advises.
+    Per-channel (or per-tensor) int8 weights, uint8 activations, MinMax calibration over
+    ``calibration`` (input batches of the model's one input). ``reduce_range`` (7-bit weights,
+    against overflow in the u8s8 dot product of CPUs without VNNI) defaults to True exactly
+    when this CPU lacks VNNI, as ONNX Runtime advises. ``preprocess`` runs ONNX Runtime's
+    advised pre-processing first (shape inference and graph optimisation, so quantization sees
+    fused ops); where it fails the model is quantized as it is.
     """
     try:
         import onnx
@@ -346,9 +572,7 @@ def quantize_onnx_static(
             "ONNX Runtime quantization needs onnx and onnxruntime: pip install 'edge-nas[runtimes]'"
         ) from err
     if not calibration:
-        raise ValueError("quantize_onnx_static needs at least one calibration batch; got none")
-    src, dst = Path(src), Path(dst)
-    model = onnx.load(src)
+        raise ValueError("ONNX quantization needs at least one calibration batch; got none")
     name = model.graph.input[0].name
     batches = [{name: b.detach().float().numpy()} for b in calibration]
 
@@ -359,21 +583,20 @@ def quantize_onnx_static(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edge-nas-ort-") as tmp, _quiet():
-        out = Path(tmp) / "int8.onnx"
-        pre = Path(tmp) / "pre.onnx"
-        try:
-            # ONNX Runtime's advised pre-processing: shape inference and graph optimisation,
-            # so that quantization sees fused ops.
-            from onnxruntime.quantization.shape_inference import quant_pre_process
+        src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, src)
+        if preprocess:
+            pre = Path(tmp) / "pre.onnx"
+            try:
+                from onnxruntime.quantization.shape_inference import quant_pre_process
 
-            quant_pre_process(str(src), str(pre))
-        except Exception as err:  # an optional improvement: quantize the model as it is
-            log.warning("ONNX quantization pre-processing failed (%s); quantizing as is", err)
-            pre = src
+                quant_pre_process(str(src), str(pre))
+                src = pre
+            except Exception as err:  # an optional improvement: quantize the model as it is
+                log.warning("ONNX quantization pre-processing failed (%s); quantizing as is", err)
         quantize_static(
-            pre,
+            src,
             out,
             Reader(),
             quant_format=QuantFormat.QDQ,
@@ -382,9 +605,45 @@ def quantize_onnx_static(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
-        quantized = strip_onnx_metadata(onnx.load(out))
-        _write(dst, quantized.SerializeToString())
-    return dst
+        return onnx.load(out)
+
+
+def quantize_onnx_static(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    calibration: Sequence[torch.Tensor],
+    *,
+    per_channel: bool = True,
+    reduce_range: bool | None = None,
+) -> Path:
+    """ONNX Runtime static int8 quantization of the fp32 model file ``src`` into ``dst`` (QDQ,
+    pre-processed, overhead removed by :func:`compact_onnx`; see :func:`quantize_onnx_model`)."""
+    try:
+        import onnx
+    except ImportError as err:
+        raise ImportError(
+            "ONNX Runtime quantization needs onnx and onnxruntime: pip install 'edge-nas[runtimes]'"
+        ) from err
+    if not calibration:
+        raise ValueError("quantize_onnx_static needs at least one calibration batch; got none")
+    quantized = quantize_onnx_model(
+        onnx.load(Path(src)), calibration, per_channel=per_channel, reduce_range=reduce_range
+    )
+    return _write(Path(dst), compact_onnx(quantized).SerializeToString())
+
+
+def ort_session_options(threads: int) -> Any:
+    """ONNX Runtime session options for timing on the CPU: ``threads`` intra-op threads, one
+    inter-op thread, sequential execution, every graph optimisation, warnings off."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
 
 
 class OnnxRunner:
@@ -403,13 +662,9 @@ class OnnxRunner:
             ) from err
         self.path = Path(path)
         self.input_shape = tuple(int(s) for s in input_shape)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(self.path), ort_session_options(threads), providers=["CPUExecutionProvider"]
+        )
         self._name = self.session.get_inputs()[0].name
         self._example = {self._name: np.zeros(self.input_shape, dtype=np.float32)}
 
@@ -439,7 +694,7 @@ def _litert_converter() -> Any:
 def export_tflite(module: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> Path:
     """Write an fp32 ``module`` as a LiteRT flatbuffer (``.tflite``); optional extra."""
     converter = _litert_converter()
-    with _eval(module), _quiet():
+    with eval_mode(module), _quiet():
         edge = converter.convert(module, (example,))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -264,12 +264,12 @@ def test_xnnpack_cache_hit_does_not_lower_again(
 ) -> None:
     first = prepared("xnnpack-1t", "fp32")
     assert first.artifact_path is not None and first.artifact_path.exists()
-    import latency_models.runtimes.xnnpack as xnn
+    import nas.compress.export as artifacts
 
     def no_lowering(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached artifact was lowered again")
 
-    monkeypatch.setattr(xnn, "_lower", no_lowering)
+    monkeypatch.setattr(artifacts, "lower_program", no_lowering)
     again = XnnpackDevice(cache=cache).prepare(tiny_cnn(), INPUT, "fp32")  # same content
     assert again.cache_hit and again.artifact_path == first.artifact_path
     torch.testing.assert_close(again.run(first.example), first.run(first.example))
@@ -281,9 +281,9 @@ def test_ort_cache_hit_does_not_export_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first = prepared("ort-cpu-1t", "int8")
-    import latency_models.runtimes.onnxrt as ortmod
+    import nas.compress.export as artifacts
 
-    monkeypatch.setattr(ortmod, "_to_onnx", lambda *a: pytest.fail("exported again"))
+    monkeypatch.setattr(artifacts, "onnx_model", lambda *a, **k: pytest.fail("exported again"))
     again = OrtCPUDevice(cache=cache).prepare(tiny_cnn(), INPUT, "int8")
     assert again.cache_hit and again.artifact_path == first.artifact_path
 
@@ -331,11 +331,11 @@ def test_ort_measure_many_shares_one_export_and_fills_the_per_layer_cache(
     pytest.importorskip("onnxruntime")
     device = OrtCPUDevice(cache=cache)
     layers = _layers()
-    import latency_models.runtimes.onnxrt as ortmod
+    import nas.compress.export as artifacts
 
     exports = []
-    real = ortmod._to_onnx
-    monkeypatch.setattr(ortmod, "_to_onnx", lambda *a: exports.append(1) or real(*a))
+    real = artifacts.onnx_model
+    monkeypatch.setattr(artifacts, "onnx_model", lambda *a, **k: exports.append(1) or real(*a, **k))
     ms = device.measure_many(layers, "fp32", FAST)
     assert len(ms) == 3 and all(m.median_ms > 0 for m in ms)
     assert len(exports) == 1
@@ -357,19 +357,30 @@ def test_xnnpack_threadpool_is_set_restored_and_survives_a_resize(
     prepared: Callable[[str, str], Prepared], cache: ArtifactCache
 ) -> None:
     pytest.importorskip("executorch")
-    from latency_models.runtimes.xnnpack import ensure_threadpool, threadpool_threads
+    from nas.compress.export import (
+        executorch_pool_generation,
+        executorch_threads,
+        set_executorch_threads,
+    )
 
     p = prepared("xnnpack-1t", "fp32")
     expected = p.run(p.example)
-    before = threadpool_threads()
+    before = executorch_threads()
     XnnpackDevice(cache=cache).measure_prepared(p, FAST)
-    assert threadpool_threads() == before
-    # Resizing the pool frees the one loaded methods point at; the artifact must reload.
-    ensure_threadpool(before + 1)
+    assert executorch_threads() == before
+    # Resizing the pool frees the one loaded methods point at; the artifact must reload. The
+    # compression chain resizes through the same function, so its resizes count too.
+    generation = executorch_pool_generation()
+    assert set_executorch_threads(before) == before  # the size it has: no new pool
+    assert executorch_pool_generation() == generation
+    assert set_executorch_threads(before + 1) == before
+    assert executorch_pool_generation() == generation + 1
     try:
         torch.testing.assert_close(p.run(p.example), expected)
     finally:
-        ensure_threadpool(before)
+        set_executorch_threads(before)
+    with pytest.raises(ValueError, match="threads must be an int >= 1"):
+        set_executorch_threads(0)
 
 
 def test_prepare_keeps_the_callers_training_mode(cache: ArtifactCache) -> None:

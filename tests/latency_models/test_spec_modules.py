@@ -88,7 +88,8 @@ def test_impossible_shapes_are_refused() -> None:
 def test_stand_ins_export_cleanly() -> None:
     """Runtimes export the stand-ins; an in-place activation would mutate the program's input,
     which torch.export cannot unlift (it failed that way on XNNPACK before)."""
-    from latency_models.runtimes.base import example_input, export_program
+    from latency_models.runtimes.base import example_input
+    from nas.compress.export import export_program
 
     specs = [
         LayerSpec("act", (8, 8, 8), (8, 8, 8), activation="relu"),
