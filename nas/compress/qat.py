@@ -236,7 +236,10 @@ def prepare(
     """``torch.export`` the fp32 ``model`` (batch dimension dynamic) and insert observers
     (``kind="ptq"``) or fake-quantize ops with conv-bn fold simulation (``kind="qat"``).
 
-    The returned graph module accepts ``.train()`` and ``.eval()``; ``model`` is not changed.
+    The returned graph module accepts ``.train()`` and ``.eval()``. It owns copies of
+    ``model``'s tensors: ``torch.export`` hands the module's own parameters and buffers to the
+    exported graph, so training (QAT) or calibrating the prepared model would otherwise change
+    ``model`` in place.
     """
     if kind not in QUANT_KINDS:
         raise ValueError(f"kind must be one of {QUANT_KINDS}, got {kind!r}")
@@ -246,14 +249,11 @@ def prepare(
     shape = tuple(int(s) for s in input_shape)
     example = torch.zeros((2, *shape))  # 2 x C x H x W: batch 1 would be specialised
     batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
-    was_training = model.training
+    model = copy.deepcopy(model)  # the prepared graph must not share tensors with `model`
     model.train(kind == "qat")
     with warnings.catch_warnings(), _cached_patterns():
         warnings.simplefilter("ignore")
-        try:
-            ep = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        finally:
-            model.train(was_training)
+        ep = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         quantizer = xnnpack_quantizer(is_qat=kind == "qat", per_channel=per_channel)
         if kind == "qat":
             prepared = prepare_qat_pt2e(ep.module(), quantizer)
