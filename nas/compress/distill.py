@@ -109,6 +109,7 @@ class TrainHistory:
     steps: int = 0
     epoch_loss: list[float] = field(default_factory=list)
     used_teacher: bool = False
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

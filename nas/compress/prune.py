@@ -77,13 +77,13 @@ class PruneConfig:
 
     macs_reduction: float | None = 0.4
     latency_budget_ms: float | None = None
-    rounds: int = 4
+    rounds: int = 2
     step_fraction: float = 0.125
     max_group_pruning: float = 0.6
     round_to: int = 4
     importance_p: int = 2
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=0.5, lr=0.01))
-    final_finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1.0, lr=0.01))
+    final_finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=0.5, lr=0.01))
     kd: KDConfig = field(default_factory=KDConfig)
 
     def __post_init__(self) -> None:
