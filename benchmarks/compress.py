@@ -86,7 +86,10 @@ def _config(quick: bool, epochs: float) -> ChainConfig:
             kd=kd,
             prune=PruneConfig(macs_reduction=0.4, rounds=1, finetune=short, final_finetune=short),
             ptq_images=128,
-            qat=QATConfig(train=TrainConfig(epochs=0.25, lr=0.002), calibration_images=128),
+            qat=QATConfig(
+                train=TrainConfig(epochs=0.25, lr=5e-4, warmup_fraction=0.0),
+                calibration_images=128,
+            ),
             export=ExportConfig(formats=("pte", "onnx"), calibration_images=64),
         )
     return ChainConfig(
@@ -101,10 +104,10 @@ def _config(quick: bool, epochs: float) -> ChainConfig:
         ),
         ptq_images=512,
         qat=QATConfig(
-            train=TrainConfig(epochs=2.0, lr=0.002),
+            train=TrainConfig(epochs=2.0, lr=5e-4, warmup_fraction=0.0),
             kd=kd,
             freeze_observers_at=0.5,
-            freeze_bn_at=0.7,
+            freeze_bn_at=0.0,  # the fp32 model's statistics: see QATConfig
             calibration_images=512,
         ),
         export=ExportConfig(formats=("pte", "onnx"), calibration_images=256),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -65,6 +66,7 @@ from nas.compress.qat import (
     train_qat,
 )
 from nas.layers import trace_layer_specs
+from nas.train import recalibrate_bn
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -116,7 +118,8 @@ class ExportConfig:
     model of every finished step (fp32, pruned fp32, PTQ int8, QAT int8), ``"final"`` only the
     last fp32 and the last int8 model. ``ort_int8`` adds ONNX Runtime's static int8 of each fp32
     model exported. Parity runs over ``parity_images`` test images (None: all); artifacts are
-    timed in their runtime with ``threads`` threads.
+    timed in their runtime with ``threads`` threads, for at least ``timing_s`` seconds and 200
+    runs after 10 warm-up runs (the median of thousands of runs of a sub-millisecond model).
     """
 
     formats: tuple[str, ...] = ("pte", "onnx")
@@ -126,6 +129,7 @@ class ExportConfig:
     calibration_images: int = 256
     threads: int = 1
     time_artifacts: bool = True
+    timing_s: float = 0.5
 
     def __post_init__(self) -> None:
         bad = [f for f in self.formats if f not in FORMATS]
@@ -140,6 +144,8 @@ class ExportConfig:
             raise ValueError(
                 f"ExportConfig.parity_images must be None or >= 1; got {self.parity_images!r}"
             )
+        if not self.timing_s > 0:
+            raise ValueError(f"ExportConfig.timing_s must be > 0; got {self.timing_s!r}")
         if self.calibration_images < 1 or self.threads < 1:
             raise ValueError(
                 "ExportConfig.calibration_images and threads must be >= 1; got "
@@ -149,7 +155,13 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ChainConfig:
-    """Settings of every step. ``to_dict`` / ``from_dict`` round-trip through JSON."""
+    """Settings of every step. ``to_dict`` / ``from_dict`` round-trip through JSON.
+
+    ``bn_calibration_images``: a subnet taken from a supernet (the student and the teacher when
+    they come from an ``arch -> nn.Module`` callable) has its batch-norm statistics re-estimated
+    on this many training images (a seeded subset, batches of 128), as the search scored it:
+    the statistics a weight-sharing supernet carries belong to no single subnet. 0 skips it.
+    """
 
     distill: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=0.02))
     kd: KDConfig = field(default_factory=KDConfig)
@@ -158,6 +170,14 @@ class ChainConfig:
     qat: QATConfig = field(default_factory=QATConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     eval_batch_size: int = 256
+    bn_calibration_images: int = 512
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.bn_calibration_images, int) and self.bn_calibration_images >= 0):
+            raise ValueError(
+                "ChainConfig.bn_calibration_images must be an int >= 0 (0: no recalibration); "
+                f"got {self.bn_calibration_images!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,22 +191,29 @@ class ChainConfig:
 _T = TypeVar("_T")
 
 
-def _from_dict(cls: type[_T], data: Mapping[str, Any], where: str) -> _T:
+def _from_dict(cls: type[_T], data: Mapping[str, Any], where: str, base: Any = None) -> _T:
+    """``cls`` from a (partial) mapping. Keys left out keep the values of ``base`` (default:
+    ``cls()``), so ``{"qat": {"train": {"epochs": 1}}}`` changes QAT's epochs and keeps QAT's
+    own learning rate, not the plain ``TrainConfig`` default."""
     if not isinstance(data, Mapping):
         raise ValueError(f"{where} must be a mapping; got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(fields)}")
+    if base is None and _has_defaults(cls):
+        base = cls()
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        default = getattr(cls(), name) if _has_defaults(cls) else None
+        default = getattr(base, name) if base is not None else None
         if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
-            kwargs[name] = _from_dict(type(default), value, f"{where}.{name}")
+            kwargs[name] = _from_dict(type(default), value, f"{where}.{name}", default)
         elif isinstance(default, tuple) and isinstance(value, list):
             kwargs[name] = tuple(value)
         else:
             kwargs[name] = value
+    if base is not None:
+        return dataclasses.replace(base, **kwargs)
     return cls(**kwargs)
 
 
@@ -205,7 +232,8 @@ class ReportRow:
     for artifacts. ``size_bytes`` is the file on disk (checkpoint or artifact); ``weights_bytes``
     the weights as deployed (fp32: 4 bytes a parameter; int8: the converted model's tensors).
     ``latency_ms`` holds measured medians per device (models) or per runtime (artifacts, key
-    ``<runtime>-<threads>t``); ``speedup`` compares with the step's input on the same device.
+    the registry device of the runtime, ``xnnpack-1t`` or
+    ``ort-cpu-1t``); ``speedup`` compares with the step's input on the same device.
     """
 
     step: str
@@ -618,7 +646,13 @@ class _Chain:
         src_name, src = self.latest_fp32()
         teacher = copy.deepcopy(src).eval()
         prepared, history = train_qat(
-            src, self.data.train, self.cfg.qat, self.shape, teacher=teacher, seed=self.seed
+            src,
+            self.data.train,
+            self.cfg.qat,
+            self.shape,
+            teacher=teacher,
+            val=self.data.val,
+            seed=self.seed,
         )
         twin = fp32_twin(src, prepared)
         path = save_quantized(
@@ -644,7 +678,7 @@ class _Chain:
                 twin,
                 src_name,
                 path,
-                notes=f"{history.steps} QAT steps",
+                notes="; ".join([f"{history.steps} QAT steps", *history.notes]),
             )
         ]
 
@@ -756,7 +790,9 @@ class _Chain:
                 parity = check_parity(runner, reference, test_x, test_y)
                 latency: dict[str, float | None] = {}
                 if ex.time_artifacts:
-                    latency[f"{runner.runtime}-{ex.threads}t"] = float(self.timer(runner))
+                    latency[_artifact_device(runner.runtime, ex.threads)] = float(
+                        self.timer(runner)
+                    )
                 src_row = self.baseline_row(source)
                 macs, params = (src_row.macs, src_row.params) if src_row else (None, None)
                 rows.append(
@@ -792,6 +828,17 @@ class _Chain:
                 set_executorch_threads(threads_before)
         _size_ratios(rows, {k: v[2] for k, v in self.int8.items()})
         return rows
+
+
+_RUNTIME_DEVICES = {"executorch-xnnpack": "xnnpack", "onnxruntime": "ort-cpu"}
+"""Artifact runtimes -> the stem of the same runtime's device name in the latency registry."""
+
+
+def _artifact_device(runtime: str, threads: int) -> str:
+    """The latency column of an artifact timed in ``runtime``: the registry's device name for
+    that runtime and thread count (``xnnpack-1t``, ``ort-cpu-1t``), so a model timed as a device
+    and an artifact timed in its runtime share one column."""
+    return f"{_RUNTIME_DEVICES.get(runtime, runtime)}-{threads}t"
 
 
 def _bind(fn: Callable[..., Path], *args: Any) -> Callable[[], Path]:
@@ -981,9 +1028,26 @@ def run_chain(
         builder,
         devices,
         latency_predictor,
-        timer or median_latency_ms,
+        timer
+        or functools.partial(
+            median_latency_ms, warmup=10, min_runs=200, max_s=config.export.timing_s
+        ),
         seed,
     )
+
+    bn_batches: list[torch.Tensor] = []
+    if config.bn_calibration_images > 0:
+        # The subset the search's evaluator recalibrates on (nas.evaluate.SubnetEvaluator with
+        # the same seed and count), so the starting point scores as the search scored it.
+        train_x = data.train.tensors[0]
+        pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
+        bn_batches = list(train_x[pick[: config.bn_calibration_images]].split(128))
+
+    def from_supernet(export: Callable[[Mapping[str, Any]], nn.Module], a: Any) -> nn.Module:
+        module = extract_subnet(export, a)
+        if bn_batches:
+            recalibrate_bn(module, bn_batches)
+        return module.eval()
 
     def make_student() -> nn.Module:
         if isinstance(student, nn.Module):
@@ -992,7 +1056,7 @@ def run_chain(
             torch.manual_seed(seed)
             if student is None:
                 return builder().eval()
-            return extract_subnet(student, arch)
+            return from_supernet(student, arch)
 
     def make_teacher() -> nn.Module | None:
         if teacher is None:
@@ -1003,12 +1067,12 @@ def run_chain(
             if student is None or isinstance(student, nn.Module):
                 log.info("no teacher: 'largest' needs a student callable (a supernet's export)")
                 return None
-            return extract_subnet(student, largest_arch(space))
+            return from_supernet(student, largest_arch(space))
         if isinstance(teacher, str):
             raise ValueError(
                 f"teacher must be a module, a callable, 'largest' or None; got {teacher!r}"
             )
-        return extract_subnet(teacher, largest_arch(space))
+        return from_supernet(teacher, largest_arch(space))
 
     initial = make_student()
     source_fp = _digest(
@@ -1020,6 +1084,7 @@ def run_chain(
             "shape": shape,
         }
     )
+    chain.rows["input"] = _input_rows(chain, directory, initial, source_fp, student, bn_batches)
     if "distill" not in steps:
         chain.fp32["input"] = initial
     prev_fp = source_fp
@@ -1068,7 +1133,7 @@ def run_chain(
             log.info("step %s: done in %.1f s", step, seconds)
         prev_fp = fp
         _write_report(chain, steps)
-    all_rows = [r for s in steps for r in chain.rows.get(s, [])]
+    all_rows = [r for s in ("input", *steps) for r in chain.rows.get(s, [])]
     models: dict[str, nn.Module] = dict(chain.fp32)
     models.update({k: v[0] for k, v in chain.int8.items()})
     if "export" in resumed:
@@ -1115,8 +1180,46 @@ def _load_step(chain: _Chain, step: str, d: Path, done: Mapping[str, Any]) -> No
             )
 
 
+def _input_rows(
+    chain: _Chain,
+    directory: Path,
+    initial: nn.Module,
+    source_fp: str,
+    student: Any,
+    bn_batches: Sequence[torch.Tensor],
+) -> list[ReportRow]:
+    """The starting point's row (test accuracy, MACs, parameters, latency), so that every step's
+    gain or loss shows; measured once per starting model and kept in ``00-input/done.json``."""
+    d = directory / "00-input"
+    fp = _digest(
+        {
+            "source": source_fp,
+            "eval_batch_size": chain.cfg.eval_batch_size,
+            "devices": [getattr(dev, "name", "") for dev in chain.devices],
+            "version": _REPORT_VERSION,
+        }
+    )
+    done = _read_done(d)
+    if done is not None and done["fingerprint"] == fp:
+        return [ReportRow.from_dict(r) for r in done.get("rows", [])]
+    if student is None:
+        label, notes = "fresh fp32", "fresh seeded initialisation (space.build)"
+    elif isinstance(student, nn.Module):
+        label, notes = "fp32", "the student as given"
+    else:
+        n = sum(len(b) for b in bn_batches)
+        label = "inherited fp32"
+        notes = "subnet with inherited weights" + (
+            f"; batch norm recalibrated on {n} train images" if n else "; batch norm as inherited"
+        )
+    row = chain.model_row("input", label, initial, "fp32", pristine=True, notes=notes)
+    d.mkdir(parents=True, exist_ok=True)
+    _write_json(d / "done.json", {"step": "input", "fingerprint": fp, "rows": [row.to_dict()]})
+    return [row]
+
+
 def _write_report(chain: _Chain, steps: Sequence[str]) -> None:
-    rows = [r for s in steps for r in chain.rows.get(s, [])]
+    rows = [r for s in ("input", *steps) for r in chain.rows.get(s, [])]
     title = f"Compression of {chain.space.name} arch {chain.space.key(chain.arch)}"
     _write_json(
         chain.dir / "report.json",

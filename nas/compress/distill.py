@@ -109,6 +109,7 @@ class TrainHistory:
     steps: int = 0
     epoch_loss: list[float] = field(default_factory=list)
     used_teacher: bool = False
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,11 +157,23 @@ def predict_logits(
         restore = False
     if isinstance(model, nn.Module):
         model.eval()
+    # Plain modules run in NHWC (channels_last): depthwise convolutions on CPUs take about a
+    # quarter less time than in NCHW, with the same results up to float rounding.
+    nhwc = isinstance(model, nn.Module) and not isinstance(model, torch.fx.GraphModule)
+    if nhwc:
+        assert isinstance(model, nn.Module)
+        _to_layout(model, True)
     outs = []
     try:
         for start in range(0, len(images), batch_size):
-            outs.append(model(images[start : start + batch_size]).detach().float())
+            x = images[start : start + batch_size]  # B x C x H x W
+            if nhwc and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            outs.append(model(x).detach().float().contiguous())
     finally:
+        if nhwc:
+            assert isinstance(model, nn.Module)
+            _to_layout(model, False)
         if restore:
             assert isinstance(model, nn.Module)
             model.train()
@@ -199,11 +212,14 @@ def train_model(
     kd: KDConfig | None = None,
     seed: int = 0,
     on_step: StepCallback | None = None,
+    teacher_logits: torch.Tensor | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place on ``data`` (images, labels), with KD when a teacher is given.
 
     Batches are drawn from a permutation seeded with ``seed``; the optimiser covers every
-    parameter that requires a gradient. Ends in eval mode.
+    parameter that requires a gradient. Ends in eval mode. ``teacher_logits`` (N x classes, the
+    teacher's logits for ``data``'s images, in order) spare computing them again when one
+    teacher serves several runs (pruning's rounds).
     """
     images, labels = data.tensors[0], data.tensors[1]
     n = len(labels)
@@ -218,10 +234,15 @@ def train_model(
     history = TrainHistory(used_teacher=teacher is not None and kd.alpha > 0)
     if total == 0:
         return history
-    teacher_logits = None
-    if history.used_teacher:
+    if not history.used_teacher:
+        teacher_logits = None
+    elif teacher_logits is None:
         assert teacher is not None
         teacher_logits = predict_logits(teacher, images)  # N x classes
+    elif teacher_logits.shape[0] != n:
+        raise ValueError(
+            f"teacher_logits has {teacher_logits.shape[0]} rows for {n} training images"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() > 1]
     no_decay = [p for p in params if p.dim() <= 1]  # BN and biases: no weight decay
@@ -286,13 +307,17 @@ def distill_model(
     kd: KDConfig | None = None,
     *,
     seed: int = 0,
+    teacher_logits: torch.Tensor | None = None,
 ) -> TrainHistory:
-    """Fine-tune ``student`` in place with KD from ``teacher`` (labels only when None)."""
+    """Fine-tune ``student`` in place with KD from ``teacher`` (labels only when None);
+    ``teacher_logits``: see :func:`train_model`."""
     if teacher is not None:
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    return train_model(student, data, config, teacher=teacher, kd=kd, seed=seed)
+    return train_model(
+        student, data, config, teacher=teacher, kd=kd, seed=seed, teacher_logits=teacher_logits
+    )
 
 
 def largest_arch(space: Any) -> dict[str, Any]:

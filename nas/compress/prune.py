@@ -27,7 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.compress.distill import KDConfig, TrainConfig, distill_model, evaluate_accuracy
+from nas.compress.distill import (
+    KDConfig,
+    TrainConfig,
+    distill_model,
+    evaluate_accuracy,
+    predict_logits,
+)
 from nas.layers import cost_from_specs, trace_layer_specs
 
 __all__ = [
@@ -77,7 +83,7 @@ class PruneConfig:
 
     macs_reduction: float | None = 0.4
     latency_budget_ms: float | None = None
-    rounds: int = 4
+    rounds: int = 2
     step_fraction: float = 0.125
     max_group_pruning: float = 0.6
     round_to: int = 4
@@ -341,9 +347,13 @@ def prune_model(
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    # One teacher for every round and the final fine-tuning: its logits are computed once.
+    t_logits = predict_logits(teacher, train.tensors[0]) if config.kd.alpha > 0 else None
 
     def after_round(m: nn.Module, r: int) -> dict[str, Any]:
-        distill_model(m, teacher, train, config.finetune, config.kd, seed=seed + r)
+        distill_model(
+            m, teacher, train, config.finetune, config.kd, seed=seed + r, teacher_logits=t_logits
+        )
         out: dict[str, Any] = dict(zip(("macs", "params"), macs_params(m, shape), strict=True))
         if val is not None:
             out["val_accuracy"] = evaluate_accuracy(m, val)
@@ -361,7 +371,15 @@ def prune_model(
         importance_p=config.importance_p,
         after_round=after_round,
     )
-    distill_model(model, teacher, train, config.final_finetune, config.kd, seed=seed + 1000)
+    distill_model(
+        model,
+        teacher,
+        train,
+        config.final_finetune,
+        config.kd,
+        seed=seed + 1000,
+        teacher_logits=t_logits,
+    )
     macs, params = macs_params(model, shape)
     return PruneResult(
         model=model.eval(),

@@ -40,7 +40,13 @@ from nas.compress.checkpoint import (
     read_checkpoint,
     save_state,
 )
-from nas.compress.distill import KDConfig, TrainConfig, TrainHistory, train_model
+from nas.compress.distill import (
+    KDConfig,
+    TrainConfig,
+    TrainHistory,
+    evaluate_accuracy,
+    train_model,
+)
 
 __all__ = [
     "QATConfig",
@@ -203,12 +209,21 @@ class QATConfig:
 
     ``freeze_observers_at`` and ``freeze_bn_at`` are shares of the training steps after which
     observers (scale and zero point) and batch-norm statistics stop updating.
+
+    The defaults suit QAT of an already trained fp32 model (the chain's case): a learning rate
+    a tenth of fine-tuning's without warm-up, and batch-norm statistics frozen from the start,
+    since the fp32 model's statistics are right and a few dozen batches of fake-quantized
+    statistics only add noise. Measured on the demo's pruned winner (1 epoch, 67 steps): lr 5e-4
+    with frozen batch norm kept the int8 model at its fp32 accuracy (77.96 % -> 78.00 %), while
+    lr 0.05 with batch-norm statistics updating for 70 % of the steps lost 13-20 points.
     """
 
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, lr=0.005))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=2.0, lr=5e-4, warmup_fraction=0.0)
+    )
     kd: KDConfig = field(default_factory=KDConfig)
     freeze_observers_at: float = 0.5
-    freeze_bn_at: float = 0.7
+    freeze_bn_at: float = 0.0
     per_channel: bool = True
     calibration_images: int = 512
 
@@ -236,7 +251,10 @@ def prepare(
     """``torch.export`` the fp32 ``model`` (batch dimension dynamic) and insert observers
     (``kind="ptq"``) or fake-quantize ops with conv-bn fold simulation (``kind="qat"``).
 
-    The returned graph module accepts ``.train()`` and ``.eval()``; ``model`` is not changed.
+    The returned graph module accepts ``.train()`` and ``.eval()``. It owns copies of
+    ``model``'s tensors: ``torch.export`` hands the module's own parameters and buffers to the
+    exported graph, so training (QAT) or calibrating the prepared model would otherwise change
+    ``model`` in place.
     """
     if kind not in QUANT_KINDS:
         raise ValueError(f"kind must be one of {QUANT_KINDS}, got {kind!r}")
@@ -246,14 +264,11 @@ def prepare(
     shape = tuple(int(s) for s in input_shape)
     example = torch.zeros((2, *shape))  # 2 x C x H x W: batch 1 would be specialised
     batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
-    was_training = model.training
+    model = copy.deepcopy(model)  # the prepared graph must not share tensors with `model`
     model.train(kind == "qat")
     with warnings.catch_warnings(), _cached_patterns():
         warnings.simplefilter("ignore")
-        try:
-            ep = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        finally:
-            model.train(was_training)
+        ep = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         quantizer = xnnpack_quantizer(is_qat=kind == "qat", per_channel=per_channel)
         if kind == "qat":
             prepared = prepare_qat_pt2e(ep.module(), quantizer)
@@ -343,18 +358,29 @@ def train_qat(
     input_shape: Sequence[int],
     *,
     teacher: nn.Module | None = None,
+    val: TensorDataset | None = None,
     seed: int = 0,
 ) -> tuple[torch.fx.GraphModule, TrainHistory]:
     """Quantization-aware training of ``model`` (not changed) on ``train``.
 
     Observers are first calibrated on ``config.calibration_images`` images so training starts
-    from sensible ranges, then the fake-quantized model trains with KD from ``teacher`` (pass the
-    fp32 model itself; None trains on labels only) while observers and batch-norm statistics
-    freeze on schedule. Returns the trained prepared model (save it, or :func:`convert` it).
+    from sensible ranges (the calibrated model is post-training int8), then the fake-quantized
+    model trains with KD from ``teacher`` (pass the fp32 model itself; None trains on labels
+    only) while observers and batch-norm statistics freeze on schedule. With ``val``, the trained
+    model must beat its calibrated start on ``val``; when it does not, the calibrated start is
+    kept and ``history.notes`` says so. Returns the prepared model (save it, or
+    :func:`convert` it).
     """
     pt2e = _pt2e()
     prepared = prepare(model, input_shape, kind="qat", per_channel=config.per_channel)
     calibrate(prepared, _batches(train.tensors[0], config.calibration_images, 64, seed))
+    start: tuple[float, dict[str, torch.Tensor]] | None = None
+    if val is not None:
+        with _cached_patterns():
+            start = (
+                evaluate_accuracy(prepared, val),
+                {k: v.detach().clone() for k, v in prepared.state_dict().items()},
+            )
     frozen = {"observers": False, "bn": False}
 
     def on_step(m: nn.Module, step: int, total: int) -> None:
@@ -385,6 +411,20 @@ def train_qat(
         if not frozen["observers"]:
             prepared.apply(pt2e.disable_observer)
         prepared.eval()
+        if start is not None and val is not None:
+            trained_acc = evaluate_accuracy(prepared, val)
+            if trained_acc < start[0]:
+                prepared.load_state_dict(start[1], strict=True)
+                prepared.apply(pt2e.disable_observer)
+                prepared.eval()
+                history.notes.append(
+                    f"QAT ({100 * trained_acc:.2f} % val) did not beat its calibrated start "
+                    f"({100 * start[0]:.2f} % val): kept the calibrated (post-training) int8"
+                )
+            else:
+                history.notes.append(
+                    f"val {100 * start[0]:.2f} % calibrated -> {100 * trained_acc:.2f} % after QAT"
+                )
     return prepared, history
 
 

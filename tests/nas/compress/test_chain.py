@@ -18,12 +18,14 @@ from nas.compress import (
     ExportConfig,
     PruneConfig,
     TrainConfig,
+    evaluate_accuracy,
     largest_arch,
     macs_params,
     read_report,
     run_chain,
 )
 from nas.data import ImageDataset
+from nas.train import recalibrate_bn
 from search_spaces.tiny import TinySpace
 
 pytest.importorskip("torch_pruning")
@@ -113,8 +115,11 @@ def test_chain_reports_every_step_and_resumes(
     first = _run(tmp_path, space, arch, data, _config())
     assert first.resumed == []
     steps = [r.step for r in first.rows]
-    assert steps[:3] == ["distill", "prune", "ptq"] and set(steps[3:]) == {"export"}
-    distill, pruned, int8 = first.rows[:3]
+    assert steps[:4] == ["input", "distill", "prune", "ptq"] and set(steps[4:]) == {"export"}
+    start, distill, pruned, int8 = first.rows[:4]
+    # The starting point is measured like every step's model, so each gain or loss shows.
+    assert start.model == "fresh fp32" and start.accuracy is not None
+    assert start.macs == distill.macs and set(start.latency_ms) == {"macs-device", "flat-device"}
     assert pruned.macs < 0.71 * distill.macs and pruned.params < distill.params
     assert pruned.speedup["macs-device"] > 1.2
     assert "NOT FASTER on flat-device" in pruned.notes  # a pruned model that is not faster shows
@@ -131,10 +136,11 @@ def test_chain_reports_every_step_and_resumes(
     for row in artifacts.values():
         assert (first.directory / "05-export" / row.file).is_file()
         assert row.top1_agreement is not None and row.top1_agreement >= 0.9
-        assert row.latency_ms == {"onnxruntime-1t": 0.5}
+        assert row.latency_ms == {"ort-cpu-1t": 0.5}  # the registry's name of that runtime
     assert artifacts["pruned-fp32.onnx"].top1_agreement == 1.0
     md = (first.directory / "report.md").read_text()
-    assert "| distill | fp32 | pytorch |" in md and "ptq-int8.onnx" not in md  # files by row
+    assert "| input | fresh fp32 | pytorch |" in md and "| distill | fp32 | pytorch |" in md
+    assert "ptq-int8.onnx" not in md  # files by row
     assert [r.to_dict() for r in read_report(first.directory)] == [r.to_dict() for r in first.rows]
 
     # A second run finds every step finished and loads it: same rows, same models.
@@ -149,7 +155,7 @@ def test_chain_reports_every_step_and_resumes(
     # Changing the pruning target reruns pruning and what follows, not distillation.
     changed = _run(tmp_path, space, arch, data, _config(macs_reduction=0.4), STEPS[:2])
     assert changed.resumed == ["distill"]
-    assert changed.rows[1].macs < pruned.macs
+    assert changed.rows[2].step == "prune" and changed.rows[2].macs < pruned.macs
 
     # A finished step whose checkpoint was damaged fails clearly instead of being trusted.
     ckpt = first.directory / "01-distill" / "model.safetensors"
@@ -172,6 +178,12 @@ def test_chain_rejects_bad_steps_and_configs(
     cfg = ChainConfig.from_dict({"prune": {"macs_reduction": 0.5}, "export": {"formats": ["pte"]}})
     assert cfg.prune.macs_reduction == 0.5 and cfg.export.formats == ("pte",)
     assert ChainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    # A partial nested mapping changes only what it names: QAT keeps its own learning rate.
+    partial = ChainConfig.from_dict({"qat": {"train": {"epochs": 1.0}}, "distill": {"epochs": 1}})
+    assert partial.qat.train == replace(ChainConfig().qat.train, epochs=1.0)
+    assert partial.distill == replace(ChainConfig().distill, epochs=1)
+    with pytest.raises(ValueError, match="bn_calibration_images"):
+        ChainConfig(bn_calibration_images=-1)
     assert replace(cfg, ptq_images=3).ptq_images == 3
 
 
@@ -196,8 +208,23 @@ def test_supernet_hook_gives_student_and_largest_teacher(
         asked.append(space.key(a))
         return space.build(a)
 
-    config = replace(_config(), distill=TrainConfig(epochs=1, batch_size=64, max_steps=1))
+    config = replace(
+        _config(),
+        distill=TrainConfig(epochs=1, batch_size=64, max_steps=1),
+        bn_calibration_images=256,
+    )
     result = run_chain(tmp_path, arch, space=space, data=data, steps=("distill",), config=config,
                        student=export, seed=0)  # fmt: skip
     assert space.key(arch) in asked and space.key(largest_arch(space)) in asked
-    assert "KD alpha=0.7 T=4.0" in result.rows[0].notes
+    assert "KD alpha=0.7 T=4.0" in result.rows[1].notes
+    # A subnet from a supernet starts with its batch norm recalibrated (as the search scored it):
+    # the input row scores the subnet recalibrated on the seeded subset of the train split.
+    start = result.rows[0]
+    assert start.step == "input" and start.model == "inherited fp32"
+    assert "recalibrated on 256 train images" in start.notes
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        expected = space.build(arch)
+    pick = torch.randperm(len(data.train.tensors[0]), generator=torch.Generator().manual_seed(0))
+    recalibrate_bn(expected, list(data.train.tensors[0][pick[:256]].split(128)))
+    assert start.accuracy == pytest.approx(evaluate_accuracy(expected, data.test))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.compress import KDConfig, TrainConfig, distill_model, evaluate_accuracy, kd_loss
-from nas.compress.distill import largest_arch
+from nas.compress.distill import largest_arch, predict_logits
 from nas.data import ImageDataset
 from search_spaces.tiny import TinySpace
 
@@ -68,6 +68,16 @@ def test_distillation_learns_and_is_seeded(
     for a, b in zip(student.state_dict().values(), twin.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # same seed, same result
     assert all(not p.requires_grad for p in teacher.parameters())
+    # The teacher's logits handed in (computed once for several runs) train the same student.
+    cached = copy.deepcopy(twin)
+    kd, short = KDConfig(alpha=0.7, temperature=4.0), TrainConfig(batch_size=64, max_steps=2)
+    distill_model(twin, teacher, data.train, short, kd, seed=5)
+    logits = predict_logits(teacher, data.train.tensors[0])
+    distill_model(cached, teacher, data.train, short, kd, seed=5, teacher_logits=logits)
+    for a, b in zip(twin.state_dict().values(), cached.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="teacher_logits has 3 rows"):
+        distill_model(cached, teacher, data.train, short, kd, teacher_logits=logits[:3])
 
 
 def test_largest_arch_is_the_biggest(space: TinySpace) -> None:

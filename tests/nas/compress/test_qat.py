@@ -76,6 +76,52 @@ def test_qat_converts_and_runtimes_agree(
         assert report.max_abs_logit_diff < 0.5, (artifact.name, report)
 
 
+def test_quantizing_leaves_the_fp32_source_unchanged(
+    trained: torch.nn.Module, data: ImageDataset
+) -> None:
+    """QAT trains, and PTQ calibrates, a prepared copy: the fp32 model they start from (which
+    the chain exports as "pruned fp32" after the QAT step) keeps its weights and outputs.
+    torch.export hands the module's own tensors to the graph, so without a copy QAT's optimiser
+    steps rewrote the source model's weights."""
+    src = copy.deepcopy(trained)
+    x = data.test.tensors[0][:32]
+    with torch.no_grad():
+        before_out = src(x)
+    before_state = {k: v.clone() for k, v in src.state_dict().items()}
+    cfg = QATConfig(
+        train=TrainConfig(epochs=1, lr=0.05, batch_size=64, max_steps=3), calibration_images=64
+    )
+    prepared, _ = train_qat(src, data.train, cfg, SHAPE, teacher=trained, seed=0)
+    ptq(src, data.train.tensors[0], SHAPE, n_images=64, seed=0)
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, before_state[k]), k
+    with torch.no_grad():
+        assert torch.equal(src.eval()(x), before_out)
+        # ...while the QAT model did train away from it.
+        assert not torch.equal(fp32_twin(src, prepared)(x), before_out)
+
+
+def test_qat_worse_than_its_calibrated_start_is_not_kept(
+    trained: torch.nn.Module, data: ImageDataset
+) -> None:
+    """A QAT run that ruins the model (a learning rate far too high) is caught on the validation
+    split: the calibrated (post-training) start is kept and the history says so."""
+    cfg = QATConfig(
+        train=TrainConfig(epochs=1, lr=50.0, batch_size=64, max_steps=3), calibration_images=64
+    )
+    prepared, history = train_qat(
+        trained, data.train, cfg, SHAPE, teacher=trained, val=data.val, seed=0
+    )
+    assert any("did not beat its calibrated start" in n for n in history.notes), history.notes
+    x, y = data.val.tensors
+    ptq_model = convert(ptq(trained, data.train.tensors[0], SHAPE, n_images=64, seed=0))
+    kept = check_parity(_Torch(convert(prepared)), trained, x, y)
+    assert (
+        kept.runtime_accuracy
+        >= check_parity(_Torch(ptq_model), trained, x, y).runtime_accuracy - 0.05
+    )
+
+
 def test_ptq_calibrates_and_converts(trained: torch.nn.Module, data: ImageDataset) -> None:
     prepared = ptq(trained, data.train.tensors[0], SHAPE, n_images=64, seed=0)
     converted = convert(prepared)
