@@ -44,6 +44,7 @@ from nas.compress.distill import (
     evaluate_accuracy,
     extract_subnet,
     largest_arch,
+    predict_logits,
 )
 from nas.compress.export import (
     check_parity,
@@ -673,7 +674,7 @@ class _Chain:
         return [
             self._int8_row(
                 "qat",
-                "int8 (QAT)",
+                "int8 (calibrated; QAT not kept)" if history.kept_start else "int8 (QAT)",
                 converted,
                 twin,
                 src_name,
@@ -778,6 +779,7 @@ class _Chain:
                 )
         rows: list[ReportRow] = []
         threads_before = None
+        reference_logits: dict[int, torch.Tensor] = {}  # one PyTorch pass per source model
         try:
             for source, dtype_label, fmt, path, reference, make in jobs:
                 t0 = time.perf_counter()
@@ -787,7 +789,15 @@ class _Chain:
                 if fmt == "pte" and threads_before is None:
                     threads_before = set_executorch_threads(ex.threads)
                 runner = open_runner(path, example.shape, ex.threads)
-                parity = check_parity(runner, reference, test_x, test_y)
+                if id(reference) not in reference_logits:
+                    reference_logits[id(reference)] = predict_logits(reference, test_x)
+                parity = check_parity(
+                    runner,
+                    reference,
+                    test_x,
+                    test_y,
+                    reference_logits=reference_logits[id(reference)],
+                )
                 latency: dict[str, float | None] = {}
                 if ex.time_artifacts:
                     latency[_artifact_device(runner.runtime, ex.threads)] = float(

@@ -110,6 +110,8 @@ class TrainHistory:
     epoch_loss: list[float] = field(default_factory=list)
     used_teacher: bool = False
     notes: list[str] = field(default_factory=list)
+    #: QAT only: the trained model scored below its calibrated start on val, which was kept
+    kept_start: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -775,9 +775,12 @@ def check_parity(
     labels: torch.Tensor,
     *,
     reference_batch_size: int = 256,
+    reference_logits: torch.Tensor | None = None,
 ) -> ParityReport:
     """Run ``runner`` on every image (at its exported batch size) and ``reference`` (the model
-    the artifact came from) in PyTorch; compare their top-1 and logits."""
+    the artifact came from) in PyTorch; compare their top-1 and logits. ``reference_logits``,
+    the reference's logits on ``images`` computed before, saves running it again when several
+    artifacts come from one model."""
     batch = runner.input_shape[0]
     n = (len(images) // batch) * batch
     if n == 0:
@@ -789,7 +792,10 @@ def check_parity(
     got = torch.cat(outs).float()  # n x classes
     from nas.compress.distill import predict_logits
 
-    ref = predict_logits(reference, images[:n], reference_batch_size)  # n x classes
+    if reference_logits is not None and len(reference_logits) >= n:
+        ref = reference_logits[:n].float()
+    else:
+        ref = predict_logits(reference, images[:n], reference_batch_size)  # n x classes
     if got.shape != ref.shape:
         raise RuntimeError(
             f"{runner.path.name} returns logits of shape {tuple(got.shape)}; the reference model "

@@ -417,6 +417,7 @@ def train_qat(
                 prepared.load_state_dict(start[1], strict=True)
                 prepared.apply(pt2e.disable_observer)
                 prepared.eval()
+                history.kept_start = True
                 history.notes.append(
                     f"QAT ({100 * trained_acc:.2f} % val) did not beat its calibrated start "
                     f"({100 * start[0]:.2f} % val): kept the calibrated (post-training) int8"
