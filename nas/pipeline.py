@@ -55,6 +55,7 @@ class RunState:
     study: Any = None
     winners: pd.DataFrame | None = None
     compress_tables: dict[str, str] = field(default_factory=dict)
+    compress_rows: dict[str, list[Any]] = field(default_factory=dict)  # nas.compress ReportRows
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -329,6 +330,7 @@ def stage_compress(state: RunState, progress: bool) -> None:
             seed=state.config.seed,
         )
         state.compress_tables[str(row["arch_key"])] = render_report(result.rows)
+        state.compress_rows[str(row["arch_key"])] = list(result.rows)
 
 
 def stage_report(state: RunState, progress: bool) -> None:

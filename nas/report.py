@@ -43,6 +43,17 @@ def write_report(state: Any) -> Path:
         f"budgets: {dict(cfg.search.budgets) or 'none'}; seed {cfg.seed}.",
         "",
     ]
+    headline = headline_frame(state.compress_rows)
+    if not headline.empty:
+        lines += [
+            "## Headline: what each winner became",
+            "",
+            "The inherited subnet as the search found it, against the fastest artifact the "
+            "compression chain exported (measured in its runtime; accuracy on the test set).",
+            "",
+            _table(headline),
+            "",
+        ]
     runs = load_timings(run_dir)
     if runs:
         totals = stage_totals(runs)
@@ -127,6 +138,47 @@ def write_report(state: Any) -> Path:
     page = markdown_to_html(text.splitlines(), title=f"Run report: {cfg.name}")
     (run_dir / "report.html").write_text(page)
     return out
+
+
+def headline_frame(compress_rows: dict[str, list[Any]]) -> pd.DataFrame:
+    """One line per compressed winner and device: the inherited subnet as the search found it
+    against the fastest artifact exported for that device, accuracy, MACs, size and measured
+    latency side by side (the same device on both sides, so the speed-up means something)."""
+    lines = []
+    for i, rows in enumerate(compress_rows.values(), 1):
+        start = next((r for r in rows if r.step == "input"), None)
+        artifacts = [r for r in rows if r.step == "export"]
+        if start is None or not artifacts:
+            continue
+        devices = list(start.latency_ms) or sorted({d for r in artifacts for d in r.latency_ms})
+        for device in devices:
+            timed = [r for r in artifacts if r.latency_ms.get(device)]
+            if not timed:
+                continue
+            best = min(timed, key=lambda r: r.latency_ms[device])
+            start_ms = start.latency_ms.get(device)
+            best_ms = best.latency_ms[device]
+            lines.append(
+                {
+                    "winner": f"#{i}",
+                    "device": device,
+                    "inherited top-1 %": _pct(start.accuracy),
+                    "inherited MACs": start.macs,
+                    "inherited ms": start_ms,
+                    "fastest artifact": f"{best.file} ({best.model})",
+                    "top-1 %": _pct(best.accuracy),
+                    "runtime agreement %": _pct(best.top1_agreement),
+                    "MACs": best.macs,
+                    "file bytes": best.size_bytes,
+                    "ms": best_ms,
+                    "speed-up": start_ms / best_ms if start_ms and best_ms else None,
+                }
+            )
+    return pd.DataFrame(lines)
+
+
+def _pct(share: float | None) -> float | None:
+    return None if share is None else 100 * share
 
 
 _INLINE = [
