@@ -10,8 +10,14 @@ from nas.report import headline_frame, markdown_to_html
 
 def _row(step: str, file: str, acc: float, ms: dict[str, float], **kw: object) -> ReportRow:
     return ReportRow(
-        step=step, model=kw.pop("model", "m"), file=file, accuracy=acc, latency_ms=ms, **kw
-    )  # type: ignore[arg-type]
+        step=step,
+        model="m",
+        dtype="fp32",
+        file=file,
+        accuracy=acc,
+        latency_ms=ms,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def test_headline_compares_start_and_fastest_artifact_on_the_same_device() -> None:
