@@ -77,12 +77,12 @@ class FrontierSampler(BaseSampler):
             random sample of the pool: improving on the typical arch).
         candidates: an explicit pool (e.g. the archs a table covers).
         pool_limit: spaces with at most this many genotypes are enumerated into the pool.
-        pool_size: otherwise, the size of the candidate pool: half random archs, half mutants
-            and crossovers of the found front (remade for each batch).
-        pool_refresh: share of the random half drawn afresh for each batch (the rest is kept
-            from the previous batch): pricing candidates is most of the sampler's cost in a
-            large space, and every arch is priced once (cheap metrics, canonical key and
-            features are cached by arch key).
+        pool_size: otherwise, the size of the drawn candidate pool: random archs at first.
+        pool_refresh: share of the drawn pool replaced before each batch, half by random archs,
+            half by mutants and crossovers of the found front; the rest is kept from earlier
+            batches. Pricing candidates is most of the sampler's cost in a large space, so
+            few are new per batch, and every arch is priced once (cheap metrics, canonical key
+            and features are cached by arch key).
         one_per_class: keep, per canonical key, only the members not dominated in the cheap
             objectives (isomorphic archs share an accuracy: paying twice learns nothing).
         warp: "none", or a monotone map of the paid accuracies ("rank": normal scores,
@@ -102,7 +102,7 @@ class FrontierSampler(BaseSampler):
         reference: Mapping[str, float] | None = None,
         candidates: Sequence[Arch] | None = None,
         pool_limit: int = 200_000,
-        pool_size: int = 4000,
+        pool_size: int = 1000,
         pool_refresh: float = 0.25,
         one_per_class: bool = True,
         warp: str = "none",
@@ -136,7 +136,7 @@ class FrontierSampler(BaseSampler):
             raise ValueError(f"pool_refresh is a share in (0, 1], got {pool_refresh}")
         self.pool_limit, self.pool_size, self.one_per_class = pool_limit, pool_size, one_per_class
         self.pool_refresh = pool_refresh
-        self._random_part: list[Arch] = []
+        self._drawn: list[tuple[str, Arch]] = []  # the drawn pool (key, arch), newest first
         # per arch key: canonical key, cheap metric row, feature row (filled on first pricing)
         self._canon_of: dict[str, str] = {}
         self._cheap_of: dict[str, np.ndarray] = {}
@@ -217,9 +217,10 @@ class FrontierSampler(BaseSampler):
         cheap_all = np.array(rows).reshape(len(keys), len(self.cheap_names))
         return canon, cheap_all
 
-    def _make_pool(self, archs: list[Arch]) -> _Pool:
+    def _make_pool(self, archs: list[Arch], keys: list[str] | None = None) -> _Pool:
         p, space = self.problem, self.problem.space
-        keys = [space.key(a) for a in archs]
+        if keys is None:
+            keys = [space.key(a) for a in archs]
         uniq = dict(zip(keys, archs, strict=True))  # first of duplicated genotypes
         keys, archs = list(uniq), list(uniq.values())
         canon, cheap = self._price(archs, keys)
@@ -295,20 +296,27 @@ class FrontierSampler(BaseSampler):
             archs, self._static_pool = list(self.candidates), True
         elif space.n_genotypes <= self.pool_limit:
             archs, self._static_pool = list(space.enumerate()), True
+        if self._static_pool:
+            pool = self._make_pool(archs)
         else:
-            n_random = self.pool_size // 2 if front_archs else self.pool_size
-            kept = self._random_part[: n_random - math.ceil(self.pool_refresh * n_random)]
-            drawn = [space.sample(self.rng) for _ in range(n_random - len(kept))]
-            self._random_part = drawn + kept  # newest first: the oldest are dropped next
-            archs = list(self._random_part)
-            while front_archs and len(archs) < self.pool_size:
+            # a share `pool_refresh` of the pool is drawn afresh (half random archs, half
+            # mutants and crossovers of the found front), the rest kept from the last batch
+            n_new = self.pool_size
+            if self._drawn:
+                n_new = max(1, math.ceil(self.pool_refresh * self.pool_size))
+            n_random = n_new // 2 if front_archs else n_new
+            fresh = [space.sample(self.rng) for _ in range(n_random)]
+            while front_archs and len(fresh) < n_new:
                 a = front_archs[int(self.rng.integers(len(front_archs)))]
                 if self.rng.random() < 0.3 and len(front_archs) > 1:
                     b = front_archs[int(self.rng.integers(len(front_archs)))]
-                    archs.append(space.mutate(space.crossover(a, b, self.rng), self.rng, 0.05))
+                    fresh.append(space.mutate(space.crossover(a, b, self.rng), self.rng, 0.05))
                 else:
-                    archs.append(space.mutate(a, self.rng, 1.0 / max(len(space.keys), 1)))
-        pool = self._make_pool(archs)
+                    fresh.append(space.mutate(a, self.rng, 1.0 / max(len(space.keys), 1)))
+            drawn = [(space.key(a), a) for a in fresh]
+            self._drawn = drawn + self._drawn[: self.pool_size - len(fresh)]  # oldest dropped
+            archs = [a for _, a in self._drawn]
+            pool = self._make_pool(archs, [k for k, _ in self._drawn])
         self._featurize(pool)
         self._pool = pool
         log.debug(
