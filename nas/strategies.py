@@ -73,11 +73,16 @@ class FrontierSampler(BaseSampler):
         reference: reference point per objective (metric units and directions). Defaults:
             a budget's bound where an objective has one (`latency_ms@d <= 20`,
             `accuracy >= 70`); else the worst value in the pool, and for accuracy the median
-            paid accuracy (improving on the typical arch).
+            accuracy of the first `n_initial` paid archs (the initial design, a stratified
+            random sample of the pool: improving on the typical arch).
         candidates: an explicit pool (e.g. the archs a table covers).
         pool_limit: spaces with at most this many genotypes are enumerated into the pool.
-        pool_size: otherwise, the size of each freshly drawn pool (half random archs, half
-            mutants and crossovers of the found front).
+        pool_size: otherwise, the size of the drawn candidate pool: random archs at first.
+        pool_refresh: share of the drawn pool replaced before each batch, half by random archs,
+            half by mutants and crossovers of the found front; the rest is kept from earlier
+            batches. Pricing candidates is most of the sampler's cost in a large space, so
+            few are new per batch, and every arch is priced once (cheap metrics, canonical key
+            and features are cached by arch key).
         one_per_class: keep, per canonical key, only the members not dominated in the cheap
             objectives (isomorphic archs share an accuracy: paying twice learns nothing).
         warp: "none", or a monotone map of the paid accuracies ("rank": normal scores,
@@ -97,7 +102,8 @@ class FrontierSampler(BaseSampler):
         reference: Mapping[str, float] | None = None,
         candidates: Sequence[Arch] | None = None,
         pool_limit: int = 200_000,
-        pool_size: int = 4000,
+        pool_size: int = 1000,
+        pool_refresh: float = 0.25,
         one_per_class: bool = True,
         warp: str = "none",
         min_noise: float = 1e-5,
@@ -126,7 +132,15 @@ class FrontierSampler(BaseSampler):
                     f"reference names {name!r}, not an objective; objectives: {problem.objectives}"
                 )
         self.candidates = list(candidates) if candidates is not None else None
+        if not 0 < pool_refresh <= 1:
+            raise ValueError(f"pool_refresh is a share in (0, 1], got {pool_refresh}")
         self.pool_limit, self.pool_size, self.one_per_class = pool_limit, pool_size, one_per_class
+        self.pool_refresh = pool_refresh
+        self._drawn: list[tuple[str, Arch]] = []  # the drawn pool (key, arch), newest first
+        # per arch key: canonical key, cheap metric row, feature row (filled on first pricing)
+        self._canon_of: dict[str, str] = {}
+        self._cheap_of: dict[str, np.ndarray] = {}
+        self._x_of: dict[str, np.ndarray] = {}
         self.warp = warp
         self.min_noise = min_noise
         self._fallback = RandomSampler(seed=seed)
@@ -184,13 +198,32 @@ class FrontierSampler(BaseSampler):
         self._fallback.reseed_rng()
 
     # -- the pool ----------------------------------------------------------------------------
-    def _make_pool(self, archs: list[Arch]) -> _Pool:
+    def _price(self, archs: list[Arch], keys: list[str]) -> tuple[list[str], np.ndarray]:
+        """Canonical keys and cheap metric rows of archs, each arch priced once per sampler."""
+        if len(self._cheap_of) > 50 * max(self.pool_size, 1000):  # bound the caches' memory
+            self._canon_of.clear()
+            self._cheap_of.clear()
+            self._x_of.clear()
+        new = [i for i, k in enumerate(keys) if k not in self._cheap_of]
+        if new:
+            fresh = [archs[i] for i in new]
+            cheap = self.problem.cheap_matrix(fresh, self.cheap_names)
+            space = self.problem.space
+            for row, i in enumerate(new):
+                self._cheap_of[keys[i]] = cheap[row]
+                self._canon_of[keys[i]] = space.canonical_key(archs[i])
+        canon = [self._canon_of[k] for k in keys]
+        rows = [self._cheap_of[k] for k in keys]
+        cheap_all = np.array(rows).reshape(len(keys), len(self.cheap_names))
+        return canon, cheap_all
+
+    def _make_pool(self, archs: list[Arch], keys: list[str] | None = None) -> _Pool:
         p, space = self.problem, self.problem.space
-        keys = [space.key(a) for a in archs]
+        if keys is None:
+            keys = [space.key(a) for a in archs]
         uniq = dict(zip(keys, archs, strict=True))  # first of duplicated genotypes
         keys, archs = list(uniq), list(uniq.values())
-        canon = [space.canonical_key(a) for a in archs]
-        cheap = p.cheap_matrix(archs, self.cheap_names)
+        canon, cheap = self._price(archs, keys)
         values = {n: cheap[:, j] for j, n in enumerate(self.cheap_names)}
         feasible = np.broadcast_to(np.asarray(p.feasible_cheap(values), bool), (len(archs),))
         feasible = feasible.copy()
@@ -241,7 +274,19 @@ class FrontierSampler(BaseSampler):
 
     def _featurize(self, pool: _Pool) -> None:
         feats = self._ensure_features(pool)
-        pool.x = feats.transform(pool.archs, self._cost_block(pool))
+        new = [i for i, k in enumerate(pool.keys) if k not in self._x_of]
+        if new:
+            sub = _Pool(
+                [pool.archs[i] for i in new],
+                [pool.keys[i] for i in new],
+                [],
+                pool.cheap[new],
+                pool.feasible[new],
+            )
+            x_new = feats.transform(sub.archs, self._cost_block(sub))
+            for row, k in zip(x_new, sub.keys, strict=True):
+                self._x_of[k] = row
+        pool.x = np.array([self._x_of[k] for k in pool.keys]).reshape(len(pool.keys), -1)
 
     def _get_pool(self, front_archs: list[Arch]) -> _Pool:
         space = self.problem.space
@@ -251,17 +296,27 @@ class FrontierSampler(BaseSampler):
             archs, self._static_pool = list(self.candidates), True
         elif space.n_genotypes <= self.pool_limit:
             archs, self._static_pool = list(space.enumerate()), True
+        if self._static_pool:
+            pool = self._make_pool(archs)
         else:
-            n_random = self.pool_size // 2 if front_archs else self.pool_size
-            archs = [space.sample(self.rng) for _ in range(n_random)]
-            while front_archs and len(archs) < self.pool_size:
+            # a share `pool_refresh` of the pool is drawn afresh (half random archs, half
+            # mutants and crossovers of the found front), the rest kept from the last batch
+            n_new = self.pool_size
+            if self._drawn:
+                n_new = max(1, math.ceil(self.pool_refresh * self.pool_size))
+            n_random = n_new // 2 if front_archs else n_new
+            fresh = [space.sample(self.rng) for _ in range(n_random)]
+            while front_archs and len(fresh) < n_new:
                 a = front_archs[int(self.rng.integers(len(front_archs)))]
                 if self.rng.random() < 0.3 and len(front_archs) > 1:
                     b = front_archs[int(self.rng.integers(len(front_archs)))]
-                    archs.append(space.mutate(space.crossover(a, b, self.rng), self.rng, 0.05))
+                    fresh.append(space.mutate(space.crossover(a, b, self.rng), self.rng, 0.05))
                 else:
-                    archs.append(space.mutate(a, self.rng, 1.0 / max(len(space.keys), 1)))
-        pool = self._make_pool(archs)
+                    fresh.append(space.mutate(a, self.rng, 1.0 / max(len(space.keys), 1)))
+            drawn = [(space.key(a), a) for a in fresh]
+            self._drawn = drawn + self._drawn[: self.pool_size - len(fresh)]  # oldest dropped
+            archs = [a for _, a in self._drawn]
+            pool = self._make_pool(archs, [k for k, _ in self._drawn])
         self._featurize(pool)
         self._pool = pool
         log.debug(
@@ -338,7 +393,8 @@ class FrontierSampler(BaseSampler):
     def _found_front(self, archs: list[Arch], y: np.ndarray) -> list[Arch]:
         if not archs:
             return []
-        cheap = self.problem.cheap_matrix(archs, self.problem.cheap_objectives)
+        objs = [self.cheap_names.index(n) for n in self.problem.cheap_objectives]
+        cheap = self._make_side_pool(archs).cheap[:, objs]
         signs = np.array([self.problem.metrics[n].sign for n in self.problem.cheap_objectives])
         mask = pareto_mask(np.column_stack([cheap * signs, -y]))
         return [a for a, m in zip(archs, mask, strict=True) if m]
@@ -407,7 +463,10 @@ class FrontierSampler(BaseSampler):
             bounds = [c.bound * sign for c in p.constraints if c.metric == name]
             refs.append(min([worst, *bounds]) if bounds else worst)
         floors = [c.bound for c in p.constraints if c.metric == ACCURACY and c.op == ">="]
-        default = max(floors) if floors else float(np.median(y))
+        # the initial design is a stratified random sample of the pool, so its median estimates
+        # the typical arch's accuracy; later archs are paid for being good, and a median over
+        # them drifts up until fast archs of middling accuracy no longer count as improvements
+        default = max(floors) if floors else float(np.median(y[: self.n_initial]))
         return np.array(refs), float(self.reference.get(ACCURACY, default))
 
     def _ehvi_batch(
@@ -419,9 +478,8 @@ class FrontierSampler(BaseSampler):
         busy_archs: list[Arch],
     ) -> list[str]:
         p = self.problem
-        feats = self._features
-        assert feats is not None
-        x_paid = feats.transform(paid_archs, self._cost_block(self._make_side_pool(paid_archs)))
+        paid_pool = self._make_side_pool(paid_archs)
+        x_paid = paid_pool.x
         warp = self._warp(y)
         y_raw, y = y, warp(y)
         model = self._fit(x_paid, y)
@@ -436,14 +494,15 @@ class FrontierSampler(BaseSampler):
         objs = np.array([self.cheap_names.index(n) for n in p.cheap_objectives], dtype=np.int64)
         signs = np.array([p.metrics[n].sign for n in p.cheap_objectives])
         cand = pool.cheap[np.ix_(idx, objs)] * signs
-        front_cheap = self._make_side_pool(paid_archs).cheap
+        front_cheap = paid_pool.cheap
         ok = p.feasible_cheap({n: front_cheap[:, j] for j, n in enumerate(self.cheap_names)})
         ok = np.broadcast_to(np.asarray(ok, bool), (len(paid_archs),))
         front_c = front_cheap[np.ix_(np.flatnonzero(ok), objs)] * signs  # feasible paid archs
         front_y = y[ok]
         if busy_archs:  # others' in-flight archs join the front at their predicted accuracy
-            xb = feats.transform(busy_archs, self._cost_block(self._make_side_pool(busy_archs)))
-            front_c = np.vstack([front_c, p.cheap_matrix(busy_archs, p.cheap_objectives) * signs])
+            busy_pool = self._make_side_pool(busy_archs)
+            xb = busy_pool.x
+            front_c = np.vstack([front_c, busy_pool.cheap[:, objs] * signs])
             front_y = np.concatenate([front_y, model.predict(xb)])
         ref_c, ref_y = self._references(pool, y_raw)
         ref_y = float(warp(np.array([ref_y]))[0])
@@ -478,14 +537,11 @@ class FrontierSampler(BaseSampler):
         return [pool.keys[idx[s]] for s in chosen]
 
     def _make_side_pool(self, archs: list[Arch]) -> _Pool:
-        """Cheap metrics of archs that may lie outside the pool (paid by another sampler)."""
-        pool = self._pool
-        rows = []
-        for a in archs:
-            k = self.problem.space.key(a)
-            if pool is not None and k in pool.index:
-                rows.append(pool.cheap[pool.index[k]])
-            else:
-                rows.append(self.problem.cheap_matrix([a], self.cheap_names)[0])
-        cheap = np.array(rows).reshape(len(archs), len(self.cheap_names))
-        return _Pool(archs, [], [], cheap, np.ones(len(archs), bool))
+        """Cheap metrics and features of archs that may lie outside the pool (paid earlier, or
+        by another sampler)."""
+        keys = [self.problem.space.key(a) for a in archs]
+        canon, cheap = self._price(archs, keys)
+        pool = _Pool(archs, keys, canon, cheap, np.ones(len(archs), bool))
+        if self._features is not None:
+            self._featurize(pool)
+        return pool
