@@ -403,7 +403,7 @@ def demo_config(**overrides: Any) -> RunConfig:
             "sampler": "frontier",
             "trials": 200,
             "objectives": ["accuracy", "latency"],
-            "budgets": {"latency_ms@pixel3-emulated": 1.0},
+            "budgets": {"latency_ms@pixel3-emulated": 0.35},
         },
         "compress": {
             "top_k": 2,
