@@ -686,8 +686,9 @@ def _litert_converter() -> Any:
         except ImportError:
             continue
     raise ImportError(
-        "LiteRT export is an optional extra: pip install litert-torch (it brings jax and "
-        "transformers, about 1.2 GB); neither litert_torch nor ai_edge_torch is installed"
+        "LiteRT export is an optional extra: pip install 'edge-nas[litert]' (litert-torch; it "
+        "brings jax and transformers, about 1.2 GB); neither litert_torch nor ai_edge_torch "
+        "is installed"
     )
 
 

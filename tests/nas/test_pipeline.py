@@ -79,7 +79,7 @@ def test_small_run_end_to_end_and_resume(tmp_path: Path) -> None:
 def _complete_trials(db: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     try:
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-    except (KeyError, Exception):  # no study yet, or the database is being created
+    except Exception:  # no study yet (KeyError), or the other process is creating the database
         return []
     return study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
 
@@ -99,7 +99,6 @@ def test_nas_run_killed_mid_search_resumes_with_no_lost_trials(tmp_path: Path) -
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     deadline = time.monotonic() + 300
-    before: dict[int, list[float]] = {}
     while time.monotonic() < deadline and first.poll() is None:
         done = _complete_trials(run_dir / "study.db", "killed")
         if len(done) >= 5:
