@@ -261,19 +261,21 @@ class LUT:
                 seen.setdefault(s.key)
         return list(seen)
 
-    def latency_ms(self, specs: Sequence[LayerSpec], stat: str = "median_ms") -> float:
-        """Sum of `stat` over `specs`; raises `MissingKeysError` listing every missing key."""
+    def latency_ms(self, specs: Sequence[LayerSpec], stat: str = "min_ms") -> float:
+        """Sum of `stat` over `specs` (default the headline minimum, as whole networks are
+        measured: `latency_models.measure`); raises `MissingKeysError` listing every missing
+        key."""
         missing = self.missing(specs)
         if missing:
             raise MissingKeysError(missing, self)
         return float(sum(getattr(self.entries[s.key], stat) for s in specs if not is_free(s)))
 
     def per_op_ms(self, specs: Sequence[LayerSpec]) -> dict[str, float]:
-        """Summed median per op kind (features for learned corrections)."""
+        """Summed headline (minimum) per op kind (features for learned corrections)."""
         out: dict[str, float] = {}
         for s in specs:
             if not is_free(s):
-                out[s.op] = out.get(s.op, 0.0) + self[s.key].median_ms
+                out[s.op] = out.get(s.op, 0.0) + self[s.key].min_ms
         return out
 
     def merge(self, other: LUT) -> LUT:

@@ -1,9 +1,14 @@
 """Whole-network measurements kept on disk, so a long validation resumes across sessions.
 
 One CSV per store; each row is one measurement of one arch on one device identity (device,
-runtime, runtime version, threads, dtype) with a repeat index (0 = first measurement, 1 = the
-re-measurement used for test-retest agreement). Rows are appended and flushed one by one; a
-last line cut short by a crash is ignored.
+runtime, runtime version, threads, dtype) with a repeat index. Rows are appended and flushed one
+by one; a last line cut short by a crash is ignored.
+
+The figure a store gives for an arch is the headline of :mod:`latency_models.measure`: the
+minimum over the timed runs. :meth:`ArchMeasurements.measure_passes` measures a list of archs in
+several passes, one arch after the other within a pass, and gives each arch's minimum over the
+passes: a stretch of contention then hits one pass of an arch, not all of them. Stores written
+before the ``min_ms`` column existed still load; their rows give the median, as they did then.
 """
 
 from __future__ import annotations
@@ -38,11 +43,14 @@ COLUMNS: tuple[str, ...] = (
     "p10_ms",
     "p90_ms",
     "std_ms",
+    "min_ms",
     "count",
     "converged",
     "arch_json",
     "measured_at",
 )
+_COLUMNS_BEFORE_MIN = tuple(c for c in COLUMNS if c != "min_ms")
+"""The header of stores written before ``min_ms`` existed (still readable)."""
 
 
 class ArchMeasurements:
@@ -51,6 +59,7 @@ class ArchMeasurements:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._rows: dict[tuple[str, ...], dict[str, str]] = {}
+        self._header: tuple[str, ...] = COLUMNS
         if self.path.exists():
             self._load()
 
@@ -69,17 +78,18 @@ class ArchMeasurements:
                 f.truncate(len(text.encode()) - len(text.rsplit("\n", 1)[-1].encode()))
         reader = csv.reader([ln for ln in lines if ln])
         header = next(reader, None)
-        if header != list(COLUMNS):
+        if header not in (list(COLUMNS), list(_COLUMNS_BEFORE_MIN)):
             raise ValueError(
                 f"{self.path} is not an arch-measurement store: its header must be "
                 f"{','.join(COLUMNS)}; got {header}"
             )
+        self._header = tuple(header)
         for number, row in enumerate(reader, start=2):
-            if len(row) != len(COLUMNS):
+            if len(row) != len(self._header):
                 raise ValueError(
-                    f"{self.path}, line {number}: {len(row)} fields, expected {len(COLUMNS)}"
+                    f"{self.path}, line {number}: {len(row)} fields, expected {len(self._header)}"
                 )
-            r = dict(zip(COLUMNS, row, strict=True))
+            r = dict(zip(self._header, row, strict=True))
             self._rows[self._key_of(r)] = r
 
     @staticmethod
@@ -106,9 +116,12 @@ class ArchMeasurements:
         dtype: str,
         repeat: int = 0,
     ) -> float | None:
+        """The stored headline (minimum, ms) of one measurement, or ``None`` if not measured."""
         key = (*self._ident(device, dtype), space.name, space.key(arch), str(repeat))
         row = self._rows.get(key)
-        return float(row["median_ms"]) if row is not None else None
+        if row is None:
+            return None
+        return float(row.get("min_ms") or row["median_ms"])
 
     def add(
         self,
@@ -133,18 +146,22 @@ class ArchMeasurements:
             "p10_ms": repr(m.p10_ms),
             "p90_ms": repr(m.p90_ms),
             "std_ms": repr(m.std_ms),
+            "min_ms": repr(m.min_ms),
             "count": str(m.count),
             "converged": str(int(m.converged)),
             "arch_json": json.dumps(dict(space.validate(arch)), sort_keys=True),
             "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         new = not self.path.exists()
+        if new:
+            self._header = COLUMNS
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             if new:
                 writer.writerow(COLUMNS)
-            writer.writerow([r[c] for c in COLUMNS])
+            # an old store keeps its own columns, so every line of one file has one shape
+            writer.writerow([r[c] for c in self._header])
             f.flush()
             os.fsync(f.fileno())
         self._rows[self._key_of(r)] = r
@@ -158,7 +175,8 @@ class ArchMeasurements:
         repeat: int = 0,
         progress: bool = False,
     ) -> list[float]:
-        """Median latency (ms) of each arch: from the store, or measured now and stored."""
+        """Latency (ms, the headline minimum) of each arch: from the store, or measured now and
+        stored."""
         out: list[float] = []
         iterator: Any = archs
         if progress:
@@ -170,6 +188,27 @@ class ArchMeasurements:
             if value is None:
                 m = device.measure_arch(space, a, dtype)
                 self.add(device, space, a, dtype, m, repeat)
-                value = m.median_ms
+                value = m.latency_ms
             out.append(value)
         return out
+
+    def measure_passes(
+        self,
+        device: Device,
+        space: SearchSpace,
+        archs: Sequence[Mapping[str, Any]],
+        dtype: str,
+        repeats: Sequence[int],
+        progress: bool = False,
+    ) -> list[float]:
+        """Each arch's minimum over the passes ``repeats`` (repeat indices of the store).
+
+        Pass after pass, every arch once per pass (module docstring): measured now where the
+        store lacks a pass, so an interrupted call resumes at the measurement it stopped in.
+        """
+        if not repeats:
+            raise ValueError("measure_passes needs at least one repeat index")
+        if len(set(repeats)) != len(repeats) or any(r < 0 for r in repeats):
+            raise ValueError(f"repeat indices must be distinct ints >= 0; got {list(repeats)}")
+        per_pass = [self.measure(device, space, archs, dtype, r, progress) for r in repeats]
+        return [min(values) for values in zip(*per_pass, strict=True)]

@@ -245,7 +245,7 @@ class LUTCorrected(LUTSum):
         per_kind = dict.fromkeys(_CORRECTION_KINDS, 0.0)
         for s in specs:
             kinds = [op_kind(leaf) for leaf in leaf_specs(s)]
-            share = self.lut[s.key].median_ms / len(kinds)
+            share = self.lut[s.key].min_ms / len(kinds)
             for k in kinds:
                 per_kind[k] += share
         return np.array([1.0, total, *per_kind.values(), float(len(specs))])

@@ -177,7 +177,7 @@ def validate(
                 "device (checking an emulator against itself proves nothing): pass a real "
                 "runtime, a table device or measured latencies"
             )
-        y = np.array([measured.measure_arch(space, a, dtype).median_ms for a in archs])
+        y = np.array([measured.measure_arch(space, a, dtype).latency_ms for a in archs])
         source = measured.name
     else:
         y = np.asarray(measured, dtype=np.float64)

@@ -192,12 +192,13 @@ def stage_latency(state: RunState, progress: bool) -> None:
 def _measured_networks(
     space: SearchSpace, device: Any, dtype: str, archs: Sequence[Arch], cache: Path
 ) -> dict[str, float]:
-    """Whole-network medians (ms), cached per arch key so a killed run re-measures nothing."""
+    """Whole-network latencies (ms, the headline minimum of `latency_models.measure`), cached
+    per arch key so a killed run re-measures nothing."""
     done: dict[str, float] = json.loads(cache.read_text()) if cache.exists() else {}
     for a in archs:
         key = space.key(a)
         if key not in done:
-            done[key] = float(device.measure_arch(space, a, dtype).median_ms)
+            done[key] = float(device.measure_arch(space, a, dtype).latency_ms)
             cache.write_text(json.dumps(done, indent=0))
     return done
 
@@ -282,7 +283,7 @@ def stage_winners(state: RunState, progress: bool) -> None:
             out[f"predicted_ms@{label}"] = float(model.predict_arch(state.space, arch))
             dev = state.devices[label]
             out[f"measured_ms@{label}"] = float(
-                dev.measure_arch(state.space, arch, model.dtype).median_ms
+                dev.measure_arch(state.space, arch, model.dtype).latency_ms
             )
         rows.append(out)
     state.winners = pd.DataFrame(rows)

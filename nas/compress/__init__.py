@@ -40,7 +40,7 @@ from nas.compress.export import (
     export_pte,
     export_tflite,
     lower_to_pte,
-    median_latency_ms,
+    min_latency_ms,
     open_runner,
     quantize_onnx_static,
 )
@@ -77,7 +77,7 @@ __all__ = [
     "load_quantized",
     "lower_to_pte",
     "macs_params",
-    "median_latency_ms",
+    "min_latency_ms",
     "open_runner",
     "parse_arch_key",
     "predicted_latency_ms",

@@ -51,7 +51,7 @@ from nas.compress.export import (
     export_onnx,
     export_pte,
     export_tflite,
-    median_latency_ms,
+    min_latency_ms,
     open_runner,
     quantize_onnx_static,
     set_executorch_threads,
@@ -107,7 +107,7 @@ class LatencyDevice(Protocol):
         dtype: str = ...,
         calibration: torch.Tensor | None = ...,
     ) -> Any:
-        """A measurement with ``median_ms`` (or a number of ms)."""
+        """A measurement with ``latency_ms`` (or a number of ms)."""
         ...
 
 
@@ -120,7 +120,7 @@ class ExportConfig:
     last fp32 and the last int8 model. ``ort_int8`` adds ONNX Runtime's static int8 of each fp32
     model exported. Parity runs over ``parity_images`` test images (None: all); artifacts are
     timed in their runtime with ``threads`` threads, for at least ``timing_s`` seconds and 200
-    runs after 10 warm-up runs (the median of thousands of runs of a sub-millisecond model).
+    runs after 10 warm-up runs (the fastest of thousands of runs of a sub-millisecond model).
     """
 
     formats: tuple[str, ...] = ("pte", "onnx")
@@ -232,7 +232,8 @@ class ReportRow:
     ``accuracy`` is top-1 on the test set (a fraction), in PyTorch for models and in the runtime
     for artifacts. ``size_bytes`` is the file on disk (checkpoint or artifact); ``weights_bytes``
     the weights as deployed (fp32: 4 bytes a parameter; int8: the converted model's tensors).
-    ``latency_ms`` holds measured medians per device (models) or per runtime (artifacts, key
+    ``latency_ms`` holds measured latencies (the headline minimum of
+    ``latency_models.measure``) per device (models) or per runtime (artifacts, key
     the registry device of the runtime, ``xnnpack-1t`` or
     ``ort-cpu-1t``); ``speedup`` compares with the step's input on the same device.
     """
@@ -281,13 +282,14 @@ class ChainResult:
 # -- latency ----------------------------------------------------------------------------------
 
 
-def _median_ms(result: Any) -> float:
+def _latency_ms(result: Any) -> float:
     if isinstance(result, (int, float)):
         return float(result)
-    value = getattr(result, "median_ms", None)
+    value = getattr(result, "latency_ms", None)
     if value is None:
         raise TypeError(
-            f"a device's measure_module must return a number of ms or an object with median_ms; "
+            f"a device's measure_module must return a number of ms or an object with latency_ms "
+            f"(a latency_models.measure.Measurement); "
             f"got {type(result).__name__}"
         )
     return float(value)
@@ -494,7 +496,7 @@ class _Chain:
                     dtype,
                     self.calibration[:64] if dtype == "int8" else None,
                 )
-                out[name] = _median_ms(result)
+                out[name] = _latency_ms(result)
             except Exception as err:  # a runtime failing on one model must not stop the chain
                 log.warning(
                     "device %s could not time %s (%s: %s)", name, dtype, type(err).__name__, err
@@ -1005,8 +1007,8 @@ def run_chain(
             the ``student`` callable when one is given, no teacher otherwise) or None.
         devices: real or emulated devices; every model is timed on each (``measure_module``).
         latency_predictor: see :func:`predicted_latency_ms`; required for a latency budget.
-        timer: ``runner -> median ms`` for artifacts (default :func:`median_latency_ms`; pass
-            ``lambda fn: latency_models.measure.measure(fn).median_ms`` for the full protocol).
+        timer: ``runner -> ms`` for artifacts (default :func:`min_latency_ms`; pass
+            ``lambda fn: latency_models.measure.measure(fn).latency_ms`` for the full protocol).
         build: ``() -> nn.Module`` of the plain architecture, used to load checkpoints (default
             ``space.build(arch)``).
         restart_from: rerun this step and every later one even if finished.
@@ -1039,9 +1041,7 @@ def run_chain(
         devices,
         latency_predictor,
         timer
-        or functools.partial(
-            median_latency_ms, warmup=10, min_runs=200, max_s=config.export.timing_s
-        ),
+        or functools.partial(min_latency_ms, warmup=10, min_runs=200, max_s=config.export.timing_s),
         seed,
     )
 

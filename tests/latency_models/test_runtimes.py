@@ -81,9 +81,9 @@ def test_protocol_converges_on_a_steady_workload() -> None:
     )  # fmt: skip
 
 
-def test_protocol_hits_the_run_cap_when_the_median_keeps_moving() -> None:
+def test_protocol_hits_the_run_cap_when_the_minimum_keeps_falling() -> None:
     clock = FakeClock()
-    drifting = clock.workload(lambda i: 1.0 + 0.05 * i)  # never settles
+    drifting = clock.workload(lambda i: 10.0 - 0.05 * i)  # every run faster: never settles
     proto = Protocol(warmup_runs=0, warmup_s=0.0, rel_tol=1e-6, max_runs=120, max_s=1e6)
     m = measure(drifting, proto, clock=clock)
     assert not m.converged
@@ -93,13 +93,33 @@ def test_protocol_hits_the_run_cap_when_the_median_keeps_moving() -> None:
 
 def test_protocol_hits_the_time_cap() -> None:
     clock = FakeClock()
-    slow = clock.workload(lambda i: 10.0 + i)  # 10, 11, 12, ... ms: the median keeps rising
+    slow = clock.workload(lambda i: 30.0 - i)  # 30, 29, 28, ... ms: the minimum keeps falling
     proto = Protocol(warmup_runs=1, warmup_s=0.0, round_s=0.0, min_round_runs=5, rel_tol=1e-9,
                      max_runs=10_000, max_s=0.2)  # fmt: skip
     m = measure(slow, proto, clock=clock)
-    # Rounds of 5: 65 ms, then 155 ms, then 270 ms >= 200 ms of timing -> stop after 3 rounds.
+    # Rounds of 5 after the 30 ms warm-up: 135 ms, then 110 ms: 245 ms >= 200 ms of timing.
     assert not m.converged
-    assert (m.count, m.rounds, m.warmup) == (15, 3, 1)
+    assert (m.count, m.rounds, m.warmup) == (10, 2, 1)
+
+
+def test_protocol_converges_on_the_minimum_while_contention_moves_the_median() -> None:
+    clock = FakeClock()
+    # A quiet 1 ms run every fourth run, the rest slowed by a neighbour more and more: the
+    # median drifts for ever, the uncontended cost (the headline) is there from the start.
+    noisy = clock.workload(lambda i: 1.0 if i % 4 == 0 else 2.0 + 0.01 * i)
+    m = measure(noisy, Protocol(warmup_s=0.0), clock=clock)
+    assert m.converged and m.rounds == 3
+    assert m.latency_ms == m.min_ms == pytest.approx(1.0)
+    assert m.median_ms > 2.0
+
+
+def test_protocol_times_for_at_least_min_s() -> None:
+    clock = FakeClock()
+    m = measure(clock.workload(lambda i: 1.0), Protocol(warmup_s=0.0, min_s=0.5), clock=clock)
+    assert m.converged
+    assert m.count * 1.0 >= 500  # 1 ms runs for at least half a second
+    with pytest.raises(ValueError, match="min_s <= max_s"):
+        Protocol(min_s=5.0, max_s=1.0)
 
 
 def test_protocol_warmup_honours_both_minimums() -> None:

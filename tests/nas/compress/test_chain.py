@@ -36,7 +36,7 @@ STEPS = ("distill", "prune", "ptq", "export")
 
 @dataclass
 class _Measured:
-    median_ms: float
+    latency_ms: float
 
 
 class _MacsDevice:

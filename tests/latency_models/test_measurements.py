@@ -1,0 +1,87 @@
+"""The whole-network measurement store: headline figure, interleaved passes, resume, old files."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import latency_models as lm
+from latency_models.measure import Measurement
+from latency_models.measurements import _COLUMNS_BEFORE_MIN, COLUMNS, ArchMeasurements
+from nas.space import SearchSpace
+from search_spaces import get_space
+
+
+class _Contended(lm.EmulatedDevice):
+    """The emulated Pixel 3 with a neighbour: every other call is twice as slow (median and
+    minimum both), and it counts its calls."""
+
+    def __init__(self) -> None:
+        base = lm.get_device("pixel3-emulated")
+        assert isinstance(base, lm.EmulatedDevice)
+        super().__init__(base.profile, base.params, name="contended")
+        self.calls = 0
+
+    def measure_arch(
+        self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
+    ) -> Measurement:
+        m = super().measure_arch(space, arch, dtype)
+        slow = 2.0 if self.calls % 2 else 1.0
+        self.calls += 1
+        return dataclasses.replace(m, median_ms=m.median_ms * slow * 1.5, min_ms=m.min_ms * slow)
+
+
+def test_passes_give_the_minimum_over_passes_measured_in_turn(tmp_path: Path) -> None:
+    space = get_space("tiny")
+    archs = [space.sample(i) for i in range(3)]
+    device = _Contended()
+    truth = [device.arch_ms(space, a) for a in archs]
+    store = ArchMeasurements(tmp_path / "m.csv")
+    # calls 0..5: pass 0 gets calls 0, 1, 2 and pass 1 calls 3, 4, 5, so every arch is slowed
+    # in exactly one pass and the minimum over both is its quiet figure
+    got = store.measure_passes(device, space, archs, "fp32", [0, 1])
+    assert got == pytest.approx(truth)
+    assert device.calls == 6
+    # the headline is the minimum, not the median
+    assert store.get(device, space, archs[0], "fp32", 0) == pytest.approx(truth[0])
+    # a new store on the same file resumes: nothing is measured again
+    again = ArchMeasurements(tmp_path / "m.csv")
+    assert again.measure_passes(device, space, archs, "fp32", [0, 1]) == pytest.approx(truth)
+    assert device.calls == 6
+    with pytest.raises(ValueError, match="distinct ints >= 0"):
+        store.measure_passes(device, space, archs, "fp32", [1, 1])
+
+
+def test_a_store_written_before_min_ms_still_loads_and_grows(tmp_path: Path) -> None:
+    space = get_space("tiny")
+    arch = space.sample(0)
+    device = lm.get_device("pixel3-emulated")
+    new = ArchMeasurements(tmp_path / "new.csv")
+    new.measure(device, space, [arch], "fp32")
+    header, row = (tmp_path / "new.csv").read_text().splitlines()
+    assert header.split(",") == list(COLUMNS)
+    # the same row as an old store wrote it: no min_ms column
+    cells = dict(zip(COLUMNS, next(csv.reader([row])), strict=True))
+    old_path = tmp_path / "old.csv"
+    with old_path.open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(_COLUMNS_BEFORE_MIN)
+        w.writerow([cells[c] for c in _COLUMNS_BEFORE_MIN])
+    old = ArchMeasurements(old_path)
+    assert old.get(device, space, arch, "fp32") == pytest.approx(float(cells["median_ms"]))
+    old.measure(device, space, [space.sample(1)], "fp32")  # appended in the old shape
+    lines = old_path.read_text().splitlines()
+    assert len(lines) == 3 and all(len(ln.split(",")) >= len(_COLUMNS_BEFORE_MIN) for ln in lines)
+    assert len(ArchMeasurements(old_path)) == 2
+
+
+def test_a_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("arch,latency\nx,1.0\n")
+    with pytest.raises(ValueError, match="not an arch-measurement store"):
+        ArchMeasurements(path)
