@@ -1,8 +1,10 @@
 """What compression buys on the real artifacts: fp32 -> pruned (-40 % MACs) -> int8 (QAT), PTQ beside.
 
 One run of :func:`nas.compress.run_chain` on the embedded digits (test set 2,250 images) for the
-largest-MACs `tiny` arch (every dimension at its largest value; until a search picks a winner),
-trained from scratch first ("distill" without a teacher), then pruned by 40 % of its MACs with
+best feasible arch of a `tiny` search: with ``--run RUN`` (a run folder made by ``nas demo``) the
+run's first winner, taken from its supernet and distilled from the supernet's largest subnet, as
+``nas compress`` does; without it the largest-MACs `tiny` arch, trained from scratch ("distill"
+without a teacher). Then pruned by 40 % of its MACs with
 KD fine-tuning from the unpruned model, then quantized to int8 both ways (PTQ with calibration,
 QAT with KD from the pruned fp32 model), then exported: ExecuTorch ``.pte`` (XNNPACK) and ONNX
 for every model, plus ONNX Runtime's own static int8 of each fp32 model. Every artifact runs on
@@ -10,7 +12,13 @@ the whole test set in its runtime (top-1 agreement and largest logit difference 
 model it came from) and is timed there with the project's measurement protocol
 (``latency_models.measure``), 1 thread, batch 1.
 
-    python benchmarks/compress.py --out runs/bench/compress [--quick]
+Where the bytes go (:mod:`nas.compress.sizes`): every int8 artifact's tensor data against the
+format's structure, and the int8/fp32 ratio of both formats over networks of growing size
+(the chain's model, the largest `tiny` arch, a `mobilenetv3` subnet): PTQ with per-channel and
+per-tensor weight scales; sizes do not depend on training, so these models keep their seeded
+initialisation.
+
+    python benchmarks/compress.py --out runs/bench/compress [--run runs/demo] [--quick]
 
 Timings share a 2-core CPU with whatever else runs; the load average is recorded beside them.
 """
@@ -46,6 +54,7 @@ from nas.compress import (
     largest_arch,
     run_chain,
 )
+from nas.compress.export import has_vnni
 from nas.data import ImageDataset, load_embedded_digits
 from search_spaces.tiny import TinySpace
 
@@ -77,23 +86,24 @@ def _subset(data: ImageDataset, n_train: int, n_test: int | None) -> ImageDatase
     )
 
 
-def _config(quick: bool, epochs: float) -> ChainConfig:
+def _config(quick: bool, epochs: float, distill_lr: float, weight_bits: int) -> ChainConfig:
     kd = KDConfig(alpha=0.7, temperature=4.0)
     if quick:
         short = TrainConfig(epochs=0.25, lr=0.01)
         return ChainConfig(
-            distill=TrainConfig(epochs=epochs, lr=0.1),
+            distill=TrainConfig(epochs=epochs, lr=distill_lr),
             kd=kd,
             prune=PruneConfig(macs_reduction=0.4, rounds=1, finetune=short, final_finetune=short),
             ptq_images=128,
             qat=QATConfig(
                 train=TrainConfig(epochs=0.25, lr=5e-4, warmup_fraction=0.0),
                 calibration_images=128,
+                weight_bits=weight_bits,
             ),
             export=ExportConfig(formats=("pte", "onnx"), calibration_images=64),
         )
     return ChainConfig(
-        distill=TrainConfig(epochs=epochs, lr=0.1),
+        distill=TrainConfig(epochs=epochs, lr=distill_lr),
         kd=kd,
         prune=PruneConfig(
             macs_reduction=0.4,
@@ -109,6 +119,7 @@ def _config(quick: bool, epochs: float) -> ChainConfig:
             freeze_observers_at=0.5,
             freeze_bn_at=0.0,  # the fp32 model's statistics: see QATConfig
             calibration_images=512,
+            weight_bits=weight_bits,
         ),
         export=ExportConfig(formats=("pte", "onnx"), calibration_images=256),
     )
@@ -247,6 +258,105 @@ def _table(models: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _winner(run: Path) -> tuple[Any, dict[str, Any], Any, Any, str]:
+    """(space, arch, data, supernet, why) of a run folder's first winner (``winners.csv``: the
+    best feasible archs by accuracy, best first)."""
+    import csv
+
+    import search_spaces
+    from nas.config import load_config
+    from nas.data import load_dataset
+    from nas.train import load_supernet
+
+    winners = run / "winners.csv"
+    if not winners.exists():
+        raise SystemExit(f"{winners} not found: --run needs a run folder whose search finished")
+    with winners.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise SystemExit(f"{winners} lists no winner (no feasible arch?)")
+    config = load_config(run / "config.yaml")
+    space = search_spaces.get_space(config.space.name, **config.space.args)
+    arch = dict(space.from_key(rows[0]["arch_key"]))
+    data = load_dataset(config.data.name, **config.data.args)
+    supernet = load_supernet(space, run / "supernet").eval()
+    return space, arch, data, supernet, f"first winner of {run} (best feasible by accuracy)"
+
+
+def _size_models(chain_model: torch.nn.Module | None, quick: bool) -> list[tuple[str, Any, Any]]:
+    """(label, fp32 module, input shape C x H x W) of growing size, seeded initialisation."""
+    import search_spaces
+
+    out: list[tuple[str, Any, Any]] = []
+    if chain_model is not None:
+        out.append(("chain's pruned fp32 model", chain_model, (3, 32, 32)))
+    tiny = TinySpace()
+    big = largest_arch(tiny)
+    torch.manual_seed(0)
+    out.append(("largest tiny arch", tiny.build(big), tuple(tiny.input_shape(big))))
+    if not quick:
+        mbv3 = search_spaces.get_space("mobilenetv3")
+        arch = mbv3.sample(0)
+        torch.manual_seed(0)
+        out.append(
+            (f"mobilenetv3 `{mbv3.key(arch)}`", mbv3.build(arch), tuple(mbv3.input_shape(arch)))
+        )
+    return out
+
+
+def size_scaling(out: Path, chain_model: torch.nn.Module | None, quick: bool) -> list[dict]:
+    """int8/fp32 file and tensor ratios per format over models of growing size."""
+    from nas.compress import artifact_contents, convert, export_onnx, export_pte, ptq
+
+    rows = []
+    d = out / "sizes"
+    d.mkdir(parents=True, exist_ok=True)
+    for i, (label, model, shape) in enumerate(_size_models(chain_model, quick)):
+        model = model.eval()
+        example = torch.zeros(1, *shape)
+        calibration = torch.randn(32, *shape, generator=torch.Generator().manual_seed(0))
+        fp32 = {
+            "pte": artifact_contents(export_pte(model, example, d / f"{i}-fp32.pte")),
+            "onnx": artifact_contents(export_onnx(model, example, d / f"{i}-fp32.onnx")),
+        }
+        params = sum(p.numel() for p in model.parameters())
+        for per_channel in (True, False):
+            q = convert(ptq(model, calibration, shape, n_images=32, per_channel=per_channel))
+            tag = "per-channel" if per_channel else "per-tensor"
+            for fmt, export in (("pte", export_pte), ("onnx", export_onnx)):
+                c = artifact_contents(export(q, example, d / f"{i}-int8-{tag}.{fmt}"))
+                rows.append(
+                    {
+                        "model": label,
+                        "params": params,
+                        "weights": tag,
+                        "format": fmt,
+                        "fp32": fp32[fmt].to_dict(),
+                        "int8": c.to_dict(),
+                        "ratio_file": c.file_bytes / fp32[fmt].file_bytes,
+                        "ratio_tensors": c.tensor_bytes / fp32[fmt].tensor_bytes,
+                    }
+                )
+    return rows
+
+
+def _size_table(rows: list[dict]) -> str:
+    head = (
+        "| model | params | weight scales | format | fp32 bytes | int8 bytes | int8 / fp32 file | "
+        "int8 / fp32 tensor data | int8 scales bytes | int8 structure bytes | fp32 structure "
+        "bytes |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['params']:,} | {r['weights']} | {r['format']} | "
+            f"{r['fp32']['file_bytes']:,} | {r['int8']['file_bytes']:,} | {r['ratio_file']:.3f} | "
+            f"{r['ratio_tensors']:.3f} | {r['int8']['scale_bytes']:,} | "
+            f"{r['int8']['structure_bytes']:,} | {r['fp32']['structure_bytes']:,} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
@@ -259,7 +369,18 @@ def main() -> None:
         "--epochs",
         type=float,
         default=None,
-        help="training epochs from scratch (default 8; 3 with --quick)",
+        help="training epochs (default 8 from scratch, 3 with --run or --quick)",
+    )
+    parser.add_argument(
+        "--weight-bits",
+        type=int,
+        choices=(7, 8),
+        help="int8 weight range (default 8, or 7 on an x86 CPU without VNNI, where ONNX "
+        "Runtime's int8 kernels saturate with full-range weights)",
+    )
+    parser.add_argument("--no-sizes", action="store_true", help="skip the size-scaling table")
+    parser.add_argument(
+        "--run", type=Path, help="a run folder made by `nas demo`: compress its first winner"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
@@ -271,11 +392,22 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    epochs = args.epochs if args.epochs is not None else (3.0 if args.quick else 8.0)
+    epochs = args.epochs
+    if epochs is None:
+        epochs = 3.0 if args.quick or args.run is not None else 8.0
+    weight_bits = args.weight_bits or (8 if has_vnni() else 7)
 
-    space = TinySpace()
-    arch = largest_arch(space)
-    data = load_embedded_digits()
+    student: Any = None
+    teacher: Any = None
+    space: Any
+    if args.run is not None:
+        space, arch, data, supernet, arch_choice = _winner(args.run)
+        student, teacher = supernet.export, "largest"
+    else:
+        space = TinySpace()
+        arch = largest_arch(space)
+        data = load_embedded_digits()
+        arch_choice = "largest arch of `tiny` (every dimension at its largest value = largest MACs)"
     if args.quick:
         data = _subset(data, 2048, 500)
     protocol = Protocol(max_s=0.5, min_rounds=2) if args.quick else DEFAULT_PROTOCOL
@@ -300,10 +432,12 @@ def main() -> None:
         space=space,
         data=data,
         steps=("distill", "prune", "ptq", "qat", "export"),
-        config=_config(args.quick, epochs),
+        config=_config(args.quick, epochs, 0.02 if student else 0.1, weight_bits),
         devices=[real_device("torch-cpu")],
         timer=timer,
         seed=args.seed,
+        student=student,
+        teacher=teacher,
     )
     seconds = time.perf_counter() - t0
     rows = [r.to_dict() for r in result.rows]
@@ -311,14 +445,18 @@ def main() -> None:
         log.warning("every step was resumed: artifact timings come from the earlier run")
     models = _summary(rows, timings)
     targets = _targets(models)
+    sizes = [] if args.no_sizes else size_scaling(args.out, result.models.get("prune"), args.quick)
     results = {
         "benchmark": "compress",
         "commit": _commit(),
         "quick": args.quick,
         "space": space.name,
         "arch_key": space.key(arch),
-        "arch_choice": "largest arch of `tiny` (every dimension at its largest value = largest MACs)",
-        "train_epochs_from_scratch": epochs,
+        "arch_choice": arch_choice,
+        "train_epochs": epochs,
+        "from_supernet": student is not None,
+        "weight_bits": weight_bits,
+        "host_has_vnni": has_vnni(),
         "test_images": len(data.test),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -331,6 +469,7 @@ def main() -> None:
         "models": models,
         "chain_rows": rows,
         "chain_dir": str(result.directory),
+        "sizes": sizes,
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     met = "\n".join(
@@ -338,12 +477,18 @@ def main() -> None:
     )
     table = (
         f"# Compression benchmark ({'quick' if args.quick else 'full'})\n\n"
-        f"commit {results['commit']}; tiny arch `{space.key(arch)}`; {len(data.test)} test "
-        f"images; {epochs:g} epochs from scratch; load average {load_before[0]:.1f} before, "
-        f"{os.getloadavg()[0]:.1f} after (2 shared cores: timings are noisy); {seconds:.0f} s.\n\n"
+        f"commit {results['commit']}; {arch_choice}: `{space.key(arch)}`; {len(data.test)} "
+        f"test images; {epochs:g} epochs {'of KD from the supernet' if student else 'from scratch'}"
+        f"; {weight_bits}-bit int8 weights (host VNNI: {has_vnni()}); load average "
+        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; {seconds:.0f} s.\n\n"
         f"{_table(models)}\nTargets:\n{met}\n\n"
         f"Chain report: {result.report_path}\n"
     )
+    if sizes:
+        table += (
+            "\n## Where the int8 bytes go, over model size (PTQ, seeded initialisation)\n\n"
+            + _size_table(sizes)
+        )
     (args.out / "table.md").write_text(table)
     print(table)
 

@@ -46,10 +46,12 @@ from nas.compress.export import (
 )
 from nas.compress.prune import PruneConfig, PruneResult, macs_params, prune_channels, prune_model
 from nas.compress.qat import QATConfig, convert, load_quantized, ptq, save_quantized, train_qat
+from nas.compress.sizes import ArtifactContents, artifact_contents
 
 __all__ = [
     "DEFAULT_STEPS",
     "STEPS",
+    "ArtifactContents",
     "ChainConfig",
     "ChainResult",
     "CheckpointError",
@@ -62,6 +64,7 @@ __all__ = [
     "QATConfig",
     "ReportRow",
     "TrainConfig",
+    "artifact_contents",
     "chain_dir",
     "check_parity",
     "convert",

@@ -51,6 +51,7 @@ from nas.compress.export import (
     export_onnx,
     export_pte,
     export_tflite,
+    has_vnni,
     min_latency_ms,
     open_runner,
     quantize_onnx_static,
@@ -66,6 +67,7 @@ from nas.compress.qat import (
     save_quantized,
     train_qat,
 )
+from nas.compress.sizes import artifact_contents
 from nas.layers import trace_layer_specs
 from nas.train import recalibrate_bn
 
@@ -157,6 +159,9 @@ class ExportConfig:
 @dataclass(frozen=True)
 class ChainConfig:
     """Settings of every step. ``to_dict`` / ``from_dict`` round-trip through JSON.
+
+    PTQ quantizes with QAT's weight scheme (``qat.per_channel``, ``qat.weight_bits``), so the
+    two int8 rows differ only in training.
 
     ``bn_calibration_images``: a subnet taken from a supernet (the student and the teacher when
     they come from an ``arch -> nn.Module`` callable) has its batch-norm statistics re-estimated
@@ -631,6 +636,8 @@ class _Chain:
             self.data.train.tensors[0],
             self.shape,
             n_images=self.cfg.ptq_images,
+            per_channel=self.cfg.qat.per_channel,
+            weight_bits=self.cfg.qat.weight_bits,
             seed=self.seed,
         )
         path = save_quantized(
@@ -639,6 +646,8 @@ class _Chain:
             src,
             self.shape,
             kind="ptq",
+            per_channel=self.cfg.qat.per_channel,
+            weight_bits=self.cfg.qat.weight_bits,
             info={"step": "ptq", "source": src_name, "arch": self.arch},
         )
         converted = convert(prepared)
@@ -664,6 +673,8 @@ class _Chain:
             src,
             self.shape,
             kind="qat",
+            per_channel=self.cfg.qat.per_channel,
+            weight_bits=self.cfg.qat.weight_bits,
             info={
                 "step": "qat",
                 "source": src_name,
@@ -824,7 +835,8 @@ class _Chain:
                         max_abs_logit_diff=parity.max_abs_logit_diff,
                         source=source,
                         file=path.name,
-                        notes=f"{parity.n_images} test images; built in {export_s:.1f} s",
+                        notes=f"{parity.n_images} test images; built in {export_s:.1f} s"
+                        + self._saturation_note(fmt, dtype_label, parity.top1_agreement),
                     )
                 )
                 log.info(
@@ -838,8 +850,23 @@ class _Chain:
         finally:
             if threads_before is not None:
                 set_executorch_threads(threads_before)
-        _size_ratios(rows, {k: v[2] for k, v in self.int8.items()})
+        _size_ratios(rows, {k: v[2] for k, v in self.int8.items()}, d)
         return rows
+
+    def _saturation_note(self, fmt: str, dtype_label: str, agreement: float) -> str:
+        """Why an int8 ONNX artifact may disagree with its model on this host, and the cure."""
+        if (
+            fmt != "onnx"
+            or not dtype_label.startswith("int8")
+            or agreement >= 0.99
+            or self.cfg.qat.weight_bits != 8
+            or has_vnni()
+        ):
+            return ""
+        return (
+            "; this CPU lacks VNNI, where ONNX Runtime's int8 kernels saturate with full-range "
+            "weights: qat.weight_bits=7 avoids it"
+        )
 
 
 _RUNTIME_DEVICES = {"executorch-xnnpack": "xnnpack", "onnxruntime": "ort-cpu"}
@@ -867,16 +894,31 @@ def _speedups(
     }
 
 
-def _size_ratios(rows: list[ReportRow], int8_sources: Mapping[str, str]) -> None:
+def _size_ratios(rows: list[ReportRow], int8_sources: Mapping[str, str], directory: Path) -> None:
     """Note each int8 artifact's size as a share of the fp32 artifact, in the same format, of
-    the fp32 model it was quantized from."""
-    fp32 = {(r.source, r.format): r.size_bytes for r in rows if r.dtype == "fp32"}
+    the fp32 model it was quantized from: the whole file, and its tensor data alone (what an
+    int8 encoding saves before the format's structure and the 32-bit biases and scales it
+    keeps: :mod:`nas.compress.sizes`)."""
+    fp32 = {(r.source, r.format): r for r in rows if r.dtype == "fp32"}
     for r in rows:
         if r.dtype != "int8" or r.size_bytes is None:
             continue
         ref = fp32.get((int8_sources.get(r.source, r.source), r.format))
-        if ref:
-            r.notes += f"; {r.size_bytes / ref:.2f}x the fp32 {r.format} file"
+        if ref is None or not ref.size_bytes:
+            continue
+        r.notes += f"; {r.size_bytes / ref.size_bytes:.2f}x the fp32 {r.format} file"
+        if r.format in ("pte", "onnx") and r.file and ref.file:
+            try:
+                mine = artifact_contents(directory / r.file)
+                theirs = artifact_contents(directory / ref.file)
+            except (ImportError, ValueError, OSError) as err:
+                log.debug("no size breakdown for %s: %s", r.file, err)
+                continue
+            r.notes += (
+                f" (tensor data {mine.ratio_to(theirs)['tensors']:.2f}x, of which scales "
+                f"{mine.scale_bytes:,} B; structure {mine.structure_bytes:,} B vs "
+                f"{theirs.structure_bytes:,} B)"
+            )
 
 
 # -- persistence ------------------------------------------------------------------------------
@@ -1164,7 +1206,11 @@ def _step_config(step: str, config: ChainConfig, teacher_fp: str, chain: _Chain)
             "predictor": type(chain.predictor).__name__ if chain.predictor is not None else None,
         }
     if step == "ptq":
-        return {"images": config.ptq_images}
+        return {
+            "images": config.ptq_images,
+            "per_channel": config.qat.per_channel,
+            "weight_bits": config.qat.weight_bits,
+        }
     if step == "qat":
         return config.qat.to_dict()
     return {

@@ -187,9 +187,28 @@ def _only_present_convs(helper: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def xnnpack_quantizer(*, is_qat: bool, per_channel: bool = True) -> Any:
-    """ExecuTorch's XNNPACK quantizer: symmetric int8 weights (per channel by default), int8
-    per-tensor activations; ``is_qat`` gives fake-quantize modules instead of observers."""
+WEIGHT_BITS = (7, 8)
+"""Weight ranges: 8 is int8's symmetric [-127, 127]; 7 keeps weights in [-63, 63], still
+stored as int8. x86 CPUs without VNNI multiply int8 pairs into 16-bit sums that saturate
+with full-range weights (ONNX Runtime's int8 kernels there lost 6 % top-1 agreement with
+PyTorch on a small QAT model); 7-bit weights cannot saturate. Phones' int8 paths do not
+saturate: keep 8 unless an artifact runs on such an x86 CPU (``export.has_vnni``)."""
+
+
+def check_weight_bits(weight_bits: int) -> int:
+    if weight_bits not in WEIGHT_BITS:
+        raise ValueError(
+            f"weight_bits must be one of {WEIGHT_BITS} (7 against saturation on x86 CPUs "
+            f"without VNNI); got {weight_bits!r}"
+        )
+    return weight_bits
+
+
+def xnnpack_quantizer(*, is_qat: bool, per_channel: bool = True, weight_bits: int = 8) -> Any:
+    """ExecuTorch's XNNPACK quantizer: symmetric int8 weights (per channel by default, in the
+    range of ``weight_bits``: :data:`WEIGHT_BITS`), int8 per-tensor activations; ``is_qat``
+    gives fake-quantize modules instead of observers."""
+    qmax = 2 ** (check_weight_bits(weight_bits) - 1) - 1
     try:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
@@ -199,7 +218,9 @@ def xnnpack_quantizer(*, is_qat: bool, per_channel: bool = True) -> Any:
         raise ImportError(
             "the XNNPACK quantizer comes with executorch: pip install 'edge-nas[executorch]'"
         ) from err
-    config = get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=is_qat)
+    config = get_symmetric_quantization_config(
+        is_per_channel=per_channel, is_qat=is_qat, weight_qmin=-qmax, weight_qmax=qmax
+    )
     return XNNPACKQuantizer().set_global(config)
 
 
@@ -225,9 +246,11 @@ class QATConfig:
     freeze_observers_at: float = 0.5
     freeze_bn_at: float = 0.0
     per_channel: bool = True
+    weight_bits: int = 8
     calibration_images: int = 512
 
     def __post_init__(self) -> None:
+        check_weight_bits(self.weight_bits)
         for name in ("freeze_observers_at", "freeze_bn_at"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -247,6 +270,7 @@ def prepare(
     *,
     kind: str,
     per_channel: bool = True,
+    weight_bits: int = 8,
 ) -> torch.fx.GraphModule:
     """``torch.export`` the fp32 ``model`` (batch dimension dynamic) and insert observers
     (``kind="ptq"``) or fake-quantize ops with conv-bn fold simulation (``kind="qat"``).
@@ -269,7 +293,9 @@ def prepare(
     with warnings.catch_warnings(), _cached_patterns():
         warnings.simplefilter("ignore")
         ep = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        quantizer = xnnpack_quantizer(is_qat=kind == "qat", per_channel=per_channel)
+        quantizer = xnnpack_quantizer(
+            is_qat=kind == "qat", per_channel=per_channel, weight_bits=weight_bits
+        )
         if kind == "qat":
             prepared = prepare_qat_pt2e(ep.module(), quantizer)
         else:
@@ -341,12 +367,15 @@ def ptq(
     *,
     n_images: int = 512,
     per_channel: bool = True,
+    weight_bits: int = 8,
     seed: int = 0,
 ) -> torch.fx.GraphModule:
     """Post-training int8: prepare with observers and calibrate on ``n_images`` images drawn
     (seeded) from ``calibration_images``. Returns the calibrated prepared model: save it, or
     :func:`convert` it."""
-    prepared = prepare(model, input_shape, kind="ptq", per_channel=per_channel)
+    prepared = prepare(
+        model, input_shape, kind="ptq", per_channel=per_channel, weight_bits=weight_bits
+    )
     calibrate(prepared, _batches(calibration_images, n_images, 64, seed))
     return prepared
 
@@ -372,7 +401,13 @@ def train_qat(
     :func:`convert` it).
     """
     pt2e = _pt2e()
-    prepared = prepare(model, input_shape, kind="qat", per_channel=config.per_channel)
+    prepared = prepare(
+        model,
+        input_shape,
+        kind="qat",
+        per_channel=config.per_channel,
+        weight_bits=config.weight_bits,
+    )
     calibrate(prepared, _batches(train.tensors[0], config.calibration_images, 64, seed))
     start: tuple[float, dict[str, torch.Tensor]] | None = None
     if val is not None:
@@ -450,13 +485,20 @@ def save_quantized(
     *,
     kind: str,
     per_channel: bool = True,
+    weight_bits: int = 8,
     info: dict[str, Any] | None = None,
 ) -> Path:
     """Save a prepared model's state with the fp32 model it came from (state and structure)."""
     if kind not in QUANT_KINDS:
         raise ValueError(f"kind must be one of {QUANT_KINDS}, got {kind!r}")
     meta = dict(info or {})
-    meta.update({"input_shape": [int(s) for s in input_shape], "per_channel": per_channel})
+    meta.update(
+        {
+            "input_shape": [int(s) for s in input_shape],
+            "per_channel": per_channel,
+            "weight_bits": check_weight_bits(weight_bits),
+        }
+    )
     # Both states: the fp32 model is prepared again on loading (PTQ's preparation folds batch
     # norm into the convs, so the prepared state alone cannot rebuild it), then the prepared
     # state (trained weights, ranges, scales) goes on top.
@@ -494,7 +536,11 @@ def load_quantized(
     quant = {k[len(_QUANT) :]: v for k, v in ckpt.tensors.items() if k.startswith(_QUANT)}
     load_state_strict(model, fp32, f"{path} (fp32 model)")
     prepared = prepare(
-        model, shape, kind=ckpt.kind, per_channel=bool(ckpt.info.get("per_channel", True))
+        model,
+        shape,
+        kind=ckpt.kind,
+        per_channel=bool(ckpt.info.get("per_channel", True)),
+        weight_bits=int(ckpt.info.get("weight_bits", 8)),
     )
     load_state_strict(prepared, quant, f"{path} (quantized model)")
     with _cached_patterns():
