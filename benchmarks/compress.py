@@ -298,9 +298,8 @@ def _size_models(chain_model: torch.nn.Module | None, quick: bool) -> list[tuple
         mbv3 = search_spaces.get_space("mobilenetv3")
         arch = mbv3.sample(0)
         torch.manual_seed(0)
-        out.append(
-            (f"mobilenetv3 `{mbv3.key(arch)}`", mbv3.build(arch), tuple(mbv3.input_shape(arch)))
-        )
+        shape = tuple(mbv3.input_shape(arch))
+        out.append((f"mobilenetv3 sample 0 ({shape[-1]} px)", mbv3.build(arch), shape))
     return out
 
 

@@ -21,12 +21,15 @@ Protocol (one timed thing, or several timed together by :func:`measure_rounds`):
 
 **The headline figure is the minimum** (:attr:`Measurement.latency_ms`), not the median. On the
 shared virtual machines this project is developed on, a network's speed changes for stretches
-of a second or more while other tenants load the host: in one 8-second trace of one network the
-median of each quarter second jumped between 44 and 86 us while the minimum of each quarter
-second stayed within 42-46 us. Over 24 archs measured in six interleaved passes of 0.3 s, the
-pooled minimum of passes 0/2/4 against that of passes 1/3/5 agreed at Kendall tau 0.986 (ORT,
-tiny), 0.928 (ORT, nb201) and 0.978 (XNNPACK, tiny), with every arch within +-10 %; the pooled
-medians agreed at 0.797, 0.928 and 0.783 with 83, 92 and 54 % within +-10 %. The minimum is the
+of a second or more while other tenants load the host: in one 8-second trace of one `tiny`
+network on ONNX Runtime the median of each quarter second jumped between 103 and 181 us, while
+the minimum was 98-104 us in 19 of 32 windows (the longest slow stretches raised even the
+minimum to 129-150 us, hence the interleaved passes below). ``benchmarks/measurement_noise.py`` (16 archs, six
+interleaved passes of 0.3 s, even passes against odd) gave Kendall tau / share within +-10 %
+for the pooled minimum against the pooled median: 0.979 / 100 % against 0.650 / 44 % (ORT,
+tiny), 0.800 / 81 % against 0.783 / 62 % (ORT, nb201), 0.917 / 88 % against 0.583 / 38 %
+(XNNPACK, tiny); an earlier run of the same design on a quieter host: 0.986 / 100, 0.928 / 100,
+0.978 / 100 (minimum) against 0.797 / 83, 0.928 / 92, 0.783 / 54 (median). The minimum is the
 network's uncontended cost: timing cannot undercut the work, so it is a property of the network
 and the runtime rather than of the neighbours. ``min_s`` makes a measurement last long enough
 to meet a quiet stretch; callers that need more (validation, benchmarks) take the minimum over
