@@ -240,6 +240,13 @@ def main() -> None:
     parser.add_argument("--devices", nargs="+", default=list(DEVICES))
     parser.add_argument("--cases", nargs="+", help="space:dtype filters, e.g. tiny:fp32 nb201:int8")
     parser.add_argument("--cache", type=Path, help="compiled-artifact cache (EDGE_NAS_CACHE)")
+    parser.add_argument(
+        "--remeasure",
+        nargs="+",
+        default=[],
+        help="space:dtype cases whose stored whole-network measurements on --devices are "
+        "dropped first (taken while the machine was busy, say); their LUT rows stay",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--max-archs", type=int, help="cap test and fitting archs per case (smoke runs)"
@@ -269,6 +276,10 @@ def main() -> None:
     t_start = time.perf_counter()
     for name in args.devices:
         device = lm.get_device(name)
+        for case in args.remeasure:
+            space_name, _, dtype = case.partition(":")
+            dropped = store.drop(device, _space(space_name), dtype)
+            log.info("%s: dropped %d stored measurements of %s", name, dropped, case)
         cases = []
         for space_name, dtype, n_test, n_fit in plan:
             if dtype not in device.dtypes:

@@ -192,6 +192,26 @@ class ArchMeasurements:
             out.append(value)
         return out
 
+    def drop(self, device: Device, space: SearchSpace, dtype: str) -> int:
+        """Forget every measurement of ``space`` on ``device`` in ``dtype`` (for example one
+        taken while the machine was busy), rewriting the file; returns how many rows went."""
+        ident = (*self._ident(device, dtype), space.name)
+        gone = [k for k in self._rows if k[: len(ident)] == ident]
+        if not gone:
+            return 0
+        for k in gone:
+            del self._rows[k]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(self._header)
+            for r in self._rows.values():
+                writer.writerow([r.get(c, "") for c in self._header])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        return len(gone)
+
     def measure_passes(
         self,
         device: Device,

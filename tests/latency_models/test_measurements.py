@@ -85,3 +85,16 @@ def test_a_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
     path.write_text("arch,latency\nx,1.0\n")
     with pytest.raises(ValueError, match="not an arch-measurement store"):
         ArchMeasurements(path)
+
+
+def test_drop_forgets_one_case_and_keeps_the_rest(tmp_path: Path) -> None:
+    tiny, nb201 = get_space("tiny"), get_space("nb201")
+    device = lm.get_device("pixel3-emulated")
+    store = ArchMeasurements(tmp_path / "m.csv")
+    store.measure(device, tiny, [tiny.sample(0), tiny.sample(1)], "fp32")
+    store.measure(device, nb201, [nb201.sample(0)], "fp32")
+    assert store.drop(device, tiny, "fp32") == 2
+    assert store.drop(device, tiny, "fp32") == 0
+    again = ArchMeasurements(tmp_path / "m.csv")
+    assert len(again) == 1 and again.get(device, nb201, nb201.sample(0), "fp32") is not None
+    assert again.get(device, tiny, tiny.sample(0), "fp32") is None
