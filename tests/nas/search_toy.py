@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -88,6 +89,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kill-after", type=int, default=-1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heartbeat", type=int, default=None)
+    parser.add_argument(
+        "--ready", help="folder where workers meet: each waits until --expect of them are there"
+    )
+    parser.add_argument("--expect", type=int, default=1)
+    parser.add_argument("--eval-s", type=float, default=0.0, help="seconds an evaluation takes")
     args = parser.parse_args(argv)
     log = Path(args.log)
     space, lat = ToySpace(), FakeLatency()
@@ -97,6 +103,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if paid["n"] == args.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)  # a crash mid-evaluation
         paid["n"] += 1
+        time.sleep(args.eval_s)
         with log.open("a") as f:
             f.write(json.dumps({"paid": space.key(arch), "pid": os.getpid()}) + "\n")
         return toy_accuracy(arch)
@@ -113,6 +120,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
         "heartbeat_interval_s": args.heartbeat,
         "grace_period_s": 2 * args.heartbeat if args.heartbeat else None,
     }
+    if args.ready:
+        # Start together: interpreter and torch start-up differ by seconds between processes,
+        # long enough for one worker to finish a toy study before the other joins it.
+        ready = Path(args.ready)
+        ready.mkdir(parents=True, exist_ok=True)
+        (ready / str(os.getpid())).touch()
+        deadline = time.monotonic() + 120
+        while len(list(ready.iterdir())) < args.expect and time.monotonic() < deadline:
+            time.sleep(0.05)
     if args.mode == "worker":
         search.join_worker(space, args.storage, args.study, ["accuracy", lat], **common)
     else:

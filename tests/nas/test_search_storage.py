@@ -79,7 +79,8 @@ def _two_workers(storage: str, tmp_path: Path, sampler: str) -> None:
     logs = [tmp_path / f"w{i}.jsonl" for i in range(2)]
     procs = [
         _spawn("worker", "--storage", storage, "--study", study_name, "--log", str(log),
-               "--sampler", sampler, "--seed", str(i))
+               "--sampler", sampler, "--seed", str(i), "--ready", str(tmp_path / "ready"),
+               "--expect", "2", "--eval-s", "0.02")
         for i, log in enumerate(logs)
     ]  # fmt: skip
     for p in procs:
