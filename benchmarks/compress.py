@@ -263,10 +263,7 @@ def _winner(run: Path) -> tuple[Any, dict[str, Any], Any, Any, str]:
     best feasible archs by accuracy, best first)."""
     import csv
 
-    import search_spaces
-    from nas.config import load_config
-    from nas.data import load_dataset
-    from nas.train import load_supernet
+    from nas.pipeline import open_finished_run
 
     winners = run / "winners.csv"
     if not winners.exists():
@@ -275,12 +272,10 @@ def _winner(run: Path) -> tuple[Any, dict[str, Any], Any, Any, str]:
         rows = list(csv.DictReader(f))
     if not rows:
         raise SystemExit(f"{winners} lists no winner (no feasible arch?)")
-    config = load_config(run / "config.yaml")
-    space = search_spaces.get_space(config.space.name, **config.space.args)
-    arch = dict(space.from_key(rows[0]["arch_key"]))
-    data = load_dataset(config.data.name, **config.data.args)
-    supernet = load_supernet(space, run / "supernet").eval()
-    return space, arch, data, supernet, f"first winner of {run} (best feasible by accuracy)"
+    finished = open_finished_run(run)
+    arch = dict(finished.space.from_key(rows[0]["arch_key"]))
+    why = f"first winner of {run} (best feasible by accuracy)"
+    return finished.space, arch, finished.data, finished.supernet, why
 
 
 def _size_models(chain_model: torch.nn.Module | None, quick: bool) -> list[tuple[str, Any, Any]]:

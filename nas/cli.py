@@ -213,30 +213,24 @@ def _search_worker_cmd(args: argparse.Namespace) -> int:
 
 
 def _compress_cmd(args: argparse.Namespace) -> int:
-    import search_spaces
     from latency_models.runtimes import real_device
     from nas.compress.chain import render_report, run_chain
-    from nas.config import load_config
-    from nas.data import load_dataset
-    from nas.train import load_supernet
+    from nas.pipeline import open_finished_run
 
     run = Path(args.run)
-    config = load_config(run / "config.yaml")
-    space = search_spaces.get_space(config.space.name, **config.space.args)
-    arch = space.from_key(args.arch)
-    data = load_dataset(config.data.name, **config.data.args)
-    supernet = load_supernet(space, run / "supernet").eval()
+    finished = open_finished_run(run)
+    arch = finished.space.from_key(args.arch)
     devices = [real_device(d) for d in args.device]
     result = run_chain(
         run,
         arch,
-        space=space,
-        data=data,
+        space=finished.space,
+        data=finished.data,
         steps=[s for s in args.steps.split(",") if s],
-        student=supernet.export,
+        student=finished.supernet.export,
         teacher="largest",
         devices=devices,
-        seed=config.seed,
+        seed=finished.config.seed,
     )
     print(render_report(result.rows))
     return 0

@@ -386,6 +386,31 @@ def run_pipeline(
     return state
 
 
+@dataclass
+class FinishedRun:
+    """What a run folder's later users (``nas compress``, the compression benchmark) need."""
+
+    config: RunConfig
+    space: SearchSpace
+    data: Any
+    supernet: Any
+
+
+def open_finished_run(run_dir: str | Path) -> FinishedRun:
+    """The config, space, data set and trained supernet (eval mode) of a run folder."""
+    import search_spaces
+    from nas.config import load_config
+    from nas.data import load_dataset
+    from nas.train import load_supernet
+
+    run = Path(run_dir)
+    config = load_config(run / "config.yaml")
+    space = search_spaces.get_space(config.space.name, **config.space.args)
+    data = load_dataset(config.data.name, **config.data.args)
+    supernet = load_supernet(space, run / "supernet").eval()
+    return FinishedRun(config, space, data, supernet)
+
+
 def demo_config(**overrides: Any) -> RunConfig:
     """The built-in demo: `tiny` on the embedded digits, a real runtime and an emulated phone,
     a latency budget on the phone, a 200-trial search, the two best feasible archs compressed."""
