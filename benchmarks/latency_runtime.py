@@ -175,6 +175,62 @@ def cross_space(device: lm.Device, cases: list[dict[str, Any]], seed: int) -> di
     return out
 
 
+def prepare_only(devices: list[str], plan: list[Any], shard: str, out: Path, seed: int) -> None:
+    """Compile shard K/N of the work into the artifact cache, timing nothing: every case's
+    LUT programs (case i belongs to shard i % N), then its whole networks (arch j of the case's
+    test and fit archs to shard j % N)."""
+    try:
+        k, n = (int(v) for v in shard.split("/"))
+        if not 0 <= k < n:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(
+            f"--prepare-only wants K/N with 0 <= K < N, e.g. 0/2; got {shard!r}"
+        ) from None
+    for name in devices:
+        device = lm.get_device(name)
+        if not isinstance(device, lm.RealDevice):
+            continue
+        cases = [c for c in plan if c[1] in device.dtypes]
+        for i, (space_name, dtype, n_test, n_fit) in enumerate(cases):
+            if i % n != k:
+                continue
+            space = _space(space_name)
+            fit, test = disjoint_archs(space, n_fit, n_test, seed=seed)
+            t0 = time.perf_counter()
+            built = lm.compile_lut(
+                space,
+                device,
+                lm.lut_path(out / "luts", device, dtype),
+                dtype=dtype,
+                archs=[*fit, *test],
+            )
+            log.info(
+                "%s: %s %s LUT: %d programs compiled now, %.0f s",
+                name,
+                space_name,
+                dtype,
+                built,
+                time.perf_counter() - t0,
+            )
+        for space_name, dtype, n_test, n_fit in cases:
+            space = _space(space_name)
+            fit, test = disjoint_archs(space, n_fit, n_test, seed=seed)
+            mine = [a for j, a in enumerate([*test, *fit]) if j % n == k]
+            t0 = time.perf_counter()
+            built = sum(not device.prepare_arch(space, a, dtype).cache_hit for a in mine)
+            log.info(
+                "%s: %s %s shard %s: %d of %d networks compiled now, %.0f s",
+                name,
+                space_name,
+                dtype,
+                shard,
+                built,
+                len(mine),
+                time.perf_counter() - t0,
+            )
+
+
 def _table(results: dict[str, Any]) -> str:
     lines = [
         "# Latency models against real runtimes on this machine",
@@ -248,6 +304,13 @@ def main() -> None:
         help="space:dtype cases whose stored whole-network measurements on --devices are "
         "dropped first (taken while the machine was busy, say); their LUT rows stay",
     )
+    parser.add_argument(
+        "--prepare-only",
+        metavar="K/N",
+        help="only compile (lower) shard K of N of every case's LUT programs and whole "
+        "networks into the artifact cache, timing nothing: run N of these side by side first "
+        "(lowering need not be quiet), then the measuring run finds everything compiled",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--max-archs", type=int, help="cap test and fitting archs per case (smoke runs)"
@@ -262,6 +325,9 @@ def main() -> None:
         plan = [p for p in plan if f"{p[0]}:{p[1]}" in set(args.cases)]
     if args.max_archs:
         plan = [(s, d, min(t, args.max_archs), min(f, args.max_archs)) for s, d, t, f in plan]
+    if args.prepare_only:
+        prepare_only(args.devices, plan, args.prepare_only, args.out, args.seed)
+        return
     store = lm.ArchMeasurements(args.out / "measurements.csv")
     results: dict[str, Any] = {
         "benchmark": "latency_runtime",

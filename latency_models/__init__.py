@@ -34,6 +34,7 @@ from latency_models.lut import (
     LUTMismatchError,
     MissingKeysError,
     build_lut,
+    compile_lut,
     fill_missing,
     lut_path,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "calibrate",
     "cli_build_lut",
     "cli_validate",
+    "compile_lut",
     "cpu_profile",
     "device",
     "fill_missing",

@@ -23,12 +23,15 @@ import hashlib
 import json
 import logging
 import math
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from latency_models.costmodel import (
     COSTMODEL_VERSION,
@@ -44,6 +47,7 @@ from nas.space import Arch, SearchSpace
 
 if TYPE_CHECKING:
     from latency_models.runtimes import RuntimeDevice
+    from latency_models.runtimes.base import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +282,9 @@ class RealDevice(Device):
     """A runtime on this machine (`latency_models.runtimes`), timing stand-in modules."""
 
     kind = "real"
+    RECENT_ARCHS = 100
+    """Compiled networks kept in memory per space (a case of `benchmarks/latency_runtime.py`
+    measures 80 archs pass after pass)."""
 
     def __init__(
         self,
@@ -293,6 +300,11 @@ class RealDevice(Device):
         self.threads = runtime_device.threads
         self.protocol = protocol
         self.chunk_layers = chunk_layers
+        # compiled whole networks of the archs measured lately, per space object: measuring
+        # an arch again (the next pass of an interleaved measurement) skips export and load
+        self._recent: weakref.WeakKeyDictionary[SearchSpace, OrderedDict[Any, Prepared]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def runtime_version(self) -> str:
@@ -312,17 +324,12 @@ class RealDevice(Device):
         `measure_many` (XNNPACK lowers each chunk as one program); free ops cost zero."""
         self.check_dtype(dtype)
         out: list[Measurement | None] = [None] * len(specs)
-        todo = []
-        for i, spec in enumerate(specs):
-            if is_free(spec):
-                out[i] = self._point(0.0, dtype)
-            else:
-                todo.append(i)
+        todo = [i for i, spec in enumerate(specs) if not is_free(spec)]
+        for i in set(range(len(specs))) - set(todo):
+            out[i] = self._point(0.0, dtype)
         if progress is not None and len(todo) < len(specs):
             progress(len(specs) - len(todo))
-        for start in range(0, len(todo), self.chunk_layers):
-            chunk = todo[start : start + self.chunk_layers]
-            items = [module_for_spec(specs[i]) for i in chunk]
+        for chunk, items in self._layer_chunks(specs, todo):
             results = self.runtime_device.measure_many(items, dtype, self.protocol)
             for i, m in zip(chunk, results, strict=True):
                 out[i] = m
@@ -331,17 +338,51 @@ class RealDevice(Device):
         assert all(m is not None for m in out)
         return [m for m in out if m is not None]
 
-    def measure_arch(
+    def _layer_chunks(
+        self, specs: Sequence[LayerSpec], todo: Sequence[int]
+    ) -> Iterator[tuple[list[int], list[tuple[nn.Module, tuple[int, ...]]]]]:
+        for start in range(0, len(todo), self.chunk_layers):
+            chunk = list(todo[start : start + self.chunk_layers])
+            yield chunk, [module_for_spec(specs[i]) for i in chunk]
+
+    def compile_layers(self, specs: Sequence[LayerSpec], dtype: str = "fp32") -> int:
+        """Compile into the artifact cache exactly what `measure_layers(specs, dtype)` will
+        time, timing nothing; returns how many artifacts were built now."""
+        self.check_dtype(dtype)
+        todo = [i for i, spec in enumerate(specs) if not is_free(spec)]
+        return sum(
+            self.runtime_device.compile_many(items, dtype)
+            for _, items in self._layer_chunks(specs, todo)
+        )
+
+    def prepare_arch(
         self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
-    ) -> Measurement:
+    ) -> Prepared:
+        """Compile one whole network (or load it from the artifact cache) without timing it:
+        lowering, which is slow and need not be quiet, can run ahead of measuring, which must."""
         self.check_dtype(dtype)
         a = space.validate(arch)
+        recent = self._recent.setdefault(space, OrderedDict())
+        memo_key = (space.key(a), dtype)
+        prepared = recent.get(memo_key)
+        if prepared is not None:
+            recent.move_to_end(memo_key)
+            return prepared
         shape = (1, *space.input_shape(a))
         # seeded weights: the same arch lowers to the same (cached) artifact every time
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             module = space.build(a)
-        return self.runtime_device.measure_module(module, shape, dtype, None, self.protocol)
+        prepared = recent[memo_key] = self.runtime_device.prepare(module, shape, dtype, None)
+        while len(recent) > self.RECENT_ARCHS:
+            recent.popitem(last=False)
+        return prepared
+
+    def measure_arch(
+        self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
+    ) -> Measurement:
+        prepared = self.prepare_arch(space, arch, dtype)
+        return self.runtime_device.measure_prepared(prepared, self.protocol)
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ __all__ = [
     "LUTMismatchError",
     "MissingKeysError",
     "build_lut",
+    "compile_lut",
     "lut_path",
     "reachable_specs",
 ]
@@ -420,6 +421,38 @@ def reachable_specs(
             if not is_free(s):
                 unique.setdefault(s.key, s)
     return list(unique.values())
+
+
+def compile_lut(
+    space: SearchSpace,
+    device: Device,
+    path: str | Path | None = None,
+    *,
+    dtype: str | None = None,
+    archs: Sequence[Mapping[str, Any]] | None = None,
+    n_archs: int | None = None,
+    seed: int = 0,
+    batch_layers: int = 32,
+) -> int:
+    """Compile into the artifact cache what `build_lut` with the same arguments will measure,
+    timing nothing; returns how many programs were built now (0 for devices that compile
+    nothing). Lowering is slow but needs no quiet machine: run this on other cores first, and
+    the measuring `build_lut` finds its programs compiled."""
+    dtype = device.check_dtype(dtype or device.dtypes[0])
+    if batch_layers < 1:
+        raise ValueError(f"batch_layers must be >= 1, got {batch_layers}")
+    compile_layers = getattr(device, "compile_layers", None)
+    if compile_layers is None:
+        return 0
+    done: set[str] = set()
+    if path is not None and Path(path).exists():
+        done = set(LUT.load(path).entries)
+    specs = reachable_specs(space, device, dtype, archs, n_archs, seed)
+    todo = [s for s in specs if s.key not in done]
+    return sum(
+        compile_layers(todo[start : start + batch_layers], dtype)
+        for start in range(0, len(todo), batch_layers)
+    )
 
 
 def build_lut(

@@ -312,6 +312,14 @@ class RuntimeDevice(ABC):
         check_dtype(self.name, dtype, self.dtypes)
         return [self.measure_module(m, shape, dtype, None, protocol) for m, shape in items]
 
+    def compile_many(self, items: Sequence[LayerItem], dtype: str = "fp32") -> int:
+        """Compile into the artifact cache what :meth:`measure_many` would time, timing
+        nothing (lowering can run ahead, on other cores, of a measuring run that must be
+        quiet); returns how many artifacts were built now rather than found in the cache."""
+        items = check_items(items)
+        check_dtype(self.name, dtype, self.dtypes)
+        return sum(not self.prepare(m, shape, dtype).cache_hit for m, shape in items)
+
 
 def check_items(items: Sequence[LayerItem]) -> list[tuple[nn.Module, tuple[int, ...]]]:
     out = []

@@ -236,6 +236,11 @@ class OrtCPUDevice(RuntimeDevice):
                 out.append(self.measure_prepared(prepared, protocol))
         return out
 
+    def compile_many(self, items: Sequence[LayerItem], dtype: str = "fp32") -> int:
+        """:meth:`measure_many`'s sessions built into the cache (one shared export), timing
+        nothing; returns how many were built now."""
+        return sum(not p.cache_hit for p in self.prepare_many(items, dtype))
+
     def prepare_many(self, items: Sequence[LayerItem], dtype: str = "fp32") -> list[OrtPrepared]:
         """One prepared session per layer; the cache misses share one ONNX export."""
         checked = check_items(items)

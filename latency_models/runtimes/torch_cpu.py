@@ -16,7 +16,7 @@ import copy
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -24,10 +24,12 @@ from torch import nn
 
 from latency_models.runtimes.base import (
     DTYPES,
+    LayerItem,
     Prepared,
     RuntimeDevice,
     calibration_batches,
     check_dtype,
+    check_items,
     check_shape,
     example_input,
 )
@@ -120,6 +122,12 @@ class TorchCPUDevice(RuntimeDevice):
 
     def _fixed_threads(self) -> contextlib.AbstractContextManager[None]:
         return torch_threads(self.threads)
+
+    def compile_many(self, items: Sequence[LayerItem], dtype: str = "fp32") -> int:
+        """Eager PyTorch keeps no artifact cache: nothing can be compiled ahead."""
+        check_items(items)
+        check_dtype(self.name, dtype, self.dtypes)
+        return 0
 
     def prepare(
         self,

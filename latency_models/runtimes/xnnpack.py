@@ -487,6 +487,28 @@ class XnnpackDevice(RuntimeDevice):
                 results[layer] = m
         return results
 
+    def compile_many(self, items: Sequence[LayerItem], dtype: str = "fp32") -> int:
+        """:meth:`measure_many`'s programs (batches, and the layers a batch cannot time, alone)
+        compiled into the cache, timing nothing; returns how many were built now."""
+        checked = check_items(items)
+        check_dtype(self.name, dtype, self.dtypes)
+        if not self.batched:
+            return super().compile_many(checked, dtype)
+        built = 0
+        for start in range(0, len(checked), self.batch_layers):
+            chunk = checked[start : start + self.batch_layers]
+            try:
+                batch = self.prepare_batch(chunk, dtype)
+            except Exception:  # measure_many then times each layer alone: compile those
+                alone = list(range(len(chunk)))
+            else:
+                built += not batch.cache_hit
+                usable = set(batch.delegate_layers) - set(batch.unbatched)
+                alone = [i for i in range(len(chunk)) if i not in usable]
+            for i in alone:
+                built += not self.prepare(chunk[i][0], chunk[i][1], dtype).cache_hit
+        return built
+
     def measure_many(
         self,
         items: Sequence[LayerItem],

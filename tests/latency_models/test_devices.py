@@ -87,6 +87,34 @@ def test_measures_layers_and_networks(device: Device) -> None:
         assert whole.std_ms == 0 and whole == device.measure_arch(SPACE, ARCH, dtype)
 
 
+def test_compiled_ahead_then_measured_without_building(
+    device: Device, fast_protocol: Protocol, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `compile_layers` and `prepare_arch` build is what measuring times: a fresh
+    instance measures with every export and lowering forbidden (no new XNNPACK lowering:
+    the same two programs as above)."""
+    dtype = device.dtypes[0]
+    if not isinstance(device, lm.RealDevice):
+        assert lm.compile_lut(SPACE, device, dtype=dtype, archs=[ARCH]) == 0  # nothing to build
+        return
+    layers = [s.with_dtype(dtype) for s in LAYERS]
+    device.compile_layers(layers, dtype)
+    prepared = device.prepare_arch(SPACE, ARCH, dtype)
+    assert device.prepare_arch(SPACE, ARCH, dtype) is prepared  # the next pass reuses it
+    import nas.compress.export as artifacts
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("measuring built an artifact that was compiled ahead")
+
+    monkeypatch.setattr(artifacts, "lower_program", no_build)
+    monkeypatch.setattr(artifacts, "onnx_model", no_build)
+    fresh = _make(device.name, None, fast_protocol)
+    assert isinstance(fresh, lm.RealDevice)
+    assert fresh.compile_layers(layers, dtype) == 0
+    assert len(fresh.measure_layers(layers, dtype)) == len(layers)
+    assert fresh.measure_arch(SPACE, ARCH, dtype).min_ms > 0
+
+
 def test_emulated_devices_price_every_space() -> None:
     import search_spaces
 

@@ -19,7 +19,8 @@ from latency_models import (
     MissingKeysError,
     build_lut,
 )
-from latency_models.measure import Measurement
+from latency_models.measure import Measurement, Protocol
+from latency_models.spec_modules import is_free
 from nas.layers import LayerSpec
 from search_spaces import NB201Space, TinySpace
 
@@ -176,3 +177,27 @@ def test_cli_build_lut_writes_and_resumes(tmp_path: Path) -> None:
     assert again == path and len(LUT.load(path)) >= len(first)
     with pytest.raises(lm.DeviceError, match="valid dtypes"):
         lm.cli_build_lut(SPACE, "raspi4-emulated", tmp_path, dtype="fp16")
+
+
+def test_compile_lut_builds_ahead_what_build_lut_then_measures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_protocol: Protocol
+) -> None:
+    """Only the layers a partial table lacks are compiled; the measuring build exports nothing."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("EDGE_NAS_CACHE", str(tmp_path / "cache"))
+    device = lm.get_device("ort-cpu-1t", protocol=fast_protocol)
+    archs = [SPACE.sample(3), SPACE.sample(4)]
+    path = tmp_path / "lut.csv"
+    build_lut(SPACE, device, path, archs=archs[:1])  # a table that holds the first arch
+    n_first = len(LUT.load(path))
+    have = set(LUT.load(path).entries)
+    todo = [s for s in lm.lut.reachable_specs(SPACE, device, "fp32", archs) if s.key not in have]
+    built = [s for s in todo if not is_free(s)]
+    assert built, "the second arch should need layers the first did not"
+    assert lm.compile_lut(SPACE, device, path, archs=archs) == len(built)
+    assert lm.compile_lut(SPACE, device, path, archs=archs) == 0
+    import nas.compress.export as artifacts
+
+    monkeypatch.setattr(artifacts, "onnx_model", lambda *a, **k: pytest.fail("exported again"))
+    lut = build_lut(SPACE, device, path, archs=archs)
+    assert len(lut) == n_first + len(todo)

@@ -11,6 +11,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -339,6 +340,7 @@ def test_xnnpack_measure_many_lowers_once_and_times_every_layer(cache: ArtifactC
     batch = device.prepare_batch(layers, "int8")
     assert sorted(batch.delegate_layers) == [0, 1, 2] and batch.unbatched == []
     assert set(batch.build_s) >= {"export_s", "quantize_s", "to_edge_and_lower_s"}
+    assert device.compile_many(layers, "int8") == 0  # compiling ahead finds the same program
     ms = device.measure_many(layers, "int8", FAST)  # same chunk: a cache hit, no lowering
     assert len(ms) == 3
     assert all(math.isfinite(m.median_ms) and m.median_ms > 0 for m in ms)
@@ -363,6 +365,47 @@ def test_ort_measure_many_shares_one_export_and_fills_the_per_layer_cache(
     assert single.cache_hit
     x = single.example
     torch.testing.assert_close(single.run(x), layers[1][0](x), rtol=1e-4, atol=1e-5)
+
+
+def test_ort_compile_many_builds_what_measure_many_then_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    device = OrtCPUDevice(cache=ArtifactCache(tmp_path))
+    layers = _layers()
+    assert device.compile_many(layers, "int8") == 3
+    assert device.compile_many(layers, "int8") == 0
+    import nas.compress.export as artifacts
+
+    monkeypatch.setattr(artifacts, "onnx_model", lambda *a, **k: pytest.fail("exported again"))
+    ms = OrtCPUDevice(cache=ArtifactCache(tmp_path)).measure_many(layers, "int8", FAST)
+    assert len(ms) == 3 and all(m.median_ms > 0 and m.dtype == "int8" for m in ms)
+
+
+def test_xnnpack_compile_many_compiles_alone_what_a_batch_cannot_time(
+    cache: ArtifactCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """measure_many times a layer alone when its batch fails to lower or leaves it outside a
+    delegate; compiling ahead must build those single programs too (faked: no lowering)."""
+    device = XnnpackDevice(cache=cache)
+    alone: list[int] = []
+    layers = _layers()
+
+    def prepare(module: nn.Module, shape: tuple[int, ...], dtype: str = "fp32") -> Prepared:
+        alone.append(next(i for i, (m, _) in enumerate(layers) if m is module))
+        return SimpleNamespace(cache_hit=False)  # type: ignore[return-value]
+
+    monkeypatch.setattr(device, "prepare", prepare)
+    batch = SimpleNamespace(cache_hit=False, delegate_layers=[0, 2], unbatched=[2])
+    monkeypatch.setattr(device, "prepare_batch", lambda items, dtype: batch)
+    assert device.compile_many(layers) == 1 + 2 and alone == [1, 2]
+
+    def failing_batch(items: object, dtype: str) -> None:
+        raise RuntimeError("partitioner gave up")
+
+    alone.clear()
+    monkeypatch.setattr(device, "prepare_batch", failing_batch)
+    assert device.compile_many(layers) == 3 and alone == [0, 1, 2]
 
 
 def test_torch_measure_many_and_thread_restore() -> None:
