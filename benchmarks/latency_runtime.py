@@ -71,7 +71,8 @@ def _space(name: str) -> Any:
 
 
 PASSES = 3
-"""Passes per estimate: test = min over passes 0, 2, 4; retest = min over 1, 3, 5."""
+"""Passes per estimate, at least: test = min over passes 0, 2, 4; retest = min over 1, 3, 5.
+A case measured with more (`--passes`) uses every pass stored, odd against even."""
 
 
 def run_case(
@@ -83,14 +84,16 @@ def run_case(
     out: Path,
     store: lm.ArchMeasurements,
     seed: int,
+    passes: int = PASSES,
 ) -> dict[str, Any]:
     space = _space(space_name)
     fit, test = disjoint_archs(space, n_fit, n_test, seed=seed)
     t0 = time.perf_counter()
-    test_passes = [2 * i for i in range(PASSES)]
-    retest_passes = [2 * i + 1 for i in range(PASSES)]
+    passes = max(passes, store.passes_stored(device, space, test, dtype) // 2)
+    test_passes = [2 * i for i in range(passes)]
+    retest_passes = [2 * i + 1 for i in range(passes)]
     # test and retest passes alternate in time: pass r measures every test arch once
-    for r in range(2 * PASSES):
+    for r in range(2 * passes):
         store.measure(device, space, test, dtype, repeat=r, progress=True)
     y_test = np.array(store.measure_passes(device, space, test, dtype, test_passes))
     y_retest = np.array(store.measure_passes(device, space, test, dtype, retest_passes))
@@ -123,6 +126,7 @@ def run_case(
         "device": device.name,
         "n_test": n_test,
         "n_fit": n_fit,
+        "passes_per_estimate": passes,
         "test_keys": [space.key(a) for a in test],
         "fit_keys": [space.key(a) for a in fit],
         "measured_ms": {
@@ -231,13 +235,19 @@ def prepare_only(devices: list[str], plan: list[Any], shard: str, out: Path, see
             )
 
 
+def _more(case: dict[str, Any]) -> str:
+    n = case.get("passes_per_estimate", PASSES)
+    return f" ({n}+{n} passes)" if n != PASSES else ""
+
+
 def _table(results: dict[str, Any]) -> str:
     lines = [
         "# Latency models against real runtimes on this machine",
         "",
         f"commit `{results['commit'][:10]}`{' (quick)' if results['quick'] else ''}; "
         "targets: Kendall tau >= 0.95, >= 95 % within +-10 %; a latency is the minimum over "
-        f"{PASSES} interleaved passes (test: passes 0, 2, 4; retest: 1, 3, 5)",
+        f"{PASSES} interleaved passes (test: passes 0, 2, 4; retest: 1, 3, 5; fit: 0, 1, 2) "
+        "unless the case says more (test: even passes; retest: odd)",
         "",
     ]
     for dev, entry in results["devices"].items():
@@ -252,7 +262,7 @@ def _table(results: dict[str, Any]) -> str:
             first = True
             for name, m in c["metrics"].items():
                 lead = (
-                    f"| {c['space']} | {c['dtype']} | {c['n_test']}/{c['n_fit']} | "
+                    f"| {c['space']} | {c['dtype']} | {c['n_test']}/{c['n_fit']}{_more(c)} | "
                     f"{c['median_over_archs_ms']['test']:.3f} | {tr['kendall_tau']:.3f} / {tr['within_10_pct']:.0f} "
                     if first
                     else "| | | | | "
@@ -311,11 +321,20 @@ def main() -> None:
         "networks into the artifact cache, timing nothing: run N of these side by side first "
         "(lowering need not be quiet), then the measuring run finds everything compiled",
     )
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=PASSES,
+        help=f"passes per test and retest estimate (default {PASSES}; more where the host is "
+        "noisy: a case keeps every pass it has stored)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--max-archs", type=int, help="cap test and fitting archs per case (smoke runs)"
     )
     args = parser.parse_args()
+    if args.passes < 1:
+        parser.error(f"--passes must be >= 1; got {args.passes}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.cache is not None:
         os.environ["EDGE_NAS_CACHE"] = str(args.cache)
@@ -352,7 +371,9 @@ def main() -> None:
             if dtype not in device.dtypes:
                 continue
             log.info("%s: %s %s (%d test, %d fit archs)", name, space_name, dtype, n_test, n_fit)
-            case = run_case(device, space_name, dtype, n_test, n_fit, args.out, store, args.seed)
+            case = run_case(
+                device, space_name, dtype, n_test, n_fit, args.out, store, args.seed, args.passes
+            )
             cases.append(case)
             results["devices"][name] = {"cases": cases}
             # written after every case, so a run stopped between cases still has its tables

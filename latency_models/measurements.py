@@ -123,6 +123,19 @@ class ArchMeasurements:
             return None
         return float(row.get("min_ms") or row["median_ms"])
 
+    def passes_stored(
+        self,
+        device: Device,
+        space: SearchSpace,
+        archs: Sequence[Mapping[str, Any]],
+        dtype: str,
+    ) -> int:
+        """How many leading passes (repeats 0, 1, ...) every one of ``archs`` has stored."""
+        n = 0
+        while all(self.get(device, space, a, dtype, n) is not None for a in archs):
+            n += 1
+        return n
+
     def add(
         self,
         device: Device,

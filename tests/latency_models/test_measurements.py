@@ -55,6 +55,11 @@ def test_passes_give_the_minimum_over_passes_measured_in_turn(tmp_path: Path) ->
     assert device.calls == 6
     with pytest.raises(ValueError, match="distinct ints >= 0"):
         store.measure_passes(device, space, archs, "fp32", [1, 1])
+    assert store.passes_stored(device, space, archs, "fp32") == 2
+    store.measure(device, space, archs[:1], "fp32", repeat=2)
+    assert store.passes_stored(device, space, archs[:1], "fp32") == 3
+    assert store.passes_stored(device, space, archs, "fp32") == 2  # the others lack pass 2
+    assert store.passes_stored(device, space, archs, "int8") == 0
 
 
 def test_a_store_written_before_min_ms_still_loads_and_grows(tmp_path: Path) -> None:
