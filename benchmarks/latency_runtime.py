@@ -102,6 +102,8 @@ def run_case(
     )
     t_measure = time.perf_counter() - t0
     specs = lm.lut.reachable_specs(space, device, dtype, archs=[*fit, *test])
+    lut_file = lm.lut_path(out / "luts", device, dtype)
+    to_measure = len(lm.LUT.load(lut_file).missing(specs)) if lut_file.exists() else len(specs)
     t0 = time.perf_counter()
     lut = lm.build_lut(
         space,
@@ -147,6 +149,7 @@ def run_case(
             "unique_layers": len(specs),
             "entries": len(lut),
             "build_s_this_run": t_lut,
+            "layers_measured_this_run": to_measure,
         },
         "measure_s_this_run": t_measure,
     }
@@ -177,6 +180,29 @@ def cross_space(device: lm.Device, cases: list[dict[str, Any]], seed: int) -> di
         }
     out["params"] = model.params.to_dict()
     return out
+
+
+def _is_stored(
+    store: lm.ArchMeasurements,
+    device: lm.Device,
+    space_name: str,
+    dtype: str,
+    n_test: int,
+    n_fit: int,
+    out: Path,
+    seed: int,
+) -> bool:
+    space = _space(space_name)
+    fit, test = disjoint_archs(space, n_fit, n_test, seed=seed)
+    if store.passes_stored(device, space, test, dtype) < 2 * PASSES:
+        return False
+    if store.passes_stored(device, space, fit, dtype) < PASSES:
+        return False
+    path = lm.lut_path(out / "luts", device, dtype)
+    if not path.exists():
+        return False
+    specs = lm.lut.reachable_specs(space, device, dtype, archs=[*fit, *test])
+    return not lm.LUT.load(path).missing(specs)
 
 
 def prepare_only(devices: list[str], plan: list[Any], shard: str, out: Path, seed: int) -> None:
@@ -235,6 +261,36 @@ def prepare_only(devices: list[str], plan: list[Any], shard: str, out: Path, see
             )
 
 
+def _lut_build(lut: dict[str, Any]) -> str:
+    if lut.get("layers_measured_this_run", 1) or "earlier_run" not in lut:
+        return f"{lut['build_s_this_run']:.1f}"
+    earlier = lut["earlier_run"]
+    return f"{earlier['build_s']:.1f} (run at `{earlier['commit'][:10]}`)"
+
+
+def carry_lut_build_times(results: dict[str, Any], previous: dict[str, Any]) -> None:
+    """A case whose LUT was complete before this run measured nothing now: keep the build time
+    of the run that measured it (from the previous results.json), labelled with its commit."""
+    for dev, entry in results["devices"].items():
+        old_cases = {
+            (c["space"], c["dtype"]): c
+            for c in previous.get("devices", {}).get(dev, {}).get("cases", [])
+        }
+        for c in entry["cases"]:
+            lut = c["lut"]
+            old = old_cases.get((c["space"], c["dtype"]))
+            if lut["layers_measured_this_run"] or old is None:
+                continue
+            old_lut = old["lut"]
+            if old_lut.get("layers_measured_this_run", 1) and old_lut["build_s_this_run"] >= 0.5:
+                lut["earlier_run"] = {
+                    "build_s": old_lut["build_s_this_run"],
+                    "commit": previous.get("commit", "unknown"),
+                }
+            elif "earlier_run" in old_lut:
+                lut["earlier_run"] = old_lut["earlier_run"]
+
+
 def _more(case: dict[str, Any]) -> str:
     n = case.get("passes_per_estimate", PASSES)
     return f" ({n}+{n} passes)" if n != PASSES else ""
@@ -274,14 +330,17 @@ def _table(results: dict[str, Any]) -> str:
                 first = False
         lines += [
             "",
-            "| space | dtype | unique layers | LUT entries | LUT build (s, this run) |",
+            "| space | dtype | unique layers | LUT entries | LUT build s (measuring; lowering ahead is not counted) |",
             "|---|---|---|---|---|",
         ]
         for c in entry["cases"]:
             lut = c["lut"]
             lines.append(
-                f"| {c['space']} | {c['dtype']} | {lut['unique_layers']} | {lut['entries']} | {lut['build_s_this_run']:.1f} |"
+                f"| {c['space']} | {c['dtype']} | {lut['unique_layers']} | {lut['entries']} | "
+                f"{_lut_build(lut)} |"
             )
+        if entry.get("pending"):
+            lines += ["", f"Not fully measured yet: {', '.join(entry['pending'])}."]
         cross = entry.get("cross_space")
         if cross:
             lines += [
@@ -328,6 +387,12 @@ def main() -> None:
         help=f"passes per test and retest estimate (default {PASSES}; more where the host is "
         "noisy: a case keeps every pass it has stored)",
     )
+    parser.add_argument(
+        "--stored-only",
+        action="store_true",
+        help="report only the cases whose whole-network measurements and LUT are all stored "
+        "under --out (tables of a partly measured plan, without compiling or timing anything)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--max-archs", type=int, help="cap test and fitting archs per case (smoke runs)"
@@ -348,6 +413,8 @@ def main() -> None:
         prepare_only(args.devices, plan, args.prepare_only, args.out, args.seed)
         return
     store = lm.ArchMeasurements(args.out / "measurements.csv")
+    results_file = args.out / "results.json"
+    previous = json.loads(results_file.read_text()) if results_file.exists() else {}
     results: dict[str, Any] = {
         "benchmark": "latency_runtime",
         "commit": _commit(),
@@ -366,20 +433,27 @@ def main() -> None:
             space_name, _, dtype = case.partition(":")
             dropped = store.drop(device, _space(space_name), dtype)
             log.info("%s: dropped %d stored measurements of %s", name, dropped, case)
-        cases = []
+        cases: list[dict[str, Any]] = []
+        entry: dict[str, Any] = results["devices"].setdefault(name, {"cases": cases, "pending": []})
         for space_name, dtype, n_test, n_fit in plan:
             if dtype not in device.dtypes:
+                continue
+            if args.stored_only and not _is_stored(
+                store, device, space_name, dtype, n_test, n_fit, args.out, args.seed
+            ):
+                log.info("%s: %s %s is not fully measured yet: skipped", name, space_name, dtype)
+                entry["pending"].append(f"{space_name} {dtype}")
                 continue
             log.info("%s: %s %s (%d test, %d fit archs)", name, space_name, dtype, n_test, n_fit)
             case = run_case(
                 device, space_name, dtype, n_test, n_fit, args.out, store, args.seed, args.passes
             )
             cases.append(case)
-            results["devices"][name] = {"cases": cases}
             # written after every case, so a run stopped between cases still has its tables
+            carry_lut_build_times(results, previous)
             (args.out / "results.json").write_text(json.dumps(results, indent=1))
             (args.out / "table.md").write_text(_table(results))
-        results["devices"][name]["cross_space"] = cross_space(device, cases, args.seed)
+        entry["cross_space"] = cross_space(device, cases, args.seed)
     results["total_s_this_run"] = time.perf_counter() - t_start
     summary: dict[str, Any] = {}
     for name, entry in results["devices"].items():
