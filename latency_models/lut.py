@@ -437,7 +437,9 @@ def compile_lut(
     """Compile into the artifact cache what `build_lut` with the same arguments will measure,
     timing nothing; returns how many programs were built now (0 for devices that compile
     nothing). Lowering is slow but needs no quiet machine: run this on other cores first, and
-    the measuring `build_lut` finds its programs compiled."""
+    the measuring `build_lut` finds its programs compiled. A program holds the layers the
+    table lacks, `batch_layers` at a time, so compile against the table as the build will find
+    it: after the builds that run before it into the same file."""
     dtype = device.check_dtype(dtype or device.dtypes[0])
     if batch_layers < 1:
         raise ValueError(f"batch_layers must be >= 1, got {batch_layers}")
