@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from latency_models.devices import Device, EmulatedDevice, TabularDevice
-from latency_models.lut import build_lut, lut_path
+from latency_models.lut import LUT, build_lut, compile_lut, lut_path
 from latency_models.measurements import ArchMeasurements
 from latency_models.predictors import (
     CostModelPredictor,
@@ -58,19 +58,48 @@ def cli_build_lut(
     seed: int = 0,
     batch_layers: int = 32,
     progress: bool = True,
+    passes: int = 1,
+    compile_only: bool = False,
 ) -> Path:
-    """`nas latency build --space S --device D [--dtype] [--archs N] [--seed] --out DIR|FILE`.
+    """`nas latency build --space S --device D [--dtype] [--archs N] [--seed] [--passes N]
+    [--compile-only] --out DIR|FILE`.
 
     Measures every unique layer of `space` reachable in a small space (else in `n_archs`
-    seeded samples, 1,000 by default) on `device` and writes the LUT CSV. `out` is a folder
-    (the file is `lut_<device>_<dtype>.csv` inside) or a `.csv` path. Resumes a table already
-    there; refuses one of another device, runtime, threads or dtype. Returns the file.
+    seeded samples, 1,000 by default) on `device`, in `passes` passes, and writes the LUT CSV.
+    `out` is a folder (the file is `lut_<device>_<dtype>.csv` inside) or a `.csv` path.
+    Resumes a table already there; refuses one of another device, runtime, threads or dtype.
+    `compile_only` compiles the programs the build will time into the artifact cache and
+    measures nothing (`compile_lut`). Returns the file.
     """
     dev = _device(device)
     dtype = dev.check_dtype(dtype or dev.dtypes[0])
     out = Path(out)
     path = out if out.suffix == ".csv" else lut_path(out, dev, dtype)
     t0 = time.perf_counter()
+    if compile_only:
+        if path.exists():
+            LUT.load(path).check_device(dev, dtype)
+        built = compile_lut(
+            space,
+            dev,
+            path,
+            dtype=dtype,
+            n_archs=n_archs,
+            seed=seed,
+            batch_layers=batch_layers,
+            passes=passes,
+        )
+        log.info(
+            "compiled %d program(s) for the LUT of %s on %s (%s) in %.1f s; the build of %s "
+            "finds them in the artifact cache",
+            built,
+            space.name,
+            dev.name,
+            dtype,
+            time.perf_counter() - t0,
+            path,
+        )
+        return path
     lut = build_lut(
         space,
         dev,
@@ -80,6 +109,7 @@ def cli_build_lut(
         seed=seed,
         batch_layers=batch_layers,
         progress=progress,
+        passes=passes,
     )
     log.info(
         "LUT of %s on %s (%s): %d layers in %s (%.1f s)",

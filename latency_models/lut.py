@@ -1,11 +1,20 @@
 """Latency lookup tables: each unique layer of a space measured once on a device, kept as CSV.
 
-File format (`edge-nas-lut/1`): a first line `# edge-nas-lut/1 {json metadata}` naming the
+File format (`edge-nas-lut/2`): a first line `# edge-nas-lut/2 {json metadata}` naming the
 device, its kind, runtime, runtime version, threads, dtype, creation date and host; then a CSV
-header and one row per layer key with the measurement's statistics and when it was taken. Rows
-are appended and flushed (with fsync) after every batch, so a crash loses at most the batch in
-flight; opening the file again resumes where it stopped, and drops a last line the crash cut
-short. A table refuses to be resumed, merged or read by a device whose identity differs
+header and rows of layer key, the measurement's statistics, when it was taken and how many
+passes it stands for. Rows are appended and flushed (with fsync) after every batch, so a crash
+loses at most the batch in flight; opening the file again resumes where it stopped, and drops a
+last line the crash cut short. `edge-nas-lut/1` files (no `passes` column: one pass per row)
+are read too, and rewritten as `/2` before a build appends to them.
+
+A layer may be measured in several passes (`build_lut(passes=N)`): every layer once, then
+every layer again, so the passes of one layer lie minutes apart. The host of a shared machine
+slows everything for minutes at a time, and a layer measured only inside such a window keeps an
+inflated time that no number of rounds within the window removes (on `xnnpack-1t`, a batch of
+mobilenetv3 layers measured during one came out about 1.4x slow). Each pass appends its own
+row; a key's rows combine into one entry: the pass with the lowest minimum (the headline, as
+for whole networks in `latency_models.measure`), with the pass count summed. A table refuses to be resumed, merged or read by a device whose identity differs
 (device, runtime, runtime version, threads, dtype): measurements of two devices never mix.
 
 Keys are the specs' keys (`LayerSpec.key`), which do not name the space: one table per device
@@ -22,7 +31,7 @@ import logging
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +56,12 @@ __all__ = [
     "build_lut",
     "compile_lut",
     "lut_path",
+    "pass_plan",
     "reachable_specs",
 ]
 
-FORMAT = "edge-nas-lut/1"
+FORMAT = "edge-nas-lut/2"
+READABLE_FORMATS = ("edge-nas-lut/1", FORMAT)
 IDENTITY: tuple[str, ...] = (
     "device",
     "device_kind",
@@ -73,7 +84,10 @@ COLUMNS: tuple[str, ...] = (
     "rounds",
     "converged",
     "measured_at",
+    "passes",
 )
+_COLUMNS_V1 = COLUMNS[:-1]
+"""`edge-nas-lut/1` rows: one pass each."""
 #: Spaces with at most this many genotypes are enumerated for their reachable specs.
 ENUMERATE_LIMIT = 2_000
 DEFAULT_SAMPLE_ARCHS = 1_000
@@ -121,6 +135,17 @@ class LUTEntry:
     rounds: int
     converged: bool
     measured_at: str
+    passes: int = 1
+    """Passes (separate time windows) this entry stands for; its statistics are those of the
+    pass with the lowest minimum."""
+
+    def combine(self, other: LUTEntry) -> LUTEntry:
+        """This entry and another pass of the same key: the lower minimum's statistics, the
+        passes of both."""
+        if other.key != self.key:
+            raise ValueError(f"cannot combine LUT entries of {self.key!r} and {other.key!r}")
+        best = other if other.min_ms < self.min_ms else self
+        return replace(best, passes=self.passes + other.passes)
 
     @classmethod
     def from_measurement(cls, spec: LayerSpec, m: Measurement) -> LUTEntry:
@@ -155,11 +180,12 @@ class LUTEntry:
             str(self.rounds),
             str(int(self.converged)),
             self.measured_at,
+            str(self.passes),
         ]
 
     @classmethod
-    def parse(cls, row: Sequence[str]) -> LUTEntry:
-        values = dict(zip(COLUMNS, row, strict=True))
+    def parse(cls, row: Sequence[str], columns: Sequence[str] = COLUMNS) -> LUTEntry:
+        values = dict(zip(columns, row, strict=True))
         entry = cls(
             key=values["key"],
             op=values["op"],
@@ -174,9 +200,12 @@ class LUTEntry:
             rounds=int(values["rounds"]),
             converged=values["converged"] in ("1", "True", "true"),
             measured_at=values["measured_at"],
+            passes=int(values.get("passes", 1)),
         )
         if not entry.key or not np.isfinite(entry.median_ms) or entry.median_ms < 0:
             raise ValueError(f"a row needs a key and a finite median_ms >= 0, got {row}")
+        if entry.passes < 1:
+            raise ValueError(f"passes must be >= 1, got {entry.passes}")
         return entry
 
 
@@ -197,8 +226,12 @@ class LUT:
         if missing:
             raise LUTError(f"LUT metadata needs the fields {list(IDENTITY)}; missing {missing}")
         self.metadata: dict[str, Any] = dict(metadata)
-        self.entries: dict[str, LUTEntry] = {e.key: e for e in entries}
+        self.entries: dict[str, LUTEntry] = {}
         self.path = path
+        self.file_format = FORMAT
+        """The format of the file it was read from (older ones are rewritten before appending)."""
+        for e in entries:
+            self.add(e)
 
     @classmethod
     def for_device(cls, device: Device, dtype: str) -> LUT:
@@ -254,6 +287,16 @@ class LUT:
         except KeyError:
             raise MissingKeysError([key], self) from None
 
+    def add(self, entry: LUTEntry) -> None:
+        """Add a measurement: a new key, or one more pass of a key the table holds."""
+        held = self.entries.get(entry.key)
+        self.entries[entry.key] = entry if held is None else held.combine(entry)
+
+    def passes_of(self, key: str) -> int:
+        """How many passes the table holds for `key` (0 if none)."""
+        entry = self.entries.get(key)
+        return 0 if entry is None else entry.passes
+
     def missing(self, specs: Iterable[LayerSpec]) -> list[str]:
         """Keys of `specs` (unique, in order; free ops excluded) the table does not hold."""
         seen: dict[str, None] = {}
@@ -282,7 +325,9 @@ class LUT:
     def merge(self, other: LUT) -> LUT:
         """A table with the entries of both (this one wins on shared keys); same device only."""
         self.check_identity(other.metadata, "other table")
-        merged = LUT(self.metadata, [*other.entries.values(), *self.entries.values()])
+        merged = LUT(self.metadata, self.entries.values())
+        for e in other.entries.values():
+            merged.entries.setdefault(e.key, e)
         spaces = sorted({*self.metadata.get("spaces", []), *other.metadata.get("spaces", [])})
         merged.metadata["spaces"] = spaces
         return merged
@@ -305,6 +350,7 @@ class LUT:
         tmp.write_text(buf.getvalue())
         os.replace(tmp, path)
         self.path = path
+        self.file_format = FORMAT
         return path
 
     @classmethod
@@ -327,36 +373,40 @@ class LUT:
                     f.truncate(len(raw) - len(cut.encode("utf-8")))
         elif lines and lines[-1] == "":
             lines.pop()
-        if not lines or not lines[0].startswith(f"# {FORMAT} "):
+        fmt = next((f for f in READABLE_FORMATS if lines and lines[0].startswith(f"# {f} ")), None)
+        if fmt is None:
             first = lines[0][:80] if lines else ""
             raise CorruptLUTError(
                 f"{path} is not an edge-nas LUT: its first line must start with "
                 f"'# {FORMAT} ' followed by JSON metadata, got {first!r}"
             )
         try:
-            metadata = json.loads(lines[0][len(f"# {FORMAT} ") :])
+            metadata = json.loads(lines[0][len(f"# {fmt} ") :])
         except json.JSONDecodeError as err:
             raise CorruptLUTError(f"{path}, line 1: metadata is not valid JSON: {err}") from None
         if not isinstance(metadata, dict):
             raise CorruptLUTError(f"{path}, line 1: metadata must be a JSON object")
-        if len(lines) < 2 or next(csv.reader([lines[1]])) != list(COLUMNS):
+        columns = COLUMNS if fmt == FORMAT else _COLUMNS_V1
+        if len(lines) < 2 or next(csv.reader([lines[1]])) != list(columns):
             got = lines[1] if len(lines) > 1 else "(nothing)"
             raise CorruptLUTError(
-                f"{path}, line 2: the CSV header must be {','.join(COLUMNS)}; got {got!r}"
+                f"{path}, line 2: the CSV header must be {','.join(columns)}; got {got!r}"
             )
         entries = []
         for number, row in enumerate(csv.reader(lines[2:]), start=3):
             try:
-                entries.append(LUTEntry.parse(row))
+                entries.append(LUTEntry.parse(row, columns))
             except (ValueError, TypeError) as err:
                 raise CorruptLUTError(
                     f"{path}, line {number}: not a LUT row ({len(row)} fields, expected "
-                    f"{len(COLUMNS)}: {', '.join(COLUMNS)}): {err}"
+                    f"{len(columns)}: {', '.join(columns)}): {err}"
                 ) from None
         try:
-            return cls(metadata, entries, path)
+            lut = cls(metadata, entries, path)
         except LUTError as err:
             raise CorruptLUTError(f"{path}: {err}") from None
+        lut.file_format = fmt
+        return lut
 
 
 class _Appender:
@@ -365,6 +415,13 @@ class _Appender:
     def __init__(self, lut: LUT, path: Path) -> None:
         self.lut = lut
         self.path = path
+        if path.exists() and not path.read_text().startswith(f"# {FORMAT} "):
+            if lut.path is None or Path(lut.path).resolve() != path.resolve():
+                raise LUTError(
+                    f"{path} is not a {FORMAT} table of its own: load it with LUT.load and "
+                    "append through that table (older formats are rewritten first)"
+                )
+            lut.save(path)  # an older format: rewritten whole (atomically) before appending
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("w", newline="") as f:
@@ -381,7 +438,7 @@ class _Appender:
             f.flush()
             os.fsync(f.fileno())
         for e in entries:
-            self.lut.entries[e.key] = e
+            self.lut.add(e)
 
 
 def lut_path(directory: str | Path, device: Device | str, dtype: str) -> Path:
@@ -433,28 +490,60 @@ def compile_lut(
     n_archs: int | None = None,
     seed: int = 0,
     batch_layers: int = 32,
+    passes: int = 1,
 ) -> int:
     """Compile into the artifact cache what `build_lut` with the same arguments will measure,
     timing nothing; returns how many programs were built now (0 for devices that compile
     nothing). Lowering is slow but needs no quiet machine: run this on other cores first, and
-    the measuring `build_lut` finds its programs compiled. A program holds the layers the
-    table lacks, `batch_layers` at a time, so compile against the table as the build will find
-    it: after the builds that run before it into the same file."""
+    the measuring `build_lut` finds its programs compiled. Programs are fixed chunks of the
+    reachable layers (`pass_plan`), so they do not depend on what the table holds; the table
+    only decides which chunks still need measuring (and compiling)."""
     dtype = device.check_dtype(dtype or device.dtypes[0])
-    if batch_layers < 1:
-        raise ValueError(f"batch_layers must be >= 1, got {batch_layers}")
+    _check_build_args(batch_layers, passes)
     compile_layers = getattr(device, "compile_layers", None)
     if compile_layers is None:
         return 0
-    done: set[str] = set()
+    held: dict[str, int] = {}
     if path is not None and Path(path).exists():
-        done = set(LUT.load(path).entries)
+        held = {k: e.passes for k, e in LUT.load(path).entries.items()}
     specs = reachable_specs(space, device, dtype, archs, n_archs, seed)
-    todo = [s for s in specs if s.key not in done]
-    return sum(
-        compile_layers(todo[start : start + batch_layers], dtype)
-        for start in range(0, len(todo), batch_layers)
-    )
+    unique = {tuple(s.key for s in c): c for c in pass_plan(specs, held, passes, batch_layers)}
+    return sum(compile_layers(chunk, dtype) for chunk in unique.values())
+
+
+def pass_plan(
+    specs: Sequence[LayerSpec],
+    held: Mapping[str, int],
+    passes: int,
+    batch_layers: int = 32,
+) -> list[list[LayerSpec]]:
+    """The chunks a build measures, in order, given the passes a table holds per key.
+
+    Chunks are fixed slices of `specs` (`batch_layers` each), whatever the table holds, so a
+    chunk is always the same program (compiled once, found in the cache by every pass, by a
+    resumed build and by `compile_lut`). Pass p measures every chunk holding a key with fewer
+    than p passes, whole: a key already held gets one more pass, which costs a few
+    milliseconds, where a program of another composition would cost a lowering.
+    """
+    count = {s.key: held.get(s.key, 0) for s in specs}
+    chunks = [list(specs[i : i + batch_layers]) for i in range(0, len(specs), batch_layers)]
+    plan = []
+    for p in range(1, passes + 1):
+        for chunk in chunks:
+            if any(count[s.key] < p for s in chunk):
+                plan.append(chunk)
+                for s in chunk:
+                    count[s.key] += 1
+    return plan
+
+
+def _check_build_args(batch_layers: int, passes: int) -> None:
+    if batch_layers < 1:
+        raise ValueError(f"batch_layers must be >= 1, got {batch_layers}")
+    if passes < 1:
+        raise ValueError(
+            f"passes must be >= 1 (how many separate passes measure each layer), got {passes}"
+        )
 
 
 def build_lut(
@@ -468,16 +557,18 @@ def build_lut(
     seed: int = 0,
     batch_layers: int = 32,
     progress: bool = False,
+    passes: int = 1,
 ) -> LUT:
     """Measure every unique layer of `space` (module docstring) on `device`; resumable.
 
     With `path`, rows go to that CSV as they are measured and an existing file is resumed
     (after checking it belongs to the same device, runtime, threads and dtype); without it,
-    the table stays in memory. `progress` shows a tqdm bar.
+    the table stays in memory. `passes` > 1 measures every layer again in each further pass
+    (module docstring), up to `passes` per key: a table holding fewer for some keys is topped
+    up. `progress` shows a tqdm bar.
     """
     dtype = device.check_dtype(dtype or device.dtypes[0])
-    if batch_layers < 1:
-        raise ValueError(f"batch_layers must be >= 1, got {batch_layers}")
+    _check_build_args(batch_layers, passes)
     fresh = LUT.for_device(device, dtype)
     appender: _Appender | None = None
     if path is not None:
@@ -493,33 +584,36 @@ def build_lut(
     else:
         lut = fresh
     specs = reachable_specs(space, device, dtype, archs, n_archs, seed)
-    todo = [s for s in specs if s.key not in lut]
+    plan = pass_plan(specs, {k: e.passes for k, e in lut.entries.items()}, passes, batch_layers)
     log.info(
-        "%s on %s (%s): %d unique layers, %d to measure",
+        "%s on %s (%s): %d unique layers, %d to measure in %d chunk(s) (%d passes)",
         space.name,
         device.name,
         dtype,
         len(specs),
-        len(todo),
+        sum(map(len, plan)),
+        len(plan),
+        passes,
     )
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc=f"LUT {space.name} on {device.name}", unit="layer")
+        total = sum(map(len, plan))
+        bar = tqdm(total=total, desc=f"LUT {space.name} on {device.name}", unit="layer")
     try:
-        for start in range(0, len(todo), batch_layers):
-            batch = todo[start : start + batch_layers]
-            measured = device.measure_layers(batch, dtype)
+        for chunk in plan:
+            measured = device.measure_layers(chunk, dtype)
             entries = [
-                LUTEntry.from_measurement(s, m) for s, m in zip(batch, measured, strict=True)
+                LUTEntry.from_measurement(s, m) for s, m in zip(chunk, measured, strict=True)
             ]
             if appender is not None:
                 appender.append(entries)
             else:
-                lut.entries.update({e.key: e for e in entries})
+                for e in entries:
+                    lut.add(e)
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
@@ -554,6 +648,7 @@ def fill_missing(
     if target is not None:
         _Appender(lut, target).append(entries)
     else:
-        lut.entries.update({e.key: e for e in entries})
+        for e in entries:
+            lut.add(e)
     log.info("measured %d missing layers on %s", len(entries), device.name)
     return [e.key for e in entries]

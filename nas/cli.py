@@ -25,6 +25,16 @@ def _space(args: argparse.Namespace) -> Any:
     return search_spaces.get_space(args.space)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _spaces_cmd(args: argparse.Namespace) -> int:
     import search_spaces
 
@@ -124,8 +134,10 @@ def _latency_build_cmd(args: argparse.Namespace) -> int:
         n_archs=args.archs,
         seed=args.seed,
         progress=not args.quiet,
+        passes=args.passes,
+        compile_only=args.compile_only,
     )
-    print(f"LUT: {path}")
+    print(f"{'LUT programs compiled for' if args.compile_only else 'LUT'}: {path}")
     return 0
 
 
@@ -325,6 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archs", type=int, help="collect layers from N sampled archs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/latency", help="folder or .csv file")
+    p.add_argument(
+        "--passes",
+        type=_positive_int,
+        default=1,
+        help="measure every layer in N separate passes and keep each layer's fastest "
+        "(a noisy shared host); a table with fewer passes is topped up",
+    )
+    p.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="only compile (export, lower) the programs the build will time, into the "
+        "artifact cache, timing nothing: run it on a busy machine, then build on a quiet one",
+    )
     p.set_defaults(func=_latency_build_cmd)
     p = lat.add_parser("validate", help="latency predictors against whole-network measurements")
     p.add_argument("--space", default="tiny")

@@ -4,6 +4,7 @@ report corrupt files and missing keys clearly."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,108 @@ def test_compile_lut_builds_ahead_what_build_lut_then_measures(
     monkeypatch.setattr(artifacts, "onnx_model", lambda *a, **k: pytest.fail("exported again"))
     lut = build_lut(SPACE, device, path, archs=archs)
     assert len(lut) == n_first + len(todo)
+
+
+class WindowedDevice(CountingDevice):
+    """An emulated phone whose host slows some batches 1.5x (a noisy neighbour's window), and
+    which records the chunks it would compile (`compile_layers`) beside those it measures."""
+
+    def __init__(self, slow_batches: set[int], crash_after: int | None = None) -> None:
+        super().__init__(crash_after)
+        self.slow_batches = slow_batches
+        self.measured_chunks: list[list[str]] = []
+        self.compiled_chunks: list[list[str]] = []
+
+    def compile_layers(self, specs: Sequence[LayerSpec], dtype: str = "fp32") -> int:
+        self.compiled_chunks.append([s.key for s in specs])
+        return 1
+
+    def measure_layers(
+        self,
+        specs: Sequence[LayerSpec],
+        dtype: str = "fp32",
+        progress=None,  # type: ignore[no-untyped-def]
+    ) -> list[Measurement]:
+        slow = self.batches in self.slow_batches
+        out = super().measure_layers(specs, dtype, progress)
+        self.measured_chunks.append([s.key for s in specs])
+        if not slow:
+            return out
+        return [replace(m, median_ms=m.median_ms * 1.5, min_ms=m.min_ms * 1.5) for m in out]
+
+
+def test_passes_keep_each_layers_fastest_window_and_resume(tmp_path: Path) -> None:
+    """A layer measured only inside a slow window keeps it; a second pass takes it back out.
+    Every pass is a row on disk, a crash in pass 2 loses nothing, and the table tops up."""
+    path = tmp_path / "lut.csv"
+    truth = build_lut(SPACE, CountingDevice(), None, n_archs=30)
+    one = build_lut(SPACE, WindowedDevice(slow_batches={0}), None, n_archs=30, batch_layers=8)
+    inflated = [k for k in one.entries if one[k].min_ms > truth[k].min_ms * 1.4]
+    assert len(inflated) == 8  # the first batch, measured in the slow window
+    crashing = WindowedDevice(slow_batches={0}, crash_after=-(-len(truth) // 8) + 2)
+    with pytest.raises(Crash):
+        build_lut(SPACE, crashing, path, n_archs=30, batch_layers=8, passes=3)
+    partial = LUT.load(path)
+    rows = path.read_text().splitlines()[2:]
+    assert len(rows) == len(crashing.measured)  # a row per pass and layer, combined on load
+    assert all(partial.passes_of(k) in (1, 2) for k in truth.entries)
+    assert sum(partial.passes_of(k) == 2 for k in truth.entries) == 16  # two pass-2 batches
+    resumed = WindowedDevice(slow_batches=set())
+    lut = build_lut(SPACE, resumed, path, n_archs=30, batch_layers=8, passes=3)
+    assert len(resumed.measured) == 3 * len(truth) - len(crashing.measured)  # nothing twice
+    assert all(lut.passes_of(k) == 3 for k in truth.entries)
+    for k, e in truth.entries.items():
+        assert lut[k].min_ms == pytest.approx(e.min_ms)  # the slow window is gone
+    assert LUT.load(path).entries == lut.entries
+    # asking for fewer passes than held measures nothing
+    idle = CountingDevice()
+    build_lut(SPACE, idle, path, n_archs=30, passes=2)
+    assert idle.measured == []
+    with pytest.raises(ValueError, match="passes must be >= 1"):
+        build_lut(SPACE, idle, path, n_archs=30, passes=0)
+
+
+def test_compile_lut_compiles_the_chunks_every_pass_will_measure(tmp_path: Path) -> None:
+    path = tmp_path / "lut.csv"
+    build_lut(SPACE, CountingDevice(), path, n_archs=3, batch_layers=8)  # a partial table
+    device = WindowedDevice(slow_batches=set())
+    n = lm.compile_lut(SPACE, device, path, n_archs=30, batch_layers=8, passes=2)
+    assert n == len(device.compiled_chunks) and device.measured_chunks == []
+    compiled = [tuple(c) for c in device.compiled_chunks]
+    assert len(set(compiled)) == len(compiled)  # each program once, though two passes use it
+    build_lut(SPACE, device, path, n_archs=30, batch_layers=8, passes=2)
+    measured = [tuple(c) for c in device.measured_chunks]
+    assert set(measured) == set(compiled) and len(measured) > len(compiled)
+    # the chunks are fixed slices of the space's layers: the partial table only let the build
+    # skip (in pass 1) the chunks it already held whole, it did not reshape them
+    specs = lm.lut.reachable_specs(SPACE, device, "fp32", n_archs=30)
+    slices = {tuple(s.key for s in specs[i : i + 8]) for i in range(0, len(specs), 8)}
+    assert set(compiled) <= slices
+
+
+def test_version_1_tables_are_read_and_upgraded_before_appending(tmp_path: Path) -> None:
+    path = tmp_path / "lut.csv"
+    lut = build_lut(SPACE, CountingDevice(), path, archs=[SPACE.sample(0)])
+    lines = path.read_text().splitlines()
+    v1 = [lines[0].replace("edge-nas-lut/2", "edge-nas-lut/1"), lines[1].rsplit(",", 1)[0]]
+    v1 += [row.rsplit(",", 1)[0] for row in lines[2:]]
+    path.write_text("\n".join(v1) + "\n")
+    old = LUT.load(path)
+    assert old.entries == lut.entries and old.file_format == "edge-nas-lut/1"
+    build_lut(SPACE, CountingDevice(), path, archs=[SPACE.sample(0), SPACE.sample(1)])
+    assert path.read_text().startswith("# edge-nas-lut/2 ")
+    upgraded = LUT.load(path)
+    assert all(upgraded[k].min_ms == e.min_ms for k, e in lut.entries.items())
+    assert len(upgraded) > len(lut)
+
+
+def test_cli_compile_only_measures_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    device = WindowedDevice(slow_batches=set())
+    monkeypatch.setattr(lm.commands, "_device", lambda *a, **k: device)
+    path = lm.cli_build_lut(
+        SPACE, "pixel3-emulated", tmp_path, n_archs=10, progress=False, compile_only=True, passes=2
+    )
+    assert device.compiled_chunks and device.measured_chunks == [] and not path.exists()
+    lm.cli_build_lut(SPACE, "pixel3-emulated", tmp_path, n_archs=10, progress=False, passes=2)
+    assert device.measured_chunks == 2 * device.compiled_chunks
+    assert all(e.passes == 2 for e in LUT.load(path).entries.values())
