@@ -281,8 +281,9 @@ def prepare_only(
 
 
 def _lut_build(lut: dict[str, Any]) -> str:
-    if lut.get("layers_measured_this_run", 1) or "earlier_run" not in lut:
-        return f"{lut['build_s_this_run']:.1f}"
+    timed = lut.get("layers_measured_this_run", 1)
+    if timed or "earlier_run" not in lut:
+        return f"{lut['build_s_this_run']:.1f} ({timed} layer timings)"
     earlier = lut["earlier_run"]
     return f"{earlier['build_s']:.1f} (run at `{earlier['commit'][:10]}`)"
 
@@ -349,7 +350,7 @@ def _table(results: dict[str, Any]) -> str:
                 first = False
         lines += [
             "",
-            "| space | dtype | unique layers | LUT entries | LUT passes | LUT build s (measuring; lowering ahead is not counted) |",
+            "| space | dtype | unique layers | LUT entries | LUT passes | LUT build s this run (measuring only; lowering ahead is not counted) |",
             "|---|---|---|---|---|---|",
         ]
         for c in entry["cases"]:

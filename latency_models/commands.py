@@ -77,6 +77,9 @@ def cli_build_lut(
     path = out if out.suffix == ".csv" else lut_path(out, dev, dtype)
     t0 = time.perf_counter()
     if compile_only:
+        if not hasattr(dev, "compile_layers"):
+            log.info("%s compiles nothing: its LUT is built by measuring alone", dev.name)
+            return path
         if path.exists():
             LUT.load(path).check_device(dev, dtype)
         built = compile_lut(

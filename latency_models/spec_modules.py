@@ -93,12 +93,18 @@ class _GlobalMean(nn.Module):
 
 
 class _Copy(nn.Module):
-    """A real copy of the whole tensor (the tracer's `copy`: e.g. a channel shuffle making a
-    transposed view contiguous). A flip moves every element and no graph optimiser removes it,
-    where a transpose pair would be folded away."""
+    """A real copy of the whole tensor: the tracer's `copy` is what makes a transposed view
+    contiguous (a channel shuffle's reshape after its transpose), so the stand-in does that:
+    reads its input as (d1, d0, ...) and writes it out as (d0, d1, ...), a permutation every
+    runtime runs as one transpose (XNNPACK delegates it, as in the network). Where the first
+    two dimensions cannot make a permutation (either is 1, or the tensor has fewer), a flip:
+    it too moves every element, and no graph optimiser removes it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flip(-1)
+        if x.dim() < 3 or x.shape[1] == 1 or x.shape[2] == 1:
+            return x.flip(-1)
+        n, d0, d1, *rest = x.shape
+        return x.reshape(n, d1, d0, *rest).transpose(1, 2).contiguous()
 
 
 def _activation(name: str, spec: LayerSpec) -> nn.Module:

@@ -131,8 +131,14 @@ class OrtCPUDevice(RuntimeDevice):
         _import_ort(self.name)
         return artifacts.ort_session_options(self.threads)
 
-    def _key(self, ep: Any, shape: tuple[int, ...], dtype: str, calib: str) -> str:
+    def _key(
+        self, ep: Any, shape: tuple[int, ...], dtype: str, calib: str, layer: bool = False
+    ) -> str:
         import onnx
+
+        recipe = "dynamo-export;qdq-u8s8-per-channel-minmax"
+        if layer and dtype == "int8":
+            recipe += ";force-quantize-inputs"
 
         return fingerprint(
             ep,
@@ -143,7 +149,7 @@ class OrtCPUDevice(RuntimeDevice):
             dtype=dtype,
             calibration=calib if dtype == "int8" else "",
             reduce_range=self.reduce_range if dtype == "int8" else None,
-            recipe="dynamo-export;qdq-u8s8-per-channel-minmax",
+            recipe=recipe,
         )
 
     def _meta(
@@ -213,11 +219,22 @@ class OrtCPUDevice(RuntimeDevice):
             session=session,
         )
 
-    def _quantize(self, model: Any, batches: list[torch.Tensor]) -> Any:
+    def _quantize(self, model: Any, batches: list[torch.Tensor], layer: bool = False) -> Any:
         # No pre-processing: the recipe in the cache key ("qdq-u8s8-per-channel-minmax") is
         # quantization of the exported graph as it is, and the timed LUTs were built that way.
+        # A LUT layer (`layer`) has its input quantized even where ONNX Runtime would leave the
+        # op in fp32 for want of a quantized input: inside an int8 network, the op before it
+        # is quantized, so an average pool, an addition or a zero-multiply (nb201's "none")
+        # runs as QLinearAveragePool / QLinearAdd / QLinearMul there. Without it, the lone
+        # average pool of nb201 ran as an fp32 AveragePool, several times faster than its int8
+        # self in the network, and the LUT sum missed the int8 networks (tau 0.26).
         return artifacts.quantize_onnx_model(
-            model, batches, per_channel=True, reduce_range=self.reduce_range, preprocess=False
+            model,
+            batches,
+            per_channel=True,
+            reduce_range=self.reduce_range,
+            preprocess=False,
+            force_inputs=layer,
         )
 
     def measure_many(
@@ -249,7 +266,7 @@ class OrtCPUDevice(RuntimeDevice):
         xs = [example_input(shape, self.seed) for _, shape in checked]
         t0 = time.perf_counter()
         keys = [
-            self._key(artifacts.export_program(m, x), shape, dtype, calib)
+            self._key(artifacts.export_program(m, x), shape, dtype, calib, layer=True)
             for (m, shape), x in zip(checked, xs, strict=True)
         ]
         keys_s = time.perf_counter() - t0
@@ -265,7 +282,7 @@ class OrtCPUDevice(RuntimeDevice):
                 if dtype == "int8":
                     t2 = time.perf_counter()
                     batches = calibration_batches(None, checked[i][1], self.seed)
-                    model = self._quantize(model, batches)
+                    model = self._quantize(model, batches, layer=True)
                     build_s["quantize_s"] = time.perf_counter() - t2
                 blob = model.SerializeToString()
                 self.cache.store(

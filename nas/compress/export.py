@@ -549,6 +549,7 @@ def quantize_onnx_model(
     per_channel: bool = True,
     reduce_range: bool | None = None,
     preprocess: bool = True,
+    force_inputs: bool = False,
 ) -> Any:
     """ONNX Runtime static int8 quantization (QDQ) of the fp32 ``ModelProto`` ``model``.
 
@@ -557,7 +558,9 @@ def quantize_onnx_model(
     against overflow in the u8s8 dot product of CPUs without VNNI) defaults to True exactly
     when this CPU lacks VNNI, as ONNX Runtime advises. ``preprocess`` runs ONNX Runtime's
     advised pre-processing first (shape inference and graph optimisation, so quantization sees
-    fused ops); where it fails the model is quantized as it is.
+    fused ops); where it fails the model is quantized as it is. ``force_inputs`` quantizes
+    ops whose input is not quantized already (pooling, additions, ...; ONNX Runtime leaves
+    those in fp32 by default): what a lone layer needs to run as it does inside a network.
     """
     try:
         import onnx
@@ -604,6 +607,7 @@ def quantize_onnx_model(
             reduce_range=(not has_vnni()) if reduce_range is None else reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            extra_options={"ForceQuantizeNoInputCheck": True} if force_inputs else None,
         )
         return onnx.load(out)
 

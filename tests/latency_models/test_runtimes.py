@@ -382,6 +382,24 @@ def test_ort_compile_many_builds_what_measure_many_then_times(
     assert len(ms) == 3 and all(m.median_ms > 0 and m.dtype == "int8" for m in ms)
 
 
+def test_ort_int8_lut_layers_are_quantized_as_inside_a_network(tmp_path: Path) -> None:
+    """A lone average pool has no quantized op before it, so ONNX Runtime's default would
+    leave it in fp32; inside an int8 network it runs quantized. LUT layers force it."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    device = OrtCPUDevice(cache=ArtifactCache(tmp_path))
+    pool, shape = nn.AvgPool2d(3, 1, 1, count_include_pad=False), (1, 16, 8, 8)
+    (layer,) = device.prepare_many([(pool, shape)], "int8")
+    assert layer.artifact_path is not None
+    ops = [n.op_type for n in onnx.load(str(layer.artifact_path)).graph.node]
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(ops) and "AveragePool" in ops
+    whole = device.prepare(pool, shape, "int8")  # the network recipe, on a one-op network
+    assert whole.artifact_path is not None and whole.artifact_path != layer.artifact_path
+    assert [n.op_type for n in onnx.load(str(whole.artifact_path)).graph.node] == ["AveragePool"]
+    (fp32,) = device.prepare_many([(pool, shape)], "fp32")
+    assert [n.op_type for n in onnx.load(str(fp32.artifact_path)).graph.node] == ["AveragePool"]
+
+
 def test_xnnpack_compile_many_compiles_alone_what_a_batch_cannot_time(
     cache: ArtifactCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -85,6 +85,20 @@ def test_impossible_shapes_are_refused() -> None:
         module_for_spec(LayerSpec("conv", (8, 16, 16), (6, 16, 16), kernel=3, groups=4))
 
 
+def test_copy_stand_in_is_the_permutation_a_channel_shuffle_makes() -> None:
+    from nas.blocks import ChannelShuffle
+
+    x = torch.randn(1, 8, 5, 5)
+    shuffled = ChannelShuffle(2)(x)  # traced as a copy of the (4, 2, 5, 5) transposed view
+    module, shape = module_for_spec(LayerSpec("copy", (4, 2, 5, 5), (4, 2, 5, 5)))
+    assert shape == (1, 4, 2, 5, 5)
+    out = module(x.reshape(shape))
+    torch.testing.assert_close(out.reshape(1, 8, 5, 5), shuffled)
+    vector, vshape = module_for_spec(LayerSpec("copy", (16,), (16,)))
+    v = torch.arange(16.0).reshape(vshape)
+    assert not torch.equal(vector(v), v)  # a real copy even where no permutation exists
+
+
 def test_stand_ins_export_cleanly() -> None:
     """Runtimes export the stand-ins; an in-place activation would mutate the program's input,
     which torch.export cannot unlift (it failed that way on XNNPACK before)."""
