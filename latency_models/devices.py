@@ -123,9 +123,13 @@ class Device(ABC):
             )
         return dtype
 
+    def layer_recipe(self, dtype: str) -> str:
+        """How lone layers are built for timing, where it changed (`RuntimeDevice`); ""."""
+        return ""
+
     def metadata(self, dtype: str) -> dict[str, Any]:
         """What identifies this device's measurements (LUT files refuse to mix others)."""
-        return {
+        meta: dict[str, Any] = {
             "device": self.name,
             "device_kind": self.kind,
             "runtime": self.runtime,
@@ -133,6 +137,10 @@ class Device(ABC):
             "threads": self.threads,
             "dtype": dtype,
         }
+        recipe = self.layer_recipe(dtype)
+        if recipe:  # absent where empty, as in tables written before the field existed
+            meta["layer_recipe"] = recipe
+        return meta
 
     def _point(self, ms: float, dtype: str) -> Measurement:
         """A deterministic measurement of `ms` on this device (zero spread)."""
@@ -309,6 +317,9 @@ class RealDevice(Device):
     @property
     def runtime_version(self) -> str:
         return self.runtime_device.version
+
+    def layer_recipe(self, dtype: str) -> str:
+        return self.runtime_device.layer_recipe(dtype)
 
     @property
     def dtypes(self) -> tuple[str, ...]:

@@ -69,7 +69,10 @@ IDENTITY: tuple[str, ...] = (
     "runtime_version",
     "threads",
     "dtype",
+    "layer_recipe",
 )
+IDENTITY_DEFAULTS: dict[str, Any] = {"layer_recipe": ""}
+"""Identity fields a table may lack (written before they existed): their value then."""
 COLUMNS: tuple[str, ...] = (
     "key",
     "op",
@@ -210,7 +213,7 @@ class LUTEntry:
 
 
 def _identity(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: metadata.get(k) for k in IDENTITY}
+    return {k: metadata.get(k, IDENTITY_DEFAULTS.get(k)) for k in IDENTITY}
 
 
 class LUT:
@@ -222,7 +225,7 @@ class LUT:
         entries: Iterable[LUTEntry] = (),
         path: Path | None = None,
     ) -> None:
-        missing = [k for k in IDENTITY if k not in metadata]
+        missing = [k for k in IDENTITY if k not in metadata and k not in IDENTITY_DEFAULTS]
         if missing:
             raise LUTError(f"LUT metadata needs the fields {list(IDENTITY)}; missing {missing}")
         self.metadata: dict[str, Any] = dict(metadata)
@@ -267,8 +270,8 @@ class LUT:
             lines = ", ".join(f"{k}: table {a!r} vs {what} {b!r}" for k, (a, b) in diff.items())
             raise LUTMismatchError(
                 f"the LUT at {self.path or '(in memory)'} belongs to another device or runtime "
-                f"({lines}); tables of different devices, runtimes, threads or dtypes never "
-                "mix: use another path (or delete this file) to build a new one"
+                f"({lines}); tables of different devices, runtimes, threads, dtypes or layer "
+                "recipes never mix: use another path (or delete this file) to build a new one"
             )
 
     def check_device(self, device: Device, dtype: str | None = None) -> None:

@@ -231,6 +231,12 @@ class RuntimeDevice(ABC):
     def version(self) -> str:
         """Runtime name and version as recorded in measurements (raises if not installed)."""
 
+    def layer_recipe(self, dtype: str) -> str:
+        """How a lone layer is built for timing, where that departs from the first recipe in
+        a way that changes its times (part of a LUT's identity, so tables timed the old way
+        refuse to mix); empty for the first recipe."""
+        return ""
+
     def available(self) -> bool:
         """Whether the runtime's packages can be imported."""
         try:

@@ -123,6 +123,9 @@ class OrtCPUDevice(RuntimeDevice):
     def version(self) -> str:
         return f"onnxruntime {_import_ort(self.name).__version__}"
 
+    def layer_recipe(self, dtype: str) -> str:
+        return "int8-inputs-quantized" if dtype == "int8" else ""  # see `_quantize`
+
     def _fixed_threads(self) -> contextlib.AbstractContextManager[None]:
         # The thread count is a session option, fixed when the session is created.
         return contextlib.nullcontext()

@@ -106,6 +106,26 @@ def test_refuses_to_mix_devices(tmp_path: Path) -> None:
         LUTSum(LUT.load(path), lm.get_device("raspi4-emulated"))
 
 
+class RecipeDevice(CountingDevice):
+    def layer_recipe(self, dtype: str) -> str:
+        return "int8-inputs-quantized"
+
+
+def test_tables_of_another_layer_recipe_refuse_to_mix(tmp_path: Path) -> None:
+    """A change in how lone layers are built changes their times: a table timed the old way
+    (no recipe in its header) is not topped up with rows timed the new way."""
+    path = tmp_path / "lut.csv"
+    build_lut(SPACE, CountingDevice(), path, n_archs=3)
+    assert "layer_recipe" not in LUT.load(path).metadata  # tables before the field match ""
+    build_lut(SPACE, CountingDevice(), path, n_archs=5)
+    with pytest.raises(LUTMismatchError, match="layer_recipe: table '' vs device"):
+        build_lut(SPACE, RecipeDevice(), path, n_archs=5)
+    pytest.importorskip("onnxruntime")
+    ort = lm.get_device("ort-cpu-1t")
+    assert ort.metadata("int8")["layer_recipe"] == "int8-inputs-quantized"
+    assert "layer_recipe" not in ort.metadata("fp32")
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [
