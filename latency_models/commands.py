@@ -76,22 +76,21 @@ def cli_build_lut(
     out = Path(out)
     path = out if out.suffix == ".csv" else lut_path(out, dev, dtype)
     t0 = time.perf_counter()
+    # compile_lut takes build_lut's arguments, so that it compiles what the build will time
+    same: dict[str, Any] = {
+        "dtype": dtype,
+        "n_archs": n_archs,
+        "seed": seed,
+        "batch_layers": batch_layers,
+        "passes": passes,
+    }
     if compile_only:
         if not hasattr(dev, "compile_layers"):
             log.info("%s compiles nothing: its LUT is built by measuring alone", dev.name)
             return path
         if path.exists():
             LUT.load(path).check_device(dev, dtype)
-        built = compile_lut(
-            space,
-            dev,
-            path,
-            dtype=dtype,
-            n_archs=n_archs,
-            seed=seed,
-            batch_layers=batch_layers,
-            passes=passes,
-        )
+        built = compile_lut(space, dev, path, **same)
         log.info(
             "compiled %d program(s) for the LUT of %s on %s (%s) in %.1f s; the build of %s "
             "finds them in the artifact cache",
@@ -103,17 +102,7 @@ def cli_build_lut(
             path,
         )
         return path
-    lut = build_lut(
-        space,
-        dev,
-        path,
-        dtype=dtype,
-        n_archs=n_archs,
-        seed=seed,
-        batch_layers=batch_layers,
-        progress=progress,
-        passes=passes,
-    )
+    lut = build_lut(space, dev, path, progress=progress, **same)
     log.info(
         "LUT of %s on %s (%s): %d layers in %s (%.1f s)",
         space.name,
