@@ -1,0 +1,65 @@
+"""benchmarks/latency_runtime.py keeps the cases a partial run did not touch."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "latency_runtime_bench", ROOT / "benchmarks" / "latency_runtime.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _case(space: str, dtype: str, tau: float, **extra: Any) -> dict[str, Any]:
+    return {"space": space, "dtype": dtype, "metrics": {"lut sum": {"kendall_tau": tau}}, **extra}
+
+
+def _results(commit: str, devices: dict[str, list[dict[str, Any]]], **extra: Any) -> dict[str, Any]:
+    plan = [[c["space"], c["dtype"], 50, 30] for cases in devices.values() for c in cases]
+    return {
+        "commit": commit,
+        "quick": False,
+        "max_archs": None,
+        "seed": 0,
+        "plan": plan,
+        "devices": {d: {"cases": cases, "pending": []} for d, cases in devices.items()},
+        **extra,
+    }
+
+
+def test_a_partial_run_updates_its_cases_and_keeps_the_rest() -> None:
+    bench = _bench()
+    previous = _results(
+        "old",
+        {
+            "ort-cpu-1t": [_case("tiny", "fp32", 0.9), _case("nb201", "fp32", 0.8)],
+            "xnnpack-1t": [_case("tiny", "fp32", 0.7)],
+        },
+    )
+    run = _results("new", {"ort-cpu-1t": [_case("nb201", "fp32", 0.85, commit="new")]})
+    merged = bench.merge_results(run, previous)
+    assert merged["commit"] == "new"
+    ort = merged["devices"]["ort-cpu-1t"]["cases"]
+    assert [(c["space"], c["metrics"]["lut sum"]["kendall_tau"]) for c in ort] == [
+        ("tiny", 0.9),
+        ("nb201", 0.85),
+    ]
+    assert ort[0]["commit"] == "old" and ort[1]["commit"] == "new"
+    assert merged["devices"]["xnnpack-1t"]["cases"][0]["metrics"]["lut sum"]["kendall_tau"] == 0.7
+    assert [p[:2] for p in merged["plan"]] == [["tiny", "fp32"], ["nb201", "fp32"]]
+    assert "(run at `old`)" in bench._more(ort[0], merged["commit"])
+    # a quick run (or other seed, or capped archs) never mixes with the full tables
+    quick = {**run, "quick": True}
+    assert bench.merge_results(quick, previous) is quick
