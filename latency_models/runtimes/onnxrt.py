@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -122,6 +125,24 @@ class OrtCPUDevice(RuntimeDevice):
     @property
     def version(self) -> str:
         return f"onnxruntime {_import_ort(self.name).__version__}"
+
+    def optimized_graph_ops(self, prepared: Prepared) -> dict[str, int]:
+        """Node types, with counts, of ONNX Runtime's optimised graph of a prepared model: the
+        kernels this session runs, glue included (NCHWc reorders, transposes, quantize and
+        dequantize nodes), which a table of lone layers cannot see."""
+        import onnx
+
+        ort = _import_ort(self.name)
+        if prepared.artifact_path is None or not Path(prepared.artifact_path).is_file():
+            raise ValueError(f"{self.name}: the prepared model has no artifact file to optimise")
+        with tempfile.TemporaryDirectory(prefix="edge-nas-ort-opt-") as tmp:
+            options = self.session_options()
+            options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            ort.InferenceSession(
+                str(prepared.artifact_path), options, providers=["CPUExecutionProvider"]
+            )
+            graph = onnx.load(options.optimized_model_filepath).graph
+        return dict(Counter(node.op_type for node in graph.node))
 
     def layer_recipe(self, dtype: str) -> str:
         return "int8-inputs-quantized" if dtype == "int8" else ""  # see `_quantize`

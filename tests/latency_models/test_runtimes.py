@@ -382,6 +382,15 @@ def test_ort_compile_many_builds_what_measure_many_then_times(
     assert len(ms) == 3 and all(m.median_ms > 0 and m.dtype == "int8" for m in ms)
 
 
+def test_ort_optimized_graph_ops_name_the_kernels_the_session_runs(cache: ArtifactCache) -> None:
+    pytest.importorskip("onnxruntime")
+    device = OrtCPUDevice(cache=cache)
+    fp32 = device.optimized_graph_ops(device.prepare(tiny_cnn(), INPUT, "fp32"))
+    assert any("Conv" in op for op in fp32) and all(n > 0 for n in fp32.values())
+    int8 = device.optimized_graph_ops(device.prepare(tiny_cnn(), INPUT, "int8"))
+    assert any(op.startswith("QLinear") for op in int8)  # fused into quantized kernels
+
+
 def test_ort_int8_lut_layers_are_quantized_as_inside_a_network(tmp_path: Path) -> None:
     """A lone average pool has no quantized op before it, so ONNX Runtime's default would
     leave it in fp32; inside an int8 network it runs quantized. LUT layers force it."""
