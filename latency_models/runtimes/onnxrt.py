@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -145,7 +145,7 @@ class OrtCPUDevice(RuntimeDevice):
         return dict(Counter(node.op_type for node in graph.node))
 
     def layer_recipe(self, dtype: str) -> str:
-        return "int8-between-int8-neighbours" if dtype == "int8" else ""  # `_int8_in_context`
+        return "int8-inputs-quantized" if dtype == "int8" else ""  # see `_quantize`
 
     def _fixed_threads(self) -> contextlib.AbstractContextManager[None]:
         # The thread count is a session option, fixed when the session is created.
@@ -267,124 +267,30 @@ class OrtCPUDevice(RuntimeDevice):
         dtype: str = "fp32",
         protocol: Protocol = DEFAULT_PROTOCOL,
     ) -> list[Measurement]:
-        """Build uncached layers batch-wise (one export per ``batch_layers``), time each alone;
-        int8 layers between int8 neighbours (`_int8_in_context`)."""
+        """Build uncached layers batch-wise (one export per ``batch_layers``), time each alone."""
         checked = check_items(items)
         check_dtype(self.name, dtype, self.dtypes)
         _import_ort(self.name)
-        if dtype == "int8":
-            return self._int8_in_context(checked, protocol)
-        return self._time_each(checked, dtype, protocol)
-
-    def _time_each(
-        self,
-        items: Sequence[LayerItem],
-        dtype: str,
-        protocol: Protocol,
-        force_inputs: bool = True,
-    ) -> list[Measurement]:
         out: list[Measurement] = []
-        for start in range(0, len(items), self.batch_layers):
-            chunk = items[start : start + self.batch_layers]
-            for prepared in self.prepare_many(chunk, dtype, force_inputs):
+        for start in range(0, len(checked), self.batch_layers):
+            for prepared in self.prepare_many(checked[start : start + self.batch_layers], dtype):
                 out.append(self.measure_prepared(prepared, protocol))
-        return out
-
-    def _int8_programs(
-        self, items: Sequence[LayerItem]
-    ) -> tuple[list[LayerItem], list[LayerItem], list[tuple[str, int, list[int]]]]:
-        """What int8 layers are timed as: (lone programs, in-context programs, and per layer
-        ("alone", index, []) or ("context", index of its program, indices of its bases))."""
-        alone: list[LayerItem] = []
-        context: list[LayerItem] = []
-        bases: dict[tuple[int, ...], int] = {}
-        plan: list[tuple[str, int, list[int]]] = []
-        for module, shape in items:
-            training = module.training
-            with torch.no_grad():
-                out_shape = tuple(module.eval()(example_input(shape, self.seed)).shape)
-            module.train(training)
-            pre, post = _neighbour(shape, self.seed), _neighbour(out_shape, self.seed + 1)
-            if pre is None or post is None:
-                plan.append(("alone", len(alone), []))
-                alone.append((module, shape))
-                continue
-            base_of = []
-            for s in dict.fromkeys([shape, out_shape]):
-                if s not in bases:
-                    bases[s] = len(context)
-                    first, second = _neighbour(s, self.seed), _neighbour(s, self.seed + 1)
-                    assert first is not None and second is not None  # s is of a neighbour's rank
-                    context.append((nn.Sequential(first, second), s))
-                base_of.append(bases[s])
-            plan.append(("context", len(context), base_of))
-            context.append((nn.Sequential(pre, module, post), shape))
-        return alone, context, plan
-
-    def _int8_in_context(self, items: Sequence[LayerItem], protocol: Protocol) -> list[Measurement]:
-        """An int8 layer timed as it runs inside an int8 network: between two cheap quantized
-        neighbours (1x1 convolutions, or linear layers on vectors), less the neighbours timed
-        as a pair (at the layer's input and output shapes, averaged).
-
-        Alone, ONNX Runtime runs an int8 op between a quantize and a dequantize of its own and
-        in the channels-first layout, where the network runs it channels-last between int8
-        neighbours: a lone 32x32x16 `QLinearAveragePool` took 0.23 ms, 0.13 ms between two
-        convolutions, and nb201's int8 networks agreed with the latter. Layers of other ranks
-        are timed alone, their input quantized (`_quantize`).
-        """
-        alone, context, plan = self._int8_programs(items)
-        lone = self._time_each(alone, "int8", protocol)
-        timed = self._time_each(context, "int8", protocol, force_inputs=False)
-        out: list[Measurement] = []
-        for how, index, base_of in plan:
-            if how == "alone":
-                out.append(lone[index])
-                continue
-            whole = timed[index]
-            base = [timed[b] for b in base_of]
-
-            def less(stat: str, m: Measurement = whole, base: list[Measurement] = base) -> float:
-                return max(0.0, getattr(m, stat) - float(np.mean([getattr(b, stat) for b in base])))
-
-            out.append(
-                replace(
-                    whole,
-                    median_ms=less("median_ms"),
-                    p10_ms=less("p10_ms"),
-                    p90_ms=less("p90_ms"),
-                    mean_ms=less("mean_ms"),
-                    min_ms=less("min_ms"),
-                    converged=whole.converged and all(b.converged for b in base),
-                )
-            )
         return out
 
     def compile_many(self, items: Sequence[LayerItem], dtype: str = "fp32") -> int:
         """:meth:`measure_many`'s sessions built into the cache (one shared export), timing
         nothing; returns how many were built now."""
-        checked = check_items(items)
-        check_dtype(self.name, dtype, self.dtypes)
-        if dtype != "int8":
-            return sum(not p.cache_hit for p in self.prepare_many(checked, dtype))
-        alone, context, _ = self._int8_programs(checked)
-        built = sum(not p.cache_hit for p in self.prepare_many(alone, dtype)) if alone else 0
-        if context:
-            built += sum(not p.cache_hit for p in self.prepare_many(context, dtype, False))
-        return built
+        return sum(not p.cache_hit for p in self.prepare_many(items, dtype))
 
-    def prepare_many(
-        self, items: Sequence[LayerItem], dtype: str = "fp32", force_inputs: bool = True
-    ) -> list[OrtPrepared]:
-        """One prepared session per layer; the cache misses share one ONNX export.
-        `force_inputs` (int8): quantize each op even where nothing quantized feeds it, as for
-        a lone layer (see `_quantize`); False quantizes as a whole network is."""
+    def prepare_many(self, items: Sequence[LayerItem], dtype: str = "fp32") -> list[OrtPrepared]:
+        """One prepared session per layer; the cache misses share one ONNX export."""
         checked = check_items(items)
         check_dtype(self.name, dtype, self.dtypes)
         calib = calibration_digest(None, self.seed)
         xs = [example_input(shape, self.seed) for _, shape in checked]
         t0 = time.perf_counter()
         keys = [
-            self._key(artifacts.export_program(m, x), shape, dtype, calib, layer=force_inputs)
+            self._key(artifacts.export_program(m, x), shape, dtype, calib, layer=True)
             for (m, shape), x in zip(checked, xs, strict=True)
         ]
         keys_s = time.perf_counter() - t0
@@ -400,7 +306,7 @@ class OrtCPUDevice(RuntimeDevice):
                 if dtype == "int8":
                     t2 = time.perf_counter()
                     batches = calibration_batches(None, checked[i][1], self.seed)
-                    model = self._quantize(model, batches, layer=force_inputs)
+                    model = self._quantize(model, batches, layer=True)
                     build_s["quantize_s"] = time.perf_counter() - t2
                 blob = model.SerializeToString()
                 self.cache.store(
@@ -430,19 +336,6 @@ class OrtCPUDevice(RuntimeDevice):
                 )
             )
         return prepared
-
-
-def _neighbour(shape: tuple[int, ...], seed: int) -> nn.Module | None:
-    """A cheap op that keeps a tensor of `shape` (batch included) and quantizes like the layers
-    around it in a network: a 1x1 convolution on (N, C, H, W), a linear layer on (N, F);
-    None for other ranks. Seeded, so the same shape gives the same cached program."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if len(shape) == 4:
-            return nn.Conv2d(shape[1], shape[1], 1).eval()
-        if len(shape) == 2:
-            return nn.Linear(shape[1], shape[1]).eval()
-    return None
 
 
 def _export_branches(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]) -> list[Any]:

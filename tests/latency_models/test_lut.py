@@ -122,7 +122,7 @@ def test_tables_of_another_layer_recipe_refuse_to_mix(tmp_path: Path) -> None:
         build_lut(SPACE, RecipeDevice(), path, n_archs=5)
     pytest.importorskip("onnxruntime")
     ort = lm.get_device("ort-cpu-1t")
-    assert ort.metadata("int8")["layer_recipe"] == "int8-between-int8-neighbours"
+    assert ort.metadata("int8")["layer_recipe"] == "int8-inputs-quantized"
     assert "layer_recipe" not in ort.metadata("fp32")
 
 
