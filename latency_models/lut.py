@@ -567,8 +567,9 @@ def build_lut(
     With `path`, rows go to that CSV as they are measured and an existing file is resumed
     (after checking it belongs to the same device, runtime, threads and dtype); without it,
     the table stays in memory. `passes` > 1 measures every layer again in each further pass
-    (module docstring), up to `passes` per key: a table holding fewer for some keys is topped
-    up. `progress` shows a tqdm bar.
+    (module docstring) until every key holds at least `passes` (a fixed chunk holding a key
+    that already has them times it once more: `pass_plan`); a table holding fewer for some
+    keys is topped up. `progress` shows a tqdm bar.
     """
     dtype = device.check_dtype(dtype or device.dtypes[0])
     _check_build_args(batch_layers, passes)
