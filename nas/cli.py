@@ -180,6 +180,7 @@ def _search_cmd(args: argparse.Namespace) -> int:
             out / f"lut-{name}.csv",
             n_archs=args.lut_archs,
             progress=not args.quiet,
+            passes=args.lut_passes,
         )
         model = LUTSum(lut, device, on_missing="measure")
         models.append(model)
@@ -381,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="nsga2", help="frontier, gp, nsga2, nsga3, random, tpe")
     p.add_argument("--trials", type=int, default=100)
     p.add_argument("--lut-archs", type=int, default=50)
+    p.add_argument(
+        "--lut-passes",
+        type=_positive_int,
+        default=1,
+        help="passes over every LUT layer, each keeping its fastest (real runtimes on a noisy host)",
+    )
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite in --out)")
     p.add_argument("--study", default="search")
     p.add_argument("--seed", type=int, default=0)

@@ -71,6 +71,9 @@ class DeviceConfig:
     lut_archs: int = 50
     #: archs measured end to end to fit the LUT's correction and report its error
     calibration_archs: int = 0
+    #: passes over every LUT layer, each layer keeping its fastest: more on a noisy shared
+    #: host (real runtimes); emulated and table devices are deterministic, 1 is enough
+    lut_passes: int = 1
 
 
 @dataclass

@@ -165,6 +165,7 @@ def stage_latency(state: RunState, progress: bool) -> None:
             n_archs=dev.lut_archs,
             seed=state.config.seed + i,
             progress=progress,
+            passes=dev.lut_passes,
         )
         model: Any = LUTSum(lut, device, on_missing="measure")
         if dev.calibration_archs > 0:
