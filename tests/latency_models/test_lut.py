@@ -327,3 +327,17 @@ def test_cli_compile_only_measures_nothing(tmp_path: Path, monkeypatch: pytest.M
     lm.cli_build_lut(SPACE, "pixel3-emulated", tmp_path, n_archs=10, progress=False, passes=2)
     assert device.measured_chunks == 2 * device.compiled_chunks
     assert all(e.passes == 2 for e in LUT.load(path).entries.values())
+
+
+def test_pass_plan_is_fixed_slices_measured_until_every_key_has_its_passes() -> None:
+    specs = [LayerSpec("relu", (1, i + 1, 1), (1, i + 1, 1)) for i in range(5)]
+    keys = [s.key for s in specs]
+    plan = lm.lut.pass_plan(specs, {}, passes=2, batch_layers=2)
+    assert [[s.key for s in c] for c in plan] == [keys[0:2], keys[2:4], keys[4:5]] * 2
+    held = {keys[0]: 2, keys[1]: 1, keys[2]: 2, keys[3]: 2}
+    plan = lm.lut.pass_plan(specs, held, passes=2, batch_layers=2)
+    # pass 1: only the last slice lacks a pass; pass 2: the first slice, measured whole for
+    # the one key with a single pass, and the last again; the complete middle slice never
+    assert [[s.key for s in c] for c in plan] == [keys[4:5], keys[0:2], keys[4:5]]
+    assert lm.lut.pass_plan(specs, dict.fromkeys(keys, 3), passes=2) == []
+    assert lm.lut.pass_plan([], {}, passes=3) == []
