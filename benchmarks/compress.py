@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,8 +54,11 @@ from nas.compress import (
     run_chain,
 )
 from nas.compress.export import has_vnni
+from nas.config import git_commit
 from nas.data import ImageDataset, load_embedded_digits
 from search_spaces.tiny import TinySpace
+
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("benchmarks.compress")
 
@@ -66,15 +68,6 @@ TARGETS = {
     "runtime_agreement_min": 0.99,
     "pruned_macs_ratio_max": 0.6,
 }
-
-
-def _commit() -> str:
-    try:
-        head = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-        dirty = subprocess.check_output(["git", "status", "--porcelain"], text=True).strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _subset(data: ImageDataset, n_train: int, n_test: int | None) -> ImageDataset:
@@ -442,7 +435,7 @@ def main() -> None:
     sizes = [] if args.no_sizes else size_scaling(args.out, result.models.get("prune"), args.quick)
     results = {
         "benchmark": "compress",
-        "commit": _commit(),
+        "commit": git_commit(ROOT, mark_dirty=True),
         "quick": args.quick,
         "space": space.name,
         "arch_key": space.key(arch),

@@ -27,7 +27,6 @@ import json
 import logging
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import latency_models as lm
 from latency_models.validate import metrics
+from nas.config import git_commit
 from search_spaces import NB201Space
 
 log = logging.getLogger("latency_nb201")
@@ -49,13 +49,6 @@ DEVICES = {
     "raspi4": ("nb201-raspi4", "raspi4-emulated"),
 }
 PREDECESSOR_MACS_TAU = {"pixel3": 0.68, "raspi4": 0.74}
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, cwd=ROOT).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _pair_floor(groups: dict[Any, list[int]], y: np.ndarray, seeds: int = 20) -> dict[str, float]:
@@ -129,7 +122,7 @@ def main() -> None:
 
     results: dict[str, Any] = {
         "benchmark": "latency_nb201",
-        "commit": _commit(),
+        "commit": git_commit(ROOT),
         "python": platform.python_version(),
         "csv": str(args.csv),
         "n_archs": n,

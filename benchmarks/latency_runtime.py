@@ -28,7 +28,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ import latency_models as lm
 import search_spaces
 from latency_models.commands import disjoint_archs
 from latency_models.validate import metrics
+from nas.config import git_commit
 
 log = logging.getLogger("latency_runtime")
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,13 +57,6 @@ FULL_PLAN = [
 ]
 QUICK_PLAN = [("tiny", "fp32", 6, 6), ("nb201", "fp32", 6, 6)]
 DEVICES = ("ort-cpu-1t", "xnnpack-1t")
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, cwd=ROOT).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _space(name: str) -> Any:
@@ -140,7 +133,7 @@ def run_case(
         "space": space_name,
         "dtype": dtype,
         "device": device.name,
-        "commit": _commit(),
+        "commit": git_commit(ROOT),
         "n_test": n_test,
         "n_fit": n_fit,
         "passes_per_estimate": passes,
@@ -491,7 +484,7 @@ def main() -> None:
     previous = json.loads(results_file.read_text()) if results_file.exists() else {}
     results: dict[str, Any] = {
         "benchmark": "latency_runtime",
-        "commit": _commit(),
+        "commit": git_commit(ROOT),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "quick": args.quick,

@@ -14,7 +14,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,14 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import search_spaces
+from nas.config import git_commit
 from nas.layers import trace_layer_specs
 
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _time_each(fn, items) -> list[float]:  # type: ignore[no-untyped-def]
@@ -51,7 +46,7 @@ def main() -> None:
 
     results: dict[str, object] = {
         "benchmark": "layer_specs",
-        "commit": _commit(),
+        "commit": git_commit(ROOT),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "spaces": {},

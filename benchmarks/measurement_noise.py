@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,17 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import latency_models as lm
 import search_spaces
 from latency_models.commands import disjoint_archs
+from nas.config import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [("tiny", "ort-cpu-1t"), ("nb201", "ort-cpu-1t"), ("tiny", "xnnpack-1t")]
 WARMUP_RUNS = 10
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, cwd=ROOT).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _timed(prepared: Any, runtime: Any, seconds: float) -> np.ndarray:
@@ -186,7 +179,7 @@ def main() -> None:
         parser.error(f"--passes must be an even number >= 2; got {passes}")
     results: dict[str, Any] = {
         "benchmark": "measurement_noise",
-        "commit": _commit(),
+        "commit": git_commit(ROOT),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "passes": passes,

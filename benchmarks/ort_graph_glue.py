@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ import search_spaces
 from latency_models.commands import disjoint_archs
 from latency_models.runtimes.onnxrt import OrtCPUDevice
 from latency_models.validate import metrics
+from nas.config import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "ort-cpu-1t"
@@ -51,13 +51,6 @@ GLUE = {
 }
 """Node types of the optimised graph that no lone layer produces (chosen before looking at
 any result)."""
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, cwd=ROOT).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _stored(
@@ -187,7 +180,7 @@ def main() -> None:
     ]
     results = {
         "benchmark": "ort_graph_glue",
-        "commit": _commit(),
+        "commit": git_commit(ROOT),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "measurements": _shown(args.measurements),

@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from nas import predictors as P
+from nas.config import git_commit
 from nas.space import SearchSpace
 from nas.tabular import STRATEGIES, TabularBenchmark, bench_tabular, summarize
 
@@ -51,15 +51,6 @@ DEFAULT_CSV = ROOT.parent / "shared" / "benchmarks" / "nb201" / "nb201.csv"
 PAIRS = (("cifar10_acc", "pixel3_ms"), ("cifar100_acc", "raspi4_ms"))
 BUDGETS = (50, 100, 300)
 log = logging.getLogger("search_nb201")
-
-
-def _commit() -> str:
-    try:
-        head = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-        dirty = subprocess.check_output(["git", "status", "--porcelain"], cwd=ROOT, text=True)
-        return head + ("-dirty" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def predictor_ranking(
@@ -118,7 +109,7 @@ def run_benchmark(
     table = TabularBenchmark(space, frame, arch_column, acc_cols, lat_cols, source=str(csv))
     results: dict[str, Any] = {
         "benchmark": "search_nb201",
-        "commit": _commit(),
+        "commit": git_commit(ROOT, mark_dirty=True),
         "csv": str(csv),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus visible, {n_jobs} jobs",

@@ -26,7 +26,6 @@ import math
 import multiprocessing as mp
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,11 +39,14 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
+from nas.config import git_commit
 from nas.data import load_embedded_digits
 from nas.evaluate import SubnetEvaluator, accuracy
 from nas.space import Arch
 from nas.train import load_supernet, train_supernet
 from search_spaces import TinySpace
+
+ROOT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("supernet_ranking")
 
@@ -58,15 +60,6 @@ FULL = {
     "train_images": 0,  # 0: the whole train split
 }
 QUICK = {**FULL, "archs": 6, "seeds": 1, "standalone_epochs": 2, "supernet_epochs": 3}
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(
-            ["git", "rev-parse", "HEAD"], text=True, cwd=Path(__file__).parent
-        ).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def draw_archs(space: TinySpace, n: int, seed: int, pool: int = 3000) -> list[Arch]:
@@ -241,7 +234,7 @@ def main() -> None:
     costs = [space.cost(a) for a in archs]
     results: dict[str, Any] = {
         "benchmark": "supernet_ranking",
-        "commit": _commit(),
+        "commit": git_commit(ROOT),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "machine": platform.machine(),

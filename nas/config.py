@@ -215,13 +215,24 @@ def load_config(path: str | Path) -> RunConfig:
     return config_from_dict(data)
 
 
-def git_commit(cwd: str | Path | None = None) -> str:
+def git_commit(cwd: str | Path | None = None, mark_dirty: bool = False) -> str:
+    """HEAD of the checkout at `cwd` ("unknown" outside git); with `mark_dirty`, "-dirty"
+    appended when tracked files differ from it."""
     try:
-        return subprocess.check_output(
+        head = subprocess.check_output(
             ["git", "rev-parse", "HEAD"], cwd=cwd, text=True, stderr=subprocess.DEVNULL
         ).strip()
+        if not mark_dirty:
+            return head
+        status = subprocess.check_output(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            text=True,
+            stderr=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + ("-dirty" if status.strip() else "")
 
 
 def save_config(config: RunConfig, run_dir: str | Path) -> Path:

@@ -79,3 +79,21 @@ def test_the_demo_config_is_valid() -> None:
 
     config = demo_config()
     assert config_from_dict(config.to_dict()) == config
+
+
+def test_git_commit_marks_a_dirty_checkout(tmp_path: Path) -> None:
+    import subprocess
+
+    from nas.config import git_commit
+
+    assert git_commit(tmp_path) == "unknown"  # not a checkout
+    git = ["git", "-c", "user.email=t@example.org", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "f.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "f.py"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], cwd=tmp_path, check=True)
+    head = git_commit(tmp_path)
+    assert len(head) == 40 and git_commit(tmp_path, mark_dirty=True) == head
+    (tmp_path / "f.py").write_text("x = 2\n")
+    assert git_commit(tmp_path, mark_dirty=True) == head + "-dirty"
+    assert git_commit(tmp_path) == head
