@@ -6,10 +6,11 @@ passes (every arch of the case once per pass, then the next pass): a test arch's
 minimum over passes 0, 2, 4 and its retest latency the minimum over passes 1, 3, 5, so the two
 are independent estimates taken at alternating times (their agreement is the noise floor);
 fitting archs take the minimum over three passes, each taken right after test passes 0, 2, 4
-(every learned correction is fitted on those, never on test archs). `latency_models.measure` says why the minimum. A LUT of the case's layers is built
-on the same device (build time and unique layers reported). Predictors side by side: MACs line
-(the baseline), LUT sum, LUT sum + learned correction, cost model from this CPU's spec figures
-(uncalibrated) and calibrated on the fitting archs. Finally the cost model calibrated on nb201
+(every learned correction is fitted on those, never on test archs). `latency_models.measure`
+says why the minimum. A LUT of the case's layers is built on the same device (build time and
+unique layers reported). Predictors side by side: MACs line (the baseline), LUT sum, LUT sum
++ learned correction, cost model from this CPU's spec figures (uncalibrated) and calibrated on
+the fitting archs. Finally the cost model calibrated on nb201
 alone predicts fbnet and mobilenetv3 unchanged.
 
 Everything measured is kept under --out (arch measurements CSV, LUT CSVs; compiled artifacts
@@ -63,6 +64,15 @@ def _space(name: str) -> Any:
     return search_spaces.get_space(name)
 
 
+def _case_archs(
+    space_name: str, n_test: int, n_fit: int, seed: int
+) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """A case's space, fitting archs and test archs (disjoint, seeded)."""
+    space = _space(space_name)
+    fit, test = disjoint_archs(space, n_fit, n_test, seed=seed)
+    return space, fit, test
+
+
 LUT_PASSES = 3
 """Passes over every LUT layer (each layer's fastest kept: `latency_models.lut`): a table
 measured in one pass kept a host slowdown in a whole chunk of layers (mobilenetv3 on
@@ -85,8 +95,7 @@ def run_case(
     passes: int = PASSES,
     lut_passes: int = LUT_PASSES,
 ) -> dict[str, Any]:
-    space = _space(space_name)
-    fit, test = disjoint_archs(space, n_fit, n_test, seed=seed)
+    space, fit, test = _case_archs(space_name, n_test, n_fit, seed)
     t0 = time.perf_counter()
     passes = max(passes, store.passes_stored(device, space, test, dtype) // 2)
     test_passes = [2 * i for i in range(passes)]
@@ -108,8 +117,8 @@ def run_case(
     t_measure = time.perf_counter() - t0
     specs = lm.lut.reachable_specs(space, device, dtype, archs=[*fit, *test])
     lut_file = lm.lut_path(out / "luts", device, dtype)
-    held = lm.LUT.load(lut_file).entries if lut_file.exists() else {}
-    plan = lm.lut.pass_plan(specs, {k: e.passes for k, e in held.items()}, lut_passes)
+    held = lm.LUT.load(lut_file).pass_counts() if lut_file.exists() else {}
+    plan = lm.lut.pass_plan(specs, held, lut_passes)
     t0 = time.perf_counter()
     lut = lm.build_lut(
         space,
@@ -170,8 +179,7 @@ def cross_space(device: lm.Device, cases: list[dict[str, Any]], seed: int) -> di
     source = by.get(("nb201", "fp32"))
     if source is None:
         return None
-    space = _space("nb201")
-    fit, test = disjoint_archs(space, source["n_fit"], source["n_test"], seed=seed)
+    space, fit, test = _case_archs("nb201", source["n_test"], source["n_fit"], seed)
     archs = [*fit, *test]
     y = np.array(source["measured_ms"]["fit"] + source["measured_ms"]["test"])
     model = lm.CostModelPredictor(device, "fp32").fit(space, archs, y)
@@ -179,8 +187,7 @@ def cross_space(device: lm.Device, cases: list[dict[str, Any]], seed: int) -> di
     for (name, dtype), case in by.items():
         if dtype != "fp32" or name == "nb201":
             continue
-        target = _space(name)
-        _, t_test = disjoint_archs(target, case["n_fit"], case["n_test"], seed=seed)
+        target, _, t_test = _case_archs(name, case["n_test"], case["n_fit"], seed)
         pred = model.predict_many(target, t_test)
         own = case["metrics"]["costmodel (calibrated)"]
         out["targets"][name] = {
@@ -202,8 +209,7 @@ def _is_stored(
     seed: int,
     lut_passes: int = LUT_PASSES,
 ) -> bool:
-    space = _space(space_name)
-    fit, test = disjoint_archs(space, n_fit, n_test, seed=seed)
+    space, fit, test = _case_archs(space_name, n_test, n_fit, seed)
     if store.passes_stored(device, space, test, dtype) < 2 * PASSES:
         return False
     if store.passes_stored(device, space, fit, dtype) < PASSES:
@@ -243,8 +249,7 @@ def prepare_only(
         for i, (space_name, dtype, n_test, n_fit) in enumerate(cases):
             if i % n != k:
                 continue
-            space = _space(space_name)
-            fit, test = disjoint_archs(space, n_fit, n_test, seed=seed)
+            space, fit, test = _case_archs(space_name, n_test, n_fit, seed)
             t0 = time.perf_counter()
             built = lm.compile_lut(
                 space,
@@ -263,8 +268,7 @@ def prepare_only(
                 time.perf_counter() - t0,
             )
         for space_name, dtype, n_test, n_fit in cases:
-            space = _space(space_name)
-            fit, test = disjoint_archs(space, n_fit, n_test, seed=seed)
+            space, fit, test = _case_archs(space_name, n_test, n_fit, seed)
             mine = [a for j, a in enumerate([*test, *fit]) if j % n == k]
             t0 = time.perf_counter()
             built = sum(not device.prepare_arch(space, a, dtype).cache_hit for a in mine)
@@ -296,10 +300,10 @@ def merge_results(results: dict[str, Any], previous: dict[str, Any]) -> dict[str
         if new is None or old is None:
             merged["devices"][name] = new if old is None else old
             continue
-        cases = {}
-        for c in old["cases"]:
-            c.setdefault("commit", previous.get("commit", "unknown"))
-            cases[(c["space"], c["dtype"])] = c
+        cases = {
+            (c["space"], c["dtype"]): {"commit": previous.get("commit", "unknown"), **c}
+            for c in old["cases"]
+        }
         cases.update({(c["space"], c["dtype"]): c for c in new["cases"]})
         merged["devices"][name] = {
             **old,

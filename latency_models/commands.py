@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from latency_models.devices import Device, EmulatedDevice, TabularDevice
-from latency_models.lut import LUT, build_lut, compile_lut, lut_path
+from latency_models.lut import build_lut, compile_lut, lut_path
 from latency_models.measurements import ArchMeasurements
 from latency_models.predictors import (
     CostModelPredictor,
@@ -88,8 +88,6 @@ def cli_build_lut(
         if not hasattr(dev, "compile_layers"):
             log.info("%s compiles nothing: its LUT is built by measuring alone", dev.name)
             return path
-        if path.exists():
-            LUT.load(path).check_device(dev, dtype)
         built = compile_lut(space, dev, path, **same)
         log.info(
             "compiled %d program(s) for the LUT of %s on %s (%s) in %.1f s; the build of %s "

@@ -14,8 +14,10 @@ slows everything for minutes at a time, and a layer measured only inside such a 
 inflated time that no number of rounds within the window removes (on `xnnpack-1t`, a batch of
 mobilenetv3 layers measured during one came out about 1.4x slow). Each pass appends its own
 row; a key's rows combine into one entry: the pass with the lowest minimum (the headline, as
-for whole networks in `latency_models.measure`), with the pass count summed. A table refuses to be resumed, merged or read by a device whose identity differs
-(device, runtime, runtime version, threads, dtype): measurements of two devices never mix.
+for whole networks in `latency_models.measure`), with the pass count summed.
+
+A table refuses to be resumed, merged or read by a device whose identity differs (device,
+runtime, runtime version, threads, dtype, layer recipe): measurements of two devices never mix.
 
 Keys are the specs' keys (`LayerSpec.key`), which do not name the space: one table per device
 and dtype serves every space whose layers it holds.
@@ -295,6 +297,10 @@ class LUT:
         held = self.entries.get(entry.key)
         self.entries[entry.key] = entry if held is None else held.combine(entry)
 
+    def pass_counts(self) -> dict[str, int]:
+        """Passes held per key (what `pass_plan` plans from)."""
+        return {k: e.passes for k, e in self.entries.items()}
+
     def passes_of(self, key: str) -> int:
         """How many passes the table holds for `key` (0 if none)."""
         entry = self.entries.get(key)
@@ -412,13 +418,18 @@ class LUT:
         return lut
 
 
+def _first_line(path: Path) -> str:
+    with path.open(encoding="utf-8", errors="replace") as f:
+        return f.readline()
+
+
 class _Appender:
     """Appends rows to a LUT file, flushed and fsynced per batch."""
 
     def __init__(self, lut: LUT, path: Path) -> None:
         self.lut = lut
         self.path = path
-        if path.exists() and not path.read_text().startswith(f"# {FORMAT} "):
+        if path.exists() and not _first_line(path).startswith(f"# {FORMAT} "):
             if lut.path is None or Path(lut.path).resolve() != path.resolve():
                 raise LUTError(
                     f"{path} is not a {FORMAT} table of its own: load it with LUT.load and "
@@ -503,12 +514,14 @@ def compile_lut(
     only decides which chunks still need measuring (and compiling)."""
     dtype = device.check_dtype(dtype or device.dtypes[0])
     _check_build_args(batch_layers, passes)
+    held: dict[str, int] = {}
+    if path is not None and Path(path).exists():
+        table = LUT.load(path)
+        table.check_device(device, dtype)  # as build_lut would refuse it, before any lowering
+        held = table.pass_counts()
     compile_layers = getattr(device, "compile_layers", None)
     if compile_layers is None:
         return 0
-    held: dict[str, int] = {}
-    if path is not None and Path(path).exists():
-        held = {k: e.passes for k, e in LUT.load(path).entries.items()}
     specs = reachable_specs(space, device, dtype, archs, n_archs, seed)
     unique = {tuple(s.key for s in c): c for c in pass_plan(specs, held, passes, batch_layers)}
     return sum(compile_layers(chunk, dtype) for chunk in unique.values())
@@ -588,7 +601,7 @@ def build_lut(
     else:
         lut = fresh
     specs = reachable_specs(space, device, dtype, archs, n_archs, seed)
-    plan = pass_plan(specs, {k: e.passes for k, e in lut.entries.items()}, passes, batch_layers)
+    plan = pass_plan(specs, lut.pass_counts(), passes, batch_layers)
     log.info(
         "%s on %s (%s): %d unique layers, %d to measure in %d chunk(s) (%d passes)",
         space.name,

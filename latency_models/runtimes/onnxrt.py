@@ -161,8 +161,8 @@ class OrtCPUDevice(RuntimeDevice):
         import onnx
 
         recipe = "dynamo-export;qdq-u8s8-per-channel-minmax"
-        if layer and dtype == "int8":
-            recipe += ";force-quantize-inputs"
+        if layer and self.layer_recipe(dtype):
+            recipe += ";" + self.layer_recipe(dtype)
 
         return fingerprint(
             ep,

@@ -104,6 +104,8 @@ def test_refuses_to_mix_devices(tmp_path: Path) -> None:
         LUT.load(path).merge(other)
     with pytest.raises(LUTMismatchError):
         LUTSum(LUT.load(path), lm.get_device("raspi4-emulated"))
+    with pytest.raises(LUTMismatchError):  # compiling ahead for a table the build would refuse
+        lm.compile_lut(SPACE, lm.get_device("raspi4-emulated"), path, n_archs=5)
 
 
 class RecipeDevice(CountingDevice):
