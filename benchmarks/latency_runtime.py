@@ -94,6 +94,7 @@ def run_case(
     seed: int,
     passes: int = PASSES,
     lut_passes: int = LUT_PASSES,
+    stored_only: bool = False,
 ) -> dict[str, Any]:
     space, fit, test = _case_archs(space_name, n_test, n_fit, seed)
     t0 = time.perf_counter()
@@ -137,6 +138,9 @@ def run_case(
         "costmodel (spec only)": lm.CostModelPredictor(device, dtype),
         "costmodel (calibrated)": lm.CostModelPredictor(device, dtype).fit(space, fit, y_fit),
     }
+    kernels = _kernel_predictors(
+        device, space, dtype, fit, test, y_fit, out, lut_passes, stored_only, predictors
+    )
     predicted = {name: p.predict_many(space, test) for name, p in predictors.items()}
     return {
         "space": space_name,
@@ -170,7 +174,64 @@ def run_case(
             "layers_measured_this_run": sum(map(len, plan)),
         },
         "measure_s_this_run": t_measure,
+        "kernels": kernels,
     }
+
+
+def _kernel_predictors(
+    device: lm.Device,
+    space: Any,
+    dtype: str,
+    fit: list[dict[str, Any]],
+    test: list[dict[str, Any]],
+    y_fit: np.ndarray,
+    out: Path,
+    passes: int,
+    stored_only: bool,
+    predictors: dict[str, lm.LatencyModel],
+) -> dict[str, Any] | None:
+    """Add the kernel-table predictors where the device names its kernels (ONNX Runtime): the
+    table of the kernels of the case's archs, timed in `passes` passes (`--stored-only` uses
+    the table as it stands, and skips it if it lacks kernels); returns what the table cost."""
+    if not lm.supports_kernels(device):
+        return None
+    path = lm.kernel_lut_path(out / "luts", device, dtype)
+    t0 = time.perf_counter()
+    if stored_only:
+        if not path.exists():
+            return None
+        table = lm.LUT.load(path)
+    else:
+        before = sum(lm.LUT.load(path).pass_counts().values()) if path.exists() else 0
+        table = lm.build_kernel_lut(
+            space, device, path, dtype=dtype, archs=[*fit, *test], passes=passes, progress=True
+        )
+    t_build = time.perf_counter() - t0
+    plain = lm.KernelSum(table, device)
+    try:
+        predictors["kernel sum"] = plain
+        predictors["kernel sum, fitted line"] = lm.KernelSum(table, device).fit(space, fit, y_fit)
+        predicted_keys = {k.key for a in [*fit, *test] for k in plain.kernels(space, a)}
+        plain.predict_many(space, test)
+    except lm.MissingKeysError as e:
+        log.info(
+            "%s: kernel table lacks %d kernels: kernel predictors skipped",
+            space.name,
+            len(e.missing),
+        )
+        predictors.pop("kernel sum", None)
+        predictors.pop("kernel sum, fitted line", None)
+        return None
+    info: dict[str, Any] = {
+        "path": str(path),
+        "unique_kernels": len(predicted_keys),
+        "entries": len(table),
+        "passes": passes,
+    }
+    if not stored_only:
+        info["build_s_this_run"] = t_build  # kernel discovery (network optimisation) included
+        info["kernels_measured_this_run"] = sum(table.pass_counts().values()) - before
+    return info
 
 
 def cross_space(device: lm.Device, cases: list[dict[str, Any]], seed: int) -> dict[str, Any] | None:
@@ -324,7 +385,8 @@ def _lut_build(lut: dict[str, Any]) -> str:
 
 def carry_lut_build_times(results: dict[str, Any], previous: dict[str, Any]) -> None:
     """A case whose LUT was complete before this run measured nothing now: keep the build time
-    of the run that measured it (from the previous results.json), labelled with its commit."""
+    of the run that measured it (from the previous results.json), labelled with its commit;
+    a kernel table read as stored keeps the build figures of the run that built it."""
     for dev, entry in results["devices"].items():
         old_cases = {
             (c["space"], c["dtype"]): c
@@ -343,6 +405,13 @@ def carry_lut_build_times(results: dict[str, Any], previous: dict[str, Any]) -> 
                 }
             elif "earlier_run" in old_lut:
                 lut["earlier_run"] = old_lut["earlier_run"]
+        for c in entry["cases"]:
+            kernels, old = c.get("kernels"), old_cases.get((c["space"], c["dtype"]))
+            old_kernels = (old or {}).get("kernels") or {}
+            if kernels and "build_s_this_run" not in kernels and old_kernels:
+                for k in ("build_s_this_run", "kernels_measured_this_run"):
+                    if k in old_kernels:
+                        kernels[k] = old_kernels[k]
 
 
 def _more(case: dict[str, Any], commit: str = "") -> str:
@@ -396,6 +465,25 @@ def _table(results: dict[str, Any]) -> str:
                 f"| {c['space']} | {c['dtype']} | {lut['unique_layers']} | {lut['entries']} | "
                 f"{lut.get('passes', 1)} | {_lut_build(lut)} |"
             )
+        kernel_cases = [c for c in entry["cases"] if c.get("kernels")]
+        if kernel_cases:
+            lines += [
+                "",
+                "| space | dtype | unique kernels (optimised graphs of the case's archs) | table entries | passes | kernel table s this run (graphs + timing) |",
+                "|---|---|---|---|---|---|",
+            ]
+            for c in kernel_cases:
+                k = c["kernels"]
+                built = k.get("build_s_this_run")
+                shown = (
+                    f"{built:.0f} ({k['kernels_measured_this_run']} kernel timings)"
+                    if built is not None
+                    else "stored"
+                )
+                lines.append(
+                    f"| {c['space']} | {c['dtype']} | {k['unique_kernels']} | {k['entries']} | "
+                    f"{k['passes']} | {shown} |"
+                )
         if entry.get("pending"):
             lines += ["", f"Not fully measured yet: {', '.join(entry['pending'])}."]
         cross = entry.get("cross_space")
@@ -535,6 +623,7 @@ def main() -> None:
                 args.seed,
                 args.passes,
                 args.lut_passes,
+                args.stored_only,
             )
             cases.append(case)
             # written after every case, so a run stopped between cases still has its tables

@@ -27,6 +27,11 @@ from latency_models.devices import (
     TabularDevice,
 )
 from latency_models.graph import RuntimeSpecs, pruned_layer_specs
+from latency_models.kernels import (
+    build_kernel_lut,
+    kernel_lut_path,
+    supports_kernels,
+)
 from latency_models.lut import (
     LUT,
     CorruptLUTError,
@@ -41,6 +46,7 @@ from latency_models.lut import (
 from latency_models.measurements import ArchMeasurements
 from latency_models.predictors import (
     CostModelPredictor,
+    KernelSum,
     LatencyModel,
     LatencyPredictor,
     LUTCorrected,
@@ -71,6 +77,7 @@ __all__ = [
     "DeviceError",
     "DeviceProfile",
     "EmulatedDevice",
+    "KernelSum",
     "LUTCorrected",
     "LUTError",
     "LUTMismatchError",
@@ -87,6 +94,7 @@ __all__ = [
     "TabularDevice",
     "UnsupportedSpecError",
     "ValidationReport",
+    "build_kernel_lut",
     "build_lut",
     "calibrate",
     "cli_build_lut",
@@ -97,11 +105,13 @@ __all__ = [
     "fill_missing",
     "get_device",
     "host_cpu_profile",
+    "kernel_lut_path",
     "lut_path",
     "metrics",
     "module_for_spec",
     "pruned_layer_specs",
     "register_emulated",
+    "supports_kernels",
     "validate",
 ]
 

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 
 from latency_models.devices import Device, EmulatedDevice, TabularDevice
+from latency_models.kernels import build_kernel_lut, kernel_lut_path, supports_kernels
 from latency_models.lut import build_lut, compile_lut, lut_path
 from latency_models.measurements import ArchMeasurements
 from latency_models.predictors import (
     CostModelPredictor,
+    KernelSum,
     LatencyModel,
     LUTCorrected,
     LUTSum,
@@ -60,6 +62,7 @@ def cli_build_lut(
     progress: bool = True,
     passes: int = 1,
     compile_only: bool = False,
+    kernels: bool = False,
 ) -> Path:
     """`nas latency build --space S --device D [--dtype] [--archs N] [--seed] [--passes N]
     [--compile-only] --out DIR|FILE`.
@@ -69,13 +72,43 @@ def cli_build_lut(
     `out` is a folder (the file is `lut_<device>_<dtype>.csv` inside) or a `.csv` path.
     Resumes a table already there; refuses one of another device, runtime, threads or dtype.
     `compile_only` compiles the programs the build will time into the artifact cache and
-    measures nothing (`compile_lut`). Returns the file.
+    measures nothing (`compile_lut`). `kernels` builds the device's kernel table instead
+    (`latency_models.kernels`: the kernels its runtime's optimiser makes of `n_archs` sampled
+    whole networks, `kernels_<device>_<dtype>.csv`). Returns the file.
     """
     dev = _device(device)
     dtype = dev.check_dtype(dtype or dev.dtypes[0])
     out = Path(out)
-    path = out if out.suffix == ".csv" else lut_path(out, dev, dtype)
     t0 = time.perf_counter()
+    if kernels:
+        if compile_only:
+            raise ValueError(
+                "--compile-only applies to layer LUTs (programs lowered ahead); a kernel table "
+                "compiles nothing worth doing ahead: build it directly"
+            )
+        path = out if out.suffix == ".csv" else kernel_lut_path(out, dev, dtype)
+        table = build_kernel_lut(
+            space,
+            dev,
+            path,
+            dtype=dtype,
+            n_archs=n_archs,
+            seed=seed,
+            passes=passes,
+            batch_kernels=batch_layers,
+            progress=progress,
+        )
+        log.info(
+            "kernel table of %s on %s (%s): %d kernels in %s (%.1f s)",
+            space.name,
+            dev.name,
+            dtype,
+            len(table),
+            path,
+            time.perf_counter() - t0,
+        )
+        return path
+    path = out if out.suffix == ".csv" else lut_path(out, dev, dtype)
     # compile_lut takes build_lut's arguments, so that it compiles what the build will time
     same: dict[str, Any] = {
         "dtype": dtype,
@@ -166,7 +199,8 @@ def cli_validate(
     """`nas latency validate --space S --device D [--model-device M] [--fit N] [--test N]`.
 
     Compares, on `n_test` archs, the MACs and params proxies, the LUT sum, the LUT sum with a
-    learned correction and the cost model (spec-only and calibrated) with whole-network
+    learned correction, the cost model (spec-only and calibrated) and, where the device names
+    its runtime's kernels (ONNX Runtime), the kernel sum (fitted line) with whole-network
     latencies from `measured`: a real device (measured now, cached in `out/measurements.csv`
     so a run resumes) or a table device (`device_kwargs` give its `path=`; the space is
     passed for you). Everything fitted is fitted on `n_fit` other archs. LUTs are built on
@@ -215,6 +249,18 @@ def cli_validate(
         "costmodel (spec only)": CostModelPredictor(model, model_dtype),
         "costmodel (calibrated)": CostModelPredictor(model, model_dtype).fit(space, fit, y_fit),
     }
+    kernel_table = None
+    if supports_kernels(model):
+        # the kernels the runtime's optimiser makes of each network (ONNX Runtime)
+        kernel_table = build_kernel_lut(
+            space,
+            model,
+            kernel_lut_path(out, model, model_dtype),
+            dtype=model_dtype,
+            archs=[*fit, *test],
+            progress=progress,
+        )
+        predictors["kernels"] = KernelSum(kernel_table, model).fit(space, fit, y_fit)
     report = validate(
         predictors,
         space,
@@ -237,6 +283,8 @@ def cli_validate(
                 "seed": seed,
                 "lut": str(lut.path),
                 "lut_layers": len(lut),
+                "kernel_table": str(kernel_table.path) if kernel_table is not None else None,
+                "kernels": len(kernel_table) if kernel_table is not None else None,
             },
             indent=1,
         )

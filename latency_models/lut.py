@@ -35,7 +35,7 @@ import platform
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -154,9 +154,14 @@ class LUTEntry:
 
     @classmethod
     def from_measurement(cls, spec: LayerSpec, m: Measurement) -> LUTEntry:
+        return cls.of(spec.key, spec.op, m)
+
+    @classmethod
+    def of(cls, key: str, op: str, m: Measurement) -> LUTEntry:
+        """The entry of a measurement of anything keyed (a layer, a runtime's kernel)."""
         return cls(
-            key=spec.key,
-            op=spec.op,
+            key=key,
+            op=op,
             median_ms=m.median_ms,
             p10_ms=m.p10_ms,
             p90_ms=m.p90_ms,
@@ -527,12 +532,20 @@ def compile_lut(
     return sum(compile_layers(chunk, dtype) for chunk in unique.values())
 
 
+class _Keyed(Protocol):
+    @property
+    def key(self) -> str: ...
+
+
+KeyedT = TypeVar("KeyedT", bound=_Keyed)
+
+
 def pass_plan(
-    specs: Sequence[LayerSpec],
+    specs: Sequence[KeyedT],
     held: Mapping[str, int],
     passes: int,
     batch_layers: int = 32,
-) -> list[list[LayerSpec]]:
+) -> list[list[KeyedT]]:
     """The chunks a build measures, in order, given the passes a table holds per key.
 
     Chunks are fixed slices of `specs` (`batch_layers` each), whatever the table holds, so a

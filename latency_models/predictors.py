@@ -10,6 +10,8 @@ and `predict_many(space, archs) -> np.ndarray`: what the search engine relies on
 - `LUTCorrected`: the LUT sum plus a learned correction for what a sum misses (fusion between
   layers, per-network overhead, per-op-kind bias of isolated-layer timings): a ridge fit on
   relative errors, pulled towards the plain sum.
+- `KernelSum`: the sum of a kernel table's times over the kernels the runtime's optimiser makes
+  of the arch's whole network (`latency_models.kernels`; ONNX Runtime), fitted as a line.
 - `CostModelPredictor`: the roofline cost model of a profile, calibrated on measurements.
 - `TableLatency`: measured latencies of a table device, for archs the table holds.
 """
@@ -33,6 +35,7 @@ from nas.space import SearchSpace
 
 __all__ = [
     "CostModelPredictor",
+    "KernelSum",
     "LUTCorrected",
     "LUTSum",
     "LatencyModel",
@@ -107,6 +110,16 @@ class LatencyPredictor:
 # --------------------------------------------------------------------------------------------
 
 
+def _fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(slope, intercept) of y ~ x, least squares on relative errors, floored as in
+    calibration (a network folded to ~0 ms cannot dominate); the slope cannot go negative
+    (more MACs, or more kernel time, never make a network faster)."""
+    denom = np.maximum(y, FLOOR_FRAC * float(np.median(y)))
+    a = np.stack([x, np.ones_like(x)], axis=1) / denom[:, None]
+    sol = lsq_linear(a, y / denom, bounds=([0.0, -np.inf], [np.inf, np.inf]))
+    return float(sol.x[0]), float(sol.x[1])
+
+
 class _LineProxy(LatencyPredictor):
     """latency = slope * proxy + intercept, fitted by least squares on relative errors."""
 
@@ -128,12 +141,7 @@ class _LineProxy(LatencyPredictor):
     ) -> _LineProxy:
         y = _check_xy(archs, latency_ms)
         x = np.array([self.proxy(space, a) for a in archs]) / self.unit
-        # relative errors, floored as in calibration (a network folded to ~0 ms cannot
-        # dominate); the slope cannot go negative (more MACs never make a network faster)
-        denom = np.maximum(y, FLOOR_FRAC * float(np.median(y)))
-        a = np.stack([x, np.ones_like(x)], axis=1) / denom[:, None]
-        sol = lsq_linear(a, y / denom, bounds=([0.0, -np.inf], [np.inf, np.inf]))
-        self.coef_ = (float(sol.x[0]), float(sol.x[1]))
+        self.coef_ = _fit_line(x, y)
         return self
 
     def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
@@ -277,6 +285,78 @@ class LUTCorrected(LUTSum):
         if self.coef_ is None:
             return float(f[1])  # unfitted: the plain sum
         return float(f @ self.coef_)
+
+    def predict_many(self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        self._ensure(space, archs)
+        return np.array([self.predict_arch(space, a) for a in archs])
+
+
+class KernelSum(LatencyPredictor):
+    """Sum of the kernel-table times of the kernels the runtime runs for an arch
+    (`latency_models.kernels`); `fit` draws a line through the sum (a scale for the window the
+    kernels were timed in, an intercept for the per-run overhead), unfitted it is the sum.
+
+    Finding an arch's kernels optimises its whole network (about a second on ONNX Runtime), so
+    they are remembered per arch. `on_missing="measure"` times kernels the table lacks on the
+    spot (appended to its file); "raise" lists them all in one `MissingKeysError`.
+    """
+
+    def __init__(self, lut: LUT, device: Device, on_missing: str = "raise") -> None:
+        from latency_models.kernels import check_kernel_lut
+
+        if on_missing not in ("raise", "measure"):
+            raise ValueError(f"on_missing must be 'raise' or 'measure', got {on_missing!r}")
+        check_kernel_lut(lut, device)
+        self.lut = lut
+        self.device_obj = device
+        self.on_missing = on_missing
+        self.device = lut.device
+        self.dtype = lut.dtype
+        self.coef_: tuple[float, float] | None = None
+        self._kernels: dict[tuple[str, str], list[Any]] = {}
+
+    def kernels(self, space: SearchSpace, arch: Mapping[str, Any]) -> list[Any]:
+        from latency_models.kernels import arch_kernels
+
+        memo = (space.name, space.key(arch))
+        if memo not in self._kernels:
+            self._kernels[memo] = arch_kernels(self.device_obj, space, arch, self.dtype)
+        return self._kernels[memo]
+
+    def _ensure(self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> None:
+        from latency_models.kernels import fill_missing_kernels
+
+        kernels = [k for a in archs for k in self.kernels(space, a)]
+        missing = sorted({k.key for k in kernels if k.key not in self.lut})
+        if not missing:
+            return
+        if self.on_missing == "measure":
+            fill_missing_kernels(self.lut, self.device_obj, kernels)
+        else:
+            raise MissingKeysError(missing, self.lut)
+
+    def kernel_sum(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
+        """The plain sum (ms) of the arch's kernel times."""
+        self._ensure(space, [arch])
+        return float(sum(self.lut[k.key].min_ms for k in self.kernels(space, arch)))
+
+    def fit(
+        self,
+        space: SearchSpace,
+        archs: Sequence[Mapping[str, Any]],
+        latency_ms: Sequence[float] | np.ndarray,
+    ) -> KernelSum:
+        y = _check_xy(archs, latency_ms)
+        self._ensure(space, archs)
+        self.coef_ = _fit_line(np.array([self.kernel_sum(space, a) for a in archs]), y)
+        return self
+
+    def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
+        total = self.kernel_sum(space, arch)
+        if self.coef_ is None:
+            return total
+        slope, intercept = self.coef_
+        return slope * total + intercept
 
     def predict_many(self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
         self._ensure(space, archs)

@@ -136,8 +136,10 @@ def _latency_build_cmd(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         passes=args.passes,
         compile_only=args.compile_only,
+        kernels=args.kernels,
     )
-    print(f"{'LUT programs compiled for' if args.compile_only else 'LUT'}: {path}")
+    what = "kernel table" if args.kernels else "LUT"
+    print(f"{'LUT programs compiled for' if args.compile_only else what}: {path}")
     return 0
 
 
@@ -165,7 +167,7 @@ def _latency_validate_cmd(args: argparse.Namespace) -> int:
 
 def _search_cmd(args: argparse.Namespace) -> int:
     import latency_models
-    from latency_models.predictors import LUTSum
+    from latency_models.predictors import KernelSum, LUTSum
     from nas.search import export_pareto_csv, run_search, sqlite_url, trials_frame
 
     space = _space(args)
@@ -174,15 +176,27 @@ def _search_cmd(args: argparse.Namespace) -> int:
     models = []
     for name in args.device:
         device = latency_models.get_device(name)
-        lut = latency_models.build_lut(
-            space,
-            device,
-            out / f"lut-{name}.csv",
-            n_archs=args.lut_archs,
-            progress=not args.quiet,
-            passes=args.lut_passes,
-        )
-        model = LUTSum(lut, device, on_missing="measure")
+        model: Any
+        if args.latency_model == "kernels":
+            table = latency_models.build_kernel_lut(
+                space,
+                device,
+                out / f"kernels-{name}.csv",
+                n_archs=args.lut_archs,
+                progress=not args.quiet,
+                passes=args.lut_passes,
+            )
+            model = KernelSum(table, device, on_missing="measure")
+        else:
+            lut = latency_models.build_lut(
+                space,
+                device,
+                out / f"lut-{name}.csv",
+                n_archs=args.lut_archs,
+                progress=not args.quiet,
+                passes=args.lut_passes,
+            )
+            model = LUTSum(lut, device, on_missing="measure")
         models.append(model)
     objectives = [o for o in args.objectives.split(",") if o]
     resolved: list[Any] = []
@@ -351,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="only compile (export, lower) the programs the build will time, into the "
         "artifact cache, timing nothing: run it on a busy machine, then build on a quiet one",
     )
+    p.add_argument(
+        "--kernels",
+        action="store_true",
+        help="build the kernel table instead: the kernels the runtime's optimiser makes of "
+        "whole networks (--archs sampled, default 100), each timed alone (ort-cpu-* only)",
+    )
     p.set_defaults(func=_latency_build_cmd)
     p = lat.add_parser("validate", help="latency predictors against whole-network measurements")
     p.add_argument("--space", default="tiny")
@@ -387,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         help="passes over every LUT layer, each keeping its fastest (real runtimes on a noisy host)",
+    )
+    p.add_argument(
+        "--latency-model",
+        choices=["lut", "kernels"],
+        default="lut",
+        help="sum a table of the space's layers (default), or of the kernels the runtime's "
+        "optimiser makes of each whole network (ort-cpu-* only; about a second per new arch)",
     )
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite in --out)")
     p.add_argument("--study", default="search")

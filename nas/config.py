@@ -74,6 +74,9 @@ class DeviceConfig:
     #: passes over every LUT layer, each layer keeping its fastest: more on a noisy shared
     #: host (real runtimes); emulated and table devices are deterministic, 1 is enough
     lut_passes: int = 1
+    #: "lut" (a table of the space's layers) or "kernels" (a table of the kernels the
+    #: runtime's optimiser makes of lut_archs whole networks: ONNX Runtime devices only)
+    latency_model: str = "lut"
 
 
 @dataclass
@@ -182,12 +185,27 @@ def _check_compress(compress: CompressConfig, problems: list[str]) -> None:
         problems.append(f"compress.top_k: expected >= 0, got {compress.top_k}")
 
 
+LATENCY_MODELS = ("lut", "kernels")
+
+
+def _check_devices(devices: list[DeviceConfig], problems: list[str]) -> None:
+    for i, dev in enumerate(devices):
+        if dev.latency_model not in LATENCY_MODELS:
+            problems.append(
+                f"devices[{i}].latency_model: {dev.latency_model!r} is not one of "
+                f"{', '.join(LATENCY_MODELS)}"
+            )
+        if dev.lut_passes < 1:
+            problems.append(f"devices[{i}].lut_passes: expected >= 1, got {dev.lut_passes}")
+
+
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"a run config is a mapping at the top level, got {type(data).__name__}")
     problems: list[str] = []
     config = _build(RunConfig, data, "", problems)
     _check_compress(config.compress, problems)
+    _check_devices(config.devices, problems)
     if problems:
         raise ConfigError("invalid run config:\n  " + "\n  ".join(problems))
     return config

@@ -146,9 +146,10 @@ def _distinct(space: SearchSpace, n: int, rng: np.random.Generator) -> list[Arch
 
 
 def stage_latency(state: RunState, progress: bool) -> None:
-    """One LUT per device (resumable CSV), a latency model on it, its error on whole networks."""
+    """One table per device (resumable CSV: the space's layers, or the runtime's kernels with
+    `latency_model: kernels`), a latency model on it, its error on whole networks."""
     import latency_models as lm
-    from latency_models.predictors import LUTCorrected, LUTSum
+    from latency_models.predictors import KernelSum, LUTCorrected, LUTSum
     from latency_models.validate import metrics as latency_metrics
 
     out = state.run_dir / "latency"
@@ -157,17 +158,23 @@ def stage_latency(state: RunState, progress: bool) -> None:
         label = _device_label(dev)
         device = lm.get_device(dev.name)
         state.devices[label] = device
-        lut = lm.build_lut(
+        kernels = dev.latency_model == "kernels"
+        build = lm.build_kernel_lut if kernels else lm.build_lut
+        lut = build(
             state.space,
             device,
-            out / f"{label}.csv",
+            out / f"{label}{'-kernels' if kernels else ''}.csv",
             dtype=dev.dtype,
             n_archs=dev.lut_archs,
             seed=state.config.seed + i,
             progress=progress,
             passes=dev.lut_passes,
         )
-        model: Any = LUTSum(lut, device, on_missing="measure")
+        model: Any = (
+            KernelSum(lut, device, on_missing="measure")
+            if kernels
+            else LUTSum(lut, device, on_missing="measure")
+        )
         if dev.calibration_archs > 0:
             rng = as_rng(state.config.seed + 100 + i)
             archs = _distinct(state.space, 2 * dev.calibration_archs, rng)
@@ -177,7 +184,11 @@ def stage_latency(state: RunState, progress: bool) -> None:
             y_fit = np.array([measured[state.space.key(a)] for a in fit])
             y_test = np.array([measured[state.space.key(a)] for a in test])
             plain = np.asarray(model.predict_many(state.space, test))
-            model = LUTCorrected(lut, device, on_missing="measure").fit(state.space, fit, y_fit)
+            model = (
+                KernelSum(lut, device, on_missing="measure")
+                if kernels
+                else LUTCorrected(lut, device, on_missing="measure")
+            ).fit(state.space, fit, y_fit)
             corrected = np.asarray(model.predict_many(state.space, test))
             state.latency_quality[label] = {
                 **{f"lut_{k}": v for k, v in latency_metrics(plain, y_test).items()},

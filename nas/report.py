@@ -93,13 +93,14 @@ def write_report(state: Any) -> Path:
         for label, model in state.latency_models.items():
             lut = getattr(model, "lut", None)
             n = len(lut) if lut is not None else 0
-            text = f"- `{label}`: {type(model).__name__}, LUT of {n} unique layers"
+            what = "kernels" if type(model).__name__ == "KernelSum" else "layers"
+            text = f"- `{label}`: {type(model).__name__}, table of {n} unique {what}"
             q = state.latency_quality.get(label)
             if q:
                 text += (
                     f"; on {q['n_test']} held-out networks measured end to end: plain sum "
-                    f"tau {q['lut_kendall_tau']:.2f}, MAPE {q['lut_mape_pct']:.1f} %; with the "
-                    f"correction fitted on {q['n_fit']}: tau {q['corrected_kendall_tau']:.2f}, "
+                    f"tau {q['lut_kendall_tau']:.2f}, MAPE {q['lut_mape_pct']:.1f} %; "
+                    f"{'fitted' if what == 'kernels' else 'with the correction fitted'} on {q['n_fit']}: tau {q['corrected_kendall_tau']:.2f}, "
                     f"MAPE {q['corrected_mape_pct']:.1f} %, "
                     f"{q['corrected_within_10_pct']:.0f} % within +-10 %"
                 )

@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol
+from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol, measure
 from latency_models.runtimes.base import (
     DTYPES,
     Branches,
@@ -52,6 +53,8 @@ from latency_models.runtimes.base import (
     fingerprint,
 )
 from latency_models.runtimes.cache import ArtifactCache
+from latency_models.runtimes.ort_kernels import COPIES as KERNEL_COPIES
+from latency_models.runtimes.ort_kernels import KernelSpec, kernel_model, network_kernels, per_copy
 from nas.compress import export as artifacts
 
 log = logging.getLogger(__name__)
@@ -143,6 +146,46 @@ class OrtCPUDevice(RuntimeDevice):
             )
             graph = onnx.load(options.optimized_model_filepath).graph
         return dict(Counter(node.op_type for node in graph.node))
+
+    def network_kernels(self, prepared: Prepared) -> list[KernelSpec]:
+        """The kernels a session of a prepared model runs, in order, each described well
+        enough to be rebuilt and timed alone (`ort_kernels`)."""
+        ort = _import_ort(self.name)
+        if prepared.artifact_path is None or not Path(prepared.artifact_path).is_file():
+            raise ValueError(f"{self.name}: the prepared model has no artifact file to optimise")
+        return network_kernels(
+            ort, prepared.artifact_path, prepared.example.numpy(), self.session_options
+        )
+
+    def measure_kernels(
+        self,
+        kernels: Sequence[KernelSpec],
+        dtype: str = "fp32",
+        protocol: Protocol = DEFAULT_PROTOCOL,
+        copies: int = KERNEL_COPIES,
+    ) -> list[Measurement]:
+        """Time each kernel alone: `copies` copies of its node in one session with graph
+        optimisations off, every statistic divided by `copies` (`ort_kernels`)."""
+        ort = _import_ort(self.name)
+        check_dtype(self.name, dtype, self.dtypes)
+        out = []
+        for kernel in kernels:
+            model, feeds = kernel_model(kernel, copies, seed=self.seed)
+            options = self.session_options()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            session = ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+            binding = session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            for output in session.get_outputs():
+                binding.bind_output(output.name, "cpu")
+            m = measure(
+                partial(session.run_with_iobinding, binding), protocol, info=self.info(dtype)
+            )
+            out.append(per_copy(m, copies))
+        return out
 
     def layer_recipe(self, dtype: str) -> str:
         return "int8-inputs-quantized" if dtype == "int8" else ""  # see `_quantize`

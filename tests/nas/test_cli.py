@@ -65,6 +65,25 @@ def test_search_on_an_emulated_phone_respects_the_budget(tmp_path: Path) -> None
     assert (out / "pareto.csv").stat().st_size > 0
 
 
+def test_search_prices_ort_latency_with_a_kernel_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("EDGE_NAS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "search"
+    argv = ["-q", "search", "--device", "ort-cpu-1t", "--latency-model", "kernels"]
+    argv += ["--objectives", "latency,params", "--trials", "3", "--lut-archs", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    import latency_models as lm
+    from latency_models.kernels import KERNEL_RECIPE
+
+    table = lm.LUT.load(out / "kernels-ort-cpu-1t.csv")
+    assert len(table) > 0 and KERNEL_RECIPE in table.metadata["layer_recipe"]
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) >= 3 and (trials["latency_ms@ort-cpu-1t"] > 0).all()
+
+
 def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "no report" in capsys.readouterr().err

@@ -42,6 +42,16 @@ def test_every_problem_is_reported_at_once() -> None:
     assert "search.trials: expected int, got bool" in msg
 
 
+def test_device_latency_model_and_passes_are_checked() -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"devices": [{"latency_model": "kernel", "lut_passes": 0}]})
+    msg = str(err.value)
+    assert "devices[0].latency_model: 'kernel' is not one of lut, kernels" in msg
+    assert "devices[0].lut_passes: expected >= 1, got 0" in msg
+    config = config_from_dict({"devices": [{"latency_model": "kernels"}]})
+    assert config.devices[0].latency_model == "kernels"
+
+
 def test_files_yaml_and_toml(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("name: a\nseed: 3\nspace: {name: nb201}\n")
     (tmp_path / "b.toml").write_text('name = "b"\n[search]\ntrials = 5\n')

@@ -120,3 +120,27 @@ def test_nas_run_killed_mid_search_resumes_with_no_lost_trials(tmp_path: Path) -
     assert not study.get_trials(states=[optuna.trial.TrialState.RUNNING]), "stale trial left"
     assert (run_dir / "report.md").stat().st_size > 0
     assert len(json.loads((run_dir / "timings.json").read_text())["runs"]) == 2
+
+
+def test_latency_stage_with_a_kernel_table_reports_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import search_spaces
+    from latency_models import KernelSum
+    from nas.pipeline import RunState, stage_latency
+    from nas.report import write_report
+
+    monkeypatch.setenv("EDGE_NAS_CACHE", str(tmp_path / "cache"))
+    device = {"name": "ort-cpu-1t", "latency_model": "kernels", "lut_archs": 2}
+    config = demo_config(devices=[{**device, "calibration_archs": 2}])
+    state = RunState(config, tmp_path, search_spaces.get_space("tiny"), data=None)
+    stage_latency(state, progress=False)
+    model = state.latency_models["ort-cpu-1t-fp32"]
+    assert isinstance(model, KernelSum) and model.coef_ is not None  # fitted on 2 archs
+    assert (tmp_path / "latency" / "ort-cpu-1t-fp32-kernels.csv").stat().st_size > 0
+    quality = state.latency_quality["ort-cpu-1t-fp32"]
+    assert quality["n_fit"] == quality["n_test"] == 2
+    report = write_report(state).read_text()
+    assert "KernelSum, table of" in report and "unique kernels" in report

@@ -1,0 +1,184 @@
+"""Kernel tables on ONNX Runtime: the kernels its optimiser makes of a network, rebuilt and
+timed alone; tables resume after a crash, never mix with layer tables; `KernelSum` predicts
+from them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import latency_models as lm
+from latency_models import LUT, KernelSum, LUTMismatchError, LUTSum, MissingKeysError
+from latency_models.kernels import KERNEL_RECIPE, arch_kernels, build_kernel_lut
+from latency_models.measure import Measurement
+from latency_models.runtimes.cache import ArtifactCache
+from latency_models.runtimes.ort_kernels import KernelSpec, kernel_model, per_copy
+from search_spaces import TinySpace
+
+from .conftest import FAST
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+SPACE = TinySpace()
+# two archs of different widths (so each has kernels the other lacks) and a third
+ARCHS = [dict(SPACE.sample(np.random.default_rng(s))) for s in (0, 1, 2)]
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory: pytest.TempPathFactory) -> lm.RealDevice:
+    from latency_models.runtimes.onnxrt import OrtCPUDevice
+
+    cache = ArtifactCache(tmp_path_factory.mktemp("edge-nas-cache"))
+    return lm.RealDevice(OrtCPUDevice(cache=cache), protocol=FAST)
+
+
+@pytest.fixture(scope="module")
+def kernels(device: lm.RealDevice) -> dict[tuple[int, str], list[KernelSpec]]:
+    return {
+        (i, dtype): arch_kernels(device, SPACE, a, dtype)
+        for i, a in enumerate(ARCHS)
+        for dtype in ("fp32", "int8")
+    }
+
+
+def _keys(ks: Sequence[KernelSpec]) -> set[str]:
+    return {k.key for k in ks}
+
+
+def test_kernels_are_the_nodes_of_the_optimised_graph(
+    device: lm.RealDevice, kernels: dict[tuple[int, str], list[KernelSpec]]
+) -> None:
+    prepared = device.prepare_arch(SPACE, ARCHS[0], "fp32")
+    ops = device.runtime_device.optimized_graph_ops(prepared)  # type: ignore[attr-defined]
+    found = kernels[0, "fp32"]
+    assert Counter(k.spec["op"] for k in found) == Counter(ops)
+    for k in found:
+        spec = k.spec
+        assert spec["outputs"] and all(d > 0 for o in spec["outputs"] for d in o["shape"])
+        for item in spec["inputs"]:
+            if item is not None and "const" in item:
+                # int64 constants (shapes, axes) by value, weights and scales by shape only
+                assert (item["const"] is not None) == (item["t"] == "int64")
+    assert any(k.spec["domain"] != "ai.onnx" for k in found), "no NCHWc kernel on this CPU?"
+    int8 = {k.spec["op"] for k in kernels[0, "int8"]}
+    assert "QuantizeLinear" in int8 and any(op.startswith("QLinear") for op in int8)
+    # a different width brings kernels of its own; shared shapes share their keys
+    assert _keys(kernels[1, "fp32"]) - _keys(found)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_every_kernel_rebuilds_alone_with_its_recorded_outputs(
+    dtype: str, kernels: dict[tuple[int, str], list[KernelSpec]]
+) -> None:
+    unique = {k.key: k for k in kernels[0, dtype]}.values()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    for k in unique:
+        model, feeds = kernel_model(k, copies=3)
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        outs = session.run(None, feeds)
+        expected = [tuple(o["shape"]) for o in k.spec["outputs"]] * 3
+        assert [tuple(np.shape(o)) for o in outs] == expected, k.op
+        assert len(session.get_inputs()) == len(feeds)
+
+
+def test_per_copy_divides_every_time() -> None:
+    m = Measurement(8.0, 4.0, 16.0, 8.0, 2.0, 3.2, 50, 3, 4, True, "d", "r", "v", 1, "fp32")
+    one = per_copy(m, 8)
+    assert (one.median_ms, one.p10_ms, one.p90_ms, one.min_ms) == (1.0, 0.5, 2.0, 0.4)
+    assert (one.count, one.std_ms, one.mean_ms) == (50, 0.25, 1.0)
+
+
+def test_kernel_table_resumes_after_a_crash_and_tops_up_passes(
+    device: lm.RealDevice,
+    kernels: dict[tuple[int, str], list[KernelSpec]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime: Any = device.runtime_device
+    real = runtime.measure_kernels
+    measured: list[list[str]] = []
+    crash_after: list[int | None] = [1]
+
+    def counting(ks: Sequence[KernelSpec], *args: Any, **kwargs: Any) -> list[Measurement]:
+        if crash_after[0] is not None and len(measured) >= crash_after[0]:
+            raise Crash("power cut")
+        measured.append([k.key for k in ks])
+        result: list[Measurement] = real(ks, *args, **kwargs)
+        return result
+
+    monkeypatch.setattr(runtime, "measure_kernels", counting)
+    path = tmp_path / "kernels.csv"
+    unique = _keys(kernels[0, "fp32"]) | _keys(kernels[1, "fp32"])
+    assert len(unique) > 4
+    with pytest.raises(Crash):
+        build_kernel_lut(SPACE, device, path, archs=ARCHS[:2], batch_kernels=4)
+    assert len(LUT.load(path)) == 4  # the chunk measured before the crash is on disk
+    crash_after[0] = None
+    table = build_kernel_lut(SPACE, device, path, archs=ARCHS[:2], batch_kernels=4)
+    first_pass = [k for chunk in measured for k in chunk]
+    assert set(table.entries) == unique and sorted(first_pass) == sorted(unique)
+    assert table.metadata["layer_recipe"].endswith(KERNEL_RECIPE)
+    measured.clear()
+    table = build_kernel_lut(SPACE, device, path, archs=ARCHS[:2], batch_kernels=4, passes=2)
+    assert sorted(k for chunk in measured for k in chunk) == sorted(unique)
+    assert set(LUT.load(path).pass_counts().values()) == {2}
+
+
+def test_kernel_and_layer_tables_never_mix(
+    device: lm.RealDevice, kernels: dict[tuple[int, str], list[KernelSpec]], tmp_path: Path
+) -> None:
+    path = tmp_path / "kernels.csv"
+    table = build_kernel_lut(SPACE, device, path, archs=ARCHS[:1])
+    with pytest.raises(LUTMismatchError, match="layer_recipe"):
+        LUTSum(table, device)
+    with pytest.raises(LUTMismatchError, match="layer_recipe"):
+        KernelSum(LUT.for_device(device, "fp32"), device)
+    with pytest.raises(LUTMismatchError):
+        lm.build_lut(SPACE, device, path, archs=ARCHS[:1])
+    with pytest.raises(LUTMismatchError, match="dtype"):
+        build_kernel_lut(SPACE, device, path, dtype="int8", archs=ARCHS[:1])
+
+
+def test_kernel_sum_sums_measures_missing_kernels_and_fits_a_line(
+    device: lm.RealDevice, kernels: dict[tuple[int, str], list[KernelSpec]], tmp_path: Path
+) -> None:
+    path = tmp_path / "kernels.csv"
+    table = build_kernel_lut(SPACE, device, path, archs=ARCHS[:1])
+    strict = KernelSum(table, device)
+    new = _keys(kernels[1, "fp32"]) - set(table.entries)
+    with pytest.raises(MissingKeysError) as err:
+        strict.predict_arch(SPACE, ARCHS[1])
+    assert set(err.value.missing) == new
+    eager = KernelSum(table, device, on_missing="measure")
+    total = eager.predict_arch(SPACE, ARCHS[1])  # unfitted: the plain sum
+    assert set(LUT.load(path).entries) >= new  # measured on the spot, appended to the file
+    assert total == pytest.approx(sum(table[k.key].min_ms for k in kernels[1, "fp32"]))
+    sums = np.array([eager.kernel_sum(SPACE, a) for a in ARCHS])
+    fitted = KernelSum(LUT.load(path), device, on_missing="measure").fit(
+        SPACE, ARCHS, 2.0 * sums + 0.5
+    )
+    assert fitted.coef_ == pytest.approx((2.0, 0.5), rel=1e-6)
+    assert fitted.predict_many(SPACE, ARCHS) == pytest.approx(2.0 * sums + 0.5)
+
+
+def test_devices_that_cannot_name_their_kernels_say_so(tmp_path: Path) -> None:
+    emulated = lm.get_device("pixel3-emulated")
+    assert not lm.supports_kernels(emulated)
+    with pytest.raises(ValueError, match="cannot name the kernels"):
+        build_kernel_lut(SPACE, emulated, tmp_path / "k.csv", archs=ARCHS[:1])
+    with pytest.raises(ValueError, match="--compile-only applies to layer LUTs"):
+        lm.cli_build_lut(SPACE, emulated, tmp_path, kernels=True, compile_only=True)
