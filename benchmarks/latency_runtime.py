@@ -95,6 +95,7 @@ def run_case(
     passes: int = PASSES,
     lut_passes: int = LUT_PASSES,
     stored_only: bool = False,
+    kernel_passes: int | None = None,
 ) -> dict[str, Any]:
     space, fit, test = _case_archs(space_name, n_test, n_fit, seed)
     t0 = time.perf_counter()
@@ -139,7 +140,16 @@ def run_case(
         "costmodel (calibrated)": lm.CostModelPredictor(device, dtype).fit(space, fit, y_fit),
     }
     kernels = _kernel_predictors(
-        device, space, dtype, fit, test, y_fit, out, lut_passes, stored_only, predictors
+        device,
+        space,
+        dtype,
+        fit,
+        test,
+        y_fit,
+        out,
+        kernel_passes or lut_passes,
+        stored_only,
+        predictors,
     )
     predicted = {name: p.predict_many(space, test) for name, p in predictors.items()}
     return {
@@ -545,6 +555,12 @@ def main() -> None:
         "a table holding fewer is topped up",
     )
     parser.add_argument(
+        "--kernel-passes",
+        type=int,
+        help="passes over every kernel of the ONNX Runtime kernel tables (default: "
+        "--lut-passes); a table holding fewer is topped up",
+    )
+    parser.add_argument(
         "--stored-only",
         action="store_true",
         help="report only the cases whose whole-network measurements and LUT are all stored "
@@ -555,9 +571,10 @@ def main() -> None:
         "--max-archs", type=int, help="cap test and fitting archs per case (smoke runs)"
     )
     args = parser.parse_args()
-    if args.passes < 1 or args.lut_passes < 1:
+    if args.passes < 1 or args.lut_passes < 1 or (args.kernel_passes or 1) < 1:
         parser.error(
-            f"--passes and --lut-passes must be >= 1; got {args.passes}, {args.lut_passes}"
+            "--passes, --lut-passes and --kernel-passes must be >= 1; got "
+            f"{args.passes}, {args.lut_passes}, {args.kernel_passes}"
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.cache is not None:
@@ -624,6 +641,7 @@ def main() -> None:
                 args.passes,
                 args.lut_passes,
                 args.stored_only,
+                args.kernel_passes,
             )
             cases.append(case)
             # written after every case, so a run stopped between cases still has its tables

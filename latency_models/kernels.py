@@ -42,7 +42,7 @@ __all__ = [
     "supports_kernels",
 ]
 
-KERNEL_RECIPE = f"optimised-graph-kernels/1;copies={COPIES}"
+KERNEL_RECIPE = f"optimised-graph-kernels/2;copies={COPIES};private-weights"
 DEFAULT_KERNEL_ARCHS = 100
 """Archs sampled for a kernel table of a space too large to enumerate (each costs an
 optimisation of its whole network)."""

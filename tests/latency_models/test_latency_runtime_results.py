@@ -63,3 +63,18 @@ def test_a_partial_run_updates_its_cases_and_keeps_the_rest() -> None:
     # a quick run (or other seed, or capped archs) never mixes with the full tables
     quick = {**run, "quick": True}
     assert bench.merge_results(quick, previous) is quick
+
+
+def test_a_stored_kernel_table_keeps_the_build_figures_of_the_run_that_built_it() -> None:
+    bench = _bench()
+    built = {"unique_kernels": 57, "passes": 3, "build_s_this_run": 164.0}
+    built["kernels_measured_this_run"] = 171
+    lut = {"layers_measured_this_run": 0, "build_s_this_run": 0.1}
+    previous = _results(
+        "old", {"ort-cpu-1t": [_case("nb201", "fp32", 0.9, kernels=built, lut=lut)]}
+    )
+    stored = {"unique_kernels": 57, "passes": 3}  # --stored-only: read, not built
+    run = _results("new", {"ort-cpu-1t": [_case("nb201", "fp32", 0.9, kernels=stored, lut=lut)]})
+    bench.carry_lut_build_times(run, previous)
+    kernels = run["devices"]["ort-cpu-1t"]["cases"][0]["kernels"]
+    assert kernels["build_s_this_run"] == 164.0 and kernels["kernels_measured_this_run"] == 171
