@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from latency_models.devices import Device, RealDevice
-from latency_models.lut import LUT, LUTEntry, _Appender, _archs_for, _check_build_args, pass_plan
+from latency_models.lut import (
+    LUT,
+    LUTEntry,
+    _Appender,
+    _archs_for,
+    _check_build_args,
+    open_table,
+    pass_plan,
+)
 from latency_models.runtimes.ort_kernels import COPIES, KernelSpec
 from nas.space import SearchSpace
 
@@ -107,21 +115,6 @@ def _measure(
             lut.add(e)
 
 
-def _open(device: Device, dtype: str, path: Path | None) -> tuple[LUT, _Appender | None]:
-    fresh = LUT.for_device(device, dtype)
-    fresh.metadata.update(kernel_metadata(device, dtype))
-    if path is None:
-        return fresh, None
-    if path.exists():
-        lut = LUT.load(path, repair=True)
-        lut.check_identity(fresh.metadata, f"device {device.name!r} (kernels)")
-        log.info("resuming %s: %d kernels already measured", path, len(lut))
-    else:
-        lut = fresh
-        lut.path = path
-    return lut, _Appender(lut, path)
-
-
 def build_kernel_lut(
     space: SearchSpace,
     device: Device,
@@ -143,7 +136,9 @@ def build_kernel_lut(
     _check_build_args(batch_kernels, passes)
     if archs is None and n_archs is None and space.n_genotypes > DEFAULT_KERNEL_ARCHS:
         n_archs = DEFAULT_KERNEL_ARCHS
-    lut, appender = _open(real, dtype, Path(path) if path is not None else None)
+    fresh = LUT.for_device(real, dtype)
+    fresh.metadata.update(kernel_metadata(real, dtype))
+    lut, appender = open_table(fresh, path, f"device {real.name!r} (kernels)", "kernels")
     chosen = _archs_for(space, archs, n_archs, seed)
     bar = None
     if progress:

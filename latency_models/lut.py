@@ -460,6 +460,25 @@ class _Appender:
             self.lut.add(e)
 
 
+def open_table(
+    fresh: LUT, path: str | Path | None, what: str, unit: str = "layers"
+) -> tuple[LUT, _Appender | None]:
+    """The table a build appends to: the file at `path` resumed (after checking it has the
+    identity of `fresh`, which `what` names in the error), or `fresh`, to be written there;
+    without a path, `fresh` in memory and no appender."""
+    if path is None:
+        return fresh, None
+    path = Path(path)
+    if path.exists():
+        lut = LUT.load(path, repair=True)
+        lut.check_identity(fresh.metadata, what)
+        log.info("resuming %s: %d %s already measured", path, len(lut), unit)
+    else:
+        lut = fresh
+        lut.path = path
+    return lut, _Appender(lut, path)
+
+
 def lut_path(directory: str | Path, device: Device | str, dtype: str) -> Path:
     """The conventional file of a device's table in a cache directory."""
     name = device if isinstance(device, str) else device.name
@@ -599,20 +618,9 @@ def build_lut(
     """
     dtype = device.check_dtype(dtype or device.dtypes[0])
     _check_build_args(batch_layers, passes)
-    fresh = LUT.for_device(device, dtype)
-    appender: _Appender | None = None
-    if path is not None:
-        path = Path(path)
-        if path.exists():
-            lut = LUT.load(path, repair=True)
-            lut.check_identity(fresh.metadata, f"device {device.name!r}")
-            log.info("resuming %s: %d layers already measured", path, len(lut))
-        else:
-            lut = fresh
-            lut.path = path
-        appender = _Appender(lut, path)
-    else:
-        lut = fresh
+    lut, appender = open_table(
+        LUT.for_device(device, dtype), path, f"device {device.name!r}", "layers"
+    )
     specs = reachable_specs(space, device, dtype, archs, n_archs, seed)
     plan = pass_plan(specs, lut.pass_counts(), passes, batch_layers)
     log.info(
