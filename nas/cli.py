@@ -176,27 +176,17 @@ def _search_cmd(args: argparse.Namespace) -> int:
     models = []
     for name in args.device:
         device = latency_models.get_device(name)
-        model: Any
-        if args.latency_model == "kernels":
-            table = latency_models.build_kernel_lut(
-                space,
-                device,
-                out / f"kernels-{name}.csv",
-                n_archs=args.lut_archs,
-                progress=not args.quiet,
-                passes=args.lut_passes,
-            )
-            model = KernelSum(table, device, on_missing="measure")
-        else:
-            lut = latency_models.build_lut(
-                space,
-                device,
-                out / f"lut-{name}.csv",
-                n_archs=args.lut_archs,
-                progress=not args.quiet,
-                passes=args.lut_passes,
-            )
-            model = LUTSum(lut, device, on_missing="measure")
+        kernels = args.latency_model == "kernels"
+        build = latency_models.build_kernel_lut if kernels else latency_models.build_lut
+        table = build(
+            space,
+            device,
+            out / f"{'kernels' if kernels else 'lut'}-{name}.csv",
+            n_archs=args.lut_archs,
+            progress=not args.quiet,
+            passes=args.lut_passes,
+        )
+        model = (KernelSum if kernels else LUTSum)(table, device, on_missing="measure")
         models.append(model)
     objectives = [o for o in args.objectives.split(",") if o]
     resolved: list[Any] = []
