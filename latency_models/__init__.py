@@ -28,6 +28,7 @@ from latency_models.devices import (
 )
 from latency_models.graph import RuntimeSpecs, pruned_layer_specs
 from latency_models.kernels import (
+    ArchKernelCache,
     build_kernel_lut,
     kernel_lut_path,
     supports_kernels,
@@ -68,6 +69,7 @@ __all__ = [
     "NB201_COLUMNS",
     "PROFILES",
     "SUPPORTED_OPS",
+    "ArchKernelCache",
     "ArchMeasurements",
     "CalibrationResult",
     "CorruptLUTError",

@@ -14,11 +14,19 @@ a seeded sample) and a predictor measures the kernels of a new arch on the spot 
 The table is a LUT file (same format, crash-safe appends, passes, identity checks) whose layer
 recipe names the kernel recipe, so a kernel table and a layer table of one device never mix.
 Only runtimes that can name their kernels support it (`supports_kernels`): `ort-cpu-*` today.
+
+The kernels found for each arch are kept beside a table's file (`ArchKernelCache`), so asking
+again for an arch seen before (a resumed build, a second predictor, the next validation) costs
+a file read instead of an optimised session.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_KERNEL_ARCHS",
     "KERNEL_RECIPE",
+    "ArchKernelCache",
     "arch_kernels",
     "build_kernel_lut",
     "check_kernel_lut",
@@ -91,13 +100,156 @@ def check_kernel_lut(lut: LUT, device: Device) -> None:
     lut.check_identity(kernel_metadata(device, lut.dtype), f"device {device.name!r} (kernels)")
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_signature() -> dict[str, Any]:
+    """What an optimiser may look at on this CPU: its model and feature flags (ONNX Runtime's
+    NCHWc blocks follow the vector width, its int8 kernels the dot-product instructions)."""
+    from nas.compress.export import cpu_flags
+
+    return {"cpu": _cpu_model(), "cpu_flags": sorted(cpu_flags())}
+
+
+class ArchKernelCache:
+    """The kernels found for each arch of a device and dtype, in a JSON-lines file.
+
+    Finding an arch's kernels optimises its whole network (about a second on ONNX Runtime);
+    the answer depends only on the arch, the runtime and its version, the dtype, the kernel
+    recipe and the CPU, all of which name the file (`path_for`), so a cache moved to another
+    machine or runtime is simply not found there, and two machines sharing a folder keep a
+    file each. Each unique kernel is written once (`{"k": id, "key": ..., "op": ...}`), each
+    arch as the ids of its kernels in order (`{"space": ..., "arch": key, "kernels": [...]}`),
+    appended and flushed per arch; a line cut short by a crash is skipped on reading.
+
+    Keyed by the space's name and arch key, as whole-network measurements are: a space whose
+    code changes what an arch builds needs its caches (and measurements) cleared.
+    """
+
+    FORMAT = "edge-nas arch kernels/1"
+
+    def __init__(self, path: str | Path, identity: Mapping[str, Any]) -> None:
+        self.path = Path(path)
+        self.identity = dict(identity)
+        self._keys: list[KernelSpec] = []
+        self._ids: dict[str, int] = {}
+        self._archs: dict[tuple[str, str], list[int]] = {}
+        if self.path.exists():
+            self._read()
+
+    @staticmethod
+    def identity_for(device: Device, dtype: str) -> dict[str, Any]:
+        return {**kernel_metadata(device, dtype), **cpu_signature()}
+
+    @classmethod
+    def path_for(cls, table_path: str | Path, identity: Mapping[str, Any]) -> Path:
+        """`kernels_D_T.csv` -> `kernels_D_T.archs-<digest of identity>.jsonl` beside it."""
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+        table_path = Path(table_path)
+        return table_path.with_name(f"{table_path.stem}.archs-{digest}.jsonl")
+
+    @classmethod
+    def beside(cls, table_path: str | Path, device: Device, dtype: str) -> ArchKernelCache:
+        identity = cls.identity_for(device, dtype)
+        return cls(cls.path_for(table_path, identity), identity)
+
+    def _read(self) -> None:
+        lines = self.path.read_text().splitlines()
+        if not lines:
+            return
+        try:
+            header = json.loads(lines[0])
+        except json.JSONDecodeError:
+            header = None
+        if not isinstance(header, dict) or header.get("format") != self.FORMAT:
+            raise ValueError(
+                f"{self.path} is not an arch-kernel cache ({self.FORMAT!r} header expected): "
+                "delete it (it is rebuilt as kernels are found)"
+            )
+        if header.get("identity") != self.identity:
+            raise ValueError(
+                f"{self.path} holds the kernels of another device, runtime or CPU than its "
+                "name says: delete it (it is rebuilt as kernels are found)"
+            )
+        for n, line in enumerate(lines[1:], start=2):
+            try:
+                row = json.loads(line)
+                if "k" in row:
+                    if row["k"] != len(self._keys):
+                        raise ValueError(f"kernel id {row['k']} out of order")
+                    self._add_kernel(KernelSpec(row["key"], row["op"]))
+                else:
+                    ids = [int(i) for i in row["kernels"]]
+                    if any(not 0 <= i < len(self._keys) for i in ids):
+                        raise ValueError("names a kernel not defined before it")
+                    self._archs[row["space"], row["arch"]] = ids
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                if n == len(lines):  # the last line, cut short by a crash while writing
+                    log.warning("%s: skipped an incomplete last line (%s)", self.path, err)
+                    break
+                raise ValueError(
+                    f"{self.path} line {n} is corrupt ({err}): delete the file (it is rebuilt "
+                    "as kernels are found)"
+                ) from err
+
+    def _add_kernel(self, k: KernelSpec) -> int:
+        self._ids[k.key] = len(self._keys)
+        self._keys.append(k)
+        return self._ids[k.key]
+
+    def __len__(self) -> int:
+        return len(self._archs)
+
+    def get(self, space: SearchSpace, arch: Mapping[str, Any]) -> list[KernelSpec] | None:
+        ids = self._archs.get((space.name, space.key(arch)))
+        return None if ids is None else [self._keys[i] for i in ids]
+
+    def put(
+        self, space: SearchSpace, arch: Mapping[str, Any], kernels: Sequence[KernelSpec]
+    ) -> None:
+        rows: list[dict[str, Any]] = []
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            rows.append({"format": self.FORMAT, "identity": self.identity})
+        ids = []
+        for k in kernels:
+            if k.key not in self._ids:
+                rows.append({"k": self._add_kernel(k), "key": k.key, "op": k.op})
+            ids.append(self._ids[k.key])
+        arch_key = space.key(arch)
+        rows.append({"space": space.name, "arch": arch_key, "kernels": ids})
+        self._archs[space.name, arch_key] = ids
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def arch_kernels(
-    device: Device, space: SearchSpace, arch: Mapping[str, Any], dtype: str
+    device: Device,
+    space: SearchSpace,
+    arch: Mapping[str, Any],
+    dtype: str,
+    cache: ArchKernelCache | None = None,
 ) -> list[KernelSpec]:
-    """The kernels, in order, `device`'s runtime runs for `arch`'s network."""
+    """The kernels, in order, `device`'s runtime runs for `arch`'s network (from `cache` if it
+    holds them; found and added to it otherwise)."""
     real = _checked(device)
+    if cache is not None:
+        held = cache.get(space, arch)
+        if held is not None:
+            return held
     prepared = real.prepare_arch(space, arch, dtype)
     kernels: list[KernelSpec] = real.runtime_device.network_kernels(prepared)  # type: ignore[attr-defined]
+    if cache is not None:
+        cache.put(space, arch, kernels)
     return kernels
 
 
@@ -145,9 +297,10 @@ def build_kernel_lut(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(chosen), desc=f"kernels of {space.name} archs", unit="arch")
+    cache = ArchKernelCache.beside(path, real, dtype) if path is not None else None
     unique: dict[str, KernelSpec] = {}
     for a in chosen:
-        for k in arch_kernels(real, space, a, dtype):
+        for k in arch_kernels(real, space, a, dtype, cache):
             unique.setdefault(k.key, k)
         if bar is not None:
             bar.update(1)

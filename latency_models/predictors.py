@@ -297,12 +297,16 @@ class KernelSum(LatencyPredictor):
     kernels were timed in, an intercept for the per-run overhead), unfitted it is the sum.
 
     Finding an arch's kernels optimises its whole network (about a second on ONNX Runtime), so
-    they are remembered per arch. `on_missing="measure"` times kernels the table lacks on the
-    spot (appended to its file); "raise" lists them all in one `MissingKeysError`.
+    they are remembered per arch, and kept beside a table that has a file (`ArchKernelCache`;
+    `cache_archs=False` keeps them in memory only). `on_missing="measure"` times kernels the
+    table lacks on the spot (appended to its file); "raise" lists them all in one
+    `MissingKeysError`.
     """
 
-    def __init__(self, lut: LUT, device: Device, on_missing: str = "raise") -> None:
-        from latency_models.kernels import check_kernel_lut
+    def __init__(
+        self, lut: LUT, device: Device, on_missing: str = "raise", cache_archs: bool = True
+    ) -> None:
+        from latency_models.kernels import ArchKernelCache, check_kernel_lut
 
         if on_missing not in ("raise", "measure"):
             raise ValueError(f"on_missing must be 'raise' or 'measure', got {on_missing!r}")
@@ -314,13 +318,20 @@ class KernelSum(LatencyPredictor):
         self.dtype = lut.dtype
         self.coef_: tuple[float, float] | None = None
         self._kernels: dict[tuple[str, str], list[Any]] = {}
+        self._arch_cache = (
+            ArchKernelCache.beside(lut.path, device, lut.dtype)
+            if cache_archs and lut.path is not None
+            else None
+        )
 
     def kernels(self, space: SearchSpace, arch: Mapping[str, Any]) -> list[Any]:
         from latency_models.kernels import arch_kernels
 
         memo = (space.name, space.key(arch))
         if memo not in self._kernels:
-            self._kernels[memo] = arch_kernels(self.device_obj, space, arch, self.dtype)
+            self._kernels[memo] = arch_kernels(
+                self.device_obj, space, arch, self.dtype, self._arch_cache
+            )
         return self._kernels[memo]
 
     def _ensure(self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> None:

@@ -14,7 +14,12 @@ import pytest
 
 import latency_models as lm
 from latency_models import LUT, KernelSum, LUTMismatchError, LUTSum, MissingKeysError
-from latency_models.kernels import KERNEL_RECIPE, arch_kernels, build_kernel_lut
+from latency_models.kernels import (
+    KERNEL_RECIPE,
+    ArchKernelCache,
+    arch_kernels,
+    build_kernel_lut,
+)
 from latency_models.measure import Measurement
 from latency_models.runtimes.cache import ArtifactCache
 from latency_models.runtimes.ort_kernels import KernelSpec, kernel_model, per_copy
@@ -136,6 +141,58 @@ def test_kernel_table_resumes_after_a_crash_and_tops_up_passes(
     table = build_kernel_lut(SPACE, device, path, archs=ARCHS[:2], batch_kernels=4, passes=2)
     assert sorted(k for chunk in measured for k in chunk) == sorted(unique)
     assert set(LUT.load(path).pass_counts().values()) == {2}
+
+
+def test_the_kernels_of_each_arch_are_kept_beside_the_table(
+    device: lm.RealDevice,
+    kernels: dict[tuple[int, str], list[KernelSpec]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table_path = tmp_path / "kernels.csv"
+    table = build_kernel_lut(SPACE, device, table_path, archs=ARCHS[:2])
+    cache_path = ArchKernelCache.path_for(table_path, ArchKernelCache.identity_for(device, "fp32"))
+    assert cache_path.parent == tmp_path and cache_path.name.startswith("kernels.archs-")
+    # another dtype (or runtime version, or CPU) is another file: never a stale answer
+    assert (
+        ArchKernelCache.path_for(table_path, ArchKernelCache.identity_for(device, "int8"))
+        != cache_path
+    )
+
+    def no_optimising(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an arch held in the cache was optimised again")
+
+    monkeypatch.setattr(device.runtime_device, "network_kernels", no_optimising)
+    # a fresh predictor (another process, say) reads both archs' kernels from the file
+    predictor = KernelSum(LUT.load(table_path), device)
+    for i in (0, 1):
+        assert predictor.kernels(SPACE, ARCHS[i]) == kernels[i, "fp32"]
+    assert predictor.predict_arch(SPACE, ARCHS[0]) == pytest.approx(
+        sum(table[k.key].min_ms for k in kernels[0, "fp32"])
+    )
+    with pytest.raises(AssertionError, match="optimised again"):
+        predictor.kernels(SPACE, ARCHS[2])
+    monkeypatch.undo()
+    # a new arch is written as found; cache_archs=False keeps the kernels in memory only
+    KernelSum(LUT.load(table_path), device).kernels(SPACE, ARCHS[2])
+    assert len(ArchKernelCache.beside(table_path, device, "fp32")) == 3
+    before = cache_path.read_text()
+    KernelSum(LUT.load(table_path), device, cache_archs=False).kernels(SPACE, ARCHS[2])
+    assert cache_path.read_text() == before
+
+    # a crash halfway through writing a line loses that arch only
+    good = cache_path.read_text()
+    cache_path.write_text(good + '{"space": "tiny", "arch": "s0.dep')
+    cut = ArchKernelCache.beside(table_path, device, "fp32")
+    assert len(cut) == 3 and cut.get(SPACE, ARCHS[1]) == kernels[1, "fp32"]
+    # corruption anywhere else is reported with the line and what to do
+    lines = good.splitlines()
+    cache_path.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=r"line 2 is corrupt.*delete the file"):
+        ArchKernelCache.beside(table_path, device, "fp32")
+    cache_path.write_text("a,b,c\n")
+    with pytest.raises(ValueError, match="not an arch-kernel cache"):
+        ArchKernelCache.beside(table_path, device, "fp32")
 
 
 def test_kernel_and_layer_tables_never_mix(
