@@ -79,8 +79,9 @@ measured in one pass kept a host slowdown in a whole chunk of layers (mobilenetv
 xnnpack-1t: a chunk 1.4x slow, so the LUT sum over-predicted 15 of 20 test archs by 9-48 %)."""
 
 PASSES = 3
-"""Passes per estimate, at least: test = min over passes 0, 2, 4; retest = min over 1, 3, 5.
-A case measured with more (`--passes`) uses every pass stored, odd against even."""
+"""Passes per estimate, at least: test = min over passes 0, 2, 4; retest = min over 1, 3, 5;
+fit = min over 0, 1, 2. A case measured with more (`--passes`) uses every pass stored, odd
+against even, and as many fitting passes."""
 
 
 def run_case(
@@ -102,20 +103,25 @@ def run_case(
     passes = max(passes, store.passes_stored(device, space, test, dtype) // 2)
     test_passes = [2 * i for i in range(passes)]
     retest_passes = [2 * i + 1 for i in range(passes)]
+    # as many fitting passes as test passes, so both estimates are minima over as many draws
+    # (a case stored before this rule keeps the fitting passes it has)
+    fit_passes = list(
+        range(
+            min(passes, store.passes_stored(device, space, fit, dtype)) if stored_only else passes
+        )
+    )
     # test and retest passes alternate in time: pass r measures every test arch once; the
-    # fitting archs' passes follow test passes 0, 2, 4, in the windows of the test estimate.
+    # fitting archs' passes follow the even test passes, in the windows of the test estimate.
     # (Fitted in other minutes, a correction learns the host of those minutes: on xnnpack-1t
     # mobilenetv3, fitting archs measured after all six test passes sat 6 % slower relative to
     # the LUT than the test archs did.)
     for r in range(2 * passes):
         store.measure(device, space, test, dtype, repeat=r, progress=True)
-        if r % 2 == 0 and r // 2 < PASSES:
+        if r % 2 == 0 and r // 2 in fit_passes:
             store.measure(device, space, fit, dtype, repeat=r // 2, progress=True)
     y_test = np.array(store.measure_passes(device, space, test, dtype, test_passes))
     y_retest = np.array(store.measure_passes(device, space, test, dtype, retest_passes))
-    y_fit = np.array(
-        store.measure_passes(device, space, fit, dtype, list(range(PASSES)), progress=True)
-    )
+    y_fit = np.array(store.measure_passes(device, space, fit, dtype, fit_passes, progress=True))
     t_measure = time.perf_counter() - t0
     specs = lm.lut.reachable_specs(space, device, dtype, archs=[*fit, *test])
     lut_file = lm.lut_path(out / "luts", device, dtype)
@@ -167,7 +173,7 @@ def run_case(
             "test": y_test.tolist(),
             "retest": y_retest.tolist(),
         },
-        "passes": {"test": test_passes, "retest": retest_passes, "fit": list(range(PASSES))},
+        "passes": {"test": test_passes, "retest": retest_passes, "fit": fit_passes},
         "median_over_archs_ms": {
             "test": float(np.median(y_test)),
             "retest": float(np.median(y_retest)),
@@ -426,7 +432,8 @@ def carry_lut_build_times(results: dict[str, Any], previous: dict[str, Any]) -> 
 
 def _more(case: dict[str, Any], commit: str = "") -> str:
     n = case.get("passes_per_estimate", PASSES)
-    more = f" ({n}+{n} passes)" if n != PASSES else ""
+    k = len(case.get("passes", {}).get("fit", range(PASSES)))
+    more = f" ({n}+{n} passes, fit {k})" if (n, k) != (PASSES, PASSES) else ""
     if commit and case.get("commit", commit) != commit:
         more += f" (run at `{case['commit'][:10]}`)"
     return more
@@ -439,7 +446,7 @@ def _table(results: dict[str, Any]) -> str:
         f"commit `{results['commit'][:10]}`{' (quick)' if results['quick'] else ''}; "
         "targets: Kendall tau >= 0.95, >= 95 % within +-10 %; a latency is the minimum over "
         f"{PASSES} interleaved passes (test: passes 0, 2, 4; retest: 1, 3, 5; fit: 0, 1, 2) "
-        "unless the case says more (test: even passes; retest: odd)",
+        "unless the case says more (test: even passes; retest: odd; fit: as many as test)",
         "",
     ]
     for dev, entry in results["devices"].items():

@@ -78,3 +78,15 @@ def test_a_stored_kernel_table_keeps_the_build_figures_of_the_run_that_built_it(
     bench.carry_lut_build_times(run, previous)
     kernels = run["devices"]["ort-cpu-1t"]["cases"][0]["kernels"]
     assert kernels["build_s_this_run"] == 164.0 and kernels["kernels_measured_this_run"] == 171
+
+
+def test_a_case_names_its_passes_where_they_differ_from_the_default() -> None:
+    bench = _bench()
+    default = {"passes_per_estimate": 3, "passes": {"fit": [0, 1, 2]}}
+    assert bench._more(default) == ""
+    five = {"passes_per_estimate": 5, "passes": {"fit": [0, 1, 2, 3, 4]}}
+    assert bench._more(five) == " (5+5 passes, fit 5)"
+    # stored before fitting passes followed the test passes: its 3 fitting passes are said
+    assert bench._more({"passes_per_estimate": 5, "passes": {"fit": [0, 1, 2]}}) == (
+        " (5+5 passes, fit 3)"
+    )
