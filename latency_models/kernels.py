@@ -125,9 +125,12 @@ class ArchKernelCache:
     the answer depends only on the arch, the runtime and its version, the dtype, the kernel
     recipe and the CPU, all of which name the file (`path_for`), so a cache moved to another
     machine or runtime is simply not found there, and two machines sharing a folder keep a
-    file each. Each unique kernel is written once (`{"k": id, "key": ..., "op": ...}`), each
-    arch as the ids of its kernels in order (`{"space": ..., "arch": key, "kernels": [...]}`),
-    appended and flushed per arch; a line cut short by a crash is skipped on reading.
+    file each. A kernel is written once per writer as `{"k": digest of its key, "key": ...,
+    "op": ...}`, an arch as the digests of its kernels in order (`{"space": ..., "arch": key,
+    "kernels": [...]}`), each arch's lines in one append. Digests rather than counters, so
+    several writers (two predictors, two processes) can append to one file: a kernel written
+    twice is the same line twice. It is a cache: a line cut short by a crash, or otherwise
+    unreadable, is skipped with a warning and that arch found again.
 
     Keyed by the space's name and arch key, as whole-network measurements are: a space whose
     code changes what an arch builds needs its caches (and measurements) cleared.
@@ -138,9 +141,8 @@ class ArchKernelCache:
     def __init__(self, path: str | Path, identity: Mapping[str, Any]) -> None:
         self.path = Path(path)
         self.identity = dict(identity)
-        self._keys: list[KernelSpec] = []
-        self._ids: dict[str, int] = {}
-        self._archs: dict[tuple[str, str], list[int]] = {}
+        self._kernels: dict[str, KernelSpec] = {}  # digest -> kernel
+        self._archs: dict[tuple[str, str], list[str]] = {}
         if self.path.exists():
             self._read()
 
@@ -151,14 +153,16 @@ class ArchKernelCache:
     @classmethod
     def path_for(cls, table_path: str | Path, identity: Mapping[str, Any]) -> Path:
         """`kernels_D_T.csv` -> `kernels_D_T.archs-<digest of identity>.jsonl` beside it."""
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
         table_path = Path(table_path)
-        return table_path.with_name(f"{table_path.stem}.archs-{digest}.jsonl")
+        return table_path.with_name(f"{table_path.stem}.archs-{_digest(identity)[:12]}.jsonl")
 
     @classmethod
     def beside(cls, table_path: str | Path, device: Device, dtype: str) -> ArchKernelCache:
         identity = cls.identity_for(device, dtype)
         return cls(cls.path_for(table_path, identity), identity)
+
+    def _header(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, "identity": self.identity}
 
     def _read(self) -> None:
         lines = self.path.read_text().splitlines()
@@ -178,58 +182,67 @@ class ArchKernelCache:
                 f"{self.path} holds the kernels of another device, runtime or CPU than its "
                 "name says: delete it (it is rebuilt as kernels are found)"
             )
+        skipped: list[int] = []
         for n, line in enumerate(lines[1:], start=2):
             try:
                 row = json.loads(line)
                 if "k" in row:
-                    if row["k"] != len(self._keys):
-                        raise ValueError(f"kernel id {row['k']} out of order")
-                    self._add_kernel(KernelSpec(row["key"], row["op"]))
-                else:
-                    ids = [int(i) for i in row["kernels"]]
-                    if any(not 0 <= i < len(self._keys) for i in ids):
-                        raise ValueError("names a kernel not defined before it")
-                    self._archs[row["space"], row["arch"]] = ids
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                if n == len(lines):  # the last line, cut short by a crash while writing
-                    log.warning("%s: skipped an incomplete last line (%s)", self.path, err)
-                    break
-                raise ValueError(
-                    f"{self.path} line {n} is corrupt ({err}): delete the file (it is rebuilt "
-                    "as kernels are found)"
-                ) from err
-
-    def _add_kernel(self, k: KernelSpec) -> int:
-        self._ids[k.key] = len(self._keys)
-        self._keys.append(k)
-        return self._ids[k.key]
+                    kernel = KernelSpec(str(row["key"]), str(row["op"]))
+                    if _digest(kernel.key) != row["k"]:
+                        raise ValueError("digest does not match the key")
+                    self._kernels[row["k"]] = kernel
+                elif "arch" in row:
+                    digests = [str(d) for d in row["kernels"]]
+                    if not all(d in self._kernels for d in digests):
+                        raise ValueError("names a kernel not written before it")
+                    self._archs[str(row["space"]), str(row["arch"])] = digests
+                elif row != self._header():  # a second writer's header: harmless
+                    raise ValueError("neither a kernel, an arch nor this file's header")
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                skipped.append(n)
+        if skipped:
+            log.warning(
+                "%s: skipped %d unreadable line(s) (%s; a crash while writing?): their archs "
+                "are found again when asked for",
+                self.path,
+                len(skipped),
+                ", ".join(map(str, skipped[:5])) + (" ..." if len(skipped) > 5 else ""),
+            )
 
     def __len__(self) -> int:
         return len(self._archs)
 
     def get(self, space: SearchSpace, arch: Mapping[str, Any]) -> list[KernelSpec] | None:
-        ids = self._archs.get((space.name, space.key(arch)))
-        return None if ids is None else [self._keys[i] for i in ids]
+        digests = self._archs.get((space.name, space.key(arch)))
+        return None if digests is None else [self._kernels[d] for d in digests]
 
     def put(
         self, space: SearchSpace, arch: Mapping[str, Any], kernels: Sequence[KernelSpec]
     ) -> None:
         rows: list[dict[str, Any]] = []
         if not self.path.exists() or self.path.stat().st_size == 0:
-            rows.append({"format": self.FORMAT, "identity": self.identity})
-        ids = []
+            rows.append(self._header())
+        digests = []
         for k in kernels:
-            if k.key not in self._ids:
-                rows.append({"k": self._add_kernel(k), "key": k.key, "op": k.op})
-            ids.append(self._ids[k.key])
+            d = _digest(k.key)
+            if d not in self._kernels:
+                self._kernels[d] = k
+                rows.append({"k": d, "key": k.key, "op": k.op})
+            digests.append(d)
         arch_key = space.key(arch)
-        rows.append({"space": space.name, "arch": arch_key, "kernels": ids})
-        self._archs[space.name, arch_key] = ids
+        rows.append({"space": space.name, "arch": arch_key, "kernels": digests})
+        self._archs[space.name, arch_key] = digests
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # one write of whole lines in append mode: writers sharing the file never split a line
         with self.path.open("a") as f:
             f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
             f.flush()
             os.fsync(f.fileno())
+
+
+def _digest(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def arch_kernels(
