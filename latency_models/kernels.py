@@ -143,8 +143,8 @@ class ArchKernelCache:
         self.identity = dict(identity)
         self._kernels: dict[str, KernelSpec] = {}  # digest -> kernel
         self._archs: dict[tuple[str, str], list[str]] = {}
-        if self.path.exists():
-            self._read()
+        self._offset = 0  # bytes of the file read so far
+        self._refresh()
 
     @staticmethod
     def identity_for(device: Device, dtype: str) -> dict[str, Any]:
@@ -164,26 +164,23 @@ class ArchKernelCache:
     def _header(self) -> dict[str, Any]:
         return {"format": self.FORMAT, "identity": self.identity}
 
-    def _read(self) -> None:
-        lines = self.path.read_text().splitlines()
-        if not lines:
+    def _refresh(self) -> None:
+        """Read the whole lines appended since the last read (by this writer or another)."""
+        if not self.path.exists():
             return
-        try:
-            header = json.loads(lines[0])
-        except json.JSONDecodeError:
-            header = None
-        if not isinstance(header, dict) or header.get("format") != self.FORMAT:
-            raise ValueError(
-                f"{self.path} is not an arch-kernel cache ({self.FORMAT!r} header expected): "
-                "delete it (it is rebuilt as kernels are found)"
-            )
-        if header.get("identity") != self.identity:
-            raise ValueError(
-                f"{self.path} holds the kernels of another device, runtime or CPU than its "
-                "name says: delete it (it is rebuilt as kernels are found)"
-            )
-        skipped: list[int] = []
-        for n, line in enumerate(lines[1:], start=2):
+        with self.path.open("rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # a line still being written (or cut short) waits
+        if end == 0:
+            return
+        lines = data[:end].decode(errors="replace").splitlines()
+        if self._offset == 0:
+            self._check_header(lines[0])
+            lines = lines[1:]
+        self._offset += end
+        skipped = 0
+        for line in lines:
             try:
                 row = json.loads(line)
                 if "k" in row:
@@ -199,21 +196,41 @@ class ArchKernelCache:
                 elif row != self._header():  # a second writer's header: harmless
                     raise ValueError("neither a kernel, an arch nor this file's header")
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                skipped.append(n)
+                skipped += 1
         if skipped:
             log.warning(
-                "%s: skipped %d unreadable line(s) (%s; a crash while writing?): their archs "
-                "are found again when asked for",
+                "%s: skipped %d unreadable line(s) (a crash while writing?): their archs are "
+                "found again when asked for",
                 self.path,
-                len(skipped),
-                ", ".join(map(str, skipped[:5])) + (" ..." if len(skipped) > 5 else ""),
+                skipped,
+            )
+
+    def _check_header(self, line: str) -> None:
+        try:
+            header = json.loads(line)
+        except json.JSONDecodeError:
+            header = None
+        if not isinstance(header, dict) or header.get("format") != self.FORMAT:
+            raise ValueError(
+                f"{self.path} is not an arch-kernel cache ({self.FORMAT!r} header expected): "
+                "delete it (it is rebuilt as kernels are found)"
+            )
+        if header.get("identity") != self.identity:
+            raise ValueError(
+                f"{self.path} holds the kernels of another device, runtime or CPU than its "
+                "name says: delete it (it is rebuilt as kernels are found)"
             )
 
     def __len__(self) -> int:
         return len(self._archs)
 
     def get(self, space: SearchSpace, arch: Mapping[str, Any]) -> list[KernelSpec] | None:
-        digests = self._archs.get((space.name, space.key(arch)))
+        """The arch's kernels if this file holds them (looking again at what other writers
+        appended since the last read before saying no)."""
+        memo = (space.name, space.key(arch))
+        if memo not in self._archs:
+            self._refresh()
+        digests = self._archs.get(memo)
         return None if digests is None else [self._kernels[d] for d in digests]
 
     def put(
