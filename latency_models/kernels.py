@@ -56,6 +56,7 @@ __all__ = [
     "fill_missing_kernels",
     "kernel_lut_path",
     "kernel_metadata",
+    "open_arch_cache",
     "supports_kernels",
 ]
 
@@ -100,37 +101,45 @@ def check_kernel_lut(lut: LUT, device: Device) -> None:
     lut.check_identity(kernel_metadata(device, lut.dtype), f"device {device.name!r} (kernels)")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+_CPU_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU part", "CPU variant")
 
 
 def cpu_signature() -> dict[str, Any]:
     """What an optimiser may look at on this CPU: its model and feature flags (ONNX Runtime's
-    NCHWc blocks follow the vector width, its int8 kernels the dot-product instructions)."""
-    from nas.compress.export import cpu_flags
-
-    return {"cpu": _cpu_model(), "cpu_flags": sorted(cpu_flags())}
+    NCHWc blocks follow the vector width, its int8 kernels the dot-product instructions), from
+    the first processor of /proc/cpuinfo (x86 and Arm name them differently)."""
+    fields: dict[str, Any] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().split("\n"):
+            if not line.strip():
+                if fields:
+                    break  # the end of the first processor's block
+                continue
+            name, _, value = line.partition(":")
+            name = name.strip()
+            if name in _CPU_FIELDS:
+                value = value.strip()
+                fields[name] = sorted(value.split()) if name in ("flags", "Features") else value
+    except OSError:
+        pass
+    return {"cpu": fields or platform.processor() or platform.machine(), "arch": platform.machine()}
 
 
 class ArchKernelCache:
     """The kernels found for each arch of a device and dtype, in a JSON-lines file.
 
     Finding an arch's kernels optimises its whole network (about a second on ONNX Runtime);
-    the answer depends only on the arch, the runtime and its version, the dtype, the kernel
-    recipe and the CPU, all of which name the file (`path_for`), so a cache moved to another
-    machine or runtime is simply not found there, and two machines sharing a folder keep a
-    file each. A kernel is written once per writer as `{"k": digest of its key, "key": ...,
-    "op": ...}`, an arch as the digests of its kernels in order (`{"space": ..., "arch": key,
-    "kernels": [...]}`), each arch's lines in one append. Digests rather than counters, so
-    several writers (two predictors, two processes) can append to one file: a kernel written
-    twice is the same line twice. It is a cache: a line cut short by a crash, or otherwise
-    unreadable, is skipped with a warning and that arch found again.
+    the answer depends only on the arch, the runtime and its version, how a module becomes a
+    model (exporter, quantizer), the dtype, the kernel recipe and the CPU, all of which name
+    the file (`path_for`), so a cache moved to another machine or runtime is simply not found
+    there, and two machines sharing a folder keep a file each. A kernel is written once per
+    writer as `{"k": digest of its key, "key": ..., "op": ...}`, an arch as the digests of its
+    kernels in order (`{"space": ..., "arch": key, "kernels": [...]}`), each arch's lines in one
+    append. Digests rather than counters, so several writers (two predictors, two processes)
+    can append to one file: a kernel written twice is the same line twice, and a writer looks
+    at what others appended before finding an arch itself. It is a cache: a line cut short by a
+    crash, or otherwise unreadable, is skipped with a warning and that arch found again; a file
+    deleted under a writer is started again.
 
     Keyed by the space's name and arch key, as whole-network measurements are: a space whose
     code changes what an arch builds needs its caches (and measurements) cleared.
@@ -141,14 +150,24 @@ class ArchKernelCache:
     def __init__(self, path: str | Path, identity: Mapping[str, Any]) -> None:
         self.path = Path(path)
         self.identity = dict(identity)
+        self._forget()
+        self._refresh()
+
+    def _forget(self) -> None:
         self._kernels: dict[str, KernelSpec] = {}  # digest -> kernel
         self._archs: dict[tuple[str, str], list[str]] = {}
         self._offset = 0  # bytes of the file read so far
-        self._refresh()
+        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file read
 
     @staticmethod
     def identity_for(device: Device, dtype: str) -> dict[str, Any]:
-        return {**kernel_metadata(device, dtype), **cpu_signature()}
+        """The device's table identity, how its runtime turns a module into a model (exporter
+        and quantizer versions and settings), and the CPU."""
+        identity = {**kernel_metadata(device, dtype), **cpu_signature()}
+        recipe = getattr(getattr(device, "runtime_device", None), "network_recipe", None)
+        if callable(recipe):
+            identity["network"] = recipe(dtype)
+        return identity
 
     @classmethod
     def path_for(cls, table_path: str | Path, identity: Mapping[str, Any]) -> Path:
@@ -166,19 +185,27 @@ class ArchKernelCache:
 
     def _refresh(self) -> None:
         """Read the whole lines appended since the last read (by this writer or another)."""
-        if not self.path.exists():
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            if self._file_id is not None:
+                self._forget()  # deleted under us: what it held is gone with it
             return
+        file_id = (stat.st_dev, stat.st_ino)
+        if self._file_id is not None and (file_id != self._file_id or stat.st_size < self._offset):
+            self._forget()  # replaced or cut: read the new file from its start
         with self.path.open("rb") as f:
             f.seek(self._offset)
             data = f.read()
         end = data.rfind(b"\n") + 1  # a line still being written (or cut short) waits
         if end == 0:
             return
-        lines = data[:end].decode(errors="replace").splitlines()
+        lines = data[:end].decode(errors="replace").split("\n")[:-1]
         if self._offset == 0:
             self._check_header(lines[0])
             lines = lines[1:]
         self._offset += end
+        self._file_id = file_id
         skipped = 0
         for line in lines:
             try:
@@ -200,7 +227,7 @@ class ArchKernelCache:
         if skipped:
             log.warning(
                 "%s: skipped %d unreadable line(s) (a crash while writing?): their archs are "
-                "found again when asked for",
+                "found again when asked for; delete the file to drop the lines",
                 self.path,
                 skipped,
             )
@@ -233,12 +260,27 @@ class ArchKernelCache:
         digests = self._archs.get(memo)
         return None if digests is None else [self._kernels[d] for d in digests]
 
+    def _create(self) -> None:
+        """Start the file with its header in one step (a crash leaves no file or a whole
+        header; a writer that loses the race to create it appends to the winner's)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self._header(), sort_keys=True) + "\n")
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+
     def put(
         self, space: SearchSpace, arch: Mapping[str, Any], kernels: Sequence[KernelSpec]
     ) -> None:
+        self._refresh()  # a file deleted or replaced since: start again, as a new writer
+        if not self.path.exists():
+            self._create()
+            self._refresh()
         rows: list[dict[str, Any]] = []
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            rows.append(self._header())
         digests = []
         for k in kernels:
             d = _digest(k.key)
@@ -249,12 +291,28 @@ class ArchKernelCache:
         arch_key = space.key(arch)
         rows.append({"space": space.name, "arch": arch_key, "kernels": digests})
         self._archs[space.name, arch_key] = digests
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # one write of whole lines in append mode: writers sharing the file never split a line
-        with self.path.open("a") as f:
-            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+        # one write of whole lines in append mode: writers sharing the file never split a line;
+        # after a line cut short by a crash, start a line of our own rather than finish it
+        with self.path.open("a+b") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    text = "\n" + text
+            f.write(text.encode())
             f.flush()
             os.fsync(f.fileno())
+
+
+def open_arch_cache(table_path: str | Path, device: Device, dtype: str) -> ArchKernelCache | None:
+    """The arch-kernel cache beside a kernel table, or None (with a warning saying why) where
+    it cannot be read: a cache must never stop a prediction."""
+    try:
+        return ArchKernelCache.beside(table_path, device, dtype)
+    except (OSError, ValueError) as err:
+        log.warning("arch-kernel cache not used (kernels are found afresh): %s", err)
+        return None
 
 
 def _digest(value: object) -> str:
@@ -279,7 +337,10 @@ def arch_kernels(
     prepared = real.prepare_arch(space, arch, dtype)
     kernels: list[KernelSpec] = real.runtime_device.network_kernels(prepared)  # type: ignore[attr-defined]
     if cache is not None:
-        cache.put(space, arch, kernels)
+        try:
+            cache.put(space, arch, kernels)
+        except (OSError, ValueError) as err:  # a cache must never stop a prediction
+            log.warning("arch-kernel cache %s not written: %s", cache.path, err)
     return kernels
 
 
@@ -327,7 +388,7 @@ def build_kernel_lut(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(chosen), desc=f"kernels of {space.name} archs", unit="arch")
-    cache = ArchKernelCache.beside(path, real, dtype) if path is not None else None
+    cache = open_arch_cache(path, real, dtype) if path is not None else None
     unique: dict[str, KernelSpec] = {}
     for a in chosen:
         for k in arch_kernels(real, space, a, dtype, cache):

@@ -306,7 +306,7 @@ class KernelSum(LatencyPredictor):
     def __init__(
         self, lut: LUT, device: Device, on_missing: str = "raise", cache_archs: bool = True
     ) -> None:
-        from latency_models.kernels import ArchKernelCache, check_kernel_lut
+        from latency_models.kernels import check_kernel_lut, open_arch_cache
 
         if on_missing not in ("raise", "measure"):
             raise ValueError(f"on_missing must be 'raise' or 'measure', got {on_missing!r}")
@@ -319,7 +319,7 @@ class KernelSum(LatencyPredictor):
         self.coef_: tuple[float, float] | None = None
         self._kernels: dict[tuple[str, str], list[Any]] = {}
         self._arch_cache = (
-            ArchKernelCache.beside(lut.path, device, lut.dtype)
+            open_arch_cache(lut.path, device, lut.dtype)
             if cache_archs and lut.path is not None
             else None
         )

@@ -60,6 +60,9 @@ from nas.compress import export as artifacts
 log = logging.getLogger(__name__)
 
 _PACKAGES = "onnx, onnxruntime and onnxscript"
+NETWORK_RECIPE = "dynamo-export;qdq-u8s8-per-channel-minmax"
+"""How a module becomes an ONNX model here: exported with the dynamo exporter; int8 as QDQ, u8
+activations and s8 per-channel weights, min-max calibrated."""
 _EXTRA = "runtimes"
 
 
@@ -157,6 +160,19 @@ class OrtCPUDevice(RuntimeDevice):
             ort, prepared.artifact_path, prepared.example.numpy(), self.session_options
         )
 
+    def network_recipe(self, dtype: str) -> dict[str, Any]:
+        """What, beside the runtime's version, decides the model a network becomes here (and so
+        the kernels a session of it runs): the exporter and quantizer versions and settings."""
+        import onnx
+
+        return {
+            "onnx": onnx.__version__,
+            "torch": torch.__version__,
+            "recipe": NETWORK_RECIPE,
+            "reduce_range": self.reduce_range if dtype == "int8" else None,
+            "seed": self.seed,
+        }
+
     def measure_kernels(
         self,
         kernels: Sequence[KernelSpec],
@@ -203,7 +219,7 @@ class OrtCPUDevice(RuntimeDevice):
     ) -> str:
         import onnx
 
-        recipe = "dynamo-export;qdq-u8s8-per-channel-minmax"
+        recipe = NETWORK_RECIPE
         if layer and self.layer_recipe(dtype):
             recipe += ";" + self.layer_recipe(dtype)
 

@@ -174,28 +174,41 @@ def test_the_kernels_of_each_arch_are_kept_beside_the_table(
     with pytest.raises(AssertionError, match="optimised again"):
         predictor.kernels(SPACE, ARCHS[2])
     monkeypatch.undo()
-    # a new arch is written as found; cache_archs=False keeps the kernels in memory only
+    # cache_archs=False keeps the kernels in memory only; by default a new arch is written
+    in_memory = KernelSum(LUT.load(table_path), device, cache_archs=False)
+    assert in_memory.kernels(SPACE, ARCHS[2]) == kernels[2, "fp32"]
+    assert len(ArchKernelCache.beside(table_path, device, "fp32")) == 2
     KernelSum(LUT.load(table_path), device).kernels(SPACE, ARCHS[2])
     assert len(ArchKernelCache.beside(table_path, device, "fp32")) == 3
-    before = cache_path.read_text()
-    KernelSum(LUT.load(table_path), device, cache_archs=False).kernels(SPACE, ARCHS[2])
-    assert cache_path.read_text() == before
 
-    # a crash halfway through writing a line loses that arch only
+    # a crash halfway through writing a line loses that arch only, and the next writer starts
+    # a line of its own instead of finishing the broken one
     good = cache_path.read_text()
     cache_path.write_text(good + '{"space": "tiny", "arch": "s0.dep')
     cut = ArchKernelCache.beside(table_path, device, "fp32")
     assert len(cut) == 3 and cut.get(SPACE, ARCHS[1]) == kernels[1, "fp32"]
+    other = [dict(SPACE.sample(np.random.default_rng(s))) for s in range(3, 20)]
+    new = next(a for a in other if SPACE.key(a) not in {SPACE.key(b) for b in ARCHS})
+    found = arch_kernels(device, SPACE, new, "fp32", cut)
+    with caplog.at_level("WARNING", logger="latency_models.kernels"):
+        again = ArchKernelCache.beside(table_path, device, "fp32")
+    assert len(again) == 4 and again.get(SPACE, new) == found
+    assert "skipped 1 unreadable line(s)" in caplog.text  # the broken line, alone
     # an unreadable line anywhere is skipped (it is a cache), and said
+    caplog.clear()
     lines = good.splitlines()
     cache_path.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
     with caplog.at_level("WARNING", logger="latency_models.kernels"):
         assert len(ArchKernelCache.beside(table_path, device, "fp32")) == 3
     assert "skipped 1 unreadable line(s)" in caplog.text
-    # a file that is not a cache at all is refused, with what to do
+    # a file that is not a cache at all is refused, with what to do; a predictor goes on
+    # without it (a cache must never stop a prediction)
     cache_path.write_text("a,b,c\n")
     with pytest.raises(ValueError, match=r"not an arch-kernel cache.*delete it"):
         ArchKernelCache.beside(table_path, device, "fp32")
+    fallback = KernelSum(LUT.load(table_path), device)
+    assert fallback.kernels(SPACE, ARCHS[0]) == kernels[0, "fp32"]
+    assert cache_path.read_text() == "a,b,c\n"
 
 
 def test_two_writers_of_one_arch_cache_keep_each_others_archs(
@@ -214,6 +227,26 @@ def test_two_writers_of_one_arch_cache_keep_each_others_archs(
     assert len(both) == 3
     for i in range(3):
         assert both.get(SPACE, ARCHS[i]) == kernels[i, "fp32"]
+    # the file deleted under a writer (as the error messages advise): its next arch starts a
+    # whole new file, header and every kernel it names included
+    both.path.unlink()
+    first.put(SPACE, ARCHS[1], kernels[1, "fp32"])
+    fresh = ArchKernelCache.beside(tmp_path / "k.csv", device, "fp32")
+    assert len(fresh) == 1 and fresh.get(SPACE, ARCHS[1]) == kernels[1, "fp32"]
+
+
+def test_the_arch_cache_is_named_by_the_cpu_and_how_networks_are_made(
+    device: lm.RealDevice,
+) -> None:
+    identity = ArchKernelCache.identity_for(device, "int8")
+    assert identity["cpu"] and identity["arch"]
+    network = identity["network"]
+    assert {"onnx", "torch", "recipe", "reduce_range", "seed"} <= set(network)
+    # an upgrade of the exporter is another file, never a stale kernel list
+    upgraded = {**identity, "network": {**network, "torch": "99.0"}}
+    assert ArchKernelCache.path_for("k.csv", upgraded) != ArchKernelCache.path_for(
+        "k.csv", identity
+    )
 
 
 def test_kernel_and_layer_tables_never_mix(
