@@ -84,6 +84,15 @@ fit = min over 0, 1, 2. A case measured with more (`--passes`) uses every pass s
 against even, and as many fitting passes."""
 
 
+def fitting_passes(passes: int, test_stored: int, fit_stored: int) -> list[int]:
+    """The fitting archs' passes of a case with `passes` per estimate: as many as the test
+    estimate, so both are minima over as many draws, fitting pass i measured right after test
+    pass 2i (in the test estimate's windows). So a new fitting pass is taken only with its test
+    pass: a case stored before this rule (5 + 5 test passes, 3 fitting) keeps its 3 rather than
+    take two more now, days after their test passes."""
+    return [i for i in range(passes) if i < fit_stored or 2 * i >= test_stored]
+
+
 def run_case(
     device: lm.Device,
     space_name: str,
@@ -103,12 +112,10 @@ def run_case(
     passes = max(passes, store.passes_stored(device, space, test, dtype) // 2)
     test_passes = [2 * i for i in range(passes)]
     retest_passes = [2 * i + 1 for i in range(passes)]
-    # as many fitting passes as test passes, so both estimates are minima over as many draws
-    # (a case stored before this rule keeps the fitting passes it has)
-    fit_passes = list(
-        range(
-            min(passes, store.passes_stored(device, space, fit, dtype)) if stored_only else passes
-        )
+    fit_passes = fitting_passes(
+        passes,
+        store.passes_stored(device, space, test, dtype),
+        store.passes_stored(device, space, fit, dtype),
     )
     # test and retest passes alternate in time: pass r measures every test arch once; the
     # fitting archs' passes follow the even test passes, in the windows of the test estimate.

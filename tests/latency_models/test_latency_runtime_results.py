@@ -90,3 +90,14 @@ def test_a_case_names_its_passes_where_they_differ_from_the_default() -> None:
     assert bench._more({"passes_per_estimate": 5, "passes": {"fit": [0, 1, 2]}}) == (
         " (5+5 passes, fit 3)"
     )
+
+
+def test_fitting_passes_are_taken_only_beside_their_test_passes() -> None:
+    bench = _bench()
+    assert bench.fitting_passes(3, 0, 0) == [0, 1, 2]  # a new case: as many as the test
+    assert bench.fitting_passes(5, 0, 0) == [0, 1, 2, 3, 4]
+    # stored under the old rule (5 + 5 test passes, 3 fitting): kept as it is
+    assert bench.fitting_passes(5, 10, 3) == [0, 1, 2]
+    # asked for more passes later: the new test passes bring their fitting passes
+    assert bench.fitting_passes(7, 10, 3) == [0, 1, 2, 5, 6]
+    assert bench.fitting_passes(5, 10, 5) == [0, 1, 2, 3, 4]
