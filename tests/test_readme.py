@@ -1,4 +1,4 @@
-"""The README's user-defined space runs as written."""
+"""The README's user-defined space and spec-sheet device run as written."""
 
 from __future__ import annotations
 
@@ -27,3 +27,20 @@ def test_readme_space_example_runs() -> None:
     space = namespace["space"]
     arch = namespace["arch"]
     assert space.cost(arch).macs > 0  # type: ignore[attr-defined]
+
+
+def test_readme_device_example_runs() -> None:
+    import latency_models as lm
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    example = next(b for b in blocks if "cpu_profile(" in b)
+    assert len(example.strip().splitlines()) <= 30
+    namespace: dict[str, object] = {}
+    try:
+        exec(compile(example, "README.md", "exec"), namespace)
+        fp32, int8 = namespace["fp32"], namespace["int8"]
+        assert isinstance(fp32, float) and isinstance(int8, float)
+        assert 0 < int8 < fp32  # the board has SDOT: int8 runs faster, as on a phone
+        assert "a55-board-emulated" in lm.DEVICES
+    finally:
+        lm.DEVICES._factories.pop("a55-board-emulated", None)  # keep the registry as before
