@@ -109,14 +109,11 @@ def run_case(
 ) -> dict[str, Any]:
     space, fit, test = _case_archs(space_name, n_test, n_fit, seed)
     t0 = time.perf_counter()
-    passes = max(passes, store.passes_stored(device, space, test, dtype) // 2)
+    test_stored = store.passes_stored(device, space, test, dtype)
+    passes = max(passes, test_stored // 2)
     test_passes = [2 * i for i in range(passes)]
     retest_passes = [2 * i + 1 for i in range(passes)]
-    fit_passes = fitting_passes(
-        passes,
-        store.passes_stored(device, space, test, dtype),
-        store.passes_stored(device, space, fit, dtype),
-    )
+    fit_passes = fitting_passes(passes, test_stored, store.passes_stored(device, space, fit, dtype))
     # test and retest passes alternate in time: pass r measures every test arch once; the
     # fitting archs' passes follow the even test passes, in the windows of the test estimate.
     # (Fitted in other minutes, a correction learns the host of those minutes: on xnnpack-1t

@@ -192,8 +192,9 @@ class Device(ABC):
 # --------------------------------------------------------------------------------------------
 
 
-def _digest(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+def json_digest(data: Any, length: int = 12) -> str:
+    """A short sha256 of `data` as canonical JSON: names a configuration in a file or a key."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:length]
 
 
 class EmulatedDevice(Device):
@@ -221,8 +222,8 @@ class EmulatedDevice(Device):
     def runtime_version(self) -> str:
         # Any change of figures or calibration changes the version: LUTs of it never mix.
         return (
-            f"{COSTMODEL_VERSION} profile={_digest(self.profile.to_dict())} "
-            f"params={_digest(self.params.to_dict())}"
+            f"{COSTMODEL_VERSION} profile={json_digest(self.profile.to_dict())} "
+            f"params={json_digest(self.params.to_dict())}"
         )
 
     @property

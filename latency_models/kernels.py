@@ -22,7 +22,6 @@ a file read instead of an optimised session.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from latency_models.devices import Device, RealDevice
+from latency_models.devices import Device, RealDevice, json_digest
 from latency_models.lut import (
     LUT,
     LUTEntry,
@@ -104,24 +103,23 @@ def check_kernel_lut(lut: LUT, device: Device) -> None:
 _CPU_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU part", "CPU variant")
 
 
+KEY_DIGEST = 16
+"""Hex digits of a kernel key's digest in an arch-kernel cache (64 bits: no two of a file's
+thousands of kernels collide)."""
+
+
 def cpu_signature() -> dict[str, Any]:
     """What an optimiser may look at on this CPU: its model and feature flags (ONNX Runtime's
     NCHWc blocks follow the vector width, its int8 kernels the dot-product instructions), from
     the first processor of /proc/cpuinfo (x86 and Arm name them differently)."""
-    fields: dict[str, Any] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().split("\n"):
-            if not line.strip():
-                if fields:
-                    break  # the end of the first processor's block
-                continue
-            name, _, value = line.partition(":")
-            name = name.strip()
-            if name in _CPU_FIELDS:
-                value = value.strip()
-                fields[name] = sorted(value.split()) if name in ("flags", "Features") else value
-    except OSError:
-        pass
+    from nas.compress.export import cpu_info
+
+    info = cpu_info()
+    fields: dict[str, Any] = {
+        name: sorted(info[name].split()) if name in ("flags", "Features") else info[name]
+        for name in _CPU_FIELDS
+        if name in info
+    }
     return {"cpu": fields or platform.processor() or platform.machine(), "arch": platform.machine()}
 
 
@@ -145,7 +143,7 @@ class ArchKernelCache:
     code changes what an arch builds needs its caches (and measurements) cleared.
     """
 
-    FORMAT = "edge-nas arch kernels/1"
+    FORMAT = "edge-nas arch kernels/2"
 
     def __init__(self, path: str | Path, identity: Mapping[str, Any]) -> None:
         self.path = Path(path)
@@ -171,9 +169,11 @@ class ArchKernelCache:
 
     @classmethod
     def path_for(cls, table_path: str | Path, identity: Mapping[str, Any]) -> Path:
-        """`kernels_D_T.csv` -> `kernels_D_T.archs-<digest of identity>.jsonl` beside it."""
+        """`kernels_D_T.csv` -> `kernels_D_T.archs-<digest of format and identity>.jsonl`
+        beside it (a cache of an older format is another file, left unread)."""
         table_path = Path(table_path)
-        return table_path.with_name(f"{table_path.stem}.archs-{_digest(identity)[:12]}.jsonl")
+        digest = json_digest({"format": cls.FORMAT, **identity})
+        return table_path.with_name(f"{table_path.stem}.archs-{digest}.jsonl")
 
     @classmethod
     def beside(cls, table_path: str | Path, device: Device, dtype: str) -> ArchKernelCache:
@@ -212,7 +212,7 @@ class ArchKernelCache:
                 row = json.loads(line)
                 if "k" in row:
                     kernel = KernelSpec(str(row["key"]), str(row["op"]))
-                    if _digest(kernel.key) != row["k"]:
+                    if json_digest(kernel.key, KEY_DIGEST) != row["k"]:
                         raise ValueError("digest does not match the key")
                     self._kernels[row["k"]] = kernel
                 elif "arch" in row:
@@ -283,7 +283,7 @@ class ArchKernelCache:
         rows: list[dict[str, Any]] = []
         digests = []
         for k in kernels:
-            d = _digest(k.key)
+            d = json_digest(k.key, KEY_DIGEST)
             if d not in self._kernels:
                 self._kernels[d] = k
                 rows.append({"k": d, "key": k.key, "op": k.op})
@@ -313,11 +313,6 @@ def open_arch_cache(table_path: str | Path, device: Device, dtype: str) -> ArchK
     except (OSError, ValueError) as err:
         log.warning("arch-kernel cache not used (kernels are found afresh): %s", err)
         return None
-
-
-def _digest(value: object) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def arch_kernels(

@@ -499,16 +499,14 @@ PROFILES: Mapping[str, DeviceProfile] = MappingProxyType(_catalogue())
 
 
 def _cpuinfo() -> tuple[float, frozenset[str]]:
+    from nas.compress.export import cpu_info
+
+    info = cpu_info()
     try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return 2.5, frozenset()
-    mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)
-    flags = re.search(r"^flags\s*:(.*)$", text, re.M)
-    return (
-        float(mhz.group(1)) / 1000 if mhz else 2.5,
-        frozenset(flags.group(1).split()) if flags else frozenset(),
-    )
+        ghz = float(info["cpu MHz"]) / 1000
+    except (KeyError, ValueError):
+        ghz = 2.5
+    return ghz, frozenset(info.get("flags", "").split())
 
 
 def _cache_kib() -> float:

@@ -60,6 +60,7 @@ __all__ = [
     "check_parity",
     "compact_onnx",
     "cpu_flags",
+    "cpu_info",
     "eval_mode",
     "executorch_pool_generation",
     "executorch_threads",
@@ -525,16 +526,27 @@ def export_onnx(
     return _write(Path(path), onnx_bytes(module, example, strip))
 
 
-def cpu_flags() -> frozenset[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where that file does not exist)."""
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ("model name", "flags", "cpu MHz" on x86;
+    "Features", "CPU part" on Arm); empty where that file does not exist."""
+    fields: dict[str, str] = {}
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        return fields
+    for line in text.split("\n"):
+        if not line.strip():
+            if fields:
+                break  # the end of the first processor's block
+            continue
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """CPU feature flags from /proc/cpuinfo (empty where that file does not exist)."""
+    return frozenset(cpu_info().get("flags", "").split())
 
 
 def has_vnni() -> bool:
