@@ -43,6 +43,8 @@ from torch.utils.data import TensorDataset
 
 from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol, RunInfo, measure
 from latency_models.runtimes import real_device
+from nas.app.config import git_commit
+from nas.backends.export import has_vnni
 from nas.compress import (
     ChainConfig,
     ExportConfig,
@@ -53,8 +55,6 @@ from nas.compress import (
     largest_arch,
     run_chain,
 )
-from nas.compress.export import has_vnni
-from nas.config import git_commit
 from nas.data import ImageDataset, load_embedded_digits
 from search_spaces.tiny import TinySpace
 
@@ -256,7 +256,7 @@ def _winner(run: Path) -> tuple[Any, dict[str, Any], Any, Any, str]:
     best feasible archs by accuracy, best first)."""
     import csv
 
-    from nas.pipeline import open_finished_run
+    from nas.app.pipeline import open_finished_run
 
     winners = run / "winners.csv"
     if not winners.exists():

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import latency_models as lm
 from latency_models.validate import metrics
-from nas.config import git_commit
+from nas.app.config import git_commit
 from search_spaces import NB201Space
 
 log = logging.getLogger("latency_nb201")

@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import latency_models as lm
 import search_spaces
-from latency_models.commands import disjoint_archs
 from latency_models.validate import metrics
-from nas.config import git_commit
+from nas.app.config import git_commit
+from nas.app.latency_commands import disjoint_archs
 
 log = logging.getLogger("latency_runtime")
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import search_spaces
-from nas.config import git_commit
-from nas.layers import trace_layer_specs
+from nas.app.config import git_commit
+from nas.core.layers import trace_layer_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 

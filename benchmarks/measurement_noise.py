@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import latency_models as lm
 import search_spaces
-from latency_models.commands import disjoint_archs
-from nas.config import git_commit
+from nas.app.config import git_commit
+from nas.app.latency_commands import disjoint_archs
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [("tiny", "ort-cpu-1t"), ("nb201", "ort-cpu-1t"), ("tiny", "xnnpack-1t")]

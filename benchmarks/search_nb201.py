@@ -4,7 +4,7 @@ Two (accuracy, device) pairs: (cifar10_acc, pixel3_ms) and (cifar100_acc, raspi4
 HV(found) / HV(true), reference point = (median accuracy, 95th-percentile latency) over all
 15,625 rows, HV(true) over all rows. Strategies side by side in one run: random search, Optuna
 NSGA-II and TPE with default settings, and ours (`frontier`), 10 seeds each, scored after 50,
-100 and 300 paid evaluations of one run. Rules (see `nas.tabular`): one evaluation per distinct
+100 and 300 paid evaluations of one run. Rules (see `nas.search.tabular`): one evaluation per distinct
 arch paid for (isomorphic archs share a canonical key and are not paid twice, but count as found
 only once paid); latency look-ups are free; a strategy sees the latency columns and only the
 accuracies it paid for; nothing is fitted on an accuracy column but paid values; the scoring
@@ -42,9 +42,9 @@ import numpy as np
 import pandas as pd
 
 from nas import predictors as P
-from nas.config import git_commit
-from nas.space import SearchSpace
-from nas.tabular import STRATEGIES, TabularBenchmark, bench_tabular, summarize
+from nas.app.config import git_commit
+from nas.core.space import SearchSpace
+from nas.search.tabular import STRATEGIES, TabularBenchmark, bench_tabular, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT.parent / "shared" / "benchmarks" / "nb201" / "nb201.csv"

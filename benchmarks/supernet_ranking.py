@@ -39,11 +39,11 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
-from nas.config import git_commit
+from nas.app.config import git_commit
+from nas.core.space import Arch
 from nas.data import load_embedded_digits
-from nas.evaluate import SubnetEvaluator, accuracy
-from nas.space import Arch
-from nas.train import load_supernet, train_supernet
+from nas.supernet.evaluate import SubnetEvaluator, accuracy
+from nas.supernet.train import load_supernet, train_supernet
 from search_spaces import TinySpace
 
 ROOT = Path(__file__).resolve().parents[1]

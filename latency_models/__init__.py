@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from latency_models.calibrate import CalibrationResult, calibrate
-from latency_models.commands import cli_build_lut, cli_validate
 from latency_models.costmodel import CostParams
 from latency_models.devices import (
     Device,
@@ -60,7 +59,7 @@ from latency_models.predictors import (
 from latency_models.profiles import PROFILES, DeviceProfile, cpu_profile, host_cpu_profile
 from latency_models.spec_modules import SUPPORTED_OPS, UnsupportedSpecError, module_for_spec
 from latency_models.validate import ValidationReport, metrics, validate
-from nas.registry import Registry
+from nas.core.registry import Registry
 
 __all__ = [
     "DEVICES",
@@ -99,8 +98,6 @@ __all__ = [
     "build_kernel_lut",
     "build_lut",
     "calibrate",
-    "cli_build_lut",
-    "cli_validate",
     "compile_lut",
     "cpu_profile",
     "device",

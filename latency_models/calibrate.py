@@ -32,8 +32,8 @@ from latency_models.costmodel import (
 from latency_models.devices import Device, EmulatedDevice
 from latency_models.graph import RuntimeSpecs
 from latency_models.profiles import DeviceProfile
-from nas.layers import LayerSpec
-from nas.space import SearchSpace
+from nas.core.layers import LayerSpec
+from nas.core.space import SearchSpace
 
 log = logging.getLogger(__name__)
 

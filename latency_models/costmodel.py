@@ -33,8 +33,8 @@ import numpy as np
 
 from latency_models.profiles import KINDS, DeviceProfile
 from latency_models.spec_modules import FREE_OPS
-from nas.blocks import conv_out, se_channels
-from nas.layers import DTYPE_BYTES, LayerSpec
+from nas.core.blocks import conv_out, se_channels
+from nas.core.layers import DTYPE_BYTES, LayerSpec
 
 __all__ = [
     "COSTMODEL_VERSION",
@@ -98,7 +98,7 @@ def leaf_specs(spec: LayerSpec) -> list[LayerSpec]:
 
     `expanded_conv` (OFA's inverted bottleneck): [1x1 expand] -> k x k depthwise -> [SE:
     global pool, 1x1 reduce + ReLU, 1x1 expand + h-sigmoid, gate multiply] -> 1x1 project ->
-    [residual add], following `nas.blocks.MBConv`.
+    [residual add], following `nas.core.blocks.MBConv`.
     """
     if spec.op != "expanded_conv":
         return [spec]

@@ -42,8 +42,8 @@ from latency_models.graph import RuntimeSpecs
 from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol
 from latency_models.profiles import DeviceProfile, host_cpu_profile
 from latency_models.spec_modules import is_free, module_for_spec
-from nas.layers import LayerSpec
-from nas.space import Arch, SearchSpace
+from nas.core.layers import LayerSpec
+from nas.core.space import Arch, SearchSpace
 
 if TYPE_CHECKING:
     from latency_models.runtimes import RuntimeDevice

@@ -4,7 +4,7 @@ A graph compiler folds an operation that multiplies by a constant zero (NAS-Benc
 edge, `x.mul(0.0)`) into a constant, turns `y + 0` into `y`, and drops every op whose result no
 longer reaches the network output. Whether a runtime does this is a property of the device
 (`removes_dead_branches` in a profile); what is left is found here by tracing with the same
-recorder and fusion rules as `nas.layers.trace_layer_specs`, pruning the recorded dataflow
+recorder and fusion rules as `nas.core.layers.trace_layer_specs`, pruning the recorded dataflow
 before fusion. Ops that merely *read* a zero (a conv of a zero node) are kept: a compiler does
 not know a computed tensor is zero, and the measured NAS-Bench-201 latencies agree (see
 benchmarks/latency_nb201.py).
@@ -25,9 +25,9 @@ from typing import Any
 from torch import nn
 
 # This module extends the tracer's recorder (zero-operand bookkeeping) instead of copying it,
-# so the way a module is run, recorded and fused stays one thing (nas.layers).
-from nas.layers import DTYPE_BYTES, LayerSpec, OpRecorder, fuse_and_price, record_ops
-from nas.space import SearchSpace
+# so the way a module is run, recorded and fused stays one thing (nas.core.layers).
+from nas.core.layers import DTYPE_BYTES, LayerSpec, OpRecorder, fuse_and_price, record_ops
+from nas.core.space import SearchSpace
 
 __all__ = ["RuntimeSpecs", "has_zero_ops", "pruned_layer_specs"]
 
@@ -127,7 +127,7 @@ def pruned_layer_specs(
     input_shape: Sequence[int],
     dtype: str = "fp32",
 ) -> list[LayerSpec]:
-    """`nas.layers.trace_layer_specs` after dead-branch elimination (module docstring).
+    """`nas.core.layers.trace_layer_specs` after dead-branch elimination (module docstring).
 
     Without zero products or unused results this returns exactly what the tracer returns; a
     module whose output does not depend on its input at all is folded whole: no specs.

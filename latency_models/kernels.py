@@ -41,7 +41,7 @@ from latency_models.lut import (
     pass_plan,
 )
 from latency_models.runtimes.ort_kernels import COPIES, KernelSpec
-from nas.space import SearchSpace
+from nas.core.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def cpu_signature() -> dict[str, Any]:
     """What an optimiser may look at on this CPU: its model and feature flags (ONNX Runtime's
     NCHWc blocks follow the vector width, its int8 kernels the dot-product instructions), from
     the first processor of /proc/cpuinfo (x86 and Arm name them differently)."""
-    from nas.compress.export import cpu_info
+    from nas.backends.export import cpu_info
 
     info = cpu_info()
     fields: dict[str, Any] = {

@@ -42,8 +42,8 @@ import numpy as np
 from latency_models.devices import Device
 from latency_models.measure import Measurement
 from latency_models.spec_modules import is_free
-from nas.layers import LayerSpec
-from nas.space import SearchSpace, as_rng
+from nas.core.layers import LayerSpec
+from nas.core.space import SearchSpace, as_rng
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from latency_models.devices import Device
 from latency_models.measure import Measurement
-from nas.space import SearchSpace
+from nas.core.space import SearchSpace
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from latency_models.devices import Device, EmulatedDevice, TabularDevice
 from latency_models.lut import LUT, MissingKeysError, fill_missing
 from latency_models.profiles import KINDS, DeviceProfile
 from latency_models.spec_modules import is_free
-from nas.space import SearchSpace
+from nas.core.space import SearchSpace
 
 __all__ = [
     "CostModelPredictor",

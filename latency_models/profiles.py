@@ -35,7 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from nas.layers import DTYPE_BYTES
+from nas.core.layers import DTYPE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -499,7 +499,7 @@ PROFILES: Mapping[str, DeviceProfile] = MappingProxyType(_catalogue())
 
 
 def _cpuinfo() -> tuple[float, frozenset[str]]:
-    from nas.compress.export import cpu_info
+    from nas.backends.export import cpu_info
 
     info = cpu_info()
     try:

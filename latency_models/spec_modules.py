@@ -6,7 +6,7 @@ Batch norms and activations that the tracer folded into a conv are folded here t
 bias, then the activation), as runtimes fold them. Binary element-wise ops (`add`, `mul`) read a
 second operand of the input's shape: a constant tensor held by the module, as a residual add
 reads a second activation. Block kinds priced as one unit (OFA's `expanded_conv`) are rebuilt
-from `nas.blocks.MBConv`.
+from `nas.core.blocks.MBConv`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from nas.blocks import ACTIVATIONS as BLOCK_ACTIVATIONS
-from nas.blocks import MBConv
-from nas.layers import LayerSpec
+from nas.core.blocks import ACTIVATIONS as BLOCK_ACTIVATIONS
+from nas.core.blocks import MBConv
+from nas.core.layers import LayerSpec
 
 __all__ = [
     "FREE_OPS",

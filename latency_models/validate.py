@@ -21,7 +21,7 @@ from scipy import stats
 
 from latency_models.devices import Device
 from latency_models.predictors import LatencyModel
-from nas.space import SearchSpace
+from nas.core.space import SearchSpace
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from nas.pareto import pareto_mask
+from nas.search.pareto import pareto_mask
 
 
 def _scaled(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, str]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from nas.registry import Registry
-from nas.space import SearchSpace
+from nas.core.registry import Registry
+from nas.core.space import SearchSpace
 from search_spaces.fbnet import FBNetSpace
 from search_spaces.mobilenetv3 import MobileNetV3Space
 from search_spaces.nb201 import NB201Space

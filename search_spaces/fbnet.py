@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from nas.blocks import ConvBNAct, MBConv
-from nas.elastic import MixedOp, Supernet, active_state_dict
-from nas.layers import LayerSpec
-from nas.space import Arch, Choice, InvalidArchError, SearchSpace
+from nas.core.blocks import ConvBNAct, MBConv
+from nas.core.elastic import MixedOp, Supernet, active_state_dict
+from nas.core.layers import LayerSpec
+from nas.core.space import Arch, Choice, InvalidArchError, SearchSpace
 
 OPS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
 STAGE_LAYERS = (1, 4, 4, 4, 4, 4, 1)

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.blocks import ConvBNAct, MBConv, conv_out, make_divisible, mbconv_spec
-from nas.elastic import ElasticMBConv, Supernet, active_state_dict
-from nas.layers import LayerSpec
-from nas.space import Arch, Choice, SearchSpace
+from nas.core.blocks import ConvBNAct, MBConv, conv_out, make_divisible, mbconv_spec
+from nas.core.elastic import ElasticMBConv, Supernet, active_state_dict
+from nas.core.layers import LayerSpec
+from nas.core.space import Arch, Choice, SearchSpace
 
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
 STAGE_STRIDES = (2, 2, 2, 1, 2)

@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from nas.elastic import MixedOp, Supernet, active_state_dict
-from nas.layers import LayerSpec
-from nas.space import Arch, Choice, InvalidArchError, SearchSpace
+from nas.core.elastic import MixedOp, Supernet, active_state_dict
+from nas.core.layers import LayerSpec
+from nas.core.space import Arch, Choice, InvalidArchError, SearchSpace
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # (to, from) of the six edges, in arch_str order

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from nas.space import Choice, SearchSpace
+from nas.core.space import Choice, SearchSpace
 
 
 def _require_nni() -> Any:

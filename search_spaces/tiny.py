@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from nas.blocks import ConvBNAct, MBConv
-from nas.elastic import ElasticLinear, ElasticMBConv, Supernet, active_state_dict
-from nas.layers import LayerSpec
-from nas.space import Arch, Choice, SearchSpace
+from nas.core.blocks import ConvBNAct, MBConv
+from nas.core.elastic import ElasticLinear, ElasticMBConv, Supernet, active_state_dict
+from nas.core.layers import LayerSpec
+from nas.core.space import Arch, Choice, SearchSpace
 
 STEM_CHANNELS = 16
 STAGE_STRIDES = (1, 2, 2)

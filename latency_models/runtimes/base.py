@@ -1,7 +1,7 @@
 """The common shape of a real-runtime device, and the helpers every runtime shares.
 
 Artifacts themselves (``torch.export``, lowering, ONNX export and quantization, loading a
-``.pte``, ExecuTorch's thread pool) are made by :mod:`nas.compress.export`, the one place that
+``.pte``, ExecuTorch's thread pool) are made by :mod:`nas.backends.export`, the one place that
 makes them; the runtimes add caching, timing and batched LUT builds on top.
 """
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol, RunInfo, measure
-from nas.compress.export import export_program
+from nas.backends.export import export_program
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
@@ -258,7 +258,7 @@ class RuntimeDevice(ABC):
 
     def export(self, module: nn.Module, input_shape: tuple[int, ...], dtype: str) -> Exported:
         """Check ``dtype`` and ``input_shape``, then ``torch.export`` ``module`` at that shape on
-        the device's seeded example input (:func:`nas.compress.export.export_program`)."""
+        the device's seeded example input (:func:`nas.backends.export.export_program`)."""
         check_dtype(self.name, dtype, self.dtypes)
         shape = check_shape(input_shape)
         x = example_input(shape, self.seed)

@@ -1,12 +1,23 @@
 """Compression of search winners into deployable models: KD, pruning, int8, export, parity.
 
 The steps (:mod:`~nas.compress.distill`, :mod:`~nas.compress.prune`, :mod:`~nas.compress.qat`,
-:mod:`~nas.compress.export`) work on plain modules and data; :func:`run_chain` strings them
+:mod:`~nas.backends.export`) work on plain modules and data; :func:`run_chain` strings them
 together for one arch of a space, resumably, with a report of what each step bought. Heavy
 runtimes (torch-pruning, torchao, executorch, onnx, onnxruntime) are imported only when a step
 needs them.
 """
 
+from nas.backends.export import (
+    ParityReport,
+    check_parity,
+    export_onnx,
+    export_pte,
+    export_tflite,
+    lower_to_pte,
+    min_latency_ms,
+    open_runner,
+    quantize_onnx_static,
+)
 from nas.compress.chain import (
     DEFAULT_STEPS,
     STEPS,
@@ -32,17 +43,6 @@ from nas.compress.distill import (
     kd_loss,
     largest_arch,
     train_model,
-)
-from nas.compress.export import (
-    ParityReport,
-    check_parity,
-    export_onnx,
-    export_pte,
-    export_tflite,
-    lower_to_pte,
-    min_latency_ms,
-    open_runner,
-    quantize_onnx_static,
 )
 from nas.compress.prune import PruneConfig, PruneResult, macs_params, prune_channels, prune_model
 from nas.compress.qat import QATConfig, convert, load_quantized, ptq, save_quantized, train_qat

@@ -36,17 +36,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 from torch import nn
 
-from nas.compress.checkpoint import CheckpointError, load_model, save_model
-from nas.compress.distill import (
-    KDConfig,
-    TrainConfig,
-    distill_model,
-    evaluate_accuracy,
-    extract_subnet,
-    largest_arch,
-    predict_logits,
-)
-from nas.compress.export import (
+from nas.backends.export import (
     check_parity,
     export_onnx,
     export_pte,
@@ -56,6 +46,16 @@ from nas.compress.export import (
     open_runner,
     quantize_onnx_static,
     set_executorch_threads,
+)
+from nas.compress.checkpoint import CheckpointError, load_model, save_model
+from nas.compress.distill import (
+    KDConfig,
+    TrainConfig,
+    distill_model,
+    evaluate_accuracy,
+    extract_subnet,
+    largest_arch,
+    predict_logits,
 )
 from nas.compress.prune import PruneConfig, macs_params, prune_model
 from nas.compress.qat import (
@@ -68,8 +68,8 @@ from nas.compress.qat import (
     train_qat,
 )
 from nas.compress.sizes import artifact_contents
-from nas.layers import trace_layer_specs
-from nas.train import recalibrate_bn
+from nas.core.layers import trace_layer_specs
+from nas.supernet.train import recalibrate_bn
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -1089,7 +1089,7 @@ def run_chain(
 
     bn_batches: list[torch.Tensor] = []
     if config.bn_calibration_images > 0:
-        # The subset the search's evaluator recalibrates on (nas.evaluate.SubnetEvaluator with
+        # The subset the search's evaluator recalibrates on (nas.supernet.evaluate.SubnetEvaluator with
         # the same seed and count), so the starting point scores as the search scored it.
         train_x = data.train.tensors[0]
         pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))

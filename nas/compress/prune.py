@@ -34,7 +34,7 @@ from nas.compress.distill import (
     evaluate_accuracy,
     predict_logits,
 )
-from nas.layers import cost_from_specs, trace_layer_specs
+from nas.core.layers import cost_from_specs, trace_layer_specs
 
 __all__ = [
     "CostFn",

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from latency_models.graph import RuntimeSpecs, pruned_layer_specs
-from nas.layers import trace_layer_specs
+from nas.core.layers import trace_layer_specs
 from search_spaces import FBNetSpace, NB201Space, TinySpace
 from search_spaces.nb201 import EDGES
 

@@ -23,6 +23,7 @@ from latency_models.kernels import (
 from latency_models.measure import Measurement
 from latency_models.runtimes.cache import ArtifactCache
 from latency_models.runtimes.ort_kernels import KernelSpec, kernel_model, per_copy
+from nas.app.latency_commands import cli_build_lut
 from search_spaces import TinySpace
 
 from .conftest import FAST
@@ -292,13 +293,13 @@ def test_devices_that_cannot_name_their_kernels_say_so(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot name the kernels"):
         build_kernel_lut(SPACE, emulated, tmp_path / "k.csv", archs=ARCHS[:1])
     with pytest.raises(ValueError, match="--compile-only applies to layer LUTs"):
-        lm.cli_build_lut(SPACE, emulated, tmp_path, kernels=True, compile_only=True)
+        cli_build_lut(SPACE, emulated, tmp_path, kernels=True, compile_only=True)
 
 
 def test_cli_build_writes_the_kernel_table_beside_layer_tables(
     device: lm.RealDevice, tmp_path: Path
 ) -> None:
-    path = lm.cli_build_lut(SPACE, device, tmp_path, n_archs=1, kernels=True, progress=False)
+    path = cli_build_lut(SPACE, device, tmp_path, n_archs=1, kernels=True, progress=False)
     assert path == tmp_path / "kernels_ort-cpu-1t_fp32.csv"
     table = LUT.load(path)
     assert len(table) > 0 and table.metadata["layer_recipe"].endswith(KERNEL_RECIPE)

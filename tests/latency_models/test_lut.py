@@ -22,7 +22,9 @@ from latency_models import (
 )
 from latency_models.measure import Measurement, Protocol
 from latency_models.spec_modules import is_free
-from nas.layers import LayerSpec
+from nas.app import latency_commands
+from nas.app.latency_commands import cli_build_lut
+from nas.core.layers import LayerSpec
 from search_spaces import NB201Space, TinySpace
 
 SPACE = TinySpace()
@@ -193,13 +195,13 @@ def test_real_lut_path_naming(tmp_path: Path) -> None:
 
 
 def test_cli_build_lut_writes_and_resumes(tmp_path: Path) -> None:
-    path = lm.cli_build_lut(SPACE, "raspi4-emulated", tmp_path, n_archs=10, progress=False)
+    path = cli_build_lut(SPACE, "raspi4-emulated", tmp_path, n_archs=10, progress=False)
     assert path == tmp_path / "lut_raspi4-emulated_fp32.csv"
     first = LUT.load(path)
-    again = lm.cli_build_lut(SPACE, "raspi4-emulated", path, n_archs=20, progress=False)
+    again = cli_build_lut(SPACE, "raspi4-emulated", path, n_archs=20, progress=False)
     assert again == path and len(LUT.load(path)) >= len(first)
     with pytest.raises(lm.DeviceError, match="valid dtypes"):
-        lm.cli_build_lut(SPACE, "raspi4-emulated", tmp_path, dtype="fp16")
+        cli_build_lut(SPACE, "raspi4-emulated", tmp_path, dtype="fp16")
 
 
 def test_compile_lut_builds_ahead_what_build_lut_then_measures(
@@ -219,7 +221,7 @@ def test_compile_lut_builds_ahead_what_build_lut_then_measures(
     assert built, "the second arch should need layers the first did not"
     assert lm.compile_lut(SPACE, device, path, archs=archs) == len(built)
     assert lm.compile_lut(SPACE, device, path, archs=archs) == 0
-    import nas.compress.export as artifacts
+    import nas.backends.export as artifacts
 
     monkeypatch.setattr(artifacts, "onnx_model", lambda *a, **k: pytest.fail("exported again"))
     lut = build_lut(SPACE, device, path, archs=archs)
@@ -321,12 +323,12 @@ def test_version_1_tables_are_read_and_upgraded_before_appending(tmp_path: Path)
 
 def test_cli_compile_only_measures_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     device = WindowedDevice(slow_batches=set())
-    monkeypatch.setattr(lm.commands, "_device", lambda *a, **k: device)
-    path = lm.cli_build_lut(
+    monkeypatch.setattr(latency_commands, "_device", lambda *a, **k: device)
+    path = cli_build_lut(
         SPACE, "pixel3-emulated", tmp_path, n_archs=10, progress=False, compile_only=True, passes=2
     )
     assert device.compiled_chunks and device.measured_chunks == [] and not path.exists()
-    lm.cli_build_lut(SPACE, "pixel3-emulated", tmp_path, n_archs=10, progress=False, passes=2)
+    cli_build_lut(SPACE, "pixel3-emulated", tmp_path, n_archs=10, progress=False, passes=2)
     assert device.measured_chunks == 2 * device.compiled_chunks
     assert all(e.passes == 2 for e in LUT.load(path).entries.values())
 

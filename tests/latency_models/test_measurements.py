@@ -13,7 +13,7 @@ import pytest
 import latency_models as lm
 from latency_models.measure import Measurement
 from latency_models.measurements import _COLUMNS_BEFORE_MIN, COLUMNS, ArchMeasurements
-from nas.space import SearchSpace
+from nas.core.space import SearchSpace
 from search_spaces import get_space
 
 

@@ -15,7 +15,7 @@ from latency_models.spec_modules import (
     is_free,
     module_for_spec,
 )
-from nas.layers import LayerSpec
+from nas.core.layers import LayerSpec
 
 
 @pytest.mark.parametrize("name", search_spaces.SPACES.list())
@@ -86,7 +86,7 @@ def test_impossible_shapes_are_refused() -> None:
 
 
 def test_copy_stand_in_is_the_permutation_a_channel_shuffle_makes() -> None:
-    from nas.blocks import ChannelShuffle
+    from nas.core.blocks import ChannelShuffle
 
     x = torch.randn(1, 8, 5, 5)
     shuffled = ChannelShuffle(2)(x)  # traced as a copy of the (4, 2, 5, 5) transposed view
@@ -103,7 +103,7 @@ def test_stand_ins_export_cleanly() -> None:
     """Runtimes export the stand-ins; an in-place activation would mutate the program's input,
     which torch.export cannot unlift (it failed that way on XNNPACK before)."""
     from latency_models.runtimes.base import example_input
-    from nas.compress.export import export_program
+    from nas.backends.export import export_program
 
     specs = [
         LayerSpec("act", (8, 8, 8), (8, 8, 8), activation="relu"),

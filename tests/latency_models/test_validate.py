@@ -9,7 +9,7 @@ import pytest
 
 import latency_models as lm
 from latency_models import metrics, validate
-from latency_models.commands import cli_validate, disjoint_archs
+from nas.app.latency_commands import cli_validate, disjoint_archs
 from search_spaces import NB201Space, TinySpace
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nas.space import InvalidArchError
+from nas.core.space import InvalidArchError
 from search_spaces.fbnet import LAYER_KEYS, OPS, FBNetSpace, layer_plan
 from search_spaces.mobilenetv3 import MobileNetV3Space
 from search_spaces.tiny import TinySpace

@@ -9,8 +9,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import search_spaces
-from nas.layers import cost_from_specs, trace_layer_specs
-from nas.space import InvalidArchError, SearchSpace
+from nas.core.layers import cost_from_specs, trace_layer_specs
+from nas.core.space import InvalidArchError, SearchSpace
 
 NAMES = search_spaces.SPACES.list()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nas.space import InvalidArchError
+from nas.core.space import InvalidArchError
 from search_spaces.nb201 import DEGENERATE, N_ARCHS, NB201Space
 
 

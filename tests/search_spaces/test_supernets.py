@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import search_spaces
-from nas.elastic import Supernet
-from nas.space import InvalidArchError, SearchSpace
+from nas.core.elastic import Supernet
+from nas.core.space import InvalidArchError, SearchSpace
 
 NAMES = search_spaces.SPACES.list()
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from nas.compress import PruneConfig, TrainConfig, macs_params, prune_channels, prune_model
+from nas.core.layers import trace_layer_specs
 from nas.data import ImageDataset
-from nas.layers import trace_layer_specs
 from search_spaces.tiny import TinySpace
 
 pytest.importorskip("torch_pruning")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nas.backends.export import has_vnni
 from nas.compress import (
     QATConfig,
     TrainConfig,
@@ -22,7 +23,6 @@ from nas.compress import (
     save_quantized,
     train_qat,
 )
-from nas.compress.export import has_vnni
 from nas.compress.qat import WEIGHT_BITS, fp32_twin
 from nas.data import ImageDataset
 from search_spaces.tiny import TinySpace

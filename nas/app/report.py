@@ -1,0 +1,253 @@
+"""The run report: `report.md` in the run folder, with the plots beside it."""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nas import viz
+from nas.app.timings import load_timings, stage_totals
+
+
+def _table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    if frame.empty:
+        return "_(none)_"
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for _, row in frame.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            text = format(v, floatfmt) if isinstance(v, float) else str(v)
+            cells.append(text.replace("|", "\\|"))  # arch keys hold "|": keep the columns
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(state: Any) -> Path:
+    """Write `report.md` (and the Pareto plot) from a pipeline `RunState`."""
+    from nas.search import trials_frame
+
+    run_dir: Path = state.run_dir
+    cfg = state.config
+    lines = [
+        f"# Run report: {cfg.name}",
+        "",
+        f"Space `{state.space.name}` ({state.space.size():,} distinct archs) on data "
+        f"`{cfg.data.name}`; supernet `{cfg.supernet.schedule}` for {cfg.supernet.epochs} "
+        f"epochs; search `{cfg.search.sampler}` with {cfg.search.trials} accuracy evaluations; "
+        f"budgets: {dict(cfg.search.budgets) or 'none'}; seed {cfg.seed}.",
+        "",
+    ]
+    headline = headline_frame(state.compress_rows)
+    if not headline.empty:
+        lines += [
+            "## Headline: what each winner became",
+            "",
+            "The inherited subnet as the search found it, against the fastest artifact the "
+            "compression chain exported (measured in its runtime; accuracy on the test set).",
+            "",
+            _table(headline),
+            "",
+        ]
+    runs = load_timings(run_dir)
+    if runs:
+        totals = stage_totals(runs)
+        last = runs[-1]["stages"]
+        lines += [
+            "## Wall time per stage (s)",
+            "",
+            f"Summed over the {len(runs)} invocation(s) of this run folder"
+            + (" (a resumed invocation skips finished stages)" if len(runs) > 1 else "")
+            + ".",
+            "",
+            "| stage | " + " | ".join(totals) + " | total |",
+            "|---|" + "---|" * (len(totals) + 1),
+            "| all invocations | "
+            + " | ".join(f"{v:.0f}" for v in totals.values())
+            + f" | **{sum(totals.values()):.0f}** |",
+        ]
+        if len(runs) > 1:
+            lines.append(
+                "| last invocation | "
+                + " | ".join(f"{last.get(k, 0.0):.1f}" for k in totals)
+                + f" | {sum(last.values()):.1f} |"
+            )
+        lines.append("")
+    if state.predictor_quality:
+        q = state.predictor_quality
+        lines += [
+            "## Accuracy predictor",
+            "",
+            f"`{cfg.accuracy.predictor}` fitted on {q['n_fit']} archs (inherited-weight "
+            f"accuracy), ranked {q['n_test']} held-out archs: Kendall tau "
+            f"{q['kendall_tau']:.2f}, Spearman {q['spearman']:.2f}, RMSE {q['rmse']:.2f} points.",
+            "",
+        ]
+    if state.latency_models:
+        lines += ["## Latency models", ""]
+        for label, model in state.latency_models.items():
+            lut = getattr(model, "lut", None)
+            n = len(lut) if lut is not None else 0
+            what = "kernels" if type(model).__name__ == "KernelSum" else "layers"
+            text = f"- `{label}`: {type(model).__name__}, table of {n} unique {what}"
+            q = state.latency_quality.get(label)
+            if q:
+                text += (
+                    f"; on {q['n_test']} held-out networks measured end to end: plain sum "
+                    f"tau {q['lut_kendall_tau']:.2f}, MAPE {q['lut_mape_pct']:.1f} %; "
+                    f"{'fitted' if what == 'kernels' else 'with the correction fitted'} on {q['n_fit']}: tau {q['corrected_kendall_tau']:.2f}, "
+                    f"MAPE {q['corrected_mape_pct']:.1f} %, "
+                    f"{q['corrected_within_10_pct']:.0f} % within +-10 %"
+                )
+            lines.append(text)
+        lines.append("")
+    if state.study is not None:
+        frame = trials_frame(state.study)
+        lat_cols = [c for c in frame.columns if str(c).startswith("latency_ms@")]
+        if lat_cols and "accuracy" in frame.columns:
+            fig = viz.plot_fronts_per_device(frame, path=run_dir / "pareto_fronts.png")
+            viz.close(fig)
+            lines += [
+                "## Pareto fronts per device",
+                "",
+                f"{len(frame)} trials; fronts of predicted latency against inherited-weight "
+                "accuracy (`pareto.csv`, `trials.csv`).",
+                "",
+                "![Pareto fronts](pareto_fronts.png)",
+                "",
+            ]
+    if state.winners is not None:
+        lines += [
+            "## Winners: predicted against measured",
+            "",
+            "Accuracies in % (validation during the search, test after); latency in ms, "
+            "predicted by the latency model and measured again on the device.",
+            "",
+            _table(state.winners),
+            "",
+        ]
+    for key, table in state.compress_tables.items():
+        lines += [f"## Compression of `{key}`", "", table, ""]
+    out = run_dir / "report.md"
+    text = "\n".join(lines)
+    out.write_text(text)
+    page = markdown_to_html(text.splitlines(), title=f"Run report: {cfg.name}")
+    (run_dir / "report.html").write_text(page)
+    return out
+
+
+def headline_frame(compress_rows: dict[str, list[Any]]) -> pd.DataFrame:
+    """One line per compressed winner and device: the inherited subnet as the search found it
+    against the fastest artifact exported for that device, accuracy, MACs, size and measured
+    latency side by side (the same device on both sides, so the speed-up means something)."""
+    lines = []
+    for i, rows in enumerate(compress_rows.values(), 1):
+        start = next((r for r in rows if r.step == "input"), None)
+        artifacts = [r for r in rows if r.step == "export"]
+        if start is None or not artifacts:
+            continue
+        devices = list(start.latency_ms) or sorted({d for r in artifacts for d in r.latency_ms})
+        for device in devices:
+            timed = [r for r in artifacts if r.latency_ms.get(device)]
+            if not timed:
+                continue
+            best = min(timed, key=lambda r: r.latency_ms[device])
+            start_ms = start.latency_ms.get(device)
+            best_ms = best.latency_ms[device]
+            lines.append(
+                {
+                    "winner": f"#{i}",
+                    "device": device,
+                    "inherited top-1 %": _pct(start.accuracy),
+                    "inherited MACs": start.macs,
+                    "inherited ms": start_ms,
+                    "fastest artifact": f"{best.file} ({best.model})",
+                    "top-1 %": _pct(best.accuracy),
+                    "runtime agreement %": _pct(best.top1_agreement),
+                    "MACs": best.macs,
+                    "file bytes": best.size_bytes,
+                    "ms": best_ms,
+                    "speed-up": start_ms / best_ms if start_ms and best_ms else None,
+                }
+            )
+    return pd.DataFrame(lines)
+
+
+def _pct(share: float | None) -> float | None:
+    return None if share is None else 100 * share
+
+
+_INLINE = [
+    (re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)"), r'<img alt="\1" src="\2">'),
+    (re.compile(r"\*\*([^*]+)\*\*"), r"<strong>\1</strong>"),
+    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+]
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem}"
+    "table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}"
+    "td,th{border:1px solid #ccc;padding:.2rem .4rem;text-align:right}"
+    "td:first-child,th:first-child{text-align:left;word-break:break-all;max-width:28rem}"
+    "img{max-width:100%}code{background:#f4f4f4}"
+)
+
+
+def _inline(text: str) -> str:
+    out = html.escape(text, quote=False)
+    for pattern, repl in _INLINE:
+        out = pattern.sub(repl, out)
+    return out
+
+
+def _cells(row: str) -> list[str]:
+    """A pipe-table row's cells; an escaped pipe (\\|) is part of a cell."""
+    cells = re.split(r"(?<!\\)\|", row.strip().removeprefix("|").removesuffix("|"))
+    return [c.strip().replace("\\|", "|") for c in cells]
+
+
+def markdown_to_html(lines: list[str], title: str = "report") -> str:
+    """The report's own Markdown (headings, paragraphs, lists, pipe tables, images, bold,
+    code) as one self-contained HTML page; images stay files beside it."""
+    body: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i += 1
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+            i += 1
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(lines[i])
+                i += 1
+            head, rest = _cells(rows[0]), [r for r in rows[1:] if not set(r) <= set("|-: ")]
+            body.append("<table><thead><tr>")
+            body.append("".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead><tbody>")
+            for r in rest:
+                body.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in _cells(r)) + "</tr>")
+            body.append("</tbody></table>")
+        elif line.startswith("- "):
+            body.append("<ul>")
+            while i < len(lines) and lines[i].startswith("- "):
+                body.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            body.append("</ul>")
+        else:
+            para = []
+            while i < len(lines) and lines[i].strip() and lines[i][0] not in "#|-":
+                para.append(lines[i])
+                i += 1
+            if not para:  # a line starting with "-" that is not a list item
+                para, i = [line], i + 1
+            body.append(f"<p>{_inline(' '.join(para))}</p>")
+    return (
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

@@ -1,0 +1,547 @@
+"""Our hardware-aware search strategy: predictor-guided expected hypervolume improvement over
+candidates whose cheap objectives are already known.
+
+Latency, MACs and memory are free for every candidate; accuracy is paid. So the strategy prices
+a whole pool of candidates (every arch of a small space, one representative per isomorphism
+class; or random archs plus mutants of the found front in a large one), fits a Gaussian process
+(or any predictor with uncertainty) on the accuracies paid so far, using the arch encoding *and*
+the free cost features, and pays next for the candidates with the largest expected hypervolume
+improvement (EHVI) of the accuracy/cost front, which is exact here because only accuracy is
+uncertain (`nas.search.pareto.expected_hvi`). Batches are chosen greedily with the "Kriging believer"
+(a chosen candidate joins the front at its predicted accuracy, and the GP's posterior variance
+is updated in closed form), so one refit serves several evaluations. Multi-objective Bayesian
+optimisation in the spirit of Emmerich et al. (EHVI, 2006) and Daulton et al. (qEHVI, 2020).
+
+Packaged as an Optuna sampler: it chooses a whole arch in `before_trial` and answers each
+`suggest_*` from it, so it runs in `study.optimize`, next to other workers, and resumes from
+storage (its state is the study's trials).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.core.space import Arch
+from nas.predictors import ArchFeatures, GPPredictor, Predictor, one_blas_thread
+from nas.search.objectives import ACCURACY, SearchProblem
+from nas.search.pareto import expected_hvi, pareto_mask
+
+log = logging.getLogger(__name__)
+
+
+class _Pool:
+    """Candidates with their cheap metric values, canonical keys and features."""
+
+    def __init__(
+        self,
+        archs: list[Arch],
+        keys: list[str],
+        canon: list[str],
+        cheap: np.ndarray,
+        feasible: np.ndarray,
+    ) -> None:
+        self.archs, self.keys, self.canon = archs, keys, canon
+        self.cheap, self.feasible = cheap, feasible
+        self.index = {k: i for i, k in enumerate(keys)}
+        self.x = np.zeros((len(archs), 0))
+
+
+class FrontierSampler(BaseSampler):
+    """Predictor-guided EHVI over the cheap-objective front (see the module docstring).
+
+    Args:
+        problem: the search problem; accuracy must be among its objectives.
+        seed: seeds the initial design, the pool and the predictor.
+        n_initial: archs paid for before the first fit, spread over the range of the first
+            cheap objective (stratified), so the predictor sees fast and slow archs alike.
+        batch_size: most evaluations chosen per predictor fit ...
+        batch_divisor: ... and at most (paid so far) / batch_divisor, so early batches are small.
+        predictor: "gp" (default) or a factory returning a fresh predictor that has
+            `predict_with_std`.
+        features: extra free cost features for the predictor, name -> function of a list of
+            archs (e.g. other devices' latency); every cheap metric the problem uses is a
+            feature already.
+        reference: reference point per objective (metric units and directions). Defaults:
+            a budget's bound where an objective has one (`latency_ms@d <= 20`,
+            `accuracy >= 70`); else the worst value in the pool, and for accuracy the median
+            accuracy of the first `n_initial` paid archs (the initial design, a stratified
+            random sample of the pool: improving on the typical arch).
+        candidates: an explicit pool (e.g. the archs a table covers).
+        pool_limit: spaces with at most this many genotypes are enumerated into the pool.
+        pool_size: otherwise, the size of the drawn candidate pool: random archs at first.
+        pool_refresh: share of the drawn pool replaced before each batch, half by random archs,
+            half by mutants and crossovers of the found front; the rest is kept from earlier
+            batches. Pricing candidates is most of the sampler's cost in a large space, so
+            few are new per batch, and every arch is priced once (cheap metrics, canonical key
+            and features are cached by arch key).
+        one_per_class: keep, per canonical key, only the members not dominated in the cheap
+            objectives (isomorphic archs share an accuracy: paying twice learns nothing).
+        warp: "none", or a monotone map of the paid accuracies ("rank": normal scores,
+            "yeo-johnson": a power transform) that the GP and the hypervolume work in;
+            dominance is unchanged, skewed accuracies (a long tail of broken archs) less so.
+    """
+
+    def __init__(
+        self,
+        problem: SearchProblem,
+        seed: int | None = 0,
+        n_initial: int = 10,
+        batch_size: int = 10,
+        batch_divisor: int = 5,
+        predictor: str | Callable[[], Predictor] = "gp",
+        features: Mapping[str, Callable[[Sequence[Arch]], np.ndarray]] | None = None,
+        reference: Mapping[str, float] | None = None,
+        candidates: Sequence[Arch] | None = None,
+        pool_limit: int = 200_000,
+        pool_size: int = 1000,
+        pool_refresh: float = 0.25,
+        one_per_class: bool = True,
+        warp: str = "none",
+        min_noise: float = 1e-5,
+    ) -> None:
+        if ACCURACY not in problem.objectives:
+            raise ValueError(
+                "the frontier sampler spends accuracy evaluations carefully, so 'accuracy' must "
+                f"be an objective; got objectives {problem.objectives} (use 'nsga2' for cheap "
+                "objectives only)"
+            )
+        if n_initial < 2 or batch_size < 1 or batch_divisor < 1:
+            raise ValueError(
+                f"need n_initial >= 2, batch_size >= 1, batch_divisor >= 1; got {n_initial}, "
+                f"{batch_size}, {batch_divisor}"
+            )
+        self.problem = problem
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.n_initial, self.batch_size, self.batch_divisor = n_initial, batch_size, batch_divisor
+        self.predictor = predictor
+        self.extra_features = dict(features or {})
+        self.reference = dict(reference or {})
+        for name in self.reference:
+            if name not in problem.objectives:
+                raise ValueError(
+                    f"reference names {name!r}, not an objective; objectives: {problem.objectives}"
+                )
+        self.candidates = list(candidates) if candidates is not None else None
+        if not 0 < pool_refresh <= 1:
+            raise ValueError(f"pool_refresh is a share in (0, 1], got {pool_refresh}")
+        self.pool_limit, self.pool_size, self.one_per_class = pool_limit, pool_size, one_per_class
+        self.pool_refresh = pool_refresh
+        self._drawn: list[tuple[str, Arch]] = []  # the drawn pool (key, arch), newest first
+        # per arch key: canonical key, cheap metric row, feature row (filled on first pricing)
+        self._canon_of: dict[str, str] = {}
+        self._cheap_of: dict[str, np.ndarray] = {}
+        self._x_of: dict[str, np.ndarray] = {}
+        self.warp = warp
+        self.min_noise = min_noise
+        self._fallback = RandomSampler(seed=seed)
+        self._pending: dict[int, Arch] = {}
+        self._queue: list[str] = []  # arch keys chosen but not yet asked for
+        self._pool: _Pool | None = None
+        self._features: ArchFeatures | None = None
+        self._static_pool = False
+        self.cheap_names = problem.cheap_used
+        self.last_fit: dict[str, float] = {}
+        self._theta: list[float] | None = None  # last GP fit, the next fit's warm start
+        self._paid_cache: dict[int, tuple[str, Arch, float]] = {}  # trial number -> paid arch
+
+    # -- Optuna's sampler interface ----------------------------------------------------------
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.system_attrs.get("fixed_params"):
+            return  # an enqueued trial: its arch is given
+        arch = self._next(study)
+        if arch is not None:
+            self._pending[trial._trial_id] = arch
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        arch = self._pending.get(trial._trial_id)
+        if arch is not None and param_name in arch:
+            return arch[param_name]
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._pending.pop(trial._trial_id, None)
+
+    def reseed_rng(self) -> None:
+        self.rng = np.random.default_rng()
+        self._fallback.reseed_rng()
+
+    # -- the pool ----------------------------------------------------------------------------
+    def _price(self, archs: list[Arch], keys: list[str]) -> tuple[list[str], np.ndarray]:
+        """Canonical keys and cheap metric rows of archs, each arch priced once per sampler."""
+        if len(self._cheap_of) > 50 * max(self.pool_size, 1000):  # bound the caches' memory
+            self._canon_of.clear()
+            self._cheap_of.clear()
+            self._x_of.clear()
+        new = [i for i, k in enumerate(keys) if k not in self._cheap_of]
+        if new:
+            fresh = [archs[i] for i in new]
+            cheap = self.problem.cheap_matrix(fresh, self.cheap_names)
+            space = self.problem.space
+            for row, i in enumerate(new):
+                self._cheap_of[keys[i]] = cheap[row]
+                self._canon_of[keys[i]] = space.canonical_key(archs[i])
+        canon = [self._canon_of[k] for k in keys]
+        rows = [self._cheap_of[k] for k in keys]
+        cheap_all = np.array(rows).reshape(len(keys), len(self.cheap_names))
+        return canon, cheap_all
+
+    def _make_pool(self, archs: list[Arch], keys: list[str] | None = None) -> _Pool:
+        p, space = self.problem, self.problem.space
+        if keys is None:
+            keys = [space.key(a) for a in archs]
+        uniq = dict(zip(keys, archs, strict=True))  # first of duplicated genotypes
+        keys, archs = list(uniq), list(uniq.values())
+        canon, cheap = self._price(archs, keys)
+        values = {n: cheap[:, j] for j, n in enumerate(self.cheap_names)}
+        feasible = np.broadcast_to(np.asarray(p.feasible_cheap(values), bool), (len(archs),))
+        feasible = feasible.copy()
+        if self.one_per_class:
+            keep = self._class_representatives(canon, cheap)
+            archs = [a for a, k in zip(archs, keep, strict=True) if k]
+            keys = [a for a, k in zip(keys, keep, strict=True) if k]
+            canon = [a for a, k in zip(canon, keep, strict=True) if k]
+            cheap, feasible = cheap[keep], feasible[keep]
+        return _Pool(archs, keys, canon, cheap, feasible)
+
+    def _class_representatives(self, canon: list[str], cheap: np.ndarray) -> np.ndarray:
+        objs = np.array(
+            [self.cheap_names.index(n) for n in self.problem.cheap_objectives], dtype=np.int64
+        )
+        signs = np.array([self.problem.metrics[self.cheap_names[j]].sign for j in objs])
+        keep = np.zeros(len(canon), dtype=bool)
+        groups: dict[str, list[int]] = {}
+        for i, c in enumerate(canon):
+            groups.setdefault(c, []).append(i)
+        for members in groups.values():
+            if len(members) == 1 or not len(objs):
+                keep[members[0]] = True
+                continue
+            idx = np.array(members)
+            v = cheap[np.ix_(idx, objs)] * signs
+            # one arch per distinct cost vector among the non-dominated members
+            nd = idx[pareto_mask(v)]
+            _, first = np.unique(cheap[np.ix_(nd, objs)], axis=0, return_index=True)
+            keep[nd[first]] = True
+        return keep
+
+    def _ensure_features(self, pool: _Pool) -> ArchFeatures:
+        if self._features is None:
+            costs: dict[str, Callable[[Sequence[Arch]], np.ndarray]] = {
+                n: self.problem.metrics[n].many for n in self.cheap_names
+            }
+            costs.update(self.extra_features)
+            feats = ArchFeatures(self.problem.space, "onehot", costs)
+            self._features = feats.fit(pool.archs, self._cost_block(pool))
+        return self._features
+
+    def _cost_block(self, pool: _Pool) -> np.ndarray:
+        extra = [
+            np.asarray(fn(pool.archs), dtype=np.float64) for fn in self.extra_features.values()
+        ]
+        return np.column_stack([pool.cheap, *extra]) if extra else pool.cheap
+
+    def _featurize(self, pool: _Pool) -> None:
+        feats = self._ensure_features(pool)
+        new = [i for i, k in enumerate(pool.keys) if k not in self._x_of]
+        if new:
+            sub = _Pool(
+                [pool.archs[i] for i in new],
+                [pool.keys[i] for i in new],
+                [],
+                pool.cheap[new],
+                pool.feasible[new],
+            )
+            x_new = feats.transform(sub.archs, self._cost_block(sub))
+            for row, k in zip(x_new, sub.keys, strict=True):
+                self._x_of[k] = row
+        pool.x = np.array([self._x_of[k] for k in pool.keys]).reshape(len(pool.keys), -1)
+
+    def _get_pool(self, front_archs: list[Arch]) -> _Pool:
+        space = self.problem.space
+        if self._static_pool and self._pool is not None:
+            return self._pool
+        if self.candidates is not None:
+            archs, self._static_pool = list(self.candidates), True
+        elif space.n_genotypes <= self.pool_limit:
+            archs, self._static_pool = list(space.enumerate()), True
+        if self._static_pool:
+            pool = self._make_pool(archs)
+        else:
+            # a share `pool_refresh` of the pool is drawn afresh (half random archs, half
+            # mutants and crossovers of the found front), the rest kept from the last batch
+            n_new = self.pool_size
+            if self._drawn:
+                n_new = max(1, math.ceil(self.pool_refresh * self.pool_size))
+            n_random = n_new // 2 if front_archs else n_new
+            fresh = [space.sample(self.rng) for _ in range(n_random)]
+            while front_archs and len(fresh) < n_new:
+                a = front_archs[int(self.rng.integers(len(front_archs)))]
+                if self.rng.random() < 0.3 and len(front_archs) > 1:
+                    b = front_archs[int(self.rng.integers(len(front_archs)))]
+                    fresh.append(space.mutate(space.crossover(a, b, self.rng), self.rng, 0.05))
+                else:
+                    fresh.append(space.mutate(a, self.rng, 1.0 / max(len(space.keys), 1)))
+            drawn = [(space.key(a), a) for a in fresh]
+            self._drawn = drawn + self._drawn[: self.pool_size - len(fresh)]  # oldest dropped
+            archs = [a for _, a in self._drawn]
+            pool = self._make_pool(archs, [k for k, _ in self._drawn])
+        self._featurize(pool)
+        self._pool = pool
+        log.debug(
+            "frontier pool: %d candidates (%d feasible)", len(pool.archs), pool.feasible.sum()
+        )
+        return pool
+
+    # -- choosing ----------------------------------------------------------------------------
+    def _study_state(
+        self, study: optuna.Study
+    ) -> tuple[dict[str, tuple[Arch, float]], set[str], list[Arch]]:
+        """Paid archs by canonical key, canonical keys in flight, and in-flight archs."""
+        space = self.problem.space
+        paid: dict[str, tuple[Arch, float]] = {}
+        busy: set[str] = set()
+        busy_archs: list[Arch] = []
+        n_dims = len(space.keys)
+        for t in study.get_trials(deepcopy=False):
+            cached = self._paid_cache.get(t.number)
+            if cached is not None:
+                paid.setdefault(cached[0], (cached[1], cached[2]))
+                continue
+            ck = t.user_attrs.get("canonical_key")
+            if t.user_attrs.get("evaluated") and "accuracy" in t.user_attrs and ck is not None:
+                if len(t.params) == n_dims:
+                    arch = space.validate(t.params)
+                    acc = float(t.user_attrs["accuracy"])
+                    self._paid_cache[t.number] = (str(ck), arch, acc)
+                    paid.setdefault(str(ck), (arch, acc))
+            elif t.state in (TrialState.RUNNING, TrialState.WAITING):
+                params = t.params or t.system_attrs.get("fixed_params", {})
+                flying = self._pending.get(t._trial_id)
+                if flying is None and len(params) == n_dims:
+                    flying = space.validate(params)
+                if flying is not None:
+                    busy.add(space.canonical_key(flying))
+                    busy_archs.append(flying)
+        return paid, busy, busy_archs
+
+    def _next(self, study: optuna.Study, fresh_batch: bool = False) -> Arch | None:
+        space = self.problem.space
+        paid, busy, _ = self._study_state(study)
+        while self._queue:
+            key = self._queue.pop(0)
+            pool = self._pool
+            if pool is None or key not in pool.index:
+                continue
+            i = pool.index[key]
+            if pool.canon[i] not in paid and pool.canon[i] not in busy:
+                return space.validate(pool.archs[i])
+        if fresh_batch:  # a batch chosen just now was taken meanwhile: give up this once
+            return None
+        with one_blas_thread():
+            self._queue = self._choose_batch(study)
+        if not self._queue:
+            log.info("frontier: no unpaid feasible candidate left; sampling at random")
+            return None
+        return self._next(study, fresh_batch=True)
+
+    def _choose_batch(self, study: optuna.Study) -> list[str]:
+        paid, busy, busy_archs = self._study_state(study)
+        paid_archs = [a for a, _ in paid.values()]
+        y = np.array([acc for _, acc in paid.values()])
+        pool = self._get_pool(self._found_front(paid_archs, y))
+        avail = pool.feasible & np.array(
+            [c not in paid and c not in busy for c in pool.canon], dtype=bool
+        )
+        if not avail.any():
+            return []
+        if len(paid) < self.n_initial:
+            return self._initial_design(pool, avail, self.n_initial - len(paid) - len(busy))
+        return self._ehvi_batch(pool, avail, paid_archs, y, busy_archs)
+
+    def _found_front(self, archs: list[Arch], y: np.ndarray) -> list[Arch]:
+        if not archs:
+            return []
+        objs = [self.cheap_names.index(n) for n in self.problem.cheap_objectives]
+        cheap = self._make_side_pool(archs).cheap[:, objs]
+        signs = np.array([self.problem.metrics[n].sign for n in self.problem.cheap_objectives])
+        mask = pareto_mask(np.column_stack([cheap * signs, -y]))
+        return [a for a, m in zip(archs, mask, strict=True) if m]
+
+    def _initial_design(self, pool: _Pool, avail: np.ndarray, n: int) -> list[str]:
+        idx = np.flatnonzero(avail)
+        n = max(1, min(n, len(idx)))
+        if not self.problem.cheap_objectives:
+            chosen = self.rng.choice(idx, size=n, replace=False)
+            return [pool.keys[i] for i in chosen]
+        j = self.cheap_names.index(self.problem.cheap_objectives[0])
+        order = idx[np.argsort(pool.cheap[idx, j], kind="stable")]
+        return [pool.keys[int(self.rng.choice(b))] for b in np.array_split(order, n) if len(b)]
+
+    def _fit(self, x: np.ndarray, y: np.ndarray) -> Predictor:
+        if self.predictor == "gp":
+            assert self._features is not None
+            seed = int(self.rng.integers(2**31))
+            gp = GPPredictor(
+                groups=self._features.groups,
+                n_restarts=1 if self._theta is None else 0,
+                seed=seed,
+                init_theta=self._theta,
+                min_noise=self.min_noise,
+            ).fit(x, y)
+            self._theta = gp.theta_
+            return gp
+        if callable(self.predictor):
+            model = self.predictor()
+            if not hasattr(model, "predict_with_std"):
+                raise TypeError(
+                    f"the frontier sampler needs a predictor with predict_with_std (uncertainty); "
+                    f"{type(model).__name__} has none"
+                )
+            return model.fit(x, y)
+        raise ValueError(f"predictor must be 'gp' or a factory, got {self.predictor!r}")
+
+    def _warp(self, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """A monotone map of accuracies, fitted on the paid values only: dominance is kept,
+        the GP sees a less skewed target."""
+        if self.warp == "none":
+            return lambda v: np.asarray(v, dtype=float)
+        if self.warp == "rank":
+            from scipy import stats
+
+            srt = np.sort(y)
+            q = stats.norm.ppf((np.arange(len(srt)) + 0.5) / len(srt))
+            return lambda v: np.interp(np.asarray(v, float), srt, q)
+        if self.warp == "yeo-johnson":
+            from sklearn.preprocessing import PowerTransformer
+
+            pt = PowerTransformer(method="yeo-johnson").fit(y.reshape(-1, 1))
+            return lambda v: pt.transform(np.asarray(v, float).reshape(-1, 1)).ravel()
+        raise ValueError(f"warp must be 'none', 'rank' or 'yeo-johnson', got {self.warp!r}")
+
+    def _references(self, pool: _Pool, y: np.ndarray) -> tuple[np.ndarray, float]:
+        p = self.problem
+        refs = []
+        for name in p.cheap_objectives:
+            sign = p.metrics[name].sign
+            if name in self.reference:
+                refs.append(sign * self.reference[name])
+                continue
+            j = self.cheap_names.index(name)
+            worst = float(np.max(sign * pool.cheap[pool.feasible, j]))
+            bounds = [c.bound * sign for c in p.constraints if c.metric == name]
+            refs.append(min([worst, *bounds]) if bounds else worst)
+        floors = [c.bound for c in p.constraints if c.metric == ACCURACY and c.op == ">="]
+        # the initial design is a stratified random sample of the pool, so its median estimates
+        # the typical arch's accuracy; later archs are paid for being good, and a median over
+        # them drifts up until fast archs of middling accuracy no longer count as improvements
+        default = max(floors) if floors else float(np.median(y[: self.n_initial]))
+        return np.array(refs), float(self.reference.get(ACCURACY, default))
+
+    def _ehvi_batch(
+        self,
+        pool: _Pool,
+        avail: np.ndarray,
+        paid_archs: list[Arch],
+        y: np.ndarray,
+        busy_archs: list[Arch],
+    ) -> list[str]:
+        p = self.problem
+        paid_pool = self._make_side_pool(paid_archs)
+        x_paid = paid_pool.x
+        warp = self._warp(y)
+        y_raw, y = y, warp(y)
+        model = self._fit(x_paid, y)
+        idx = np.flatnonzero(avail)
+        xc = pool.x[idx]
+        gp = model if isinstance(model, GPPredictor) else None
+        if gp is not None:
+            mu, v = gp.posterior(xc)
+            var = np.maximum(gp.signal_variance - (v * v).sum(0), 1e-12)  # standardised units
+        else:
+            mu, sd0 = model.predict_with_std(xc)  # type: ignore[attr-defined]
+        objs = np.array([self.cheap_names.index(n) for n in p.cheap_objectives], dtype=np.int64)
+        signs = np.array([p.metrics[n].sign for n in p.cheap_objectives])
+        cand = pool.cheap[np.ix_(idx, objs)] * signs
+        front_cheap = paid_pool.cheap
+        ok = p.feasible_cheap({n: front_cheap[:, j] for j, n in enumerate(self.cheap_names)})
+        ok = np.broadcast_to(np.asarray(ok, bool), (len(paid_archs),))
+        front_c = front_cheap[np.ix_(np.flatnonzero(ok), objs)] * signs  # feasible paid archs
+        front_y = y[ok]
+        if busy_archs:  # others' in-flight archs join the front at their predicted accuracy
+            busy_pool = self._make_side_pool(busy_archs)
+            xb = busy_pool.x
+            front_c = np.vstack([front_c, busy_pool.cheap[:, objs] * signs])
+            front_y = np.concatenate([front_y, model.predict(xb)])
+        ref_c, ref_y = self._references(pool, y_raw)
+        ref_y = float(warp(np.array([ref_y]))[0])
+        n_batch = min(self.batch_size, max(1, len(paid_archs) // self.batch_divisor))
+        chosen: list[int] = []
+        cols: list[np.ndarray] = []
+        noise = math.exp(gp.log_noise_) if gp is not None else 0.0
+        taken = np.zeros(len(idx), dtype=bool)
+        best_gain = 0.0
+        for _ in range(min(n_batch, len(idx))):
+            sd = np.sqrt(var) * gp.target_std if gp is not None else sd0
+            gain = expected_hvi(front_c, front_y, cand, mu, sd, ref_c, ref_y)
+            gain[taken] = -np.inf
+            s = int(np.argmax(gain))
+            if not np.isfinite(gain[s]):
+                break
+            if not chosen:
+                best_gain = float(gain[s])
+            chosen.append(s)
+            taken[s] = True
+            front_c = np.vstack([front_c, cand[s]])
+            front_y = np.append(front_y, mu[s])
+            if gp is not None:  # rank-1 update of the posterior covariance (Kriging believer)
+                cov = gp.kernel(xc, xc[s : s + 1])[:, 0] - v.T @ v[:, s]
+                for c in cols:
+                    cov -= c * c[s]
+                c_new = cov / math.sqrt(max(cov[s] + noise, 1e-12))
+                cols.append(c_new)
+                var = np.maximum(var - c_new * c_new, 1e-12)
+        self.last_fit = {"n_paid": float(len(y)), "best_ehvi": best_gain, "reference_acc": ref_y}
+        log.debug("frontier: %d paid, batch of %d, best EHVI %.4g", len(y), len(chosen), best_gain)
+        return [pool.keys[idx[s]] for s in chosen]
+
+    def _make_side_pool(self, archs: list[Arch]) -> _Pool:
+        """Cheap metrics and features of archs that may lie outside the pool (paid earlier, or
+        by another sampler)."""
+        keys = [self.problem.space.key(a) for a in archs]
+        canon, cheap = self._price(archs, keys)
+        pool = _Pool(archs, keys, canon, cheap, np.ones(len(archs), bool))
+        if self._features is not None:
+            self._featurize(pool)
+        return pool

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nas.app.cli import build_parser, main
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["spaces"],
+        ["demo", "--quick"],
+        ["run", "config.yaml"],
+        ["report", "runs/demo"],
+        ["supernet", "train", "--space", "tiny", "--epochs", "1"],
+        ["latency", "devices"],
+        ["latency", "build", "--device", "xnnpack-1t"],
+        ["latency", "validate", "--device", "nb201-pixel3", "--table", "t.csv"],
+        ["search", "--device", "pixel3-emulated", "--budget", "latency_ms@pixel3-emulated<=2"],
+        ["search", "worker", "--storage", "sqlite:///x.db"],
+        ["compress", "--run", "runs/demo", "--arch", "KEY"],
+        ["bench", "tabular", "--table", "t.csv", "--accuracy-column", "a", "--latency-column", "l"],
+    ],
+)
+def test_every_subcommand_parses(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert callable(args.func)
+
+
+def test_search_on_an_emulated_phone_respects_the_budget(tmp_path: Path) -> None:
+    out = tmp_path / "search"
+    budget = "latency_ms@pixel3-emulated<=1.0"
+    argv = [
+        "-q",
+        "search",
+        "--device",
+        "pixel3-emulated",
+        "--budget",
+        budget,
+        "--trials",
+        "12",
+        "--lut-archs",
+        "20",
+        "--lut-passes",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    import latency_models as lm
+    import search_spaces
+
+    lut = lm.LUT.load(out / "lut-pixel3-emulated.csv")
+    built = lm.lut.reachable_specs(
+        search_spaces.get_space("tiny"), lm.get_device("pixel3-emulated"), "fp32", n_archs=20
+    )
+    assert built and all(lut.passes_of(s.key) >= 2 for s in built)  # the search's LUT: 2 passes
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) >= 12
+    feasible = trials[trials["feasible"]]
+    assert (feasible["latency_ms@pixel3-emulated"] <= 1.0).all()
+    assert (out / "pareto.csv").stat().st_size > 0
+
+
+def test_search_prices_ort_latency_with_a_kernel_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("EDGE_NAS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "search"
+    argv = ["-q", "search", "--device", "ort-cpu-1t", "--latency-model", "kernels"]
+    argv += ["--objectives", "latency,params", "--trials", "3", "--lut-archs", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    import latency_models as lm
+    from latency_models.kernels import KERNEL_RECIPE
+
+    table = lm.LUT.load(out / "kernels-ort-cpu-1t.csv")
+    assert len(table) > 0 and KERNEL_RECIPE in table.metadata["layer_recipe"]
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) >= 3 and (trials["latency_ms@ort-cpu-1t"] > 0).all()
+
+
+def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no report" in capsys.readouterr().err
+    assert main(["supernet", "train", "--schedule", "bogus", "--out", str(tmp_path)]) == 2
+    assert "valid schedules" in capsys.readouterr().err

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nas.search.tabular import TableError, TabularBenchmark, bench_tabular, parse_key, summarize
+from tests.nas.search.search_toy import FakeLatency, ToySpace, toy_accuracy
+
+
+def _toy_csv(path: Path) -> Path:
+    space, pixel, pi = ToySpace(), FakeLatency("pixel3"), FakeLatency("raspi4", 3.0)
+    archs = list(space.enumerate())
+    pd.DataFrame(
+        {
+            "arch": [space.key(a) for a in archs],
+            "top1": [toy_accuracy(a) for a in archs],
+            "pixel3_ms": pixel.predict_many(space, archs),
+            "raspi4_ms": pi.predict_many(space, archs),
+        }
+    ).to_csv(path, index=False)
+    return path
+
+
+def test_missing_columns_are_named(tmp_path: Path) -> None:
+    path = _toy_csv(tmp_path / "t.csv")
+    with pytest.raises(TableError, match=r"missing column\(s\) \['top5', 'gpu_ms'\]") as err:
+        TabularBenchmark.from_csv(
+            path, ToySpace(), "arch", ["top1", "top5"], ["pixel3_ms", "gpu_ms"]
+        )
+    assert "the table has ['arch', 'top1', 'pixel3_ms', 'raspi4_ms']" in str(err.value)
+
+
+def test_unknown_archs_list_the_first_bad_rows(tmp_path: Path) -> None:
+    frame = pd.read_csv(_toy_csv(tmp_path / "t.csv"))
+    frame.loc[3, "arch"] = "width=9|depth=1|kernel=3|act=relu"
+    frame.loc[7, "arch"] = "not an arch"
+    with pytest.raises(TableError, match="2 row\\(s\\) name no arch") as err:
+        TabularBenchmark(ToySpace(), frame, "arch", ["top1"], ["pixel3_ms"])
+    assert "row 3: 'width=9|depth=1|kernel=3|act=relu'" in str(err.value)
+    assert "row 7: 'not an arch'" in str(err.value)
+
+
+def test_bad_values_and_repeated_archs_fail_clearly(tmp_path: Path) -> None:
+    frame = pd.read_csv(_toy_csv(tmp_path / "t.csv"))
+    bad = frame.copy()
+    bad.loc[5, "pixel3_ms"] = np.nan
+    with pytest.raises(TableError, match=r"column 'pixel3_ms' has 1 bad value.*row 5"):
+        TabularBenchmark(ToySpace(), bad, "arch", ["top1"], ["pixel3_ms"])
+    dup = pd.concat([frame, frame.iloc[[2]]], ignore_index=True)
+    with pytest.raises(TableError, match=f"row {len(frame)}.*same arch as row 2"):
+        TabularBenchmark(ToySpace(), dup, "arch", ["top1"], ["pixel3_ms"])
+    with pytest.raises(TableError, match="no table at"):
+        TabularBenchmark.from_csv(
+            tmp_path / "nope.csv", ToySpace(), "arch", ["top1"], ["pixel3_ms"]
+        )
+
+
+def test_table_models_and_true_front(tmp_path: Path) -> None:
+    space = ToySpace()
+    table = TabularBenchmark.from_csv(
+        _toy_csv(tmp_path / "t.csv"), space, "arch", "top1", ["pixel3_ms", "raspi4_ms"]
+    )
+    arch = space.sample(0)
+    assert parse_key(space, space.key(arch)) == space.validate(arch)
+    model = table.latency_model("raspi4_ms")
+    assert model.device == "raspi4" and model.dtype == "fp32"
+    assert model.predict_arch(space, arch) == pytest.approx(
+        FakeLatency("r", 3.0).predict_arch(space, arch)
+    )
+    acc = table.accuracy()
+    assert acc(arch) == pytest.approx(toy_accuracy(arch)) and acc.paid_keys == [space.key(arch)]
+    front = table.true_front("top1", "pixel3_ms")
+    assert front["pixel3_ms"].is_monotonic_increasing and front["top1"].is_monotonic_increasing
+    assert table.hypervolume(list(table.archs), "top1", "pixel3_ms") == pytest.approx(
+        table.hypervolume(None, "top1", "pixel3_ms")
+    )
+
+
+def test_bench_tabular_scores_hv_ratios(tmp_path: Path) -> None:
+    table = TabularBenchmark.from_csv(
+        _toy_csv(tmp_path / "t.csv"), ToySpace(), "arch", "top1", ["pixel3_ms", "raspi4_ms"]
+    )
+    runs = bench_tabular(
+        table, "top1", "pixel3_ms", ["random", "frontier"], budgets=(10, 20), seeds=[0, 1]
+    )
+    assert len(runs) == 2 * 2 * 2
+    assert runs["hv_ratio"].between(0, 1 + 1e-9).all()
+    assert (runs["n_paid"] <= runs["budget"]).all()
+    summary = summarize(runs).set_index(["strategy", "budget"])
+    assert summary.loc[("frontier", 20), "mean"] >= summary.loc[("frontier", 10), "mean"]
+    assert summary.loc[("frontier", 20), "mean"] > 0.9
+
+
+@pytest.mark.shared
+def test_nb201_table_runs_a_short_tabular_search(nb201_csv: Path) -> None:
+    from search_spaces import NB201Space
+
+    table = TabularBenchmark.from_csv(
+        nb201_csv, NB201Space(), "arch_str", "cifar10_acc", ["pixel3_ms", "raspi4_ms"]
+    )
+    assert len(table.archs) == 15_625
+    by_index = TabularBenchmark(
+        NB201Space(), table.frame.head(50), "arch_idx", ["cifar10_acc"], ["pixel3_ms"]
+    )
+    assert by_index.keys == table.keys[:50]  # the index column reads the benchmark's order
+    runs = bench_tabular(table, "cifar10_acc", "pixel3_ms", ["frontier"], budgets=(15,), seeds=[0])
+    assert 0 < runs["hv_ratio"].iloc[0] <= 1
