@@ -19,7 +19,6 @@ reads whole-network latencies measured elsewhere (e.g. HW-NAS-Bench's Pixel 3 co
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -42,6 +41,7 @@ from latency_models.graph import RuntimeSpecs
 from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol
 from latency_models.profiles import DeviceProfile, host_cpu_profile
 from latency_models.spec_modules import is_free, module_for_spec
+from nas.core.files import json_digest
 from nas.core.layers import LayerSpec
 from nas.core.space import Arch, SearchSpace
 
@@ -190,11 +190,6 @@ class Device(ABC):
 # --------------------------------------------------------------------------------------------
 # Emulated
 # --------------------------------------------------------------------------------------------
-
-
-def json_digest(data: Any, length: int = 12) -> str:
-    """A short sha256 of `data` as canonical JSON: names a configuration in a file or a key."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:length]
 
 
 class EmulatedDevice(Device):

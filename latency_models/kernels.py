@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from latency_models.devices import Device, RealDevice, json_digest
+from latency_models.devices import Device, RealDevice
 from latency_models.lut import (
     LUT,
     LUTEntry,
@@ -41,6 +41,7 @@ from latency_models.lut import (
     pass_plan,
 )
 from latency_models.runtimes.ort_kernels import COPIES, KernelSpec
+from nas.core.files import json_digest
 from nas.core.space import SearchSpace
 
 log = logging.getLogger(__name__)

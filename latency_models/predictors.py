@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 from scipy.optimize import lsq_linear
@@ -31,6 +31,7 @@ from latency_models.devices import Device, EmulatedDevice, TabularDevice
 from latency_models.lut import LUT, MissingKeysError, fill_missing
 from latency_models.profiles import KINDS, DeviceProfile
 from latency_models.spec_modules import is_free
+from nas.core.protocols import LatencyModel, NotFittedError
 from nas.core.space import SearchSpace
 
 __all__ = [
@@ -45,24 +46,6 @@ __all__ = [
     "ParamsProxy",
     "TableLatency",
 ]
-
-
-class NotFittedError(RuntimeError):
-    """`predict` called on a predictor that must be fitted first."""
-
-
-@runtime_checkable
-class LatencyModel(Protocol):
-    """What the search engine needs from a latency model."""
-
-    device: str
-    dtype: str
-
-    def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float: ...
-
-    def predict_many(
-        self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]
-    ) -> np.ndarray: ...
 
 
 def _check_xy(

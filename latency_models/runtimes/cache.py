@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from nas.core.files import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +62,7 @@ class ArtifactCache:
     ) -> Path:
         path = self.path(runtime, key, suffix)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, data)
-        _atomic_write(path.with_suffix(".json"), json.dumps(dict(meta), indent=1).encode())
+        write_bytes_atomic(path, data)
+        write_bytes_atomic(path.with_suffix(".json"), json.dumps(dict(meta), indent=1).encode())
         log.debug("cached %s (%d bytes)", path, len(data))
         return path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -12,7 +12,6 @@ was expected and what was found.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from nas.core.files import CheckpointError, sha256_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -47,10 +48,6 @@ CHECKPOINT_VERSION = 1
 _MAX_LISTED = 6  # names listed in an error before "and N more"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or does not fit the model it is loaded into."""
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     """A checkpoint read from disk: its tensors (verified against the recorded hash) and meta."""
@@ -66,14 +63,6 @@ class Checkpoint:
 def meta_path(path: str | os.PathLike[str]) -> Path:
     """The JSON file that describes the tensor file ``path``."""
     return Path(path).with_suffix(".json")
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _listed(names: list[str]) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, optimize, stats
 
+from nas.core.protocols import NotFittedError
 from nas.core.space import Arch, RngLike, SearchSpace, as_rng
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,6 @@ def one_blas_thread() -> Any:
         import contextlib
 
         return contextlib.nullcontext()
-
-
-class NotFittedError(RuntimeError):
-    """predict or save before fit."""
 
 
 def _need_fit(fitted: bool, obj: object) -> None:

@@ -15,11 +15,12 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
 from nas.core.layers import DTYPE_BYTES
+from nas.core.protocols import LatencyModel
 from nas.core.space import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -35,18 +36,6 @@ _ALIASES = {
     "acc": ACCURACY,
     "predicted_accuracy": ACCURACY,
 }
-
-
-@runtime_checkable
-class LatencyModel(Protocol):
-    """What a search needs from a latency model (written elsewhere, e.g. `latency_models/`)."""
-
-    device: str
-    dtype: str
-
-    def predict_arch(self, space: SearchSpace, arch: Arch) -> float: ...
-
-    def predict_many(self, space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -86,11 +86,11 @@ class TableLatencyModel:
     def __repr__(self) -> str:
         return f"TableLatencyModel(device={self.device!r}, column={self.column!r})"
 
-    def predict_arch(self, space: SearchSpace, arch: Arch) -> float:
-        return float(self._table.lookup(arch, self.column))
+    def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
+        return float(self._table.lookup(dict(arch), self.column))
 
-    def predict_many(self, space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray:
-        rows = self._table.rows_of(archs)
+    def predict_many(self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        rows = self._table.rows_of(dict(a) for a in archs)
         return self._table.frame[self.column].to_numpy(dtype=np.float64)[rows]
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from nas.core.elastic import Supernet, resize_to
+from nas.core.files import CheckpointError, sha256_file, write_json_atomic
 from nas.core.space import Arch, SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -749,10 +749,6 @@ def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-class CheckpointError(RuntimeError):
-    """A run folder's checkpoint is missing, inconsistent or from a different config."""
-
-
 @dataclass
 class _State:
     phase: int = 0
@@ -792,20 +788,6 @@ def _unflatten_optimizer(meta: Mapping[str, Any], tensors: Mapping[str, Tensor])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _save_checkpoint(
     out_dir: Path,
     supernet: Supernet,
@@ -841,14 +823,14 @@ def _save_checkpoint(
         "config": config.to_json(),
         "state": dataclasses.asdict(state),
         "tensors": name,
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
         "optimizer": opt_meta,
         "optimizer_phase": optimizer_phase,
         "scheduler": sched.state_dict(),
         "sampler_rng": rng.bit_generator.state,
         "has_teacher": teacher is not None,
     }
-    _write_json_atomic(out_dir / CHECKPOINT_JSON, _jsonable(meta))
+    write_json_atomic(out_dir / CHECKPOINT_JSON, _jsonable(meta))
     for old in out_dir.glob("checkpoint-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)
@@ -872,7 +854,7 @@ def _read_checkpoint(out_dir: Path) -> tuple[dict[str, Any], dict[str, Tensor]] 
     path = out_dir / meta["tensors"]
     if not path.exists():
         raise CheckpointError(f"{meta_path} names {path.name}, which is missing")
-    if _sha256(path) != meta["sha256"]:
+    if sha256_file(path) != meta["sha256"]:
         raise CheckpointError(f"{path} does not match the checksum recorded in {meta_path}")
     return meta, load_file(str(path))
 

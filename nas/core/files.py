@@ -1,0 +1,70 @@
+"""Files the project writes and reads back: atomic writes, digests, and the checkpoint error.
+
+Every file a run keeps is written whole or not at all (a temporary file in the same folder,
+then `os.replace`), so a kill at any moment leaves the previous version or the new one. Digests
+name configurations (`json_digest`) and check that a tensor file is the one its JSON describes
+(`sha256_file`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CheckpointError",
+    "json_digest",
+    "sha256_file",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not fit what it is loaded into; the message
+    names the file and says what was expected."""
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` whole or not at all (a temporary file beside it, then a rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """`write_bytes_atomic` for UTF-8 text."""
+    return write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(
+    path: str | os.PathLike[str], obj: Any, *, indent: int | None = 1, sort_keys: bool = True
+) -> Path:
+    """`obj` as JSON, written atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys))
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def json_digest(data: Any, length: int = 12) -> str:
+    """A short SHA-256 of `data` as canonical JSON: names a configuration in a file or a key."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:length]
