@@ -44,14 +44,14 @@ from torch.utils.data import TensorDataset
 from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol, RunInfo, measure
 from latency_models.runtimes import real_device
 from nas.app.config import git_commit
-from nas.backends.export import has_vnni
+from nas.backends import has_vnni
 from nas.compress import (
     ChainConfig,
     ExportConfig,
+    FinetuneConfig,
     KDConfig,
     PruneConfig,
     QATConfig,
-    TrainConfig,
     largest_arch,
     run_chain,
 )
@@ -82,32 +82,32 @@ def _subset(data: ImageDataset, n_train: int, n_test: int | None) -> ImageDatase
 def _config(quick: bool, epochs: float, distill_lr: float, weight_bits: int) -> ChainConfig:
     kd = KDConfig(alpha=0.7, temperature=4.0)
     if quick:
-        short = TrainConfig(epochs=0.25, lr=0.01)
+        short = FinetuneConfig(epochs=0.25, lr=0.01)
         return ChainConfig(
-            distill=TrainConfig(epochs=epochs, lr=distill_lr),
+            distill=FinetuneConfig(epochs=epochs, lr=distill_lr),
             kd=kd,
             prune=PruneConfig(macs_reduction=0.4, rounds=1, finetune=short, final_finetune=short),
             ptq_images=128,
             qat=QATConfig(
-                train=TrainConfig(epochs=0.25, lr=5e-4, warmup_fraction=0.0),
+                train=FinetuneConfig(epochs=0.25, lr=5e-4, warmup_fraction=0.0),
                 calibration_images=128,
                 weight_bits=weight_bits,
             ),
             export=ExportConfig(formats=("pte", "onnx"), calibration_images=64),
         )
     return ChainConfig(
-        distill=TrainConfig(epochs=epochs, lr=distill_lr),
+        distill=FinetuneConfig(epochs=epochs, lr=distill_lr),
         kd=kd,
         prune=PruneConfig(
             macs_reduction=0.4,
             rounds=4,
-            finetune=TrainConfig(epochs=0.5, lr=0.01),
-            final_finetune=TrainConfig(epochs=2.0, lr=0.01),
+            finetune=FinetuneConfig(epochs=0.5, lr=0.01),
+            final_finetune=FinetuneConfig(epochs=2.0, lr=0.01),
             kd=kd,
         ),
         ptq_images=512,
         qat=QATConfig(
-            train=TrainConfig(epochs=2.0, lr=5e-4, warmup_fraction=0.0),
+            train=FinetuneConfig(epochs=2.0, lr=5e-4, warmup_fraction=0.0),
             kd=kd,
             freeze_observers_at=0.5,
             freeze_bn_at=0.0,  # the fp32 model's statistics: see QATConfig

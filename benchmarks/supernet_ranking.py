@@ -42,8 +42,7 @@ from torch import nn
 from nas.app.config import git_commit
 from nas.core.space import Arch
 from nas.data import load_embedded_digits
-from nas.supernet.evaluate import SubnetEvaluator, accuracy
-from nas.supernet.train import load_supernet, train_supernet
+from nas.supernet import SubnetEvaluator, accuracy, load_supernet, train_supernet
 from search_spaces import TinySpace
 
 ROOT = Path(__file__).resolve().parents[1]

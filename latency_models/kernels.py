@@ -113,7 +113,7 @@ def cpu_signature() -> dict[str, Any]:
     """What an optimiser may look at on this CPU: its model and feature flags (ONNX Runtime's
     NCHWc blocks follow the vector width, its int8 kernels the dot-product instructions), from
     the first processor of /proc/cpuinfo (x86 and Arm name them differently)."""
-    from nas.backends.export import cpu_info
+    from nas.backends import cpu_info
 
     info = cpu_info()
     fields: dict[str, Any] = {

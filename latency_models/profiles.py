@@ -499,7 +499,7 @@ PROFILES: Mapping[str, DeviceProfile] = MappingProxyType(_catalogue())
 
 
 def _cpuinfo() -> tuple[float, frozenset[str]]:
-    from nas.backends.export import cpu_info
+    from nas.backends import cpu_info
 
     info = cpu_info()
     try:

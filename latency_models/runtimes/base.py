@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol, RunInfo, measure
-from nas.backends.export import export_program
+from nas.backends import export_program
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram

@@ -33,7 +33,7 @@ from latency_models.runtimes.base import (
     check_shape,
     example_input,
 )
-from nas.backends.export import eval_mode
+from nas.backends import eval_mode
 
 log = logging.getLogger(__name__)
 

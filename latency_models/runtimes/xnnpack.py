@@ -74,8 +74,8 @@ from latency_models.runtimes.base import (
     require,
 )
 from latency_models.runtimes.cache import ArtifactCache
+from nas.backends import LoadedProgram
 from nas.backends import export as artifacts
-from nas.backends.export import LoadedProgram
 
 log = logging.getLogger(__name__)
 

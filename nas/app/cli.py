@@ -94,7 +94,7 @@ def _run_cmd(args: argparse.Namespace) -> int:
 
 def _supernet_train_cmd(args: argparse.Namespace) -> int:
     from nas.data import load_dataset
-    from nas.supernet.train import train_supernet
+    from nas.supernet import train_supernet
 
     space = _space(args)
     result = train_supernet(

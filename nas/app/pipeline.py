@@ -81,7 +81,7 @@ def _device_label(dev: DeviceConfig) -> str:
 
 
 def stage_supernet(state: RunState, progress: bool) -> None:
-    from nas.supernet.train import train_supernet
+    from nas.supernet import train_supernet
 
     cfg = state.config.supernet
     result = train_supernet(
@@ -103,7 +103,7 @@ def stage_supernet(state: RunState, progress: bool) -> None:
 def stage_accuracy(state: RunState, progress: bool) -> None:
     """Inherited-weight accuracy of sampled archs; fit the predictor and measure its ranking."""
     from nas.predictors import make_predictor, ranking_metrics
-    from nas.supernet.evaluate import SubnetEvaluator
+    from nas.supernet import SubnetEvaluator
 
     cfg = state.config.accuracy
     state.evaluator = SubnetEvaluator(
@@ -303,7 +303,7 @@ def stage_winners(state: RunState, progress: bool) -> None:
 
 
 def _test_accuracy(state: RunState, arch: Arch) -> float:
-    from nas.supernet.evaluate import SubnetEvaluator
+    from nas.supernet import SubnetEvaluator
 
     test_eval = SubnetEvaluator(
         state.supernet,
@@ -413,7 +413,7 @@ def open_finished_run(run_dir: str | Path) -> FinishedRun:
     import search_spaces
     from nas.app.config import load_config
     from nas.data import load_dataset
-    from nas.supernet.train import load_supernet
+    from nas.supernet import load_supernet
 
     run = Path(run_dir)
     config = load_config(run / "config.yaml")

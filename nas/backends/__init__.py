@@ -1,0 +1,77 @@
+"""Everything that makes or runs an artifact: torch.export programs, ExecuTorch `.pte` files
+lowered to XNNPACK, ONNX files and ONNX Runtime sessions (with static int8), LiteRT `.tflite`,
+the host CPU's facts and the runtimes' thread pools.
+
+The compression chain and `latency_models.runtimes` both call this package; it imports nothing
+of ours but `nas.core`.
+"""
+
+from __future__ import annotations
+
+from nas.backends.export import (
+    ARTIFACT_SUFFIXES,
+    ArtifactRunner,
+    LoadedProgram,
+    LoweredProgram,
+    OnnxRunner,
+    ParityReport,
+    PteRunner,
+    TfliteRunner,
+    check_parity,
+    compact_onnx,
+    cpu_flags,
+    cpu_info,
+    eval_mode,
+    executorch_pool_generation,
+    executorch_threads,
+    export_onnx,
+    export_program,
+    export_pte,
+    export_tflite,
+    has_vnni,
+    lower_program,
+    lower_to_pte,
+    min_latency_ms,
+    onnx_bytes,
+    onnx_model,
+    open_runner,
+    ort_session_options,
+    quantize_onnx_model,
+    quantize_onnx_static,
+    set_executorch_threads,
+    strip_onnx_metadata,
+)
+
+__all__ = [
+    "ARTIFACT_SUFFIXES",
+    "ArtifactRunner",
+    "LoadedProgram",
+    "LoweredProgram",
+    "OnnxRunner",
+    "ParityReport",
+    "PteRunner",
+    "TfliteRunner",
+    "check_parity",
+    "compact_onnx",
+    "cpu_flags",
+    "cpu_info",
+    "eval_mode",
+    "executorch_pool_generation",
+    "executorch_threads",
+    "export_onnx",
+    "export_program",
+    "export_pte",
+    "export_tflite",
+    "has_vnni",
+    "lower_program",
+    "lower_to_pte",
+    "min_latency_ms",
+    "onnx_bytes",
+    "onnx_model",
+    "open_runner",
+    "ort_session_options",
+    "quantize_onnx_model",
+    "quantize_onnx_static",
+    "set_executorch_threads",
+    "strip_onnx_metadata",
+]

@@ -7,7 +7,7 @@ runtimes (torch-pruning, torchao, executorch, onnx, onnxruntime) are imported on
 needs them.
 """
 
-from nas.backends.export import (
+from nas.backends import (
     ParityReport,
     check_parity,
     export_onnx,
@@ -35,8 +35,8 @@ from nas.compress.chain import (
 )
 from nas.compress.checkpoint import CheckpointError, load_model, read_checkpoint, save_model
 from nas.compress.distill import (
+    FinetuneConfig,
     KDConfig,
-    TrainConfig,
     distill_model,
     evaluate_accuracy,
     extract_subnet,
@@ -56,6 +56,7 @@ __all__ = [
     "ChainResult",
     "CheckpointError",
     "ExportConfig",
+    "FinetuneConfig",
     "KDConfig",
     "LatencyDevice",
     "ParityReport",
@@ -63,7 +64,6 @@ __all__ = [
     "PruneResult",
     "QATConfig",
     "ReportRow",
-    "TrainConfig",
     "artifact_contents",
     "chain_dir",
     "check_parity",

@@ -36,7 +36,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 from torch import nn
 
-from nas.backends.export import (
+from nas.backends import (
     check_parity,
     export_onnx,
     export_pte,
@@ -49,8 +49,8 @@ from nas.backends.export import (
 )
 from nas.compress.checkpoint import CheckpointError, load_model, save_model
 from nas.compress.distill import (
+    FinetuneConfig,
     KDConfig,
-    TrainConfig,
     distill_model,
     evaluate_accuracy,
     extract_subnet,
@@ -69,7 +69,7 @@ from nas.compress.qat import (
 )
 from nas.compress.sizes import artifact_contents
 from nas.core.layers import trace_layer_specs
-from nas.supernet.train import recalibrate_bn
+from nas.supernet import recalibrate_bn
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -169,7 +169,7 @@ class ChainConfig:
     the statistics a weight-sharing supernet carries belong to no single subnet. 0 skips it.
     """
 
-    distill: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=0.02))
+    distill: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=3.0, lr=0.02))
     kd: KDConfig = field(default_factory=KDConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     ptq_images: int = 512
@@ -200,7 +200,7 @@ _T = TypeVar("_T")
 def _from_dict(cls: type[_T], data: Mapping[str, Any], where: str, base: Any = None) -> _T:
     """``cls`` from a (partial) mapping. Keys left out keep the values of ``base`` (default:
     ``cls()``), so ``{"qat": {"train": {"epochs": 1}}}`` changes QAT's epochs and keeps QAT's
-    own learning rate, not the plain ``TrainConfig`` default."""
+    own learning rate, not the plain ``FinetuneConfig`` default."""
     if not isinstance(data, Mapping):
         raise ValueError(f"{where} must be a mapping; got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]

@@ -25,9 +25,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 __all__ = [
+    "FinetuneConfig",
     "KDConfig",
     "StepCallback",
-    "TrainConfig",
     "TrainHistory",
     "distill_model",
     "evaluate_accuracy",
@@ -45,7 +45,7 @@ StepCallback = Callable[[nn.Module, int, int], None]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class FinetuneConfig:
     """One training run: SGD with Nesterov momentum, linear warm-up, cosine decay to zero.
 
     ``epochs`` may be fractional (0.5 = half the batches of one pass); ``max_steps`` caps the
@@ -78,7 +78,7 @@ class TrainConfig:
         if self.max_steps is not None and self.max_steps < 0:
             problems.append(f"max_steps must be None or >= 0, got {self.max_steps!r}")
         if problems:
-            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+            raise ValueError("invalid FinetuneConfig: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,7 +197,7 @@ def evaluate_accuracy(
     return float((logits.argmax(1) == labels).float().mean())
 
 
-def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+def _lr_at(step: int, total: int, cfg: FinetuneConfig) -> float:
     warm = int(cfg.warmup_fraction * total)
     if step < warm:
         return cfg.lr * (step + 1) / warm
@@ -208,7 +208,7 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 def train_model(
     model: nn.Module,
     data: TensorDataset,
-    config: TrainConfig,
+    config: FinetuneConfig,
     *,
     teacher: nn.Module | None = None,
     kd: KDConfig | None = None,
@@ -305,7 +305,7 @@ def distill_model(
     student: nn.Module,
     teacher: nn.Module | None,
     data: TensorDataset,
-    config: TrainConfig,
+    config: FinetuneConfig,
     kd: KDConfig | None = None,
     *,
     seed: int = 0,

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from nas.compress.distill import (
+    FinetuneConfig,
     KDConfig,
-    TrainConfig,
     distill_model,
     evaluate_accuracy,
     predict_logits,
@@ -88,8 +88,10 @@ class PruneConfig:
     max_group_pruning: float = 0.6
     round_to: int = 4
     importance_p: int = 2
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=0.5, lr=0.01))
-    final_finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1.0, lr=0.01))
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=0.5, lr=0.01))
+    final_finetune: FinetuneConfig = field(
+        default_factory=lambda: FinetuneConfig(epochs=1.0, lr=0.01)
+    )
     kd: KDConfig = field(default_factory=KDConfig)
 
     def __post_init__(self) -> None:

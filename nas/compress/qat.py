@@ -41,8 +41,8 @@ from nas.compress.checkpoint import (
     save_state,
 )
 from nas.compress.distill import (
+    FinetuneConfig,
     KDConfig,
-    TrainConfig,
     TrainHistory,
     evaluate_accuracy,
     train_model,
@@ -50,7 +50,7 @@ from nas.compress.distill import (
 
 __all__ = [
     "QATConfig",
-    "calibrate",
+    "calibrate_observers",
     "convert",
     "fp32_twin",
     "freeze_batchnorm_stats",
@@ -239,8 +239,8 @@ class QATConfig:
     lr 0.05 with batch-norm statistics updating for 70 % of the steps lost 13-20 points.
     """
 
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(epochs=2.0, lr=5e-4, warmup_fraction=0.0)
+    train: FinetuneConfig = field(
+        default_factory=lambda: FinetuneConfig(epochs=2.0, lr=5e-4, warmup_fraction=0.0)
     )
     kd: KDConfig = field(default_factory=KDConfig)
     freeze_observers_at: float = 0.5
@@ -307,7 +307,7 @@ def prepare(
 
 
 @torch.no_grad()
-def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+def calibrate_observers(prepared: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     """Run ``batches`` through a prepared model so its observers record ranges; returns the
     number of images seen."""
     with _cached_patterns():
@@ -376,7 +376,7 @@ def ptq(
     prepared = prepare(
         model, input_shape, kind="ptq", per_channel=per_channel, weight_bits=weight_bits
     )
-    calibrate(prepared, _batches(calibration_images, n_images, 64, seed))
+    calibrate_observers(prepared, _batches(calibration_images, n_images, 64, seed))
     return prepared
 
 
@@ -408,7 +408,7 @@ def train_qat(
         per_channel=config.per_channel,
         weight_bits=config.weight_bits,
     )
-    calibrate(prepared, _batches(train.tensors[0], config.calibration_images, 64, seed))
+    calibrate_observers(prepared, _batches(train.tensors[0], config.calibration_images, 64, seed))
     start: tuple[float, dict[str, torch.Tensor]] | None = None
     if val is not None:
         with _cached_patterns():

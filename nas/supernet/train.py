@@ -49,7 +49,7 @@ __all__ = [
     "ProgressiveOptions",
     "SPOSOptions",
     "SandwichOptions",
-    "TrainConfig",
+    "SupernetConfig",
     "TrainResult",
     "bn_stats_preserved",
     "init_distributed",
@@ -95,7 +95,7 @@ class ProgressiveOptions:
     subnet is frozen as the teacher of the rest (knowledge distillation, `kd_weight`).
 
     `phases` is a list of `Phase` or of dicts with its fields; None derives OFA's plan (full,
-    kernel, depth, expand) from the space's dimension groups and `TrainConfig.epochs` / `lr`.
+    kernel, depth, expand) from the space's dimension groups and `SupernetConfig.epochs` / `lr`.
     """
 
     phases: list[Any] | None = None
@@ -129,7 +129,7 @@ SCHEDULES: dict[str, type] = {
 
 
 @dataclass
-class TrainConfig:
+class SupernetConfig:
     """Everything that decides a training run (stored in the run folder; resuming checks it).
 
     `batch_size` is per process and micro-batch: a step consumes
@@ -180,7 +180,7 @@ class TrainConfig:
             raise ValueError(f"option kd_temperature must be > 0, got {opts.kd_temperature}")
         return opts
 
-    def check(self) -> TrainConfig:
+    def check(self) -> SupernetConfig:
         """Raise one error naming every problem; return self."""
         problems: list[str] = []
         if self.schedule not in SCHEDULES:
@@ -229,13 +229,13 @@ class TrainConfig:
 
 
 def make_config(
-    config: TrainConfig | Mapping[str, Any] | None = None, **overrides: Any
-) -> TrainConfig:
-    """A checked `TrainConfig` from a config, a dict, or defaults, with `overrides` applied.
+    config: SupernetConfig | Mapping[str, Any] | None = None, **overrides: Any
+) -> SupernetConfig:
+    """A checked `SupernetConfig` from a config, a dict, or defaults, with `overrides` applied.
 
     Unknown keys fail with the list of valid ones, so a CLI can pass its flags straight through.
     """
-    if isinstance(config, TrainConfig):
+    if isinstance(config, SupernetConfig):
         base = dataclasses.asdict(config)
     elif config is None:
         base = {}
@@ -243,14 +243,14 @@ def make_config(
         base = dict(config)
     else:
         raise TypeError(
-            f"config must be a TrainConfig, a mapping or None, got {type(config).__name__}"
+            f"config must be a SupernetConfig, a mapping or None, got {type(config).__name__}"
         )
     base.update(overrides)
-    valid = [f.name for f in dataclasses.fields(TrainConfig)]
+    valid = [f.name for f in dataclasses.fields(SupernetConfig)]
     unknown = sorted(set(base) - set(valid))
     if unknown:
         raise ValueError(f"unknown training config key(s) {unknown}; valid keys: {valid}")
-    return TrainConfig(**base).check()
+    return SupernetConfig(**base).check()
 
 
 def _jsonable(value: Any) -> Any:
@@ -427,7 +427,7 @@ class _Ctx:
 
     supernet: Supernet
     model: nn.Module  # the supernet, or its DDP wrapper
-    config: TrainConfig
+    config: SupernetConfig
     teacher: nn.Module | None
 
     def forward(self, arch: Arch, x: Tensor) -> Tensor:
@@ -451,7 +451,7 @@ class _Schedule:
     def __init__(self, options: Any) -> None:
         self.options = options
 
-    def phases(self, config: TrainConfig, supernet: Supernet) -> list[Phase]:
+    def phases(self, config: SupernetConfig, supernet: Supernet) -> list[Phase]:
         return [Phase("train", config.epochs, config.lr)]
 
     def plan(self, sampler: ArchSampler, rng: np.random.Generator, phase_index: int) -> list[Arch]:
@@ -519,7 +519,7 @@ class _Progressive(_Schedule):
     name = "progressive"
     options: ProgressiveOptions
 
-    def phases(self, config: TrainConfig, supernet: Supernet) -> list[Phase]:
+    def phases(self, config: SupernetConfig, supernet: Supernet) -> list[Phase]:
         if self.options.phases is None:
             return progressive_phases(supernet.space, config.epochs, config.lr)
         phases = [_as_phase(p, i) for i, p in enumerate(self.options.phases)]
@@ -796,7 +796,7 @@ def _save_checkpoint(
     sched: torch.optim.lr_scheduler.LambdaLR,
     rng: np.random.Generator,
     state: _State,
-    config: TrainConfig,
+    config: SupernetConfig,
     optimizer_phase: int,
 ) -> Path:
     """Tensors first (a new file), then the JSON that names them (atomic): a kill at any moment
@@ -859,7 +859,7 @@ def _read_checkpoint(out_dir: Path) -> tuple[dict[str, Any], dict[str, Tensor]] 
     return meta, load_file(str(path))
 
 
-def _config_differences(stored: Mapping[str, Any], config: TrainConfig) -> list[str]:
+def _config_differences(stored: Mapping[str, Any], config: SupernetConfig) -> list[str]:
     now = config.to_json()
     ignore = {"checkpoint_every"}
     return [
@@ -929,7 +929,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     ]
 
 
-def _make_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+def _make_optimizer(model: nn.Module, config: SupernetConfig, lr: float) -> torch.optim.Optimizer:
     groups = _param_groups(model, config.weight_decay)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
@@ -952,7 +952,7 @@ def train_supernet(
     space: SearchSpace,
     data: Any,
     out_dir: str | os.PathLike[str],
-    config: TrainConfig | Mapping[str, Any] | None = None,
+    config: SupernetConfig | Mapping[str, Any] | None = None,
     *,
     supernet: Supernet | None = None,
     resume: bool = True,
@@ -964,7 +964,7 @@ def train_supernet(
     """Train the supernet of `space` on `data`, checkpointing into `out_dir`; resume if there.
 
     `data` is an `ImageDataset` (its train split), a Dataset of (image, label) or an
-    (images, labels) pair of tensors. `config` and `overrides` make the `TrainConfig` (e.g.
+    (images, labels) pair of tensors. `config` and `overrides` make the `SupernetConfig` (e.g.
     `schedule="spos", epochs=3, options={"n_random": 3}`). A checkpoint (weights, optimizer,
     LR schedule, sampler RNG, phase / epoch / batch position, history) is written every
     `checkpoint_every` steps, at each epoch's end and when `max_steps` (a global step count)

@@ -72,10 +72,10 @@ def data() -> ImageDataset:
 @pytest.fixture(scope="session")
 def trained(space: TinySpace, arch: dict[str, Any], data: ImageDataset) -> torch.nn.Module:
     """The small arch trained briefly, so that logits have margins (parity means something)."""
-    from nas.compress import TrainConfig, train_model
+    from nas.compress import FinetuneConfig, train_model
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = space.build(arch)
-    train_model(model, data.train, TrainConfig(epochs=3, lr=0.1, batch_size=64), seed=0)
+    train_model(model, data.train, FinetuneConfig(epochs=3, lr=0.1, batch_size=64), seed=0)
     return model.eval()

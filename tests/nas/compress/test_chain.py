@@ -16,8 +16,8 @@ from nas.compress import (
     ChainConfig,
     CheckpointError,
     ExportConfig,
+    FinetuneConfig,
     PruneConfig,
-    TrainConfig,
     evaluate_accuracy,
     largest_arch,
     macs_params,
@@ -75,9 +75,9 @@ class _FlatDevice:
 
 
 def _config(macs_reduction: float = 0.3) -> ChainConfig:
-    quick = TrainConfig(epochs=1, lr=0.05, batch_size=64, max_steps=2)
+    quick = FinetuneConfig(epochs=1, lr=0.05, batch_size=64, max_steps=2)
     return ChainConfig(
-        distill=TrainConfig(epochs=1, lr=0.1, batch_size=64),
+        distill=FinetuneConfig(epochs=1, lr=0.1, batch_size=64),
         prune=PruneConfig(
             macs_reduction=macs_reduction,
             rounds=1,
@@ -210,7 +210,7 @@ def test_supernet_hook_gives_student_and_largest_teacher(
 
     config = replace(
         _config(),
-        distill=TrainConfig(epochs=1, batch_size=64, max_steps=1),
+        distill=FinetuneConfig(epochs=1, batch_size=64, max_steps=1),
         bn_calibration_images=256,
     )
     result = run_chain(tmp_path, arch, space=space, data=data, steps=("distill",), config=config,

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas.compress import KDConfig, TrainConfig, distill_model, evaluate_accuracy, kd_loss
+from nas.compress import FinetuneConfig, KDConfig, distill_model, evaluate_accuracy, kd_loss
 from nas.compress.distill import largest_arch, predict_logits
 from nas.data import ImageDataset
 from search_spaces.tiny import TinySpace
@@ -33,7 +33,7 @@ def test_configs_reject_invalid_values() -> None:
     with pytest.raises(ValueError, match="alpha must be in"):
         KDConfig(alpha=1.5)
     with pytest.raises(ValueError, match="batch_size must be"):
-        TrainConfig(batch_size=0)
+        FinetuneConfig(batch_size=0)
 
 
 def test_distillation_learns_and_is_seeded(
@@ -41,7 +41,7 @@ def test_distillation_learns_and_is_seeded(
 ) -> None:
     torch.manual_seed(0)
     teacher = space.build(arch)
-    cfg = TrainConfig(epochs=4, lr=0.1, batch_size=64)
+    cfg = FinetuneConfig(epochs=4, lr=0.1, batch_size=64)
     distill_model(teacher, None, data.train, cfg)
     teacher_acc = evaluate_accuracy(teacher, data.test)
     assert teacher_acc > 0.5
@@ -52,7 +52,7 @@ def test_distillation_learns_and_is_seeded(
         student,
         teacher,
         data.train,
-        TrainConfig(epochs=0.5, batch_size=64, max_steps=2),
+        FinetuneConfig(epochs=0.5, batch_size=64, max_steps=2),
         KDConfig(alpha=0.7, temperature=4.0),
         seed=3,
     )
@@ -61,7 +61,7 @@ def test_distillation_learns_and_is_seeded(
         twin,
         teacher,
         data.train,
-        TrainConfig(epochs=0.5, batch_size=64, max_steps=2),
+        FinetuneConfig(epochs=0.5, batch_size=64, max_steps=2),
         KDConfig(alpha=0.7, temperature=4.0),
         seed=3,
     )
@@ -70,7 +70,7 @@ def test_distillation_learns_and_is_seeded(
     assert all(not p.requires_grad for p in teacher.parameters())
     # The teacher's logits handed in (computed once for several runs) train the same student.
     cached = copy.deepcopy(twin)
-    kd, short = KDConfig(alpha=0.7, temperature=4.0), TrainConfig(batch_size=64, max_steps=2)
+    kd, short = KDConfig(alpha=0.7, temperature=4.0), FinetuneConfig(batch_size=64, max_steps=2)
     distill_model(twin, teacher, data.train, short, kd, seed=5)
     logits = predict_logits(teacher, data.train.tensors[0])
     distill_model(cached, teacher, data.train, short, kd, seed=5, teacher_logits=logits)

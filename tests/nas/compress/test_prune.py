@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas.compress import PruneConfig, TrainConfig, macs_params, prune_channels, prune_model
+from nas.compress import FinetuneConfig, PruneConfig, macs_params, prune_channels, prune_model
 from nas.core.layers import trace_layer_specs
 from nas.data import ImageDataset
 from search_spaces.tiny import TinySpace
@@ -83,8 +83,8 @@ def test_prune_model_fine_tunes_and_reports(
         macs_reduction=0.3,
         rounds=1,
         step_fraction=0.25,
-        finetune=TrainConfig(epochs=0.25, batch_size=64),
-        final_finetune=TrainConfig(epochs=0.25, batch_size=64),
+        finetune=FinetuneConfig(epochs=0.25, batch_size=64),
+        final_finetune=FinetuneConfig(epochs=0.25, batch_size=64),
     )
     result = prune_model(model, data.train, cfg, input_shape=SHAPE, val=data.val, seed=0)
     assert result.target_met and result.macs_ratio <= 0.7

@@ -11,8 +11,8 @@ import torch
 
 from nas.backends.export import has_vnni
 from nas.compress import (
+    FinetuneConfig,
     QATConfig,
-    TrainConfig,
     check_parity,
     convert,
     export_onnx,
@@ -45,7 +45,7 @@ def test_qat_converts_and_runtimes_agree(
     # (agreement fell to 94 % here): there the int8 model keeps its weights in 7 bits.
     weight_bits = 8 if has_vnni() else 7
     cfg = QATConfig(
-        train=TrainConfig(epochs=1, lr=0.005, batch_size=64, max_steps=4),
+        train=FinetuneConfig(epochs=1, lr=0.005, batch_size=64, max_steps=4),
         freeze_observers_at=0.5,
         freeze_bn_at=0.75,
         calibration_images=64,
@@ -97,7 +97,7 @@ def test_quantizing_leaves_the_fp32_source_unchanged(
         before_out = src(x)
     before_state = {k: v.clone() for k, v in src.state_dict().items()}
     cfg = QATConfig(
-        train=TrainConfig(epochs=1, lr=0.05, batch_size=64, max_steps=3), calibration_images=64
+        train=FinetuneConfig(epochs=1, lr=0.05, batch_size=64, max_steps=3), calibration_images=64
     )
     prepared, _ = train_qat(src, data.train, cfg, SHAPE, teacher=trained, seed=0)
     ptq(src, data.train.tensors[0], SHAPE, n_images=64, seed=0)
@@ -115,7 +115,7 @@ def test_qat_worse_than_its_calibrated_start_is_not_kept(
     """A QAT run that ruins the model (a learning rate far too high) is caught on the validation
     split: the calibrated (post-training) start is kept and the history says so."""
     cfg = QATConfig(
-        train=TrainConfig(epochs=1, lr=50.0, batch_size=64, max_steps=3), calibration_images=64
+        train=FinetuneConfig(epochs=1, lr=50.0, batch_size=64, max_steps=3), calibration_images=64
     )
     prepared, history = train_qat(
         trained, data.train, cfg, SHAPE, teacher=trained, val=data.val, seed=0
