@@ -11,7 +11,7 @@ from nas.supernet.evaluate import (
     evaluate_archs,
     state_fingerprint,
 )
-from nas.supernet.train import (
+from nas.supernet.loop import (
     SCHEDULES,
     DistInfo,
     Phase,

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas.supernet.train import (
+from nas.supernet.loop import (
     ArchSampler,
     CheckpointError,
     Phase,
@@ -232,7 +232,7 @@ import sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {root!r})
 from search_spaces import TinySpace
-from nas.supernet.train import train_supernet
+from nas.supernet import train_supernet
 g = torch.Generator().manual_seed(0)
 data = torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
 train_supernet(TinySpace(), data, {out!r}, {config!r}, progress=False)
