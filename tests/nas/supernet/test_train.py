@@ -16,17 +16,17 @@ import pytest
 import torch
 from torch import nn
 
-from nas.supernet.loop import (
-    ArchSampler,
-    CheckpointError,
+from nas.core.files import CheckpointError
+from nas.supernet import (
     Phase,
     bn_stats_preserved,
     load_supernet,
     make_config,
-    progressive_phases,
     recalibrate_bn,
     train_supernet,
 )
+from nas.supernet.config import progressive_phases
+from nas.supernet.schedules import ArchSampler
 from search_spaces import FBNetSpace, MobileNetV3Space, TinySpace
 
 ROOT = Path(__file__).resolve().parents[3]
