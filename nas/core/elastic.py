@@ -154,7 +154,7 @@ class ElasticBatchNorm2d(nn.BatchNorm2d, Elastic):
     """Batch norm over the first `active` channels of its max-size statistics and affine.
 
     The running statistics of the prefix are updated in place (views), as in OFA; so every
-    subnet's statistics live in the one buffer, and `nas.supernet.train.recalibrate_bn` re-estimates a
+    subnet's statistics live in the one buffer, and `nas.supernet.recalibrate_bn` re-estimates a
     subnet's own before it is judged.
     """
 

@@ -5,29 +5,26 @@ recalibration, checkpoints, and the accuracy of subnets with inherited weights.
 
 from __future__ import annotations
 
+from nas.supernet.bn import bn_stats_preserved, recalibrate_bn
+from nas.supernet.checkpoint import load_supernet
+from nas.supernet.config import (
+    SCHEDULES,
+    Phase,
+    ProgressiveOptions,
+    SandwichOptions,
+    SPOSOptions,
+    SupernetConfig,
+    make_config,
+)
+from nas.supernet.distributed import DistInfo, init_distributed
 from nas.supernet.evaluate import (
     SubnetEvaluator,
     accuracy,
     evaluate_archs,
     state_fingerprint,
 )
-from nas.supernet.train import (
-    SCHEDULES,
-    DistInfo,
-    Phase,
-    ProgressiveOptions,
-    SandwichOptions,
-    SPOSOptions,
-    SupernetConfig,
-    TrainResult,
-    bn_stats_preserved,
-    init_distributed,
-    load_supernet,
-    make_config,
-    recalibrate_bn,
-    soft_cross_entropy,
-    train_supernet,
-)
+from nas.supernet.loop import TrainResult, train_supernet
+from nas.supernet.schedules import soft_cross_entropy
 
 __all__ = [
     "SCHEDULES",

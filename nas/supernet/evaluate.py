@@ -25,7 +25,7 @@ from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from nas.core.elastic import Supernet, resize_to
-from nas.supernet.train import recalibrate_bn
+from nas.supernet.bn import recalibrate_bn
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from nas.compress import (
     run_chain,
 )
 from nas.data import ImageDataset
-from nas.supernet.train import recalibrate_bn
+from nas.supernet import recalibrate_bn
 from search_spaces.tiny import TinySpace
 
 pytest.importorskip("torch_pruning")

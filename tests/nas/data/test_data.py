@@ -83,7 +83,7 @@ def test_digits_cache_is_reused(
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(D, "_generate_digits", fail)
+    monkeypatch.setattr("nas.data.digits._generate_digits", fail)
     again = D.load_embedded_digits(cache_dir=cache_dir)
     for split in D.SPLITS:
         assert torch.equal(again.split(split).tensors[0], digits.split(split).tensors[0])

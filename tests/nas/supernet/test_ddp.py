@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nas.supernet.train import load_supernet, train_supernet
+from nas.supernet import load_supernet, train_supernet
 from search_spaces import TinySpace
 
 CONFIG: dict[str, Any] = {

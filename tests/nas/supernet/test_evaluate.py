@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from nas.supernet import recalibrate_bn
 from nas.supernet.evaluate import SubnetEvaluator, accuracy, evaluate_archs, state_fingerprint
-from nas.supernet.train import recalibrate_bn
 from search_spaces import TinySpace
 
 

@@ -16,17 +16,17 @@ import pytest
 import torch
 from torch import nn
 
-from nas.supernet.train import (
-    ArchSampler,
-    CheckpointError,
+from nas.core.files import CheckpointError
+from nas.supernet import (
     Phase,
     bn_stats_preserved,
     load_supernet,
     make_config,
-    progressive_phases,
     recalibrate_bn,
     train_supernet,
 )
+from nas.supernet.config import progressive_phases
+from nas.supernet.schedules import ArchSampler
 from search_spaces import FBNetSpace, MobileNetV3Space, TinySpace
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -232,7 +232,7 @@ import sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {root!r})
 from search_spaces import TinySpace
-from nas.supernet.train import train_supernet
+from nas.supernet import train_supernet
 g = torch.Generator().manual_seed(0)
 data = torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
 train_supernet(TinySpace(), data, {out!r}, {config!r}, progress=False)
