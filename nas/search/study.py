@@ -1,24 +1,15 @@
-"""Optuna glue: studies over a search space, with paid accuracy and free hardware objectives.
-
-A search is a real `optuna.Study`. Its objectives are any of accuracy (from any callable: a
-supernet, a table, a predictor), latency per device (latency-model objects), MACs, params, peak
-activation memory and model size; budgets (`latency_ms@pixel3 <= 20`) become Optuna
-constraints through `trial.set_constraint`. Samplers by name: Optuna's `nsga2`, `nsga3`, `tpe`,
-`gp`, `random`, and our `frontier` (`nas.search.samplers.frontier.FrontierSampler`), which spends accuracy
-evaluations only where a predictor says the accuracy/latency front can move.
+"""Studies of a search: create, run, join and resume them; evaluate one trial; keep the books
+of paid accuracies.
 
 Every trial records its arch key, canonical key and all metric values (`user_attrs`). An arch
 whose canonical key was already paid for is not evaluated again: its accuracy is reused and the
 trial says `reused_from`. A paid accuracy is written to the trial *before* the trial completes,
-so a killed worker loses no evaluation. Storage: SQLite in the run folder for one process
-(`sqlite_url`), a journal file for several processes on one machine (`*.journal`), or any
-database URL Optuna supports (PostgreSQL for many machines); `join_worker` adds a process to a
-running study, and `run_search` on an existing storage resumes.
+so a killed worker loses no evaluation; `run_search` on an existing storage resumes, and
+`join_worker` adds a process to a running study.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import socket
@@ -29,14 +20,13 @@ from typing import Any
 
 import numpy as np
 import optuna
-import pandas as pd
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.core.space import Arch, SearchSpace
 from nas.search.objectives import ACCURACY, Constraint, LatencyModel, SearchProblem
-from nas.search.pareto import hypervolume, pareto_mask
-from nas.search.pareto import hypervolume_history as _hv_history
+from nas.search.samplers import make_sampler
+from nas.search.storage import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -44,140 +34,15 @@ COST_OBJECTIVES = ("macs", "params", "peak_activation_bytes")
 CONFIG_ATTR = "edge_nas"  # study user attr holding the problem's description and the budget
 
 __all__ = [
+    "CONFIG_ATTR",
     "COST_OBJECTIVES",
-    "SAMPLERS",
     "count_evaluations",
     "create_search",
-    "default_reference",
-    "export_pareto_csv",
-    "export_run",
-    "fail_running_trials",
-    "front_hypervolume",
-    "hypervolume",
-    "hypervolume_history",
     "join_worker",
-    "make_sampler",
-    "open_storage",
-    "pareto_frame",
-    "pareto_mask",
+    "paid_accuracies",
     "price_study",
     "run_search",
-    "sqlite_url",
-    "trials_frame",
 ]
-
-
-# -- storage ---------------------------------------------------------------------------------
-def sqlite_url(path: str | Path) -> str:
-    """Optuna storage URL of an SQLite file (created on first use)."""
-    return f"sqlite:///{Path(path).resolve()}"
-
-
-JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
-
-
-def open_storage(
-    storage: str | Path | BaseStorage | None,
-    heartbeat_interval_s: int | None = None,
-    grace_period_s: int | None = None,
-) -> BaseStorage | None:
-    """An Optuna storage from a URL, a file path, a storage object, or None (in memory).
-
-    - `sqlite:///...`, `postgresql://...`, `mysql://...`: a database (RDB storage). With a
-      heartbeat, trials of a worker that died are failed after `grace_period_s`.
-    - a path ending in `.db` / `.sqlite`: SQLite in that file (one process at a time).
-    - a path ending in `.journal` / `.log` / `.jsonl`: Optuna's journal file storage (several
-      processes on one machine, file locks; no heartbeat).
-    """
-    if storage is None or isinstance(storage, BaseStorage):
-        return storage
-    text = str(storage)
-    if "://" in text:
-        if grace_period_s is not None and heartbeat_interval_s is None:
-            raise ValueError("grace_period_s needs heartbeat_interval_s")
-        engine_kwargs: dict[str, Any] = {}
-        if text.startswith("sqlite"):
-            engine_kwargs["connect_args"] = {"timeout": 60}
-        else:
-            engine_kwargs["pool_pre_ping"] = True
-        return optuna.storages.RDBStorage(
-            text,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval_s,
-            grace_period=grace_period_s,
-        )
-    path = Path(text)
-    if path.suffix in (".db", ".sqlite", ".sqlite3"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open_storage(sqlite_url(path), heartbeat_interval_s, grace_period_s)
-    if path.suffix in JOURNAL_SUFFIXES:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(str(path)))
-    raise ValueError(
-        f"storage {text!r} is neither a database URL (sqlite:///run/study.db, "
-        "postgresql://user:pw@localhost/db) nor a file path ending in .db/.sqlite (SQLite) or "
-        f"{'/'.join(JOURNAL_SUFFIXES)} (journal file)"
-    )
-
-
-def fail_running_trials(study: optuna.Study) -> int:
-    """Mark every RUNNING trial FAIL. Only for a study no live worker is using (storages
-    without heartbeat, e.g. a journal file, after a crash); returns how many were failed."""
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        n += 1
-    return n
-
-
-# -- samplers --------------------------------------------------------------------------------
-SAMPLERS = ("auto", "frontier", "gp", "nsga2", "nsga3", "random", "tpe")
-_SAMPLER_ALIASES = {
-    "nsgaii": "nsga2",
-    "nsga-ii": "nsga2",
-    "nsga_ii": "nsga2",
-    "nsgaiii": "nsga3",
-    "nsga-iii": "nsga3",
-    "nsga_iii": "nsga3",
-    "ours": "frontier",
-}
-
-
-def make_sampler(
-    name: str,
-    problem: SearchProblem | None = None,
-    seed: int | None = 0,
-    **options: Any,
-) -> optuna.samplers.BaseSampler:
-    """A sampler by name: `nsga2`, `nsga3`, `tpe`, `gp`, `random` (Optuna's, with `options`
-    passed to their constructors), `frontier` (ours; needs `problem`), or `auto`: `frontier`
-    when accuracy is an objective, else `nsga2` (every objective is free to compute)."""
-    key = _SAMPLER_ALIASES.get(name.lower(), name.lower())
-    if key == "auto":
-        key = "frontier" if problem is not None and ACCURACY in problem.objectives else "nsga2"
-    if key not in SAMPLERS:
-        close = difflib.get_close_matches(name.lower(), [*SAMPLERS, *_SAMPLER_ALIASES], n=2)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown sampler {name!r}.{hint} Valid: {', '.join(SAMPLERS)}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if key == "random":
-            return optuna.samplers.RandomSampler(seed=seed, **options)
-        if key == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, **options)
-        if key == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, **options)
-        if key == "nsga3":
-            return optuna.samplers.NSGAIIISampler(seed=seed, **options)
-        if key == "gp":
-            return optuna.samplers.GPSampler(seed=seed, **options)
-    from nas.search.samplers.frontier import FrontierSampler
-
-    if problem is None:
-        raise ValueError("the 'frontier' sampler needs the search problem (problem=...)")
-    return FrontierSampler(problem, seed=seed, **options)
 
 
 # -- evaluating one trial --------------------------------------------------------------------
@@ -555,231 +420,3 @@ def price_study(
         study_name=study_name,
         seed=seed,
     )
-
-
-# -- frames and fronts -----------------------------------------------------------------------
-def trials_frame(study: optuna.Study, include_reused: bool = True) -> pd.DataFrame:
-    """One row per complete trial: number, arch key, canonical key, whether its accuracy was
-    paid in this trial, feasibility, objective values, every recorded metric, and the arch's
-    params (`arch.<dim>`)."""
-    names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
-    rows = []
-    for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
-        assert t.values is not None
-        if not include_reused and "reused_from" in t.user_attrs:
-            continue
-        row: dict[str, object] = {
-            "trial": t.number,
-            "arch_key": t.user_attrs.get("arch_key"),
-            "canonical_key": t.user_attrs.get("canonical_key"),
-            "evaluated": bool(t.user_attrs.get("evaluated", False)),
-            "feasible": all(float(v) <= 0 for v in t.constraints.values()),
-        }
-        row.update(dict(t.user_attrs.get("metrics", {})))
-        row.update(dict(zip(names, t.values, strict=True)))
-        row.update({f"arch.{k}": v for k, v in t.params.items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _direction(name: str, directions: Mapping[str, str] | None) -> str:
-    if directions and name in directions:
-        return directions[name]
-    return "maximize" if name == ACCURACY or name.endswith("_acc") else "minimize"
-
-
-def _minimised(
-    frame: pd.DataFrame, objectives: Sequence[str], directions: Mapping[str, str] | None
-) -> np.ndarray:
-    missing = [o for o in objectives if o not in frame.columns]
-    if missing:
-        raise KeyError(
-            f"objective column(s) {missing} not in frame; columns: {list(frame.columns)}"
-        )
-    signs = np.array([-1.0 if _direction(o, directions) == "maximize" else 1.0 for o in objectives])
-    return frame[list(objectives)].to_numpy(dtype=float) * signs
-
-
-def _frame_and_objectives(
-    study_or_frame: optuna.Study | pd.DataFrame,
-    objectives: Sequence[str] | None,
-    only_evaluated: bool,
-) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
-    if isinstance(study_or_frame, optuna.Study):
-        study = study_or_frame
-        frame = trials_frame(study)
-        names = list(study.metric_names or [])
-        dirs = {
-            n: ("maximize" if d == optuna.study.StudyDirection.MAXIMIZE else "minimize")
-            for n, d in zip(names, study.directions, strict=True)
-        }
-        objs = list(objectives) if objectives else names
-        cfg = study.user_attrs.get(CONFIG_ATTR, {})
-        if only_evaluated and not frame.empty and cfg.get("paid_accuracy", False):
-            frame = frame[frame["evaluated"]]
-    else:
-        frame, dirs = study_or_frame, {}
-        if objectives is None:
-            raise ValueError("pass objectives=[...] when giving a frame")
-        objs = list(objectives)
-        if only_evaluated and "evaluated" in frame.columns:
-            frame = frame[frame["evaluated"].astype(bool)]
-    return frame, objs, dirs
-
-
-def pareto_frame(
-    study_or_frame: optuna.Study | pd.DataFrame,
-    objectives: Sequence[str] | None = None,
-    directions: Mapping[str, str] | None = None,
-    only_evaluated: bool = True,
-    feasible_only: bool = True,
-) -> pd.DataFrame:
-    """The non-dominated rows, sorted by the first cheap objective.
-
-    `objectives` may be any recorded metrics, so one study gives the front per device
-    (`["accuracy", "latency_ms@pixel3"]`, then `["accuracy", "latency_ms@raspi4"]`). With
-    `only_evaluated`, only archs whose accuracy was paid count as found (trials that reused an
-    isomorphic arch's accuracy are left out). Directions: the study's; elsewhere `accuracy` and
-    names ending `_acc` are maximised, the rest minimised, unless `directions` says otherwise.
-    """
-    frame, objs, dirs = _frame_and_objectives(study_or_frame, objectives, only_evaluated)
-    dirs = {**dirs, **(directions or {})}
-    if frame.empty:
-        return frame
-    if feasible_only and "feasible" in frame.columns:
-        frame = frame[frame["feasible"].astype(bool)]
-    front = frame[pareto_mask(_minimised(frame, objs, dirs))]
-    sort_by = next((o for o in objs if _direction(o, dirs) == "minimize"), objs[0])
-    return front.sort_values(sort_by).reset_index(drop=True)
-
-
-def default_reference(
-    frame: pd.DataFrame, objectives: Sequence[str], directions: Mapping[str, str] | None = None
-) -> dict[str, float]:
-    """The worst value of each objective over `frame` (the nadir of all evaluated archs).
-
-    A convenient default only: hypervolumes are comparable across runs only with one fixed
-    reference point, such as a latency budget and the least useful accuracy.
-    """
-    v = _minimised(frame, objectives, directions)
-    worst = v.max(axis=0)
-    return {
-        o: float(w if _direction(o, directions) == "minimize" else -w)
-        for o, w in zip(objectives, worst, strict=True)
-    }
-
-
-def _reference_vector(
-    reference: Mapping[str, float], objectives: Sequence[str], directions: Mapping[str, str] | None
-) -> np.ndarray:
-    missing = [o for o in objectives if o not in reference]
-    if missing:
-        raise ValueError(f"reference point lacks {missing}; it has {sorted(reference)}")
-    return np.array(
-        [
-            reference[o] * (-1.0 if _direction(o, directions) == "maximize" else 1.0)
-            for o in objectives
-        ]
-    )
-
-
-def front_hypervolume(
-    study_or_frame: optuna.Study | pd.DataFrame,
-    reference: Mapping[str, float],
-    objectives: Sequence[str] | None = None,
-    directions: Mapping[str, str] | None = None,
-    only_evaluated: bool = True,
-) -> float:
-    """Hypervolume of the found archs w.r.t. `reference` (one value per objective, in the
-    metric's own unit and direction: e.g. `{"accuracy": 90.7, "latency_ms@pixel3": 23.2}`
-    counts the region of archs more accurate than 90.7 % and faster than 23.2 ms)."""
-    frame, objs, dirs = _frame_and_objectives(study_or_frame, objectives, only_evaluated)
-    dirs = {**dirs, **(directions or {})}
-    if frame.empty:
-        return 0.0
-    if "feasible" in frame.columns:
-        frame = frame[frame["feasible"].astype(bool)]
-    return hypervolume(_minimised(frame, objs, dirs), _reference_vector(reference, objs, dirs))
-
-
-def hypervolume_history(
-    study_or_frame: optuna.Study | pd.DataFrame,
-    reference: Mapping[str, float],
-    objectives: Sequence[str] | None = None,
-    directions: Mapping[str, str] | None = None,
-) -> pd.DataFrame:
-    """Hypervolume after each paid evaluation, in trial order: columns `evaluation` (1, 2,
-    ...), `trial`, `hypervolume`. The reference point is explained in `front_hypervolume`."""
-    frame, objs, dirs = _frame_and_objectives(study_or_frame, objectives, True)
-    dirs = {**dirs, **(directions or {})}
-    if frame.empty:
-        return pd.DataFrame(columns=["evaluation", "trial", "hypervolume"])
-    frame = frame.sort_values("trial") if "trial" in frame.columns else frame
-    v = _minimised(frame, objs, dirs)
-    if "feasible" in frame.columns:
-        v = np.where(frame["feasible"].to_numpy(bool)[:, None], v, np.inf)
-    hv = _hv_history(v, _reference_vector(reference, objs, dirs))
-    return pd.DataFrame(
-        {
-            "evaluation": np.arange(1, len(frame) + 1),
-            "trial": frame["trial"].to_numpy()
-            if "trial" in frame.columns
-            else np.arange(len(frame)),
-            "hypervolume": hv,
-        }
-    )
-
-
-def export_pareto_csv(
-    study_or_frame: optuna.Study | pd.DataFrame,
-    path: str | Path,
-    objectives: Sequence[str] | None = None,
-    directions: Mapping[str, str] | None = None,
-) -> Path:
-    """Write `pareto_frame(...)` to CSV; returns the path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    pareto_frame(study_or_frame, objectives, directions).to_csv(p, index=False)
-    return p
-
-
-def export_run(
-    study: optuna.Study,
-    out: str | Path,
-    reference: Mapping[str, float] | None = None,
-) -> dict[str, Path]:
-    """Write what a person looks at into the run folder `out`: `trials.csv` (every trial),
-    `pareto.csv` (the study's front), `pareto_<device>.csv` and `fronts.png` (accuracy against
-    each recorded device latency), and with a `reference` point `hypervolume.csv` and
-    `hypervolume.png`. Returns the written paths by name."""
-    from nas import viz
-
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    frame = trials_frame(study)
-    frame.to_csv(out_dir / "trials.csv", index=False)
-    written["trials"] = out_dir / "trials.csv"
-    if frame.empty:
-        return written
-    written["pareto"] = export_pareto_csv(study, out_dir / "pareto.csv")
-    devices = [c for c in frame.columns if str(c).startswith("latency_ms@")]
-    if ACCURACY in frame.columns and devices:
-        for col in devices:
-            name = col.split("@", 1)[1].replace(":", "_")
-            written[f"pareto_{name}"] = export_pareto_csv(
-                study, out_dir / f"pareto_{name}.csv", [ACCURACY, col]
-            )
-        evaluated = frame[frame["evaluated"]] if frame["evaluated"].any() else frame
-        fig = viz.plot_fronts_per_device(evaluated, path=out_dir / "fronts.png")
-        viz.close(fig)
-        written["fronts"] = out_dir / "fronts.png"
-    if reference is not None:
-        hist = hypervolume_history(study, reference, list(reference))
-        hist.to_csv(out_dir / "hypervolume.csv", index=False)
-        fig = viz.plot_hypervolume_history(
-            {study.study_name: hist}, path=out_dir / "hypervolume.png"
-        )
-        viz.close(fig)
-        written["hypervolume"] = out_dir / "hypervolume.csv"
-    return written
