@@ -19,7 +19,8 @@ folder's files: `results.py`; Pareto and hypervolume arithmetic: `pareto.py`; ta
 mode: `tabular.py`.
 """
 
-from nas.search.objectives import ACCURACY, Constraint, SearchProblem
+from nas.search.constraints import Constraint, parse_constraint
+from nas.search.objectives import ACCURACY, SearchProblem
 from nas.search.pareto import hypervolume, pareto_mask
 from nas.search.results import (
     default_reference,
@@ -66,6 +67,7 @@ __all__ = [
     "paid_accuracies",
     "pareto_frame",
     "pareto_mask",
+    "parse_constraint",
     "price_study",
     "run_search",
     "sqlite_url",

@@ -23,8 +23,10 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from nas.core.protocols import LatencyModel
 from nas.core.space import Arch, SearchSpace
-from nas.search.objectives import ACCURACY, Constraint, LatencyModel, SearchProblem
+from nas.search.constraints import Constraint
+from nas.search.objectives import ACCURACY, SearchProblem
 from nas.search.samplers import make_sampler
 from nas.search.storage import open_storage
 
