@@ -1,5 +1,5 @@
 """What a search optimises: metrics of an arch (accuracy, latency per device, MACs, params,
-memory, size), which of them are objectives, and budgets on them.
+memory, size), which of them are objectives, and budgets on them (`constraints.py`).
 
 Accuracy is the expensive metric: it comes from any callable `arch -> accuracy` (a supernet with
 inherited weights, a table, a predictor, a user's training run). Everything else is free to
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +21,11 @@ import numpy as np
 from nas.core.layers import DTYPE_BYTES
 from nas.core.protocols import LatencyModel
 from nas.core.space import Arch, SearchSpace
+from nas.search.constraints import Constraint, parse_constraint
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ACCURACY", "LATENCY_PREFIX", "Metric", "SearchProblem", "latency_metric_name"]
 
 ACCURACY = "accuracy"
 LATENCY_PREFIX = "latency_ms@"
@@ -55,37 +57,6 @@ class Metric:
     def sign(self) -> float:
         """Multiply by this to turn the metric into one that is minimised."""
         return 1.0 if self.direction == "minimize" else -1.0
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """A budget `metric <= bound` or `metric >= bound`."""
-
-    metric: str
-    op: str  # "<=" or ">="
-    bound: float
-
-    def violation(self, value: float) -> float:
-        """Optuna's convention: feasible when <= 0."""
-        return value - self.bound if self.op == "<=" else self.bound - value
-
-    def __str__(self) -> str:
-        return f"{self.metric} {self.op} {self.bound:g}"
-
-
-_CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z0-9_@.:\-]+)\s*(<=|>=|<|>)\s*([-+0-9.eE_]+)\s*$")
-
-
-def parse_constraint(text: str) -> tuple[str, str, float]:
-    """`"latency_ms@pixel3 <= 20"` -> ("latency_ms@pixel3", "<=", 20.0)."""
-    m = _CONSTRAINT_RE.match(text)
-    if m is None:
-        raise ValueError(
-            f"a budget reads 'METRIC <= NUMBER' or 'METRIC >= NUMBER' "
-            f"(e.g. 'latency_ms@pixel3 <= 20', 'params <= 2e6', 'accuracy >= 70'), got {text!r}"
-        )
-    name, op, number = m.groups()
-    return name, {"<": "<=", ">": ">="}.get(op, op), float(number)
 
 
 def latency_metric_name(model: LatencyModel) -> str:

@@ -31,28 +31,14 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.core.space import Arch
-from nas.predictors import ArchFeatures, GPPredictor, Predictor, one_blas_thread
+from nas.predictors import GPPredictor, Predictor, one_blas_thread
 from nas.search.objectives import ACCURACY, SearchProblem
 from nas.search.pareto import expected_hvi, pareto_mask
+from nas.search.samplers._frontier_pool import Candidates, Pool
 
 log = logging.getLogger(__name__)
 
-
-class _Pool:
-    """Candidates with their cheap metric values, canonical keys and features."""
-
-    def __init__(
-        self,
-        archs: list[Arch],
-        keys: list[str],
-        canon: list[str],
-        cheap: np.ndarray,
-        feasible: np.ndarray,
-    ) -> None:
-        self.archs, self.keys, self.canon = archs, keys, canon
-        self.cheap, self.feasible = cheap, feasible
-        self.index = {k: i for i, k in enumerate(keys)}
-        self.x = np.zeros((len(archs), 0))
+__all__ = ["FrontierSampler"]
 
 
 class FrontierSampler(BaseSampler):
@@ -124,31 +110,28 @@ class FrontierSampler(BaseSampler):
         self.rng = np.random.default_rng(seed)
         self.n_initial, self.batch_size, self.batch_divisor = n_initial, batch_size, batch_divisor
         self.predictor = predictor
-        self.extra_features = dict(features or {})
         self.reference = dict(reference or {})
         for name in self.reference:
             if name not in problem.objectives:
                 raise ValueError(
                     f"reference names {name!r}, not an objective; objectives: {problem.objectives}"
                 )
-        self.candidates = list(candidates) if candidates is not None else None
         if not 0 < pool_refresh <= 1:
             raise ValueError(f"pool_refresh is a share in (0, 1], got {pool_refresh}")
-        self.pool_limit, self.pool_size, self.one_per_class = pool_limit, pool_size, one_per_class
-        self.pool_refresh = pool_refresh
-        self._drawn: list[tuple[str, Arch]] = []  # the drawn pool (key, arch), newest first
-        # per arch key: canonical key, cheap metric row, feature row (filled on first pricing)
-        self._canon_of: dict[str, str] = {}
-        self._cheap_of: dict[str, np.ndarray] = {}
-        self._x_of: dict[str, np.ndarray] = {}
+        self._candidates = Candidates(
+            problem,
+            candidates,
+            pool_limit,
+            pool_size,
+            pool_refresh,
+            one_per_class,
+            dict(features or {}),
+        )
         self.warp = warp
         self.min_noise = min_noise
         self._fallback = RandomSampler(seed=seed)
         self._pending: dict[int, Arch] = {}
         self._queue: list[str] = []  # arch keys chosen but not yet asked for
-        self._pool: _Pool | None = None
-        self._features: ArchFeatures | None = None
-        self._static_pool = False
         self.cheap_names = problem.cheap_used
         self.last_fit: dict[str, float] = {}
         self._theta: list[float] | None = None  # last GP fit, the next fit's warm start
@@ -197,132 +180,10 @@ class FrontierSampler(BaseSampler):
         self.rng = np.random.default_rng()
         self._fallback.reseed_rng()
 
-    # -- the pool ----------------------------------------------------------------------------
-    def _price(self, archs: list[Arch], keys: list[str]) -> tuple[list[str], np.ndarray]:
-        """Canonical keys and cheap metric rows of archs, each arch priced once per sampler."""
-        if len(self._cheap_of) > 50 * max(self.pool_size, 1000):  # bound the caches' memory
-            self._canon_of.clear()
-            self._cheap_of.clear()
-            self._x_of.clear()
-        new = [i for i, k in enumerate(keys) if k not in self._cheap_of]
-        if new:
-            fresh = [archs[i] for i in new]
-            cheap = self.problem.cheap_matrix(fresh, self.cheap_names)
-            space = self.problem.space
-            for row, i in enumerate(new):
-                self._cheap_of[keys[i]] = cheap[row]
-                self._canon_of[keys[i]] = space.canonical_key(archs[i])
-        canon = [self._canon_of[k] for k in keys]
-        rows = [self._cheap_of[k] for k in keys]
-        cheap_all = np.array(rows).reshape(len(keys), len(self.cheap_names))
-        return canon, cheap_all
-
-    def _make_pool(self, archs: list[Arch], keys: list[str] | None = None) -> _Pool:
-        p, space = self.problem, self.problem.space
-        if keys is None:
-            keys = [space.key(a) for a in archs]
-        uniq = dict(zip(keys, archs, strict=True))  # first of duplicated genotypes
-        keys, archs = list(uniq), list(uniq.values())
-        canon, cheap = self._price(archs, keys)
-        values = {n: cheap[:, j] for j, n in enumerate(self.cheap_names)}
-        feasible = np.broadcast_to(np.asarray(p.feasible_cheap(values), bool), (len(archs),))
-        feasible = feasible.copy()
-        if self.one_per_class:
-            keep = self._class_representatives(canon, cheap)
-            archs = [a for a, k in zip(archs, keep, strict=True) if k]
-            keys = [a for a, k in zip(keys, keep, strict=True) if k]
-            canon = [a for a, k in zip(canon, keep, strict=True) if k]
-            cheap, feasible = cheap[keep], feasible[keep]
-        return _Pool(archs, keys, canon, cheap, feasible)
-
-    def _class_representatives(self, canon: list[str], cheap: np.ndarray) -> np.ndarray:
-        objs = np.array(
-            [self.cheap_names.index(n) for n in self.problem.cheap_objectives], dtype=np.int64
-        )
-        signs = np.array([self.problem.metrics[self.cheap_names[j]].sign for j in objs])
-        keep = np.zeros(len(canon), dtype=bool)
-        groups: dict[str, list[int]] = {}
-        for i, c in enumerate(canon):
-            groups.setdefault(c, []).append(i)
-        for members in groups.values():
-            if len(members) == 1 or not len(objs):
-                keep[members[0]] = True
-                continue
-            idx = np.array(members)
-            v = cheap[np.ix_(idx, objs)] * signs
-            # one arch per distinct cost vector among the non-dominated members
-            nd = idx[pareto_mask(v)]
-            _, first = np.unique(cheap[np.ix_(nd, objs)], axis=0, return_index=True)
-            keep[nd[first]] = True
-        return keep
-
-    def _ensure_features(self, pool: _Pool) -> ArchFeatures:
-        if self._features is None:
-            costs: dict[str, Callable[[Sequence[Arch]], np.ndarray]] = {
-                n: self.problem.metrics[n].many for n in self.cheap_names
-            }
-            costs.update(self.extra_features)
-            feats = ArchFeatures(self.problem.space, "onehot", costs)
-            self._features = feats.fit(pool.archs, self._cost_block(pool))
-        return self._features
-
-    def _cost_block(self, pool: _Pool) -> np.ndarray:
-        extra = [
-            np.asarray(fn(pool.archs), dtype=np.float64) for fn in self.extra_features.values()
-        ]
-        return np.column_stack([pool.cheap, *extra]) if extra else pool.cheap
-
-    def _featurize(self, pool: _Pool) -> None:
-        feats = self._ensure_features(pool)
-        new = [i for i, k in enumerate(pool.keys) if k not in self._x_of]
-        if new:
-            sub = _Pool(
-                [pool.archs[i] for i in new],
-                [pool.keys[i] for i in new],
-                [],
-                pool.cheap[new],
-                pool.feasible[new],
-            )
-            x_new = feats.transform(sub.archs, self._cost_block(sub))
-            for row, k in zip(x_new, sub.keys, strict=True):
-                self._x_of[k] = row
-        pool.x = np.array([self._x_of[k] for k in pool.keys]).reshape(len(pool.keys), -1)
-
-    def _get_pool(self, front_archs: list[Arch]) -> _Pool:
-        space = self.problem.space
-        if self._static_pool and self._pool is not None:
-            return self._pool
-        if self.candidates is not None:
-            archs, self._static_pool = list(self.candidates), True
-        elif space.n_genotypes <= self.pool_limit:
-            archs, self._static_pool = list(space.enumerate()), True
-        if self._static_pool:
-            pool = self._make_pool(archs)
-        else:
-            # a share `pool_refresh` of the pool is drawn afresh (half random archs, half
-            # mutants and crossovers of the found front), the rest kept from the last batch
-            n_new = self.pool_size
-            if self._drawn:
-                n_new = max(1, math.ceil(self.pool_refresh * self.pool_size))
-            n_random = n_new // 2 if front_archs else n_new
-            fresh = [space.sample(self.rng) for _ in range(n_random)]
-            while front_archs and len(fresh) < n_new:
-                a = front_archs[int(self.rng.integers(len(front_archs)))]
-                if self.rng.random() < 0.3 and len(front_archs) > 1:
-                    b = front_archs[int(self.rng.integers(len(front_archs)))]
-                    fresh.append(space.mutate(space.crossover(a, b, self.rng), self.rng, 0.05))
-                else:
-                    fresh.append(space.mutate(a, self.rng, 1.0 / max(len(space.keys), 1)))
-            drawn = [(space.key(a), a) for a in fresh]
-            self._drawn = drawn + self._drawn[: self.pool_size - len(fresh)]  # oldest dropped
-            archs = [a for _, a in self._drawn]
-            pool = self._make_pool(archs, [k for k, _ in self._drawn])
-        self._featurize(pool)
-        self._pool = pool
-        log.debug(
-            "frontier pool: %d candidates (%d feasible)", len(pool.archs), pool.feasible.sum()
-        )
-        return pool
+    @property
+    def _static_pool(self) -> bool:
+        """Whether the pool is fixed (given candidates or an enumerated space), not drawn."""
+        return self._candidates.static
 
     # -- choosing ----------------------------------------------------------------------------
     def _study_state(
@@ -361,7 +222,7 @@ class FrontierSampler(BaseSampler):
         paid, busy, _ = self._study_state(study)
         while self._queue:
             key = self._queue.pop(0)
-            pool = self._pool
+            pool = self._candidates.pool
             if pool is None or key not in pool.index:
                 continue
             i = pool.index[key]
@@ -380,7 +241,7 @@ class FrontierSampler(BaseSampler):
         paid, busy, busy_archs = self._study_state(study)
         paid_archs = [a for a, _ in paid.values()]
         y = np.array([acc for _, acc in paid.values()])
-        pool = self._get_pool(self._found_front(paid_archs, y))
+        pool = self._candidates.get(self._found_front(paid_archs, y), self.rng)
         avail = pool.feasible & np.array(
             [c not in paid and c not in busy for c in pool.canon], dtype=bool
         )
@@ -394,12 +255,12 @@ class FrontierSampler(BaseSampler):
         if not archs:
             return []
         objs = [self.cheap_names.index(n) for n in self.problem.cheap_objectives]
-        cheap = self._make_side_pool(archs).cheap[:, objs]
+        cheap = self._candidates.side_pool(archs).cheap[:, objs]
         signs = np.array([self.problem.metrics[n].sign for n in self.problem.cheap_objectives])
         mask = pareto_mask(np.column_stack([cheap * signs, -y]))
         return [a for a, m in zip(archs, mask, strict=True) if m]
 
-    def _initial_design(self, pool: _Pool, avail: np.ndarray, n: int) -> list[str]:
+    def _initial_design(self, pool: Pool, avail: np.ndarray, n: int) -> list[str]:
         idx = np.flatnonzero(avail)
         n = max(1, min(n, len(idx)))
         if not self.problem.cheap_objectives:
@@ -411,10 +272,11 @@ class FrontierSampler(BaseSampler):
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> Predictor:
         if self.predictor == "gp":
-            assert self._features is not None
+            features = self._candidates.features
+            assert features is not None
             seed = int(self.rng.integers(2**31))
             gp = GPPredictor(
-                groups=self._features.groups,
+                groups=features.groups,
                 n_restarts=1 if self._theta is None else 0,
                 seed=seed,
                 init_theta=self._theta,
@@ -450,7 +312,7 @@ class FrontierSampler(BaseSampler):
             return lambda v: pt.transform(np.asarray(v, float).reshape(-1, 1)).ravel()
         raise ValueError(f"warp must be 'none', 'rank' or 'yeo-johnson', got {self.warp!r}")
 
-    def _references(self, pool: _Pool, y: np.ndarray) -> tuple[np.ndarray, float]:
+    def _references(self, pool: Pool, y: np.ndarray) -> tuple[np.ndarray, float]:
         p = self.problem
         refs = []
         for name in p.cheap_objectives:
@@ -471,14 +333,14 @@ class FrontierSampler(BaseSampler):
 
     def _ehvi_batch(
         self,
-        pool: _Pool,
+        pool: Pool,
         avail: np.ndarray,
         paid_archs: list[Arch],
         y: np.ndarray,
         busy_archs: list[Arch],
     ) -> list[str]:
         p = self.problem
-        paid_pool = self._make_side_pool(paid_archs)
+        paid_pool = self._candidates.side_pool(paid_archs)
         x_paid = paid_pool.x
         warp = self._warp(y)
         y_raw, y = y, warp(y)
@@ -500,7 +362,7 @@ class FrontierSampler(BaseSampler):
         front_c = front_cheap[np.ix_(np.flatnonzero(ok), objs)] * signs  # feasible paid archs
         front_y = y[ok]
         if busy_archs:  # others' in-flight archs join the front at their predicted accuracy
-            busy_pool = self._make_side_pool(busy_archs)
+            busy_pool = self._candidates.side_pool(busy_archs)
             xb = busy_pool.x
             front_c = np.vstack([front_c, busy_pool.cheap[:, objs] * signs])
             front_y = np.concatenate([front_y, model.predict(xb)])
@@ -535,13 +397,3 @@ class FrontierSampler(BaseSampler):
         self.last_fit = {"n_paid": float(len(y)), "best_ehvi": best_gain, "reference_acc": ref_y}
         log.debug("frontier: %d paid, batch of %d, best EHVI %.4g", len(y), len(chosen), best_gain)
         return [pool.keys[idx[s]] for s in chosen]
-
-    def _make_side_pool(self, archs: list[Arch]) -> _Pool:
-        """Cheap metrics and features of archs that may lie outside the pool (paid earlier, or
-        by another sampler)."""
-        keys = [self.problem.space.key(a) for a in archs]
-        canon, cheap = self._price(archs, keys)
-        pool = _Pool(archs, keys, canon, cheap, np.ones(len(archs), bool))
-        if self._features is not None:
-            self._featurize(pool)
-        return pool

@@ -11,7 +11,8 @@ import pytest
 from nas import search
 from nas.app.cli import main
 from nas.core.space import Arch, SearchSpace
-from nas.search.objectives import SearchProblem, parse_constraint
+from nas.search.constraints import parse_constraint
+from nas.search.objectives import SearchProblem
 from nas.search.pareto import expected_hvi, hypervolume, hypervolume_history
 from nas.search.samplers.frontier import FrontierSampler
 from search_spaces import TinySpace
