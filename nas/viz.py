@@ -1,5 +1,6 @@
 """Plots for notebooks and reports (matplotlib, headless): cost scatters, accuracy/latency
-fronts per device, hypervolume histories."""
+fronts per device, hypervolume histories; `export_run` writes a study's CSVs and plots into a
+run folder."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import optuna
 import pandas as pd
 
+from nas.search import ACCURACY, export_pareto_csv, hypervolume_history, trials_frame
 from nas.search.pareto import pareto_mask
 
 
@@ -166,3 +169,41 @@ __all__ = [
     "plot_hypervolume_history",
     "plot_pareto",
 ]
+
+
+def export_run(
+    study: optuna.Study,
+    out: str | Path,
+    reference: Mapping[str, float] | None = None,
+) -> dict[str, Path]:
+    """Write what a person looks at into the run folder `out`: `trials.csv` (every trial),
+    `pareto.csv` (the study's front), `pareto_<device>.csv` and `fronts.png` (accuracy against
+    each recorded device latency), and with a `reference` point `hypervolume.csv` and
+    `hypervolume.png`. Returns the written paths by name."""
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    frame = trials_frame(study)
+    frame.to_csv(out_dir / "trials.csv", index=False)
+    written["trials"] = out_dir / "trials.csv"
+    if frame.empty:
+        return written
+    written["pareto"] = export_pareto_csv(study, out_dir / "pareto.csv")
+    devices = [c for c in frame.columns if str(c).startswith("latency_ms@")]
+    if ACCURACY in frame.columns and devices:
+        for col in devices:
+            name = col.split("@", 1)[1].replace(":", "_")
+            written[f"pareto_{name}"] = export_pareto_csv(
+                study, out_dir / f"pareto_{name}.csv", [ACCURACY, col]
+            )
+        evaluated = frame[frame["evaluated"]] if frame["evaluated"].any() else frame
+        fig = plot_fronts_per_device(evaluated, path=out_dir / "fronts.png")
+        close(fig)
+        written["fronts"] = out_dir / "fronts.png"
+    if reference is not None:
+        hist = hypervolume_history(study, reference, list(reference))
+        hist.to_csv(out_dir / "hypervolume.csv", index=False)
+        fig = plot_hypervolume_history({study.study_name: hist}, path=out_dir / "hypervolume.png")
+        close(fig)
+        written["hypervolume"] = out_dir / "hypervolume.csv"
+    return written

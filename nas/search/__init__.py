@@ -25,7 +25,6 @@ from nas.search.pareto import hypervolume, pareto_mask
 from nas.search.results import (
     default_reference,
     export_pareto_csv,
-    export_run,
     front_hypervolume,
     hypervolume_history,
     pareto_frame,
@@ -56,7 +55,6 @@ __all__ = [
     "create_search",
     "default_reference",
     "export_pareto_csv",
-    "export_run",
     "fail_running_trials",
     "front_hypervolume",
     "hypervolume",

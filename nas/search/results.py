@@ -19,7 +19,6 @@ from nas.search.study import CONFIG_ATTR
 __all__ = [
     "default_reference",
     "export_pareto_csv",
-    "export_run",
     "front_hypervolume",
     "hypervolume_history",
     "pareto_frame",
@@ -210,45 +209,3 @@ def export_pareto_csv(
     p.parent.mkdir(parents=True, exist_ok=True)
     pareto_frame(study_or_frame, objectives, directions).to_csv(p, index=False)
     return p
-
-
-def export_run(
-    study: optuna.Study,
-    out: str | Path,
-    reference: Mapping[str, float] | None = None,
-) -> dict[str, Path]:
-    """Write what a person looks at into the run folder `out`: `trials.csv` (every trial),
-    `pareto.csv` (the study's front), `pareto_<device>.csv` and `fronts.png` (accuracy against
-    each recorded device latency), and with a `reference` point `hypervolume.csv` and
-    `hypervolume.png`. Returns the written paths by name."""
-    from nas import viz
-
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    frame = trials_frame(study)
-    frame.to_csv(out_dir / "trials.csv", index=False)
-    written["trials"] = out_dir / "trials.csv"
-    if frame.empty:
-        return written
-    written["pareto"] = export_pareto_csv(study, out_dir / "pareto.csv")
-    devices = [c for c in frame.columns if str(c).startswith("latency_ms@")]
-    if ACCURACY in frame.columns and devices:
-        for col in devices:
-            name = col.split("@", 1)[1].replace(":", "_")
-            written[f"pareto_{name}"] = export_pareto_csv(
-                study, out_dir / f"pareto_{name}.csv", [ACCURACY, col]
-            )
-        evaluated = frame[frame["evaluated"]] if frame["evaluated"].any() else frame
-        fig = viz.plot_fronts_per_device(evaluated, path=out_dir / "fronts.png")
-        viz.close(fig)
-        written["fronts"] = out_dir / "fronts.png"
-    if reference is not None:
-        hist = hypervolume_history(study, reference, list(reference))
-        hist.to_csv(out_dir / "hypervolume.csv", index=False)
-        fig = viz.plot_hypervolume_history(
-            {study.study_name: hist}, path=out_dir / "hypervolume.png"
-        )
-        viz.close(fig)
-        written["hypervolume"] = out_dir / "hypervolume.csv"
-    return written

@@ -324,7 +324,7 @@ def run_search(
             stopped beating for `grace_period_s` are failed when a search (re)starts.
         callbacks: Optuna callbacks `(study, frozen_trial)` run after each trial.
         run_dir: with no `storage`, keep the study in `run_dir/study.db` (SQLite); see
-            `export_run` for the rest of a run folder.
+            `nas.viz.export_run` for the rest of a run folder.
     """
     study, problem = create_search(
         space,

@@ -8,7 +8,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from nas import search
+from nas import search, viz
 from nas.app.cli import main
 from nas.core.space import Arch, SearchSpace
 from nas.search.constraints import parse_constraint
@@ -224,8 +224,6 @@ def test_join_worker_refuses_another_problem(tmp_path: Path) -> None:
 
 
 def test_viz_plots_fronts_and_history(tmp_path: Path) -> None:
-    from nas import viz
-
     space, pixel, pi = ToySpace(), FakeLatency("pixel3"), FakeLatency("raspi4", 3.0)
     study = search.run_search(
         space, ["accuracy", pixel], accuracy=toy_accuracy, latency_models=[pi],
@@ -247,7 +245,7 @@ def test_run_dir_holds_the_study_and_export_run_writes_the_folder(tmp_path: Path
     search.run_search(space, ["accuracy", pixel], n_evaluations=8, **kwargs)  # type: ignore[arg-type]
     study = search.run_search(space, ["accuracy", pixel], n_evaluations=12, **kwargs)  # type: ignore[arg-type]
     assert (tmp_path / "study.db").exists() and search.count_evaluations(study) == 12
-    paths = search.export_run(study, tmp_path, {"accuracy": 60.0, "latency_ms@pixel3": 5.0})
+    paths = viz.export_run(study, tmp_path, {"accuracy": 60.0, "latency_ms@pixel3": 5.0})
     expected = {"trials", "pareto", "pareto_pixel3", "pareto_raspi4", "fronts", "hypervolume"}
     assert set(paths) == expected
     assert all(p.stat().st_size > 0 for p in paths.values())
