@@ -55,7 +55,7 @@ from latency_models.runtimes.base import (
 from latency_models.runtimes.cache import ArtifactCache
 from latency_models.runtimes.ort_kernels import COPIES as KERNEL_COPIES
 from latency_models.runtimes.ort_kernels import KernelSpec, kernel_model, network_kernels, per_copy
-from nas.backends import export as artifacts
+from nas.backends import onnx as artifacts
 
 log = logging.getLogger(__name__)
 

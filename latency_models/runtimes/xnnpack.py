@@ -12,7 +12,7 @@ replaces it and ``portable_lib._threadpool_get_thread_count()`` reads it; there 
 setting. The XNNPACK delegate hands the pool's pointer to ``xnn_create_runtime`` when a method is
 *loaded*, so resizing destroys the pool that already-loaded methods still point at. The pool is
 sized, and its resizes counted, in one place for the whole project
-(:func:`nas.backends.export.set_executorch_threads`); a program (``LoadedProgram``) is loaded
+(:func:`nas.backends.onnx.set_executorch_threads`); a program (``LoadedProgram``) is loaded
 after sizing the pool and reloaded before running when the pool was replaced since. Devices with
 different thread counts can share a process with each other and with the compression chain's
 runners, but alternating between them reloads methods.
@@ -75,7 +75,7 @@ from latency_models.runtimes.base import (
 )
 from latency_models.runtimes.cache import ArtifactCache
 from nas.backends import LoadedProgram
-from nas.backends import export as artifacts
+from nas.backends import onnx as artifacts
 
 log = logging.getLogger(__name__)
 

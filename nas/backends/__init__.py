@@ -8,7 +8,7 @@ of ours but `nas.core`.
 
 from __future__ import annotations
 
-from nas.backends.export import (
+from nas.backends.onnx import (
     ARTIFACT_SUFFIXES,
     ArtifactRunner,
     LoadedProgram,

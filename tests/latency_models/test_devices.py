@@ -101,7 +101,7 @@ def test_compiled_ahead_then_measured_without_building(
     device.compile_layers(layers, dtype)
     prepared = device.prepare_arch(SPACE, ARCH, dtype)
     assert device.prepare_arch(SPACE, ARCH, dtype) is prepared  # the next pass reuses it
-    import nas.backends.export as artifacts
+    import nas.backends.onnx as artifacts
 
     def no_build(*args: object, **kwargs: object) -> None:
         raise AssertionError("measuring built an artifact that was compiled ahead")

@@ -285,7 +285,7 @@ def test_xnnpack_cache_hit_does_not_lower_again(
 ) -> None:
     first = prepared("xnnpack-1t", "fp32")
     assert first.artifact_path is not None and first.artifact_path.exists()
-    import nas.backends.export as artifacts
+    import nas.backends.onnx as artifacts
 
     def no_lowering(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached artifact was lowered again")
@@ -302,7 +302,7 @@ def test_ort_cache_hit_does_not_export_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first = prepared("ort-cpu-1t", "int8")
-    import nas.backends.export as artifacts
+    import nas.backends.onnx as artifacts
 
     monkeypatch.setattr(artifacts, "onnx_model", lambda *a, **k: pytest.fail("exported again"))
     again = OrtCPUDevice(cache=cache).prepare(tiny_cnn(), INPUT, "int8")
@@ -353,7 +353,7 @@ def test_ort_measure_many_shares_one_export_and_fills_the_per_layer_cache(
     pytest.importorskip("onnxruntime")
     device = OrtCPUDevice(cache=cache)
     layers = _layers()
-    import nas.backends.export as artifacts
+    import nas.backends.onnx as artifacts
 
     exports = []
     real = artifacts.onnx_model
@@ -375,7 +375,7 @@ def test_ort_compile_many_builds_what_measure_many_then_times(
     layers = _layers()
     assert device.compile_many(layers, "int8") == 3
     assert device.compile_many(layers, "int8") == 0
-    import nas.backends.export as artifacts
+    import nas.backends.onnx as artifacts
 
     monkeypatch.setattr(artifacts, "onnx_model", lambda *a, **k: pytest.fail("exported again"))
     ms = OrtCPUDevice(cache=ArtifactCache(tmp_path)).measure_many(layers, "int8", FAST)
@@ -447,7 +447,7 @@ def test_xnnpack_threadpool_is_set_restored_and_survives_a_resize(
     prepared: Callable[[str, str], Prepared], cache: ArtifactCache
 ) -> None:
     pytest.importorskip("executorch")
-    from nas.backends.export import (
+    from nas.backends.onnx import (
         executorch_pool_generation,
         executorch_threads,
         set_executorch_threads,
