@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.backends.onnx import compact_onnx, export_tflite
+from nas.backends import compact_onnx, export_tflite
 from nas.compress import check_parity, export_onnx, export_pte, open_runner, quantize_onnx_static
 from nas.data import ImageDataset
 
