@@ -3,7 +3,7 @@ lowered to XNNPACK, ONNX files and ONNX Runtime sessions (with static int8), Lit
 the host CPU's facts and the runtimes' thread pools.
 
 One module per job: `torch_export` (the program every artifact is made from), `executorch`,
-`onnx`, `litert` (each format's export and runner), `runners` (a runner by suffix, parity
+`onnx`, `litert` (each format's export and runner), `eager` (PyTorch, the reference), `runners` (a runner by suffix, parity
 against the source model, a simple timing), `artifact` (the runner protocol), `host` (CPU
 facts), `quiet` (the exporters' chatter kept out of the user's log). The compression chain and
 `latency_models.runtimes` both call this package; it imports nothing of ours but `nas.core`.
@@ -12,6 +12,7 @@ facts), `quiet` (the exporters' chatter kept out of the user's log). The compres
 from __future__ import annotations
 
 from nas.backends.artifact import ARTIFACT_SUFFIXES, ArtifactRunner
+from nas.backends.eager import predict_logits, set_weight_layout
 from nas.backends.executorch import (
     LoadedProgram,
     LoweredProgram,
@@ -67,8 +68,10 @@ __all__ = [
     "onnx_model",
     "open_runner",
     "ort_session_options",
+    "predict_logits",
     "quantize_onnx_model",
     "quantize_onnx_static",
     "set_executorch_threads",
+    "set_weight_layout",
     "strip_onnx_metadata",
 ]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from nas.backends.artifact import ArtifactRunner
+from nas.backends.eager import predict_logits
 from nas.backends.executorch import PteRunner
 from nas.backends.litert import TfliteRunner
 from nas.backends.onnx import OnnxRunner
@@ -80,8 +81,6 @@ def check_parity(
         )
     outs = [runner.run(images[i : i + batch]) for i in range(0, n, batch)]
     got = torch.cat(outs).float()  # n x classes
-    from nas.compress.distill import predict_logits
-
     if reference_logits is not None and len(reference_logits) >= n:
         ref = reference_logits[:n].float()
     else:
