@@ -37,6 +37,7 @@ from nas.backends.onnx import (
     quantize_onnx_static,
     strip_onnx_metadata,
 )
+from nas.backends.quiet import quiet_exporters
 from nas.backends.runners import ParityReport, check_parity, min_latency_ms, open_runner
 from nas.backends.torch_export import eval_mode, export_program
 
@@ -71,6 +72,7 @@ __all__ = [
     "predict_logits",
     "quantize_onnx_model",
     "quantize_onnx_static",
+    "quiet_exporters",
     "set_executorch_threads",
     "set_weight_layout",
     "strip_onnx_metadata",

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from nas.backends.artifact import _check, _write
-from nas.backends.quiet import _quiet
+from nas.backends.quiet import quiet_exporters
 from nas.backends.torch_export import export_program
 
 __all__ = [
@@ -73,7 +73,10 @@ class LoweredProgram:
 
 def _xnnpack_partitioner() -> Any:
     try:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        with quiet_exporters():  # the first import brings executorch's and torchao's chatter
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+                XnnpackPartitioner,
+            )
     except ImportError as err:
         raise ImportError(
             "ExecuTorch export needs executorch: pip install 'edge-nas[executorch]'"
@@ -87,10 +90,10 @@ def lower_program(ep: torch.export.ExportedProgram, partitioner: Any = None) -> 
     fp32 programs give fp32 ``.pte`` files, PT2E int8 ones int8 files."""
     if partitioner is None:
         partitioner = _xnnpack_partitioner()
-    from executorch.exir import to_edge_transform_and_lower
+    with quiet_exporters():
+        from executorch.exir import to_edge_transform_and_lower
 
-    t0 = time.perf_counter()
-    with _quiet():
+        t0 = time.perf_counter()
         edge = to_edge_transform_and_lower(ep, partitioner=[partitioner])
         t1 = time.perf_counter()
         program = edge.to_executorch()
@@ -140,7 +143,7 @@ def export_pte(module: nn.Module, example: torch.Tensor, path: str | os.PathLike
 
 def _portable_lib() -> Any:
     try:
-        with _quiet():
+        with quiet_exporters():
             from executorch.extension.pybindings import portable_lib
     except ImportError as err:
         raise ImportError(
@@ -213,7 +216,7 @@ class LoadedProgram:
         lib = _portable_lib()
         set_executorch_threads(self.threads)
         self.generation = _Pool.generation
-        with _quiet():
+        with quiet_exporters():
             self.program = lib._load_program_from_buffer(
                 self.data,
                 enable_etdump=self.etdump,

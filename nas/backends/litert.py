@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from nas.backends.artifact import _check
-from nas.backends.quiet import _quiet
+from nas.backends.quiet import quiet_exporters
 from nas.backends.torch_export import eval_mode
 
 __all__ = ["TfliteRunner", "export_tflite"]
@@ -35,7 +35,7 @@ def _litert_converter() -> Any:
 def export_tflite(module: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> Path:
     """Write an fp32 ``module`` as a LiteRT flatbuffer (``.tflite``); optional extra."""
     converter = _litert_converter()
-    with eval_mode(module), _quiet():
+    with eval_mode(module), quiet_exporters():
         edge = converter.convert(module, (example,))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

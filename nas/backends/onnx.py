@@ -24,7 +24,7 @@ from torch import nn
 
 from nas.backends.artifact import _check, _write
 from nas.backends.host import has_vnni
-from nas.backends.quiet import _quiet
+from nas.backends.quiet import quiet_exporters
 from nas.backends.torch_export import _args, export_program
 
 __all__ = [
@@ -144,7 +144,7 @@ def onnx_model(
     ep = (
         module if isinstance(module, torch.export.ExportedProgram) else export_program(module, args)
     )
-    with _quiet():
+    with quiet_exporters():
         program = torch.onnx.export(ep, args, dynamo=True, verbose=False)
     if program is None:
         raise RuntimeError("torch.onnx.export returned no program; expected an ONNXProgram")
@@ -218,7 +218,7 @@ def quantize_onnx_model(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
-    with tempfile.TemporaryDirectory(prefix="edge-nas-ort-") as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="edge-nas-ort-") as tmp, quiet_exporters():
         src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
         if preprocess:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from nas.backends.quiet import _quiet
+from nas.backends.quiet import quiet_exporters
 
 __all__ = ["eval_mode", "export_program"]
 
@@ -35,5 +35,5 @@ def export_program(
     """``torch.export`` of ``module`` in eval mode at the example's shape (batch included);
     ``example`` is the input, or a tuple of inputs for a module that takes several. The
     caller's training modes are restored afterwards."""
-    with eval_mode(module), torch.no_grad(), _quiet():
+    with eval_mode(module), torch.no_grad(), quiet_exporters():
         return torch.export.export(module, _args(example))
