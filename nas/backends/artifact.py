@@ -7,11 +7,12 @@ runtime (:mod:`~nas.backends.executorch`, :mod:`~nas.backends.onnx`, :mod:`~nas.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol
 
 import torch
+
+from nas.core.files import write_bytes_atomic
 
 __all__ = ["ARTIFACT_SUFFIXES", "ArtifactRunner"]
 
@@ -44,8 +45,6 @@ def _check(runner: ArtifactRunner, x: torch.Tensor) -> torch.Tensor:
 
 
 def _write(path: Path, data: bytes) -> Path:
+    """Write an artifact whole or not at all, making its folder if need be."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(path, data)
