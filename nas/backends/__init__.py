@@ -3,10 +3,11 @@ lowered to XNNPACK, ONNX files and ONNX Runtime sessions (with static int8), Lit
 the host CPU's facts and the runtimes' thread pools.
 
 One module per job: `torch_export` (the program every artifact is made from), `executorch`,
-`onnx`, `litert` (each format's export and runner), `eager` (PyTorch, the reference), `runners` (a runner by suffix, parity
-against the source model, a simple timing), `artifact` (the runner protocol), `host` (CPU
-facts), `quiet` (the exporters' chatter kept out of the user's log). The compression chain and
-`latency_models.runtimes` both call this package; it imports nothing of ours but `nas.core`.
+`onnx` and `litert` (each format's export and runner), `eager` (PyTorch, the reference every
+artifact is checked against), `runners` (a runner by suffix, parity, a simple timing),
+`artifact` (the runner protocol), `host` (CPU facts), `quiet` (the exporters' chatter kept out
+of the user's log around our calls). The compression chain and `latency_models.runtimes` both
+call this package; it imports nothing of ours but `nas.core`.
 """
 
 from __future__ import annotations
