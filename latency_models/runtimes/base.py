@@ -1,7 +1,7 @@
 """The common shape of a real-runtime device, and the helpers every runtime shares.
 
 Artifacts themselves (``torch.export``, lowering, ONNX export and quantization, loading a
-``.pte``, ExecuTorch's thread pool) are made by :mod:`nas.backends.export`, the one place that
+``.pte``, ExecuTorch's thread pool) are made by :mod:`nas.backends`, the one place that
 makes them; the runtimes add caching, timing and batched LUT builds on top.
 """
 
@@ -258,7 +258,7 @@ class RuntimeDevice(ABC):
 
     def export(self, module: nn.Module, input_shape: tuple[int, ...], dtype: str) -> Exported:
         """Check ``dtype`` and ``input_shape``, then ``torch.export`` ``module`` at that shape on
-        the device's seeded example input (:func:`nas.backends.export.export_program`)."""
+        the device's seeded example input (:func:`nas.backends.export_program`)."""
         check_dtype(self.name, dtype, self.dtypes)
         shape = check_shape(input_shape)
         x = example_input(shape, self.seed)

@@ -55,7 +55,13 @@ from latency_models.runtimes.base import (
 from latency_models.runtimes.cache import ArtifactCache
 from latency_models.runtimes.ort_kernels import COPIES as KERNEL_COPIES
 from latency_models.runtimes.ort_kernels import KernelSpec, kernel_model, network_kernels, per_copy
-from nas.backends import export as artifacts
+from nas.backends import (
+    export_program,
+    has_vnni,
+    onnx_model,
+    ort_session_options,
+    quantize_onnx_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +132,7 @@ class OrtCPUDevice(RuntimeDevice):
             raise ValueError(f"batch_layers must be >= 1; got {batch_layers}")
         self.cache = cache if cache is not None else ArtifactCache()
         self.batch_layers = batch_layers
-        self.reduce_range = not artifacts.has_vnni()
+        self.reduce_range = not has_vnni()
 
     @property
     def version(self) -> str:
@@ -212,7 +218,7 @@ class OrtCPUDevice(RuntimeDevice):
 
     def session_options(self) -> Any:
         _import_ort(self.name)
-        return artifacts.ort_session_options(self.threads)
+        return ort_session_options(self.threads)
 
     def _key(
         self, ep: Any, shape: tuple[int, ...], dtype: str, calib: str, layer: bool = False
@@ -263,7 +269,7 @@ class OrtCPUDevice(RuntimeDevice):
         if data is None:
             build_s["torch_export_s"] = exported.export_s
             t1 = time.perf_counter()
-            model = artifacts.onnx_model(exported.program, x, strip=False)
+            model = onnx_model(exported.program, x, strip=False)
             build_s["onnx_export_s"] = time.perf_counter() - t1
             if dtype == "int8":
                 t2 = time.perf_counter()
@@ -311,7 +317,7 @@ class OrtCPUDevice(RuntimeDevice):
         # runs as QLinearAveragePool / QLinearAdd / QLinearMul there. Without it, the lone
         # average pool of nb201 ran as an fp32 AveragePool, several times faster than its int8
         # self in the network, and the LUT sum missed the int8 networks (tau 0.26).
-        return artifacts.quantize_onnx_model(
+        return quantize_onnx_model(
             model,
             batches,
             per_channel=True,
@@ -349,7 +355,7 @@ class OrtCPUDevice(RuntimeDevice):
         xs = [example_input(shape, self.seed) for _, shape in checked]
         t0 = time.perf_counter()
         keys = [
-            self._key(artifacts.export_program(m, x), shape, dtype, calib, layer=True)
+            self._key(export_program(m, x), shape, dtype, calib, layer=True)
             for (m, shape), x in zip(checked, xs, strict=True)
         ]
         keys_s = time.perf_counter() - t0
@@ -400,11 +406,11 @@ class OrtCPUDevice(RuntimeDevice):
 def _export_branches(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]) -> list[Any]:
     """Per-layer ONNX models cut out of one export of all layers side by side."""
     if len(modules) == 1:
-        return [artifacts.onnx_model(modules[0], xs[0], strip=False)]
+        return [onnx_model(modules[0], xs[0], strip=False)]
     import onnx.utils
 
     args = tuple(xs)
-    model = artifacts.onnx_model(Branches(modules), args, strip=False)
+    model = onnx_model(Branches(modules), args, strip=False)
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
     if len(inputs) != len(modules) or len(outputs) != len(modules):

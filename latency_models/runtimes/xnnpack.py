@@ -12,7 +12,7 @@ replaces it and ``portable_lib._threadpool_get_thread_count()`` reads it; there 
 setting. The XNNPACK delegate hands the pool's pointer to ``xnn_create_runtime`` when a method is
 *loaded*, so resizing destroys the pool that already-loaded methods still point at. The pool is
 sized, and its resizes counted, in one place for the whole project
-(:func:`nas.backends.export.set_executorch_threads`); a program (``LoadedProgram``) is loaded
+(:func:`nas.backends.set_executorch_threads`); a program (``LoadedProgram``) is loaded
 after sizing the pool and reloaded before running when the pool was replaced since. Devices with
 different thread counts can share a process with each other and with the compression chain's
 runners, but alternating between them reloads methods.
@@ -74,8 +74,7 @@ from latency_models.runtimes.base import (
     require,
 )
 from latency_models.runtimes.cache import ArtifactCache
-from nas.backends import LoadedProgram
-from nas.backends import export as artifacts
+from nas.backends import LoadedProgram, export_program, lower_program, set_executorch_threads
 
 log = logging.getLogger(__name__)
 
@@ -299,13 +298,13 @@ class XnnpackDevice(RuntimeDevice):
     @contextlib.contextmanager
     def _pool(self) -> Iterator[None]:
         _portable_lib(self.name)  # says what to install where executorch is missing
-        before = artifacts.set_executorch_threads(self.threads)
+        before = set_executorch_threads(self.threads)
         try:
             yield
         finally:
             # Restoring the size the process had keeps other ExecuTorch users unsurprised; our
             # own artifacts notice the resize and reload before their next run.
-            artifacts.set_executorch_threads(before)
+            set_executorch_threads(before)
 
     def _fixed_threads(self) -> contextlib.AbstractContextManager[None]:
         return self._pool()
@@ -355,7 +354,7 @@ class XnnpackDevice(RuntimeDevice):
                 batches = [(b,) for b in calibration_batches(calibration, shape, self.seed)]
                 ep = _quantize(ep, (x,), batches)
                 build_s["quantize_s"] = time.perf_counter() - t1
-            lowered = artifacts.lower_program(ep)
+            lowered = lower_program(ep)
             pte = lowered.data
             build_s.update(lowered.stages_s)
             self.cache.store(
@@ -401,7 +400,7 @@ class XnnpackDevice(RuntimeDevice):
         xs = tuple(example_input(shape, self.seed) for shape in shapes)
         model = Branches([m for m, _ in checked])
         t0 = time.perf_counter()
-        ep = artifacts.export_program(model, xs)
+        ep = export_program(model, xs)
         export_s = time.perf_counter() - t0
         calib = calibration_digest(None, self.seed, LUT_CALIBRATION_BATCHES)
         key = self._key(ep, shapes, dtype, calib, "batch")
@@ -419,7 +418,7 @@ class XnnpackDevice(RuntimeDevice):
                 batches = list(zip(*per_layer, strict=True))
                 ep = _quantize(ep, xs, batches)
                 build_s["quantize_s"] = time.perf_counter() - t1
-            lowered = artifacts.lower_program(ep, _branch_partitioner())
+            lowered = lower_program(ep, _branch_partitioner())
             pte = lowered.data
             build_s.update(lowered.stages_s)
             calls, unbatched = _delegate_layers(lowered.graph_module, len(checked))

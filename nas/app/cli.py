@@ -16,7 +16,6 @@ from typing import Any
 from nas.core.registry import UnknownNameError
 
 log = logging.getLogger("nas")
-NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._export")
 
 
 def _space(args: argparse.Namespace) -> Any:
@@ -445,11 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    # the exporters' chatter is filtered around our export calls: nas.backends.quiet_exporters
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        # the ONNX exporter logs every graph pass at INFO and warns about torchvision ops
-        for name in NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

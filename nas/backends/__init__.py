@@ -2,45 +2,45 @@
 lowered to XNNPACK, ONNX files and ONNX Runtime sessions (with static int8), LiteRT `.tflite`,
 the host CPU's facts and the runtimes' thread pools.
 
-The compression chain and `latency_models.runtimes` both call this package; it imports nothing
-of ours but `nas.core`.
+One module per job: `torch_export` (the program every artifact is made from), `executorch`,
+`onnx` and `litert` (each format's export and runner), `eager` (PyTorch, the reference every
+artifact is checked against), `runners` (a runner by suffix, parity, a simple timing),
+`artifact` (the runner protocol), `host` (CPU facts), `quiet` (the exporters' chatter kept out
+of the user's log around our calls). The compression chain and `latency_models.runtimes` both
+call this package; it imports nothing of ours but `nas.core`.
 """
 
 from __future__ import annotations
 
-from nas.backends.export import (
-    ARTIFACT_SUFFIXES,
-    ArtifactRunner,
+from nas.backends.artifact import ARTIFACT_SUFFIXES, ArtifactRunner
+from nas.backends.eager import predict_logits, set_weight_layout
+from nas.backends.executorch import (
     LoadedProgram,
     LoweredProgram,
-    OnnxRunner,
-    ParityReport,
     PteRunner,
-    TfliteRunner,
-    check_parity,
-    compact_onnx,
-    cpu_flags,
-    cpu_info,
-    eval_mode,
     executorch_pool_generation,
     executorch_threads,
-    export_onnx,
-    export_program,
     export_pte,
-    export_tflite,
-    has_vnni,
     lower_program,
     lower_to_pte,
-    min_latency_ms,
+    set_executorch_threads,
+)
+from nas.backends.host import cpu_flags, cpu_info, has_vnni
+from nas.backends.litert import TfliteRunner, export_tflite
+from nas.backends.onnx import (
+    OnnxRunner,
+    compact_onnx,
+    export_onnx,
     onnx_bytes,
     onnx_model,
-    open_runner,
     ort_session_options,
     quantize_onnx_model,
     quantize_onnx_static,
-    set_executorch_threads,
     strip_onnx_metadata,
 )
+from nas.backends.quiet import quiet_exporters
+from nas.backends.runners import ParityReport, check_parity, min_latency_ms, open_runner
+from nas.backends.torch_export import eval_mode, export_program
 
 __all__ = [
     "ARTIFACT_SUFFIXES",
@@ -70,8 +70,11 @@ __all__ = [
     "onnx_model",
     "open_runner",
     "ort_session_options",
+    "predict_logits",
     "quantize_onnx_model",
     "quantize_onnx_static",
+    "quiet_exporters",
     "set_executorch_threads",
+    "set_weight_layout",
     "strip_onnx_metadata",
 ]

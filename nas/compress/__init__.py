@@ -1,7 +1,7 @@
 """Compression of search winners into deployable models: KD, pruning, int8, export, parity.
 
 The steps (:mod:`~nas.compress.distill`, :mod:`~nas.compress.prune`, :mod:`~nas.compress.qat`,
-:mod:`~nas.backends.export`) work on plain modules and data; :func:`run_chain` strings them
+:mod:`nas.backends`) work on plain modules and data; :func:`run_chain` strings them
 together for one arch of a space, resumably, with a report of what each step bought. Heavy
 runtimes (torch-pruning, torchao, executorch, onnx, onnxruntime) are imported only when a step
 needs them.

@@ -44,6 +44,7 @@ from nas.backends import (
     has_vnni,
     min_latency_ms,
     open_runner,
+    predict_logits,
     quantize_onnx_static,
     set_executorch_threads,
 )
@@ -55,7 +56,6 @@ from nas.compress.distill import (
     evaluate_accuracy,
     extract_subnet,
     largest_arch,
-    predict_logits,
 )
 from nas.compress.prune import PruneConfig, macs_params, prune_model
 from nas.compress.qat import (

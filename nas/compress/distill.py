@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from nas.backends import predict_logits, set_weight_layout
+
 __all__ = [
     "FinetuneConfig",
     "KDConfig",
@@ -34,7 +36,6 @@ __all__ = [
     "extract_subnet",
     "kd_loss",
     "largest_arch",
-    "predict_logits",
     "train_model",
 ]
 
@@ -138,52 +139,6 @@ def kd_loss(
     return kd.alpha * soft + (1.0 - kd.alpha) * hard
 
 
-def _to_layout(model: nn.Module, channels_last: bool) -> None:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for p in model.parameters():
-        if p.dim() == 4:
-            p.data = p.data.contiguous(memory_format=fmt)
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """Logits of ``model`` for ``images`` (N x C x H x W) in eval mode, batch by batch."""
-    # An exported graph (a PT2E model) switches modes by rewriting its graph, and its `training`
-    # flag does not follow: it is put in eval mode and left there.
-    restore = isinstance(model, nn.Module) and model.training
-    if isinstance(model, torch.fx.GraphModule):
-        restore = False
-    if isinstance(model, nn.Module):
-        model.eval()
-    # Plain modules run in NHWC (channels_last): depthwise convolutions on CPUs take about a
-    # quarter less time than in NCHW, with the same results up to float rounding.
-    nhwc = isinstance(model, nn.Module) and not isinstance(model, torch.fx.GraphModule)
-    if nhwc:
-        assert isinstance(model, nn.Module)
-        _to_layout(model, True)
-    outs = []
-    try:
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size]  # B x C x H x W
-            if nhwc and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            outs.append(model(x).detach().float().contiguous())
-    finally:
-        if nhwc:
-            assert isinstance(model, nn.Module)
-            _to_layout(model, False)
-        if restore:
-            assert isinstance(model, nn.Module)
-            model.train()
-    if not outs:
-        return torch.zeros((0, 0))
-    return torch.cat(outs)  # N x classes
-
-
 def evaluate_accuracy(
     model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     dataset: TensorDataset,
@@ -259,7 +214,7 @@ def train_model(
     )
     gen = torch.Generator().manual_seed(seed)
     if config.channels_last:
-        _to_layout(model, True)
+        set_weight_layout(model, True)
     model.train()
     step = 0
     try:
@@ -295,7 +250,7 @@ def train_model(
             )
     finally:
         if config.channels_last:
-            _to_layout(model, False)
+            set_weight_layout(model, False)
         model.eval()
     history.steps = step
     return history

@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.backends import predict_logits
 from nas.compress.distill import (
     FinetuneConfig,
     KDConfig,
     distill_model,
     evaluate_accuracy,
-    predict_logits,
 )
 from nas.core.layers import cost_from_specs, trace_layer_specs
 

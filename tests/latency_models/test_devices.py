@@ -101,13 +101,14 @@ def test_compiled_ahead_then_measured_without_building(
     device.compile_layers(layers, dtype)
     prepared = device.prepare_arch(SPACE, ARCH, dtype)
     assert device.prepare_arch(SPACE, ARCH, dtype) is prepared  # the next pass reuses it
-    import nas.backends.export as artifacts
+    import latency_models.runtimes.onnxrt as onnxrt
+    import latency_models.runtimes.xnnpack as xnnpack
 
     def no_build(*args: object, **kwargs: object) -> None:
         raise AssertionError("measuring built an artifact that was compiled ahead")
 
-    monkeypatch.setattr(artifacts, "lower_program", no_build)
-    monkeypatch.setattr(artifacts, "onnx_model", no_build)
+    monkeypatch.setattr(xnnpack, "lower_program", no_build)
+    monkeypatch.setattr(onnxrt, "onnx_model", no_build)
     fresh = _make(device.name, None, fast_protocol)
     assert isinstance(fresh, lm.RealDevice)
     assert fresh.compile_layers(layers, dtype) == 0

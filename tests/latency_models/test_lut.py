@@ -221,9 +221,9 @@ def test_compile_lut_builds_ahead_what_build_lut_then_measures(
     assert built, "the second arch should need layers the first did not"
     assert lm.compile_lut(SPACE, device, path, archs=archs) == len(built)
     assert lm.compile_lut(SPACE, device, path, archs=archs) == 0
-    import nas.backends.export as artifacts
+    import latency_models.runtimes.onnxrt as onnxrt
 
-    monkeypatch.setattr(artifacts, "onnx_model", lambda *a, **k: pytest.fail("exported again"))
+    monkeypatch.setattr(onnxrt, "onnx_model", lambda *a, **k: pytest.fail("exported again"))
     lut = build_lut(SPACE, device, path, archs=archs)
     assert len(lut) == n_first + len(todo)
 

@@ -285,12 +285,12 @@ def test_xnnpack_cache_hit_does_not_lower_again(
 ) -> None:
     first = prepared("xnnpack-1t", "fp32")
     assert first.artifact_path is not None and first.artifact_path.exists()
-    import nas.backends.export as artifacts
+    import latency_models.runtimes.xnnpack as xnnpack
 
     def no_lowering(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached artifact was lowered again")
 
-    monkeypatch.setattr(artifacts, "lower_program", no_lowering)
+    monkeypatch.setattr(xnnpack, "lower_program", no_lowering)
     again = XnnpackDevice(cache=cache).prepare(tiny_cnn(), INPUT, "fp32")  # same content
     assert again.cache_hit and again.artifact_path == first.artifact_path
     torch.testing.assert_close(again.run(first.example), first.run(first.example))
@@ -302,9 +302,9 @@ def test_ort_cache_hit_does_not_export_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first = prepared("ort-cpu-1t", "int8")
-    import nas.backends.export as artifacts
+    import latency_models.runtimes.onnxrt as onnxrt
 
-    monkeypatch.setattr(artifacts, "onnx_model", lambda *a, **k: pytest.fail("exported again"))
+    monkeypatch.setattr(onnxrt, "onnx_model", lambda *a, **k: pytest.fail("exported again"))
     again = OrtCPUDevice(cache=cache).prepare(tiny_cnn(), INPUT, "int8")
     assert again.cache_hit and again.artifact_path == first.artifact_path
 
@@ -353,11 +353,11 @@ def test_ort_measure_many_shares_one_export_and_fills_the_per_layer_cache(
     pytest.importorskip("onnxruntime")
     device = OrtCPUDevice(cache=cache)
     layers = _layers()
-    import nas.backends.export as artifacts
+    import latency_models.runtimes.onnxrt as onnxrt
 
     exports = []
-    real = artifacts.onnx_model
-    monkeypatch.setattr(artifacts, "onnx_model", lambda *a, **k: exports.append(1) or real(*a, **k))
+    real = onnxrt.onnx_model
+    monkeypatch.setattr(onnxrt, "onnx_model", lambda *a, **k: exports.append(1) or real(*a, **k))
     ms = device.measure_many(layers, "fp32", FAST)
     assert len(ms) == 3 and all(m.median_ms > 0 for m in ms)
     assert len(exports) == 1
@@ -375,9 +375,9 @@ def test_ort_compile_many_builds_what_measure_many_then_times(
     layers = _layers()
     assert device.compile_many(layers, "int8") == 3
     assert device.compile_many(layers, "int8") == 0
-    import nas.backends.export as artifacts
+    import latency_models.runtimes.onnxrt as onnxrt
 
-    monkeypatch.setattr(artifacts, "onnx_model", lambda *a, **k: pytest.fail("exported again"))
+    monkeypatch.setattr(onnxrt, "onnx_model", lambda *a, **k: pytest.fail("exported again"))
     ms = OrtCPUDevice(cache=ArtifactCache(tmp_path)).measure_many(layers, "int8", FAST)
     assert len(ms) == 3 and all(m.median_ms > 0 and m.dtype == "int8" for m in ms)
 
@@ -447,7 +447,7 @@ def test_xnnpack_threadpool_is_set_restored_and_survives_a_resize(
     prepared: Callable[[str, str], Prepared], cache: ArtifactCache
 ) -> None:
     pytest.importorskip("executorch")
-    from nas.backends.export import (
+    from nas.backends import (
         executorch_pool_generation,
         executorch_threads,
         set_executorch_threads,

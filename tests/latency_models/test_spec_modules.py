@@ -103,7 +103,7 @@ def test_stand_ins_export_cleanly() -> None:
     """Runtimes export the stand-ins; an in-place activation would mutate the program's input,
     which torch.export cannot unlift (it failed that way on XNNPACK before)."""
     from latency_models.runtimes.base import example_input
-    from nas.backends.export import export_program
+    from nas.backends import export_program
 
     specs = [
         LayerSpec("act", (8, 8, 8), (8, 8, 8), activation="relu"),

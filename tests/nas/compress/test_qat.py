@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.backends.export import has_vnni
+from nas.backends import has_vnni
 from nas.compress import (
     FinetuneConfig,
     QATConfig,
