@@ -23,7 +23,6 @@ from latency_models.devices import (
     DeviceError,
     EmulatedDevice,
     RealDevice,
-    TabularDevice,
 )
 from latency_models.graph import RuntimeSpecs, pruned_layer_specs
 from latency_models.kernels import (
@@ -38,10 +37,14 @@ from latency_models.lut import (
     LUTError,
     LUTMismatchError,
     MissingKeysError,
+    lut_path,
+)
+from latency_models.lut_build import (
     build_lut,
     compile_lut,
     fill_missing,
-    lut_path,
+    pass_plan,
+    reachable_specs,
 )
 from latency_models.measurements import ArchMeasurements
 from latency_models.predictors import (
@@ -58,6 +61,7 @@ from latency_models.predictors import (
 )
 from latency_models.profiles import PROFILES, DeviceProfile, cpu_profile, host_cpu_profile
 from latency_models.spec_modules import SUPPORTED_OPS, UnsupportedSpecError, module_for_spec
+from latency_models.tabular import TabularDevice
 from latency_models.validate import ValidationReport, metrics, validate
 from nas.core.registry import Registry
 
@@ -108,7 +112,9 @@ __all__ = [
     "lut_path",
     "metrics",
     "module_for_spec",
+    "pass_plan",
     "pruned_layer_specs",
+    "reachable_specs",
     "register_emulated",
     "supports_kernels",
     "validate",

@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from latency_models.devices import Device, RealDevice
-from latency_models.lut import (
-    LUT,
-    LUTEntry,
+from latency_models.lut import LUT, LUTEntry
+from latency_models.lut_build import (
     _Appender,
     _archs_for,
     _check_build_args,

@@ -27,10 +27,12 @@ from scipy.optimize import lsq_linear
 
 from latency_models.calibrate import FLOOR_FRAC, CalibrationResult, calibrate
 from latency_models.costmodel import CostParams, leaf_specs, op_kind
-from latency_models.devices import Device, EmulatedDevice, TabularDevice
-from latency_models.lut import LUT, MissingKeysError, fill_missing
+from latency_models.devices import Device, EmulatedDevice
+from latency_models.lut import LUT, MissingKeysError
+from latency_models.lut_build import fill_missing
 from latency_models.profiles import KINDS, DeviceProfile
 from latency_models.spec_modules import is_free
+from latency_models.tabular import TabularDevice
 from nas.core.protocols import LatencyModel, NotFittedError
 from nas.core.space import SearchSpace
 

@@ -22,7 +22,8 @@ from latency_models.runtimes.base import (
 from latency_models.runtimes.cache import ENV_VAR, ArtifactCache, default_cache_root
 from latency_models.runtimes.onnxrt import OrtCPUDevice
 from latency_models.runtimes.torch_cpu import TorchCPUDevice
-from latency_models.runtimes.xnnpack import XnnpackBatch, XnnpackDevice
+from latency_models.runtimes.xnnpack import XnnpackDevice
+from latency_models.runtimes.xnnpack_batch import XnnpackBatch
 
 __all__ = [
     "DTYPES",

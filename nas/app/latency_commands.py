@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from latency_models.devices import Device, EmulatedDevice, TabularDevice
+from latency_models.devices import Device, EmulatedDevice
 from latency_models.kernels import build_kernel_lut, kernel_lut_path, supports_kernels
-from latency_models.lut import build_lut, compile_lut, lut_path
+from latency_models.lut import lut_path
+from latency_models.lut_build import build_lut, compile_lut
 from latency_models.measurements import ArchMeasurements
 from latency_models.predictors import (
     CostModelPredictor,
@@ -28,6 +29,7 @@ from latency_models.predictors import (
     MacsProxy,
     ParamsProxy,
 )
+from latency_models.tabular import TabularDevice
 from latency_models.validate import ValidationReport, validate
 from nas.core.space import SearchSpace, as_rng
 

@@ -54,7 +54,7 @@ def test_search_on_an_emulated_phone_respects_the_budget(tmp_path: Path) -> None
     import search_spaces
 
     lut = lm.LUT.load(out / "lut-pixel3-emulated.csv")
-    built = lm.lut.reachable_specs(
+    built = lm.reachable_specs(
         search_spaces.get_space("tiny"), lm.get_device("pixel3-emulated"), "fp32", n_archs=20
     )
     assert built and all(lut.passes_of(s.key) >= 2 for s in built)  # the search's LUT: 2 passes
