@@ -41,7 +41,7 @@ from nas.core.layers import LayerSpec
 from nas.core.space import SearchSpace
 
 if TYPE_CHECKING:
-    from latency_models.runtimes import RuntimeDevice
+    from latency_models.runtimes import Runtime
     from latency_models.runtimes.base import Prepared
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class Device(ABC):
         return dtype
 
     def layer_recipe(self, dtype: str) -> str:
-        """How lone layers are built for timing, where it changed (`RuntimeDevice`); ""."""
+        """How lone layers are built for timing, where it changed (`Runtime`); ""."""
         return ""
 
     def metadata(self, dtype: str) -> dict[str, Any]:
@@ -277,7 +277,12 @@ def _as_dtype(spec: LayerSpec, dtype: str) -> LayerSpec:
 
 
 class RealDevice(Device):
-    """A runtime on this machine (`latency_models.runtimes`), timing stand-in modules."""
+    """A runtime on this machine (`engine`, a `latency_models.runtimes.Runtime`), timing
+    stand-in modules of layers, whole networks, or any module (`measure_module`).
+
+    `name`, `threads` and `runtime` (the runtime's name: "onnxruntime", "executorch-xnnpack",
+    "torch") are the engine's; `protocol` is how every measurement is taken.
+    """
 
     kind = "real"
     RECENT_ARCHS = 100
@@ -286,16 +291,16 @@ class RealDevice(Device):
 
     def __init__(
         self,
-        runtime_device: RuntimeDevice,
+        engine: Runtime,
         protocol: Protocol = DEFAULT_PROTOCOL,
         chunk_layers: int = 32,
     ) -> None:
         if chunk_layers < 1:
             raise ValueError(f"chunk_layers must be >= 1, got {chunk_layers}")
-        self.runtime_device = runtime_device
-        self.name = runtime_device.name
-        self.runtime = runtime_device.runtime
-        self.threads = runtime_device.threads
+        self.engine = engine
+        self.name = engine.name
+        self.runtime = engine.runtime
+        self.threads = engine.threads
         self.protocol = protocol
         self.chunk_layers = chunk_layers
         # compiled whole networks of the archs measured lately, per space object: measuring
@@ -306,14 +311,28 @@ class RealDevice(Device):
 
     @property
     def runtime_version(self) -> str:
-        return self.runtime_device.version
+        return self.engine.version
 
     def layer_recipe(self, dtype: str) -> str:
-        return self.runtime_device.layer_recipe(dtype)
+        return self.engine.layer_recipe(dtype)
 
     @property
     def dtypes(self) -> tuple[str, ...]:
-        return tuple(self.runtime_device.dtypes)
+        return tuple(self.engine.dtypes)
+
+    def measure_module(
+        self,
+        module: nn.Module,
+        input_shape: tuple[int, ...],
+        dtype: str = "fp32",
+        calibration: torch.Tensor | None = None,
+    ) -> Measurement:
+        """Compile (or load from the artifact cache) and time any module at `input_shape`
+        (batch first) with the device's protocol: what the compression chain times its models
+        with. int8 calibrates on `calibration` (`(k * batch, *input_shape[1:])`) or on seeded
+        random data."""
+        self.check_dtype(dtype)
+        return self.engine.measure_module(module, input_shape, dtype, calibration, self.protocol)
 
     def measure_layers(
         self,
@@ -331,7 +350,7 @@ class RealDevice(Device):
         if progress is not None and len(todo) < len(specs):
             progress(len(specs) - len(todo))
         for chunk, items in self._layer_chunks(specs, todo):
-            results = self.runtime_device.measure_many(items, dtype, self.protocol)
+            results = self.engine.measure_many(items, dtype, self.protocol)
             for i, m in zip(chunk, results, strict=True):
                 out[i] = m
             if progress is not None:
@@ -352,8 +371,7 @@ class RealDevice(Device):
         self.check_dtype(dtype)
         todo = [i for i, spec in enumerate(specs) if not is_free(spec)]
         return sum(
-            self.runtime_device.compile_many(items, dtype)
-            for _, items in self._layer_chunks(specs, todo)
+            self.engine.compile_many(items, dtype) for _, items in self._layer_chunks(specs, todo)
         )
 
     def prepare_arch(
@@ -374,7 +392,7 @@ class RealDevice(Device):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             module = space.build(a)
-        prepared = recent[memo_key] = self.runtime_device.prepare(module, shape, dtype, None)
+        prepared = recent[memo_key] = self.engine.prepare(module, shape, dtype, None)
         while len(recent) > self.RECENT_ARCHS:
             recent.popitem(last=False)
         return prepared
@@ -383,4 +401,4 @@ class RealDevice(Device):
         self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
     ) -> Measurement:
         prepared = self.prepare_arch(space, arch, dtype)
-        return self.runtime_device.measure_prepared(prepared, self.protocol)
+        return self.engine.measure_prepared(prepared, self.protocol)

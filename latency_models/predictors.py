@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.optimize import lsq_linear
@@ -64,10 +64,28 @@ def _check_xy(
 
 
 class LatencyPredictor:
-    """Base class: `predict_many` loops over `predict_arch`; `predict` is `predict_many`."""
+    """Base class: `predict_many` loops over `predict_arch`; `predict` is `predict_many`.
+
+    A kind registered in `latency_models.LATENCY_MODELS` also says how
+    `latency_models.create_latency_model` builds it: `table_kind`, `learned_kind` and
+    `for_device`.
+    """
 
     device: str = ""
     dtype: str = "fp32"
+    table_kind: ClassVar[str | None] = None
+    """The table this kind prices from: "layers" (a LUT), "kernels" (a kernel table) or None."""
+    learned_kind: ClassVar[str | None] = None
+    """The registered kind fitted in this one's place on measured networks, for a kind that
+    learns nothing from them (a plain LUT sum: "lut+correction"); None: it fits itself."""
+
+    @classmethod
+    def for_device(
+        cls, device: Device, dtype: str, table: LUT | None = None, on_missing: str = "measure"
+    ) -> LatencyPredictor:
+        """An unfitted predictor of this kind for `device` in `dtype`, pricing from `table`
+        (a table of `table_kind`) where the kind has one."""
+        raise NotImplementedError(f"{cls.__name__} does not say how to build it for a device")
 
     def fit(
         self,
@@ -114,6 +132,12 @@ class _LineProxy(LatencyPredictor):
         self.device = device
         self.dtype = dtype
         self.coef_: tuple[float, float] | None = None
+
+    @classmethod
+    def for_device(
+        cls, device: Device, dtype: str, table: LUT | None = None, on_missing: str = "measure"
+    ) -> _LineProxy:
+        return cls(device.name, dtype)
 
     def proxy(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
         raise NotImplementedError
@@ -169,6 +193,9 @@ class LUTSum(LatencyPredictor):
     "raise" lists them all in one `MissingKeysError`.
     """
 
+    table_kind = "layers"
+    learned_kind: ClassVar[str | None] = "lut+correction"
+
     def __init__(self, lut: LUT, device: Device | None = None, on_missing: str = "raise") -> None:
         if on_missing not in ("raise", "measure"):
             raise ValueError(f"on_missing must be 'raise' or 'measure', got {on_missing!r}")
@@ -181,6 +208,12 @@ class LUTSum(LatencyPredictor):
         self.on_missing = on_missing
         self.device = lut.device
         self.dtype = lut.dtype
+
+    @classmethod
+    def for_device(
+        cls, device: Device, dtype: str, table: LUT | None = None, on_missing: str = "measure"
+    ) -> LUTSum:
+        return cls(_table_of(cls, table, dtype), device, on_missing)
 
     def specs(self, space: SearchSpace, arch: Mapping[str, Any]) -> list[Any]:
         if self.device_obj is not None:
@@ -218,6 +251,8 @@ class LUTCorrected(LUTSum):
     op kind k; fitted on relative errors with a ridge pulling (s, w, c) towards (1, 0, 0), so
     with few archs it stays close to the plain sum.
     """
+
+    learned_kind = None
 
     def __init__(
         self,
@@ -288,6 +323,8 @@ class KernelSum(LatencyPredictor):
     `MissingKeysError`.
     """
 
+    table_kind = "kernels"
+
     def __init__(
         self, lut: LUT, device: Device, on_missing: str = "raise", cache_archs: bool = True
     ) -> None:
@@ -308,6 +345,12 @@ class KernelSum(LatencyPredictor):
             if cache_archs and lut.path is not None
             else None
         )
+
+    @classmethod
+    def for_device(
+        cls, device: Device, dtype: str, table: LUT | None = None, on_missing: str = "measure"
+    ) -> KernelSum:
+        return cls(_table_of(cls, table, dtype), device, on_missing)
 
     def kernels(self, space: SearchSpace, arch: Mapping[str, Any]) -> list[Any]:
         from latency_models.kernels import arch_kernels
@@ -394,6 +437,12 @@ class CostModelPredictor(LatencyPredictor):
         self.emulated.check_dtype(dtype)
         self.calibration_: CalibrationResult | None = None
 
+    @classmethod
+    def for_device(
+        cls, device: Device, dtype: str, table: LUT | None = None, on_missing: str = "measure"
+    ) -> CostModelPredictor:
+        return cls(device, dtype)
+
     def fit(
         self,
         space: SearchSpace,
@@ -431,5 +480,27 @@ class TableLatency(LatencyPredictor):
         self.device = table.name
         self.dtype = table.dtypes[0]
 
+    @classmethod
+    def for_device(
+        cls, device: Device, dtype: str, table: LUT | None = None, on_missing: str = "measure"
+    ) -> TableLatency:
+        if not isinstance(device, TabularDevice):
+            raise ValueError(
+                f"the table latency model reads a table device's measurements; {device.name!r} "
+                f"is a {device.kind} device (pick a table device such as 'nb201-pixel3')"
+            )
+        return cls(device)
+
     def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
         return self.table.latency_ms(space, arch)
+
+
+def _table_of(cls: type[LatencyPredictor], table: LUT | None, dtype: str) -> LUT:
+    if table is None:
+        raise ValueError(
+            f"{cls.__name__} prices from a {cls.table_kind} table: build it first "
+            "(latency_models.create_latency_model builds or resumes it)"
+        )
+    if table.dtype != dtype:
+        raise ValueError(f"the table holds {table.dtype} times; {dtype} was asked for")
+    return table

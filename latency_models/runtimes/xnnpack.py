@@ -45,7 +45,7 @@ from latency_models.runtimes.base import (
     Branches,
     LayerItem,
     Prepared,
-    RuntimeDevice,
+    Runtime,
     calibration_batches,
     calibration_digest,
     check_dtype,
@@ -122,7 +122,7 @@ def _quantize(
     return torch.export.export(convert(observed), args)
 
 
-class XnnpackDevice(RuntimeDevice):
+class XnnpackRuntime(Runtime):
     """ExecuTorch + XNNPACK delegate, its threadpool sized to ``threads`` while in use."""
 
     runtime = "executorch-xnnpack"
