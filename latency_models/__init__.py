@@ -54,11 +54,8 @@ from latency_models.lut_build import (
 from latency_models.measurements import ArchMeasurements
 from latency_models.predictors import (
     CostModelPredictor,
-    KernelSum,
     LatencyModel,
     LatencyPredictor,
-    LUTCorrected,
-    LUTSum,
     MacsProxy,
     NotFittedError,
     ParamsProxy,
@@ -74,6 +71,7 @@ from latency_models.registry import (
     register_emulated,
 )
 from latency_models.spec_modules import SUPPORTED_OPS, UnsupportedSpecError, module_for_spec
+from latency_models.table_sums import KernelSum, LUTCorrected, LUTSum
 from latency_models.tabular import TabularDevice
 from latency_models.validate import ValidationReport, metrics, validate
 

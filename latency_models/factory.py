@@ -23,14 +23,12 @@ from latency_models.lut import LUT, lut_path
 from latency_models.lut_build import build_lut
 from latency_models.predictors import (
     CostModelPredictor,
-    KernelSum,
     LatencyPredictor,
-    LUTCorrected,
-    LUTSum,
     MacsProxy,
     ParamsProxy,
     TableLatency,
 )
+from latency_models.table_sums import KernelSum, LUTCorrected, LUTSum
 from nas.core.registry import Registry
 from nas.core.space import SearchSpace
 
