@@ -236,14 +236,10 @@ def _compress_cmd(args: argparse.Namespace) -> int:
     run = Path(args.run)
     finished = open_finished_run(run)
     arch = finished.space.from_key(args.arch)
-    named = [latency_models.get_device(d) for d in args.device]
+    named = map(latency_models.get_device, args.device)
     devices = [d for d in named if isinstance(d, latency_models.RealDevice)]
-    if len(devices) < len(named):
-        not_real = [d.name for d in named if d not in devices]
-        raise ValueError(
-            f"--device names a real device to time the models on; {not_real} are not real "
-            "(`nas latency devices` marks the real ones)"
-        )
+    if len(devices) < len(args.device):
+        raise ValueError(f"--device takes real devices (`nas latency devices`); got {args.device}")
     result = run_chain(
         run,
         arch,
