@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from torch.utils.data import TensorDataset
 
+from latency_models import get_device
 from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol, RunInfo, measure
-from latency_models.runtimes import real_device
 from nas.app.config import git_commit
 from nas.backends import has_vnni
 from nas.compress import (
@@ -420,7 +420,7 @@ def main() -> None:
         data=data,
         steps=("distill", "prune", "ptq", "qat", "export"),
         config=_config(args.quick, epochs, 0.02 if student else 0.1, weight_bits),
-        devices=[real_device("torch-cpu")],
+        devices=[get_device("torch-cpu")],
         timer=timer,
         seed=args.seed,
         student=student,

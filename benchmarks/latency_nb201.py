@@ -91,7 +91,7 @@ def main() -> None:
 
     space = NB201Space()
     tables = {
-        d: lm.get_device(name, path=args.csv, space=space) for d, (name, _) in DEVICES.items()
+        d: lm.get_device(name, table=args.csv, space=space) for d, (name, _) in DEVICES.items()
     }
     archs = tables["pixel3"].archs()
     if args.quick:

@@ -127,10 +127,10 @@ def run_case(
     y_retest = np.array(store.measure_passes(device, space, test, dtype, retest_passes))
     y_fit = np.array(store.measure_passes(device, space, fit, dtype, fit_passes, progress=True))
     t_measure = time.perf_counter() - t0
-    specs = lm.lut.reachable_specs(space, device, dtype, archs=[*fit, *test])
+    specs = lm.reachable_specs(space, device, dtype, archs=[*fit, *test])
     lut_file = lm.lut_path(out / "luts", device, dtype)
     held = lm.LUT.load(lut_file).pass_counts() if lut_file.exists() else {}
-    plan = lm.lut.pass_plan(specs, held, lut_passes)
+    plan = lm.pass_plan(specs, held, lut_passes)
     t0 = time.perf_counter()
     lut = lm.build_lut(
         space,
@@ -298,7 +298,7 @@ def _is_stored(
     path = lm.lut_path(out / "luts", device, dtype)
     if not path.exists():
         return False
-    specs = lm.lut.reachable_specs(space, device, dtype, archs=[*fit, *test])
+    specs = lm.reachable_specs(space, device, dtype, archs=[*fit, *test])
     lut = lm.LUT.load(path)
     return all(lut.passes_of(s.key) >= lut_passes for s in specs)
 

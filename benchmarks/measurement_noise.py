@@ -63,7 +63,7 @@ STATISTICS = {
 
 def run_pair(space_name: str, device_name: str, n: int, passes: int, pass_s: float) -> dict:
     space = search_spaces.get_space(space_name)
-    runtime = lm.get_device(device_name).runtime_device  # type: ignore[attr-defined]
+    runtime = lm.get_device(device_name).engine  # type: ignore[attr-defined]
     _, archs = disjoint_archs(space, 1, n, seed=0)
     prepared = []
     for a in archs:
@@ -99,7 +99,7 @@ def run_pair(space_name: str, device_name: str, n: int, passes: int, pass_s: flo
 def trace(space_name: str, device_name: str, seconds: float, window_s: float) -> dict:
     """One network timed without a break: per-window median and minimum (us)."""
     space = search_spaces.get_space(space_name)
-    runtime = lm.get_device(device_name).runtime_device  # type: ignore[attr-defined]
+    runtime = lm.get_device(device_name).engine  # type: ignore[attr-defined]
     a = space.validate(disjoint_archs(space, 1, 1, seed=0)[1][0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -156,35 +156,14 @@ def calibrate(
         base_name = device.name
         prior = device.params if isinstance(device, EmulatedDevice) else CostParams()
     profile.check_dtype(dtype)
-    if len(archs) != len(latency_ms):
-        raise ValueError(
-            f"calibrate needs one latency per arch; got {len(archs)} archs and "
-            f"{len(latency_ms)} latencies"
-        )
-    if len(archs) < 2:
-        raise ValueError(f"calibrate needs at least 2 measured archs, got {len(archs)}")
-    y = np.asarray(latency_ms, dtype=np.float64)
-    if dead_branches not in ("auto", True, False):
-        raise ValueError(f"dead_branches must be 'auto', True or False; got {dead_branches!r}")
+    y = _check_measured(archs, latency_ms, dead_branches)
     if runtime_specs is None:
         # share the device's cache of pruned specs: tracing them is the slow part
         runtime_specs = (
             device.runtime_specs if isinstance(device, EmulatedDevice) else RuntimeSpecs()
         )
-
-    def plain(space: SearchSpace, arch: Mapping[str, Any], dtype: str) -> list[LayerSpec]:
-        return space.layer_specs(arch, dtype)
-
     options = [True, False] if dead_branches == "auto" else [bool(dead_branches)]
-    fits: dict[bool, tuple[np.ndarray, float, np.ndarray]] = {}
-    for remove in options:
-        specs_of = runtime_specs if remove else plain
-        x = _features(specs_of, space, archs, dtype, profile)
-        if remove is False and True in fits and np.array_equal(x, fits[True][2]):
-            fits[False] = fits[True]  # nothing to remove in this space: same fit
-            continue
-        theta, err = fit_params(x, y, profile, prior=prior, prior_weight=prior_weight)
-        fits[remove] = (theta, err, x)
+    fits = _fits(options, runtime_specs, space, archs, y, dtype, profile, prior, prior_weight)
     # ties (a space without zero products) keep what the device's figures say
     default = prior.dead_branches(profile)
     best = min(fits, key=lambda r: (round(fits[r][1], 12), r != default))
@@ -221,3 +200,49 @@ def calibrate(
         fitted_kinds=kinds,
         dead_branch_errors={str(r): fits[r][1] for r in fits},
     )
+
+
+def _check_measured(
+    archs: Sequence[Mapping[str, Any]],
+    latency_ms: Sequence[float] | np.ndarray,
+    dead_branches: bool | str,
+) -> np.ndarray:
+    if len(archs) != len(latency_ms):
+        raise ValueError(
+            f"calibrate needs one latency per arch; got {len(archs)} archs and "
+            f"{len(latency_ms)} latencies"
+        )
+    if len(archs) < 2:
+        raise ValueError(f"calibrate needs at least 2 measured archs, got {len(archs)}")
+    if dead_branches not in ("auto", True, False):
+        raise ValueError(f"dead_branches must be 'auto', True or False; got {dead_branches!r}")
+    return np.asarray(latency_ms, dtype=np.float64)
+
+
+def _fits(
+    options: Sequence[bool],
+    runtime_specs: RuntimeSpecs,
+    space: SearchSpace,
+    archs: Sequence[Mapping[str, Any]],
+    y: np.ndarray,
+    dtype: str,
+    profile: DeviceProfile,
+    prior: CostParams,
+    prior_weight: float,
+) -> dict[bool, tuple[np.ndarray, float, np.ndarray]]:
+    """(parameters, error, features) fitted with dead branches removed (True) and kept
+    (False), for each of `options`."""
+
+    def plain(space: SearchSpace, arch: Mapping[str, Any], dtype: str) -> list[LayerSpec]:
+        return space.layer_specs(arch, dtype)
+
+    fits: dict[bool, tuple[np.ndarray, float, np.ndarray]] = {}
+    for remove in options:
+        specs_of = runtime_specs if remove else plain
+        x = _features(specs_of, space, archs, dtype, profile)
+        if remove is False and True in fits and np.array_equal(x, fits[True][2]):
+            fits[False] = fits[True]  # nothing to remove in this space: same fit
+            continue
+        theta, err = fit_params(x, y, profile, prior=prior, prior_weight=prior_weight)
+        fits[remove] = (theta, err, x)
+    return fits

@@ -12,21 +12,16 @@ All devices share one interface, so LUT building, calibration and validation hav
 `RealDevice` wraps a runtime of `latency_models.runtimes` (ONNX Runtime, ExecuTorch + XNNPACK,
 PyTorch eager) and builds a stand-in module per spec (`spec_modules`). `EmulatedDevice` prices
 specs with the cost model of a `DeviceProfile`: deterministic, zero spread. `TabularDevice`
-reads whole-network latencies measured elsewhere (e.g. HW-NAS-Bench's Pixel 3 column of
-`nb201.csv`): it can be calibrated on and validated against, never asked for a layer.
+(`latency_models.tabular`) reads whole-network latencies measured elsewhere.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import math
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,10 +38,10 @@ from latency_models.profiles import DeviceProfile, host_cpu_profile
 from latency_models.spec_modules import is_free, module_for_spec
 from nas.core.files import json_digest
 from nas.core.layers import LayerSpec
-from nas.core.space import Arch, SearchSpace
+from nas.core.space import SearchSpace
 
 if TYPE_CHECKING:
-    from latency_models.runtimes import RuntimeDevice
+    from latency_models.runtimes import Runtime
     from latency_models.runtimes.base import Prepared
 
 log = logging.getLogger(__name__)
@@ -56,7 +51,6 @@ __all__ = [
     "DeviceError",
     "EmulatedDevice",
     "RealDevice",
-    "TabularDevice",
     "point_measurement",
 ]
 
@@ -124,7 +118,7 @@ class Device(ABC):
         return dtype
 
     def layer_recipe(self, dtype: str) -> str:
-        """How lone layers are built for timing, where it changed (`RuntimeDevice`); ""."""
+        """How lone layers are built for timing, where it changed (`Runtime`); ""."""
         return ""
 
     def metadata(self, dtype: str) -> dict[str, Any]:
@@ -283,7 +277,12 @@ def _as_dtype(spec: LayerSpec, dtype: str) -> LayerSpec:
 
 
 class RealDevice(Device):
-    """A runtime on this machine (`latency_models.runtimes`), timing stand-in modules."""
+    """A runtime on this machine (`engine`, a `latency_models.runtimes.Runtime`), timing
+    stand-in modules of layers, whole networks, or any module (`measure_module`).
+
+    `name`, `threads` and `runtime` (the runtime's name: "onnxruntime", "executorch-xnnpack",
+    "torch") are the engine's; `protocol` is how every measurement is taken.
+    """
 
     kind = "real"
     RECENT_ARCHS = 100
@@ -292,16 +291,16 @@ class RealDevice(Device):
 
     def __init__(
         self,
-        runtime_device: RuntimeDevice,
+        engine: Runtime,
         protocol: Protocol = DEFAULT_PROTOCOL,
         chunk_layers: int = 32,
     ) -> None:
         if chunk_layers < 1:
             raise ValueError(f"chunk_layers must be >= 1, got {chunk_layers}")
-        self.runtime_device = runtime_device
-        self.name = runtime_device.name
-        self.runtime = runtime_device.runtime
-        self.threads = runtime_device.threads
+        self.engine = engine
+        self.name = engine.name
+        self.runtime = engine.runtime
+        self.threads = engine.threads
         self.protocol = protocol
         self.chunk_layers = chunk_layers
         # compiled whole networks of the archs measured lately, per space object: measuring
@@ -312,14 +311,28 @@ class RealDevice(Device):
 
     @property
     def runtime_version(self) -> str:
-        return self.runtime_device.version
+        return self.engine.version
 
     def layer_recipe(self, dtype: str) -> str:
-        return self.runtime_device.layer_recipe(dtype)
+        return self.engine.layer_recipe(dtype)
 
     @property
     def dtypes(self) -> tuple[str, ...]:
-        return tuple(self.runtime_device.dtypes)
+        return tuple(self.engine.dtypes)
+
+    def measure_module(
+        self,
+        module: nn.Module,
+        input_shape: tuple[int, ...],
+        dtype: str = "fp32",
+        calibration: torch.Tensor | None = None,
+    ) -> Measurement:
+        """Compile (or load from the artifact cache) and time any module at `input_shape`
+        (batch first) with the device's protocol: what the compression chain times its models
+        with. int8 calibrates on `calibration` (`(k * batch, *input_shape[1:])`) or on seeded
+        random data."""
+        self.check_dtype(dtype)
+        return self.engine.measure_module(module, input_shape, dtype, calibration, self.protocol)
 
     def measure_layers(
         self,
@@ -337,7 +350,7 @@ class RealDevice(Device):
         if progress is not None and len(todo) < len(specs):
             progress(len(specs) - len(todo))
         for chunk, items in self._layer_chunks(specs, todo):
-            results = self.runtime_device.measure_many(items, dtype, self.protocol)
+            results = self.engine.measure_many(items, dtype, self.protocol)
             for i, m in zip(chunk, results, strict=True):
                 out[i] = m
             if progress is not None:
@@ -358,8 +371,7 @@ class RealDevice(Device):
         self.check_dtype(dtype)
         todo = [i for i, spec in enumerate(specs) if not is_free(spec)]
         return sum(
-            self.runtime_device.compile_many(items, dtype)
-            for _, items in self._layer_chunks(specs, todo)
+            self.engine.compile_many(items, dtype) for _, items in self._layer_chunks(specs, todo)
         )
 
     def prepare_arch(
@@ -380,7 +392,7 @@ class RealDevice(Device):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             module = space.build(a)
-        prepared = recent[memo_key] = self.runtime_device.prepare(module, shape, dtype, None)
+        prepared = recent[memo_key] = self.engine.prepare(module, shape, dtype, None)
         while len(recent) > self.RECENT_ARCHS:
             recent.popitem(last=False)
         return prepared
@@ -389,154 +401,4 @@ class RealDevice(Device):
         self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
     ) -> Measurement:
         prepared = self.prepare_arch(space, arch, dtype)
-        return self.runtime_device.measure_prepared(prepared, self.protocol)
-
-
-# --------------------------------------------------------------------------------------------
-# Tabular: whole-network latencies measured elsewhere
-# --------------------------------------------------------------------------------------------
-
-
-class TabularDevice(Device):
-    """Whole-network latencies read from a CSV (one row per arch, one column per device).
-
-    `arch_column` holds the arch: parsed with `parse` (default: the space's `from_str` where it
-    has one, else JSON of the arch mapping). Rows are keyed by `space.key(arch)`.
-    """
-
-    kind = "tabular"
-    deterministic = True
-
-    def __init__(
-        self,
-        path: str | Path,
-        column: str,
-        space: SearchSpace,
-        *,
-        arch_column: str = "arch_str",
-        parse: Callable[[str], Mapping[str, Any]] | None = None,
-        name: str | None = None,
-        dtype: str = "fp32",
-        profile: DeviceProfile | None = None,
-    ) -> None:
-        self.path = Path(path)
-        self.column = column
-        self.space = space
-        self.name = name or f"table:{self.path.name}:{column}"
-        self.runtime = f"table {self.path.name}"
-        self._dtype = dtype
-        self._profile = profile
-        self.threads = profile.cores if profile is not None else 1
-        if parse is None:
-            from_str = getattr(space, "from_str", None)
-            parse = from_str if callable(from_str) else _parse_json_arch
-        self._table, self._archs = _read_table(self.path, arch_column, column, space, parse)
-
-    @property
-    def runtime_version(self) -> str:
-        return f"{self.path.name} column {self.column}"
-
-    @property
-    def dtypes(self) -> tuple[str, ...]:
-        return (self._dtype,)
-
-    def __len__(self) -> int:
-        return len(self._table)
-
-    def archs(self) -> list[Arch]:
-        """Every arch in the table, in file order."""
-        return [dict(a) for a in self._archs]
-
-    def latencies_ms(self, archs: Iterable[Mapping[str, Any]] | None = None) -> list[float]:
-        """Measured latency of each arch (all rows in file order when `archs` is None)."""
-        if archs is None:
-            archs = self._archs
-        return [self.latency_ms(self.space, a) for a in archs]
-
-    def latency_ms(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
-        if space is not self.space and space.name != self.space.name:
-            raise DeviceError(
-                f"table device {self.name!r} holds archs of space {self.space.name!r}, "
-                f"not {space.name!r}"
-            )
-        key = self.space.key(arch)
-        try:
-            return self._table[key]
-        except KeyError:
-            raise DeviceError(
-                f"arch {key!r} is not in {self.path} ({len(self._table)} rows): a table device "
-                "only knows the archs it was measured on"
-            ) from None
-
-    def measure_layers(
-        self,
-        specs: Sequence[LayerSpec],
-        dtype: str = "fp32",
-        progress: ProgressFn | None = None,
-    ) -> list[Measurement]:
-        raise DeviceError(
-            f"table device {self.name!r} holds whole-network latencies only and cannot time "
-            "layers; calibrate an emulated device on it (latency_models.calibrate) and build "
-            "LUTs on that"
-        )
-
-    def measure_arch(
-        self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
-    ) -> Measurement:
-        self.check_dtype(dtype)
-        return self._point(self.latency_ms(space, arch), dtype)
-
-    def prior_profile(self) -> DeviceProfile:
-        if self._profile is None:
-            raise DeviceError(
-                f"table device {self.name!r} has no device profile to calibrate from; pass "
-                "profile=PROFILES[...] when creating it"
-            )
-        return self._profile
-
-
-def _parse_json_arch(text: str) -> Mapping[str, Any]:
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a JSON object of dimension -> value, got {text!r}")
-    return value
-
-
-def _read_table(
-    path: Path,
-    arch_column: str,
-    column: str,
-    space: SearchSpace,
-    parse: Callable[[str], Mapping[str, Any]],
-) -> tuple[dict[str, float], list[Arch]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"no measurement table at {path}")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in (arch_column, column) if c not in header]
-        if missing:
-            raise DeviceError(
-                f"{path} has no column(s) {missing}; it has {header}. Pass arch_column= and "
-                "column= naming the arch and the latency (ms) columns"
-            )
-        table: dict[str, float] = {}
-        archs: list[Arch] = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                arch = space.validate(parse(row[arch_column]))
-                value = float(row[column])
-            except (ValueError, TypeError, KeyError) as err:
-                raise DeviceError(f"{path}, line {line}: cannot read the row: {err}") from None
-            if not (math.isfinite(value) and value > 0):
-                raise DeviceError(
-                    f"{path}, line {line}: latency {column}={row[column]!r} must be a finite "
-                    "number > 0 (milliseconds)"
-                )
-            key = space.key(arch)
-            if key not in table:
-                archs.append(arch)
-            table[key] = value
-    if not table:
-        raise DeviceError(f"{path} holds no rows")
-    return table, archs
+        return self.engine.measure_prepared(prepared, self.protocol)

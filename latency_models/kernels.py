@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from latency_models.devices import Device, RealDevice
-from latency_models.lut import (
-    LUT,
-    LUTEntry,
+from latency_models.lut import LUT, LUTEntry
+from latency_models.lut_build import (
     _Appender,
     _archs_for,
     _check_build_args,
@@ -68,7 +67,7 @@ optimisation of its whole network)."""
 
 def supports_kernels(device: Device) -> bool:
     """Whether `device` can name the kernels its runtime runs for a network."""
-    return isinstance(device, RealDevice) and hasattr(device.runtime_device, "network_kernels")
+    return isinstance(device, RealDevice) and hasattr(device.engine, "network_kernels")
 
 
 def _checked(device: Device) -> RealDevice:
@@ -163,7 +162,7 @@ class ArchKernelCache:
         """The device's table identity, how its runtime turns a module into a model (exporter
         and quantizer versions and settings), and the CPU."""
         identity = {**kernel_metadata(device, dtype), **cpu_signature()}
-        recipe = getattr(getattr(device, "runtime_device", None), "network_recipe", None)
+        recipe = getattr(getattr(device, "engine", None), "network_recipe", None)
         if callable(recipe):
             identity["network"] = recipe(dtype)
         return identity
@@ -331,7 +330,7 @@ def arch_kernels(
         if held is not None:
             return held
     prepared = real.prepare_arch(space, arch, dtype)
-    kernels: list[KernelSpec] = real.runtime_device.network_kernels(prepared)  # type: ignore[attr-defined]
+    kernels: list[KernelSpec] = real.engine.network_kernels(prepared)  # type: ignore[attr-defined]
     if cache is not None:
         try:
             cache.put(space, arch, kernels)
@@ -343,7 +342,7 @@ def arch_kernels(
 def _measure(
     lut: LUT, device: RealDevice, kernels: Sequence[KernelSpec], appender: _Appender | None
 ) -> None:
-    measured = device.runtime_device.measure_kernels(  # type: ignore[attr-defined]
+    measured = device.engine.measure_kernels(  # type: ignore[attr-defined]
         kernels, lut.dtype, device.protocol
     )
     entries = [LUTEntry.of(k.key, k.op, m) for k, m in zip(kernels, measured, strict=True)]

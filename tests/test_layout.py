@@ -7,7 +7,13 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WIRING = {"nas.app.pipeline", "nas.app.cli", "nas.app.demo", "nas.app.latency_commands"}
+WIRING = {
+    "nas.app.pipeline",
+    "nas.app.cli",
+    "nas.app.config",
+    "nas.app.demo",
+    "nas.app.latency_commands",
+}
 
 
 def _imports(path: Path) -> set[str]:

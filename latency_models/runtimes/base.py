@@ -1,4 +1,4 @@
-"""The common shape of a real-runtime device, and the helpers every runtime shares.
+"""A runtime (the engine behind a real device): the common shape, and the helpers all share.
 
 Artifacts themselves (``torch.export``, lowering, ONNX export and quantization, loading a
 ``.pte``, ExecuTorch's thread pool) are made by :mod:`nas.backends`, the one place that
@@ -13,7 +13,7 @@ import importlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -206,9 +206,11 @@ class Prepared(ABC):
         return x.detach().to(torch.float32).contiguous()
 
 
-class RuntimeDevice(ABC):
-    """A runtime on this machine that can time one layer or a whole network.
+class Runtime(ABC):
+    """An engine on this machine that can time one layer or a whole network: what a
+    :class:`latency_models.RealDevice` runs on (not a device itself).
 
+    ``name`` is the device the runtime times for: measurements, artifacts and errors carry it.
     Subclasses set ``runtime`` and ``dtypes`` and implement ``version``, ``prepare`` and
     ``_fixed_threads``; ``measure_module`` and ``measure_many`` follow from them.
     """
@@ -337,11 +339,3 @@ def check_items(items: Sequence[LayerItem]) -> list[tuple[nn.Module, tuple[int, 
             )
         out.append((item[0], check_shape(item[1])))
     return out
-
-
-def close_matches_error(kind: str, name: str, valid: Mapping[str, object]) -> KeyError:
-    import difflib
-
-    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.4)
-    hint = f"; did you mean {close}?" if close else ""
-    return KeyError(f"unknown {kind} {name!r}{hint} Valid names: {sorted(valid)}")

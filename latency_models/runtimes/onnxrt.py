@@ -44,7 +44,7 @@ from latency_models.runtimes.base import (
     Branches,
     LayerItem,
     Prepared,
-    RuntimeDevice,
+    Runtime,
     calibration_batches,
     calibration_digest,
     check_dtype,
@@ -112,7 +112,7 @@ def _import_ort(device: str) -> ModuleType:
     return require("onnxruntime", device=device, packages=_PACKAGES, extra=_EXTRA)
 
 
-class OrtCPUDevice(RuntimeDevice):
+class OrtCPURuntime(Runtime):
     """ONNX Runtime, CPU execution provider, a fixed intra-op thread count."""
 
     runtime = "onnxruntime"

@@ -26,7 +26,7 @@ from latency_models.runtimes.base import (
     DTYPES,
     LayerItem,
     Prepared,
-    RuntimeDevice,
+    Runtime,
     calibration_batches,
     check_dtype,
     check_items,
@@ -107,7 +107,7 @@ def quantize_fx_x86(
             return convert_fx(observed)
 
 
-class TorchCPUDevice(RuntimeDevice):
+class TorchRuntime(Runtime):
     """Eager PyTorch with ``torch.set_num_threads(threads)`` while measuring."""
 
     runtime = "torch"

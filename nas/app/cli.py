@@ -145,20 +145,17 @@ def _latency_build_cmd(args: argparse.Namespace) -> int:
 def _latency_validate_cmd(args: argparse.Namespace) -> int:
     from nas.app.latency_commands import cli_validate
 
-    kwargs: dict[str, Any] = {}
-    if args.table:
-        kwargs.update(path=args.table, space=_space(args))
     report = cli_validate(
         _space(args),
         args.device,
         args.out,
+        table=args.table,
         model_device=args.model_device,
         dtype=args.dtype,
         n_fit=args.fit,
         n_test=args.test,
         seed=args.seed,
         progress=not args.quiet,
-        **kwargs,
     )
     print(report)
     return 0
@@ -166,27 +163,29 @@ def _latency_validate_cmd(args: argparse.Namespace) -> int:
 
 def _search_cmd(args: argparse.Namespace) -> int:
     import latency_models
-    from latency_models.predictors import KernelSum, LUTSum
     from nas.search import export_pareto_csv, run_search, sqlite_url, trials_frame
 
+    kind = args.latency_model
+    if kind not in latency_models.table_kinds():
+        raise ValueError(
+            f"--latency-model {kind!r} is not one of {', '.join(latency_models.table_kinds())} "
+            "(the registered latency models that sum a table)"
+        )
     space = _space(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    models = []
-    for name in args.device:
-        device = latency_models.get_device(name)
-        kernels = args.latency_model == "kernels"
-        build = latency_models.build_kernel_lut if kernels else latency_models.build_lut
-        table = build(
+    models = [
+        latency_models.create_latency_model(
+            kind,
             space,
-            device,
-            out / f"{'kernels' if kernels else 'lut'}-{name}.csv",
+            latency_models.get_device(name),
+            path=out / f"{kind}-{name}.csv",
             n_archs=args.lut_archs,
             progress=not args.quiet,
             passes=args.lut_passes,
         )
-        model = (KernelSum if kernels else LUTSum)(table, device, on_missing="measure")
-        models.append(model)
+        for name in args.device
+    ]
     objectives = [o for o in args.objectives.split(",") if o]
     resolved: list[Any] = []
     for o in objectives:
@@ -229,14 +228,17 @@ def _search_worker_cmd(args: argparse.Namespace) -> int:
 
 
 def _compress_cmd(args: argparse.Namespace) -> int:
-    from latency_models.runtimes import real_device
+    import latency_models
     from nas.app.pipeline import open_finished_run
     from nas.compress.chain import render_report, run_chain
 
     run = Path(args.run)
     finished = open_finished_run(run)
     arch = finished.space.from_key(args.arch)
-    devices = [real_device(d) for d in args.device]
+    named = map(latency_models.get_device, args.device)
+    devices = [d for d in named if isinstance(d, latency_models.RealDevice)]
+    if len(devices) < len(args.device):
+        raise ValueError(f"--device takes real devices (`nas latency devices`); got {args.device}")
     result = run_chain(
         run,
         arch,
@@ -399,10 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--latency-model",
-        choices=["lut", "kernels"],
         default="lut",
-        help="sum a table of the space's layers (default), or of the kernels the runtime's "
-        "optimiser makes of each whole network (ort-cpu-* only; about a second per new arch)",
+        help="a registered latency model that sums a table: lut (the space's layers, default) "
+        "or kernels (the kernels the runtime's optimiser makes of each whole network; ort-cpu-* "
+        "only, about a second per new arch)",
     )
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite in --out)")
     p.add_argument("--study", default="search")

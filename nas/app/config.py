@@ -74,8 +74,10 @@ class DeviceConfig:
     #: passes over every LUT layer, each layer keeping its fastest: more on a noisy shared
     #: host (real runtimes); emulated and table devices are deterministic, 1 is enough
     lut_passes: int = 1
-    #: "lut" (a table of the space's layers) or "kernels" (a table of the kernels the
-    #: runtime's optimiser makes of lut_archs whole networks: ONNX Runtime devices only)
+    #: a registered latency model that sums a table (`latency_models.table_kinds()`): "lut"
+    #: (a table of the space's layers; with calibration_archs, "lut+correction" is fitted) or
+    #: "kernels" (a table of the kernels the runtime's optimiser makes of lut_archs whole
+    #: networks: ONNX Runtime devices only)
     latency_model: str = "lut"
 
 
@@ -185,15 +187,16 @@ def _check_compress(compress: CompressConfig, problems: list[str]) -> None:
         problems.append(f"compress.top_k: expected >= 0, got {compress.top_k}")
 
 
-LATENCY_MODELS = ("lut", "kernels")
-
-
 def _check_devices(devices: list[DeviceConfig], problems: list[str]) -> None:
+    from latency_models import table_kinds
+
+    kinds = table_kinds()  # the registered latency models that sum a table the stage builds
     for i, dev in enumerate(devices):
-        if dev.latency_model not in LATENCY_MODELS:
+        if dev.latency_model not in kinds:
             problems.append(
                 f"devices[{i}].latency_model: {dev.latency_model!r} is not one of "
-                f"{', '.join(LATENCY_MODELS)}"
+                f"{', '.join(kinds)} (the registered latency models that sum a table; "
+                "calibration_archs fit their learned form)"
             )
         if dev.lut_passes < 1:
             problems.append(f"devices[{i}].lut_passes: expected >= 1, got {dev.lut_passes}")

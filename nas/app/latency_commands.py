@@ -15,20 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from latency_models.devices import Device, EmulatedDevice, TabularDevice
-from latency_models.kernels import build_kernel_lut, kernel_lut_path, supports_kernels
-from latency_models.lut import build_lut, compile_lut, lut_path
-from latency_models.measurements import ArchMeasurements
-from latency_models.predictors import (
-    CostModelPredictor,
-    KernelSum,
+import latency_models as lm
+from latency_models import (
+    LUT,
+    ArchMeasurements,
+    Device,
+    EmulatedDevice,
     LatencyModel,
-    LUTCorrected,
-    LUTSum,
-    MacsProxy,
-    ParamsProxy,
+    TabularDevice,
+    ValidationReport,
+    validate,
 )
-from latency_models.validate import ValidationReport, validate
 from nas.core.space import SearchSpace, as_rng
 
 log = logging.getLogger(__name__)
@@ -36,18 +33,8 @@ log = logging.getLogger(__name__)
 __all__ = ["cli_build_lut", "cli_validate", "disjoint_archs"]
 
 
-def _device(device: Device | str, **kwargs: Any) -> Device:
-    if isinstance(device, Device):
-        return device
-    from latency_models import get_device
-
-    return get_device(device, **kwargs)
-
-
-def _is_table(name: str) -> bool:
-    from latency_models import DEVICES
-
-    return name in DEVICES and DEVICES.describe(name).startswith("table:")
+def _device(device: Device | str, **options: Any) -> Device:
+    return device if isinstance(device, Device) else lm.get_device(device, **options)
 
 
 def cli_build_lut(
@@ -78,37 +65,9 @@ def cli_build_lut(
     """
     dev = _device(device)
     dtype = dev.check_dtype(dtype or dev.dtypes[0])
+    kind = "kernels" if kernels else "lut"
     out = Path(out)
-    t0 = time.perf_counter()
-    if kernels:
-        if compile_only:
-            raise ValueError(
-                "--compile-only applies to layer LUTs (programs lowered ahead); a kernel table "
-                "compiles nothing worth doing ahead: build it directly"
-            )
-        path = out if out.suffix == ".csv" else kernel_lut_path(out, dev, dtype)
-        table = build_kernel_lut(
-            space,
-            dev,
-            path,
-            dtype=dtype,
-            n_archs=n_archs,
-            seed=seed,
-            passes=passes,
-            batch_kernels=batch_layers,
-            progress=progress,
-        )
-        log.info(
-            "kernel table of %s on %s (%s): %d kernels in %s (%.1f s)",
-            space.name,
-            dev.name,
-            dtype,
-            len(table),
-            path,
-            time.perf_counter() - t0,
-        )
-        return path
-    path = out if out.suffix == ".csv" else lut_path(out, dev, dtype)
+    path = out if out.suffix == ".csv" else lm.table_path(kind, out, dev, dtype)
     # compile_lut takes build_lut's arguments, so that it compiles what the build will time
     same: dict[str, Any] = {
         "dtype": dtype,
@@ -117,33 +76,48 @@ def cli_build_lut(
         "batch_layers": batch_layers,
         "passes": passes,
     }
+    t0 = time.perf_counter()
     if compile_only:
-        if not hasattr(dev, "compile_layers"):
-            log.info("%s compiles nothing: its LUT is built by measuring alone", dev.name)
-            return path
-        built = compile_lut(space, dev, path, **same)
+        _compile_only(space, dev, path, kernels, same)
+    else:
+        table = lm.build_table(kind, space, dev, path, progress=progress, **same)
         log.info(
-            "compiled %d program(s) for the LUT of %s on %s (%s) in %.1f s; the build of %s "
-            "finds them in the artifact cache",
-            built,
+            "%s of %s on %s (%s): %d %s in %s (%.1f s)",
+            "kernel table" if kernels else "LUT",
             space.name,
             dev.name,
             dtype,
-            time.perf_counter() - t0,
+            len(table),
+            "kernels" if kernels else "layers",
             path,
+            time.perf_counter() - t0,
         )
-        return path
-    lut = build_lut(space, dev, path, progress=progress, **same)
+    return path
+
+
+def _compile_only(
+    space: SearchSpace, dev: Device, path: Path, kernels: bool, same: dict[str, Any]
+) -> None:
+    if kernels:
+        raise ValueError(
+            "--compile-only applies to layer LUTs (programs lowered ahead); a kernel table "
+            "compiles nothing worth doing ahead: build it directly"
+        )
+    if not hasattr(dev, "compile_layers"):
+        log.info("%s compiles nothing: its LUT is built by measuring alone", dev.name)
+        return
+    t0 = time.perf_counter()
+    built = lm.compile_lut(space, dev, path, **same)
     log.info(
-        "LUT of %s on %s (%s): %d layers in %s (%.1f s)",
+        "compiled %d program(s) for the LUT of %s on %s (%s) in %.1f s; the build of %s "
+        "finds them in the artifact cache",
+        built,
         space.name,
         dev.name,
-        dtype,
-        len(lut),
-        path,
+        same["dtype"],
         time.perf_counter() - t0,
+        path,
     )
-    return path
 
 
 def disjoint_archs(
@@ -187,6 +161,7 @@ def cli_validate(
     measured: Device | str,
     out: str | Path,
     *,
+    table: str | Path | None = None,
     model_device: Device | str | None = None,
     dtype: str | None = None,
     n_fit: int = 100,
@@ -194,73 +169,46 @@ def cli_validate(
     seed: int = 0,
     lut_archs: int | None = None,
     progress: bool = True,
-    **device_kwargs: Any,
 ) -> ValidationReport:
-    """`nas latency validate --space S --device D [--model-device M] [--fit N] [--test N]`.
+    """`nas latency validate --space S --device D [--table CSV] [--model-device M] [--fit N]
+    [--test N]`.
 
     Compares, on `n_test` archs, the MACs and params proxies, the LUT sum, the LUT sum with a
-    learned correction, the cost model (spec-only and calibrated) and, where the device names
+    learned correction, the cost model (spec only and calibrated) and, where the device names
     its runtime's kernels (ONNX Runtime), the kernel sum (fitted line) with whole-network
     latencies from `measured`: a real device (measured now, cached in `out/measurements.csv`
-    so a run resumes) or a table device (`device_kwargs` give its `path=`; the space is
-    passed for you). Everything fitted is fitted on `n_fit` other archs. LUTs are built on
-    `model_device` (default: `measured` itself when real, the table's emulated profile when a
-    table) into `out/`. Writes validation.md/.json/.png and returns the report.
+    so a run resumes) or a table device (`table` is its CSV, its rows archs of `space`).
+    Everything fitted is fitted on `n_fit` other archs. LUTs are built on `model_device`
+    (default: `measured` itself when real, the table's emulated profile when a table) into
+    `out/`. Writes validation.md/.json/.png and returns the report.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if isinstance(measured, str) and _is_table(measured):
-        device_kwargs.setdefault("space", space)  # a table's archs are parsed by the space
-    meas = _device(measured, **device_kwargs)
+    options: dict[str, Any] = {} if table is None else {"table": table, "space": space}
+    meas = _device(measured, **options)
     if isinstance(meas, EmulatedDevice):
         raise ValueError(
             f"validate needs real measurements; {meas.name!r} is emulated (pass a real device "
             "such as 'xnnpack-1t' or a table device such as 'nb201-pixel3')"
         )
     dtype = meas.check_dtype(dtype or meas.dtypes[0])
-    if isinstance(meas, TabularDevice):
-        fit, test = disjoint_archs(space, n_fit, n_test, seed, pool=meas.archs())
-        y_fit = np.array(meas.latencies_ms(fit))
-        y_test = np.array(meas.latencies_ms(test))
-        default_model: Device = EmulatedDevice(meas.prior_profile())
-    else:
-        fit, test = disjoint_archs(space, n_fit, n_test, seed)
-        store = ArchMeasurements(out / "measurements.csv")
-        y_fit = np.array(store.measure(meas, space, fit, dtype, progress=progress))
-        y_test = np.array(store.measure(meas, space, test, dtype, progress=progress))
-        default_model = meas
+    fit, test, y_fit, y_test = _measured(space, meas, dtype, n_fit, n_test, seed, out, progress)
+    default_model = EmulatedDevice(meas.prior_profile()) if meas.kind == "tabular" else meas
     model = _device(model_device) if model_device is not None else default_model
     model_dtype = dtype if dtype in model.dtypes else model.dtypes[0]
-    lut = build_lut(
+    lut = lm.build_table(
+        "lut",
         space,
         model,
-        lut_path(out, model, model_dtype),
+        lm.table_path("lut", out, model, model_dtype),
         dtype=model_dtype,
         archs=[*fit, *test] if lut_archs is None else None,
         n_archs=lut_archs,
         seed=seed,
         progress=progress,
     )
-    predictors: dict[str, LatencyModel] = {
-        "macs": MacsProxy(meas.name, dtype).fit(space, fit, y_fit),
-        "params": ParamsProxy(meas.name, dtype).fit(space, fit, y_fit),
-        "lut": LUTSum(lut, model, on_missing="measure"),
-        "lut+correction": LUTCorrected(lut, model, on_missing="measure").fit(space, fit, y_fit),
-        "costmodel (spec only)": CostModelPredictor(model, model_dtype),
-        "costmodel (calibrated)": CostModelPredictor(model, model_dtype).fit(space, fit, y_fit),
-    }
-    kernel_table = None
-    if supports_kernels(model):
-        # the kernels the runtime's optimiser makes of each network (ONNX Runtime)
-        kernel_table = build_kernel_lut(
-            space,
-            model,
-            kernel_lut_path(out, model, model_dtype),
-            dtype=model_dtype,
-            archs=[*fit, *test],
-            progress=progress,
-        )
-        predictors["kernels"] = KernelSum(kernel_table, model).fit(space, fit, y_fit)
+    kernels_of = ([*fit, *test], out, progress)
+    predictors = _predictors(space, meas, dtype, model, lut, (fit, y_fit), kernels_of)
     report = validate(
         predictors,
         space,
@@ -271,22 +219,82 @@ def cli_validate(
         measured_on=meas.name,
         out_dir=out,
     )
-    (out / "validation_config.json").write_text(
-        json.dumps(
-            {
-                "space": space.name,
-                "measured": meas.name,
-                "model_device": model.name,
-                "dtype": dtype,
-                "n_fit": n_fit,
-                "n_test": n_test,
-                "seed": seed,
-                "lut": str(lut.path),
-                "lut_layers": len(lut),
-                "kernel_table": str(kernel_table.path) if kernel_table is not None else None,
-                "kernels": len(kernel_table) if kernel_table is not None else None,
-            },
-            indent=1,
-        )
-    )
+    kernel_table: LUT | None = getattr(predictors.get("kernels"), "lut", None)
+    config = {
+        "space": space.name,
+        "measured": meas.name,
+        "model_device": model.name,
+        "dtype": dtype,
+        "n_fit": n_fit,
+        "n_test": n_test,
+        "seed": seed,
+        "lut": str(lut.path),
+        "lut_layers": len(lut),
+        "kernel_table": str(kernel_table.path) if kernel_table is not None else None,
+        "kernels": len(kernel_table) if kernel_table is not None else None,
+    }
+    (out / "validation_config.json").write_text(json.dumps(config, indent=1))
     return report
+
+
+def _predictors(
+    space: SearchSpace,
+    meas: Device,
+    dtype: str,
+    model: Device,
+    lut: LUT,
+    measured: tuple[list[dict[str, Any]], np.ndarray],
+    kernels_of: tuple[list[dict[str, Any]], Path, bool],
+) -> dict[str, LatencyModel]:
+    """The latency models `cli_validate` compares: the proxies fitted to `meas`'s latencies,
+    the rest priced on `model` (its layer LUT `lut`, and where its runtime names its kernels
+    a kernel table of the archs of `kernels_of` = (archs, folder, progress)), fitted on
+    `measured` where they learn."""
+
+    def create(kind: str, on: Device, **kw: Any) -> LatencyModel:
+        return lm.create_latency_model(kind, space, on, dtype=kw.pop("dtype", lut.dtype), **kw)
+
+    predictors: dict[str, LatencyModel] = {
+        "macs": create("macs", meas, dtype=dtype, fit=measured),
+        "params": create("params", meas, dtype=dtype, fit=measured),
+        "lut": create("lut", model, table=lut),
+        "lut+correction": create("lut+correction", model, table=lut, fit=measured),
+        "costmodel (spec only)": create("costmodel", model),
+        "costmodel (calibrated)": create("costmodel", model, fit=measured),
+    }
+    if lm.supports_kernels(model):
+        # the kernels the runtime's optimiser makes of each network (ONNX Runtime)
+        archs, out, progress = kernels_of
+        predictors["kernels"] = create(
+            "kernels",
+            model,
+            path=lm.table_path("kernels", out, model, lut.dtype),
+            archs=archs,
+            progress=progress,
+            fit=measured,
+            on_missing="raise",
+        )
+    return predictors
+
+
+def _measured(
+    space: SearchSpace,
+    meas: Device,
+    dtype: str,
+    n_fit: int,
+    n_test: int,
+    seed: int,
+    out: Path,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """Archs to fit and to test, with their whole-network latencies on `meas`: read from a
+    table device (drawn from the archs it holds), or measured now (cached in
+    `out/measurements.csv`, so a run resumes)."""
+    if isinstance(meas, TabularDevice):
+        fit, test = disjoint_archs(space, n_fit, n_test, seed, pool=meas.archs())
+        return fit, test, np.array(meas.latencies_ms(fit)), np.array(meas.latencies_ms(test))
+    fit, test = disjoint_archs(space, n_fit, n_test, seed)
+    store = ArchMeasurements(out / "measurements.csv")
+    y_fit = np.array(store.measure(meas, space, fit, dtype, progress=progress))
+    y_test = np.array(store.measure(meas, space, test, dtype, progress=progress))
+    return fit, test, y_fit, y_test

@@ -149,7 +149,6 @@ def stage_latency(state: RunState, progress: bool) -> None:
     """One table per device (resumable CSV: the space's layers, or the runtime's kernels with
     `latency_model: kernels`), a latency model on it, its error on whole networks."""
     import latency_models as lm
-    from latency_models.predictors import KernelSum, LUTCorrected, LUTSum
     from latency_models.validate import metrics as latency_metrics
 
     out = state.run_dir / "latency"
@@ -158,23 +157,20 @@ def stage_latency(state: RunState, progress: bool) -> None:
         label = _device_label(dev)
         device = lm.get_device(dev.name)
         state.devices[label] = device
-        kernels = dev.latency_model == "kernels"
-        build = lm.build_kernel_lut if kernels else lm.build_lut
-        lut = build(
+        kind = dev.latency_model
+        suffix = "" if kind == "lut" else f"-{kind}"  # a layer LUT keeps the file name it had
+        table = lm.build_table(
+            kind,
             state.space,
             device,
-            out / f"{label}{'-kernels' if kernels else ''}.csv",
+            out / f"{label}{suffix}.csv",
             dtype=dev.dtype,
             n_archs=dev.lut_archs,
             seed=state.config.seed + i,
             progress=progress,
             passes=dev.lut_passes,
         )
-        model: Any = (
-            KernelSum(lut, device, on_missing="measure")
-            if kernels
-            else LUTSum(lut, device, on_missing="measure")
-        )
+        model = lm.create_latency_model(kind, state.space, device, dtype=dev.dtype, table=table)
         if dev.calibration_archs > 0:
             rng = as_rng(state.config.seed + 100 + i)
             archs = _distinct(state.space, 2 * dev.calibration_archs, rng)
@@ -184,11 +180,9 @@ def stage_latency(state: RunState, progress: bool) -> None:
             y_fit = np.array([measured[state.space.key(a)] for a in fit])
             y_test = np.array([measured[state.space.key(a)] for a in test])
             plain = np.asarray(model.predict_many(state.space, test))
-            model = (
-                KernelSum(lut, device, on_missing="measure")
-                if kernels
-                else LUTCorrected(lut, device, on_missing="measure")
-            ).fit(state.space, fit, y_fit)
+            model = lm.create_latency_model(
+                kind, state.space, device, dtype=dev.dtype, table=table, fit=(fit, y_fit)
+            )
             corrected = np.asarray(model.predict_many(state.space, test))
             state.latency_quality[label] = {
                 **{f"lut_{k}": v for k, v in latency_metrics(plain, y_test).items()},
@@ -317,15 +311,15 @@ def _test_accuracy(state: RunState, arch: Arch) -> float:
 
 
 def stage_compress(state: RunState, progress: bool) -> None:
+    from latency_models import RealDevice
     from nas.compress.chain import ChainConfig, render_report, run_chain
 
     cfg = state.config.compress
     if not cfg.steps or state.winners is None:
         return
     chain_config = ChainConfig.from_dict(dict(cfg.options))
-    from latency_models.runtimes import real_device
-
-    real = [real_device(d.name) for d in state.devices.values() if getattr(d, "kind", "") == "real"]
+    # the run's real devices themselves (emulated and table devices time no module)
+    real = [d for d in state.devices.values() if isinstance(d, RealDevice)]
     model = next(iter(state.latency_models.values()), None)
     for _, row in state.winners.iterrows():
         arch = state.space.from_key(str(row["arch_key"]))

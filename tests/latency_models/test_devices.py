@@ -27,8 +27,8 @@ LAYERS = [s for s in SPACE.layer_specs(ARCH) if s.op == "conv"][:2]
 def _make(name: str, nb201_csv: Path | None, protocol: Protocol) -> Device:
     if name.startswith("nb201-"):
         assert nb201_csv is not None
-        return lm.get_device(name, path=nb201_csv, space=NB201Space())
-    if name in lm.runtimes.REAL_DEVICES:
+        return lm.get_device(name, table=nb201_csv, space=NB201Space())
+    if DEVICES.factory(name).kind == "real":  # type: ignore[attr-defined]
         return lm.get_device(name, protocol=protocol)
     return lm.get_device(name)
 
@@ -40,7 +40,7 @@ def device(request, fast_protocol, artifact_cache) -> Device:  # type: ignore[no
     if name.startswith("nb201-"):
         csv = request.getfixturevalue("nb201_csv")
     dev = _make(name, csv, fast_protocol)
-    if dev.kind == "real" and not dev.runtime_device.available():  # type: ignore[attr-defined]
+    if dev.kind == "real" and not dev.engine.available():  # type: ignore[attr-defined]
         pytest.skip(f"{name}: runtime not installed")
     return dev
 
@@ -171,3 +171,63 @@ def test_table_device_errors(tmp_path: Path) -> None:
         table.latency_ms(NB201Space(), NB201Space().from_index(3))
     with pytest.raises(DeviceError, match="no device profile"):
         table.prior_profile()
+
+
+def test_every_device_factory_takes_the_same_keywords() -> None:
+    import inspect
+
+    for name in DEVICES:
+        params = inspect.signature(DEVICES.factory(name)).parameters
+        for option in lm.DEVICE_OPTIONS:
+            assert params[option].kind is inspect.Parameter.KEYWORD_ONLY, (name, option)
+            assert params[option].default is None, (name, option)
+
+
+def test_a_wrong_device_option_names_what_the_kind_takes() -> None:
+    with pytest.raises(
+        DeviceError, match=r"'nb201-pixel3' \(table\) does not take path=; it takes table="
+    ):
+        lm.get_device("nb201-pixel3", path="nb201.csv")
+    with pytest.raises(DeviceError, match=r"'nb201-pixel3' \(table\) needs table=, space="):
+        lm.get_device("nb201-pixel3")
+    with pytest.raises(
+        DeviceError, match=r"'xnnpack-1t' \(real\) does not take params=; it takes protocol="
+    ):
+        lm.get_device("xnnpack-1t", params=lm.CostParams())
+    with pytest.raises(DeviceError, match=r"\(emulated\) does not take space=; it takes params="):
+        lm.get_device("pixel3-emulated", space=SPACE)
+    slow = lm.get_device("pixel3-emulated", params=lm.CostParams(network_overhead_ms=5.0))
+    assert (
+        slow.measure_arch(SPACE, ARCH).min_ms
+        > lm.get_device("pixel3-emulated").measure_arch(SPACE, ARCH).min_ms
+    )
+
+
+def test_real_devices_are_registered_devices() -> None:
+    """Successor of `runtimes.REAL_DEVICES` / `real_device()`: the real devices are entries of
+    DEVICES, with what the compression chain needs of a device."""
+    real = [n for n in DEVICES if DEVICES.describe(n).startswith("real:")]
+    assert set(real) >= {"torch-cpu", "ort-cpu-1t", "xnnpack-1t"}
+    xnn, ort, torch_cpu = (lm.get_device(n) for n in ("xnnpack-1t", "ort-cpu-2t", "torch-cpu"))
+    assert all(isinstance(d, lm.RealDevice) for d in (xnn, ort, torch_cpu))
+    assert (xnn.threads, ort.threads, torch_cpu.threads) == (1, 2, 1)
+    assert (xnn.runtime, ort.runtime, torch_cpu.runtime) == (
+        "executorch-xnnpack",
+        "onnxruntime",
+        "torch",
+    )
+    assert xnn.dtypes == ("fp32", "int8")
+    with pytest.raises(KeyError, match=r"Did you mean .*'xnnpack-1t'"):
+        lm.get_device("xnnpak-1t")
+
+
+def test_a_real_device_times_any_module(fast_protocol: Protocol) -> None:
+    from torch import nn
+
+    device = lm.get_device("torch-cpu", protocol=fast_protocol)
+    assert isinstance(device, lm.RealDevice)
+    m = device.measure_module(nn.Conv2d(3, 8, 3), (1, 3, 16, 16), "fp32")
+    assert isinstance(m, Measurement) and m.latency_ms > 0
+    assert (m.device, m.runtime, m.dtype, m.threads) == ("torch-cpu", "torch", "fp32", 1)
+    with pytest.raises(DeviceError, match="valid dtypes"):
+        device.measure_module(nn.ReLU(), (1, 4), "int4")

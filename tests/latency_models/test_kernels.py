@@ -43,10 +43,10 @@ class Crash(RuntimeError):
 
 @pytest.fixture(scope="module")
 def device(tmp_path_factory: pytest.TempPathFactory) -> lm.RealDevice:
-    from latency_models.runtimes.onnxrt import OrtCPUDevice
+    from latency_models.runtimes.onnxrt import OrtCPURuntime
 
     cache = ArtifactCache(tmp_path_factory.mktemp("edge-nas-cache"))
-    return lm.RealDevice(OrtCPUDevice(cache=cache), protocol=FAST)
+    return lm.RealDevice(OrtCPURuntime(cache=cache), protocol=FAST)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_kernels_are_the_nodes_of_the_optimised_graph(
     device: lm.RealDevice, kernels: dict[tuple[int, str], list[KernelSpec]]
 ) -> None:
     prepared = device.prepare_arch(SPACE, ARCHS[0], "fp32")
-    ops = device.runtime_device.optimized_graph_ops(prepared)  # type: ignore[attr-defined]
+    ops = device.engine.optimized_graph_ops(prepared)  # type: ignore[attr-defined]
     found = kernels[0, "fp32"]
     assert Counter(k.spec["op"] for k in found) == Counter(ops)
     for k in found:
@@ -114,7 +114,7 @@ def test_kernel_table_resumes_after_a_crash_and_tops_up_passes(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime: Any = device.runtime_device
+    runtime: Any = device.engine
     real = runtime.measure_kernels
     measured: list[list[str]] = []
     crash_after: list[int | None] = [1]
@@ -164,7 +164,7 @@ def test_the_kernels_of_each_arch_are_kept_beside_the_table(
     def no_optimising(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("an arch held in the cache was optimised again")
 
-    monkeypatch.setattr(device.runtime_device, "network_kernels", no_optimising)
+    monkeypatch.setattr(device.engine, "network_kernels", no_optimising)
     # a fresh predictor (another process, say) reads both archs' kernels from the file
     predictor = KernelSum(LUT.load(table_path), device)
     for i in (0, 1):

@@ -216,7 +216,7 @@ def test_compile_lut_builds_ahead_what_build_lut_then_measures(
     build_lut(SPACE, device, path, archs=archs[:1])  # a table that holds the first arch
     n_first = len(LUT.load(path))
     have = set(LUT.load(path).entries)
-    todo = [s for s in lm.lut.reachable_specs(SPACE, device, "fp32", archs) if s.key not in have]
+    todo = [s for s in lm.reachable_specs(SPACE, device, "fp32", archs) if s.key not in have]
     built = [s for s in todo if not is_free(s)]
     assert built, "the second arch should need layers the first did not"
     assert lm.compile_lut(SPACE, device, path, archs=archs) == len(built)
@@ -300,7 +300,7 @@ def test_compile_lut_compiles_the_chunks_every_pass_will_measure(tmp_path: Path)
     assert set(measured) == set(compiled) and len(measured) > len(compiled)
     # the chunks are fixed slices of the space's layers: the partial table only let the build
     # skip (in pass 1) the chunks it already held whole, it did not reshape them
-    specs = lm.lut.reachable_specs(SPACE, device, "fp32", n_archs=30)
+    specs = lm.reachable_specs(SPACE, device, "fp32", n_archs=30)
     slices = {tuple(s.key for s in specs[i : i + 8]) for i in range(0, len(specs), 8)}
     assert set(compiled) <= slices
 
@@ -336,12 +336,12 @@ def test_cli_compile_only_measures_nothing(tmp_path: Path, monkeypatch: pytest.M
 def test_pass_plan_is_fixed_slices_measured_until_every_key_has_its_passes() -> None:
     specs = [LayerSpec("relu", (1, i + 1, 1), (1, i + 1, 1)) for i in range(5)]
     keys = [s.key for s in specs]
-    plan = lm.lut.pass_plan(specs, {}, passes=2, batch_layers=2)
+    plan = lm.pass_plan(specs, {}, passes=2, batch_layers=2)
     assert [[s.key for s in c] for c in plan] == [keys[0:2], keys[2:4], keys[4:5]] * 2
     held = {keys[0]: 2, keys[1]: 1, keys[2]: 2, keys[3]: 2}
-    plan = lm.lut.pass_plan(specs, held, passes=2, batch_layers=2)
+    plan = lm.pass_plan(specs, held, passes=2, batch_layers=2)
     # pass 1: only the last slice lacks a pass; pass 2: the first slice, measured whole for
     # the one key with a single pass, and the last again; the complete middle slice never
     assert [[s.key for s in c] for c in plan] == [keys[4:5], keys[0:2], keys[4:5]]
-    assert lm.lut.pass_plan(specs, dict.fromkeys(keys, 3), passes=2) == []
-    assert lm.lut.pass_plan([], {}, passes=3) == []
+    assert lm.pass_plan(specs, dict.fromkeys(keys, 3), passes=2) == []
+    assert lm.pass_plan([], {}, passes=3) == []

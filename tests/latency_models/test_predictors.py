@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,36 @@ def test_registry_builds_predictors(lut: lm.LUT) -> None:
     assert isinstance(model, LUTSum)
     with pytest.raises(KeyError, match="lut"):
         LATENCY_MODELS.get("lutt")
+
+
+def test_create_latency_model_builds_the_table_and_fits_the_learned_form(tmp_path: Path) -> None:
+    phone = lm.get_device("pixel3-emulated")
+    path = tmp_path / "lut.csv"
+    plain = lm.create_latency_model("lut", SPACE, phone, path=path, archs=ARCHS)
+    assert isinstance(plain, LUTSum) and not isinstance(plain, LUTCorrected)
+    assert lm.LUT.load(path).pass_counts() == plain.lut.pass_counts()  # written as measured
+    fitted = lm.create_latency_model("lut", SPACE, phone, table=plain.lut, fit=(ARCHS, Y))
+    assert isinstance(fitted, LUTCorrected) and fitted.coef_ is not None  # its learned form
+    err = np.abs(fitted.predict_many(SPACE, ARCHS) / Y - 1).mean()
+    assert err < np.abs(plain.predict_many(SPACE, ARCHS) / Y - 1).mean()
+    macs = lm.create_latency_model("macs", SPACE, phone, fit=(ARCHS, Y))
+    assert isinstance(macs, MacsProxy) and macs.coef_ is not None
+    assert isinstance(lm.create_latency_model("costmodel", SPACE, phone), CostModelPredictor)
+    with pytest.raises(ValueError, match="reads a table device's measurements"):
+        lm.create_latency_model("table", SPACE, phone)
+
+
+def test_latency_model_kinds_and_their_tables(tmp_path: Path) -> None:
+    phone = lm.get_device("pixel3-emulated")
+    assert "kernels" in LATENCY_MODELS
+    assert lm.table_kinds() == ["lut", "kernels"]
+    with pytest.raises(KeyError, match=r"Registered: costmodel, kernels, lut, lut\+correction"):
+        lm.create_latency_model("lutt", SPACE, phone)
+    with pytest.raises(
+        ValueError, match=r"prices from no table; kinds that do: kernels, lut, lut\+corr"
+    ):
+        lm.build_table("macs", SPACE, phone)
+    assert lm.table_path("lut", tmp_path, phone, "int8") == lm.lut_path(tmp_path, phone, "int8")
+    assert lm.table_path("kernels", tmp_path, phone, "fp32") == lm.kernel_lut_path(
+        tmp_path, phone, "fp32"
+    )

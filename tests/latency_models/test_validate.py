@@ -65,12 +65,19 @@ def test_disjoint_archs() -> None:
 @pytest.mark.shared
 def test_nb201_table_as_a_device(nb201_csv: Path, tmp_path: Path) -> None:
     space = NB201Space()
-    pixel3 = lm.get_device("nb201-pixel3", path=nb201_csv, space=space)
+    pixel3 = lm.get_device("nb201-pixel3", table=nb201_csv, space=space)
     assert len(pixel3) == 15_625
     arch = space.from_index(1)
     assert pixel3.measure_arch(space, arch).median_ms == pytest.approx(17.238)
     report = cli_validate(
-        space, "nb201-pixel3", tmp_path, n_fit=30, n_test=40, seed=0, path=nb201_csv, progress=False
+        space,
+        "nb201-pixel3",
+        tmp_path,
+        n_fit=30,
+        n_test=40,
+        seed=0,
+        table=nb201_csv,
+        progress=False,
     )
     r = report.results
     assert set(r) == {

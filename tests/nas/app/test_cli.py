@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -54,7 +55,7 @@ def test_search_on_an_emulated_phone_respects_the_budget(tmp_path: Path) -> None
     import search_spaces
 
     lut = lm.LUT.load(out / "lut-pixel3-emulated.csv")
-    built = lm.lut.reachable_specs(
+    built = lm.reachable_specs(
         search_spaces.get_space("tiny"), lm.get_device("pixel3-emulated"), "fp32", n_archs=20
     )
     assert built and all(lut.passes_of(s.key) >= 2 for s in built)  # the search's LUT: 2 passes
@@ -89,3 +90,21 @@ def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "no report" in capsys.readouterr().err
     assert main(["supernet", "train", "--schedule", "bogus", "--out", str(tmp_path)]) == 2
     assert "valid schedules" in capsys.readouterr().err
+
+
+@pytest.mark.shared
+def test_latency_validate_on_a_table_as_the_readme_runs_it(
+    nb201_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nas latency validate --space nb201 --device nb201-pixel3 --table
+    ../shared/benchmarks/nb201/nb201.csv`, copied from the README (it crashed: the CLI handed
+    `cli_validate` the space twice). The table is the shared one; the default --out,
+    runs/latency-validate, lands in a temporary folder."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["latency", "validate", "--space", "nb201", "--device", "nb201-pixel3"]
+    assert main([*argv, "--table", str(nb201_csv)]) == 0
+    out = tmp_path / "runs" / "latency-validate"
+    config = json.loads((out / "validation_config.json").read_text())
+    assert (config["measured"], config["model_device"]) == ("nb201-pixel3", "pixel3-emulated")
+    assert (config["n_fit"], config["n_test"]) == (100, 200)
+    assert (out / "validation.md").stat().st_size > 0
