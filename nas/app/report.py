@@ -29,116 +29,243 @@ def _table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
 
 
 def write_report(state: Any) -> Path:
-    """Write `report.md` (and the Pareto plot) from a pipeline `RunState`."""
-    from nas.search import trials_frame
+    """Write `report.md` and `report.html` (and the Pareto plot) from a pipeline `RunState`."""
+    sections = (
+        _intro,
+        _budget_section,
+        _headline_section,
+        _timings_section,
+        _predictor_section,
+        _latency_section,
+        _fronts_section,
+        _winners_section,
+        _compress_sections,
+    )
+    lines = [f"# Run report: {state.config.name}", ""]
+    for section in sections:
+        lines += section(state)
+    out = state.run_dir / "report.md"
+    text = "\n".join(lines)
+    out.write_text(text)
+    page = markdown_to_html(text.splitlines(), title=f"Run report: {state.config.name}")
+    (state.run_dir / "report.html").write_text(page)
+    return out
 
-    run_dir: Path = state.run_dir
+
+def _intro(state: Any) -> list[str]:
     cfg = state.config
-    lines = [
-        f"# Run report: {cfg.name}",
-        "",
+    return [
         f"Space `{state.space.name}` ({state.space.size():,} distinct archs) on data "
         f"`{cfg.data.name}`; supernet `{cfg.supernet.schedule}` for {cfg.supernet.epochs} "
         f"epochs; search `{cfg.search.sampler}` with {cfg.search.trials} accuracy evaluations; "
         f"budgets: {dict(cfg.search.budgets) or 'none'}; seed {cfg.seed}.",
         "",
     ]
-    headline = headline_frame(state.compress_rows)
-    if not headline.empty:
-        lines += [
-            "## Headline: what each winner became",
-            "",
-            "The inherited subnet as the search found it, against the fastest artifact the "
-            "compression chain exported (measured in its runtime; accuracy on the test set).",
-            "",
-            _table(headline),
-            "",
-        ]
-    runs = load_timings(run_dir)
-    if runs:
-        totals = stage_totals(runs)
-        last = runs[-1]["stages"]
-        lines += [
-            "## Wall time per stage (s)",
-            "",
-            f"Summed over the {len(runs)} invocation(s) of this run folder"
-            + (" (a resumed invocation skips finished stages)" if len(runs) > 1 else "")
-            + ".",
-            "",
-            "| stage | " + " | ".join(totals) + " | total |",
-            "|---|" + "---|" * (len(totals) + 1),
-            "| all invocations | "
-            + " | ".join(f"{v:.0f}" for v in totals.values())
-            + f" | **{sum(totals.values()):.0f}** |",
-        ]
-        if len(runs) > 1:
-            lines.append(
-                "| last invocation | "
-                + " | ".join(f"{last.get(k, 0.0):.1f}" for k in totals)
-                + f" | {sum(last.values()):.1f} |"
+
+
+def _budget_section(state: Any) -> list[str]:
+    """The promise a user buys: does each winner keep every budget on the device's own figure
+    (measured on a real device, priced whole on an emulated one), not only as predicted?"""
+    if state.winners is None or state.winners.empty:
+        return []
+    checks = budget_checks(state.winners, _constraints(state), state.latency_models)
+    if checks.empty:
+        return []
+    missed = checks[~checks["kept"]]
+    n = len(state.winners)
+    if missed.empty:
+        head = (
+            f"All {n} winner(s) keep every budget on the device's own figure (measured on "
+            "real devices, the whole network priced on emulated ones)."
+        )
+    else:
+        worst = missed.sort_values("over %", ascending=False).iloc[0]
+        head = (
+            f"**Budget missed**: {missed['winner'].nunique()} of {n} winner(s) exceed a budget "
+            f"on the device's own figure, although the search predicted them within it; worst: "
+            f"winner {worst['winner']} at {worst['measured']:.4g} against "
+            f"`{worst['budget']}` ({worst['over %']:+.1f} %, predicted {worst['predicted']:.4g})."
+        )
+    table = checks.assign(kept=checks["kept"].map({True: "kept", False: "**missed**"}))
+    return ["## Budgets", "", head, "", _table(table), ""]
+
+
+def _constraints(state: Any) -> list[tuple[str, str, float]]:
+    """The budgets as the search stored them (canonical metric names), or as configured."""
+    from nas.search.objectives import parse_constraint
+
+    stored = state.study.user_attrs.get("edge_nas", {}) if state.study is not None else {}
+    if "constraints" in stored:
+        return [parse_constraint(str(c)) for c in stored["constraints"]]
+    return [
+        (name, ">=" if name in ("accuracy", "acc") else "<=", float(bound))
+        for name, bound in dict(state.config.search.budgets).items()
+    ]
+
+
+_COST_COLUMNS = {"macs": "macs", "params": "params", "peak_activation_bytes": "peak_bytes"}
+
+
+def budget_checks(
+    winners: pd.DataFrame,
+    constraints: list[tuple[str, str, float]],
+    latency_models: dict[str, Any],
+) -> pd.DataFrame:
+    """One row per winner and budget: the predicted figure and the device's own figure against
+    the bound. Latency budgets are read from the winners' `predicted_ms@LABEL` and
+    `measured_ms@LABEL` columns of the latency model that prices that metric; MACs, params and
+    peak memory are exact (predicted and measured are the same number)."""
+    from nas.search.objectives import latency_metric_name
+
+    columns: dict[str, tuple[str, str]] = {
+        latency_metric_name(model): (f"predicted_ms@{label}", f"measured_ms@{label}")
+        for label, model in latency_models.items()
+    }
+    columns.update({m: (c, c) for m, c in _COST_COLUMNS.items()})
+    columns["accuracy"] = ("val_accuracy", "test_accuracy")
+    rows = []
+    for i, (_, winner) in enumerate(winners.iterrows(), 1):
+        for metric, op, bound in constraints:
+            predicted_col, measured_col = columns.get(metric, ("", ""))
+            if measured_col not in winners.columns:
+                continue
+            measured = float(winner[measured_col])
+            predicted = float(winner.get(predicted_col, measured))
+            kept = measured <= bound if op == "<=" else measured >= bound
+            rows.append(
+                {
+                    "winner": f"#{i}",
+                    "budget": f"{metric} {op} {bound:g}",
+                    "predicted": predicted,
+                    "measured": measured,
+                    "over %": 100 * (measured / bound - 1) if op == "<=" else 0.0,
+                    "kept": kept,
+                }
             )
-        lines.append("")
-    if state.predictor_quality:
-        q = state.predictor_quality
-        lines += [
-            "## Accuracy predictor",
-            "",
-            f"`{cfg.accuracy.predictor}` fitted on {q['n_fit']} archs (inherited-weight "
-            f"accuracy), ranked {q['n_test']} held-out archs: Kendall tau "
-            f"{q['kendall_tau']:.2f}, Spearman {q['spearman']:.2f}, RMSE {q['rmse']:.2f} points.",
-            "",
-        ]
-    if state.latency_models:
-        lines += ["## Latency models", ""]
-        for label, model in state.latency_models.items():
-            lut = getattr(model, "lut", None)
-            n = len(lut) if lut is not None else 0
-            what = "kernels" if type(model).__name__ == "KernelSum" else "layers"
-            text = f"- `{label}`: {type(model).__name__}, table of {n} unique {what}"
-            q = state.latency_quality.get(label)
-            if q:
-                text += (
-                    f"; on {q['n_test']} held-out networks measured end to end: plain sum "
-                    f"tau {q['lut_kendall_tau']:.2f}, MAPE {q['lut_mape_pct']:.1f} %; "
-                    f"{'fitted' if what == 'kernels' else 'with the correction fitted'} on {q['n_fit']}: tau {q['corrected_kendall_tau']:.2f}, "
-                    f"MAPE {q['corrected_mape_pct']:.1f} %, "
-                    f"{q['corrected_within_10_pct']:.0f} % within +-10 %"
-                )
-            lines.append(text)
-        lines.append("")
-    if state.study is not None:
-        frame = trials_frame(state.study)
-        lat_cols = [c for c in frame.columns if str(c).startswith("latency_ms@")]
-        if lat_cols and "accuracy" in frame.columns:
-            fig = viz.plot_fronts_per_device(frame, path=run_dir / "pareto_fronts.png")
-            viz.close(fig)
-            lines += [
-                "## Pareto fronts per device",
-                "",
-                f"{len(frame)} trials; fronts of predicted latency against inherited-weight "
-                "accuracy (`pareto.csv`, `trials.csv`).",
-                "",
-                "![Pareto fronts](pareto_fronts.png)",
-                "",
-            ]
-    if state.winners is not None:
-        lines += [
-            "## Winners: predicted against measured",
-            "",
-            "Accuracies in % (validation during the search, test after); latency in ms, "
-            "predicted by the latency model and measured again on the device.",
-            "",
-            _table(state.winners),
-            "",
-        ]
+    return pd.DataFrame(rows)
+
+
+def _headline_section(state: Any) -> list[str]:
+    headline = headline_frame(state.compress_rows)
+    if headline.empty:
+        return []
+    return [
+        "## Headline: what each winner became",
+        "",
+        "The inherited subnet as the search found it, against the fastest artifact the "
+        "compression chain exported (measured in its runtime; accuracy on the test set).",
+        "",
+        _table(headline),
+        "",
+    ]
+
+
+def _timings_section(state: Any) -> list[str]:
+    runs = load_timings(state.run_dir)
+    if not runs:
+        return []
+    totals = stage_totals(runs)
+    last = runs[-1]["stages"]
+    lines = [
+        "## Wall time per stage (s)",
+        "",
+        f"Summed over the {len(runs)} invocation(s) of this run folder"
+        + (" (a resumed invocation skips finished stages)" if len(runs) > 1 else "")
+        + ".",
+        "",
+        "| stage | " + " | ".join(totals) + " | total |",
+        "|---|" + "---|" * (len(totals) + 1),
+        "| all invocations | "
+        + " | ".join(f"{v:.0f}" for v in totals.values())
+        + f" | **{sum(totals.values()):.0f}** |",
+    ]
+    if len(runs) > 1:
+        lines.append(
+            "| last invocation | "
+            + " | ".join(f"{last.get(k, 0.0):.1f}" for k in totals)
+            + f" | {sum(last.values()):.1f} |"
+        )
+    return [*lines, ""]
+
+
+def _predictor_section(state: Any) -> list[str]:
+    q = state.predictor_quality
+    if not q:
+        return []
+    return [
+        "## Accuracy predictor",
+        "",
+        f"`{state.config.accuracy.predictor}` fitted on {q['n_fit']} archs (inherited-weight "
+        f"accuracy), ranked {q['n_test']} held-out archs: Kendall tau "
+        f"{q['kendall_tau']:.2f}, Spearman {q['spearman']:.2f}, RMSE {q['rmse']:.2f} points.",
+        "",
+    ]
+
+
+def _latency_section(state: Any) -> list[str]:
+    if not state.latency_models:
+        return []
+    lines = ["## Latency models", ""]
+    for label, model in state.latency_models.items():
+        lut = getattr(model, "lut", None)
+        n = len(lut) if lut is not None else 0
+        what = "kernels" if type(model).__name__ == "KernelSum" else "layers"
+        text = f"- `{label}`: {type(model).__name__}, table of {n} unique {what}"
+        q = state.latency_quality.get(label)
+        if q:
+            fitted = "fitted" if what == "kernels" else "with the correction fitted"
+            text += (
+                f"; on {q['n_test']} held-out networks measured end to end: plain sum "
+                f"tau {q['lut_kendall_tau']:.2f}, MAPE {q['lut_mape_pct']:.1f} %; "
+                f"{fitted} on {q['n_fit']}: tau {q['corrected_kendall_tau']:.2f}, "
+                f"MAPE {q['corrected_mape_pct']:.1f} %, "
+                f"{q['corrected_within_10_pct']:.0f} % within +-10 %"
+            )
+        lines.append(text)
+    return [*lines, ""]
+
+
+def _fronts_section(state: Any) -> list[str]:
+    from nas.search import trials_frame
+
+    if state.study is None:
+        return []
+    frame = trials_frame(state.study)
+    lat_cols = [c for c in frame.columns if str(c).startswith("latency_ms@")]
+    if not lat_cols or "accuracy" not in frame.columns:
+        return []
+    fig = viz.plot_fronts_per_device(frame, path=state.run_dir / "pareto_fronts.png")
+    viz.close(fig)
+    return [
+        "## Pareto fronts per device",
+        "",
+        f"{len(frame)} trials; fronts of predicted latency against inherited-weight "
+        "accuracy (`pareto.csv`, `trials.csv`).",
+        "",
+        "![Pareto fronts](pareto_fronts.png)",
+        "",
+    ]
+
+
+def _winners_section(state: Any) -> list[str]:
+    if state.winners is None:
+        return []
+    return [
+        "## Winners: predicted against measured",
+        "",
+        "Accuracies in % (validation during the search, test after); latency in ms, "
+        "predicted by the latency model and measured again on the device.",
+        "",
+        _table(state.winners),
+        "",
+    ]
+
+
+def _compress_sections(state: Any) -> list[str]:
+    lines: list[str] = []
     for key, table in state.compress_tables.items():
         lines += [f"## Compression of `{key}`", "", table, ""]
-    out = run_dir / "report.md"
-    text = "\n".join(lines)
-    out.write_text(text)
-    page = markdown_to_html(text.splitlines(), title=f"Run report: {cfg.name}")
-    (run_dir / "report.html").write_text(page)
-    return out
+    return lines
 
 
 def headline_frame(compress_rows: dict[str, list[Any]]) -> pd.DataFrame:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pandas as pd
 import pytest
 
-from nas.app.report import headline_frame, markdown_to_html
+from nas.app.report import _budget_section, budget_checks, headline_frame, markdown_to_html
 from nas.compress.chain import ReportRow
 
 
@@ -43,3 +46,51 @@ def test_markdown_to_html_keeps_escaped_pipes_inside_cells() -> None:
     )
     assert "<td>a=1|b=2</td><td><strong>3</strong></td>" in page
     assert "<li><code>item</code></li>" in page and "<h1>T</h1>" in page
+
+
+class _Model:
+    def __init__(self, device: str, dtype: str = "fp32") -> None:
+        self.device, self.dtype = device, dtype
+
+
+def _winners() -> pd.DataFrame:
+    """The demo's case: both predicted within 0.35 ms, one over it priced whole."""
+    return pd.DataFrame(
+        {
+            "arch_key": ["a", "b"],
+            "val_accuracy": [80.0, 79.0],
+            "test_accuracy": [79.5, 78.0],
+            "macs": [2e6, 1e6],
+            "params": [4e4, 3e4],
+            "peak_bytes": [1e4, 1e4],
+            "predicted_ms@pixel3-emulated-fp32": [0.348, 0.319],
+            "measured_ms@pixel3-emulated-fp32": [0.388, 0.349],
+        }
+    )
+
+
+def test_a_winner_over_its_budget_on_the_device_figure_is_flagged() -> None:
+    models = {"pixel3-emulated-fp32": _Model("pixel3-emulated")}
+    budgets = [("latency_ms@pixel3-emulated", "<=", 0.35), ("params", "<=", 35e3)]
+    checks = budget_checks(_winners(), budgets, models)
+    assert list(checks["kept"]) == [False, False, True, True]
+    assert checks.iloc[0]["over %"] == pytest.approx(100 * (0.388 / 0.35 - 1))
+    assert checks.iloc[0]["predicted"] == pytest.approx(0.348)
+    # a metric no winner column prices is left out, not guessed
+    assert budget_checks(_winners(), [("size_bytes", "<=", 1.0)], models).empty
+
+
+def test_the_report_headline_says_a_budget_was_missed() -> None:
+    state = SimpleNamespace(
+        winners=_winners(),
+        study=None,
+        config=SimpleNamespace(
+            search=SimpleNamespace(budgets={"latency_ms@pixel3-emulated": 0.35})
+        ),
+        latency_models={"pixel3-emulated-fp32": _Model("pixel3-emulated")},
+    )
+    text = "\n".join(_budget_section(state))
+    assert "**Budget missed**: 1 of 2 winner(s)" in text
+    assert "0.388" in text and "+10.9 %" in text and "predicted 0.348" in text
+    state.winners = _winners().assign(**{"measured_ms@pixel3-emulated-fp32": [0.34, 0.30]})
+    assert "All 2 winner(s) keep every budget" in "\n".join(_budget_section(state))
