@@ -44,7 +44,7 @@ def _spaces_cmd(args: argparse.Namespace) -> int:
 
 
 def _price_cmd(args: argparse.Namespace) -> int:
-    from nas.app.demo import run_price_demo
+    from nas.app.price import run_price_demo
 
     out = run_price_demo(_space(args), Path(args.out), n_trials=args.trials, seed=args.seed)
     print(f"run folder: {out}  (report: {out / 'report.md'})")
