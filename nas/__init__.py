@@ -58,7 +58,7 @@ _EXPORTS: dict[str, str] = {
     "ChainConfig": "nas.compress",
     "run_chain": "nas.compress",
     # runs
-    "demo_config": "nas.app.pipeline",
+    "demo_config": "nas.app.demo",
     "load_config": "nas.app.config",
     "run_pipeline": "nas.app.pipeline",
 }
@@ -116,7 +116,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from nas.app.config import load_config
-    from nas.app.pipeline import demo_config, run_pipeline
+    from nas.app.demo import demo_config
+    from nas.app.pipeline import run_pipeline
     from nas.compress import ChainConfig, run_chain
     from nas.core.elastic import Supernet
     from nas.core.layers import LayerSpec

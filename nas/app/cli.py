@@ -44,37 +44,22 @@ def _spaces_cmd(args: argparse.Namespace) -> int:
 
 
 def _price_cmd(args: argparse.Namespace) -> int:
-    from nas.app.price import run_price_demo
+    from nas.app.price import price_archs
 
-    out = run_price_demo(_space(args), Path(args.out), n_trials=args.trials, seed=args.seed)
+    out = price_archs(_space(args), Path(args.out), n_trials=args.trials, seed=args.seed)
     print(f"run folder: {out}  (report: {out / 'report.md'})")
     return 0
 
 
 def _demo_cmd(args: argparse.Namespace) -> int:
-    from nas.app.pipeline import demo_config, run_pipeline
+    from nas.app.demo import demo_config, quick_overrides
+    from nas.app.pipeline import run_pipeline
 
     overrides: dict[str, Any] = {}
     if args.trials is not None:
         overrides["search"] = {"trials": args.trials}
     if args.quick:
-        overrides.update(
-            supernet={"epochs": 1},
-            accuracy={"train_archs": 12},
-            search={"trials": args.trials or 20},
-            compress={
-                "top_k": 1,
-                "steps": ["distill", "export"],
-                "options": {
-                    "distill": {"epochs": 0.25},
-                    "export": {"formats": ["onnx"], "models": "final"},
-                },
-            },
-        )
-        overrides["devices"] = [
-            {"name": "ort-cpu-1t", "dtype": "fp32", "lut_archs": 5},
-            {"name": "pixel3-emulated", "dtype": "fp32", "lut_archs": 50},
-        ]
+        overrides.update(quick_overrides(args.trials))
     state = run_pipeline(demo_config(**overrides), Path(args.out), progress=not args.quiet)
     print(f"run folder: {state.run_dir}  (report: {state.run_dir / 'report.md'})")
     return 0

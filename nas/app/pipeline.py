@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -415,45 +415,3 @@ def open_finished_run(run_dir: str | Path) -> FinishedRun:
     data = load_dataset(config.data.name, **config.data.args)
     supernet = load_supernet(space, run / "supernet").eval()
     return FinishedRun(config, space, data, supernet)
-
-
-def demo_config(**overrides: Any) -> RunConfig:
-    """The built-in demo: `tiny` on the embedded digits, a real runtime and an emulated phone,
-    a latency budget on the phone, a 200-trial search, the two best feasible archs compressed."""
-    base: dict[str, Any] = {
-        "name": "demo",
-        "seed": 0,
-        "space": {"name": "tiny"},
-        "data": {"name": "digits"},
-        "supernet": {"schedule": "sandwich", "epochs": 4, "batch_size": 128, "lr": 0.05},
-        "accuracy": {"train_archs": 40, "predictor": "gp", "bn_batches": 4},
-        "devices": [
-            {"name": "ort-cpu-1t", "dtype": "fp32", "lut_archs": 30, "calibration_archs": 10},
-            {"name": "pixel3-emulated", "dtype": "fp32", "lut_archs": 200},
-        ],
-        "search": {
-            "sampler": "frontier",
-            "trials": 200,
-            "objectives": ["accuracy", "latency"],
-            "budgets": {"latency_ms@pixel3-emulated": 0.35},
-        },
-        "compress": {
-            "top_k": 2,
-            "steps": ["distill", "prune", "qat", "export"],
-            "options": {
-                "distill": {"epochs": 1.0},
-                "qat": {"train": {"epochs": 1.0}},
-                "export": {"formats": ["onnx", "pte"], "models": "final"},
-            },
-        },
-    }
-    _merge(base, overrides)
-    return config_from_dict(base)
-
-
-def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> None:
-    for k, v in overrides.items():
-        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v

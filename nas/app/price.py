@@ -1,7 +1,8 @@
-"""The main job for now: price sampled archs of `tiny` through an Optuna study into a run folder.
+"""`nas price`: the free metrics of sampled archs (MACs, params, peak activation memory),
+priced through an Optuna study into a run folder without training anything.
 
 Writes `study.db` (SQLite, resumable), `archs.csv`, `pareto.csv`, `cost_scatter.png` and
-`report.md`. The search and pipeline issues grow this into the full demo.
+`report.md`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from pathlib import Path
 from nas import search, viz
 from nas.core.space import SearchSpace
 
+__all__ = ["price_archs"]
+
 log = logging.getLogger(__name__)
 
 
-def run_price_demo(space: SearchSpace, out: Path, n_trials: int = 200, seed: int = 0) -> Path:
+def price_archs(space: SearchSpace, out: Path, n_trials: int = 200, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     study = search.price_study(
@@ -30,7 +33,7 @@ def run_price_demo(space: SearchSpace, out: Path, n_trials: int = 200, seed: int
     frame = search.trials_frame(study)
     frame.to_csv(out / "archs.csv", index=False)
     objectives = list(search.COST_OBJECTIVES)
-    front = frame[search.pareto_mask(frame[objectives].to_numpy())]
+    front = search.pareto_frame(study)
     front.sort_values("macs").to_csv(out / "pareto.csv", index=False)
     fig = viz.plot_cost_scatter(
         frame, path=out / "cost_scatter.png", title=f"{space.name}: {len(frame)} archs priced"

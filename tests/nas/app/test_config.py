@@ -85,7 +85,7 @@ def test_compression_options_are_checked_when_the_config_loads() -> None:
 
 
 def test_the_demo_config_is_valid() -> None:
-    from nas.app.pipeline import demo_config
+    from nas.app.demo import demo_config
 
     config = demo_config()
     assert config_from_dict(config.to_dict()) == config

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from nas.app.config import ConfigError
-from nas.app.pipeline import demo_config, run_pipeline
+from nas.app.demo import demo_config
+from nas.app.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[3]
 SMALL: dict = {
