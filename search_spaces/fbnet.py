@@ -23,6 +23,24 @@ from nas.core.elastic import MixedOp, Supernet, active_state_dict
 from nas.core.layers import LayerSpec
 from nas.core.space import Arch, Choice, InvalidArchError, SearchSpace
 
+__all__ = [
+    "HEADER_CHANNELS",
+    "LAYER_KEYS",
+    "N_LAYERS",
+    "OPS",
+    "STAGE_CHANNELS",
+    "STAGE_LAYERS",
+    "STAGE_STRIDES",
+    "STEM_CHANNELS",
+    "FBNet",
+    "FBNetSpace",
+    "FBNetSupernet",
+    "Header",
+    "layer_plan",
+    "make_layer",
+    "parse_op",
+]
+
 OPS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
 STAGE_LAYERS = (1, 4, 4, 4, 4, 4, 1)
 STAGE_CHANNELS = (16, 24, 32, 64, 112, 184, 352)

@@ -21,6 +21,23 @@ from nas.core.elastic import ElasticMBConv, Supernet, active_state_dict
 from nas.core.layers import LayerSpec
 from nas.core.space import Arch, Choice, SearchSpace
 
+__all__ = [
+    "BASE_WIDTHS",
+    "DEPTHS",
+    "EXPANDS",
+    "KERNELS",
+    "MAX_DEPTH",
+    "N_STAGES",
+    "OFA_RESOLUTIONS",
+    "STAGE_ACTS",
+    "STAGE_SE",
+    "STAGE_STRIDES",
+    "WIDTH_MULTS",
+    "MobileNetV3",
+    "MobileNetV3Space",
+    "MobileNetV3Supernet",
+]
+
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
 STAGE_STRIDES = (2, 2, 2, 1, 2)
 STAGE_ACTS = ("relu", "relu", "hswish", "hswish", "hswish")

@@ -23,6 +23,25 @@ from nas.core.elastic import MixedOp, Supernet, active_state_dict
 from nas.core.layers import LayerSpec
 from nas.core.space import Arch, Choice, InvalidArchError, SearchSpace
 
+__all__ = [
+    "DEGENERATE",
+    "EDGES",
+    "EDGE_KEYS",
+    "N_ARCHS",
+    "OPS",
+    "Cell",
+    "Head",
+    "NB201Net",
+    "NB201Space",
+    "NB201Supernet",
+    "OneShotCell",
+    "ReLUConvBN",
+    "ResNetReduction",
+    "Zero",
+    "make_op",
+    "stem",
+]
+
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # (to, from) of the six edges, in arch_str order
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))

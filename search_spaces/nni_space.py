@@ -16,6 +16,10 @@ from torch import nn
 
 from nas.core.space import Choice, SearchSpace
 
+__all__ = [
+    "NNIModelSpace",
+]
+
 
 def _require_nni() -> Any:
     try:

@@ -18,6 +18,18 @@ from nas.core.elastic import ElasticLinear, ElasticMBConv, Supernet, active_stat
 from nas.core.layers import LayerSpec
 from nas.core.space import Arch, Choice, SearchSpace
 
+__all__ = [
+    "EXPANDS",
+    "KERNELS",
+    "MAX_DEPTH",
+    "STAGE_STRIDES",
+    "STAGE_WIDTHS",
+    "STEM_CHANNELS",
+    "TinyNet",
+    "TinySpace",
+    "TinySupernet",
+]
+
 STEM_CHANNELS = 16
 STAGE_STRIDES = (1, 2, 2)
 STAGE_WIDTHS = ((16, 24), (24, 32), (32, 48))

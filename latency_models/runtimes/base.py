@@ -28,6 +28,26 @@ from nas.backends import export_program
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
 
+__all__ = [
+    "CALIBRATION_BATCHES",
+    "DTYPES",
+    "LUT_CALIBRATION_BATCHES",
+    "Branches",
+    "Exported",
+    "LayerItem",
+    "Prepared",
+    "Runtime",
+    "RuntimeUnavailableError",
+    "calibration_batches",
+    "calibration_digest",
+    "check_dtype",
+    "check_items",
+    "check_shape",
+    "example_input",
+    "fingerprint",
+    "require",
+]
+
 log = logging.getLogger(__name__)
 
 DTYPES: tuple[str, ...] = ("fp32", "int8")

@@ -18,6 +18,12 @@ from typing import Any
 
 from nas.core.files import write_bytes_atomic
 
+__all__ = [
+    "ENV_VAR",
+    "ArtifactCache",
+    "default_cache_root",
+]
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "EDGE_NAS_CACHE"

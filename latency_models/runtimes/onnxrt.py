@@ -63,6 +63,12 @@ from nas.backends import (
     quantize_onnx_model,
 )
 
+__all__ = [
+    "NETWORK_RECIPE",
+    "OrtCPURuntime",
+    "OrtPrepared",
+]
+
 log = logging.getLogger(__name__)
 
 _PACKAGES = "onnx, onnxruntime and onnxscript"

@@ -35,6 +35,15 @@ from latency_models.runtimes.base import (
 )
 from nas.backends import eval_mode
 
+__all__ = [
+    "QUANT_ENGINE",
+    "TorchPrepared",
+    "TorchRuntime",
+    "quantize_fx_x86",
+    "quantized_engine",
+    "torch_threads",
+]
+
 log = logging.getLogger(__name__)
 
 QUANT_ENGINE = "x86"

@@ -63,6 +63,11 @@ from latency_models.runtimes.xnnpack_batch import (
 )
 from nas.backends import LoadedProgram, export_program, lower_program, set_executorch_threads
 
+__all__ = [
+    "XnnpackPrepared",
+    "XnnpackRuntime",
+]
+
 log = logging.getLogger(__name__)
 
 _PACKAGES = "executorch (with its XNNPACK backend) and torchao"

@@ -15,6 +15,11 @@ from typing import Any
 
 from nas.core.registry import UnknownNameError
 
+__all__ = [
+    "build_parser",
+    "main",
+]
+
 log = logging.getLogger("nas")
 
 

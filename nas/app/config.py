@@ -21,6 +21,22 @@ from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
 
+__all__ = [
+    "AccuracyConfig",
+    "CompressConfig",
+    "ConfigError",
+    "DataConfig",
+    "DeviceConfig",
+    "RunConfig",
+    "SearchConfig",
+    "SpaceConfig",
+    "SupernetConfig",
+    "config_from_dict",
+    "git_commit",
+    "load_config",
+    "save_config",
+]
+
 T = TypeVar("T")
 
 if sys.version_info >= (3, 11):

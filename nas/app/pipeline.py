@@ -33,6 +33,22 @@ from nas.app.config import ConfigError, DeviceConfig, RunConfig, config_from_dic
 from nas.app.timings import RunTimings
 from nas.core.space import Arch, SearchSpace, as_rng
 
+__all__ = [
+    "STAGES",
+    "STAGE_FUNCTIONS",
+    "FinishedRun",
+    "RunState",
+    "open_finished_run",
+    "run_pipeline",
+    "stage_accuracy",
+    "stage_compress",
+    "stage_latency",
+    "stage_report",
+    "stage_search",
+    "stage_supernet",
+    "stage_winners",
+]
+
 log = logging.getLogger(__name__)
 
 STAGES = ("supernet", "accuracy", "latency", "search", "winners", "compress", "report")

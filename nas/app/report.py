@@ -12,6 +12,13 @@ import pandas as pd
 from nas import viz
 from nas.app.timings import load_timings, stage_totals
 
+__all__ = [
+    "budget_checks",
+    "headline_frame",
+    "markdown_to_html",
+    "write_report",
+]
+
 
 def _table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
     if frame.empty:

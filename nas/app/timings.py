@@ -8,6 +8,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "RunTimings",
+    "load_timings",
+    "stage_totals",
+]
+
 
 class RunTimings:
     """`timings.json`: the wall time of every stage in every invocation of a run folder.

@@ -15,6 +15,19 @@ from torch import nn
 
 from nas.core.layers import LayerSpec
 
+__all__ = [
+    "ACTIVATIONS",
+    "ChannelShuffle",
+    "ConvBNAct",
+    "MBConv",
+    "SqueezeExcite",
+    "activation",
+    "conv_out",
+    "make_divisible",
+    "mbconv_spec",
+    "se_channels",
+]
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True),
     "relu6": lambda: nn.ReLU6(inplace=True),

@@ -22,6 +22,21 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+__all__ = [
+    "DTYPE_BYTES",
+    "ArchCost",
+    "LayerSpec",
+    "OpEvent",
+    "OpRecorder",
+    "Shape",
+    "cost_from_specs",
+    "count_params",
+    "format_shape",
+    "fuse_and_price",
+    "record_ops",
+    "trace_layer_specs",
+]
+
 Shape = tuple[int, ...]
 
 # Element sizes of the dtypes a spec can name.

@@ -11,6 +11,11 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+__all__ = [
+    "Registry",
+    "UnknownNameError",
+]
+
 T = TypeVar("T")
 
 

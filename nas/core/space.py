@@ -22,6 +22,17 @@ from nas.core.layers import ArchCost, LayerSpec, cost_from_specs, trace_layer_sp
 if TYPE_CHECKING:
     import optuna
 
+__all__ = [
+    "INACTIVE",
+    "Arch",
+    "Choice",
+    "InvalidArchError",
+    "Primitive",
+    "RngLike",
+    "SearchSpace",
+    "as_rng",
+]
+
 Primitive = int | float | str | bool
 Arch = dict[str, Primitive]
 RngLike = np.random.Generator | int | None

@@ -13,6 +13,14 @@ import math
 import numpy as np
 from scipy.special import ndtr
 
+__all__ = [
+    "expected_hvi",
+    "expected_improvement_over",
+    "hypervolume",
+    "hypervolume_history",
+    "pareto_mask",
+]
+
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 

@@ -29,6 +29,20 @@ import pandas as pd
 from nas.core.space import Arch, InvalidArchError, SearchSpace
 from nas.search.pareto import hypervolume, pareto_mask
 
+__all__ = [
+    "BASELINES",
+    "STRATEGIES",
+    "ParseFn",
+    "TableAccuracy",
+    "TableError",
+    "TableLatencyModel",
+    "TabularBenchmark",
+    "bench_tabular",
+    "parse_key",
+    "run_tabular",
+    "summarize",
+]
+
 log = logging.getLogger(__name__)
 
 ParseFn = Callable[[Any], Arch]

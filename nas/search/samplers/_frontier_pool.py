@@ -14,6 +14,11 @@ from nas.predictors import ArchFeatures
 from nas.search.objectives import SearchProblem
 from nas.search.pareto import pareto_mask
 
+__all__ = [
+    "Candidates",
+    "Pool",
+]
+
 log = logging.getLogger(__name__)
 
 
