@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,runtimes,executorch,nni,postgres
 
-.PHONY: install demo test lint typecheck pytest notebooks bench clean
+.PHONY: install demo test lint typecheck pytest notebooks docs bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,10 +37,14 @@ pytest: install
 notebooks: install
 	$(PY) -m pytest --nbmake --nbmake-timeout=1500 -q notebooks
 
-test: lint typecheck pytest notebooks
+# the docs site, every warning an error (its code blocks run in tests/test_docs.py)
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+test: lint typecheck pytest notebooks docs
 
 bench: install
 	$(PY) benchmarks/layer_specs.py --out runs/bench/layer_specs
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
