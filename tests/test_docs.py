@@ -56,13 +56,7 @@ SLOW = {
 #: commands known to fail today: (prefix of the command, the error it must raise, why). Strict,
 #: like xfail(strict=True): the page's other blocks still run, the test xfails when the command
 #: fails as expected and fails when it passes (then remove the entry).
-KNOWN_FAILURES: list[tuple[str, type[BaseException], str]] = [
-    (
-        "nas latency validate --space nb201 --device nb201-pixel3 --table",
-        TypeError,
-        "validate --table crash, fixed on branch wp-devices",
-    ),
-]
+KNOWN_FAILURES: list[tuple[str, type[BaseException], str]] = []
 
 NEVER_RUN = {"text"}
 TIMEOUT_S = 900
