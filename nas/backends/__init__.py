@@ -41,9 +41,18 @@ from nas.backends.export import (
     set_executorch_threads,
     strip_onnx_metadata,
 )
+from nas.backends.pt2e import (
+    WEIGHT_BITS,
+    cached_pt2e_patterns,
+    check_weight_bits,
+    convert,
+    torchao_pt2e,
+    xnnpack_quantizer,
+)
 
 __all__ = [
     "ARTIFACT_SUFFIXES",
+    "WEIGHT_BITS",
     "ArtifactRunner",
     "LoadedProgram",
     "LoweredProgram",
@@ -51,8 +60,11 @@ __all__ = [
     "ParityReport",
     "PteRunner",
     "TfliteRunner",
+    "cached_pt2e_patterns",
     "check_parity",
+    "check_weight_bits",
     "compact_onnx",
+    "convert",
     "cpu_flags",
     "cpu_info",
     "eval_mode",
@@ -74,4 +86,6 @@ __all__ = [
     "quantize_onnx_static",
     "set_executorch_threads",
     "strip_onnx_metadata",
+    "torchao_pt2e",
+    "xnnpack_quantizer",
 ]

@@ -10,6 +10,7 @@ needs them.
 from nas.backends import (
     ParityReport,
     check_parity,
+    convert,
     export_onnx,
     export_pte,
     export_tflite,
@@ -45,7 +46,8 @@ from nas.compress.distill import (
     train_model,
 )
 from nas.compress.prune import PruneConfig, PruneResult, macs_params, prune_channels, prune_model
-from nas.compress.qat import QATConfig, convert, load_quantized, ptq, save_quantized, train_qat
+from nas.compress.ptq import load_quantized, ptq, save_quantized
+from nas.compress.qat import QATConfig, train_qat
 from nas.compress.sizes import ArtifactContents, artifact_contents
 
 __all__ = [

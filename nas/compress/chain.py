@@ -38,6 +38,7 @@ from torch import nn
 
 from nas.backends import (
     check_parity,
+    convert,
     export_onnx,
     export_pte,
     export_tflite,
@@ -58,15 +59,8 @@ from nas.compress.distill import (
     predict_logits,
 )
 from nas.compress.prune import PruneConfig, macs_params, prune_model
-from nas.compress.qat import (
-    QATConfig,
-    convert,
-    fp32_twin,
-    load_quantized,
-    ptq,
-    save_quantized,
-    train_qat,
-)
+from nas.compress.ptq import load_quantized, ptq, save_quantized
+from nas.compress.qat import QATConfig, fp32_twin, train_qat
 from nas.compress.sizes import artifact_contents
 from nas.core.layers import trace_layer_specs
 from nas.supernet import recalibrate_bn

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.backends.export import has_vnni
+from nas.backends import WEIGHT_BITS, has_vnni
 from nas.compress import (
     FinetuneConfig,
     QATConfig,
@@ -23,7 +23,7 @@ from nas.compress import (
     save_quantized,
     train_qat,
 )
-from nas.compress.qat import WEIGHT_BITS, fp32_twin
+from nas.compress.qat import fp32_twin
 from nas.data import ImageDataset
 from search_spaces.tiny import TinySpace
 
