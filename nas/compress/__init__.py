@@ -19,22 +19,9 @@ from nas.backends import (
     open_runner,
     quantize_onnx_static,
 )
-from nas.compress.chain import (
-    DEFAULT_STEPS,
-    STEPS,
-    ChainConfig,
-    ChainResult,
-    ExportConfig,
-    LatencyDevice,
-    ReportRow,
-    chain_dir,
-    parse_arch_key,
-    predicted_latency_ms,
-    read_report,
-    render_report,
-    run_chain,
-)
+from nas.compress.chain import chain_dir, parse_arch_key, run_chain
 from nas.compress.checkpoint import CheckpointError, load_model, read_checkpoint, save_model
+from nas.compress.config import DEFAULT_STEPS, STEPS, ChainConfig, ExportConfig
 from nas.compress.distill import (
     FinetuneConfig,
     KDConfig,
@@ -45,9 +32,11 @@ from nas.compress.distill import (
     largest_arch,
     train_model,
 )
+from nas.compress.latency import LatencyDevice, predicted_latency_ms
 from nas.compress.prune import PruneConfig, PruneResult, macs_params, prune_channels, prune_model
 from nas.compress.ptq import load_quantized, ptq, save_quantized
 from nas.compress.qat import QATConfig, train_qat
+from nas.compress.report import ChainResult, ReportRow, read_report, render_report
 from nas.compress.sizes import ArtifactContents, artifact_contents
 
 __all__ = [

@@ -1,0 +1,188 @@
+"""The export step: every model of the chain as deployable artifacts, checked and timed.
+
+Artifacts (:mod:`nas.backends`: ExecuTorch ``.pte`` lowered to XNNPACK, ONNX, ONNX Runtime's
+static int8, LiteRT) are made at batch 1, run over the test set in their runtime against the
+model they came from (parity: top-1 agreement and largest logit difference), and timed there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas.backends import (
+    check_parity,
+    export_onnx,
+    export_pte,
+    export_tflite,
+    has_vnni,
+    open_runner,
+    quantize_onnx_static,
+    set_executorch_threads,
+)
+from nas.compress.distill import predict_logits
+from nas.compress.report import ReportRow, _size_ratios
+from nas.compress.state import _Chain
+
+__all__: list[str] = []
+
+log = logging.getLogger(__name__)
+
+
+def _export_step(chain: _Chain, d: Path) -> list[ReportRow]:
+    ex = chain.cfg.export
+    fp32_items = list(chain.fp32.items())
+    int8_items = list(chain.int8.items())
+    if ex.models == "final":
+        fp32_items, int8_items = fp32_items[-1:], int8_items[-1:]
+    example = torch.zeros((1, *chain.shape))  # 1 x C x H x W: the deployment shape
+    test_x, test_y = chain.data.test.tensors[:2]
+    if ex.parity_images is not None:
+        test_x, test_y = test_x[: ex.parity_images], test_y[: ex.parity_images]
+    calib = list(chain.calibration.split(1))
+    jobs: list[tuple[str, str, str, Path, nn.Module, Callable[[], Path]]] = []
+    for name, model in fp32_items:
+        stem = "pruned" if name == "prune" else name
+        if "pte" in ex.formats:
+            p = d / f"{stem}-fp32.pte"
+            jobs.append((name, "fp32", "pte", p, model, _bind(export_pte, model, example, p)))
+        if "onnx" in ex.formats:
+            p = d / f"{stem}-fp32.onnx"
+            jobs.append((name, "fp32", "onnx", p, model, _bind(export_onnx, model, example, p)))
+            if ex.ort_int8:
+                q = d / f"{stem}-int8-ort.onnx"
+                jobs.append(
+                    (
+                        name,
+                        "int8 (ORT static)",
+                        "onnx",
+                        q,
+                        model,
+                        _bind(quantize_onnx_static, p, q, calib),
+                    )
+                )
+        if "tflite" in ex.formats:
+            p = d / f"{stem}-fp32.tflite"
+            jobs.append((name, "fp32", "tflite", p, model, _bind(export_tflite, model, example, p)))
+    for name, (converted, _, _) in int8_items:
+        if "pte" in ex.formats:
+            p = d / f"{name}-int8.pte"
+            jobs.append(
+                (
+                    name,
+                    f"int8 ({name.upper()})",
+                    "pte",
+                    p,
+                    converted,
+                    _bind(export_pte, converted, example, p),
+                )
+            )
+        if "onnx" in ex.formats:
+            p = d / f"{name}-int8.onnx"
+            jobs.append(
+                (
+                    name,
+                    f"int8 ({name.upper()})",
+                    "onnx",
+                    p,
+                    converted,
+                    _bind(export_onnx, converted, example, p),
+                )
+            )
+    rows: list[ReportRow] = []
+    threads_before = None
+    reference_logits: dict[int, torch.Tensor] = {}  # one PyTorch pass per source model
+    try:
+        for source, dtype_label, fmt, path, reference, make in jobs:
+            t0 = time.perf_counter()
+            make()
+            export_s = time.perf_counter() - t0
+            chain.artifacts.append(path)
+            if fmt == "pte" and threads_before is None:
+                threads_before = set_executorch_threads(ex.threads)
+            runner = open_runner(path, example.shape, ex.threads)
+            if id(reference) not in reference_logits:
+                reference_logits[id(reference)] = predict_logits(reference, test_x)
+            parity = check_parity(
+                runner,
+                reference,
+                test_x,
+                test_y,
+                reference_logits=reference_logits[id(reference)],
+            )
+            latency: dict[str, float | None] = {}
+            if ex.time_artifacts:
+                latency[_artifact_device(runner.runtime, ex.threads)] = float(chain.timer(runner))
+            src_row = chain.baseline_row(source)
+            macs, params = (src_row.macs, src_row.params) if src_row else (None, None)
+            rows.append(
+                ReportRow(
+                    step="export",
+                    model=dtype_label
+                    if dtype_label != "fp32"
+                    else ("pruned fp32" if source == "prune" else "fp32"),
+                    dtype="int8" if dtype_label.startswith("int8") else "fp32",
+                    format=fmt,
+                    accuracy=parity.runtime_accuracy,
+                    macs=macs,
+                    params=params,
+                    size_bytes=path.stat().st_size,
+                    latency_ms=latency,
+                    top1_agreement=parity.top1_agreement,
+                    max_abs_logit_diff=parity.max_abs_logit_diff,
+                    source=source,
+                    file=path.name,
+                    notes=f"{parity.n_images} test images; built in {export_s:.1f} s"
+                    + _saturation_note(chain, fmt, dtype_label, parity.top1_agreement),
+                )
+            )
+            log.info(
+                "%s: accuracy %.4f, agreement %.4f, max |dlogit| %.3g, %d bytes",
+                path.name,
+                parity.runtime_accuracy,
+                parity.top1_agreement,
+                parity.max_abs_logit_diff,
+                path.stat().st_size,
+            )
+    finally:
+        if threads_before is not None:
+            set_executorch_threads(threads_before)
+    _size_ratios(rows, {k: v[2] for k, v in chain.int8.items()}, d)
+    return rows
+
+
+def _saturation_note(chain: _Chain, fmt: str, dtype_label: str, agreement: float) -> str:
+    """Why an int8 ONNX artifact may disagree with its model on this host, and the cure."""
+    if (
+        fmt != "onnx"
+        or dtype_label not in ("int8 (QAT)", "int8 (PTQ)")  # ORT static reduces its range
+        or agreement >= 0.99
+        or chain.cfg.qat.weight_bits != 8
+        or has_vnni()
+    ):
+        return ""
+    return (
+        "; this CPU lacks VNNI, where ONNX Runtime's int8 kernels saturate with full-range "
+        "weights: qat.weight_bits=7 avoids it"
+    )
+
+
+_RUNTIME_DEVICES = {"executorch-xnnpack": "xnnpack", "onnxruntime": "ort-cpu"}
+"""Artifact runtimes -> the stem of the same runtime's device name in the latency registry."""
+
+
+def _artifact_device(runtime: str, threads: int) -> str:
+    """The latency column of an artifact timed in ``runtime``: the registry's device name for
+    that runtime and thread count (``xnnpack-1t``, ``ort-cpu-1t``), so a model timed as a device
+    and an artifact timed in its runtime share one column."""
+    return f"{_RUNTIME_DEVICES.get(runtime, runtime)}-{threads}t"
+
+
+def _bind(fn: Callable[..., Path], *args: Any) -> Callable[[], Path]:
+    return lambda: fn(*args)
