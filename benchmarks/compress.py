@@ -70,6 +70,20 @@ TARGETS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class _ArtifactTimer:
+    """A device of the chain that times the exported artifacts of one runtime and no PyTorch
+    model (no dtypes): models are timed on torch-cpu, artifacts in their runtimes."""
+
+    name: str
+    runtime: str
+    threads: int = 1
+    dtypes: tuple[str, ...] = ()
+
+    def measure_module(self, *args: Any, **kwargs: Any) -> float:
+        raise NotImplementedError(f"{self.name} times artifacts only")
+
+
 def _subset(data: ImageDataset, n_train: int, n_test: int | None) -> ImageDataset:
     def cut(ds: TensorDataset, n: int | None) -> TensorDataset:
         return ds if n is None else TensorDataset(*(t[:n] for t in ds.tensors))
@@ -420,7 +434,11 @@ def main() -> None:
         data=data,
         steps=("distill", "prune", "ptq", "qat", "export"),
         config=_config(args.quick, epochs, 0.02 if student else 0.1, weight_bits),
-        devices=[real_device("torch-cpu")],
+        devices=[
+            real_device("torch-cpu"),
+            _ArtifactTimer("xnnpack-1t", "executorch-xnnpack"),
+            _ArtifactTimer("ort-cpu-1t", "onnxruntime"),
+        ],
         timer=timer,
         seed=args.seed,
         student=student,

@@ -32,7 +32,7 @@ from nas.compress.distill import (
     largest_arch,
     train_model,
 )
-from nas.compress.latency import LatencyDevice, predicted_latency_ms
+from nas.compress.latency import RUNTIMES, LatencyDevice, predicted_latency_ms
 from nas.compress.prune import PruneConfig, PruneResult, macs_params, prune_channels, prune_model
 from nas.compress.ptq import load_quantized, ptq, save_quantized
 from nas.compress.qat import QATConfig, train_qat
@@ -41,6 +41,7 @@ from nas.compress.sizes import ArtifactContents, artifact_contents
 
 __all__ = [
     "DEFAULT_STEPS",
+    "RUNTIMES",
     "STEPS",
     "ArtifactContents",
     "ChainConfig",

@@ -13,8 +13,8 @@ rather than being recomputed behind the user's back.
 
 The chain takes objects, never names (DESIGN.md): a space and an arch, a data set, a student
 (an ``nn.Module`` or an ``arch -> nn.Module`` callable such as a supernet's ``export``), a
-teacher, devices (anything with ``name`` and ``measure_module(module, input_shape, dtype,
-calibration)``) and a latency predictor (see :func:`predicted_latency_ms`).
+teacher, devices (:class:`~nas.compress.latency.LatencyDevice`: a name, a runtime, threads,
+dtypes and ``measure_module``) and a latency predictor (see :func:`predicted_latency_ms`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from nas.compress.checkpoint import CheckpointError, load_model
 from nas.compress.config import DEFAULT_STEPS, STEPS, ChainConfig, check_steps
 from nas.compress.distill import extract_subnet, largest_arch
 from nas.compress.export import _export_step
-from nas.compress.latency import LatencyDevice
+from nas.compress.latency import LatencyDevice, _check_devices
 from nas.compress.ptq import load_quantized
 from nas.compress.qat import fp32_twin
 from nas.compress.report import (
@@ -113,7 +113,9 @@ def run_chain(
         teacher: KD teacher of the distill step: a module, an ``arch -> nn.Module`` callable
             (called with the space's largest arch), ``"largest"`` (default: the largest subnet of
             the ``student`` callable when one is given, no teacher otherwise) or None.
-        devices: real or emulated devices; every model is timed on each (``measure_module``).
+        devices: the devices to time on (:class:`~nas.compress.latency.LatencyDevice`): every
+            model on each whose ``dtypes`` hold its dtype (``measure_module``), every artifact on
+            each whose ``runtime`` runs it (with the device's threads); columns by device name.
         latency_predictor: see :func:`predicted_latency_ms`; required for a latency budget.
         timer: ``runner -> ms`` for artifacts (default :func:`min_latency_ms`; pass
             ``lambda fn: latency_models.measure.measure(fn).latency_ms`` for the full protocol).
@@ -126,6 +128,7 @@ def run_chain(
     steps = check_steps(steps)
     if restart_from is not None and restart_from not in steps:
         raise ValueError(f"restart_from must be one of the steps {steps}; got {restart_from!r}")
+    devices = _check_devices(devices)
     arch = dict(space.validate(arch))
     shape = tuple(int(s) for s in space.input_shape(arch))
     if tuple(data.input_shape) != shape:
@@ -284,7 +287,7 @@ def _step_config(step: str, config: ChainConfig, teacher_fp: str, chain: _Chain)
         return config.qat.to_dict()
     return {
         "export": asdict(config.export),
-        "devices": [getattr(d, "name", "") for d in chain.devices],
+        "devices": [d.name for d in chain.devices],
     }
 
 
@@ -320,7 +323,7 @@ def _input_rows(
         {
             "source": source_fp,
             "eval_batch_size": chain.cfg.eval_batch_size,
-            "devices": [getattr(dev, "name", "") for dev in chain.devices],
+            "devices": [dev.name for dev in chain.devices],
             "version": _REPORT_VERSION,
         }
     )

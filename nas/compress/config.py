@@ -50,9 +50,10 @@ class ExportConfig:
     ``formats`` among ``pte``, ``onnx``, ``tflite`` (optional extra). ``models="all"`` exports the
     model of every finished step (fp32, pruned fp32, PTQ int8, QAT int8), ``"final"`` only the
     last fp32 and the last int8 model. ``ort_int8`` adds ONNX Runtime's static int8 of each fp32
-    model exported. Parity runs over ``parity_images`` test images (None: all); artifacts are
-    timed in their runtime with ``threads`` threads, for at least ``timing_s`` seconds and 200
-    runs after 10 warm-up runs (the fastest of thousands of runs of a sub-millisecond model).
+    model exported. Parity runs over ``parity_images`` test images (None: all) in the artifact's
+    runtime with ``threads`` threads. Each artifact is timed on every device of the chain whose
+    runtime runs it, with that device's threads, for at least ``timing_s`` seconds and 200 runs
+    after 10 warm-up runs (the fastest of thousands of runs of a sub-millisecond model).
     """
 
     formats: tuple[str, ...] = ("pte", "onnx")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nas.backends import (
+    ArtifactRunner,
     check_parity,
     export_onnx,
     export_pte,
@@ -27,6 +28,7 @@ from nas.backends import (
     set_executorch_threads,
 )
 from nas.compress.distill import predict_logits
+from nas.compress.latency import LatencyDevice
 from nas.compress.report import ReportRow, _size_ratios
 from nas.compress.state import _Chain
 
@@ -116,9 +118,7 @@ def _export_step(chain: _Chain, d: Path) -> list[ReportRow]:
                 test_y,
                 reference_logits=reference_logits[id(reference)],
             )
-            latency: dict[str, float | None] = {}
-            if ex.time_artifacts:
-                latency[_artifact_device(runner.runtime, ex.threads)] = float(chain.timer(runner))
+            latency = _time_artifact(chain, runner, ex.threads) if ex.time_artifacts else {}
             src_row = chain.baseline_row(source)
             macs, params = (src_row.macs, src_row.params) if src_row else (None, None)
             rows.append(
@@ -173,15 +173,24 @@ def _saturation_note(chain: _Chain, fmt: str, dtype_label: str, agreement: float
     )
 
 
-_RUNTIME_DEVICES = {"executorch-xnnpack": "xnnpack", "onnxruntime": "ort-cpu"}
-"""Artifact runtimes -> the stem of the same runtime's device name in the latency registry."""
-
-
-def _artifact_device(runtime: str, threads: int) -> str:
-    """The latency column of an artifact timed in ``runtime``: the registry's device name for
-    that runtime and thread count (``xnnpack-1t``, ``ort-cpu-1t``), so a model timed as a device
-    and an artifact timed in its runtime share one column."""
-    return f"{_RUNTIME_DEVICES.get(runtime, runtime)}-{threads}t"
+def _time_artifact(chain: _Chain, runner: ArtifactRunner, threads: int) -> dict[str, float | None]:
+    """The artifact of ``runner`` (opened with ``threads`` threads) timed with ``chain.timer`` on
+    each of the chain's devices whose runtime runs it, with that device's threads; by device
+    name, in the devices' order."""
+    devices = [d for d in chain.devices if d.runtime == runner.runtime]
+    by_threads: dict[int, list[LatencyDevice]] = {}
+    for device in devices:
+        by_threads.setdefault(device.threads, []).append(device)
+    out: dict[str, float | None] = {}
+    for i, (n, group) in enumerate(by_threads.items()):
+        # ExecuTorch has one thread pool per process, and a runner opened with other threads
+        # resizes it: a runner serves only the devices timed before the next one is opened.
+        timed = (
+            runner if i == 0 and n == threads else open_runner(runner.path, runner.input_shape, n)
+        )
+        for device in group:
+            out[device.name] = float(chain.timer(timed))
+    return {d.name: out[d.name] for d in devices}
 
 
 def _bind(fn: Callable[..., Path], *args: Any) -> Callable[[], Path]:

@@ -8,15 +8,38 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from nas.backends import ARTIFACT_SUFFIXES
 from nas.core.layers import trace_layer_specs
 
-__all__ = ["LatencyDevice", "predicted_latency_ms"]
+__all__ = ["RUNTIMES", "LatencyDevice", "predicted_latency_ms"]
+
+RUNTIMES: tuple[str, ...] = (*dict.fromkeys(ARTIFACT_SUFFIXES.values()), "torch")
+"""The runtimes a device may run: those of the artifacts (``nas.backends.ARTIFACT_SUFFIXES``:
+executorch-xnnpack, onnxruntime, litert) and ``torch`` (PyTorch modules, no artifact)."""
+
+_DEVICE_ATTRIBUTES = ("name", "runtime", "threads", "dtypes", "measure_module")
 
 
 class LatencyDevice(Protocol):
-    """What the chain needs of a device: a name and a way to time a module."""
+    """What the chain needs of a device (``latency_models``' real devices have this shape).
 
-    name: str
+    ``name`` names the device's latency column in the report. Every model of the chain is timed
+    with ``measure_module`` when its dtype is one of ``dtypes`` (a device with none times only
+    artifacts); every exported artifact whose runtime is the device's ``runtime`` (one of
+    :data:`RUNTIMES`) is run and timed there with ``threads`` threads.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def runtime(self) -> str: ...
+
+    @property
+    def threads(self) -> int: ...
+
+    @property
+    def dtypes(self) -> Sequence[str]: ...
 
     def measure_module(
         self,
@@ -27,6 +50,26 @@ class LatencyDevice(Protocol):
     ) -> Any:
         """A measurement with ``latency_ms`` (or a number of ms)."""
         ...
+
+
+def _check_devices(devices: Sequence[LatencyDevice]) -> list[LatencyDevice]:
+    """``devices`` as a list, or an error naming what a device lacks."""
+    for device in devices:
+        missing = [a for a in _DEVICE_ATTRIBUTES if not hasattr(device, a)]
+        if missing:
+            raise TypeError(
+                f"device {device!r} lacks {', '.join(missing)}: the chain takes device objects "
+                f"with {', '.join(_DEVICE_ATTRIBUTES)} (nas.compress.LatencyDevice), such as "
+                "latency_models' real devices"
+            )
+        if device.runtime not in RUNTIMES:
+            raise ValueError(
+                f"device {device.name!r} runs {device.runtime!r}; a device's runtime is one of "
+                f"{list(RUNTIMES)}"
+            )
+        if not (isinstance(device.threads, int) and device.threads >= 1):
+            raise ValueError(f"device {device.name!r} has {device.threads!r} threads; want >= 1")
+    return list(devices)
 
 
 def _latency_ms(result: Any) -> float:

@@ -36,10 +36,9 @@ class ReportRow:
     ``accuracy`` is top-1 on the test set (a fraction), in PyTorch for models and in the runtime
     for artifacts. ``size_bytes`` is the file on disk (checkpoint or artifact); ``weights_bytes``
     the weights as deployed (fp32: 4 bytes a parameter; int8: the converted model's tensors).
-    ``latency_ms`` holds measured latencies (the headline minimum of
-    ``latency_models.measure``) per device (models) or per runtime (artifacts, key
-    the registry device of the runtime, ``xnnpack-1t`` or
-    ``ort-cpu-1t``); ``speedup`` compares with the step's input on the same device.
+    ``latency_ms`` holds measured latencies (the headline minimum of ``latency_models.measure``)
+    by device name: a model's on every device that times its dtype, an artifact's on every
+    device whose runtime runs it; ``speedup`` compares with the step's input on the same device.
     """
 
     step: str

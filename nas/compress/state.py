@@ -67,10 +67,12 @@ class _Chain:
         return evaluate_accuracy(module, self.data.test, self.cfg.eval_batch_size)
 
     def measure(self, module: nn.Module, dtype: str) -> dict[str, float | None]:
+        """``module`` timed on every device that times ``dtype``, by device name (None: the
+        device failed on it)."""
         out: dict[str, float | None] = {}
         for device in self.devices:
-            name = str(getattr(device, "name", type(device).__name__))
-            if dtype not in getattr(device, "dtypes", ("fp32", "int8")):
+            name = device.name
+            if dtype not in device.dtypes:
                 continue
             try:
                 result = device.measure_module(
