@@ -19,7 +19,7 @@ from nas.backends import (
     open_runner,
     quantize_onnx_static,
 )
-from nas.compress.chain import chain_dir, parse_arch_key, run_chain
+from nas.compress.chain import chain_dir, run_chain
 from nas.compress.checkpoint import CheckpointError, load_model, read_checkpoint, save_model
 from nas.compress.config import DEFAULT_STEPS, STEPS, ChainConfig, ExportConfig
 from nas.compress.distill import (
@@ -74,7 +74,6 @@ __all__ = [
     "macs_params",
     "min_latency_ms",
     "open_runner",
-    "parse_arch_key",
     "predicted_latency_ms",
     "prune_channels",
     "prune_model",

@@ -62,7 +62,6 @@ __all__ = [
     "ReportRow",
     "chain_dir",
     "check_steps",
-    "parse_arch_key",
     "render_report",
     "run_chain",
 ]
@@ -344,34 +343,6 @@ def _input_rows(
     d.mkdir(parents=True, exist_ok=True)
     _write_json(d / "done.json", {"step": "input", "fingerprint": fp, "rows": [row.to_dict()]})
     return [row]
-
-
-def parse_arch_key(space: Any, key: str) -> dict[str, Any]:
-    """The arch whose ``space.key`` is ``key`` ("k=v|k=v|..."; inactive slots "-" take the first
-    choice), so a command line can name an arch by the key a study or report shows."""
-    dims = space.dimensions()
-    arch: dict[str, Any] = {}
-    problems = []
-    for part in key.strip().split("|"):
-        name, sep, text = part.partition("=")
-        if not sep or name not in dims:
-            problems.append(f"{part!r} is not 'dimension=value' for a dimension of the space")
-            continue
-        choice = dims[name]
-        if text == "-":
-            arch[name] = choice.values[0]
-            continue
-        matches = [v for v in choice.values if str(v) == text]
-        if not matches:
-            problems.append(f"{name}={text!r} is not one of {list(choice.values)}")
-        else:
-            arch[name] = matches[0]
-    missing = [k for k in dims if k not in arch]
-    if missing and not problems:
-        problems.append(f"missing dimension(s) {missing}")
-    if problems:
-        raise ValueError(f"cannot read arch key of space {space.name!r}: " + "; ".join(problems))
-    return dict(space.validate(arch))
 
 
 def chain_dir(run_dir: str | os.PathLike[str], space: Any, arch: Mapping[str, Any]) -> Path:
