@@ -14,7 +14,8 @@ rather than being recomputed behind the user's back.
 The chain takes objects, never names (DESIGN.md): a space and an arch, a data set, a student
 (an ``nn.Module`` or an ``arch -> nn.Module`` callable such as a supernet's ``export``), a
 teacher, devices (:class:`~nas.compress.latency.LatencyDevice`: a name, a runtime, threads,
-dtypes and ``measure_module``) and a latency predictor (see :func:`predicted_latency_ms`).
+dtypes and ``measure_module``) and a latency predictor
+(see :func:`~nas.compress.latency.predicted_latency_ms`).
 """
 
 from __future__ import annotations
@@ -28,21 +29,18 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from nas.backends import convert, min_latency_ms
-from nas.compress.checkpoint import CheckpointError, load_model
+from nas.backends import min_latency_ms
+from nas.compress.checkpoint import CheckpointError
 from nas.compress.config import DEFAULT_STEPS, STEPS, ChainConfig, check_steps
 from nas.compress.distill import extract_subnet, largest_arch
 from nas.compress.export import _export_step
 from nas.compress.latency import LatencyDevice, _check_devices
-from nas.compress.ptq import load_quantized
-from nas.compress.qat import fp32_twin
 from nas.compress.report import (
     _REPORT_VERSION,
     ChainResult,
@@ -52,7 +50,14 @@ from nas.compress.report import (
     render_report,
 )
 from nas.compress.state import _Chain
-from nas.compress.steps import _distill_step, _prune_step, _ptq_step, _qat_step
+from nas.compress.steps import (
+    _distill_step,
+    _load_step,
+    _prune_step,
+    _ptq_step,
+    _qat_step,
+    _step_config,
+)
 from nas.supernet import recalibrate_bn
 
 # ChainConfig, ReportRow, check_steps and render_report live in config.py and report.py; they
@@ -115,7 +120,8 @@ def run_chain(
         devices: the devices to time on (:class:`~nas.compress.latency.LatencyDevice`): every
             model on each whose ``dtypes`` hold its dtype (``measure_module``), every artifact on
             each whose ``runtime`` runs it (with the device's threads); columns by device name.
-        latency_predictor: see :func:`predicted_latency_ms`; required for a latency budget.
+        latency_predictor: see :func:`~nas.compress.latency.predicted_latency_ms`; required for
+            a latency budget.
         timer: ``runner -> ms`` for artifacts (default :func:`min_latency_ms`; pass
             ``lambda fn: latency_models.measure.measure(fn).latency_ms`` for the full protocol).
         build: ``() -> nn.Module`` of the plain architecture, used to load checkpoints (default
@@ -128,6 +134,44 @@ def run_chain(
     if restart_from is not None and restart_from not in steps:
         raise ValueError(f"restart_from must be one of the steps {steps}; got {restart_from!r}")
     devices = _check_devices(devices)
+    chain = _open_chain(
+        run_dir, arch, space, data, config, devices, latency_predictor, timer, build, seed
+    )
+    bn_batches = _bn_batches(data, config.bn_calibration_images, seed)
+    initial = _make_student(chain, student, bn_batches)
+    source_fp = _digest(
+        {
+            "student": _state_digest(initial),
+            "arch": space.key(chain.arch),
+            "data": _data_digest(data),
+            "seed": seed,
+            "shape": chain.shape,
+        }
+    )
+    chain.rows["input"] = _input_rows(chain, initial, source_fp, student, bn_batches)
+    teacher_fp = ""
+    if "distill" in steps:
+        chain.student, chain.teacher = initial, _make_teacher(space, student, teacher, bn_batches)
+        teacher_fp = _state_digest(chain.teacher) if chain.teacher is not None else "none"
+    else:
+        chain.fp32["input"] = initial
+    resumed = _run_steps(chain, steps, source_fp, teacher_fp, restart_from)
+    return _result(chain, steps, resumed)
+
+
+def _open_chain(
+    run_dir: str | os.PathLike[str],
+    arch: Mapping[str, Any],
+    space: Any,
+    data: Any,
+    config: ChainConfig,
+    devices: Sequence[LatencyDevice],
+    predictor: Any,
+    timer: Callable[[Callable[[], object]], float] | None,
+    build: Callable[[], nn.Module] | None,
+    seed: int = 0,
+) -> _Chain:
+    """The state of the chain of ``arch``, in its folder (where ``arch.json`` names the arch)."""
     arch = dict(space.validate(arch))
     shape = tuple(int(s) for s in space.input_shape(arch))
     if tuple(data.input_shape) != shape:
@@ -140,83 +184,90 @@ def run_chain(
     _write_json(
         directory / "arch.json", {"space": space.name, "key": space.key(arch), "arch": arch}
     )
-    builder = build or (lambda: space.build(arch))
-    chain = _Chain(
+    return _Chain(
         directory,
         space,
         arch,
         data,
         config,
-        builder,
+        build or (lambda: space.build(arch)),
         devices,
-        latency_predictor,
+        predictor,
         timer
         or functools.partial(min_latency_ms, warmup=10, min_runs=200, max_s=config.export.timing_s),
         seed,
     )
 
-    bn_batches: list[torch.Tensor] = []
-    if config.bn_calibration_images > 0:
-        # The subset the search's evaluator recalibrates on (nas.supernet.evaluate.SubnetEvaluator with
-        # the same seed and count), so the starting point scores as the search scored it.
-        train_x = data.train.tensors[0]
-        pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
-        bn_batches = list(train_x[pick[: config.bn_calibration_images]].split(128))
 
-    def from_supernet(export: Callable[[Mapping[str, Any]], nn.Module], a: Any) -> nn.Module:
-        module = extract_subnet(export, a)
-        if bn_batches:
-            recalibrate_bn(module, bn_batches)
-        return module.eval()
+def _bn_batches(data: Any, n: int, seed: int) -> list[torch.Tensor]:
+    """Batches of ``n`` seeded train images to recalibrate a subnet's batch norm on (none: 0).
 
-    def make_student() -> nn.Module:
-        if isinstance(student, nn.Module):
-            return copy.deepcopy(student).eval()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            if student is None:
-                return builder().eval()
-            return from_supernet(student, arch)
+    The subset the search's evaluator recalibrates on (nas.supernet's SubnetEvaluator with the
+    same seed and count), so the starting point scores as the search scored it."""
+    if n <= 0:
+        return []
+    train_x = data.train.tensors[0]
+    pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
+    return list(train_x[pick[:n]].split(128))
 
-    def make_teacher() -> nn.Module | None:
-        if teacher is None:
+
+def _from_supernet(
+    export: Callable[[Mapping[str, Any]], nn.Module], arch: Any, bn_batches: list[torch.Tensor]
+) -> nn.Module:
+    module = extract_subnet(export, arch)
+    if bn_batches:
+        recalibrate_bn(module, bn_batches)
+    return module.eval()
+
+
+def _make_student(chain: _Chain, student: Any, bn_batches: list[torch.Tensor]) -> nn.Module:
+    """The starting model: a copy of a given module, a subnet of an ``arch -> nn.Module``
+    callable, or (None) the plain arch freshly initialised with the chain's seed."""
+    if isinstance(student, nn.Module):
+        return copy.deepcopy(student).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(chain.seed)
+        if student is None:
+            return chain.build().eval()
+        return _from_supernet(student, chain.arch, bn_batches)
+
+
+def _make_teacher(
+    space: Any, student: Any, teacher: Any, bn_batches: list[torch.Tensor]
+) -> nn.Module | None:
+    """The distill step's teacher (see :func:`run_chain`'s ``teacher``)."""
+    if teacher is None:
+        return None
+    if isinstance(teacher, nn.Module):
+        return teacher.eval()
+    if teacher == "largest":
+        if student is None or isinstance(student, nn.Module):
+            log.info("no teacher: 'largest' needs a student callable (a supernet's export)")
             return None
-        if isinstance(teacher, nn.Module):
-            return teacher.eval()
-        if teacher == "largest":
-            if student is None or isinstance(student, nn.Module):
-                log.info("no teacher: 'largest' needs a student callable (a supernet's export)")
-                return None
-            return from_supernet(student, largest_arch(space))
-        if isinstance(teacher, str):
-            raise ValueError(
-                f"teacher must be a module, a callable, 'largest' or None; got {teacher!r}"
-            )
-        return from_supernet(teacher, largest_arch(space))
+        return _from_supernet(student, largest_arch(space), bn_batches)
+    if isinstance(teacher, str):
+        raise ValueError(
+            f"teacher must be a module, a callable, 'largest' or None; got {teacher!r}"
+        )
+    return _from_supernet(teacher, largest_arch(space), bn_batches)
 
-    initial = make_student()
-    source_fp = _digest(
-        {
-            "student": _state_digest(initial),
-            "arch": space.key(arch),
-            "data": _data_digest(data),
-            "seed": seed,
-            "shape": shape,
-        }
-    )
-    chain.rows["input"] = _input_rows(chain, directory, initial, source_fp, student, bn_batches)
-    if "distill" not in steps:
-        chain.fp32["input"] = initial
+
+def _run_steps(
+    chain: _Chain,
+    steps: Sequence[str],
+    source_fp: str,
+    teacher_fp: str,
+    restart_from: str | None,
+) -> list[str]:
+    """Run or resume each step in turn, writing the report after each; returns the steps
+    resumed. A step is resumed when its ``done.json`` holds its fingerprint (its settings and
+    the fingerprint of the step before) and no step before it ran afresh."""
     prev_fp = source_fp
     resumed: list[str] = []
     invalid = False
-    teacher_fp = ""
-    if "distill" in steps:
-        chain.student, chain.teacher = initial, make_teacher()
-        teacher_fp = _state_digest(chain.teacher) if chain.teacher is not None else "none"
     for step in steps:
-        d = _step_dir(directory, step)
-        step_cfg = _step_config(step, config, teacher_fp, chain)
+        d = _step_dir(chain.dir, step)
+        step_cfg = _step_config(step, chain.cfg, teacher_fp, chain)
         fp = _digest({"step": step, "config": step_cfg, "prev": prev_fp})
         done = None if (invalid or step == restart_from) else _read_done(d)
         if done is not None and done["fingerprint"] == fp:
@@ -228,88 +279,55 @@ def run_chain(
             if done is not None:
                 log.info("step %s: settings or inputs changed since it ran; rerunning", step)
             invalid = True  # this step and every later one run afresh
-            if d.exists():
-                shutil.rmtree(d)
-            d.mkdir(parents=True)
-            t0 = time.perf_counter()
-            log.info("step %s: running", step)
-            rows = _STEP_FUNCTIONS[step](chain, d)
-            seconds = time.perf_counter() - t0
-            chain.rows[step] = rows
-            _write_json(
-                d / "done.json",
-                {
-                    "step": step,
-                    "fingerprint": fp,
-                    "config": step_cfg,
-                    "seconds": seconds,
-                    "rows": [r.to_dict() for r in rows],
-                },
-            )
-            log.info("step %s: done in %.1f s", step, seconds)
+            chain.rows[step] = _run_step(chain, step, d, fp, step_cfg)
         prev_fp = fp
-        _write_report(
-            chain.dir,
-            chain.space,
-            chain.arch,
-            steps,
-            chain.cfg,
-            [r for s in ("input", *steps) for r in chain.rows.get(s, [])],
-        )
-    all_rows = [r for s in ("input", *steps) for r in chain.rows.get(s, [])]
+        _write_report(chain.dir, chain.space, chain.arch, steps, chain.cfg, _rows(chain, steps))
+    return resumed
+
+
+def _run_step(chain: _Chain, step: str, d: Path, fp: str, step_cfg: Any) -> list[ReportRow]:
+    """Run ``step`` afresh in ``d`` and mark it finished (``done.json``); returns its rows."""
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    t0 = time.perf_counter()
+    log.info("step %s: running", step)
+    rows = _STEP_FUNCTIONS[step](chain, d)
+    seconds = time.perf_counter() - t0
+    _write_json(
+        d / "done.json",
+        {
+            "step": step,
+            "fingerprint": fp,
+            "config": step_cfg,
+            "seconds": seconds,
+            "rows": [r.to_dict() for r in rows],
+        },
+    )
+    log.info("step %s: done in %.1f s", step, seconds)
+    return rows
+
+
+def _result(chain: _Chain, steps: Sequence[str], resumed: list[str]) -> ChainResult:
+    """What the chain made: its rows, its models by step (int8: converted) and artifacts."""
     models: dict[str, nn.Module] = dict(chain.fp32)
     models.update({k: v[0] for k, v in chain.int8.items()})
     if "export" in resumed:
         chain.artifacts = sorted(
             p
-            for p in _step_dir(directory, "export").iterdir()
+            for p in _step_dir(chain.dir, "export").iterdir()
             if p.suffix in (".pte", ".onnx", ".tflite")
         )
-    return ChainResult(directory, all_rows, models, chain.artifacts, resumed)
+    return ChainResult(chain.dir, _rows(chain, steps), models, chain.artifacts, resumed)
 
 
-def _step_config(step: str, config: ChainConfig, teacher_fp: str, chain: _Chain) -> Any:
-    if step == "distill":
-        return {"train": config.distill.to_dict(), "kd": config.kd.to_dict(), "teacher": teacher_fp}
-    if step == "prune":
-        return {
-            "prune": config.prune.to_dict(),
-            "predictor": type(chain.predictor).__name__ if chain.predictor is not None else None,
-        }
-    if step == "ptq":
-        return {
-            "images": config.ptq_images,
-            "per_channel": config.qat.per_channel,
-            "weight_bits": config.qat.weight_bits,
-        }
-    if step == "qat":
-        return config.qat.to_dict()
-    return {
-        "export": asdict(config.export),
-        "devices": [d.name for d in chain.devices],
-    }
-
-
-def _load_step(chain: _Chain, step: str, d: Path, done: Mapping[str, Any]) -> None:
-    if step in ("distill", "prune"):
-        model, _ = load_model(d / "model.safetensors", chain.build)
-        chain.fp32[step] = model
-    elif step in ("ptq", "qat"):
-        prepared, fp32_model, info = load_quantized(d / "model.safetensors", chain.build)
-        twin = fp32_twin(fp32_model, prepared) if step == "qat" else fp32_model
-        chain.int8[step] = (convert(prepared), twin, str(info.get("source", "")))
-    elif step == "export":
-        missing = [r["file"] for r in done.get("rows", []) if not (d / r["file"]).is_file()]
-        if missing:
-            raise CheckpointError(
-                f"export step {d} is marked finished but its artifacts {missing} are missing; "
-                f"delete {d} (or pass restart_from='export') to export again"
-            )
+def _rows(chain: _Chain, steps: Sequence[str]) -> list[ReportRow]:
+    """Every row so far: the starting point's, then each step's, in order."""
+    return [r for s in ("input", *steps) for r in chain.rows.get(s, [])]
 
 
 def _input_rows(
     chain: _Chain,
-    directory: Path,
     initial: nn.Module,
     source_fp: str,
     student: Any,
@@ -317,7 +335,7 @@ def _input_rows(
 ) -> list[ReportRow]:
     """The starting point's row (test accuracy, MACs, parameters, latency), so that every step's
     gain or loss shows; measured once per starting model and kept in ``00-input/done.json``."""
-    d = directory / "00-input"
+    d = chain.dir / "00-input"
     fp = _digest(
         {
             "source": source_fp,

@@ -135,21 +135,7 @@ def train_qat(
                 evaluate_accuracy(prepared, val),
                 {k: v.detach().clone() for k, v in prepared.state_dict().items()},
             )
-    frozen = {"observers": False, "bn": False}
-
-    def on_step(m: nn.Module, step: int, total: int) -> None:
-        done = (step + 1) / total
-        if not frozen["observers"] and done >= config.freeze_observers_at:
-            m.apply(pt2e.disable_observer)
-            frozen["observers"] = True
-            log.info("QAT: observers frozen after step %d/%d", step + 1, total)
-        if not frozen["bn"] and done >= config.freeze_bn_at:
-            n = freeze_batchnorm_stats(m)  # type: ignore[arg-type]
-            frozen["bn"] = True
-            log.info(
-                "QAT: batch-norm statistics frozen (%d nodes) after step %d/%d", n, step + 1, total
-            )
-
+    schedule = _FreezeSchedule(config, pt2e)
     if teacher is not None:
         teacher.eval()
     with cached_pt2e_patterns():
@@ -160,27 +146,61 @@ def train_qat(
             teacher=teacher,
             kd=config.kd,
             seed=seed,
-            on_step=on_step,
+            on_step=schedule,
         )
-        if not frozen["observers"]:
+        if not schedule.observers_frozen:
             prepared.apply(pt2e.disable_observer)
         prepared.eval()
         if start is not None and val is not None:
-            trained_acc = evaluate_accuracy(prepared, val)
-            if trained_acc < start[0]:
-                prepared.load_state_dict(start[1], strict=True)
-                prepared.apply(pt2e.disable_observer)
-                prepared.eval()
-                history.kept_start = True
-                history.notes.append(
-                    f"QAT ({100 * trained_acc:.2f} % val) did not beat its calibrated start "
-                    f"({100 * start[0]:.2f} % val): kept the calibrated (post-training) int8"
-                )
-            else:
-                history.notes.append(
-                    f"val {100 * start[0]:.2f} % calibrated -> {100 * trained_acc:.2f} % after QAT"
-                )
+            _keep_the_better(prepared, start, val, history, pt2e)
     return prepared, history
+
+
+class _FreezeSchedule:
+    """The step callback of QAT: freezes observers, then batch-norm statistics, once their
+    shares of the training steps (``freeze_observers_at``, ``freeze_bn_at``) are done."""
+
+    def __init__(self, config: QATConfig, pt2e: Any) -> None:
+        self.config, self.pt2e = config, pt2e
+        self.observers_frozen = self.bn_frozen = False
+
+    def __call__(self, m: nn.Module, step: int, total: int) -> None:
+        done = (step + 1) / total
+        if not self.observers_frozen and done >= self.config.freeze_observers_at:
+            m.apply(self.pt2e.disable_observer)
+            self.observers_frozen = True
+            log.info("QAT: observers frozen after step %d/%d", step + 1, total)
+        if not self.bn_frozen and done >= self.config.freeze_bn_at:
+            n = freeze_batchnorm_stats(m)  # type: ignore[arg-type]
+            self.bn_frozen = True
+            log.info(
+                "QAT: batch-norm statistics frozen (%d nodes) after step %d/%d", n, step + 1, total
+            )
+
+
+def _keep_the_better(
+    prepared: nn.Module,
+    start: tuple[float, dict[str, torch.Tensor]],
+    val: TensorDataset,
+    history: TrainHistory,
+    pt2e: Any,
+) -> None:
+    """Put the calibrated start (its val accuracy and state) back into ``prepared`` when QAT
+    scored below it on ``val``; ``history`` notes either way."""
+    trained_acc = evaluate_accuracy(prepared, val)
+    if trained_acc < start[0]:
+        prepared.load_state_dict(start[1], strict=True)
+        prepared.apply(pt2e.disable_observer)
+        prepared.eval()
+        history.kept_start = True
+        history.notes.append(
+            f"QAT ({100 * trained_acc:.2f} % val) did not beat its calibrated start "
+            f"({100 * start[0]:.2f} % val): kept the calibrated (post-training) int8"
+        )
+    else:
+        history.notes.append(
+            f"val {100 * start[0]:.2f} % calibrated -> {100 * trained_acc:.2f} % after QAT"
+        )
 
 
 def fp32_twin(model: nn.Module, prepared: nn.Module) -> nn.Module:

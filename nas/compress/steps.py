@@ -1,22 +1,28 @@
-"""The model steps of the chain: distill, prune, ptq and qat, each run on the chain's models.
+"""The model steps of the chain (distill, prune, ptq, qat), and what each step is resumed by.
 
-Each takes the chain's state and its step folder, runs its step (:mod:`nas.compress.distill`,
-:mod:`nas.compress.prune`, :mod:`nas.compress.ptq`, :mod:`nas.compress.qat`) on the latest model,
-saves the result there and returns its rows of the report.
+Each step function takes the chain's state and its step folder, runs its step
+(:mod:`nas.compress.distill`, :mod:`nas.compress.prune`, :mod:`nas.compress.ptq`,
+:mod:`nas.compress.qat`) on the latest model, saves the result there and returns its rows of
+the report (the export step is :mod:`nas.compress.export`'s). :func:`_step_config` gives the
+settings a step's fingerprint covers; :func:`_load_step` reloads a finished step's models.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from nas.backends import convert
-from nas.compress.checkpoint import save_model
+from nas.compress.checkpoint import CheckpointError, load_model, save_model
+from nas.compress.config import ChainConfig
 from nas.compress.distill import distill_model
 from nas.compress.latency import _module_latency_fn
 from nas.compress.prune import prune_model
-from nas.compress.ptq import ptq, save_quantized
+from nas.compress.ptq import load_quantized, ptq, save_quantized
 from nas.compress.qat import fp32_twin, train_qat
 from nas.compress.report import ReportRow
 from nas.compress.state import _Chain
@@ -169,3 +175,44 @@ def _qat_step(chain: _Chain, d: Path) -> list[ReportRow]:
             notes="; ".join([f"{history.steps} QAT steps", *history.notes]),
         )
     ]
+
+
+def _step_config(step: str, config: ChainConfig, teacher_fp: str, chain: _Chain) -> Any:
+    """The settings of ``step`` that its fingerprint covers (changing one reruns the step)."""
+    if step == "distill":
+        return {"train": config.distill.to_dict(), "kd": config.kd.to_dict(), "teacher": teacher_fp}
+    if step == "prune":
+        return {
+            "prune": config.prune.to_dict(),
+            "predictor": type(chain.predictor).__name__ if chain.predictor is not None else None,
+        }
+    if step == "ptq":
+        return {
+            "images": config.ptq_images,
+            "per_channel": config.qat.per_channel,
+            "weight_bits": config.qat.weight_bits,
+        }
+    if step == "qat":
+        return config.qat.to_dict()
+    return {
+        "export": asdict(config.export),
+        "devices": [d.name for d in chain.devices],
+    }
+
+
+def _load_step(chain: _Chain, step: str, d: Path, done: Mapping[str, Any]) -> None:
+    """Load the models of a finished step from its folder ``d`` into the chain's state."""
+    if step in ("distill", "prune"):
+        model, _ = load_model(d / "model.safetensors", chain.build)
+        chain.fp32[step] = model
+    elif step in ("ptq", "qat"):
+        prepared, fp32_model, info = load_quantized(d / "model.safetensors", chain.build)
+        twin = fp32_twin(fp32_model, prepared) if step == "qat" else fp32_model
+        chain.int8[step] = (convert(prepared), twin, str(info.get("source", "")))
+    elif step == "export":
+        missing = [r["file"] for r in done.get("rows", []) if not (d / r["file"]).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"export step {d} is marked finished but its artifacts {missing} are missing; "
+                f"delete {d} (or pass restart_from='export') to export again"
+            )

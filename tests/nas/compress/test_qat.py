@@ -17,13 +17,13 @@ from nas.compress import (
     convert,
     export_onnx,
     export_pte,
+    fp32_twin,
     load_quantized,
     open_runner,
     ptq,
     save_quantized,
     train_qat,
 )
-from nas.compress.qat import fp32_twin
 from nas.data import ImageDataset
 from search_spaces.tiny import TinySpace
 
