@@ -48,7 +48,9 @@ class LatencyDevice(Protocol):
         dtype: str = ...,
         calibration: torch.Tensor | None = ...,
     ) -> Any:
-        """A measurement with ``latency_ms`` (or a number of ms)."""
+        """``module`` timed at ``input_shape`` (batch included) in ``dtype``: a measurement with
+        ``latency_ms`` (or a number of ms). The chain passes ``calibration`` images
+        (k x C x H x W) for int8 only, to quantize with."""
         ...
 
 

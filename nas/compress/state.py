@@ -75,12 +75,13 @@ class _Chain:
             if dtype not in device.dtypes:
                 continue
             try:
-                result = device.measure_module(
-                    module,
-                    (1, *self.shape),
-                    dtype,
-                    self.calibration[:64] if dtype == "int8" else None,
-                )
+                # Only int8 needs calibration images: a device that quantizes nothing may
+                # take (module, input_shape, dtype) alone.
+                if dtype == "int8":
+                    shape = (1, *self.shape)
+                    result = device.measure_module(module, shape, dtype, self.calibration[:64])
+                else:
+                    result = device.measure_module(module, (1, *self.shape), dtype)
                 out[name] = _latency_ms(result)
             except Exception as err:  # a runtime failing on one model must not stop the chain
                 log.warning(
