@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from nas.backends import ARTIFACT_SUFFIXES
-from nas.compress import RUNTIMES
+from nas.compress import RUNTIMES, ChainConfig, ExportConfig, run_chain
 from nas.compress import export as export_step
 from nas.compress.latency import _check_devices
+from nas.data import ImageDataset
+from search_spaces.tiny import TinySpace
 
 
 def _device(name: str, runtime: str, threads: int = 1) -> SimpleNamespace:
@@ -81,3 +83,24 @@ def test_an_artifact_is_timed_on_the_devices_of_its_runtime_with_their_threads(
     opened.clear()
     assert export_step._time_artifact(chain, parity, 4) == latency
     assert opened == [1, 2]
+
+
+@pytest.mark.slow
+def test_the_chain_times_models_and_artifacts_on_a_runtime_device(
+    tmp_path: Path, space: TinySpace, arch: dict[str, Any], data: ImageDataset
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from latency_models.runtimes import OrtCPUDevice
+    from latency_models.runtimes.cache import ArtifactCache
+
+    device = OrtCPUDevice("ort-cpu-1t", threads=1, cache=ArtifactCache(tmp_path / "cache"))
+    export = ExportConfig(formats=("onnx",), ort_int8=False, parity_images=16, calibration_images=8)
+    result = run_chain(
+        tmp_path, arch, space=space, data=data, steps=("export",),
+        config=ChainConfig(export=export), devices=[device], timer=lambda fn: (fn(), 0.5)[1],
+    )  # fmt: skip
+    start, artifact = result.rows
+    # One column, named by the device, for the model (measure_module) and its ONNX file.
+    assert list(start.latency_ms) == ["ort-cpu-1t"] and (start.latency_ms["ort-cpu-1t"] or 0) > 0
+    assert artifact.file == "input-fp32.onnx" and artifact.latency_ms == {"ort-cpu-1t": 0.5}
+    assert "| ort-cpu-1t ms |" in (result.directory / "report.md").read_text()
