@@ -46,6 +46,7 @@ from latency_models.measure import DEFAULT_PROTOCOL, Measurement, Protocol, RunI
 from nas.app.config import git_commit
 from nas.backends import has_vnni
 from nas.compress import (
+    ArtifactTimer,
     ChainConfig,
     ExportConfig,
     FinetuneConfig,
@@ -70,6 +71,7 @@ TARGETS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
 def _subset(data: ImageDataset, n_train: int, n_test: int | None) -> ImageDataset:
     def cut(ds: TensorDataset, n: int | None) -> TensorDataset:
         return ds if n is None else TensorDataset(*(t[:n] for t in ds.tensors))
@@ -420,7 +422,11 @@ def main() -> None:
         data=data,
         steps=("distill", "prune", "ptq", "qat", "export"),
         config=_config(args.quick, epochs, 0.02 if student else 0.1, weight_bits),
-        devices=[get_device("torch-cpu")],
+        devices=[
+            get_device("torch-cpu"),
+            ArtifactTimer("xnnpack-1t", "executorch-xnnpack"),
+            ArtifactTimer("ort-cpu-1t", "onnxruntime"),
+        ],
         timer=timer,
         seed=args.seed,
         student=student,

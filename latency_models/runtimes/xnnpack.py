@@ -116,7 +116,7 @@ def _quantize(
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from nas.compress.qat import convert, xnnpack_quantizer
+    from nas.backends import convert, xnnpack_quantizer
 
     observed = prepare_pt2e(ep.module(), xnnpack_quantizer(is_qat=False, per_channel=True))
     allow_exported_model_train_eval(observed)  # convert() switches it to eval mode

@@ -219,8 +219,8 @@ def _search_worker_cmd(args: argparse.Namespace) -> int:
 
 def _compress_cmd(args: argparse.Namespace) -> int:
     import latency_models
-    from nas.app.pipeline import open_finished_run
-    from nas.compress.chain import render_report, run_chain
+    from nas.app.pipeline import chain_devices, open_finished_run
+    from nas.compress import render_report, run_chain
 
     run = Path(args.run)
     finished = open_finished_run(run)
@@ -237,7 +237,7 @@ def _compress_cmd(args: argparse.Namespace) -> int:
         steps=[s for s in args.steps.split(",") if s],
         student=finished.supernet.export,
         teacher="largest",
-        devices=devices,
+        devices=chain_devices(devices),
         seed=finished.config.seed,
     )
     print(render_report(result.rows))

@@ -188,7 +188,7 @@ def _build(cls: type[T], data: dict[str, Any], where: str, problems: list[str]) 
 
 def _check_compress(compress: CompressConfig, problems: list[str]) -> None:
     """Check the compression steps and options now, not after the hours of work before them."""
-    from nas.compress.chain import ChainConfig, check_steps
+    from nas.compress import ChainConfig, check_steps
 
     if compress.steps:
         try:

@@ -328,14 +328,14 @@ def _test_accuracy(state: RunState, arch: Arch) -> float:
 
 def stage_compress(state: RunState, progress: bool) -> None:
     from latency_models import RealDevice
-    from nas.compress.chain import ChainConfig, render_report, run_chain
+    from nas.compress import ChainConfig, render_report, run_chain
 
     cfg = state.config.compress
     if not cfg.steps or state.winners is None:
         return
     chain_config = ChainConfig.from_dict(dict(cfg.options))
     # the run's real devices themselves (emulated and table devices time no module)
-    real = [d for d in state.devices.values() if isinstance(d, RealDevice)]
+    real = chain_devices([d for d in state.devices.values() if isinstance(d, RealDevice)])
     model = next(iter(state.latency_models.values()), None)
     for _, row in state.winners.iterrows():
         arch = state.space.from_key(str(row["arch_key"]))
@@ -354,6 +354,26 @@ def stage_compress(state: RunState, progress: bool) -> None:
         )
         state.compress_tables[str(row["arch_key"])] = render_report(result.rows)
         state.compress_rows[str(row["arch_key"])] = list(result.rows)
+
+
+def chain_devices(real: Sequence[Any]) -> list[Any]:
+    """The devices a compression chain times on: the given real devices (models and the
+    artifacts of their runtime), and for each artifact runtime none of them runs, an
+    artifact-only timer named by the registry's 1-thread device of that runtime
+    (`xnnpack-1t`, `ort-cpu-1t`), so every exported file is timed where it runs."""
+    import latency_models as lm
+    from nas.compress import ArtifactTimer
+
+    devices = list(real)
+    covered = {d.runtime for d in devices}
+    for name in lm.DEVICES:
+        if lm.DEVICES.factory(name).kind != "real":  # type: ignore[attr-defined]
+            continue
+        device = lm.get_device(name)
+        if device.runtime not in covered | {"torch"} and device.threads == 1:
+            devices.append(ArtifactTimer(device.name, device.runtime, device.threads))
+            covered.add(device.runtime)
+    return devices
 
 
 def stage_report(state: RunState, progress: bool) -> None:

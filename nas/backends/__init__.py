@@ -38,12 +38,21 @@ from nas.backends.onnx import (
     quantize_onnx_static,
     strip_onnx_metadata,
 )
+from nas.backends.pt2e import (
+    WEIGHT_BITS,
+    cached_pt2e_patterns,
+    check_weight_bits,
+    convert,
+    torchao_pt2e,
+    xnnpack_quantizer,
+)
 from nas.backends.quiet import quiet_exporters
 from nas.backends.runners import ParityReport, check_parity, min_latency_ms, open_runner
 from nas.backends.torch_export import eval_mode, export_program
 
 __all__ = [
     "ARTIFACT_SUFFIXES",
+    "WEIGHT_BITS",
     "ArtifactRunner",
     "LoadedProgram",
     "LoweredProgram",
@@ -51,8 +60,11 @@ __all__ = [
     "ParityReport",
     "PteRunner",
     "TfliteRunner",
+    "cached_pt2e_patterns",
     "check_parity",
+    "check_weight_bits",
     "compact_onnx",
+    "convert",
     "cpu_flags",
     "cpu_info",
     "eval_mode",
@@ -77,4 +89,6 @@ __all__ = [
     "set_executorch_threads",
     "set_weight_layout",
     "strip_onnx_metadata",
+    "torchao_pt2e",
+    "xnnpack_quantizer",
 ]

@@ -200,18 +200,7 @@ def train_model(
         raise ValueError(
             f"teacher_logits has {teacher_logits.shape[0]} rows for {n} training images"
         )
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() > 1]
-    no_decay = [p for p in params if p.dim() <= 1]  # BN and biases: no weight decay
-    opt = torch.optim.SGD(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.momentum > 0,
-    )
+    opt = _optimizer(model, config)
     gen = torch.Generator().manual_seed(seed)
     if config.channels_last:
         set_weight_layout(model, True)
@@ -225,18 +214,11 @@ def train_model(
                 if step >= total:
                     break
                 idx = order[b * bs : (b + 1) * bs]
-                x = images[idx]  # B x C x H x W
-                if config.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                out = model(x)  # B x classes
                 t_out = teacher_logits[idx] if teacher_logits is not None else None
-                loss = kd_loss(out, t_out, labels[idx], kd, config.label_smoothing)
-                for group in opt.param_groups:
-                    group["lr"] = _lr_at(step, total, config)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
+                lr = _lr_at(step, total, config)
+                losses.append(
+                    _train_step(model, opt, images[idx], labels[idx], t_out, kd, config, lr)
+                )
                 step += 1
                 if on_step is not None:
                     on_step(model, step - 1, total)
@@ -254,6 +236,47 @@ def train_model(
         model.eval()
     history.steps = step
     return history
+
+
+def _optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.SGD:
+    """SGD (Nesterov with momentum) over the trainable parameters; no weight decay on batch
+    norm and biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() > 1]
+    no_decay = [p for p in params if p.dim() <= 1]  # BN and biases: no weight decay
+    return torch.optim.SGD(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.momentum > 0,
+    )
+
+
+def _train_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    t_out: torch.Tensor | None,
+    kd: KDConfig,
+    config: FinetuneConfig,
+    lr: float,
+) -> float:
+    """One optimiser step on the batch ``x`` (B x C x H x W), labels ``y``, teacher logits
+    ``t_out``, at learning rate ``lr``; returns the batch's loss."""
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = model(x)  # B x classes
+    loss = kd_loss(out, t_out, y, kd, config.label_smoothing)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def distill_model(

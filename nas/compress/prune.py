@@ -199,71 +199,24 @@ def prune_channels(
     """
     tp = _require_torch_pruning()
     shape = tuple(int(s) for s in input_shape)
-    example = torch.zeros((1, *shape))  # 1 x C x H x W; values do not matter for tracing
     ignored = list(ignored_layers) if ignored_layers is not None else _output_layers(model)
-    ignored_names = {n for n, m in model.named_modules() if any(m is i for i in ignored)}
-    importance = tp.importance.GroupMagnitudeImportance(p=importance_p, normalizer="mean")
+    search = _Search(
+        tp,
+        example=torch.zeros((1, *shape)),  # 1 x C x H x W; values do not matter for tracing
+        ignored_names={n for n, m in model.named_modules() if any(m is i for i in ignored)},
+        importance=tp.importance.GroupMagnitudeImportance(p=importance_p, normalizer="mean"),
+        cost_fn=cost_fn,
+        step_fraction=step_fraction,
+        max_group_pruning=max_group_pruning,
+        round_to=round_to,
+    )
     was_training = model.training
     model.eval()
     base_cost = float(cost_fn(model))
-    originals: dict[str, int] = {}
     records: list[dict[str, Any]] = []
-    met = base_cost <= target_cost
-    exhausted = False
     for r in range(1, rounds + 1):
         round_target = base_cost - (base_cost - target_cost) * r / rounds
-        picks: list[str] = []
-        cost = float(cost_fn(model))
-        while cost > round_target and not exhausted:
-            names = {m: n for n, m in model.named_modules()}
-            ignored_now = [m for n, m in model.named_modules() if n in ignored_names]
-            dg, groups = _groups(tp, model, example, ignored_now)
-            candidates = []
-            for g in groups:
-                name, out = _root_and_name(g, names, dg)
-                n_ch = len(g[0].idxs)
-                originals.setdefault(name, n_ch)
-                with torch.no_grad():
-                    imp = importance(g)
-                if imp is None:
-                    continue
-                imp = imp.detach().float()
-                order = torch.argsort(imp).tolist()
-                candidates.append(
-                    _Candidate(name, out, n_ch, originals[name], order, imp[order].tolist())
-                )
-            best: tuple[float, _Candidate, int] | None = None
-            for c in candidates:
-                k = _channels_to_remove(c, step_fraction, max_group_pruning, round_to)
-                if k == 0:
-                    continue
-                trial = copy.deepcopy(model)
-                _prune_group(tp, trial, example, c, c.order[:k])
-                saved = cost - float(cost_fn(trial))
-                if saved <= 0:
-                    continue
-                # Importance lost as a share of the group's total: narrow groups (a residual
-                # stream shared by many layers) lose a larger share per channel, so they are not
-                # stripped first merely because each of their channels feeds many MACs.
-                lost = sum(c.normalised[:k]) / max(sum(c.normalised), 1e-12)
-                score = saved / (lost + 1e-9)
-                if best is None or score > best[0]:
-                    best = (score, c, k)
-            if best is None:
-                exhausted = True
-                log.warning(
-                    "pruning stopped at cost %.4g above the target %.4g: every group is at its "
-                    "limit (max_group_pruning=%.2f) or saves nothing",
-                    cost,
-                    round_target,
-                    max_group_pruning,
-                )
-                break
-            _, chosen, k = best
-            # The same pruning again on the model itself: deterministic, so equal to the trial.
-            _prune_group(tp, model, example, chosen, chosen.order[:k])
-            picks.append(f"{chosen.name}:-{k}")
-            cost = float(cost_fn(model))
+        cost, picks, exhausted = search.prune_to(model, round_target)
         record: dict[str, Any] = {
             "round": r,
             "round_target": round_target,
@@ -290,6 +243,88 @@ def prune_channels(
     return model, records, met
 
 
+@dataclass
+class _Search:
+    """The greedy search of :func:`prune_channels`: its fixed parts, and each group's channel
+    count when first seen (``originals``: ``max_group_pruning`` is a share of it)."""
+
+    tp: Any
+    example: torch.Tensor
+    ignored_names: set[str]
+    importance: Any
+    cost_fn: CostFn
+    step_fraction: float
+    max_group_pruning: float
+    round_to: int
+    originals: dict[str, int] = field(default_factory=dict)
+
+    def prune_to(self, model: nn.Module, target: float) -> tuple[float, list[str], bool]:
+        """Prune ``model`` pick by pick until its cost is at most ``target``; returns the cost,
+        the picks, and whether the search ran out of picks first."""
+        picks: list[str] = []
+        cost = float(self.cost_fn(model))
+        while cost > target:
+            best = self.best_pick(model, cost)
+            if best is None:
+                log.warning(
+                    "pruning stopped at cost %.4g above the target %.4g: every group is at its "
+                    "limit (max_group_pruning=%.2f) or saves nothing",
+                    cost,
+                    target,
+                    self.max_group_pruning,
+                )
+                return cost, picks, True
+            chosen, k = best
+            # The same pruning again on the model itself: deterministic, so equal to the trial.
+            _prune_group(self.tp, model, self.example, chosen, chosen.order[:k])
+            picks.append(f"{chosen.name}:-{k}")
+            cost = float(self.cost_fn(model))
+        return cost, picks, False
+
+    def candidates(self, model: nn.Module) -> list[_Candidate]:
+        """Every coupled group of ``model`` that may lose channels, least important first."""
+        names = {m: n for n, m in model.named_modules()}
+        ignored = [m for n, m in model.named_modules() if n in self.ignored_names]
+        dg, groups = _groups(self.tp, model, self.example, ignored)
+        candidates = []
+        for g in groups:
+            name, out = _root_and_name(g, names, dg)
+            n_ch = len(g[0].idxs)
+            self.originals.setdefault(name, n_ch)
+            with torch.no_grad():
+                imp = self.importance(g)
+            if imp is None:
+                continue
+            imp = imp.detach().float()
+            order = torch.argsort(imp).tolist()
+            candidates.append(
+                _Candidate(name, out, n_ch, self.originals[name], order, imp[order].tolist())
+            )
+        return candidates
+
+    def best_pick(self, model: nn.Module, cost: float) -> tuple[_Candidate, int] | None:
+        """The group, and how many of its channels, whose removal saves the most cost per share
+        of importance lost (each tried on a copy of ``model``); None when none saves cost."""
+        best: tuple[float, _Candidate, int] | None = None
+        for c in self.candidates(model):
+            k = _channels_to_remove(c, self.step_fraction, self.max_group_pruning, self.round_to)
+            if k == 0:
+                continue
+            trial = copy.deepcopy(model)
+            _prune_group(self.tp, trial, self.example, c, c.order[:k])
+            saved = cost - float(self.cost_fn(trial))
+            if saved <= 0:
+                continue
+            # Importance lost as a share of the group's total: narrow groups (a residual
+            # stream shared by many layers) lose a larger share per channel, so they are not
+            # stripped first merely because each of their channels feeds many MACs.
+            lost = sum(c.normalised[:k]) / max(sum(c.normalised), 1e-12)
+            score = saved / (lost + 1e-9)
+            if best is None or score > best[0]:
+                best = (score, c, k)
+        return None if best is None else (best[1], best[2])
+
+
 def _channels_to_remove(c: _Candidate, step_fraction: float, max_pruning: float, q: int) -> int:
     floor = max(math.ceil(c.original * (1 - max_pruning)), 1)
     if c.original % q == 0:
@@ -313,6 +348,27 @@ def _prune_group(
     group.prune()
 
 
+def _objective(
+    config: PruneConfig, latency_fn: CostFn | None, shape: tuple[int, ...], base_macs: int
+) -> tuple[CostFn, str, float]:
+    """What pruning minimises, its name and its target: predicted latency down to the budget,
+    or MACs down by ``macs_reduction``."""
+    if config.latency_budget_ms is not None:
+        if latency_fn is None:
+            raise ValueError(
+                "pruning to a latency budget needs latency_fn: a callable module -> predicted "
+                "latency in ms (for example a latency model's prediction for one device); "
+                "give one, or prune by macs_reduction instead"
+            )
+        return latency_fn, "latency_ms", float(config.latency_budget_ms)
+    assert config.macs_reduction is not None
+
+    def macs(m: nn.Module) -> float:
+        return float(macs_params(m, shape)[0])
+
+    return macs, "macs", base_macs * (1.0 - config.macs_reduction)
+
+
 def prune_model(
     model: nn.Module,
     train: torch.utils.data.TensorDataset,
@@ -327,24 +383,7 @@ def prune_model(
     unpruned self. ``latency_fn`` (module -> predicted ms) is needed for a latency budget."""
     shape = tuple(int(s) for s in input_shape)
     base_macs, base_params = macs_params(model, shape)
-    if config.latency_budget_ms is not None:
-        if latency_fn is None:
-            raise ValueError(
-                "pruning to a latency budget needs latency_fn: a callable module -> predicted "
-                "latency in ms (for example a latency model's prediction for one device); "
-                "give one, or prune by macs_reduction instead"
-            )
-        cost_fn: CostFn = latency_fn
-        objective = "latency_ms"
-        target = float(config.latency_budget_ms)
-    else:
-        assert config.macs_reduction is not None
-
-        def cost_fn(m: nn.Module) -> float:
-            return float(macs_params(m, shape)[0])
-
-        objective = "macs"
-        target = base_macs * (1.0 - config.macs_reduction)
+    cost_fn, objective, target = _objective(config, latency_fn, shape, base_macs)
     base_cost = float(cost_fn(model))
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():

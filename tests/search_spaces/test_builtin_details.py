@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from nas.core.space import InvalidArchError
@@ -93,3 +94,17 @@ def test_fbnet_skip_is_identity_or_projection() -> None:
 
 def test_tiny_size_closed_form() -> None:
     assert TinySpace().size() == 64_000
+
+
+def test_tiny_keys_parse_back_and_a_bad_value_is_named() -> None:
+    """The arch keys a user copies from a report (`nas compress --arch KEY`) read back through
+    `SearchSpace.from_key`, and a value the space lacks is named."""
+    space = TinySpace()
+    arch = space.validate({**space.sample(0), "s0.width": 16})
+    rng = np.random.default_rng(0)
+    for a in [arch, *(space.sample(rng) for _ in range(20))]:
+        assert space.key(space.from_key(space.key(a))) == space.key(a)
+    with pytest.raises(
+        InvalidArchError, match=r"'s0.width'='99' is not a valid value \(valid values: \[16, 24\]\)"
+    ):
+        space.from_key(space.key(arch).replace("s0.width=16", "s0.width=99"))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from nas.app.report import _budget_section, budget_checks, headline_frame, markdown_to_html
-from nas.compress.chain import ReportRow
+from nas.compress import ReportRow
 
 
 def _row(step: str, file: str, acc: float, ms: dict[str, float], **kw: object) -> ReportRow:

@@ -10,9 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas.backends import predict_logits
-from nas.compress import FinetuneConfig, KDConfig, distill_model, evaluate_accuracy, kd_loss
-from nas.compress.distill import largest_arch
+from nas.compress import (
+    FinetuneConfig,
+    KDConfig,
+    distill_model,
+    evaluate_accuracy,
+    kd_loss,
+    largest_arch,
+    predict_logits,
+)
 from nas.data import ImageDataset
 from search_spaces.tiny import TinySpace
 

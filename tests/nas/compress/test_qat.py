@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.backends import has_vnni
+from nas.backends import WEIGHT_BITS, has_vnni
 from nas.compress import (
     FinetuneConfig,
     QATConfig,
@@ -17,13 +17,13 @@ from nas.compress import (
     convert,
     export_onnx,
     export_pte,
+    fp32_twin,
     load_quantized,
     open_runner,
     ptq,
     save_quantized,
     train_qat,
 )
-from nas.compress.qat import WEIGHT_BITS, fp32_twin
 from nas.data import ImageDataset
 from search_spaces.tiny import TinySpace
 
