@@ -310,6 +310,7 @@ _ARM_GUIDES = (
 
 
 def _catalogue() -> dict[str, DeviceProfile]:
+    # removes_dead_branches: what each runtime does; the evidence is in its sources entry
     profiles = [
         cpu_profile(
             "pixel3",
@@ -323,7 +324,7 @@ def _catalogue() -> dict[str, DeviceProfile]:
             cache_kib=256 + 2048 / 4,
             dram_bandwidth_gbs=10.0,
             runtime="TFLite CPU, 1 thread",
-            removes_dead_branches=True,
+            removes_dead_branches=True,  # TFLite: x * 0 folded, unused ops dropped; pixel3_ms fits it
             sources={
                 "clock_ghz": "Qualcomm Snapdragon 845 product brief: Kryo 385 Gold up to 2.8 GHz",
                 "macs_per_cycle": "Cortex-A75: two 128-bit ASIMD pipes with FMA; Armv8.2 FP16 "
@@ -349,7 +350,7 @@ def _catalogue() -> dict[str, DeviceProfile]:
             cache_kib=2048 / 4,
             dram_bandwidth_gbs=8.0,
             runtime="TFLite CPU, 1 thread",
-            removes_dead_branches=True,
+            removes_dead_branches=True,  # TFLite, as pixel3
             sources={
                 "clock_ghz": "Qualcomm Snapdragon 835 product brief: Kryo 280 up to 2.45 GHz",
                 "macs_per_cycle": "Cortex-A73 (Armv8.0): one 128-bit FMA per cycle, no SDOT "
@@ -373,7 +374,7 @@ def _catalogue() -> dict[str, DeviceProfile]:
             cache_kib=512 + 2048 / 4,
             dram_bandwidth_gbs=12.0,
             runtime="TFLite CPU, 1 thread",
-            removes_dead_branches=True,
+            removes_dead_branches=True,  # TFLite, as pixel3
             sources={
                 "clock_ghz": "Qualcomm Snapdragon 855 product brief: Kryo 485 prime core 2.84 GHz",
                 "macs_per_cycle": "Cortex-A76: two 128-bit ASIMD FMA pipes, FP16 and SDOT; "
@@ -395,7 +396,7 @@ def _catalogue() -> dict[str, DeviceProfile]:
             cache_kib=1024 / 4,
             dram_bandwidth_gbs=4.0,
             runtime="TFLite CPU, 1 thread",
-            removes_dead_branches=True,
+            removes_dead_branches=True,  # TFLite: x * 0 folded, unused ops dropped; raspi4_ms fits it
             sources={
                 "clock_ghz": "Raspberry Pi 4 product brief: BCM2711, quad Cortex-A72 @ 1.5 GHz",
                 "macs_per_cycle": "Cortex-A72 (Armv8.0): one 128-bit FMA per cycle, no SDOT; "
@@ -418,7 +419,7 @@ def _catalogue() -> dict[str, DeviceProfile]:
             cache_kib=512 + 2048 / 4,
             dram_bandwidth_gbs=8.0,
             runtime="TFLite CPU, 1 thread",
-            removes_dead_branches=True,
+            removes_dead_branches=True,  # TFLite, as raspi4
             sources={
                 "clock_ghz": "Raspberry Pi 5 product brief: BCM2712, quad Cortex-A76 @ 2.4 GHz",
                 "macs_per_cycle": "Cortex-A76: two 128-bit ASIMD FMA pipes, FP16 and SDOT; "
@@ -442,7 +443,7 @@ def _catalogue() -> dict[str, DeviceProfile]:
             dram_bandwidth_gbs=40.0,
             layer_overhead_us=25.0,
             network_overhead_us=300.0,
-            removes_dead_branches=False,
+            removes_dead_branches=False,  # TensorRT: not documented, so the safe side
             efficiency={
                 "conv": 0.35,
                 "conv1x1": 0.4,
@@ -488,7 +489,7 @@ def _catalogue() -> dict[str, DeviceProfile]:
             dram_bandwidth_gbs=0.32,
             layer_overhead_us=2.0,
             network_overhead_us=250.0,
-            removes_dead_branches=True,
+            removes_dead_branches=True,  # compiles the TFLite converter's output
             efficiency={
                 "conv": 0.5,
                 "conv1x1": 0.6,
@@ -533,7 +534,7 @@ def _catalogue() -> dict[str, DeviceProfile]:
             dram_bandwidth_gbs=1.0,
             layer_overhead_us=20.0,
             network_overhead_us=0.0,
-            removes_dead_branches=False,
+            removes_dead_branches=False,  # no compiler: every layer runs; eyeriss_ms fits it
             efficiency={
                 "conv": 0.8,
                 "conv1x1": 0.5,
@@ -639,7 +640,7 @@ def host_cpu_profile(threads: int = 1, name: str = "host") -> DeviceProfile:
         layer_overhead_us=3.0,
         network_overhead_us=20.0,
         runtime="a runtime on this machine",
-        removes_dead_branches=False,
+        removes_dead_branches=False,  # every runtime here runs them: _HOST_DEAD_BRANCHES
         sources={
             "removes_dead_branches": _HOST_DEAD_BRANCHES,
             "clock_ghz": "/proc/cpuinfo 'cpu MHz'",
