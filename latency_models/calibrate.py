@@ -8,8 +8,9 @@ spec-sheet value: kinds the measurements say little about stay where the figures
 Parameters belong to op kind x device, never to a space, so parameters fitted on one space
 price any other space unchanged.
 
-Whether the runtime removes dead branches is decided by the data when `dead_branches="auto"`:
-both are fitted and the one with the smaller error is kept.
+Whether the runtime removes dead branches (a fact every profile states, `profiles.DEAD_BRANCHES`)
+is decided by the data when `dead_branches="auto"` (the default): both are fitted, the one with
+the smaller error is kept, and `CalibrationResult.describe()` reports both errors.
 """
 
 from __future__ import annotations
@@ -47,13 +48,54 @@ IRLS_ITERATIONS = 6
 
 @dataclass
 class CalibrationResult:
-    """The calibrated device and how well it fits the archs it was fitted on."""
+    """The calibrated device and how well it fits the archs it was fitted on.
+
+    `dead_branch_errors` holds the relative RMSE of each value of `removes_dead_branches` that
+    was fitted ("True", "False"); `dead_branches_by` says how the kept value was chosen:
+    "fit" (auto, the smaller error), "tie" (auto, both fit alike, as where the archs have no
+    dead branches: the profile's stated value is kept) or "given" (not auto).
+    """
 
     device: EmulatedDevice
     params: CostParams
     train_rmse_rel: float  # RMS relative error on the fitting archs (floored latencies)
     fitted_kinds: list[str]
     dead_branch_errors: dict[str, float] = field(default_factory=dict)
+    dead_branches_by: str = "given"
+
+    @property
+    def removes_dead_branches(self) -> bool:
+        return self.device.removes_dead_branches
+
+    def dead_branches_text(self) -> str:
+        """One line: the kept value of `removes_dead_branches`, how it was chosen, both errors."""
+        kept = "removed" if self.removes_dead_branches else "kept"
+        errors = ", ".join(
+            f"{'removed' if value == 'True' else 'kept'} {err:.4f}"
+            for value, err in sorted(self.dead_branch_errors.items(), key=lambda kv: kv[1])
+        )
+        how = {
+            "fit": "fits better",
+            "tie": "the profile's value: both fit alike, as where the archs have no dead branches",
+            "given": "as given (dead_branches was not 'auto')",
+        }[self.dead_branches_by]
+        return (
+            f"dead branches {kept} (removes_dead_branches={self.removes_dead_branches}, {how}; "
+            f"relative RMSE {errors})"
+        )
+
+    def describe(self) -> str:
+        """What was fitted on what, how well, and which dead-branch value won (text)."""
+        on = self.params.fitted_on
+        return (
+            f"{self.device.name}: calibrated on {on.get('n_archs', '?')} archs of "
+            f"{on.get('space', '?')} ({on.get('dtype', '?')}) measured on "
+            f"{on.get('measured_on', '?')}; relative RMSE {self.train_rmse_rel:.4f}; fitted "
+            f"kinds: {', '.join(self.fitted_kinds) or 'none'}; {self.dead_branches_text()}"
+        )
+
+    def __str__(self) -> str:
+        return self.describe()
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -62,6 +104,8 @@ class CalibrationResult:
             "fitted_kinds": self.fitted_kinds,
             "removes_dead_branches": self.params.removes_dead_branches,
             "dead_branch_errors": self.dead_branch_errors,
+            "dead_branches_by": self.dead_branches_by,
+            "describe": self.describe(),
             "params": self.params.to_dict(),
         }
 
@@ -167,6 +211,8 @@ def calibrate(
     # ties (a space without zero products) keep what the device's figures say
     default = prior.dead_branches(profile)
     best = min(fits, key=lambda r: (round(fits[r][1], 12), r != default))
+    errors = {round(fits[r][1], 12) for r in fits}
+    by = "given" if len(fits) == 1 else "tie" if len(errors) == 1 else "fit"
     theta, err, x = fits[best]
     kinds = sorted(
         {FEATURE_NAMES[j].split(":", 1)[1] for j in np.flatnonzero(np.abs(x).sum(axis=0) > 0)}
@@ -185,21 +231,16 @@ def calibrate(
     calibrated = EmulatedDevice(
         profile, params, name=name or f"{base_name}-calibrated", runtime_specs=runtime_specs
     )
-    log.info(
-        "calibrated %s on %d archs of %s: relative RMSE %.3f, dead branches removed: %s",
-        calibrated.name,
-        len(archs),
-        space.name,
-        err,
-        best,
-    )
-    return CalibrationResult(
+    result = CalibrationResult(
         device=calibrated,
         params=params,
         train_rmse_rel=err,
         fitted_kinds=kinds,
         dead_branch_errors={str(r): fits[r][1] for r in fits},
+        dead_branches_by=by,
     )
+    log.info("calibrated %s", result.describe())
+    return result
 
 
 def _check_measured(

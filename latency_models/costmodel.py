@@ -219,6 +219,8 @@ class CostParams:
     """Calibrated corrections of one device, per op kind (never per space).
 
     Missing kinds take the defaults: scale 1, overhead = the profile's layer overhead.
+    `removes_dead_branches`, where not None, overrides what the profile states (calibration
+    with `dead_branches="auto"` sets the value that fitted better).
     """
 
     compute_scale: Mapping[str, float] = field(default_factory=dict)

@@ -150,7 +150,9 @@ class Device(ABC):
     def layer_specs(
         self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"
     ) -> list[LayerSpec]:
-        """The layers this device executes for `arch` (default: all the space's specs)."""
+        """The layers this device executes for `arch` (default: all the space's specs, dead
+        branches included: the real runtimes here run them, measured in
+        `profiles.host_cpu_profile`'s sources; an emulated device asks its profile)."""
         return space.layer_specs(arch, dtype)
 
     @abstractmethod

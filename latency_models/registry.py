@@ -112,6 +112,12 @@ def get_device(
     return DEVICES.get(name, space=space, table=table, params=params, protocol=protocol, **unknown)
 
 
+def _dead(removes: bool | None, how: str = "") -> str:
+    """The help text's note of what the device does with dead branches (profiles.DEAD_BRANCHES)."""
+    what = "unknown" if removes is None else "removed" if removes else "kept"
+    return f"dead branches {what}{f' ({how})' if how else ''}"
+
+
 def register_emulated(profile: DeviceProfile, *, replace: bool = False) -> str:
     """Add `<profile.name>-emulated` to `DEVICES`; returns the device name."""
     name = f"{profile.name}-emulated"
@@ -122,7 +128,8 @@ def register_emulated(profile: DeviceProfile, *, replace: bool = False) -> str:
         return EmulatedDevice(profile, params)
 
     factory = DeviceFactory(name, "emulated", ("params",), build)
-    DEVICES.register(name, factory, f"emulated: {profile.description}", replace=replace)
+    text = f"emulated: {profile.description}; {_dead(profile.removes_dead_branches)}"
+    DEVICES.register(name, factory, text, replace=replace)
     return name
 
 
@@ -148,7 +155,9 @@ def _register_real(name: str, runtime: type[Runtime], threads: int) -> None:
         return RealDevice(runtime(name, threads), protocol)
 
     factory = DeviceFactory(name, "real", ("protocol",), build)
-    DEVICES.register(name, factory, f"real: {_RUNTIME_HELP[runtime]}, {threads}t")
+    # measured: every runtime here runs dead branches (host_cpu_profile's source)
+    text = f"real: {_RUNTIME_HELP[runtime]}, {threads}t; {_dead(False, 'measured')}"
+    DEVICES.register(name, factory, text)
 
 
 #: Latency columns of the shared NAS-Bench-201 table -> (device name, profile to calibrate).
@@ -164,6 +173,22 @@ NB201_COLUMNS: dict[str, tuple[str, str | None]] = {
 }
 
 
+#: What the runtime behind each column does with dead branches, for the help text: the value
+#: that fits the column better when calibrated with dead_branches="auto" (PROFILES.md). The
+#: columns without a profile were fitted with the raspi5 and jetson-tx2 profiles as priors:
+#: both gave the same value.
+_TABLE_DEAD_BRANCHES: Mapping[str, bool] = {
+    "pixel3_ms": True,
+    "raspi4_ms": True,
+    "eyeriss_ms": False,
+    "fpga_ms": False,
+    "gold_6226_ms": False,
+    "silver_4114_ms": False,
+    "1080ti_1_ms": False,
+    "titan_rtx_1_ms": False,
+}
+
+
 def _register_table(column: str, name: str, profile_name: str | None) -> None:
     def build(table: str | Path, space: SearchSpace) -> Device:
         profile = PROFILES[profile_name] if profile_name else None
@@ -171,7 +196,8 @@ def _register_table(column: str, name: str, profile_name: str | None) -> None:
         return TabularDevice(table, column, space, name=name, profile=profile, dtype=dtype)
 
     factory = DeviceFactory(name, "table", ("table", "space"), build, needs=("table", "space"))
-    DEVICES.register(name, factory, f"table: {column} of nb201.csv")
+    dead = _dead(_TABLE_DEAD_BRANCHES[column], "fitted")
+    DEVICES.register(name, factory, f"table: {column} of nb201.csv; {dead}")
 
 
 def _register_builtins() -> None:

@@ -3,10 +3,12 @@ space carries to another space unchanged."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from latency_models import PROFILES, CostParams, EmulatedDevice, calibrate
+from latency_models import PROFILES, CostParams, EmulatedDevice, calibrate, get_device
 from latency_models.calibrate import fit_params
 from latency_models.costmodel import FEATURE_NAMES, network_features
 from search_spaces import FBNetSpace, TinySpace
@@ -81,6 +83,45 @@ def test_dead_branch_choice_is_fitted() -> None:
     result = calibrate(EmulatedDevice(PROFILES["raspi4"]), space, archs, y)
     assert result.params.removes_dead_branches is False
     assert result.dead_branch_errors["False"] < result.dead_branch_errors["True"]
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(
+    ("device", "removes"),
+    [("nb201-pixel3", True), ("nb201-eyeriss", False)],
+)
+def test_auto_reports_the_dead_branch_value_that_fits_a_table_device(
+    device: str, removes: bool, nb201_csv: Path
+) -> None:
+    """On measured NB201 latencies, auto keeps the value that fits better and reports both
+    errors: TFLite on the Pixel 3 removes dead branches, the Eyeriss simulator runs them."""
+    from search_spaces import NB201Space
+
+    space = NB201Space()
+    table = get_device(device, table=nb201_csv, space=space)
+    archs = [space.from_index(i) for i in range(0, 15_625, 125)]  # as PROFILES.md cites
+    result = calibrate(table, space, archs, table.latencies_ms(archs), dtype=table.dtypes[0])
+    assert result.params.removes_dead_branches is removes
+    assert result.removes_dead_branches is removes and result.dead_branches_by == "fit"
+    errors = result.dead_branch_errors
+    assert errors[str(removes)] < errors[str(not removes)] / 2
+    text = result.describe()
+    assert f"dead branches {'removed' if removes else 'kept'}" in text and "fits better" in text
+    for err in errors.values():
+        assert f"{err:.4f}" in text
+    assert result.summary()["dead_branches_by"] == "fit"
+    # the profile this table calibrates from states the same value (PROFILES.md's source)
+    assert table.prior_profile().removes_dead_branches is removes
+
+
+def test_dead_branch_report_without_a_choice(synthetic) -> None:  # type: ignore[no-untyped-def]
+    space, archs, y, _ = synthetic
+    tie = calibrate(PROFILES["pixel3"], space, archs[:10], y[:10])  # tiny has no dead branches
+    assert tie.dead_branches_by == "tie" and tie.removes_dead_branches is True
+    assert "both fit alike" in tie.describe()
+    given = calibrate(PROFILES["pixel3"], space, archs[:10], y[:10], dead_branches=False)
+    assert given.dead_branches_by == "given" and set(given.dead_branch_errors) == {"False"}
+    assert "dead branches kept" in str(given) and "as given" in str(given)
 
 
 def test_bad_input_is_refused() -> None:
