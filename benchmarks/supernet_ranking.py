@@ -40,6 +40,7 @@ from scipy import stats
 from torch import nn
 
 from nas.app.config import git_commit
+from nas.core.files import append_lines, read_lines
 from nas.core.space import Arch
 from nas.data import load_embedded_digits
 from nas.supernet import SubnetEvaluator, accuracy, load_supernet, train_supernet
@@ -256,7 +257,7 @@ def main() -> None:
     standalone: dict[int, dict[int, dict[str, float]]] = {i: {} for i in range(len(archs))}
     index = {space.key(a): i for i, a in enumerate(archs)}
     if done_path.exists():
-        for line in done_path.read_text().splitlines():
+        for line in read_lines(done_path):  # a record a kill cut short is left out, and said
             rec = json.loads(line)
             if rec["settings"] == tag and rec["key"] in index:
                 standalone[index[rec["key"]]][rec["seed"]] = rec["result"]
@@ -283,8 +284,7 @@ def main() -> None:
             if job["kind"] == "standalone":
                 standalone[job["i"]][job["seed"]] = out
                 rec = {"key": space.key(job["arch"]), "seed": job["seed"], "settings": tag}
-                with done_path.open("a") as f:
-                    f.write(json.dumps({**rec, "result": out}) + "\n")
+                append_lines(done_path, [json.dumps({**rec, "result": out})])
                 logger.info(
                     "stand-alone arch %d seed %d: %.4f", job["i"], job["seed"], out["accuracy"]
                 )

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,7 +39,7 @@ from latency_models.lut_build import (
     pass_plan,
 )
 from latency_models.runtimes.ort_kernels import COPIES, KernelSpec
-from nas.core.files import json_digest
+from nas.core.files import append_lines, json_digest, whole_lines
 from nas.core.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -133,11 +132,12 @@ class ArchKernelCache:
     there, and two machines sharing a folder keep a file each. A kernel is written once per
     writer as `{"k": digest of its key, "key": ..., "op": ...}`, an arch as the digests of its
     kernels in order (`{"space": ..., "arch": key, "kernels": [...]}`), each arch's lines in one
-    append. Digests rather than counters, so several writers (two predictors, two processes)
-    can append to one file: a kernel written twice is the same line twice, and a writer looks
-    at what others appended before finding an arch itself. It is a cache: a line cut short by a
-    crash, or otherwise unreadable, is skipped with a warning and that arch found again; a file
-    deleted under a writer is started again.
+    append (`nas.core.files.append_lines`, under the file's lock). Digests rather than counters,
+    so several writers (two predictors, two processes) can append to one file: a kernel written
+    twice is the same line twice, and a writer looks at what others appended before finding an
+    arch itself. It is a cache: a line cut short by a crash is dropped by the next append, an
+    unreadable line is skipped with a warning, and their archs are found again; a file deleted
+    under a writer is started again.
 
     Keyed by the space's name and arch key, as whole-network measurements are: a space whose
     code changes what an arch builds needs its caches (and measurements) cleared.
@@ -197,10 +197,11 @@ class ArchKernelCache:
         with self.path.open("rb") as f:
             f.seek(self._offset)
             data = f.read()
-        end = data.rfind(b"\n") + 1  # a line still being written (or cut short) waits
+        # a line still being written (or cut short) waits; said once, when the file is opened
+        lines = whole_lines(data, self.path, warn=self._offset == 0)
+        end = data.rfind(b"\n") + 1
         if end == 0:
             return
-        lines = data[:end].decode(errors="replace").split("\n")[:-1]
         if self._offset == 0:
             self._check_header(lines[0])
             lines = lines[1:]
@@ -260,26 +261,10 @@ class ArchKernelCache:
         digests = self._archs.get(memo)
         return None if digests is None else [self._kernels[d] for d in digests]
 
-    def _create(self) -> None:
-        """Start the file with its header in one step (a crash leaves no file or a whole
-        header; a writer that loses the race to create it appends to the winner's)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self._header(), sort_keys=True) + "\n")
-        try:
-            os.link(tmp, self.path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-
     def put(
         self, space: SearchSpace, arch: Mapping[str, Any], kernels: Sequence[KernelSpec]
     ) -> None:
         self._refresh()  # a file deleted or replaced since: start again, as a new writer
-        if not self.path.exists():
-            self._create()
-            self._refresh()
         rows: list[dict[str, Any]] = []
         digests = []
         for k in kernels:
@@ -291,18 +276,13 @@ class ArchKernelCache:
         arch_key = space.key(arch)
         rows.append({"space": space.name, "arch": arch_key, "kernels": digests})
         self._archs[space.name, arch_key] = digests
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-        # one write of whole lines in append mode: writers sharing the file never split a line;
-        # after a line cut short by a crash, start a line of our own rather than finish it
-        with self.path.open("a+b") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() > 0:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    text = "\n" + text
-            f.write(text.encode())
-            f.flush()
-            os.fsync(f.fileno())
+        # one locked write of whole lines (the header first in a new file): writers sharing the
+        # file never split a line, and a line a crash cut short is dropped first
+        append_lines(
+            self.path,
+            [json.dumps(r, sort_keys=True) for r in rows],
+            header=[json.dumps(self._header(), sort_keys=True)],
+        )
 
 
 def open_arch_cache(table_path: str | Path, device: Device, dtype: str) -> ArchKernelCache | None:

@@ -38,6 +38,7 @@ import numpy as np
 from latency_models.devices import Device
 from latency_models.measure import Measurement
 from latency_models.spec_modules import is_free
+from nas.core.files import append_lines
 from nas.core.layers import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -370,9 +371,8 @@ class LUT:
         if not complete:
             cut = lines.pop()  # written without its newline: the crash hit mid-row
             log.warning("%s: dropping a last line cut short by a crash: %r", path, cut[:80])
-            if repair:
-                with path.open("r+b") as f:
-                    f.truncate(len(raw) - len(cut.encode("utf-8")))
+            if repair:  # under the file's lock, as every append drops a cut line
+                append_lines(path, [])
         elif lines and lines[-1] == "":
             lines.pop()
         fmt = next((f for f in READABLE_FORMATS if lines and lines[0].startswith(f"# {f} ")), None)

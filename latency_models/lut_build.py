@@ -1,7 +1,8 @@
 """Building a LUT: the unique layers of a space measured on a device, in passes, resumable.
 
-A build appends its rows to the table's file as they are measured, flushed and fsynced per
-batch (`open_table`), so a crash loses at most the batch in flight and the next build resumes.
+A build appends its rows to the table's file as they are measured, fsynced per batch
+(`open_table`), so a crash loses at most the batch in flight and the next build resumes; a row
+the crash cut short is dropped before the next append (`nas.core.files.append_lines`).
 
 A layer may be measured in several passes (`build_lut(passes=N)`): every layer once, then
 every layer again, so the passes of one layer lie minutes apart. The host of a shared machine
@@ -14,9 +15,7 @@ minimum.
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -24,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 from latency_models.devices import Device
 from latency_models.lut import COLUMNS, FORMAT, LUT, LUTEntry, LUTError
 from latency_models.spec_modules import is_free
+from nas.core.files import append_lines, csv_line
 from nas.core.layers import LayerSpec
 from nas.core.space import SearchSpace, as_rng
 
@@ -45,7 +45,8 @@ def _first_line(path: Path) -> str:
 
 
 class _Appender:
-    """Appends rows to a LUT file, flushed and fsynced per batch."""
+    """Appends rows to a LUT file, a batch at a time (`nas.core.files.append_lines`: under the
+    file's lock, after dropping a row a crash cut short, fsynced)."""
 
     def __init__(self, lut: LUT, path: Path) -> None:
         self.lut = lut
@@ -58,20 +59,14 @@ class _Appender:
                 )
             lut.save(path)  # an older format: rewritten whole (atomically) before appending
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("w", newline="") as f:
-                f.write(lut.header_line())
-                csv.writer(f, lineterminator="\n").writerow(COLUMNS)
-                f.flush()
-                os.fsync(f.fileno())
+            self._append([])  # the header now: a build that measures nothing leaves a table
+
+    def _append(self, entries: Sequence[LUTEntry]) -> None:
+        header = [self.lut.header_line().rstrip("\n"), csv_line(COLUMNS)]
+        append_lines(self.path, [csv_line(e.row()) for e in entries], header=header)
 
     def append(self, entries: Sequence[LUTEntry]) -> None:
-        with self.path.open("a", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            for e in entries:
-                writer.writerow(e.row())
-            f.flush()
-            os.fsync(f.fileno())
+        self._append(entries)
         for e in entries:
             self.lut.add(e)
 
@@ -86,7 +81,7 @@ def open_table(
         return fresh, None
     path = Path(path)
     if path.exists():
-        lut = LUT.load(path, repair=True)
+        lut = LUT.load(path)  # a cut last row is dropped by the first append
         lut.check_identity(fresh.metadata, what)
         log.info("resuming %s: %d %s already measured", path, len(lut), unit)
     else:

@@ -1,8 +1,9 @@
 """Whole-network measurements kept on disk, so a long validation resumes across sessions.
 
 One CSV per store; each row is one measurement of one arch on one device identity (device,
-runtime, runtime version, threads, dtype) with a repeat index. Rows are appended and flushed one
-by one; a last line cut short by a crash is ignored.
+runtime, runtime version, threads, dtype) with a repeat index. Rows are appended and fsynced one
+by one (`nas.core.files.append_lines`); a last line cut short by a crash is skipped when read and
+dropped before the next append, under the file's lock.
 
 The figure a store gives for an arch is the headline of :mod:`latency_models.measure`: the
 minimum over the timed runs. :meth:`ArchMeasurements.measure_passes` measures a list of archs in
@@ -16,7 +17,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,9 +24,8 @@ from typing import Any
 
 from latency_models.devices import Device
 from latency_models.measure import Measurement
+from nas.core.files import append_lines, csv_line, read_lines
 from nas.core.space import SearchSpace
-
-log = logging.getLogger(__name__)
 
 __all__ = ["ArchMeasurements"]
 
@@ -69,14 +68,8 @@ class ArchMeasurements:
         return (m["device"], m["runtime"], m["runtime_version"], str(m["threads"]), dtype)
 
     def _load(self) -> None:
-        text = self.path.read_text()
-        lines = text.split("\n")
-        if not text.endswith("\n") and lines:
-            log.warning("%s: ignoring a last line cut short by a crash", self.path)
-            lines.pop()
-            with self.path.open("r+b") as f:
-                f.truncate(len(text.encode()) - len(text.rsplit("\n", 1)[-1].encode()))
-        reader = csv.reader([ln for ln in lines if ln])
+        # a last line cut short is left out (said); the next append drops it, under the lock
+        reader = csv.reader([ln for ln in read_lines(self.path) if ln])
         header = next(reader, None)
         if header not in (list(COLUMNS), list(_COLUMNS_BEFORE_MIN)):
             raise ValueError(
@@ -165,18 +158,11 @@ class ArchMeasurements:
             "arch_json": json.dumps(dict(space.validate(arch)), sort_keys=True),
             "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        new = not self.path.exists()
-        if new:
+        if not self.path.exists():
             self._header = COLUMNS
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            if new:
-                writer.writerow(COLUMNS)
-            # an old store keeps its own columns, so every line of one file has one shape
-            writer.writerow([r[c] for c in self._header])
-            f.flush()
-            os.fsync(f.fileno())
+        # an old store keeps its own columns, so every line of one file has one shape
+        row = csv_line(r[c] for c in self._header)
+        append_lines(self.path, [row], header=[csv_line(COLUMNS)])
         self._rows[self._key_of(r)] = r
 
     def measure(

@@ -1,25 +1,59 @@
-"""Files the project writes and reads back: atomic writes, digests, and the checkpoint error.
+"""Files the project writes and reads back: atomic writes, append-only files, digests, and the
+checkpoint error.
 
 Every file a run keeps is written whole or not at all (a temporary file in the same folder,
 then `os.replace`), so a kill at any moment leaves the previous version or the new one. Digests
 name configurations (`json_digest`) and check that a tensor file is the one its JSON describes
 (`sha256_file`).
+
+Append-only files (caches and measurement stores, one record a line) grow by `append_lines`,
+the one way to append; a record is a line ending in a newline, and nothing else counts:
+
+- A kill while writing leaves a partial last line. The next `append_lines` truncates it away
+  (a warning names the file and the bytes dropped; that record is lost and its stage computes
+  it again), then appends, so a cut record is never glued to the next one.
+- Locking rule: every append holds an exclusive `fcntl.flock` on the file from before it looks
+  at the last line until its write is done, and the truncation happens only under that lock.
+  A partial last line seen under the lock therefore belongs to a writer that died, never to one
+  still writing, so several writers (two predictors sharing a kernel cache, two processes) can
+  append to one file and truncate safely. The lock is the OS's: it goes with the process.
+- Each append is one `write` of whole lines, then fsync by default: every such file here caches
+  work that costs far more than an fsync (a measured table row, a recalibrated subnet), and a
+  record the OS lost in a power cut would be recomputed silently but slowly.
+- Readers take no lock and never write: `read_lines` (or `whole_lines` for a file read in
+  pieces) gives the whole lines and skips a partial last line with a warning, since it may be
+  a crash's leftover or a line another process is writing this moment.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import logging
 import os
+import sys
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+if sys.platform != "win32":
+    import fcntl
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointError",
     "FileProblem",
+    "append_lines",
+    "csv_line",
     "json_digest",
+    "read_lines",
     "sha256_file",
+    "whole_lines",
     "write_bytes_atomic",
     "write_json_atomic",
     "write_text_atomic",
@@ -84,3 +118,116 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def json_digest(data: Any, length: int = 12) -> str:
     """A short SHA-256 of `data` as canonical JSON: names a configuration in a file or a key."""
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:length]
+
+
+# -- append-only files ------------------------------------------------------------------------
+
+_O_BINARY: int = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+
+
+@contextmanager
+def _locked_for_append(path: Path) -> Iterator[int]:
+    """A read-write, append-mode descriptor of the file `path` names, created if absent, held
+    under an exclusive `flock` until the block ends (closing it releases the lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_BINARY, 0o666)
+        try:
+            if sys.platform != "win32":  # Windows has no flock: appends there are unlocked
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        # replaced (an atomic rewrite) or deleted while we waited for the lock: appending to
+        # the old file would lose the lines, so open the file the path names now
+        os.close(fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _drop_partial_line(fd: int, path: Path) -> int:
+    """Truncate the bytes after the file's last newline (call under the lock); how many."""
+    size = os.fstat(fd).st_size
+    keep, end = 0, size
+    while end > 0:
+        start = max(0, end - (1 << 16))
+        os.lseek(fd, start, os.SEEK_SET)  # (no pread: Windows lacks it)
+        newline = os.read(fd, end - start).rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        end = start
+    if keep < size:
+        os.ftruncate(fd, keep)
+        log.warning(
+            "%s: dropped a partial last line (%d bytes of a record cut short by a crash "
+            "while writing); that record is lost and is computed again",
+            path,
+            size - keep,
+        )
+    return size - keep
+
+
+def append_lines(
+    path: str | os.PathLike[str],
+    lines: Iterable[str],
+    *,
+    header: Sequence[str] = (),
+    fsync: bool = True,
+) -> int:
+    """Append `lines` (each without its newline) to `path` as whole lines, under the file's
+    lock, after truncating a partial last line a crash left (module docstring). `header`
+    lines are written first when the file is new or empty. Returns the bytes of a cut record
+    dropped (0 almost always). With no lines and no header it only repairs the file (an
+    absent one is created empty).
+    """
+    path = Path(path)
+    body = [*header, *lines]
+    for line in body:
+        if "\n" in line or "\r" in line:
+            raise ValueError(f"{path}: a record must be one line, got {line[:80]!r}")
+    with _locked_for_append(path) as fd:
+        dropped = _drop_partial_line(fd, path)
+        if os.fstat(fd).st_size > 0:
+            body = body[len(header) :]
+        data = "".join(line + "\n" for line in body).encode()
+        view = memoryview(data)
+        while view:  # one call for a regular file; the loop only guards a short write
+            view = view[os.write(fd, view) :]
+        if data and fsync:
+            os.fsync(fd)
+    return dropped
+
+
+def whole_lines(data: bytes, path: str | os.PathLike[str], *, warn: bool = True) -> list[str]:
+    """The whole lines of `data` (read from `path`), without their newlines; a partial last
+    line is left out, with a warning naming the file if `warn`."""
+    end = data.rfind(b"\n") + 1
+    if warn and end < len(data):
+        log.warning(
+            "%s: skipping a partial last line (%d bytes): cut short by a crash, or being "
+            "written by another process right now; the next append drops a cut one",
+            path,
+            len(data) - end,
+        )
+    return data[:end].decode("utf-8", errors="replace").split("\n")[:-1]
+
+
+def read_lines(path: str | os.PathLike[str]) -> list[str]:
+    """The whole lines of an append-only file (`whole_lines`), without taking its lock."""
+    return whole_lines(Path(path).read_bytes(), path)
+
+
+def csv_line(cells: Iterable[Any]) -> str:
+    """One CSV record as a line for `append_lines` (quoted as `csv.writer` quotes)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(cells)
+    return buf.getvalue()[:-1]

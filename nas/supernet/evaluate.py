@@ -5,7 +5,9 @@ supernet as a standalone copy, its batch-norm statistics are re-estimated on a f
 training images (the supernet's shared statistics belong to no single subnet), and it is
 scored on held-out images. The supernet itself is never changed. Results are cached per
 (checkpoint fingerprint, evaluation settings, arch key), in memory and optionally in a JSON-lines
-file, so a search that revisits an arch, or a second process, pays nothing.
+file, so a search that revisits an arch, or a second process, pays nothing. The file is
+append-only (`nas.core.files.append_lines`): a record cut short by a kill is skipped when read
+and dropped before the next append, and its arch is scored again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from nas.core.elastic import Supernet, resize_to
+from nas.core.files import append_lines, read_lines
 from nas.supernet.bn import recalibrate_bn
 
 logger = logging.getLogger(__name__)
@@ -154,11 +157,11 @@ class SubnetEvaluator:
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self._cache: dict[str, float] = {}
         if self.cache_path is not None and self.cache_path.exists():
-            for line in self.cache_path.read_text().splitlines():
+            for line in read_lines(self.cache_path):  # a cut last line is left out, and said
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
-                    continue  # a line cut short by a kill
+                    continue  # an unreadable whole line: its arch is scored again
                 if (
                     rec.get("checkpoint") == self.checkpoint_id
                     and rec.get("settings") == self.settings_id
@@ -189,15 +192,13 @@ class SubnetEvaluator:
             self._cache[k] = acc
             self.misses += 1
             if self.cache_path is not None:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
                 rec = {
                     "checkpoint": self.checkpoint_id,
                     "settings": self.settings_id,
                     "arch": k,
                     "accuracy": acc,
                 }
-                with self.cache_path.open("a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                append_lines(self.cache_path, [json.dumps(rec)])
         return [self._cache[k] for k in keys]
 
     def _score(self, arch: Mapping[str, Any]) -> float:

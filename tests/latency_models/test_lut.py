@@ -91,6 +91,35 @@ def test_resume_after_a_crash_loses_nothing(tmp_path: Path) -> None:
     assert LUT.load(path).entries == lut.entries  # the cut row was repaired away
 
 
+def test_appending_after_a_cut_last_row_drops_it_instead_of_gluing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "lut.csv"
+    device = CountingDevice()
+    build_lut(SPACE, device, path, n_archs=5)
+    whole = path.read_bytes()
+    last = whole[whole.rstrip(b"\n").rfind(b"\n") + 1 :]
+    cut_key = last.split(b",")[0].decode()
+    cut = whole[: len(whole) - len(last) // 2]  # killed while writing the last row
+    path.write_bytes(cut)
+    with caplog.at_level("WARNING"):
+        lut = LUT.load(path)  # reading leaves the file alone: the cut row is skipped, and said
+    assert path.read_bytes() == cut and cut_key not in lut and "lut.csv" in caplog.text
+    caplog.clear()
+    # what the table lacks is measured and appended to the same file (a prediction with
+    # on_missing="measure" does this): the cut row goes first, under the file's lock
+    with caplog.at_level("WARNING"):
+        measured = lm.fill_missing(
+            lut, device, lm.reachable_specs(SPACE, device, "fp32", n_archs=5)
+        )
+    assert measured == [cut_key]
+    data = path.read_bytes()
+    assert data.endswith(b"\n") and data.startswith(whole[: len(whole) - len(last)])
+    again = LUT.load(path)  # every row whole: the measured one not glued to the cut one
+    assert again.entries == lut.entries and len(data.splitlines()) == 2 + len(again)
+    assert f"dropped a partial last line ({len(cut) - len(whole) + len(last)} bytes" in caplog.text
+
+
 def test_refuses_to_mix_devices(tmp_path: Path) -> None:
     path = tmp_path / "lut.csv"
     build_lut(SPACE, lm.get_device("pixel3-emulated"), path, n_archs=5)

@@ -103,3 +103,38 @@ def test_drop_forgets_one_case_and_keeps_the_rest(tmp_path: Path) -> None:
     again = ArchMeasurements(tmp_path / "m.csv")
     assert len(again) == 1 and again.get(device, nb201, nb201.sample(0), "fp32") is not None
     assert again.get(device, tiny, tiny.sample(0), "fp32") is None
+
+
+def test_a_row_cut_by_a_crash_is_dropped_before_the_next_append(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    space = get_space("tiny")
+    archs = [space.sample(i) for i in range(3)]
+    device = lm.get_device("pixel3-emulated")
+    path = tmp_path / "m.csv"
+    store = ArchMeasurements(path)
+    store.measure(device, space, archs[:1], "fp32")
+    whole = path.read_bytes()
+    # another process, sharing the file, is killed halfway through writing its row
+    ArchMeasurements(path).measure(device, space, archs[1:2], "fp32")
+    cut = path.read_bytes()[: len(whole) + 40]
+    path.write_bytes(cut)
+    with caplog.at_level("WARNING"):
+        store.measure(device, space, archs[2:], "fp32")  # this store opened before the cut
+    data = path.read_bytes()  # the new row on a line of its own, not glued to the cut one
+    assert data.startswith(whole) and data.endswith(b"\n") and len(data.splitlines()) == 3
+    again = ArchMeasurements(path)
+    assert len(again) == 2 and again.get(device, space, archs[1], "fp32") is None
+    assert "dropped a partial last line (40 bytes" in caplog.text
+    assert again.measure(device, space, archs, "fp32") == pytest.approx(
+        store.measure(device, space, archs, "fp32")
+    )
+    # opening a store reads only (another process may be writing that line right now): a
+    # partial last line is skipped with a warning and the file left alone
+    caplog.clear()
+    data = path.read_bytes()
+    path.write_bytes(data + b"pixel3-emulated,tflite")
+    with caplog.at_level("WARNING"):
+        reader = ArchMeasurements(path)
+    assert len(reader) == 3 and "m.csv" in caplog.text and "partial last line" in caplog.text
+    assert path.read_bytes() == data + b"pixel3-emulated,tflite"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,33 @@ def test_evaluate_archs_and_fingerprint(setup: tuple) -> None:
         SubnetEvaluator(net, calib, val, calib_images=0)
     with pytest.raises(TypeError, match="eval_data must be"):
         SubnetEvaluator(net, calib, [1, 2, 3])
+
+
+def test_a_cut_last_record_is_dropped_and_recomputed_never_glued(
+    setup: tuple, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    space, net, calib, val = setup
+    archs = [space.sample(s) for s in range(3)]
+    cache = tmp_path / "accuracy" / "inherited.jsonl"
+    first = SubnetEvaluator(net, calib, val, calib_images=32, cache_path=cache).evaluate(archs[:2])
+    whole = cache.read_bytes()
+    cut = whole[:-20]  # killed while writing the second record
+    cache.write_bytes(cut)
+    partial = len(cut) - (cut.rfind(b"\n") + 1)
+    with caplog.at_level("WARNING"):
+        resumed = SubnetEvaluator(net, calib, val, calib_images=32, cache_path=cache)
+    assert "inherited.jsonl" in caplog.text and "partial last line" in caplog.text  # said
+    assert resumed.cached(archs[0]) == first[0] and resumed.cached(archs[1]) is None
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert resumed.evaluate(archs)[:2] == first
+    assert resumed.misses == 2  # the cut arch again, and the new one
+    # only whole records, one per arch: the cut one gone, not glued to the next
+    data = cache.read_bytes()
+    assert data.endswith(b"\n") and data.startswith(whole[: whole.index(b"\n") + 1])
+    records = [json.loads(line) for line in data.decode().splitlines()]
+    assert sorted(r["arch"] for r in records) == sorted(space.key(a) for a in archs)
+    assert f"dropped a partial last line ({partial} bytes" in caplog.text  # and said
+    again = SubnetEvaluator(net, calib, val, calib_images=32, cache_path=cache)
+    again._score = None  # type: ignore[assignment,method-assign]  # any miss would fail
+    assert again.evaluate(archs) == resumed.evaluate(archs)
