@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nas.core.files import FileProblem
 from nas.data.dataset import (
     SPLITS,
     ImageDataset,
@@ -61,10 +62,12 @@ def load_image_folder(
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         loose = sorted(p.name for p in root.iterdir() if p.is_file())[:5]
-        raise ValueError(
-            f"image folder {root} has no class sub-folders; the layout must be "
-            f"<root>/<class name>/<image> with extensions {', '.join(IMAGE_EXTENSIONS)}"
-            + (f" (found loose files such as {loose})" if loose else "")
+        raise FileProblem(
+            root,
+            "(an image folder) has no class sub-folders"
+            + (f" (found loose files such as {loose})" if loose else ""),
+            f"the layout must be <root>/<class name>/<image> with extensions "
+            f"{', '.join(IMAGE_EXTENSIONS)}",
         )
     files: list[Path] = []
     targets: list[int] = []
@@ -76,9 +79,11 @@ def load_image_folder(
         )
         if not found:
             others = sorted(p.name for p in d.iterdir())[:5]
-            raise ValueError(
-                f"class folder {d} holds no images; an image must have one of the extensions "
-                f"{', '.join(IMAGE_EXTENSIONS)}" + (f" (found {others})" if others else "")
+            raise FileProblem(
+                d,
+                "(a class folder) holds no images" + (f" (found {others})" if others else ""),
+                f"add images with one of the extensions {', '.join(IMAGE_EXTENSIONS)}, or "
+                "remove the folder",
             )
         files += found
         targets += [cls] * len(found)
@@ -96,7 +101,9 @@ def load_image_folder(
             im = im.crop((left, top, left + resolution, top + resolution))
             arr = np.asarray(im, dtype=np.uint8)
         except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot read image {file}: {exc}") from exc
+            raise FileProblem(
+                file, f"cannot read image ({exc})", "replace it with a readable image, or delete it"
+            ) from exc
         images[i] = arr.reshape(resolution, resolution, channels).transpose(2, 0, 1)
     labels = np.asarray(targets, dtype=np.int64)
     idx = _stratified_split(labels, val_fraction, test_fraction, seed)
