@@ -1,4 +1,4 @@
-"""A compression checkpoint (or a step's done.json) that is empty, cut, of another kind or a
+"""A compression checkpoint (a step's done.json, a chain's report.json) that is empty, cut, of another kind or a
 folder fails with a CheckpointError (a FileProblem) naming the file and what to do (issue 18
 item 5)."""
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nas.compress import CheckpointError, load_model, save_model
+from nas.compress import CheckpointError, load_model, read_report, save_model
 from nas.compress.chain import _read_done
 from nas.core.files import FileProblem, sha256_file
 from search_spaces.tiny import TinySpace
@@ -79,3 +79,27 @@ def test_a_bad_done_record_says_to_delete_the_step(
         _read_done(tmp_path)
     assert problem in err.value.problem and err.value.path.name == "done.json"
     assert err.value.remedy == f"delete {tmp_path} to rerun the step"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "is empty"),
+        (PNG, "is binary"),
+        (b'{"rows": [', "not valid JSON"),
+        (b"{}", "is not a chain's report"),
+        (b'{"rows": [{"no_such_field": 1}]}', "is not a chain's report"),
+        (None, "is a folder"),
+        ("missing", "is missing"),
+    ],
+)
+def test_a_bad_report_is_named(tmp_path: Path, content: bytes | str | None, problem: str) -> None:
+    path = tmp_path / "report.json"
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    with pytest.raises(FileProblem) as err:
+        read_report(tmp_path)
+    assert err.value.path == path and problem in err.value.problem, str(err.value)
+    assert "rerun the chain" in err.value.remedy
