@@ -1,6 +1,6 @@
-"""A compression checkpoint (a step's done.json, a chain's report.json) that is empty, cut, of another kind or a
-folder fails with a CheckpointError (a FileProblem) naming the file and what to do (issue 18
-item 5)."""
+"""A compression checkpoint, a step's done.json or a chain's report.json that is empty, cut,
+of another kind or a folder fails with a FileProblem (a CheckpointError for checkpoints) naming
+the file and what to do (issue 18 item 5)."""
 
 from __future__ import annotations
 
