@@ -64,3 +64,24 @@ def test_a_damaged_cache_entry_is_a_miss_and_is_rebuilt(tmp_path: Path) -> None:
     path.mkdir()
     with pytest.raises(FileProblem, match="is a folder, not a cached artifact; delete it"):
         cache.load("ort", KEY, ".onnx")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b"", "is empty"), (PNG, "is binary"), (None, "is a folder"), ("missing", "is missing")],
+)
+def test_a_bad_measurement_table_is_named(
+    tmp_path: Path, content: bytes | str | None, problem: str
+) -> None:
+    from latency_models.tabular import TabularDevice
+    from search_spaces import TinySpace
+
+    path = tmp_path / "measured.csv"
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    with pytest.raises(FileProblem) as err:
+        TabularDevice(path, "ms", TinySpace())
+    assert err.value.path == path and problem in err.value.problem, str(err.value)
+    assert "name the CSV" in err.value.remedy
