@@ -136,6 +136,8 @@ def _read_table(
 ) -> tuple[dict[str, float], list[Arch]]:
     what = "a measurement table (CSV with an arch and a latency column)"
     fix = "name the CSV of whole-network latencies you measured"
+    if not (path.exists() or path.is_symlink()):  # FileNotFoundError, as callers expect
+        raise FileNotFoundError(f"no measurement table at {path}; {fix}")
     text = check_file(path, what, fix).read_bytes()
     try:
         decoded = text.decode("utf-8")

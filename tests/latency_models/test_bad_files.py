@@ -68,7 +68,7 @@ def test_a_damaged_cache_entry_is_a_miss_and_is_rebuilt(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "problem"),
-    [(b"", "is empty"), (PNG, "is binary"), (None, "is a folder"), ("missing", "is missing")],
+    [(b"", "is empty"), (PNG, "is binary"), (None, "is a folder")],
 )
 def test_a_bad_measurement_table_is_named(
     tmp_path: Path, content: bytes | str | None, problem: str
