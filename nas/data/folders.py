@@ -69,24 +69,7 @@ def load_image_folder(
             f"the layout must be <root>/<class name>/<image> with extensions "
             f"{', '.join(IMAGE_EXTENSIONS)}",
         )
-    files: list[Path] = []
-    targets: list[int] = []
-    for cls, d in enumerate(class_dirs):
-        found = sorted(
-            p
-            for p in d.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not found:
-            others = sorted(p.name for p in d.iterdir())[:5]
-            raise FileProblem(
-                d,
-                "(a class folder) holds no images" + (f" (found {others})" if others else ""),
-                f"add images with one of the extensions {', '.join(IMAGE_EXTENSIONS)}, or "
-                "remove the folder",
-            )
-        files += found
-        targets += [cls] * len(found)
+    files, targets = _image_files(class_dirs)
     mode = "RGB" if channels == 3 else "L"
     images = np.empty((len(files), channels, resolution, resolution), dtype=np.uint8)
     for i, file in enumerate(files):
@@ -120,3 +103,26 @@ def load_image_folder(
         [d.name for d in class_dirs],
         idx,
     )
+
+
+def _image_files(class_dirs: list[Path]) -> tuple[list[Path], list[int]]:
+    """The image files of each class folder, in order, and their class indices."""
+    files: list[Path] = []
+    targets: list[int] = []
+    for cls, d in enumerate(class_dirs):
+        found = sorted(
+            p
+            for p in d.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not found:
+            others = sorted(p.name for p in d.iterdir())[:5]
+            raise FileProblem(
+                d,
+                "(a class folder) holds no images" + (f" (found {others})" if others else ""),
+                f"add images with one of the extensions {', '.join(IMAGE_EXTENSIONS)}, or "
+                "remove the folder",
+            )
+        files += found
+        targets += [cls] * len(found)
+    return files, targets
