@@ -27,7 +27,7 @@ JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _REDO = (
-    "delete it to start the search afresh (its trials are lost), restore it from a copy, or "
+    "restore it from a copy, or delete it to start the search afresh (its trials are lost), or "
     "name another storage"
 )
 
@@ -72,11 +72,13 @@ def _check_study_file(path: Path, kind: str, must_exist: bool) -> None:
 
 def _opened(path: Path, make: Callable[[], BaseStorage]) -> BaseStorage:
     """`make()`, with a damaged study file reported as a FileProblem naming it."""
-    from sqlalchemy.exc import DatabaseError
+    from sqlalchemy.exc import DatabaseError, OperationalError
 
     try:
         return make()
-    except DatabaseError as err:  # sqlite3: "database disk image is malformed", ...
+    except OperationalError:  # "database is locked", "unable to open": the file may be fine
+        raise
+    except DatabaseError as err:  # sqlite3: "file is not a database", "... is malformed"
         cause = str(err.orig) if err.orig is not None else str(err).splitlines()[0]
         raise FileProblem(path, f"is a damaged SQLite study ({cause})", _REDO) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
