@@ -34,6 +34,7 @@ import numpy as np
 from latency_models.profiles import KINDS, DeviceProfile
 from latency_models.spec_modules import FREE_OPS
 from nas.core.blocks import conv_out, se_channels
+from nas.core.files import FileProblem, read_json
 from nas.core.layers import DTYPE_BYTES, LayerSpec
 
 __all__ = [
@@ -288,13 +289,14 @@ class CostParams:
 
     @classmethod
     def load(cls, path: str | Path) -> CostParams:
+        """Read params saved by `save`; a file that is missing, a folder, empty, cut or of
+        another kind raises `FileProblem` naming it."""
+        redo = "calibrate again and save the params (CostParams.save), or name another file"
+        data = read_json(path, "a CostParams JSON file (a JSON object)", redo)
         try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not a CostParams JSON file: {err}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object of CostParams fields")
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise FileProblem(path, f"is not a CostParams JSON file: {err}", redo) from None
 
 
 def layer_time_ms(spec: LayerSpec, profile: DeviceProfile, params: CostParams) -> float:

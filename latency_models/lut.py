@@ -38,7 +38,7 @@ import numpy as np
 from latency_models.devices import Device
 from latency_models.measure import Measurement
 from latency_models.spec_modules import is_free
-from nas.core.files import append_lines
+from nas.core.files import FileProblem, append_lines
 from nas.core.layers import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,12 @@ class LUTMismatchError(LUTError):
     """Two tables (or a table and a device) of different device, runtime, threads or dtype."""
 
 
-class CorruptLUTError(LUTError):
-    """A LUT file that cannot be read (the message gives the line)."""
+class CorruptLUTError(LUTError, FileProblem):
+    """A LUT file that cannot be read: a `FileProblem` (the file, what is wrong with which line,
+    what to do), so the command line treats it as any bad file."""
+
+
+_REMEASURE = "delete it to measure the table again (nas latency build), or restore it from a copy"
 
 
 class MissingKeysError(LUTError):
@@ -371,28 +375,30 @@ class LUT:
         if not complete:
             cut = lines.pop()  # written without its newline: the crash hit mid-row
             log.warning("%s: dropping a last line cut short by a crash: %r", path, cut[:80])
-            if repair:  # under the file's lock, as every append drops a cut line
-                append_lines(path, [])
         elif lines and lines[-1] == "":
             lines.pop()
         fmt = next((f for f in READABLE_FORMATS if lines and lines[0].startswith(f"# {f} ")), None)
         if fmt is None:
             first = lines[0][:80] if lines else ""
             raise CorruptLUTError(
-                f"{path} is not an edge-nas LUT: its first line must start with "
-                f"'# {FORMAT} ' followed by JSON metadata, got {first!r}"
+                path,
+                f"is not an edge-nas LUT: its first line must start with '# {FORMAT} ' followed "
+                f"by JSON metadata, got {first!r}",
+                _REMEASURE,
             )
         try:
             metadata = json.loads(lines[0][len(f"# {fmt} ") :])
         except json.JSONDecodeError as err:
-            raise CorruptLUTError(f"{path}, line 1: metadata is not valid JSON: {err}") from None
+            raise CorruptLUTError(
+                path, f"line 1: metadata is not valid JSON: {err}", _REMEASURE
+            ) from None
         if not isinstance(metadata, dict):
-            raise CorruptLUTError(f"{path}, line 1: metadata must be a JSON object")
+            raise CorruptLUTError(path, "line 1: metadata must be a JSON object", _REMEASURE)
         columns = COLUMNS if fmt == FORMAT else _COLUMNS_V1
         if len(lines) < 2 or next(csv.reader([lines[1]])) != list(columns):
             got = lines[1] if len(lines) > 1 else "(nothing)"
             raise CorruptLUTError(
-                f"{path}, line 2: the CSV header must be {','.join(columns)}; got {got!r}"
+                path, f"line 2: the CSV header must be {','.join(columns)}; got {got!r}", _REMEASURE
             )
         entries = []
         for number, row in enumerate(csv.reader(lines[2:]), start=3):
@@ -400,14 +406,20 @@ class LUT:
                 entries.append(LUTEntry.parse(row, columns))
             except (ValueError, TypeError) as err:
                 raise CorruptLUTError(
-                    f"{path}, line {number}: not a LUT row ({len(row)} fields, expected "
-                    f"{len(columns)}: {', '.join(columns)}): {err}"
+                    path,
+                    f"line {number}: not a LUT row ({len(row)} fields, expected "
+                    f"{len(columns)}: {', '.join(columns)}): {err}",
+                    _REMEASURE,
                 ) from None
         try:
             lut = cls(metadata, entries, path)
         except LUTError as err:
-            raise CorruptLUTError(f"{path}: {err}") from None
+            raise CorruptLUTError(path, str(err), _REMEASURE) from None
         lut.file_format = fmt
+        if repair and not complete:
+            # Only once the file has proved to be a LUT: a foreign file is never truncated.
+            # Under the file's lock, as every append drops a cut line.
+            append_lines(path, [])
         return lut
 
 

@@ -5,6 +5,7 @@ asked for a layer."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -14,6 +15,7 @@ from typing import Any
 from latency_models.devices import Device, DeviceError, ProgressFn
 from latency_models.measure import Measurement
 from latency_models.profiles import DeviceProfile
+from nas.core.files import FileProblem, check_file
 from nas.core.layers import LayerSpec
 from nas.core.space import Arch, SearchSpace
 
@@ -132,34 +134,40 @@ def _read_table(
     space: SearchSpace,
     parse: Callable[[str], Mapping[str, Any]],
 ) -> tuple[dict[str, float], list[Arch]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"no measurement table at {path}")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in (arch_column, column) if c not in header]
-        if missing:
+    what = "a measurement table (CSV with an arch and a latency column)"
+    fix = "name the CSV of whole-network latencies you measured"
+    if not (path.exists() or path.is_symlink()):  # FileNotFoundError, as callers expect
+        raise FileNotFoundError(f"no measurement table at {path}; {fix}")
+    text = check_file(path, what, fix).read_bytes()
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FileProblem(path, f"is binary, not {what} (a file of another kind?)", fix) from None
+    reader = csv.DictReader(io.StringIO(decoded, newline=""))
+    header = reader.fieldnames or []
+    missing = [c for c in (arch_column, column) if c not in header]
+    if missing:
+        raise DeviceError(
+            f"{path} has no column(s) {missing}; it has {header}. Pass arch_column= and "
+            "column= naming the arch and the latency (ms) columns"
+        )
+    table: dict[str, float] = {}
+    archs: list[Arch] = []
+    for line, row in enumerate(reader, start=2):
+        try:
+            arch = space.validate(parse(row[arch_column]))
+            value = float(row[column])
+        except (ValueError, TypeError, KeyError) as err:
+            raise DeviceError(f"{path}, line {line}: cannot read the row: {err}") from None
+        if not (math.isfinite(value) and value > 0):
             raise DeviceError(
-                f"{path} has no column(s) {missing}; it has {header}. Pass arch_column= and "
-                "column= naming the arch and the latency (ms) columns"
+                f"{path}, line {line}: latency {column}={row[column]!r} must be a finite "
+                "number > 0 (milliseconds)"
             )
-        table: dict[str, float] = {}
-        archs: list[Arch] = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                arch = space.validate(parse(row[arch_column]))
-                value = float(row[column])
-            except (ValueError, TypeError, KeyError) as err:
-                raise DeviceError(f"{path}, line {line}: cannot read the row: {err}") from None
-            if not (math.isfinite(value) and value > 0):
-                raise DeviceError(
-                    f"{path}, line {line}: latency {column}={row[column]!r} must be a finite "
-                    "number > 0 (milliseconds)"
-                )
-            key = space.key(arch)
-            if key not in table:
-                archs.append(arch)
-            table[key] = value
+        key = space.key(arch)
+        if key not in table:
+            archs.append(arch)
+        table[key] = value
     if not table:
         raise DeviceError(f"{path} holds no rows")
     return table, archs

@@ -9,6 +9,7 @@ and concurrent writers of the same key are harmless (the content is the same).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nas.core.files import write_bytes_atomic
+from nas.core.files import FileProblem, write_bytes_atomic
 
 __all__ = [
     "ENV_VAR",
@@ -49,17 +50,27 @@ class ArtifactCache:
         return self.root / "artifacts" / runtime / key[:2] / f"{key}{suffix}"
 
     def load(self, runtime: str, key: str, suffix: str) -> bytes | None:
+        """The cached bytes, or None for a miss. An entry that is empty or does not match the
+        checksum recorded beside it (a disk or hand edit; writes are atomic) is a miss too,
+        with a warning: it is built again and replaced."""
         path = self.path(runtime, key, suffix)
+        if path.is_dir():
+            raise FileProblem(path, "is a folder, not a cached artifact", "delete it")
         try:
-            return path.read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
+        recorded = (self.load_meta(runtime, key, suffix) or {}).get("sha256")
+        if not data or (recorded is not None and hashlib.sha256(data).hexdigest() != recorded):
+            log.warning("%s: a damaged cache entry (empty or checksum mismatch); rebuilding", path)
+            return None
+        return data
 
     def load_meta(self, runtime: str, key: str, suffix: str) -> dict[str, Any] | None:
         path = self.path(runtime, key, suffix).with_suffix(".json")
         try:
             meta = json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (OSError, ValueError):  # missing, a folder, not JSON, binary: no description
             return None
         return meta if isinstance(meta, dict) else None
 
@@ -69,6 +80,7 @@ class ArtifactCache:
         path = self.path(runtime, key, suffix)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, data)
+        meta = {**meta, "sha256": hashlib.sha256(data).hexdigest()}
         write_bytes_atomic(path.with_suffix(".json"), json.dumps(dict(meta), indent=1).encode())
         log.debug("cached %s (%d bytes)", path, len(data))
         return path

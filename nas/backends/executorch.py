@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.backends.artifact import _check, _write
+from nas.backends.artifact import _artifact_file, _check, _unloadable, _write
 from nas.backends.quiet import quiet_exporters
 from nas.backends.torch_export import export_program
 
@@ -258,12 +258,17 @@ class PteRunner:
     def __init__(
         self, path: str | os.PathLike[str], input_shape: Sequence[int], threads: int = 1
     ) -> None:
-        self.path = Path(path)
+        what = "an ExecuTorch program (.pte)"
+        self.path = _artifact_file(path, what)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.threads = threads
-        self.loaded = LoadedProgram(
-            self.path.read_bytes(), (torch.zeros(self.input_shape),), threads
-        )
+        data = self.path.read_bytes()
+        if data[4:6] != b"ET":  # the flatbuffer's file identifier, "ET12" today
+            raise _unloadable(self.path, what, ValueError(f"no 'ET..' identifier: {data[:8]!r}"))
+        try:
+            self.loaded = LoadedProgram(data, (torch.zeros(self.input_shape),), threads)
+        except RuntimeError as err:  # "Failed to load program, error: 0x23"
+            raise _unloadable(self.path, what, err) from None
 
     def __call__(self) -> None:
         self.loaded.execute()

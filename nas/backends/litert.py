@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.backends.artifact import _check
+from nas.backends.artifact import _artifact_file, _check, _unloadable
 from nas.backends.quiet import quiet_exporters
 from nas.backends.torch_export import eval_mode
 
@@ -57,9 +57,13 @@ class TfliteRunner:
             raise ImportError(
                 "running .tflite files needs ai-edge-litert (comes with litert-torch)"
             ) from err
-        self.path = Path(path)
+        what = "a LiteRT model (.tflite)"
+        self.path = _artifact_file(path, what)
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+        try:
+            self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+        except ValueError as err:  # "Model provided has model identifier ..."
+            raise _unloadable(self.path, what, err) from None
         self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]["index"]
         self._out = self.interpreter.get_output_details()[0]["index"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.backends.artifact import _check, _write
+from nas.backends.artifact import _artifact_file, _check, _unloadable, _write
 from nas.backends.host import has_vnni
 from nas.backends.quiet import quiet_exporters
 from nas.backends.torch_export import _args, export_program
@@ -296,11 +296,17 @@ class OnnxRunner:
             raise ImportError(
                 "running .onnx files needs onnxruntime: pip install 'edge-nas[runtimes]'"
             ) from err
-        self.path = Path(path)
+        what = "an ONNX model (.onnx)"
+        self.path = _artifact_file(path, what)
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.session = ort.InferenceSession(
-            str(self.path), ort_session_options(threads), providers=["CPUExecutionProvider"]
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), ort_session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:
+            if not type(err).__module__.startswith("onnxruntime"):  # InvalidProtobuf, ...
+                raise
+            raise _unloadable(self.path, what, err) from None
         self._name = self.session.get_inputs()[0].name
         self._example = {self._name: np.zeros(self.input_shape, dtype=np.float32)}
 

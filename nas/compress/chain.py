@@ -57,6 +57,7 @@ from nas.compress.steps import (
     _qat_step,
     _step_config,
 )
+from nas.core.files import read_json
 from nas.supernet import recalibrate_bn
 
 __all__ = ["chain_dir", "run_chain"]
@@ -366,16 +367,14 @@ def _step_dir(root: Path, step: str) -> Path:
 
 def _read_done(d: Path) -> dict[str, Any] | None:
     path = d / "done.json"
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         return None
-    try:
-        done = json.loads(path.read_text())
-    except ValueError as err:
-        raise CheckpointError(
-            f"{path} is not valid JSON ({err}); delete {d} to rerun the step"
-        ) from err
-    if not isinstance(done, dict) or "fingerprint" not in done:
-        raise CheckpointError(f"{path} lacks a fingerprint; delete {d} to rerun the step")
+    redo = f"delete {d} to rerun the step"
+    done: dict[str, Any] = read_json(
+        path, "a finished step's record (JSON object)", redo, error=CheckpointError
+    )
+    if "fingerprint" not in done:
+        raise CheckpointError(path, "lacks a fingerprint", redo)
     return done
 
 

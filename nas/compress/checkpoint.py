@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.core.files import CheckpointError, sha256_file
+from nas.core.files import CheckpointError, read_json, sha256_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -99,32 +99,44 @@ def module_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-def apply_structure(model: nn.Module, structure: Mapping[str, Mapping[str, Any]]) -> nn.Module:
+_OTHER_ARCH = "name the checkpoint of this architecture, or delete it to redo the step"
+
+
+def apply_structure(
+    model: nn.Module,
+    structure: Mapping[str, Mapping[str, Any]],
+    source: str | os.PathLike[str] = "the checkpoint",
+) -> nn.Module:
     """Resize ``model``'s layers in place to the channel counts of ``structure``.
 
     Resized layers get uninitialised weights: load a state dict afterwards. Raises
-    :class:`CheckpointError` when the model lacks a module the structure names, or a module
-    has another type or kernel (the checkpoint came from another architecture).
+    :class:`CheckpointError` naming ``source`` (the checkpoint file) when the model lacks a
+    module the structure names, or a module has another type or kernel (the checkpoint came
+    from another architecture).
     """
     modules = dict(model.named_modules())
     missing = [n for n in structure if n not in modules]
     if missing:
         raise CheckpointError(
-            f"the checkpoint describes modules that the built model does not have: "
-            f"{_listed(missing)}; the checkpoint was made from another architecture "
-            f"(the built model is a {type(model).__name__})"
+            source,
+            f"describes modules that the built model does not have: {_listed(missing)}; the "
+            f"checkpoint was made from another architecture (the built model is a "
+            f"{type(model).__name__})",
+            _OTHER_ARCH,
         )
     for name, spec in structure.items():
         m = modules[name]
         kind = str(spec.get("type", ""))
         if type(m).__name__ != kind:
             raise CheckpointError(
-                f"module {name!r} is a {type(m).__name__} in the built model but a {kind} in the "
-                "checkpoint; the checkpoint was made from another architecture"
+                source,
+                f"module {name!r} is a {type(m).__name__} in the built model but a {kind} in "
+                "the checkpoint; the checkpoint was made from another architecture",
+                _OTHER_ARCH,
             )
         with torch.no_grad():
             if isinstance(m, nn.modules.conv._ConvNd):
-                _resize_conv(name, m, spec)
+                _resize_conv(name, m, spec, source)
             elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 _resize_bn(m, int(spec["num_features"]))
             elif isinstance(m, nn.Linear):
@@ -132,20 +144,26 @@ def apply_structure(model: nn.Module, structure: Mapping[str, Mapping[str, Any]]
     return model
 
 
-def _resize_conv(name: str, m: nn.modules.conv._ConvNd, spec: Mapping[str, Any]) -> None:
+def _resize_conv(
+    name: str, m: nn.modules.conv._ConvNd, spec: Mapping[str, Any], source: str | os.PathLike[str]
+) -> None:
     kernel = tuple(int(k) for k in spec["kernel_size"])
     if kernel != tuple(m.kernel_size):
         raise CheckpointError(
+            source,
             f"conv {name!r} has kernel {tuple(m.kernel_size)} in the built model but {kernel} in "
-            "the checkpoint; the checkpoint was made from another architecture"
+            "the checkpoint; the checkpoint was made from another architecture",
+            _OTHER_ARCH,
         )
     cin, cout, groups = int(spec["in_channels"]), int(spec["out_channels"]), int(spec["groups"])
     if (cin, cout, groups) == (m.in_channels, m.out_channels, m.groups):
         return
     if groups < 1 or cin % groups or cout % groups:
         raise CheckpointError(
+            source,
             f"conv {name!r}: in_channels={cin} and out_channels={cout} must be multiples of "
-            f"groups={groups}"
+            f"groups={groups}",
+            "the description was changed by hand: delete the checkpoint to redo the step",
         )
     m.in_channels, m.out_channels, m.groups = cin, cout, groups
     m.weight = nn.Parameter(torch.empty((cout, cin // groups, *kernel)))
@@ -247,45 +265,55 @@ def read_checkpoint(path: str | os.PathLike[str], kind: str | None = None) -> Ch
 
     path = Path(path)
     mpath = meta_path(path)
-    if not mpath.is_file():
+    redo = f"delete {path.name} and {mpath.name} to redo the step that wrote them"
+    if not mpath.is_file() and not mpath.is_dir():
         raise CheckpointError(
-            f"checkpoint description {mpath} is missing; a checkpoint is a .safetensors file with "
-            "a .json file beside it, written by nas.compress.save_model / save_state"
+            mpath,
+            f"the checkpoint description {mpath.name} is missing (a checkpoint is a "
+            ".safetensors file with a .json file beside it, written by "
+            "nas.compress.save_model / save_state)",
+            "name a checkpoint written by edge-nas, or " + redo,
         )
-    try:
-        meta = json.loads(mpath.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint description {mpath} is not valid JSON ({err})") from err
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+    meta = read_json(mpath, "a checkpoint description (JSON)", redo, error=CheckpointError)
+    if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
-            f"{mpath} is not a {CHECKPOINT_FORMAT!r} description (format field: {got!r})"
+            mpath,
+            f"is not a {CHECKPOINT_FORMAT!r} description (format field: {meta.get('format')!r})",
+            redo,
         )
     if meta.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
-            f"{mpath} has checkpoint version {meta.get('version')!r}; this code reads version "
-            f"{CHECKPOINT_VERSION}"
+            mpath,
+            f"has checkpoint version {meta.get('version')!r}; this code reads version "
+            f"{CHECKPOINT_VERSION}",
+            redo,
         )
     if kind is not None and meta.get("kind") != kind:
         raise CheckpointError(
-            f"{path} holds a {meta.get('kind')!r} checkpoint; expected a {kind!r} one"
+            path,
+            f"holds a {meta.get('kind')!r} checkpoint; expected a {kind!r} one",
+            "name the checkpoint of that kind",
         )
     if not path.is_file():
-        raise CheckpointError(f"checkpoint tensor file {path} is missing (its {mpath.name} exists)")
+        raise CheckpointError(
+            path, f"the checkpoint tensor file is missing (its {mpath.name} exists)", redo
+        )
     digest = sha256_file(path)
     if digest != meta.get("sha256"):
         raise CheckpointError(
-            f"checkpoint {path} is corrupt: its SHA-256 is {digest[:16]}..., but {mpath.name} "
-            f"recorded {str(meta.get('sha256'))[:16]}... (the file was changed or truncated "
-            "after it was written); delete the step folder to recompute it"
+            path,
+            f"is corrupt: its SHA-256 is {digest[:16]}..., but {mpath.name} recorded "
+            f"{str(meta.get('sha256'))[:16]}... (the file was changed or truncated after it "
+            "was written)",
+            "delete the step folder to recompute it",
         )
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} cannot be read as safetensors ({err})") from err
+        raise CheckpointError(path, f"cannot be read as safetensors ({err})", redo) from err
     structure = meta.get("structure")
     if not isinstance(structure, dict):
-        raise CheckpointError(f"{mpath} has no 'structure' mapping")
+        raise CheckpointError(mpath, "has no 'structure' mapping", redo)
     return Checkpoint(
         path=path,
         tensors=tensors,
@@ -318,9 +346,11 @@ def load_state_strict(module: nn.Module, tensors: Mapping[str, torch.Tensor], so
         if shapes:
             parts.append(f"shape mismatches: {_listed(shapes)}")
         raise CheckpointError(
-            f"checkpoint {source} does not fit the model ({type(module).__name__}): "
+            source,
+            f"does not fit the model ({type(module).__name__}): "
             + "; ".join(parts)
-            + ". The checkpoint was made from another architecture or another step."
+            + ". The checkpoint was made from another architecture or another step",
+            _OTHER_ARCH,
         )
     module.load_state_dict(dict(tensors), strict=True)
 
@@ -346,6 +376,6 @@ def load_model(
     load the weights strictly. Returns the model (eval mode) and the checkpoint read."""
     ckpt = read_checkpoint(path, kind)
     model = build()
-    apply_structure(model, ckpt.structure)
+    apply_structure(model, ckpt.structure, path)
     load_state_strict(model, ckpt.tensors, str(path))
     return model.eval(), ckpt

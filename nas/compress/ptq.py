@@ -182,14 +182,20 @@ def load_quantized(
     ckpt = read_checkpoint(path)
     if ckpt.kind not in QUANT_KINDS:
         raise CheckpointError(
-            f"{path} holds a {ckpt.kind!r} checkpoint; expected one of {QUANT_KINDS} "
-            "(written by save_quantized)"
+            path,
+            f"holds a {ckpt.kind!r} checkpoint; expected one of {QUANT_KINDS} "
+            "(written by save_quantized)",
+            "name a quantized checkpoint",
         )
     shape = ckpt.info.get("input_shape")
     if not isinstance(shape, list) or not shape:
-        raise CheckpointError(f"{path}: its description lacks the input shape (info.input_shape)")
+        raise CheckpointError(
+            path,
+            "its description lacks the input shape (info.input_shape)",
+            "delete it and its .json to redo the step that wrote it",
+        )
     model = build()
-    apply_structure(model, ckpt.structure)
+    apply_structure(model, ckpt.structure, path)
     fp32 = {k[len(_FP32) :]: v for k, v in ckpt.tensors.items() if k.startswith(_FP32)}
     quant = {k[len(_QUANT) :]: v for k, v in ckpt.tensors.items() if k.startswith(_QUANT)}
     load_state_strict(model, fp32, f"{path} (fp32 model)")

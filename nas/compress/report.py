@@ -20,7 +20,7 @@ from torch import nn
 
 from nas.compress.config import ChainConfig, _from_dict
 from nas.compress.sizes import artifact_contents
-from nas.core.files import write_text_atomic
+from nas.core.files import FileProblem, read_json, write_text_atomic
 
 __all__ = ["ChainResult", "ReportRow", "read_report", "render_report"]
 
@@ -83,9 +83,15 @@ class ChainResult:
 
 
 def read_report(directory: str | os.PathLike[str]) -> list[ReportRow]:
-    """The rows of a chain's ``report.json``."""
-    data = json.loads((Path(directory) / "report.json").read_text())
-    return [ReportRow.from_dict(r) for r in data["rows"]]
+    """The rows of a chain's ``report.json``; `FileProblem` naming it when it is missing, a
+    folder, empty, cut or not a chain's report."""
+    path = Path(directory) / "report.json"
+    redo = f"delete it to write it again (rerun the chain into {directory}; finished steps resume)"
+    data = read_json(path, "a compression chain's report (JSON object)", redo)
+    try:
+        return [ReportRow.from_dict(r) for r in data["rows"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise FileProblem(path, f"is not a chain's report ({err!r})", redo) from None
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -213,6 +213,7 @@ def _load_step(chain: _Chain, step: str, d: Path, done: Mapping[str, Any]) -> No
         missing = [r["file"] for r in done.get("rows", []) if not (d / r["file"]).is_file()]
         if missing:
             raise CheckpointError(
-                f"export step {d} is marked finished but its artifacts {missing} are missing; "
-                f"delete {d} (or pass restart_from='export') to export again"
+                d,
+                f"the export step is marked finished but its artifacts {missing} are missing",
+                f"delete {d} (or pass restart_from='export') to export again",
             )

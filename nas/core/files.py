@@ -1,5 +1,5 @@
-"""Files the project writes and reads back: atomic writes, append-only files, digests, and the
-checkpoint error.
+"""Files the project writes and reads back: atomic writes, append-only files, digests, checked
+reads, and the errors.
 
 Every file a run keeps is written whole or not at all (a temporary file in the same folder,
 then `os.replace`), so a kill at any moment leaves the previous version or the new one. Digests
@@ -49,8 +49,10 @@ __all__ = [
     "CheckpointError",
     "FileProblem",
     "append_lines",
+    "check_file",
     "csv_line",
     "json_digest",
+    "read_json",
     "read_lines",
     "sha256_file",
     "whole_lines",
@@ -58,11 +60,6 @@ __all__ = [
     "write_json_atomic",
     "write_text_atomic",
 ]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or does not fit what it is loaded into; the message
-    names the file and says what was expected."""
 
 
 class FileProblem(ValueError):
@@ -75,6 +72,53 @@ class FileProblem(ValueError):
         self.problem = problem
         self.remedy = remedy
         super().__init__(f"{path}: {problem}; {remedy}")
+
+
+class CheckpointError(FileProblem):
+    """A checkpoint is missing, corrupt, or does not fit what it is loaded into: a
+    `FileProblem` (the file, what is wrong, what to do), so one `except FileProblem` catches
+    every bad file; its own name stays for callers that treat checkpoints apart."""
+
+
+def check_file(
+    path: str | os.PathLike[str], what: str, remedy: str, *, error: type[FileProblem] = FileProblem
+) -> Path:
+    """`path` as a Path when it names a file with bytes in it; else `error` (a `FileProblem`)
+    saying whether it is missing, a folder or empty. `what` names the kind of file expected
+    ("a results JSON"); `remedy` says what to do (delete it to redo the stage, or resume)."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(path, f"is a folder, not {what}", remedy)
+    if not path.exists():
+        raise error(path, f"is missing (expected {what})", remedy)
+    if path.stat().st_size == 0:
+        raise error(path, f"is empty (0 bytes), not {what}", remedy)
+    return path
+
+
+def read_json(
+    path: str | os.PathLike[str],
+    what: str,
+    remedy: str,
+    *,
+    expect: type = dict,
+    error: type[FileProblem] = FileProblem,
+) -> Any:
+    """The JSON in `path`, checked to be an `expect` (an object by default), or `error` naming
+    the file when it is missing, a folder, empty, binary, cut short or not JSON."""
+    path = check_file(path, what, remedy, error=error)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise error(path, f"is binary, not {what} (a file of another kind?)", remedy) from None
+    except json.JSONDecodeError as err:
+        raise error(
+            path, f"is not valid JSON (cut short, or another kind of file): {err}", remedy
+        ) from None
+    if not isinstance(data, expect):
+        kind = f"a JSON {expect.__name__}"
+        raise error(path, f"holds a JSON {type(data).__name__}, not {what} ({kind})", remedy)
+    return data
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:

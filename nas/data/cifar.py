@@ -18,6 +18,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from nas.core.files import FileProblem
 from nas.data.dataset import (
     ImageDataset,
     _build_dataset,
@@ -73,6 +74,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
+_FRESH_COPY = "download a fresh copy of the data set (the file is cut short or of another kind)"
+
+
 def restricted_pickle_load(path: str | os.PathLike[str]) -> Any:
     """Load a data pickle (CIFAR's python layout) that may only rebuild numpy arrays.
 
@@ -84,7 +88,7 @@ def restricted_pickle_load(path: str | os.PathLike[str]) -> Any:
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{path}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path} is not a readable CIFAR pickle: {exc}") from exc
+        raise FileProblem(path, f"is not a readable CIFAR pickle: {exc}", _FRESH_COPY) from exc
 
 
 CIFAR_LAYOUTS: dict[str, tuple[str, ...]] = {
@@ -211,20 +215,24 @@ def _read_cifar_pickle(path: Path, label_key: bytes) -> tuple[np.ndarray, np.nda
     batch = restricted_pickle_load(path)
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
-        raise ValueError(
-            f"{path} must hold a dict with keys b'data' and {label_key!r}; found {keys}"
+        raise FileProblem(
+            path, f"must hold a dict with keys b'data' and {label_key!r}; found {keys}", _FRESH_COPY
         )
     data = np.asarray(batch[b"data"])
     labels = np.asarray(batch[label_key])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(
-            f"{path}: b'data' must be uint8 of shape (N, 3072) (32x32 RGB, channel-major); "
-            f"found {data.dtype} {data.shape}"
+        raise FileProblem(
+            path,
+            f"b'data' must be uint8 of shape (N, 3072) (32x32 RGB, channel-major); "
+            f"found {data.dtype} {data.shape}",
+            _FRESH_COPY,
         )
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"{path}: {label_key!r} must hold {data.shape[0]} integer labels; "
-            f"found {labels.dtype} {labels.shape}"
+        raise FileProblem(
+            path,
+            f"{label_key!r} must hold {data.shape[0]} integer labels; "
+            f"found {labels.dtype} {labels.shape}",
+            _FRESH_COPY,
         )
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
@@ -233,7 +241,7 @@ def _meta_names(path: Path, key: bytes) -> list[str]:
     meta = restricted_pickle_load(path)
     if not isinstance(meta, dict) or key not in meta:
         keys = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{path} must hold a dict with key {key!r}; found {keys}")
+        raise FileProblem(path, f"must hold a dict with key {key!r}; found {keys}", _FRESH_COPY)
     return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]]
 
 
@@ -247,9 +255,11 @@ def _read_cifar_bin(
     record = label_bytes + 3 * 32 * 32
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0 or raw.size % record:
-        raise ValueError(
-            f"{path} must hold whole records of {record} bytes ({label_bytes} label byte(s) then "
-            f"3072 pixel bytes); its size is {raw.size} bytes"
+        raise FileProblem(
+            path,
+            f"must hold whole records of {record} bytes ({label_bytes} label byte(s) then "
+            f"3072 pixel bytes); its size is {raw.size} bytes",
+            _FRESH_COPY,
         )
     rows = raw.reshape(-1, record)
     return rows[:, label_bytes:].reshape(-1, 3, 32, 32), rows[:, label_offset].astype(np.int64)

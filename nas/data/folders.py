@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nas.core.files import FileProblem
 from nas.data.dataset import (
     SPLITS,
     ImageDataset,
@@ -61,27 +62,14 @@ def load_image_folder(
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         loose = sorted(p.name for p in root.iterdir() if p.is_file())[:5]
-        raise ValueError(
-            f"image folder {root} has no class sub-folders; the layout must be "
-            f"<root>/<class name>/<image> with extensions {', '.join(IMAGE_EXTENSIONS)}"
-            + (f" (found loose files such as {loose})" if loose else "")
+        raise FileProblem(
+            root,
+            "(an image folder) has no class sub-folders"
+            + (f" (found loose files such as {loose})" if loose else ""),
+            f"the layout must be <root>/<class name>/<image> with extensions "
+            f"{', '.join(IMAGE_EXTENSIONS)}",
         )
-    files: list[Path] = []
-    targets: list[int] = []
-    for cls, d in enumerate(class_dirs):
-        found = sorted(
-            p
-            for p in d.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not found:
-            others = sorted(p.name for p in d.iterdir())[:5]
-            raise ValueError(
-                f"class folder {d} holds no images; an image must have one of the extensions "
-                f"{', '.join(IMAGE_EXTENSIONS)}" + (f" (found {others})" if others else "")
-            )
-        files += found
-        targets += [cls] * len(found)
+    files, targets = _image_files(class_dirs)
     mode = "RGB" if channels == 3 else "L"
     images = np.empty((len(files), channels, resolution, resolution), dtype=np.uint8)
     for i, file in enumerate(files):
@@ -96,7 +84,9 @@ def load_image_folder(
             im = im.crop((left, top, left + resolution, top + resolution))
             arr = np.asarray(im, dtype=np.uint8)
         except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot read image {file}: {exc}") from exc
+            raise FileProblem(
+                file, f"cannot read image ({exc})", "replace it with a readable image, or delete it"
+            ) from exc
         images[i] = arr.reshape(resolution, resolution, channels).transpose(2, 0, 1)
     labels = np.asarray(targets, dtype=np.int64)
     idx = _stratified_split(labels, val_fraction, test_fraction, seed)
@@ -113,3 +103,26 @@ def load_image_folder(
         [d.name for d in class_dirs],
         idx,
     )
+
+
+def _image_files(class_dirs: list[Path]) -> tuple[list[Path], list[int]]:
+    """The image files of each class folder, in order, and their class indices."""
+    files: list[Path] = []
+    targets: list[int] = []
+    for cls, d in enumerate(class_dirs):
+        found = sorted(
+            p
+            for p in d.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not found:
+            others = sorted(p.name for p in d.iterdir())[:5]
+            raise FileProblem(
+                d,
+                "(a class folder) holds no images" + (f" (found {others})" if others else ""),
+                f"add images with one of the extensions {', '.join(IMAGE_EXTENSIONS)}, or "
+                "remove the folder",
+            )
+        files += found
+        targets += [cls] * len(found)
+    return files, targets

@@ -10,6 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from nas.core.files import FileProblem, check_file
 from nas.core.protocols import NotFittedError
 from nas.core.space import Arch
 
@@ -88,18 +89,42 @@ def _save_npz(path: str | Path, kind: str, config: Mapping[str, Any], arrays: di
     return p
 
 
+_REFIT = "delete it to fit the predictor again (a run redoes its predictor stage), or name another"
+_WHAT = "a saved predictor (.npz)"
+
+
 def _load_npz(path: str | Path) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
-    with np.load(Path(path), allow_pickle=False) as data:
-        if "__header__" not in data:
-            raise ValueError(f"{path} is not a saved predictor (no __header__ entry)")
-        header = json.loads(str(data["__header__"]))
-        arrays = {k: data[k] for k in data.files if k != "__header__"}
-    if header.get("version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: predictor format version {header.get('version')!r}, this code reads "
-            f"{FORMAT_VERSION}"
+    """The kind, config and arrays of a saved predictor; FileProblem naming the file when it is
+    missing, empty, a folder, cut short or not one (numpy never unpickles here)."""
+    path = check_file(path, _WHAT, _REFIT)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as err:  # zipfile.BadZipFile, EOFError, "contains pickled data", ...
+        raise _foreign(path, f"not an .npz archive: {err}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise _foreign(path, "a single .npy array, not an .npz archive")
+    try:
+        with loaded as data:
+            if "__header__" not in data:
+                raise _foreign(path, "no __header__ entry")
+            header = json.loads(str(data["__header__"]))
+            arrays = {k: data[k] for k in data.files if k != "__header__"}
+    except FileProblem:
+        raise
+    except Exception as err:  # a cut member, a header that is not JSON
+        raise FileProblem(path, f"is damaged ({type(err).__name__}: {err})", _REFIT) from None
+    if not isinstance(header, dict) or header.get("version") != FORMAT_VERSION:
+        got = header.get("version") if isinstance(header, dict) else header
+        raise FileProblem(
+            path, f"has predictor format version {got!r}; this code reads {FORMAT_VERSION}", _REFIT
         )
+    if not isinstance(header.get("config"), dict) or "kind" not in header:
+        raise _foreign(path, "its header lacks the kind or config")
     return str(header["kind"]), dict(header["config"]), arrays
+
+
+def _foreign(path: Path, why: str) -> FileProblem:
+    return FileProblem(path, f"is not a saved predictor ({why})", _REFIT)
 
 
 class _Scaler:

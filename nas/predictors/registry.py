@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nas.predictors.base import Predictor, _load_npz
+from nas.core.files import FileProblem
+from nas.predictors.base import _REFIT, Predictor, _load_npz
 from nas.predictors.ensemble import EnsemblePredictor
 from nas.predictors.gbt import GBTPredictor
 from nas.predictors.gp import GPPredictor
@@ -35,5 +36,10 @@ def load_predictor(path: str | Path) -> Predictor:
     """Load any predictor saved with `.save(path)` (plain arrays and JSON, no pickle)."""
     kind, config, arrays = _load_npz(path)
     if kind not in PREDICTORS:
-        raise ValueError(f"{path}: unknown predictor kind {kind!r}; valid: {list(PREDICTORS)}")
-    return PREDICTORS[kind]._from_saved(config, arrays)
+        raise FileProblem(
+            path, f"holds an unknown predictor kind {kind!r} (valid: {list(PREDICTORS)})", _REFIT
+        )
+    try:
+        return PREDICTORS[kind]._from_saved(config, arrays)
+    except (KeyError, ValueError, TypeError) as err:  # an array or a setting missing
+        raise FileProblem(path, f"is an incomplete {kind} predictor ({err!r})", _REFIT) from None

@@ -374,7 +374,7 @@ def join_worker(
     one the study was created with; the seed defaults to one drawn from the process id, so
     workers do not propose the same archs.
     """
-    store = open_storage(storage, heartbeat_interval_s, grace_period_s)
+    store = open_storage(storage, heartbeat_interval_s, grace_period_s, must_exist=True)
     if store is None:
         raise ValueError("join_worker needs a shared storage (URL or journal file), got None")
     try:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from nas.core.elastic import Supernet
-from nas.core.files import CheckpointError, sha256_file, write_json_atomic
+from nas.core.files import CheckpointError, read_json, sha256_file, write_json_atomic
 from nas.core.space import SearchSpace
 from nas.supernet.config import SupernetConfig, _jsonable
 
@@ -121,22 +121,42 @@ def _save_checkpoint(
     return path
 
 
+def _retrain(out_dir: Path) -> str:
+    return f"delete {out_dir} to train the supernet again, or restore the folder from a copy"
+
+
 def _read_checkpoint(out_dir: Path) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
     meta_path = out_dir / CHECKPOINT_JSON
-    if not meta_path.exists():
+    if not (meta_path.exists() or meta_path.is_symlink()):
         return None
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(
+        meta_path, "a supernet checkpoint description", _retrain(out_dir), error=CheckpointError
+    )
     if meta.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
-            f"{meta_path} has checkpoint version {meta.get('version')!r}; this code reads "
-            f"version {CHECKPOINT_VERSION}"
+            meta_path,
+            f"has checkpoint version {meta.get('version')!r}; this code reads version "
+            f"{CHECKPOINT_VERSION} (a file of another kind, or of another edge-nas version?)",
+            _retrain(out_dir),
         )
-    path = out_dir / meta["tensors"]
-    if not path.exists():
-        raise CheckpointError(f"{meta_path} names {path.name}, which is missing")
+    missing = sorted({"tensors", "sha256", "space", "config", "state"} - set(meta))
+    if missing:
+        raise CheckpointError(meta_path, f"lacks the field(s) {missing}", _retrain(out_dir))
+    path = out_dir / str(meta["tensors"])
+    if not path.is_file():
+        raise CheckpointError(path, f"is missing (named in {meta_path.name})", _retrain(out_dir))
     if sha256_file(path) != meta["sha256"]:
-        raise CheckpointError(f"{path} does not match the checksum recorded in {meta_path}")
-    return meta, load_file(str(path))
+        raise CheckpointError(
+            path,
+            f"does not match the checksum recorded in {meta_path.name} (cut short or changed)",
+            _retrain(out_dir),
+        )
+    try:
+        return meta, load_file(str(path))
+    except Exception as err:  # safetensors raises its own SafetensorError
+        raise CheckpointError(
+            path, f"cannot be read as safetensors ({err})", _retrain(out_dir)
+        ) from None
 
 
 def _config_differences(stored: Mapping[str, Any], config: SupernetConfig) -> list[str]:
@@ -158,11 +178,17 @@ def load_supernet(
     """The supernet of the latest checkpoint in `run_dir` (weights only; no unpickling)."""
     found = _read_checkpoint(Path(run_dir))
     if found is None:
-        raise CheckpointError(f"no {CHECKPOINT_JSON} in {run_dir}: train with train_supernet first")
+        raise CheckpointError(
+            Path(run_dir) / CHECKPOINT_JSON,
+            "is missing: the folder holds no trained supernet",
+            "train one first (train_supernet, or nas run), or name the right folder",
+        )
     meta, tensors = found
     if meta["space"] != space.name:
         raise CheckpointError(
-            f"{run_dir} holds a supernet of space {meta['space']!r}, not {space.name!r}"
+            run_dir,
+            f"holds a supernet of space {meta['space']!r}, not {space.name!r}",
+            "name the folder of this space's supernet, or the space it was trained for",
         )
     net = supernet if supernet is not None else _as_supernet(space.supernet())
     net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

@@ -260,15 +260,17 @@ def _resume(
     out = run.out
     if not resume:
         raise CheckpointError(
-            f"{out} already holds a checkpoint (step {meta['state']['step']}); pass "
-            "resume=True to continue it or choose a new folder"
+            out,
+            f"already holds a checkpoint (step {meta['state']['step']})",
+            "pass resume=True to continue it, or choose a new folder",
         )
     diffs = _config_differences(meta["config"], run.config)
     if diffs or meta["space"] != space.name:
         raise CheckpointError(
-            f"{out} holds a run of space {meta['space']!r} with a different config: "
-            + "; ".join(diffs or [f"space: stored {meta['space']!r}, given {space.name!r}"])
-            + ". Use a new folder, or the stored config to resume"
+            out,
+            f"holds a run of space {meta['space']!r} with a different config: "
+            + "; ".join(diffs or [f"space: stored {meta['space']!r}, given {space.name!r}"]),
+            "use a new folder, or the stored config to resume",
         )
     run.net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     run.state = state = _State(**meta["state"])
