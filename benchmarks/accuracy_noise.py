@@ -24,6 +24,9 @@ interval it gives is reported as not resolvable.
 
     python benchmarks/accuracy_noise.py --out runs/bench/accuracy_noise [--seeds 5] [--quick]
 
+Seeds can be trained by parallel processes first (`--only 0 2 4`, `--only 1 3`); the call
+without `--only` then reads them and writes the results.
+
 Resumable: each seed's results are kept in `--out`/seed-N/ (the supernet's checkpoints and the
 chain's folder too), and a seed already done with the same settings is read, not run again.
 Writes results.json (per-run values, medians, targets, commit) and table.md into --out.
@@ -315,14 +318,20 @@ def analyse(
 
 
 def run(
-    out: Path, settings: dict[str, Any], seeds: list[int], n_boot: int, boot_seed: int
+    out: Path,
+    settings: dict[str, Any],
+    seeds: list[int],
+    n_boot: int,
+    boot_seed: int,
+    data: ImageDataset | None = None,
 ) -> dict[str, Any]:
-    """The whole benchmark into `out`: every seed (resuming), then the analysis."""
+    """The whole benchmark into `out`: every seed (resuming), then the analysis; `data`
+    replaces the data of `settings` (tests)."""
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     space = get_space(settings["space"])
     archs = fixed_archs(space)
-    data = load_data(settings)
+    data = data or load_data(settings)
     groups = data.groups("test")
     records, correct = {}, {}
     for seed in seeds:
@@ -360,6 +369,17 @@ def run(
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "table.md").write_text(table(results))
     return results
+
+
+def train_seeds(out: Path, settings: dict[str, Any], seeds: list[int]) -> None:
+    """Only the training of `seeds` into `out` (resuming), no analysis: one of several
+    processes that share the seeds of one benchmark."""
+    out.mkdir(parents=True, exist_ok=True)
+    archs = fixed_archs(get_space(settings["space"]))
+    data = load_data(settings)
+    for seed in seeds:
+        record, _ = run_seed(out, seed, settings, data, archs)
+        log.info("seed %d: %s", seed, record["accuracy_pts"])
 
 
 def table(r: dict[str, Any]) -> str:
@@ -430,12 +450,22 @@ def main() -> None:
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates")
     parser.add_argument("--boot-seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--only",
+        type=int,
+        nargs="+",
+        help="train just these seeds and stop (runs them in parallel processes); "
+        "a later call without --only reads them and analyses",
+    )
     args = parser.parse_args()
     if args.seeds < 2:
         parser.error(f"--seeds must be >= 2 (a spread needs two runs); got {args.seeds}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     settings = demo_settings(args.quick)
+    if args.only:
+        train_seeds(args.out, settings, args.only)
+        return
     results = run(args.out, settings, list(range(args.seeds)), args.boot, args.boot_seed)
     print(table(results))
 
