@@ -48,6 +48,21 @@ class ImageDataset:
         ds: TensorDataset = getattr(self, name)
         return ds
 
+    def groups(self, name: str) -> np.ndarray:
+        """Per sample of split ``name``, the group its errors are correlated within: the id of
+        its source (the embedded digits' augmented copies of one digit share one), or, where no
+        source ids were given, the sample's own index (every sample a group of one).
+
+        A bootstrap of test accuracy resamples these groups, not images
+        (:func:`nas.supernet.accuracy_interval`)."""
+        n = len(self.split(name))
+        ids = self.source_ids.get(name)
+        if ids is None:
+            return np.arange(n, dtype=np.int64)
+        if len(ids) != n:
+            raise ValueError(f"source_ids[{name!r}] has {len(ids)} ids for {n} samples")
+        return np.asarray(ids, dtype=np.int64)
+
     def loaders(
         self,
         batch_size: int,

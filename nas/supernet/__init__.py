@@ -1,6 +1,7 @@
 """Weight-sharing supernets: training schedules (sandwich with in-place distillation,
 progressive shrinking, SPOS), the training loop with exact resume and DDP, batch-norm
-recalibration, checkpoints, and the accuracy of subnets with inherited weights.
+recalibration, checkpoints, the accuracy of subnets with inherited weights, and intervals of
+test accuracy (a bootstrap over source images).
 """
 
 from __future__ import annotations
@@ -23,11 +24,20 @@ from nas.supernet.evaluate import (
     evaluate_archs,
     state_fingerprint,
 )
+from nas.supernet.intervals import (
+    AccuracyInterval,
+    accuracy_interval,
+    correct_mask,
+    difference_interval,
+    resolvable_difference,
+    seed_sd,
+)
 from nas.supernet.loop import TrainResult, train_supernet
 from nas.supernet.schedules import soft_cross_entropy
 
 __all__ = [
     "SCHEDULES",
+    "AccuracyInterval",
     "DistInfo",
     "Phase",
     "ProgressiveOptions",
@@ -37,12 +47,17 @@ __all__ = [
     "SupernetConfig",
     "TrainResult",
     "accuracy",
+    "accuracy_interval",
     "bn_stats_preserved",
+    "correct_mask",
+    "difference_interval",
     "evaluate_archs",
     "init_distributed",
     "load_supernet",
     "make_config",
     "recalibrate_bn",
+    "resolvable_difference",
+    "seed_sd",
     "soft_cross_entropy",
     "state_fingerprint",
     "train_supernet",

@@ -74,6 +74,28 @@ def test_digits_sources_never_cross_splits(digits: D.ImageDataset) -> None:
         np.testing.assert_array_equal(digits.split(split).tensors[1].numpy(), target[src[split]])
 
 
+def test_groups_are_the_sources_or_each_sample_alone(digits: D.ImageDataset) -> None:
+    # the embedded digits: five augmented copies of each test source share one group
+    groups = digits.groups("test")
+    np.testing.assert_array_equal(groups, digits.source_ids["test"])
+    assert set(np.bincount(groups)[np.unique(groups)].tolist()) == {5}
+    # no source ids given (a data set built by hand): every sample a group of its own
+    bare = D.ImageDataset(
+        name="bare",
+        train=digits.train,
+        val=digits.val,
+        test=digits.test,
+        num_classes=10,
+        input_shape=digits.input_shape,
+        class_names=digits.class_names,
+        mean=digits.mean,
+        std=digits.std,
+    )
+    np.testing.assert_array_equal(bare.groups("test"), np.arange(len(digits.test)))
+    with pytest.raises(ValueError, match="split must be one of"):
+        digits.groups("holdout")
+
+
 def test_digits_cache_is_reused(
     digits: D.ImageDataset, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -292,6 +314,7 @@ def test_cifar10_python_layout(tmp_path: Path) -> None:
         _pixels(ds, "train"), arrays["x_train"][train_ids].reshape(-1, 3, 32, 32), atol=1e-2
     )
     np.testing.assert_array_equal(ds.train.tensors[1].numpy(), arrays["y_train"][train_ids])
+    assert len(np.unique(ds.groups("test"))) == len(ds.test)  # no copies: one image a group
     small = D.load_cifar(tmp_path, resolution=16)
     assert small.input_shape == (3, 16, 16)
 
