@@ -193,7 +193,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """A `RunConfig` from a mapping, checked whole: types and keys here, then names against the
     registries, ranges, devices, budgets and objectives (`nas.app.validate`); one
     `ConfigError` lists every problem."""
-    from nas.app.validate import run_config_problems
+    from nas.app.run_checks import run_config_problems
 
     if not isinstance(data, dict):
         raise ConfigError(f"a run config is a mapping at the top level, got {type(data).__name__}")

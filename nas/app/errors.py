@@ -84,6 +84,10 @@ def input_error_types() -> tuple[type[BaseException], ...]:
     )
 
 
+def _bad_input() -> tuple[type[BaseException], ...]:
+    return (ValueError, KeyError, *input_error_types())
+
+
 def debug_enabled(flag: bool = False) -> bool:
     return flag or os.environ.get("EDGE_NAS_DEBUG", "").lower() in ("1", "true", "yes")
 
@@ -138,7 +142,7 @@ def run_command(func: Callable[[Any], int], args: Any, debug: bool = False) -> i
             traceback.print_exception(type(err.cause), err.cause, err.cause.__traceback__)
         _say(str(err))
         return EXIT_FAILED
-    except (*input_error_types(), ValueError, KeyError) as err:
+    except _bad_input() as err:
         # outside a stage's work, a ValueError or KeyError is an argument the command refused
         if debug:
             traceback.print_exc()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,15 @@ __all__ = [
     "Problems",
     "check_data",
     "check_device",
+    "check_input_file",
     "check_metrics",
     "check_out_folder",
-    "check_input_file",
+    "check_sampler",
     "check_space",
     "check_storage",
-    "run_config_problems",
+    "choices_text",
+    "int_at_least",
+    "parse_budgets",
     "run_metric",
 ]
 
@@ -61,14 +64,16 @@ class Problems:
             raise cls(f"{what}:\n  " + "\n  ".join(self.items))
 
 
-def _choices(value: object, valid: Iterable[str]) -> str:
+def choices_text(value: object, valid: Iterable[str]) -> str:
+    """`value` is not one of `valid`, with the close matches."""
     valid = list(valid)
     close = difflib.get_close_matches(str(value), valid, n=2, cutoff=0.5)
     hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
     return f"{value!r} is not one of {', '.join(valid)}{hint}"
 
 
-def _int_at_least(p: Problems, key: str, value: object, low: int, why: str = "") -> None:
+def int_at_least(p: Problems, key: str, value: object, low: int, why: str = "") -> None:
+    """Record a whole number below `low` (other types are the schema's to report)."""
     if isinstance(value, int) and not isinstance(value, bool) and value < low:
         p.add(key, f"expected >= {low}, got {value}{why}")
 
@@ -110,8 +115,11 @@ def check_data(
         if not path.exists():
             close = difflib.get_close_matches(name, DATASET_NAMES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            p.add(key, f"{name!r} is neither a data set name ({', '.join(DATASET_NAMES)}{hint}) "
-                  "nor an existing folder (ImageFolder or CIFAR layout)")  # fmt: skip
+            p.add(
+                key,
+                f"{name!r} is neither a data set name ({', '.join(DATASET_NAMES)}{hint}) "
+                "nor an existing folder (ImageFolder or CIFAR layout)",
+            )
             return
         if not path.is_dir():
             p.add(key, f"{name!r} is a file; a data set is a folder (ImageFolder or CIFAR layout)")
@@ -121,8 +129,10 @@ def check_data(
         params = [n for n in inspect.signature(loader).parameters if n != "path"]
         unknown = sorted(set(map(str, args)) - set(params))
         if unknown:
-            p.add(args_key or key,
-                  f"unknown argument(s) {unknown} of {loader.__name__}; valid: {', '.join(params)}")  # fmt: skip
+            p.add(
+                args_key or key,
+                f"unknown argument(s) {unknown} of {loader.__name__}; valid: {', '.join(params)}",
+            )
 
 
 def _looks_like_cifar(path: Path) -> bool:
@@ -149,16 +159,23 @@ def check_device(
         return None
     kind = getattr(lm.DEVICES.factory(name), "kind", "")
     if kind not in kinds:
-        of_kinds = [n for n in lm.DEVICES.list() if getattr(lm.DEVICES.factory(n), "kind", "") in kinds]
-        p.add(key, f"{name!r} is a {kind} device; this takes {' or '.join(kinds)} devices: "
-              f"{', '.join(of_kinds)}")  # fmt: skip
+        of_kinds = [
+            n for n in lm.DEVICES.list() if getattr(lm.DEVICES.factory(n), "kind", "") in kinds
+        ]
+        p.add(
+            key,
+            f"{name!r} is a {kind} device; this takes {' or '.join(kinds)} devices: "
+            f"{', '.join(of_kinds)}",
+        )
         return None
     if kind == "table":
         return None  # built with its table later
     device = lm.get_device(name)
     if isinstance(dtype, str) and dtype not in device.dtypes:
-        p.add(dtype_key or key, f"device {name!r} does not run {dtype!r}; it runs "
-              f"{', '.join(device.dtypes)}")  # fmt: skip
+        p.add(
+            dtype_key or key,
+            f"device {name!r} does not run {dtype!r}; it runs {', '.join(device.dtypes)}",
+        )
         return None
     return device
 
@@ -197,8 +214,9 @@ def check_metrics(
     if space is None:  # already reported; metric names do not depend on the space
         space = _NO_SPACE
     models = [_Named(name, dtype) for name, dtype in devices]
-    problem = p.check("", lambda: SearchProblem(
-        space, ["params"], (lambda a: 0.0) if accuracy else None, models))  # fmt: skip
+    problem = p.check(
+        "", lambda: SearchProblem(space, ["params"], (lambda a: 0.0) if accuracy else None, models)
+    )
     if problem is None:
         return
     if objectives is not None:
@@ -219,16 +237,23 @@ def _resolve(p: Problems, key: str, problem: Any, name: str) -> str | None:
         if not latency:
             p.add(key, f"{name!r} names a device, but there is none to price latency on")
         else:
-            p.add(key, f"{name!r} names no device priced here; {_choices(name, latency)}"
-                  .replace(f"; {name!r} is not", "; it is not"))  # fmt: skip
+            p.add(
+                key,
+                f"{name!r} names no device priced here; {choices_text(name, latency)}".replace(
+                    f"; {name!r} is not", "; it is not"
+                ),
+            )
         return None
     return p.check(key, lambda: problem.resolve(name))
 
 
 def _check_objectives(
-    p: Problems, problem: Any, objectives: tuple[str, Sequence[object]], devices: bool,
+    p: Problems,
+    problem: Any,
+    objectives: tuple[str, Sequence[object]],
+    devices: bool,
     accuracy: bool,
-) -> None:  # fmt: skip
+) -> None:
     key, names = objectives
     if not names:
         p.add(key, "at least one objective is needed")
@@ -259,11 +284,11 @@ def _check_bound(p: Problems, key: str, metric: str, resolved: str, bound: float
 
 def parse_budgets(p: Problems, key: str, texts: Sequence[str]) -> list[tuple[str, str, float]]:
     """`METRIC<=BOUND` strings as (key, metric, bound); a malformed one is a problem."""
-    from nas.search.constraints import parse_constraint
+    from nas.search import parse_constraint
 
     out = []
     for text in texts:
-        parsed = p.check(key, lambda t=text: parse_constraint(t))
+        parsed = p.check(key, partial(parse_constraint, text))
         if parsed is not None:
             out.append((f"{key} {text!r}", parsed[0], parsed[2]))
     return out
@@ -282,8 +307,11 @@ def check_storage(p: Problems, key: str, storage: object, *, must_exist: bool = 
         return
     suffixes = (".db", ".sqlite", ".sqlite3", *JOURNAL_SUFFIXES)
     if Path(storage).suffix not in suffixes:
-        p.add(key, f"{storage!r} is neither a database URL (sqlite:///run/study.db, "
-              f"postgresql://user@host/db) nor a file ending in {', '.join(suffixes)}")  # fmt: skip
+        p.add(
+            key,
+            f"{storage!r} is neither a database URL (sqlite:///run/study.db, "
+            f"postgresql://user@host/db) nor a file ending in {', '.join(suffixes)}",
+        )
     elif must_exist:
         check_input_file(p, key, storage)
     else:
@@ -328,104 +356,7 @@ def _check_writable_parent(p: Problems, key: str, target: Path) -> None:
         p.add(key, f"{str(target)!r} cannot be created: {parent} is not writable")
 
 
-# -- a run config -----------------------------------------------------------------------------
-def run_config_problems(config: Any, *, space: Any = None, data_given: bool = False) -> list[str]:
-    """Every problem of a `RunConfig` beyond its types: names against the registries, numbers
-    against their ranges, budgets and objectives against its devices. `space` (an object) and
-    `data_given` stand in for the config's names (a space defined in a notebook)."""
-    p = Problems()
-    _int_at_least(p, "seed", config.seed, 0)
-    if isinstance(config.name, str) and (
-        not config.name.strip() or "/" in config.name or config.name in (".", "..")
-    ):
-        p.add("name", f"{config.name!r} cannot name a study and a folder: use letters, digits, - and _")
-    if space is None:
-        space = check_space(p, "space.name", config.space.name, config.space.args, "space.args")
-    if not data_given:
-        check_data(p, "data.name", config.data.name, config.data.args, "data.args")
-    _check_supernet(p, config)
-    _check_accuracy(p, config.accuracy)
-    devices = _check_run_devices(p, config.devices)
-    _check_search(p, config.search, space, devices)
-    _check_compress(p, config.compress)
-    return p.items
-
-
-def _check_supernet(p: Problems, config: Any) -> None:
-    from nas.supernet import make_config
-
-    cfg = config.supernet
-    fields = ("schedule", "epochs", "batch_size", "lr", "options")
-    values = {f: getattr(cfg, f) for f in fields}
-    try:
-        make_config(None, **values, seed=config.seed if isinstance(config.seed, int) else 0)
-    except (ValueError, TypeError) as err:
-        text = str(err).removeprefix("invalid training config: ")
-        for part in re.split(r"; (?=\w+ must |unknown |option )", text):
-            if part.startswith("seed "):
-                continue  # the run's seed: reported as `seed`
-            words = part.replace("(", " ").split()
-            field = next((f for f in fields if f in words or f"{f}:" in words), None)
-            if "schedule" in part and field is None:
-                field = "schedule"
-            p.add(f"supernet.{field or 'options'}", part)
-
-
-def _check_accuracy(p: Problems, cfg: Any) -> None:
-    from nas.predictors import PREDICTORS
-
-    _int_at_least(p, "accuracy.train_archs", cfg.train_archs, 4,
-                  " (two thirds fit the predictor, the rest, at least 2, score its ranking)")  # fmt: skip
-    _int_at_least(p, "accuracy.bn_batches", cfg.bn_batches, 1)
-    if isinstance(cfg.predictor, str) and cfg.predictor not in PREDICTORS:
-        p.add("accuracy.predictor", _choices(cfg.predictor, PREDICTORS))
-
-
-def _check_run_devices(p: Problems, devices: Any) -> list[tuple[str, str]]:
-    """The (name, dtype) of the config's valid devices; problems of the others recorded."""
-    import latency_models as lm
-
-    kinds = lm.table_kinds()
-    out: list[tuple[str, str]] = []
-    for i, dev in enumerate(devices if isinstance(devices, list) else []):
-        if not hasattr(dev, "name"):
-            continue
-        key = f"devices[{i}]"
-        device = check_device(p, f"{key}.name", dev.name, dtype=dev.dtype, dtype_key=f"{key}.dtype")
-        if isinstance(dev.latency_model, str) and dev.latency_model not in kinds:
-            p.add(f"{key}.latency_model", _choices(dev.latency_model, kinds)
-                  + " (the registered latency models that sum a table; calibration_archs fit "
-                  "their learned form)")  # fmt: skip
-        elif dev.latency_model == "kernels" and device is not None and not lm.supports_kernels(device):
-            p.add(f"{key}.latency_model", f"'kernels' needs a runtime that names its kernels "
-                  f"(ort-cpu-1t, ort-cpu-2t); {dev.name!r} does not: use 'lut'")  # fmt: skip
-        _int_at_least(p, f"{key}.lut_archs", dev.lut_archs, 1)
-        _int_at_least(p, f"{key}.calibration_archs", dev.calibration_archs, 0)
-        _int_at_least(p, f"{key}.lut_passes", dev.lut_passes, 1)
-        label = (dev.name, dev.dtype)
-        if label in out:
-            p.add(key, f"{dev.name} in {dev.dtype} is listed twice")
-        elif device is not None:
-            out.append(label)
-    return out
-
-
-def _check_search(p: Problems, cfg: Any, space: Any, devices: list[tuple[str, str]]) -> None:
-    _int_at_least(p, "search.trials", cfg.trials, 1)
-    if isinstance(cfg.sampler, str):
-        p.check("search.sampler", lambda: _check_sampler(cfg.sampler))
-    check_storage(p, "search.storage", cfg.storage)
-    objectives = cfg.objectives if isinstance(cfg.objectives, list) else []
-    budgets = cfg.budgets if isinstance(cfg.budgets, dict) else {}
-    check_metrics(
-        p,
-        space,
-        devices,
-        ("search.objectives", objectives),
-        [(f"search.budgets.{m}", run_metric(m, devices), b) for m, b in budgets.items()],
-    )
-
-
+# -- metric names and samplers ------------------------------------------------------------
 def run_metric(name: str, devices: Sequence[tuple[str, str]]) -> str:
     """A run config's metric name as the search knows it: `latency_ms@DEVICE` of a device the
     run prices in one dtype other than fp32 is `latency_ms@DEVICE:DTYPE`."""
@@ -437,24 +368,15 @@ def run_metric(name: str, devices: Sequence[tuple[str, str]]) -> str:
     return name
 
 
-def _check_sampler(name: str) -> None:
+def check_sampler(p: Problems, key: str, name: object) -> None:
+    """A sampler name of `nas.search.SAMPLERS` (or an alias)."""
     from nas.search import make_sampler
 
+    if not isinstance(name, str):
+        return
     try:
         make_sampler(name, None, 0)
     except ValueError as err:
         if str(err).startswith("unknown sampler"):
-            raise
-        # a known sampler that needs the search problem (frontier): valid
-
-
-def _check_compress(p: Problems, compress: Any) -> None:
-    """The compression steps and options now, not after the hours of work before them."""
-    from nas.compress import ChainConfig, check_steps
-
-    if isinstance(compress.steps, list) and compress.steps:
-        p.check("compress.steps", lambda: check_steps(compress.steps))
-    if isinstance(compress.options, dict):
-        p.check("compress.options", lambda: ChainConfig.from_dict(compress.options))
-    if isinstance(compress.top_k, int) and compress.top_k < 0:
-        p.add("compress.top_k", f"expected >= 0, got {compress.top_k}")
+            p.add(key, str(err))
+        # else a known sampler that needs the search problem (frontier): valid

@@ -15,9 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from nas.app.config import ConfigError
 from nas.app.demo import demo_config
-from nas.app.pipeline import run_pipeline
+from nas.app.pipeline import plan, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[3]
 SMALL: dict = {
@@ -72,9 +71,19 @@ def test_small_run_end_to_end_and_resume(tmp_path: Path) -> None:
     # arch keys hold "|": the winners table keeps its columns in Markdown and in HTML
     assert "\\|" in report and "<td>" + str(winners["arch_key"][0]) + "</td>" in page
 
-    changed = demo_config(**{**SMALL, "seed": 1})
-    with pytest.raises(ConfigError, match="different config"):
-        run_pipeline(changed, run_dir, progress=False)
+    # a changed budget redoes the search and what reads it; the supernet and the rest are kept
+    # (this refused a changed config before: the whole run had to start over)
+    weights = {p: p.stat().st_mtime_ns for p in (run_dir / "supernet").iterdir()}
+    budgets = {"latency_ms@pixel3-emulated": 500.0}
+    changed = demo_config(**{**SMALL, "search": {**SMALL["search"], "budgets": budgets}})
+    decisions = {d.stage: d for d in plan(changed, run_dir)}
+    assert [decisions[s].action for s in ("supernet", "accuracy", "latency")] == ["keep"] * 3
+    assert decisions["search"].action == "redo"
+    assert "search.budgets changed" in decisions["search"].reason
+    third = run_pipeline(changed, run_dir, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (run_dir / "supernet").iterdir()} == weights
+    stored = third.study.user_attrs["edge_nas"]["constraints"]
+    assert stored == ["latency_ms@pixel3-emulated <= 500"]
 
 
 def _complete_trials(db: Path, name: str) -> list[optuna.trial.FrozenTrial]:
