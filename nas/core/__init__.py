@@ -5,7 +5,7 @@ the protocols the wings exchange, and atomic files. It imports nothing else of o
 from __future__ import annotations
 
 from nas.core.elastic import Supernet
-from nas.core.files import CheckpointError
+from nas.core.files import CheckpointError, FileProblem
 from nas.core.layers import ArchCost, LayerSpec, trace_layer_specs
 from nas.core.protocols import LatencyModel, NotFittedError
 from nas.core.registry import Registry, UnknownNameError
@@ -16,6 +16,7 @@ __all__ = [
     "ArchCost",
     "CheckpointError",
     "Choice",
+    "FileProblem",
     "InvalidArchError",
     "LatencyModel",
     "LayerSpec",

@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "CheckpointError",
+    "FileProblem",
     "json_digest",
     "sha256_file",
     "write_bytes_atomic",
@@ -28,6 +29,18 @@ __all__ = [
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or does not fit what it is loaded into; the message
     names the file and says what was expected."""
+
+
+class FileProblem(ValueError):
+    """A file we read is missing, corrupt, cut short, a folder, or of another kind: the message
+    names the file, says what is wrong and what to do (delete it to redo the stage, or resume).
+    The command line treats it as bad input (exit 2, no traceback)."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str, remedy: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        self.remedy = remedy
+        super().__init__(f"{path}: {problem}; {remedy}")
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
