@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from nas.core.files import FileProblem
+
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_FAILED",
@@ -38,17 +40,6 @@ class InputError(Exception):
     """Bad input (a name, a number, a path, a file's contents): exit 2 with this message."""
 
 
-class FileProblem(InputError):
-    """A file that is missing, corrupt, cut short or of another kind: the message names it,
-    says what is wrong and what to do (delete it to redo the stage, or resume)."""
-
-    def __init__(self, path: str | os.PathLike[str], problem: str, remedy: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        self.remedy = remedy
-        super().__init__(f"{path}: {problem}; {remedy}")
-
-
 class StageFailed(Exception):
     """A stage failed on valid input: exit 1; the traceback is in `log_path`."""
 
@@ -63,8 +54,8 @@ class StageFailed(Exception):
 
 def input_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input wherever they are raised: our own, a name no registry
-    holds, a missing or unreadable path, and the files that check themselves (checkpoints,
-    LUTs, unsafe pickles, configs)."""
+    holds, a missing or unreadable path, and the files that check themselves (`FileProblem`:
+    a missing, corrupt, cut or foreign file; checkpoints, LUTs, unsafe pickles, configs)."""
     from latency_models import DeviceError, LUTError
     from nas.core.files import CheckpointError
     from nas.core.registry import UnknownNameError
@@ -72,6 +63,7 @@ def input_error_types() -> tuple[type[BaseException], ...]:
 
     return (
         InputError,
+        FileProblem,
         UnknownNameError,
         CheckpointError,
         LUTError,

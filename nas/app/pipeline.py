@@ -126,6 +126,7 @@ def run_pipeline(
 
     check_config(config, space=space, data=data)
     run_dir = Path(run_dir)
+    plan(config, run_dir, force)  # a bad --force or a corrupt stages.json: before the lock file
     with folder_lock(run_dir):
         decisions = plan(config, run_dir, force)
         records = StageRecords(run_dir)

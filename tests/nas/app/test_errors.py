@@ -156,3 +156,35 @@ def test_a_second_command_on_a_folder_in_use_exits_2_naming_the_holder(
     deadline = time.monotonic() + 10
     with folder_lock(folder, wait_s=max(0.0, deadline - time.monotonic())):
         pass
+
+
+def test_a_corrupt_file_of_the_run_folder_is_bad_input_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nas.core.files import FileProblem
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"name": "cut", "search": {"trials": 5}}))
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "stages.json").write_text('{"format": 1, "stag')  # a cut write
+    code, err = _run(["run", str(config), "--out", str(folder)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert str(folder / "stages.json") in err and "delete it" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["stages.json"], "rejected up front"
+    code, err = _run(
+        ["run", str(config), "--out", str(tmp_path / "new"), "--force", "serch"], capsys
+    )
+    assert code == 2 and "'serch' (did you mean 'search'?)" in err
+    assert not (tmp_path / "new").exists()
+
+    import nas.app.price
+
+    def corrupt(*args: object, **kwargs: object) -> Path:
+        raise FileProblem(tmp_path / "x.db", "not a SQLite database", "delete it to redo")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nas.app.price, "price_archs", corrupt)
+        code, err = _run(["price", "--out", str(tmp_path / "p")], capsys)
+    assert code == 2 and "x.db: not a SQLite database; delete it to redo" in err
+    assert "Traceback" not in err
