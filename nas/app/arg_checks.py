@@ -25,6 +25,7 @@ __all__ = [
     "check_latency_validate",
     "check_price",
     "check_report",
+    "check_run_out",
     "check_supernet_train",
     "int_list",
     "nonnegative_int",
@@ -76,6 +77,13 @@ def check_price(args: argparse.Namespace) -> None:
     check_space(p, "--space", args.space)
     check_out_folder(p, "--out", args.out)
     p.raise_if_any("nas price")
+
+
+def check_run_out(out: str | Path) -> None:
+    """The run folder of `nas run` / `nas demo`: a folder to write into."""
+    p = Problems()
+    check_out_folder(p, "--out", str(out))
+    p.raise_if_any("the run folder")
 
 
 def check_report(args: argparse.Namespace) -> None:

@@ -62,6 +62,7 @@ def _demo_cmd(args: argparse.Namespace) -> int:
         overrides["search"] = {"trials": args.trials}
     if args.quick:
         overrides.update(quick_overrides(args.trials))
+    checks.check_run_out(args.out)
     config = demo_config(**overrides)
     state = run_pipeline(config, Path(args.out), progress=not args.quiet, force=args.force)
     print(f"run folder: {state.run_dir}  (report: {state.run_dir / 'report.md'})")
@@ -74,6 +75,7 @@ def _run_cmd(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     out = Path(args.out) if args.out else Path("runs") / config.name
+    checks.check_run_out(out)
     state = run_pipeline(config, out, progress=not args.quiet, force=args.force)
     print(f"run folder: {state.run_dir}  (report: {state.run_dir / 'report.md'})")
     return 0

@@ -57,6 +57,7 @@ def input_error_types() -> tuple[type[BaseException], ...]:
     holds, a missing or unreadable path, and the files that check themselves (`FileProblem`:
     a missing, corrupt, cut or foreign file; checkpoints, LUTs, unsafe pickles, configs)."""
     from latency_models import DeviceError, LUTError
+    from latency_models.runtimes import RuntimeUnavailableError
     from nas.core.files import CheckpointError
     from nas.core.registry import UnknownNameError
     from nas.data import UnsafePickleError
@@ -68,6 +69,7 @@ def input_error_types() -> tuple[type[BaseException], ...]:
         CheckpointError,
         LUTError,
         DeviceError,
+        RuntimeUnavailableError,  # a missing optional extra: the message names it
         UnsafePickleError,
         FileNotFoundError,
         NotADirectoryError,

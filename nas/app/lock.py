@@ -88,6 +88,8 @@ def folder_lock(
     seconds for the lock to be released. The lock file stays behind, emptied: holding it is
     what counts, not its existence."""
     path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file; a run folder is a folder (give another path)")
     path.mkdir(parents=True, exist_ok=True)
     handle = (path / LOCK_FILE).open("a+")
     try:

@@ -140,3 +140,19 @@ def test_names_and_paths_are_checked_before_any_work(
     assert code == 2
     for key in ("--space", "'tyni'", "--dtype", "'int4'", "--out", "a-file"):
         assert key in err, (key, err)
+
+
+def test_a_run_folder_that_is_a_file_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`nas run --out FILE` ended in a FileExistsError traceback (exit 1)."""
+    from nas.app.errors import InputError
+    from nas.app.lock import folder_lock
+
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    code, err = _run(["demo", "--quick", "--out", str(a_file)], capsys)
+    assert code == 2 and "--out" in err and "is a file" in err and "Traceback" not in err
+    assert a_file.read_text() == "x"
+    with pytest.raises(InputError, match="is a file"), folder_lock(a_file):
+        pass
