@@ -1,7 +1,10 @@
 """The `nas` command line (also `python -m nas`).
 
-Exit codes: 0 success, 1 a stage failed, 2 bad input (unknown name, invalid config or arch,
-missing file), 130 interrupted (runs resume where they stopped).
+Every command checks its inputs whole before any work (`nas.app.arg_checks`) and maps what
+goes wrong onto one contract (`nas.app.errors`): exit 0 success, 1 a stage failed on valid
+input (its traceback in a log file), 2 bad input (a few lines naming the key or file, no
+traceback; `--debug` or EDGE_NAS_DEBUG=1 prints it), 130 interrupted (runs resume where they
+stopped).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nas.core.registry import UnknownNameError
+from nas.app import arg_checks as checks
+from nas.app.arg_checks import int_list, nonnegative_int, positive_float, positive_int
+from nas.app.errors import EXIT_BAD_INPUT, debug_enabled, run_command, stage_work
 
 __all__ = [
     "build_parser",
@@ -29,16 +34,6 @@ def _space(args: argparse.Namespace) -> Any:
     return search_spaces.get_space(args.space)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
 def _spaces_cmd(args: argparse.Namespace) -> int:
     import search_spaces
 
@@ -51,7 +46,9 @@ def _spaces_cmd(args: argparse.Namespace) -> int:
 def _price_cmd(args: argparse.Namespace) -> int:
     from nas.app.price import price_archs
 
-    out = price_archs(_space(args), Path(args.out), n_trials=args.trials, seed=args.seed)
+    checks.check_price(args)
+    with stage_work("price", args.out):
+        out = price_archs(_space(args), Path(args.out), n_trials=args.trials, seed=args.seed)
     print(f"run folder: {out}  (report: {out / 'report.md'})")
     return 0
 
@@ -65,7 +62,9 @@ def _demo_cmd(args: argparse.Namespace) -> int:
         overrides["search"] = {"trials": args.trials}
     if args.quick:
         overrides.update(quick_overrides(args.trials))
-    state = run_pipeline(demo_config(**overrides), Path(args.out), progress=not args.quiet)
+    checks.check_run_out(args.out)
+    config = demo_config(**overrides)
+    state = run_pipeline(config, Path(args.out), progress=not args.quiet, force=args.force)
     print(f"run folder: {state.run_dir}  (report: {state.run_dir / 'report.md'})")
     return 0
 
@@ -76,27 +75,32 @@ def _run_cmd(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     out = Path(args.out) if args.out else Path("runs") / config.name
-    state = run_pipeline(config, out, progress=not args.quiet)
+    checks.check_run_out(out)
+    state = run_pipeline(config, out, progress=not args.quiet, force=args.force)
     print(f"run folder: {state.run_dir}  (report: {state.run_dir / 'report.md'})")
     return 0
 
 
 def _supernet_train_cmd(args: argparse.Namespace) -> int:
+    from nas.app.lock import folder_lock
     from nas.data import load_dataset
     from nas.supernet import train_supernet
 
+    checks.check_supernet_train(args)
     space = _space(args)
-    result = train_supernet(
-        space,
-        load_dataset(args.data),
-        Path(args.out) / "supernet",
-        schedule=args.schedule,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
+    data = load_dataset(args.data)
+    with folder_lock(args.out), stage_work("supernet", args.out):
+        result = train_supernet(
+            space,
+            data,
+            Path(args.out) / "supernet",
+            schedule=args.schedule,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
     print(
         f"supernet of {space.name}: step {result.step}, completed={result.completed}, "
         f"{result.images_per_s:.0f} images/s; checkpoint in {result.out_dir}"
@@ -115,18 +119,20 @@ def _latency_devices_cmd(args: argparse.Namespace) -> int:
 def _latency_build_cmd(args: argparse.Namespace) -> int:
     from nas.app.latency_commands import cli_build_lut
 
-    path = cli_build_lut(
-        _space(args),
-        args.device,
-        args.out,
-        dtype=args.dtype,
-        n_archs=args.archs,
-        seed=args.seed,
-        progress=not args.quiet,
-        passes=args.passes,
-        compile_only=args.compile_only,
-        kernels=args.kernels,
-    )
+    checks.check_latency_build(args)
+    with stage_work("latency build", None):
+        path = cli_build_lut(
+            _space(args),
+            args.device,
+            args.out,
+            dtype=args.dtype,
+            n_archs=args.archs,
+            seed=args.seed,
+            progress=not args.quiet,
+            passes=args.passes,
+            compile_only=args.compile_only,
+            kernels=args.kernels,
+        )
     what = "kernel table" if args.kernels else "LUT"
     print(f"{'LUT programs compiled for' if args.compile_only else what}: {path}")
     return 0
@@ -135,111 +141,59 @@ def _latency_build_cmd(args: argparse.Namespace) -> int:
 def _latency_validate_cmd(args: argparse.Namespace) -> int:
     from nas.app.latency_commands import cli_validate
 
-    report = cli_validate(
-        _space(args),
-        args.device,
-        args.out,
-        table=args.table,
-        model_device=args.model_device,
-        dtype=args.dtype,
-        n_fit=args.fit,
-        n_test=args.test,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
+    checks.check_latency_validate(args)
+    with stage_work("latency validate", args.out):
+        report = cli_validate(
+            _space(args),
+            args.device,
+            args.out,
+            table=args.table,
+            model_device=args.model_device,
+            dtype=args.dtype,
+            n_fit=args.fit,
+            n_test=args.test,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
     print(report)
     return 0
 
 
 def _search_cmd(args: argparse.Namespace) -> int:
-    import latency_models
-    from nas.search import export_pareto_csv, run_search, sqlite_url, trials_frame
+    from nas.app.search_commands import search_cmd
 
-    kind = args.latency_model
-    if kind not in latency_models.table_kinds():
-        raise ValueError(
-            f"--latency-model {kind!r} is not one of {', '.join(latency_models.table_kinds())} "
-            "(the registered latency models that sum a table)"
-        )
-    space = _space(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    models = [
-        latency_models.create_latency_model(
-            kind,
-            space,
-            latency_models.get_device(name),
-            path=out / f"{kind}-{name}.csv",
-            n_archs=args.lut_archs,
-            progress=not args.quiet,
-            passes=args.lut_passes,
-        )
-        for name in args.device
-    ]
-    objectives = [o for o in args.objectives.split(",") if o]
-    resolved: list[Any] = []
-    for o in objectives:
-        resolved += models if o == "latency" else [o]
-    if "accuracy" in objectives:
-        raise ValueError(
-            "`nas search` prices free objectives (latency, macs, params, "
-            "peak_activation_bytes, size_bytes); searches on accuracy run through `nas run` "
-            "(supernet accuracy) or `nas bench tabular` (a table)"
-        )
-    study = run_search(
-        space,
-        resolved,
-        latency_models=models,
-        constraints=args.budget or None,
-        sampler=args.sampler,
-        n_evaluations=args.trials,
-        storage=args.storage or sqlite_url(out / "study.db"),
-        study_name=args.study,
-        seed=args.seed,
-    )
-    trials_frame(study).to_csv(out / "trials.csv", index=False)
-    export_pareto_csv(study, out / "pareto.csv")
-    print(f"{len(study.trials)} trials; front in {out / 'pareto.csv'}")
-    return 0
+    return search_cmd(args)
 
 
 def _search_worker_cmd(args: argparse.Namespace) -> int:
-    from nas.search import join_worker
+    from nas.app.search_commands import search_worker_cmd
 
-    study = join_worker(
-        _space(args),
-        args.storage,
-        args.study,
-        objectives=[o for o in args.objectives.split(",") if o],
-        max_trials=args.trials,
-    )
-    print(f"study {args.study!r}: {len(study.trials)} trials")
-    return 0
+    return search_worker_cmd(args)
 
 
 def _compress_cmd(args: argparse.Namespace) -> int:
     import latency_models
+    from nas.app.lock import folder_lock
     from nas.app.pipeline import chain_devices, open_finished_run
     from nas.compress import render_report, run_chain
 
+    checks.check_compress(args)
     run = Path(args.run)
-    finished = open_finished_run(run)
-    arch = finished.space.from_key(args.arch)
-    named = map(latency_models.get_device, args.device)
-    devices = [d for d in named if isinstance(d, latency_models.RealDevice)]
-    if len(devices) < len(args.device):
-        raise ValueError(f"--device takes real devices (`nas latency devices`); got {args.device}")
-    result = run_chain(
-        run,
-        arch,
-        space=finished.space,
-        data=finished.data,
-        steps=[s for s in args.steps.split(",") if s],
-        student=finished.supernet.export,
-        teacher="largest",
-        devices=chain_devices(devices),
-        seed=finished.config.seed,
-    )
+    with folder_lock(run), stage_work("compress", run):
+        finished = open_finished_run(run)
+        arch = finished.space.from_key(args.arch)
+        devices = [latency_models.get_device(name) for name in args.device]
+        result = run_chain(
+            run,
+            arch,
+            space=finished.space,
+            data=finished.data,
+            steps=[s for s in args.steps.split(",") if s],
+            student=finished.supernet.export,
+            teacher="largest",
+            devices=chain_devices(devices),
+            seed=finished.config.seed,
+        )
     print(render_report(result.rows))
     return 0
 
@@ -248,28 +202,39 @@ def _bench_tabular_cmd(args: argparse.Namespace) -> int:
     import search_spaces
     from nas.search.tabular import STRATEGIES, TabularBenchmark, bench_tabular, summarize
 
+    checks.check_bench_tabular(args)
     space = search_spaces.get_space(args.space)
     table = TabularBenchmark.from_csv(
         args.table, space, args.arch_column, args.accuracy_column, args.latency_column
     )
-    frame = bench_tabular(
-        table,
-        args.accuracy_column,
-        args.latency_column,
-        strategies=args.strategies.split(",") if args.strategies else STRATEGIES,
-        budgets=[int(b) for b in args.budgets.split(",")],
-        seeds=range(args.seeds),
-    )
+    with stage_work("bench tabular", None):
+        frame = bench_tabular(
+            table,
+            args.accuracy_column,
+            args.latency_column,
+            strategies=args.strategies.split(",") if args.strategies else STRATEGIES,
+            budgets=args.budgets,
+            seeds=range(args.seeds),
+        )
     print(summarize(frame).to_string(index=False))
     return 0
 
 
 def _report_cmd(args: argparse.Namespace) -> int:
-    path = Path(args.run) / "report.md"
-    if not path.exists():
-        raise FileNotFoundError(f"no report in {args.run}: run `nas run` or `nas demo` first")
-    print(path.read_text())
+    checks.check_report(args)
+    print((Path(args.run) / "report.md").read_text())
     return 0
+
+
+def _force_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="redo this stage and the stages that read what it makes, even if it finished "
+        "(repeatable; the stages are those of the run's log, e.g. supernet, search)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only, no bars")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback of any error (also EDGE_NAS_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("spaces", help="list the registered search spaces")
@@ -287,20 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("price", help="price sampled archs (MACs, params, memory) in a study")
     p.add_argument("--space", default="tiny")
-    p.add_argument("--trials", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trials", type=positive_int, default=200)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", default="runs/price")
     p.set_defaults(func=_price_cmd)
 
     p = sub.add_parser("demo", help="the end-to-end demo on `tiny` into runs/demo (resumable)")
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
-    p.add_argument("--trials", type=int, help="accuracy evaluations of the search (200)")
+    p.add_argument("--trials", type=positive_int, help="accuracy evaluations of the search (200)")
     p.add_argument("--quick", action="store_true", help="a minute-long smoke version")
+    _force_option(p)
     p.set_defaults(func=_demo_cmd)
 
     p = sub.add_parser("run", help="run every stage of a YAML/TOML config (resumable)")
     p.add_argument("config", help="run config (.yaml or .toml)")
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    _force_option(p)
     p.set_defaults(func=_run_cmd)
 
     p = sub.add_parser("report", help="print a run's report")
@@ -313,11 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sn.add_parser("train", help="train (or resume) a supernet into RUN/supernet")
     p.add_argument("--space", default="tiny")
     p.add_argument("--schedule", default="sandwich", help="sandwich, progressive or spos")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--epochs", type=positive_int, default=6)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=0.05)
     p.add_argument("--data", default="digits", help="'digits' or a dataset path")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", default="runs/supernet", help="run folder")
     p.set_defaults(func=_supernet_train_cmd)
 
@@ -330,12 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default="tiny")
     p.add_argument("--device", required=True)
     p.add_argument("--dtype")
-    p.add_argument("--archs", type=int, help="collect layers from N sampled archs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--archs", type=positive_int, help="collect layers from N sampled archs")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", default="runs/latency", help="folder or .csv file")
     p.add_argument(
         "--passes",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="measure every layer in N separate passes and keep each layer's fastest "
         "(a noisy shared host); a table with fewer passes is topped up",
@@ -359,9 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-device", help="device whose LUT/profile predicts (default: same)")
     p.add_argument("--table", help="CSV of a table device (e.g. nb201.csv)")
     p.add_argument("--dtype")
-    p.add_argument("--fit", type=int, default=100, help="archs to fit corrections on")
-    p.add_argument("--test", type=int, default=200, help="held-out archs to score")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fit", type=positive_int, default=100, help="archs to fit corrections on")
+    p.add_argument("--test", type=positive_int, default=200, help="held-out archs to score")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", default="runs/latency-validate")
     p.set_defaults(func=_latency_validate_cmd)
 
@@ -369,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     ss = p.add_subparsers(dest="search_command", metavar="SUBCOMMAND")
     p.add_argument("--space", default="tiny")
     p.add_argument("--device", action="append", default=[], help="repeat for several devices")
+    p.add_argument("--dtype", help="the dtype priced on every device (default: each one's first)")
     p.add_argument(
         "--objectives",
         default="latency,params",
@@ -381,11 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. 'latency_ms@pixel3-emulated<=2' (repeatable)",
     )
     p.add_argument("--sampler", default="nsga2", help="frontier, gp, nsga2, nsga3, random, tpe")
-    p.add_argument("--trials", type=int, default=100)
-    p.add_argument("--lut-archs", type=int, default=50)
+    p.add_argument("--trials", type=positive_int, default=100)
+    p.add_argument("--lut-archs", type=positive_int, default=50)
     p.add_argument(
         "--lut-passes",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="passes over every LUT layer, each keeping its fastest (real runtimes on a noisy host)",
     )
@@ -398,15 +371,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite in --out)")
     p.add_argument("--study", default="search")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", default="runs/search")
     p.set_defaults(func=_search_cmd)
-    w = ss.add_parser("worker", help="join an existing study from another process or machine")
-    w.add_argument("--space", default="tiny")
-    w.add_argument("--storage", required=True)
+    w = ss.add_parser(
+        "worker",
+        help="join an existing study from another process or machine",
+        description="Join a study `nas search` made: its space, objectives, budgets, devices "
+        "and latency models are read from the study, so a worker cannot disagree with it.",
+    )
+    w.add_argument("--space", help="the study's space (default: the one it stored)")
+    w.add_argument("--storage", required=True, help="the study's storage URL or file")
     w.add_argument("--study", default="search")
-    w.add_argument("--objectives", default="macs,params")
-    w.add_argument("--trials", type=int, default=50)
+    w.add_argument("--objectives", help="the study's objectives (default: those it stored)")
+    w.add_argument(
+        "--trials",
+        type=positive_int,
+        help="the study's total of evaluations to stop at, counted over every worker, as "
+        "`nas search --trials` counts it (default: the study's own)",
+    )
+    w.add_argument("--seed", type=nonnegative_int, help="sampler seed (default: from the pid)")
+    w.add_argument(
+        "--out",
+        default="runs/search-worker",
+        help="where to build a latency table the study's folder does not share with this machine",
+    )
     w.set_defaults(func=_search_worker_cmd)
 
     p = sub.add_parser("compress", help="distill, prune, QAT and export a winner of a run")
@@ -426,26 +415,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accuracy-column", required=True)
     p.add_argument("--latency-column", required=True)
     p.add_argument("--strategies", help="comma list (default: all)")
-    p.add_argument("--budgets", default="50,100,300")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--budgets", type=int_list, default="50,100,300")
+    p.add_argument("--seeds", type=positive_int, default=3)
     p.set_defaults(func=_bench_tabular_cmd)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command of `argv` (default: sys.argv[1:]) and return its exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # argparse: --help (0) or a malformed command line (2)
+        return stop.code if isinstance(stop.code, int) else EXIT_BAD_INPUT
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     # the exporters' chatter is filtered around our export calls: nas.backends.quiet_exporters
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        print("nas: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except (UnknownNameError, ValueError, FileNotFoundError, KeyError) as err:
-        print(f"nas: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args, debug=debug_enabled(args.debug))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
 
+from nas.app.errors import InputError
+
 __all__ = [
     "AccuracyConfig",
     "CompressConfig",
@@ -45,7 +47,7 @@ else:  # pragma: no cover
     tomllib = None
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A config that does not fit the schema; the message lists every problem."""
 
 
@@ -99,7 +101,8 @@ class DeviceConfig:
 
 @dataclass
 class SearchConfig:
-    sampler: str = "hw-aware"
+    #: a name of `nas.search.SAMPLERS` ("auto": ours, `frontier`, when accuracy is an objective)
+    sampler: str = "auto"
     trials: int = 200
     #: Optuna storage URL; empty for SQLite in the run folder
     storage: str = ""
@@ -186,47 +189,19 @@ def _build(cls: type[T], data: dict[str, Any], where: str, problems: list[str]) 
     return cls(**kwargs)
 
 
-def _check_compress(compress: CompressConfig, problems: list[str]) -> None:
-    """Check the compression steps and options now, not after the hours of work before them."""
-    from nas.compress import ChainConfig, check_steps
-
-    if compress.steps:
-        try:
-            check_steps(compress.steps)
-        except ValueError as e:
-            problems.append(f"compress.steps: {e}")
-    try:
-        ChainConfig.from_dict(compress.options)
-    except (ValueError, TypeError) as e:
-        problems.append(f"compress.options: {e}")
-    if compress.top_k < 0:
-        problems.append(f"compress.top_k: expected >= 0, got {compress.top_k}")
-
-
-def _check_devices(devices: list[DeviceConfig], problems: list[str]) -> None:
-    from latency_models import table_kinds
-
-    kinds = table_kinds()  # the registered latency models that sum a table the stage builds
-    for i, dev in enumerate(devices):
-        if dev.latency_model not in kinds:
-            problems.append(
-                f"devices[{i}].latency_model: {dev.latency_model!r} is not one of "
-                f"{', '.join(kinds)} (the registered latency models that sum a table; "
-                "calibration_archs fit their learned form)"
-            )
-        if dev.lut_passes < 1:
-            problems.append(f"devices[{i}].lut_passes: expected >= 1, got {dev.lut_passes}")
-
-
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """A `RunConfig` from a mapping, checked whole: types and keys here, then names against the
+    registries, ranges, devices, budgets and objectives (`nas.app.validate`); one
+    `ConfigError` lists every problem."""
+    from nas.app.run_checks import run_config_problems
+
     if not isinstance(data, dict):
         raise ConfigError(f"a run config is a mapping at the top level, got {type(data).__name__}")
     problems: list[str] = []
     config = _build(RunConfig, data, "", problems)
-    _check_compress(config.compress, problems)
-    _check_devices(config.devices, problems)
+    problems += run_config_problems(config)
     if problems:
-        raise ConfigError("invalid run config:\n  " + "\n  ".join(problems))
+        raise ConfigError("invalid run config:\n  " + "\n  ".join(dict.fromkeys(problems)))
     return config
 
 
@@ -235,21 +210,36 @@ def load_config(path: str | Path) -> RunConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    text = p.read_text()
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"could not read {p}: {err}") from err
+    if not _content(text):
+        raise ConfigError(
+            f"{p} is empty: a run config names at least what it changes from the defaults "
+            "(e.g. `name: myrun`); `nas demo` runs the built-in config"
+        )
     try:
         if p.suffix == ".toml":
             if tomllib is None:  # pragma: no cover
                 raise ConfigError("TOML configs need Python 3.11+; use YAML")
             data = tomllib.loads(text)
         elif p.suffix in (".yaml", ".yml", ".json"):
-            data = yaml.safe_load(text) or {}
+            data = yaml.safe_load(text)
         else:
             raise ConfigError(f"config must be .yaml, .yml, .json or .toml, got {p.name!r}")
-    except (yaml.YAMLError, ValueError) as err:
+    except (yaml.YAMLError, ValueError, TypeError) as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"could not parse {p}: {err}") from err
     return config_from_dict(data)
+
+
+def _content(text: str) -> str:
+    """`text` without blank lines and comments (YAML and TOML both comment with #)."""
+    return "\n".join(
+        line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    )
 
 
 def git_commit(cwd: str | Path | None = None, mark_dirty: bool = False) -> str:

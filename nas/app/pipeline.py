@@ -1,396 +1,107 @@
-"""The whole run, wired: space -> supernet -> accuracy -> LUTs -> search -> winners -> compress ->
-report, into one resumable run folder. Thin by design: every stage is a library call; this
-module only resolves names (with the CLI, the one place that does) and skips finished work.
+"""The whole run, wired: every registered stage (`nas.app.builtin_stages`: space -> supernet ->
+accuracy -> LUTs -> search -> winners -> compress -> report) into one resumable run folder.
+Thin by design: every stage is a library call; this module checks the config whole before
+any work, holds the folder's lock, and keeps, runs or redoes each stage by what it read.
 
 Layout of a run folder::
 
     config.yaml                 the resolved config, package version and git commit
+    stages.json                 what each finished stage read (its fingerprint) and left
+    .lock                       held while a process works in the folder (nas.app.lock)
     supernet/                   checkpoints (nas.supernet.train), resumed where a run stopped
     accuracy/inherited.jsonl    inherited-weight accuracies, one line per arch (cache)
     accuracy/predictor.npz      accuracy predictor fitted on the sampled archs
-    latency/<device>-<dtype>.csv  LUTs (resumable), latency/<device>-<dtype>-model.json
+    latency/<device>-<dtype>.csv  LUTs (resumable, a cache)
     study.db                    the Optuna study (SQLite unless a storage URL is configured)
     pareto.csv, winners.csv     the front and the chosen archs, predicted vs measured
     compress/<arch>/            the compression chain of each winner (nas.compress)
     *.png, report.md            plots and the report
+    timings.json                the wall time of every stage in every invocation
+    logs/                       the traceback of a stage that failed
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import yaml
 
-from nas.app.config import ConfigError, DeviceConfig, RunConfig, config_from_dict, save_config
+from nas.app.builtin_stages import RunState as RunState
+from nas.app.builtin_stages import chain_devices as chain_devices
+from nas.app.builtin_stages import stage_accuracy as stage_accuracy
+from nas.app.builtin_stages import stage_compress as stage_compress
+from nas.app.builtin_stages import stage_latency as stage_latency
+from nas.app.builtin_stages import stage_report as stage_report
+from nas.app.builtin_stages import stage_search as stage_search
+from nas.app.builtin_stages import stage_supernet as stage_supernet
+from nas.app.builtin_stages import stage_winners as stage_winners
+from nas.app.config import ConfigError, RunConfig, save_config
+from nas.app.errors import FileProblem, InputError, stage_work
+from nas.app.lock import folder_lock
+from nas.app.stages import (
+    STAGES,
+    Decision,
+    Stage,
+    StageRecords,
+    legacy_records,
+    plan_run,
+    prepare_redo,
+)
 from nas.app.timings import RunTimings
-from nas.core.space import Arch, SearchSpace, as_rng
+from nas.core.space import SearchSpace
 
 __all__ = [
-    "STAGES",
-    "STAGE_FUNCTIONS",
     "FinishedRun",
     "RunState",
+    "check_config",
     "open_finished_run",
+    "plan",
     "run_pipeline",
-    "stage_accuracy",
-    "stage_compress",
-    "stage_latency",
-    "stage_report",
-    "stage_search",
-    "stage_supernet",
-    "stage_winners",
 ]
 
 log = logging.getLogger(__name__)
 
-STAGES = ("supernet", "accuracy", "latency", "search", "winners", "compress", "report")
 
+def check_config(config: RunConfig, *, space: Any = None, data: Any = None) -> None:
+    """Raise one `ConfigError` listing every problem of `config` (types, names, ranges)."""
+    from nas.app.config import config_from_dict
+    from nas.app.run_checks import run_config_problems
 
-@dataclass
-class RunState:
-    """What the stages hand each other (objects, built once per process)."""
-
-    config: RunConfig
-    run_dir: Path
-    space: SearchSpace
-    data: Any
-    supernet: Any = None
-    evaluator: Any = None
-    predictor_quality: dict[str, float] = field(default_factory=dict)
-    devices: dict[str, Any] = field(default_factory=dict)
-    latency_models: dict[str, Any] = field(default_factory=dict)
-    latency_quality: dict[str, dict[str, float]] = field(default_factory=dict)
-    study: Any = None
-    winners: pd.DataFrame | None = None
-    compress_tables: dict[str, str] = field(default_factory=dict)
-    compress_rows: dict[str, list[Any]] = field(default_factory=dict)  # nas.compress ReportRows
-    timings_s: dict[str, float] = field(default_factory=dict)
-
-
-def _check_run_folder(config: RunConfig, run_dir: Path) -> None:
-    """Refuse to mix two configs in one folder (resuming needs the same config)."""
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
+    if space is None and data is None:
+        config_from_dict(config.to_dict())
         return
-    stored = config_from_dict(yaml.safe_load(saved.read_text()) or {})
-    if stored != config:
-        diff = [k for k in config.to_dict() if config.to_dict()[k] != stored.to_dict().get(k)]
-        raise ConfigError(
-            f"{run_dir} holds a run with a different config (sections differing: "
-            f"{', '.join(diff)}); use another run folder, or delete this one to start over"
-        )
+    problems = run_config_problems(config, space=space, data_given=data is not None)
+    if problems:
+        raise ConfigError("invalid run config:\n  " + "\n  ".join(problems))
 
 
-def _device_label(dev: DeviceConfig) -> str:
-    return f"{dev.name}-{dev.dtype}"
-
-
-# -- stages -----------------------------------------------------------------------------------
-
-
-def stage_supernet(state: RunState, progress: bool) -> None:
-    from nas.supernet import train_supernet
-
-    cfg = state.config.supernet
-    result = train_supernet(
-        state.space,
-        state.data,
-        state.run_dir / "supernet",
-        schedule=cfg.schedule,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        options=dict(cfg.options),
-        seed=state.config.seed,
-        progress=progress,
-    )
-    state.supernet = result.supernet.eval()
-    log.info("supernet: step %d, %.0f images/s", result.step, result.images_per_s)
-
-
-def stage_accuracy(state: RunState, progress: bool) -> None:
-    """Inherited-weight accuracy of sampled archs; fit the predictor and measure its ranking."""
-    from nas.predictors import make_predictor, ranking_metrics
-    from nas.supernet import SubnetEvaluator
-
-    cfg = state.config.accuracy
-    state.evaluator = SubnetEvaluator(
-        state.supernet,
-        state.data.train,
-        state.data.val,
-        calib_images=cfg.bn_batches * 128,
-        seed=state.config.seed,
-        cache_path=state.run_dir / "accuracy" / "inherited.jsonl",
-    )
-    rng = as_rng(state.config.seed)
-    archs = _distinct(state.space, cfg.train_archs, rng)
-    acc = np.array(state.evaluator.evaluate(archs, progress=progress)) * 100
-    n_fit = max(2, int(len(archs) * 2 / 3))
-    x = state.space.encode_many(archs)
-    held_out = make_predictor(cfg.predictor).fit(x[:n_fit], acc[:n_fit])
-    metrics = ranking_metrics(acc[n_fit:], np.asarray(held_out.predict(x[n_fit:])))
-    state.predictor_quality = {
-        "kendall_tau": float(metrics.kendall_tau),
-        "spearman": float(metrics.spearman),
-        "rmse": float(metrics.rmse),
-        "n_fit": n_fit,
-        "n_test": len(archs) - n_fit,
-    }
-    predictor = make_predictor(cfg.predictor).fit(x, acc)
-    predictor.save(state.run_dir / "accuracy" / "predictor.npz")
-    pd.DataFrame(
-        {"arch_key": [state.space.key(a) for a in archs], "inherited_accuracy": acc}
-    ).to_csv(state.run_dir / "accuracy" / "archs.csv", index=False)
-
-
-def _distinct(space: SearchSpace, n: int, rng: np.random.Generator) -> list[Arch]:
-    seen: dict[str, Arch] = {}
-    for _ in range(50 * n):
-        a = space.sample(rng)
-        seen.setdefault(space.key(a), a)
-        if len(seen) == n:
-            break
-    return list(seen.values())
-
-
-def stage_latency(state: RunState, progress: bool) -> None:
-    """One table per device (resumable CSV: the space's layers, or the runtime's kernels with
-    `latency_model: kernels`), a latency model on it, its error on whole networks."""
-    import latency_models as lm
-    from latency_models.validate import metrics as latency_metrics
-
-    out = state.run_dir / "latency"
-    out.mkdir(parents=True, exist_ok=True)
-    for i, dev in enumerate(state.config.devices):
-        label = _device_label(dev)
-        device = lm.get_device(dev.name)
-        state.devices[label] = device
-        kind = dev.latency_model
-        suffix = "" if kind == "lut" else f"-{kind}"  # a layer LUT keeps the file name it had
-        table = lm.build_table(
-            kind,
-            state.space,
-            device,
-            out / f"{label}{suffix}.csv",
-            dtype=dev.dtype,
-            n_archs=dev.lut_archs,
-            seed=state.config.seed + i,
-            progress=progress,
-            passes=dev.lut_passes,
-        )
-        model = lm.create_latency_model(kind, state.space, device, dtype=dev.dtype, table=table)
-        if dev.calibration_archs > 0:
-            rng = as_rng(state.config.seed + 100 + i)
-            archs = _distinct(state.space, 2 * dev.calibration_archs, rng)
-            fit, test = archs[: dev.calibration_archs], archs[dev.calibration_archs :]
-            cache = out / f"{label}-networks.json"
-            measured = _measured_networks(state.space, device, dev.dtype, fit + test, cache)
-            y_fit = np.array([measured[state.space.key(a)] for a in fit])
-            y_test = np.array([measured[state.space.key(a)] for a in test])
-            plain = np.asarray(model.predict_many(state.space, test))
-            model = lm.create_latency_model(
-                kind, state.space, device, dtype=dev.dtype, table=table, fit=(fit, y_fit)
-            )
-            corrected = np.asarray(model.predict_many(state.space, test))
-            state.latency_quality[label] = {
-                **{f"lut_{k}": v for k, v in latency_metrics(plain, y_test).items()},
-                **{f"corrected_{k}": v for k, v in latency_metrics(corrected, y_test).items()},
-                "n_fit": len(fit),
-                "n_test": len(test),
-            }
-        model.device = dev.name
-        model.dtype = dev.dtype
-        state.latency_models[label] = model
-
-
-def _measured_networks(
-    space: SearchSpace, device: Any, dtype: str, archs: Sequence[Arch], cache: Path
-) -> dict[str, float]:
-    """Whole-network latencies (ms, the headline minimum of `latency_models.measure`), cached
-    per arch key so a killed run re-measures nothing."""
-    done: dict[str, float] = json.loads(cache.read_text()) if cache.exists() else {}
-    for a in archs:
-        key = space.key(a)
-        if key not in done:
-            done[key] = float(device.measure_arch(space, a, dtype).latency_ms)
-            cache.write_text(json.dumps(done, indent=0))
-    return done
-
-
-def stage_search(state: RunState, progress: bool) -> None:
-    from nas.search import run_search, sqlite_url
-
-    cfg = state.config.search
-    models = list(state.latency_models.values())
-    objectives: list[Any] = []
-    for name in cfg.objectives:
-        if name == "latency":
-            objectives += models
-        else:
-            objectives.append(name)
-    storage = cfg.storage or sqlite_url(state.run_dir / "study.db")
-    if not cfg.storage:
-        _fail_trials_of_a_killed_run(storage, state.config.name)
-    evaluator = state.evaluator
-    state.study = run_search(
-        state.space,
-        objectives,
-        accuracy=lambda arch: 100 * evaluator.evaluate_one(arch),
-        latency_models=models,
-        constraints=dict(cfg.budgets),
-        sampler=cfg.sampler,
-        n_evaluations=cfg.trials,
-        storage=storage,
-        study_name=state.config.name,
-        seed=state.config.seed,
-    )
-
-
-def _fail_trials_of_a_killed_run(storage: str, study_name: str) -> None:
-    """The run folder's SQLite study belongs to this one process, so a trial still RUNNING
-    there was cut short by a killed run: mark it FAIL (its arch is paid for again if the
-    sampler asks for it; nothing complete is touched). Shared storages use heartbeats."""
-    import optuna
-
-    from nas.search import fail_running_trials
-
+def _stored_config(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return None
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:  # no study yet
-        return
-    n = fail_running_trials(study)
-    if n:
-        log.info("search: %d trial(s) of an interrupted run marked FAIL", n)
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        raise FileProblem(
+            path,
+            f"not a readable run config ({err})",
+            "put back the config this folder was run with, or use another folder",
+        ) from None
+    return data if isinstance(data, dict) else None
 
 
-def stage_winners(state: RunState, progress: bool) -> None:
-    """The best feasible archs by accuracy; test accuracy and latency measured again."""
-    from nas.search import pareto_frame, trials_frame
-
-    frame = trials_frame(state.study)
-    frame.to_csv(state.run_dir / "trials.csv", index=False)
-    front = pareto_frame(state.study)
-    front.to_csv(state.run_dir / "pareto.csv", index=False)
-    feasible = frame[frame["feasible"]] if "feasible" in frame.columns else frame
-    if feasible.empty:
-        raise RuntimeError(
-            "no feasible arch found: the budgets "
-            f"{state.config.search.budgets} exclude every arch the search tried"
-        )
-    top = (
-        feasible.sort_values("accuracy", ascending=False)
-        .drop_duplicates("arch_key")
-        .head(state.config.compress.top_k)
-    )
-    rows = []
-    for _, row in top.iterrows():
-        arch = state.space.from_key(str(row["arch_key"]))
-        test_acc = _test_accuracy(state, arch)
-        out: dict[str, Any] = {
-            "arch_key": row["arch_key"],
-            "val_accuracy": row["accuracy"],
-            "test_accuracy": test_acc,
-        }
-        cost = state.space.cost(arch)
-        out.update(macs=cost.macs, params=cost.params, peak_bytes=cost.peak_activation_bytes)
-        for label, model in state.latency_models.items():
-            out[f"predicted_ms@{label}"] = float(model.predict_arch(state.space, arch))
-            dev = state.devices[label]
-            out[f"measured_ms@{label}"] = float(
-                dev.measure_arch(state.space, arch, model.dtype).latency_ms
-            )
-        rows.append(out)
-    state.winners = pd.DataFrame(rows)
-    state.winners.to_csv(state.run_dir / "winners.csv", index=False)
-
-
-def _test_accuracy(state: RunState, arch: Arch) -> float:
-    from nas.supernet import SubnetEvaluator
-
-    test_eval = SubnetEvaluator(
-        state.supernet,
-        state.data.train,
-        state.data.test,
-        calib_images=state.config.accuracy.bn_batches * 128,
-        seed=state.config.seed,
-        cache_path=state.run_dir / "accuracy" / "test.jsonl",
-    )
-    return 100 * float(test_eval.evaluate_one(arch))
-
-
-def stage_compress(state: RunState, progress: bool) -> None:
-    from latency_models import RealDevice
-    from nas.compress import ChainConfig, render_report, run_chain
-
-    cfg = state.config.compress
-    if not cfg.steps or state.winners is None:
-        return
-    chain_config = ChainConfig.from_dict(dict(cfg.options))
-    # the run's real devices themselves (emulated and table devices time no module)
-    real = chain_devices([d for d in state.devices.values() if isinstance(d, RealDevice)])
-    model = next(iter(state.latency_models.values()), None)
-    for _, row in state.winners.iterrows():
-        arch = state.space.from_key(str(row["arch_key"]))
-        result = run_chain(
-            state.run_dir,
-            arch,
-            space=state.space,
-            data=state.data,
-            steps=list(cfg.steps),
-            config=chain_config,
-            student=state.supernet.export,
-            teacher="largest",
-            devices=real,
-            latency_predictor=model,
-            seed=state.config.seed,
-        )
-        state.compress_tables[str(row["arch_key"])] = render_report(result.rows)
-        state.compress_rows[str(row["arch_key"])] = list(result.rows)
-
-
-def chain_devices(real: Sequence[Any]) -> list[Any]:
-    """The devices a compression chain times on: the given real devices (models and the
-    artifacts of their runtime), and for each artifact runtime none of them runs, an
-    artifact-only timer named by the registry's 1-thread device of that runtime
-    (`xnnpack-1t`, `ort-cpu-1t`), so every exported file is timed where it runs."""
-    import latency_models as lm
-    from nas.compress import ArtifactTimer
-
-    devices = list(real)
-    covered = {d.runtime for d in devices}
-    for name in lm.DEVICES:
-        if lm.DEVICES.factory(name).kind != "real":  # type: ignore[attr-defined]
-            continue
-        device = lm.get_device(name)
-        if device.runtime not in covered | {"torch"} and device.threads == 1:
-            devices.append(ArtifactTimer(device.name, device.runtime, device.threads))
-            covered.add(device.runtime)
-    return devices
-
-
-def stage_report(state: RunState, progress: bool) -> None:
-    from nas.app.report import write_report
-
-    write_report(state)
-
-
-STAGE_FUNCTIONS: dict[str, Callable[[RunState, bool], None]] = {
-    "supernet": stage_supernet,
-    "accuracy": stage_accuracy,
-    "latency": stage_latency,
-    "search": stage_search,
-    "winners": stage_winners,
-    "compress": stage_compress,
-    "report": stage_report,
-}
+def plan(config: RunConfig, run_dir: str | Path, force: Sequence[str] = ()) -> list[Decision]:
+    """What `run_pipeline` would do with each stage of `run_dir` (nothing changes on disk)."""
+    run_dir = Path(run_dir)
+    records = StageRecords(run_dir).stages
+    if not records and (stored := _stored_config(run_dir)) is not None:
+        records = legacy_records(stored, run_dir)
+    return plan_run(config.to_dict(), run_dir, records, force)
 
 
 def run_pipeline(
@@ -400,32 +111,84 @@ def run_pipeline(
     progress: bool = True,
     space: SearchSpace | None = None,
     data: Any = None,
+    force: Sequence[str] = (),
 ) -> RunState:
-    """Run every stage into `run_dir`; a stage whose work is on disk is resumed or skipped.
+    """Run every stage into `run_dir`: a finished stage whose inputs did not change is kept
+    (resumed from its files), one whose config keys changed is redone, and `force` names
+    stages to redo on purpose (with the stages that read what they make).
 
-    `space` and `data` override the config's names (for spaces defined in a notebook).
+    The config is checked whole before any work and written into the folder only then; the
+    folder is locked for the run (`nas.app.lock`). `space` and `data` override the config's
+    names (for spaces defined in a notebook).
     """
     import search_spaces
     from nas.data import load_dataset
 
+    check_config(config, space=space, data=data)
     run_dir = Path(run_dir)
-    _check_run_folder(config, run_dir)
-    save_config(config, run_dir)
-    state = RunState(
-        config=config,
-        run_dir=run_dir,
-        space=space or search_spaces.get_space(config.space.name, **config.space.args),
-        data=data if data is not None else load_dataset(config.data.name, **config.data.args),
-    )
-    timings = RunTimings(run_dir)
-    for name in STAGES:
+    plan(config, run_dir, force)  # a bad --force or a corrupt stages.json: before the lock file
+    with folder_lock(run_dir):
+        decisions = plan(config, run_dir, force)
+        records = StageRecords(run_dir)
+        prepare_redo(decisions, config.to_dict(), run_dir, records)
+        for decision in decisions:
+            (log.warning if decision.action == "redo" else log.info)("stage %s", decision)
+        save_config(config, run_dir)
+        state = RunState(
+            config=config,
+            run_dir=run_dir,
+            space=space or search_spaces.get_space(config.space.name, **config.space.args),
+            data=data if data is not None else load_dataset(config.data.name, **config.data.args),
+        )
+        _run_stages(state, records, progress)
+    return state
+
+
+def _run_stages(state: RunState, records: StageRecords, progress: bool) -> None:
+    timings = RunTimings(state.run_dir)
+    config = state.config.to_dict()
+    for name, stage in STAGES.items():
         t = time.perf_counter()
-        log.info("stage %s", name)
-        STAGE_FUNCTIONS[name](state, progress)
+        try:
+            with stage_work(name, state.run_dir):
+                stage.run(state, progress)
+        except _FILE_ERRORS as err:
+            raise InputError(f"{err}\n{_advice(stage, str(err), state.run_dir)}") from err
+        records.finish(stage, config, state.run_dir)
         state.timings_s[name] = time.perf_counter() - t
         timings.record(name, state.timings_s[name])
-    stage_report(state, progress)  # again, with every stage's timing in it
-    return state
+    with stage_work("report", state.run_dir):
+        stage_report(state, progress)  # again, with every stage's timing in it
+
+
+def _file_errors() -> tuple[type[BaseException], ...]:
+    from latency_models import LUTError
+    from nas.core.files import CheckpointError
+    from nas.data import UnsafePickleError
+
+    return (CheckpointError, LUTError, UnsafePickleError, FileNotFoundError, IsADirectoryError)
+
+
+_FILE_ERRORS = _file_errors()
+
+
+def _advice(stage: Stage, message: str, run_dir: Path) -> str:
+    """What to do about a file a stage could not read, from what the stages declare: a cache
+    is deleted (and filled again), an output is made again by redoing its stage."""
+    for owner in STAGES.values():
+        for pattern in owner.caches:
+            if str(run_dir / pattern.split("*")[0]) in message:
+                return (
+                    "it is a cache: delete the file named above and run again (what it held "
+                    "is measured again; nothing else is redone)"
+                )
+        for pattern in owner.writes:
+            if str(run_dir / pattern.split("*")[0]) in message:
+                return (
+                    f"the stage {owner.name} wrote it: run again with `--force {owner.name}` to "
+                    f"redo that stage (and those that read what it makes), or delete it"
+                )
+    return f"run again with `--force {stage.name}` to redo the stage {stage.name}"
 
 
 @dataclass

@@ -41,6 +41,7 @@ from nas.search.study import (
     paid_accuracies,
     price_study,
     run_search,
+    study_settings,
 )
 
 __all__ = [
@@ -69,5 +70,6 @@ __all__ = [
     "price_study",
     "run_search",
     "sqlite_url",
+    "study_settings",
     "trials_frame",
 ]

@@ -44,6 +44,7 @@ __all__ = [
     "paid_accuracies",
     "price_study",
     "run_search",
+    "study_settings",
 ]
 
 
@@ -130,13 +131,18 @@ class _Objective:
 
 
 # -- running a search ------------------------------------------------------------------------
-def _study_config(problem: SearchProblem, n_evaluations: int, sampler: str) -> dict[str, Any]:
-    return {
+def _study_config(
+    problem: SearchProblem, n_evaluations: int, sampler: str, recipe: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    config = {
         **problem.describe(),
         "n_evaluations": n_evaluations,
         "sampler": sampler,
         "paid_accuracy": ACCURACY in problem.used_metrics,
     }
+    if recipe is not None:
+        config["recipe"] = dict(recipe)
+    return config
 
 
 def _check_same_problem(study: optuna.Study, problem: SearchProblem) -> None:
@@ -240,6 +246,7 @@ def create_search(
     heartbeat_interval_s: int | None = None,
     grace_period_s: int | None = None,
     run_dir: str | Path | None = None,
+    recipe: Mapping[str, Any] | None = None,
 ) -> tuple[optuna.Study, SearchProblem]:
     """Create (or load, to resume) the study of a search without running a trial; see
     `run_search` for the arguments. Workers can `join_worker` the study right away."""
@@ -267,7 +274,9 @@ def create_search(
     else:
         study.sampler = sampler
     if CONFIG_ATTR not in study.user_attrs:
-        study.set_user_attr(CONFIG_ATTR, _study_config(problem, n_evaluations, sampler_name))
+        study.set_user_attr(
+            CONFIG_ATTR, _study_config(problem, n_evaluations, sampler_name, recipe)
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(problem.objectives))
@@ -300,6 +309,7 @@ def run_search(
     timeout_s: float | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
     run_dir: str | Path | None = None,
+    recipe: Mapping[str, Any] | None = None,
 ) -> optuna.Study:
     """Search `space` and return the Optuna study.
 
@@ -325,6 +335,9 @@ def run_search(
         callbacks: Optuna callbacks `(study, frozen_trial)` run after each trial.
         run_dir: with no `storage`, keep the study in `run_dir/study.db` (SQLite); see
             `nas.viz.export_run` for the rest of a run folder.
+        recipe: JSON-able notes on how the caller built the objectives (device names,
+            latency-model kind, table files), stored with a new study (`study_settings`) so
+            that a worker can build the same ones; the search itself never reads it.
     """
     study, problem = create_search(
         space,
@@ -342,9 +355,32 @@ def run_search(
         heartbeat_interval_s=heartbeat_interval_s,
         grace_period_s=grace_period_s,
         run_dir=run_dir,
+        recipe=recipe,
     )
     _optimize(study, problem, n_evaluations, max_trials or 20 * n_evaluations, timeout_s, callbacks)
     return study
+
+
+def _existing_study(storage: BaseStorage, where: object, study_name: str) -> optuna.Study:
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = optuna.study.get_all_study_names(storage)
+        raise ValueError(
+            f"no study {study_name!r} in {where}; studies there: {names or 'none'}"
+        ) from None
+    if CONFIG_ATTR not in study.user_attrs:
+        raise ValueError(f"study {study_name!r} was not created by run_search (no {CONFIG_ATTR!r})")
+    return study
+
+
+def study_settings(storage: str | Path | BaseStorage, study_name: str = "search") -> dict[str, Any]:
+    """What a study stored when it was created (`CONFIG_ATTR`): space, objectives, directions,
+    budgets, its total of evaluations, sampler, and the caller's `recipe` if one was given."""
+    store = open_storage(storage)
+    if store is None:
+        raise ValueError("a study's settings need a storage (URL or file), got None")
+    return dict(_existing_study(store, storage, study_name).user_attrs[CONFIG_ATTR])
 
 
 def join_worker(
@@ -361,6 +397,7 @@ def join_worker(
     sampler_options: Mapping[str, Any] | None = None,
     model_dtype: str = "fp32",
     max_trials: int | None = None,
+    n_evaluations: int | None = None,
     heartbeat_interval_s: int | None = None,
     grace_period_s: int | None = None,
     timeout_s: float | None = None,
@@ -372,28 +409,24 @@ def join_worker(
     objectives and budgets (checked against what the study stored), and the same kind of
     accuracy source and latency models (objects cannot be stored). The sampler defaults to the
     one the study was created with; the seed defaults to one drawn from the process id, so
-    workers do not propose the same archs.
+    workers do not propose the same archs. `n_evaluations` is the total the worker stops at
+    (default: the study's own), counted over every worker, as `run_search` counts it: a
+    trial that would pass it is not started.
     """
     store = open_storage(storage, heartbeat_interval_s, grace_period_s, must_exist=True)
     if store is None:
         raise ValueError("join_worker needs a shared storage (URL or journal file), got None")
-    try:
-        study = optuna.load_study(study_name=study_name, storage=store)
-    except KeyError:
-        names = optuna.study.get_all_study_names(store)
-        raise ValueError(
-            f"no study {study_name!r} in {storage}; studies there: {names or 'none'}"
-        ) from None
-    cfg = study.user_attrs.get(CONFIG_ATTR)
-    if cfg is None:
-        raise ValueError(f"study {study_name!r} was not created by run_search (no {CONFIG_ATTR!r})")
+    study = _existing_study(store, storage, study_name)
+    cfg = study.user_attrs[CONFIG_ATTR]
     problem = SearchProblem(space, objectives, accuracy, latency_models, constraints, model_dtype)
     _check_same_problem(study, problem)
     name = sampler or str(cfg.get("sampler", "auto"))
     worker_seed = seed if seed is not None else (os.getpid() * 7919) % 2**32
     study.sampler = make_sampler(name, problem, worker_seed, **dict(sampler_options or {}))
-    n_evaluations = int(cfg["n_evaluations"])
-    _optimize(study, problem, n_evaluations, max_trials or 20 * n_evaluations, timeout_s, callbacks)
+    total = int(n_evaluations if n_evaluations is not None else cfg["n_evaluations"])
+    if total < 1:
+        raise ValueError(f"n_evaluations must be >= 1, got {total}")
+    _optimize(study, problem, total, max_trials or 20 * total, timeout_s, callbacks)
     return study
 
 

@@ -108,3 +108,36 @@ def test_latency_validate_on_a_table_as_the_readme_runs_it(
     assert (config["measured"], config["model_device"]) == ("nb201-pixel3", "pixel3-emulated")
     assert (config["n_fit"], config["n_test"]) == (100, 200)
     assert (out / "validation.md").stat().st_size > 0
+
+
+def test_a_worker_joins_with_the_studys_own_settings_and_caps_its_total(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`nas search worker` had no latency models (a study pricing latency could not be joined)
+    and its --trials capped its own trials, not the study's total as `nas search --trials`
+    does. It reads objectives, budgets, devices and latency models from the study now; the
+    search's folder lock does not concern it (workers share a study by design)."""
+    import optuna
+
+    from nas.app.lock import folder_lock
+    from nas.search import open_storage
+
+    folder = tmp_path / "search"
+    storage = str(folder / "study.journal")
+    budget = "latency_ms@pixel3-emulated<=5"
+    argv = ["-q", "search", "--device", "pixel3-emulated", "--objectives", "latency,params"]
+    argv += ["--budget", budget, "--trials", "6", "--lut-archs", "5", "--sampler", "random"]
+    assert main([*argv, "--storage", storage, "--study", "st", "--out", str(folder)]) == 0
+    worker = ["-q", "search", "worker", "--storage", storage, "--study", "st"]
+    with folder_lock(folder):  # the search's folder is in use: a worker joins all the same
+        code = main([*worker, "--trials", "10", "--seed", "1", "--out", str(tmp_path / "w")])
+    assert code == 0, capsys.readouterr().err
+    study = optuna.load_study(study_name="st", storage=open_storage(storage))
+    complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(complete) == 10, "the study's total, counted as `nas search --trials` counts"
+    assert all(t.user_attrs["metrics"]["latency_ms@pixel3-emulated"] > 0 for t in complete)
+    assert [str(c) for c in study.user_attrs["edge_nas"]["constraints"]] == [
+        "latency_ms@pixel3-emulated <= 5"
+    ]
+    code = main([*worker, "--objectives", "macs,params", "--out", str(tmp_path / "w")])
+    assert code == 2 and "--objectives" in capsys.readouterr().err
