@@ -236,18 +236,12 @@ def stage_search(state: RunState, progress: bool) -> None:
 
 
 def _fail_trials_of_a_killed_run(storage: str, study_name: str) -> None:
-    """The run folder's SQLite study belongs to this one process, so a trial still RUNNING
-    there was cut short by a killed run: mark it FAIL (its arch is paid for again if the
-    sampler asks for it; nothing complete is touched). Shared storages use heartbeats."""
-    import optuna
+    """The folder's own SQLite study belongs to this process (it holds the folder's lock): a
+    trial still RUNNING there was cut short, so it is failed, not waited for (its arch is paid
+    for again if the sampler asks; nothing complete is touched). Shared storages use heartbeats."""
+    from nas.search import fail_stopped_trials
 
-    from nas.search import fail_running_trials
-
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:  # no study yet
-        return
-    n = fail_running_trials(study)
+    n = fail_stopped_trials(storage, study_name)
     if n:
         log.info("search: %d trial(s) of an interrupted run marked FAIL", n)
 

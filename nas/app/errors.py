@@ -7,8 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -124,10 +126,33 @@ def _say(message: str) -> None:
         print(f"  {line.strip()}", file=sys.stderr)
 
 
+@contextmanager
+def _quiet_after_interrupt(debug: bool) -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as usual, and from then on the libraries' own reports of
+    what it tore down (Optuna's "trial failed" with its traceback, SQLAlchemy's cursor it could
+    not close) are silenced: they are consequences of the interrupt, and the one line
+    `run_command` prints says what to do. With --debug every report is kept."""
+    if debug or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(signum: int, frame: Any) -> None:
+        logging.disable(logging.ERROR)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        logging.disable(logging.NOTSET)
+
+
 def run_command(func: Callable[[Any], int], args: Any, debug: bool = False) -> int:
     """Call a command and map what it raises onto the exit codes (module docstring)."""
     try:
-        return int(func(args))
+        with _quiet_after_interrupt(debug):
+            return int(func(args))
     except KeyboardInterrupt:
         print("nas: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

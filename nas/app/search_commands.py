@@ -134,17 +134,12 @@ def search_cmd(args: argparse.Namespace) -> int:
 
 
 def _fail_trials_of_a_stopped_search(storage: str, study_name: str) -> None:
-    """The folder's own SQLite study: a trial still RUNNING there belongs to a search that was
-    stopped (this process holds the folder's lock), so it is failed, not waited for."""
-    import optuna
+    """The folder's own SQLite study belongs to this process (it holds the folder's lock): a
+    trial still RUNNING there was cut short, so it is failed, not waited for (its arch is paid
+    for again if the sampler asks; nothing complete is touched). Shared storages use heartbeats."""
+    from nas.search import fail_stopped_trials
 
-    from nas.search import fail_running_trials
-
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        return
-    n = fail_running_trials(study)
+    n = fail_stopped_trials(storage, study_name)
     if n:
         log.info("search: %d trial(s) of a stopped search marked FAIL", n)
 

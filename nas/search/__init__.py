@@ -31,7 +31,13 @@ from nas.search.results import (
     trials_frame,
 )
 from nas.search.samplers import SAMPLERS, make_sampler
-from nas.search.storage import JOURNAL_SUFFIXES, fail_running_trials, open_storage, sqlite_url
+from nas.search.storage import (
+    JOURNAL_SUFFIXES,
+    fail_running_trials,
+    fail_stopped_trials,
+    open_storage,
+    sqlite_url,
+)
 from nas.search.study import (
     CONFIG_ATTR,
     COST_OBJECTIVES,
@@ -57,6 +63,7 @@ __all__ = [
     "default_reference",
     "export_pareto_csv",
     "fail_running_trials",
+    "fail_stopped_trials",
     "front_hypervolume",
     "hypervolume",
     "hypervolume_history",

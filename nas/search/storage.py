@@ -3,6 +3,7 @@ one machine, or any database URL Optuna supports (PostgreSQL for many machines).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,13 @@ from optuna.trial import TrialState
 
 from nas.core.files import FileProblem
 
-__all__ = ["JOURNAL_SUFFIXES", "fail_running_trials", "open_storage", "sqlite_url"]
+__all__ = [
+    "JOURNAL_SUFFIXES",
+    "fail_running_trials",
+    "fail_stopped_trials",
+    "open_storage",
+    "sqlite_url",
+]
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -68,6 +75,27 @@ def _check_study_file(path: Path, kind: str, must_exist: bool) -> None:
         raise FileProblem(
             path, f"is not {db} (it starts {head[:8]!r}): a file of another kind", _REDO
         )
+    if kind == "sqlite" and must_exist and not _has_optuna_tables(path):
+        # Optuna would write its schema into the user's database before finding no study
+        raise FileProblem(
+            path,
+            "is an SQLite database that holds no Optuna study (no 'studies' table)",
+            "name the storage the search created",
+        )
+
+
+def _has_optuna_tables(path: Path) -> bool:
+    """Whether an SQLite file has Optuna's tables, read without writing to it."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='studies'"
+            ).fetchall()
+    except sqlite3.DatabaseError:  # damaged: `_opened` reports it with its cause
+        return True
+    return bool(rows)
 
 
 def _opened(path: Path, make: Callable[[], BaseStorage]) -> BaseStorage:
@@ -155,3 +183,17 @@ def fail_running_trials(study: optuna.Study) -> int:
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         n += 1
     return n
+
+
+def fail_stopped_trials(storage: str | Path, study_name: str) -> int:
+    """`fail_running_trials` on a study that belongs to one process (a run folder's own
+    SQLite study, under the folder's lock): a trial still RUNNING there was cut short by a
+    stopped process. Opens the storage through `open_storage`, so a damaged or foreign file is
+    a `FileProblem`; a storage without that study fails nothing (returns 0)."""
+    opened = open_storage(storage)
+    assert opened is not None  # a path or URL always opens a storage
+    try:
+        study = optuna.load_study(study_name=study_name, storage=opened)
+    except KeyError:  # no study of that name yet
+        return 0
+    return fail_running_trials(study)

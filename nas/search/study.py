@@ -377,7 +377,7 @@ def _existing_study(storage: BaseStorage, where: object, study_name: str) -> opt
 def study_settings(storage: str | Path | BaseStorage, study_name: str = "search") -> dict[str, Any]:
     """What a study stored when it was created (`CONFIG_ATTR`): space, objectives, directions,
     budgets, its total of evaluations, sampler, and the caller's `recipe` if one was given."""
-    store = open_storage(storage)
+    store = open_storage(storage, must_exist=True)
     if store is None:
         raise ValueError("a study's settings need a storage (URL or file), got None")
     return dict(_existing_study(store, storage, study_name).user_attrs[CONFIG_ATTR])
