@@ -21,13 +21,13 @@ from nas.supernet.distributed import DistInfo, init_distributed
 from nas.supernet.evaluate import (
     SubnetEvaluator,
     accuracy,
+    correct_mask,
     evaluate_archs,
     state_fingerprint,
 )
 from nas.supernet.intervals import (
     AccuracyInterval,
     accuracy_interval,
-    correct_mask,
     difference_interval,
     resolvable_difference,
     seed_sd,

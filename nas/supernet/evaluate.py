@@ -32,7 +32,13 @@ from nas.supernet.bn import recalibrate_bn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SubnetEvaluator", "accuracy", "evaluate_archs", "state_fingerprint"]
+__all__ = [
+    "SubnetEvaluator",
+    "accuracy",
+    "correct_mask",
+    "evaluate_archs",
+    "state_fingerprint",
+]
 
 
 def _as_tensors(data: Any, what: str) -> tuple[Tensor, Tensor]:
@@ -72,6 +78,39 @@ def state_fingerprint(module: nn.Module) -> str:
 
 
 @torch.no_grad()
+def correct_mask(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int = 500,
+    input_size: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Per image, whether ``model`` (eval mode) predicts its label: bool ``N``.
+
+    ``correct_mask(...).mean()`` is :func:`accuracy`. The model's train / eval mode is restored.
+    """
+    if len(images) != len(labels) or len(images) == 0:
+        raise ValueError(
+            f"need as many labels as images, and at least one; got {len(images)} images and "
+            f"{len(labels)} labels"
+        )
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size].to(device)  # B x C x H x W
+            if input_size is not None:
+                x = resize_to(x, input_size)
+            pred = model(x).argmax(1).cpu()  # B
+            out.append((pred == labels[i : i + batch_size]).numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(out)
+
+
 def accuracy(
     model: nn.Module,
     images: Tensor,
@@ -83,26 +122,7 @@ def accuracy(
 
     The model's train / eval mode is restored afterwards.
     """
-    if len(images) != len(labels) or len(images) == 0:
-        raise ValueError(
-            f"need as many labels as images, and at least one; got {len(images)} images and "
-            f"{len(labels)} labels"
-        )
-    first = next(iter(model.parameters()), None)
-    device = first.device if first is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    correct = 0
-    try:
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size].to(device)  # B x C x H x W
-            if input_size is not None:
-                x = resize_to(x, input_size)
-            pred = model(x).argmax(1)  # B
-            correct += int((pred.cpu() == labels[i : i + batch_size]).sum())
-    finally:
-        model.train(was_training)
-    return correct / len(images)
+    return float(correct_mask(model, images, labels, batch_size, input_size).mean())
 
 
 class SubnetEvaluator:

@@ -15,22 +15,16 @@ model is not); :func:`resolvable_difference` adds the two, as independent errors
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike
-from torch import Tensor, nn
-
-from nas.core.elastic import resize_to
 
 __all__ = [
     "AccuracyInterval",
     "accuracy_interval",
-    "correct_mask",
     "difference_interval",
     "resolvable_difference",
     "seed_sd",
@@ -65,41 +59,6 @@ class AccuracyInterval:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "half_width": self.half_width}
-
-
-@torch.no_grad()
-def correct_mask(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    batch_size: int = 500,
-    input_size: Sequence[int] | None = None,
-) -> np.ndarray:
-    """Per image, whether ``model`` (eval mode) predicts its label: bool ``N``.
-
-    The images are scored as :func:`nas.supernet.accuracy` scores them (same batches, same
-    resizing), so ``correct_mask(...).mean()`` is that accuracy. The model's mode is restored.
-    """
-    if len(images) != len(labels) or len(images) == 0:
-        raise ValueError(
-            f"need as many labels as images, and at least one; got {len(images)} images and "
-            f"{len(labels)} labels"
-        )
-    first = next(iter(model.parameters()), None)
-    device = first.device if first is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size].to(device)  # B x C x H x W
-            if input_size is not None:
-                x = resize_to(x, input_size)
-            pred = model(x).argmax(1).cpu()  # B
-            out.append((pred == labels[i : i + batch_size]).numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(out)
 
 
 def accuracy_interval(
