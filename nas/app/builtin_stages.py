@@ -206,7 +206,7 @@ def _measured_networks(
 
 def stage_search(state: RunState, progress: bool) -> None:
     from nas.app.validate import run_metric
-    from nas.search import run_search, sqlite_url
+    from nas.search import fail_stopped_trials, run_search, sqlite_url
 
     cfg = state.config.search
     models = list(state.latency_models.values())
@@ -217,8 +217,8 @@ def stage_search(state: RunState, progress: bool) -> None:
         else:
             objectives.append(name)
     storage = cfg.storage or sqlite_url(state.run_dir / "study.db")
-    if not cfg.storage:
-        _fail_trials_of_a_killed_run(storage, state.config.name)
+    if not cfg.storage:  # the folder's own study: under its lock, RUNNING means cut short
+        fail_stopped_trials(storage, state.config.name)
     evaluator = state.evaluator
     devices = [(d.name, d.dtype) for d in state.config.devices]
     state.study = run_search(
@@ -233,17 +233,6 @@ def stage_search(state: RunState, progress: bool) -> None:
         study_name=state.config.name,
         seed=state.config.seed,
     )
-
-
-def _fail_trials_of_a_killed_run(storage: str, study_name: str) -> None:
-    """The folder's own SQLite study belongs to this process (it holds the folder's lock): a
-    trial still RUNNING there was cut short, so it is failed, not waited for (its arch is paid
-    for again if the sampler asks; nothing complete is touched). Shared storages use heartbeats."""
-    from nas.search import fail_stopped_trials
-
-    n = fail_stopped_trials(storage, study_name)
-    if n:
-        log.info("search: %d trial(s) of an interrupted run marked FAIL", n)
 
 
 def stage_winners(state: RunState, progress: bool) -> None:

@@ -77,7 +77,13 @@ def _objectives(names: list[str], models: list[Any]) -> list[Any]:
 def search_cmd(args: argparse.Namespace) -> int:
     """`nas search`: the study, its trials (trials.csv) and front (pareto.csv) in --out."""
     import latency_models as lm
-    from nas.search import export_pareto_csv, run_search, sqlite_url, trials_frame
+    from nas.search import (
+        export_pareto_csv,
+        fail_stopped_trials,
+        run_search,
+        sqlite_url,
+        trials_frame,
+    )
 
     space = _check_search(args)
     out = Path(args.out)
@@ -108,8 +114,8 @@ def search_cmd(args: argparse.Namespace) -> int:
             "lut_archs": args.lut_archs,
             "lut_passes": args.lut_passes,
         }
-        if not args.storage:
-            _fail_trials_of_a_stopped_search(sqlite_url(out / "study.db"), args.study)
+        if not args.storage:  # the folder's own study: under its lock, RUNNING means cut short
+            fail_stopped_trials(sqlite_url(out / "study.db"), args.study)
         study = run_search(
             space,
             _objectives(_split(args.objectives), models),
@@ -131,17 +137,6 @@ def search_cmd(args: argparse.Namespace) -> int:
 
         raise InputError(unmet_budgets(frame, study).replace("search.budgets", "--budget"))
     return 0
-
-
-def _fail_trials_of_a_stopped_search(storage: str, study_name: str) -> None:
-    """The folder's own SQLite study belongs to this process (it holds the folder's lock): a
-    trial still RUNNING there was cut short, so it is failed, not waited for (its arch is paid
-    for again if the sampler asks; nothing complete is touched). Shared storages use heartbeats."""
-    from nas.search import fail_stopped_trials
-
-    n = fail_stopped_trials(storage, study_name)
-    if n:
-        log.info("search: %d trial(s) of a stopped search marked FAIL", n)
 
 
 # -- the worker -------------------------------------------------------------------------------

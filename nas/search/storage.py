@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from nas.core.files import FileProblem
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "JOURNAL_SUFFIXES",
@@ -196,4 +199,7 @@ def fail_stopped_trials(storage: str | Path, study_name: str) -> int:
         study = optuna.load_study(study_name=study_name, storage=opened)
     except KeyError:  # no study of that name yet
         return 0
-    return fail_running_trials(study)
+    n = fail_running_trials(study)
+    if n:
+        log.info("%s: %d trial(s) of a stopped process marked FAIL", storage, n)
+    return n
