@@ -175,6 +175,12 @@ class Device(ABC):
     ) -> list[Measurement]:
         return [self.measure_arch(space, a, dtype) for a in archs]
 
+    def network_overhead_ms(self, dtype: str = "fp32") -> float:
+        """The fixed cost of one inference call that this device's whole-network figure adds
+        to the sum of its layers, where the device knows it (an emulated profile charges one);
+        0 where it is unknown (on a real runtime a fitted correction finds it)."""
+        return 0.0
+
     def prior_profile(self) -> DeviceProfile:
         """The profile the cost model starts from when it is calibrated on this device."""
         return host_cpu_profile(self.threads, name=self.name)
@@ -258,7 +264,10 @@ class EmulatedDevice(Device):
     def arch_ms(self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32") -> float:
         self.check_dtype(dtype)
         specs = self.layer_specs(space, arch, dtype)
-        return sum(self.layer_ms(s) for s in specs) + self.params.network_overhead(self.profile)
+        return sum(self.layer_ms(s) for s in specs) + self.network_overhead_ms(dtype)
+
+    def network_overhead_ms(self, dtype: str = "fp32") -> float:
+        return float(self.params.network_overhead(self.profile))
 
     def measure_arch(
         self, space: SearchSpace, arch: Mapping[str, Any], dtype: str = "fp32"

@@ -23,7 +23,9 @@ __all__ = ["KernelSum", "LUTCorrected", "LUTSum"]
 
 
 class LUTSum(LatencyPredictor):
-    """Sum of the LUT medians of the layers `device` executes for an arch.
+    """Sum of the LUT minima of the layers `device` executes for an arch, plus the fixed
+    per-network cost the device charges where it knows one (`network_overhead_ms`: an emulated
+    profile's; 0 on a real runtime, where the corrected kind fits it, and with no device).
 
     `on_missing="measure"` measures absent keys on `device` (appending them to the LUT's file);
     "raise" lists them all in one `MissingKeysError`.
@@ -44,6 +46,8 @@ class LUTSum(LatencyPredictor):
         self.on_missing = on_missing
         self.device = lut.device
         self.dtype = lut.dtype
+        #: what one inference call costs beside its layers (ms), part of every prediction
+        self.network_overhead_ms = device.network_overhead_ms(lut.dtype) if device else 0.0
 
     @classmethod
     def for_device(
@@ -69,11 +73,12 @@ class LUTSum(LatencyPredictor):
 
     def predict_arch(self, space: SearchSpace, arch: Mapping[str, Any]) -> float:
         self._ensure(space, [arch])
-        return self.lut.latency_ms(self.specs(space, arch))
+        return self.lut.latency_ms(self.specs(space, arch)) + self.network_overhead_ms
 
     def predict_many(self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
         self._ensure(space, archs)
-        return np.array([self.lut.latency_ms(self.specs(space, a)) for a in archs])
+        sums = [self.lut.latency_ms(self.specs(space, a)) for a in archs]
+        return np.array(sums) + self.network_overhead_ms
 
 
 #: op kinds of the learned correction's per-kind terms (cost-model kinds of each leaf)
@@ -139,7 +144,7 @@ class LUTCorrected(LUTSum):
         self._ensure(space, [arch])
         f = self.features(space, arch)
         if self.coef_ is None:
-            return float(f[1])  # unfitted: the plain sum
+            return float(f[1]) + self.network_overhead_ms  # unfitted: the plain sum
         return float(f @ self.coef_)
 
     def predict_many(self, space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:

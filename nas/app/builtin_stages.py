@@ -6,7 +6,6 @@ federated rounds) joins by one more `register_stage` call.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from nas.app.config import DeviceConfig, RunConfig
-from nas.app.errors import FileProblem, InputError
+from nas.app.errors import InputError
 from nas.app.stages import Stage, register_stage
 from nas.core.files import write_json_atomic
 from nas.core.space import Arch, SearchSpace, as_rng
@@ -57,6 +56,13 @@ class RunState:
     compress_tables: dict[str, str] = field(default_factory=dict)
     compress_rows: dict[str, list[Any]] = field(default_factory=dict)  # nas.compress ReportRows
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: per device label: its latency model against the device's figure on held-out archs
+    heldout: dict[str, Any] = field(default_factory=dict)  # nas.app.budgets.HeldOut
+    #: per budgeted latency metric: the margin the search kept (nas.search.Margin)
+    margins: dict[str, Any] = field(default_factory=dict)
+    #: winners the device's figure put over a budget, and misses nothing in the study kept
+    rejected: list[Any] = field(default_factory=list)  # nas.app.budgets.Rejected
+    misses: list[Any] = field(default_factory=list)  # nas.app.budgets.BudgetMiss
 
 
 def _device_label(dev: DeviceConfig) -> str:
@@ -133,9 +139,10 @@ def _distinct(space: SearchSpace, n: int, rng: np.random.Generator) -> list[Arch
 
 def stage_latency(state: RunState, progress: bool) -> None:
     """One table per device (resumable CSV: the space's layers, or the runtime's kernels with
-    `latency_model: kernels`), a latency model on it, its error on whole networks."""
+    `latency_model: kernels`), a latency model on it, checked against the device's own
+    whole-network figure on held-out archs and corrected where that pays (`nas.app.budgets`)."""
     import latency_models as lm
-    from latency_models.validate import metrics as latency_metrics
+    from nas.app.budgets import check_archs, device_figures, heldout_quality
 
     out = state.run_dir / "latency"
     out.mkdir(parents=True, exist_ok=True)
@@ -157,54 +164,37 @@ def stage_latency(state: RunState, progress: bool) -> None:
             passes=dev.lut_passes,
         )
         model = lm.create_latency_model(kind, state.space, device, dtype=dev.dtype, table=table)
-        if dev.calibration_archs > 0:
+        n_check = check_archs(dev.calibration_archs, device)
+        if n_check > 0:
             rng = as_rng(state.config.seed + 100 + i)
-            archs = _distinct(state.space, 2 * dev.calibration_archs, rng)
-            fit, test = archs[: dev.calibration_archs], archs[dev.calibration_archs :]
+            archs = _distinct(state.space, 2 * n_check, rng)
+            fit, test = archs[:n_check], archs[n_check:]
             cache = out / f"{label}-networks.json"
-            measured = _measured_networks(state.space, device, dev.dtype, fit + test, cache)
-            y_fit = np.array([measured[state.space.key(a)] for a in fit])
-            y_test = np.array([measured[state.space.key(a)] for a in test])
+            figures = device_figures(state.space, device, dev.dtype, fit + test, cache)
+            y_fit = np.array([figures[state.space.key(a)] for a in fit])
+            y_test = np.array([figures[state.space.key(a)] for a in test])
             plain = np.asarray(model.predict_many(state.space, test))
-            model = lm.create_latency_model(
+            fitted = lm.create_latency_model(
                 kind, state.space, device, dtype=dev.dtype, table=table, fit=(fit, y_fit)
             )
-            corrected = np.asarray(model.predict_many(state.space, test))
-            state.latency_quality[label] = {
-                **{f"lut_{k}": v for k, v in latency_metrics(plain, y_test).items()},
-                **{f"corrected_{k}": v for k, v in latency_metrics(corrected, y_test).items()},
-                "n_fit": len(fit),
-                "n_test": len(test),
-            }
+            corrected = np.asarray(fitted.predict_many(state.space, test))
+            self_fitted = lm.latency_model_class(kind).learned_kind is None
+            quality, held = heldout_quality(plain, corrected, y_test, len(fit), self_fitted)
+            if held.model == "corrected":
+                model = fitted
+            state.latency_quality[label] = quality
+            state.heldout[label] = held
+            keys = [state.space.key(a) for a in test]
+            write_json_atomic(
+                out / f"{label}-heldout.json", {"quality": quality, **vars(held), "arch_keys": keys}
+            )
         model.device = dev.name
         model.dtype = dev.dtype
         state.latency_models[label] = model
 
 
-def _measured_networks(
-    space: SearchSpace, device: Any, dtype: str, archs: Sequence[Arch], cache: Path
-) -> dict[str, float]:
-    """Whole-network latencies (ms, the headline minimum of `latency_models.measure`), cached
-    per arch key so a killed run re-measures nothing."""
-    done: dict[str, float] = {}
-    if cache.exists():
-        try:
-            done = dict(json.loads(cache.read_text()))
-        except (ValueError, TypeError) as err:
-            raise FileProblem(
-                cache,
-                f"not a JSON object of arch key -> latency in ms ({err})",
-                "delete it: the networks are measured again",
-            ) from None
-    for a in archs:
-        key = space.key(a)
-        if key not in done:
-            done[key] = float(device.measure_arch(space, a, dtype).latency_ms)
-            write_json_atomic(cache, done, indent=0, sort_keys=False)
-    return done
-
-
 def stage_search(state: RunState, progress: bool) -> None:
+    from nas.app.budgets import budget_margins
     from nas.app.validate import run_metric
     from nas.search import fail_stopped_trials, run_search, sqlite_url
 
@@ -221,12 +211,17 @@ def stage_search(state: RunState, progress: bool) -> None:
         fail_stopped_trials(storage, state.config.name)
     evaluator = state.evaluator
     devices = [(d.name, d.dtype) for d in state.config.devices]
+    budgets = {run_metric(k, devices): v for k, v in cfg.budgets.items()}
+    state.margins = budget_margins(budgets, state.heldout, _metric_of(state), cfg.margin)
+    for metric, margin in state.margins.items():
+        log.info("budget on %s keeps a margin of %s", metric, margin.describe())
     state.study = run_search(
         state.space,
         objectives,
         accuracy=lambda arch: 100 * evaluator.evaluate_one(arch),
         latency_models=models,
-        constraints={run_metric(k, devices): v for k, v in cfg.budgets.items()},
+        constraints=budgets,
+        margins={m: margin.value for m, margin in state.margins.items() if margin.value},
         sampler=cfg.sampler,
         n_evaluations=cfg.trials,
         storage=storage,
@@ -235,8 +230,18 @@ def stage_search(state: RunState, progress: bool) -> None:
     )
 
 
+def _metric_of(state: RunState) -> dict[str, str]:
+    """Device label -> the latency metric its model prices (`latency_ms@name[:dtype]`)."""
+    from nas.search.objectives import latency_metric_name
+
+    return {label: latency_metric_name(m) for label, m in state.latency_models.items()}
+
+
 def stage_winners(state: RunState, progress: bool) -> None:
-    """The best feasible archs by accuracy; test accuracy and latency measured again."""
+    """The best feasible archs by accuracy, each re-checked on every budgeted device's own
+    figure and replaced by the next feasible arch when over a budget; test accuracy and the
+    device figures on every device recorded."""
+    from nas.app.budgets import latency_budgets, recheck, stored_constraints
     from nas.search import pareto_frame, trials_frame
 
     frame = trials_frame(state.study)
@@ -246,31 +251,68 @@ def stage_winners(state: RunState, progress: bool) -> None:
     feasible = frame[frame["feasible"]] if "feasible" in frame.columns else frame
     if feasible.empty:
         raise InputError(unmet_budgets(frame, state.study))
-    top = (
-        feasible.sort_values("accuracy", ascending=False)
-        .drop_duplicates("arch_key")
-        .head(state.config.compress.top_k)
+    candidates = feasible.sort_values("accuracy", ascending=False).drop_duplicates("arch_key")
+    configured = dict(state.config.search.budgets)
+    budgets = latency_budgets(stored_constraints(state.study, configured), _metric_of(state))
+    checked = recheck(
+        candidates.to_dict("records"),
+        state.config.compress.top_k,
+        budgets,
+        lambda label, key: _device_figure(state, label, key),
+        lambda label, key: _predicted(state, label, key),
     )
+    state.rejected = checked.rejected
+    pd.DataFrame([vars(r) for r in checked.rejected], columns=_REJECTED_COLUMNS).to_csv(
+        state.run_dir / "rejected.csv", index=False
+    )
+    state.misses = [] if checked.kept else [_miss(state, frame, b) for b in budgets]
+    for miss in state.misses:
+        log.warning("budget missed: %s", miss.sentence())
     rows = []
-    for _, row in top.iterrows():
+    for row, _ in checked.kept:
         arch = state.space.from_key(str(row["arch_key"]))
-        test_acc = _test_accuracy(state, arch)
         out: dict[str, Any] = {
             "arch_key": row["arch_key"],
             "val_accuracy": row["accuracy"],
-            "test_accuracy": test_acc,
+            "test_accuracy": _test_accuracy(state, arch),
         }
         cost = state.space.cost(arch)
         out.update(macs=cost.macs, params=cost.params, peak_bytes=cost.peak_activation_bytes)
-        for label, model in state.latency_models.items():
-            out[f"predicted_ms@{label}"] = float(model.predict_arch(state.space, arch))
-            dev = state.devices[label]
-            out[f"measured_ms@{label}"] = float(
-                dev.measure_arch(state.space, arch, model.dtype).latency_ms
-            )
+        for label in state.latency_models:
+            out[f"predicted_ms@{label}"] = _predicted(state, label, str(row["arch_key"]))
+            out[f"measured_ms@{label}"] = _device_figure(state, label, str(row["arch_key"]))
         rows.append(out)
     state.winners = pd.DataFrame(rows)
     state.winners.to_csv(state.run_dir / "winners.csv", index=False)
+
+
+_REJECTED_COLUMNS = ["arch_key", "accuracy", "budget", "predicted_ms", "device_ms", "replaced_by"]
+
+
+def _device_figure(state: RunState, label: str, key: str) -> float:
+    """The device's own figure of one arch (cached with the latency stage's networks)."""
+    from nas.app.budgets import device_figures
+
+    device, dtype = state.devices[label], state.latency_models[label].dtype
+    cache = state.run_dir / "latency" / f"{label}-networks.json"
+    return device_figures(state.space, device, dtype, [state.space.from_key(key)], cache)[key]
+
+
+def _predicted(state: RunState, label: str, key: str) -> float:
+    return float(state.latency_models[label].predict_arch(state.space, state.space.from_key(key)))
+
+
+def _miss(state: RunState, frame: pd.DataFrame, budget: Any) -> Any:
+    """The fastest arch the study found on `budget`'s device, with its device figure."""
+    from nas.app.budgets import BudgetMiss
+
+    key = str(frame.sort_values(budget.metric).iloc[0]["arch_key"])
+    return BudgetMiss(
+        budget.text(),
+        key,
+        _predicted(state, budget.label, key),
+        _device_figure(state, budget.label, key),
+    )
 
 
 def unmet_budgets(frame: pd.DataFrame, study: Any) -> str:
@@ -418,6 +460,7 @@ register_stage(
             "accuracy.bn_batches",
             "name",
             "search.budgets",
+            "search.margin",
             "search.objectives",
             "search.sampler",
             "search.storage",
@@ -438,7 +481,7 @@ register_stage(
         extends=("compress.top_k",),
         after=("search",),
         reads=("study.db",),
-        writes=("pareto.csv", "trials.csv", "winners.csv"),
+        writes=("pareto.csv", "rejected.csv", "trials.csv", "winners.csv"),
         caches=("accuracy/test.jsonl",),
         doc="the best feasible archs, test accuracy and latency measured again",
     )

@@ -87,8 +87,11 @@ class DeviceConfig:
     dtype: str = "fp32"
     #: archs sampled to collect the unique layers of the LUT
     lut_archs: int = 50
-    #: archs measured end to end to fit the LUT's correction and report its error
-    calibration_archs: int = 0
+    #: whole networks measured (priced, on emulated and table devices) to fit the latency
+    #: model's correction; as many again are held out to check it against the device's own
+    #: figure (its error sets the budget's `auto` margin). Default: 50 where the figure is free
+    #: (emulated, table devices), 0 on a real runtime (each is a measurement)
+    calibration_archs: int | None = None
     #: passes over every LUT layer, each layer keeping its fastest: more on a noisy shared
     #: host (real runtimes); emulated and table devices are deterministic, 1 is enough
     lut_passes: int = 1
@@ -109,6 +112,10 @@ class SearchConfig:
     #: e.g. {"latency_ms@pixel3-emulated": 15.0, "peak_activation_bytes": 262144}
     budgets: dict[str, float] = field(default_factory=dict)
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency"])
+    #: what a latency budget keeps from its bound: feasible when predicted x (1 + margin) <=
+    #: budget. "auto": the conformal 95 % quantile of the latency model's held-out error on
+    #: the device (devices[].calibration_archs); or a number (0.1 = 10 %)
+    margin: str | float = "auto"
 
 
 @dataclass

@@ -71,43 +71,99 @@ def _intro(state: Any) -> list[str]:
 
 
 def _budget_section(state: Any) -> list[str]:
-    """The promise a user buys: does each winner keep every budget on the device's own figure
-    (measured on a real device, priced whole on an emulated one), not only as predicted?"""
-    if state.winners is None or state.winners.empty:
+    """The headline: the promise a user buys. Does each winner keep every budget on the
+    device's own figure (measured on a real device, priced whole on an emulated one, the
+    table's on a table device), not only as predicted? With the margin each budget kept,
+    the winners the device's figure replaced, and a budget nothing in the study keeps."""
+    lines = [f"**{miss.sentence()}.**" for miss in getattr(state, "misses", [])]
+    lines += _margin_lines(state) + _replaced_lines(state)
+    checks = pd.DataFrame()
+    if state.winners is not None and not state.winners.empty:
+        checks = budget_checks(state.winners, _constraints(state), state.latency_models)
+    if not checks.empty:
+        lines.insert(0, _budget_sentence(checks, len(state.winners)))
+    if not lines:
         return []
-    checks = budget_checks(state.winners, _constraints(state), state.latency_models)
-    if checks.empty:
-        return []
+    table = _headline_budget_table(state, checks) if not checks.empty else ""
+    return ["## Headline: budgets on each device", "", *_paragraphs(lines), table, ""]
+
+
+def _paragraphs(lines: list[str]) -> list[str]:
+    return [x for line in lines for x in (line, "")]
+
+
+def _budget_sentence(checks: pd.DataFrame, n: int) -> str:
     missed = checks[~checks["kept"]]
-    n = len(state.winners)
     if missed.empty:
-        head = (
+        return (
             f"All {n} winner(s) keep every budget on the device's own figure (measured on "
             "real devices, the whole network priced on emulated ones)."
         )
-    else:
-        worst = missed.sort_values("over %", ascending=False).iloc[0]
-        head = (
-            f"**Budget missed**: {missed['winner'].nunique()} of {n} winner(s) exceed a budget "
-            f"on the device's own figure, although the search predicted them within it; worst: "
-            f"winner {worst['winner']} at {worst['measured']:.4g} against "
-            f"`{worst['budget']}` ({worst['over %']:+.1f} %, predicted {worst['predicted']:.4g})."
+    worst = missed.sort_values("over %", ascending=False).iloc[0]
+    return (
+        f"**Budget missed**: {missed['winner'].nunique()} of {n} winner(s) exceed a budget "
+        f"on the device's own figure, although the search predicted them within it; worst: "
+        f"winner {worst['winner']} at {worst['measured']:.4g} against "
+        f"`{worst['budget']}` ({worst['over %']:+.1f} %, predicted {worst['predicted']:.4g})."
+    )
+
+
+def _margin_lines(state: Any) -> list[str]:
+    return [
+        f"Budget on `{metric}`: the search kept a margin of {margin.describe()}."
+        for metric, margin in getattr(state, "margins", {}).items()
+    ]
+
+
+def _replaced_lines(state: Any) -> list[str]:
+    rejected = list(getattr(state, "rejected", []))
+    if not rejected:
+        return []
+    items = "; ".join(
+        f"`{r.arch_key}` ({r.device_ms:.4g} ms on the device against `{r.budget}`, predicted "
+        f"{r.predicted_ms:.4g}) -> " + (f"`{r.replaced_by}`" if r.replaced_by else "nothing")
+        for r in rejected
+    )
+    return [
+        f"{len(rejected)} arch(s) the search ranked as winners were over a budget on the "
+        f"device's own figure and were replaced by the next feasible arch: {items}."
+    ]
+
+
+_HOW = {"real": "measured", "emulated": "priced whole", "tabular": "the table's"}
+
+
+def _headline_budget_table(state: Any, checks: pd.DataFrame) -> str:
+    """One row per winner and budget: budget, predicted, the device's figure, met or missed."""
+    from nas.search.objectives import latency_metric_name
+
+    kinds = {}
+    for label, model in state.latency_models.items():
+        device = getattr(state, "devices", {}).get(label)
+        kinds[latency_metric_name(model)] = _HOW.get(getattr(device, "kind", ""), "measured")
+    acc = list(state.winners.get("test_accuracy", [None] * len(state.winners)))
+    rows = []
+    for _, c in checks.iterrows():
+        metric = str(c["budget"]).split(" ")[0]
+        rows.append(
+            {
+                "winner": c["winner"],
+                "test top-1 %": acc[int(str(c["winner"]).lstrip("#")) - 1],
+                "budget": c["budget"],
+                "predicted": c["predicted"],
+                "device figure": c["measured"],
+                "how": kinds.get(metric, "exact"),
+                "over %": c["over %"],
+                "met": "met" if c["kept"] else "**missed**",
+            }
         )
-    table = checks.assign(kept=checks["kept"].map({True: "kept", False: "**missed**"}))
-    return ["## Budgets", "", head, "", _table(table), ""]
+    return _table(pd.DataFrame(rows))
 
 
 def _constraints(state: Any) -> list[tuple[str, str, float]]:
-    """The budgets as the search stored them (canonical metric names), or as configured."""
-    from nas.search.objectives import parse_constraint
+    from nas.app.budgets import stored_constraints
 
-    stored = state.study.user_attrs.get("edge_nas", {}) if state.study is not None else {}
-    if "constraints" in stored:
-        return [parse_constraint(str(c)) for c in stored["constraints"]]
-    return [
-        (name, ">=" if name in ("accuracy", "acc") else "<=", float(bound))
-        for name, bound in dict(state.config.search.budgets).items()
-    ]
+    return stored_constraints(state.study, dict(state.config.search.budgets))
 
 
 _COST_COLUMNS = {"macs": "macs", "params": "params", "peak_activation_bytes": "peak_bytes"}
@@ -222,12 +278,17 @@ def _latency_section(state: Any) -> list[str]:
         if q:
             fitted = "fitted" if what == "kernels" else "with the correction fitted"
             text += (
-                f"; on {q['n_test']} held-out networks measured end to end: plain sum "
-                f"tau {q['lut_kendall_tau']:.2f}, MAPE {q['lut_mape_pct']:.1f} %; "
+                f"; on {q['n_test']} held-out networks against the device's own figure: plain "
+                f"sum tau {q['lut_kendall_tau']:.2f}, MAPE {q['lut_mape_pct']:.1f} %; "
                 f"{fitted} on {q['n_fit']}: tau {q['corrected_kendall_tau']:.2f}, "
                 f"MAPE {q['corrected_mape_pct']:.1f} %, "
                 f"{q['corrected_within_10_pct']:.0f} % within +-10 %"
             )
+            if "model" in q:
+                text += (
+                    f"; the run uses the {q['model']} model (measured / predicted: 90th "
+                    f"percentile {q['ratio_p90']:.3f}, 95th {q['ratio_p95']:.3f})"
+                )
         lines.append(text)
     return [*lines, ""]
 

@@ -44,6 +44,7 @@ def run_config_problems(config: Any, *, space: Any = None, data_given: bool = Fa
     _check_accuracy(p, config.accuracy)
     devices = _check_run_devices(p, config.devices)
     _check_search(p, config.search, space, devices)
+    _check_margin(p, config.search, config.devices)
     _check_compress(p, config.compress)
     return p.items
 
@@ -112,7 +113,8 @@ def _check_run_devices(p: Problems, devices: Any) -> list[tuple[str, str]]:
                 f"(ort-cpu-1t, ort-cpu-2t); {dev.name!r} does not: use 'lut'",
             )
         int_at_least(p, f"{key}.lut_archs", dev.lut_archs, 1)
-        int_at_least(p, f"{key}.calibration_archs", dev.calibration_archs, 0)
+        if dev.calibration_archs is not None:
+            int_at_least(p, f"{key}.calibration_archs", dev.calibration_archs, 0)
         int_at_least(p, f"{key}.lut_passes", dev.lut_passes, 1)
         label = (dev.name, dev.dtype)
         if label in out:
@@ -135,6 +137,42 @@ def _check_search(p: Problems, cfg: Any, space: Any, devices: list[tuple[str, st
         ("search.objectives", objectives),
         [(f"search.budgets.{m}", run_metric(m, devices), b) for m, b in budgets.items()],
     )
+
+
+def _check_margin(p: Problems, cfg: Any, devices: Any) -> None:
+    """`search.margin` is "auto" or a number in [0, 1); `auto` on a budgeted real device needs
+    held-out networks to measure the latency model's error on."""
+    import latency_models as lm
+
+    margin = cfg.margin
+    if isinstance(margin, str):
+        if margin != "auto":
+            p.add("search.margin", f"'auto' or a number such as 0.1 (10 %), got {margin!r}")
+            return
+    elif not (isinstance(margin, (int, float)) and 0 <= margin < 1):
+        p.add(
+            "search.margin", f"a relative margin in [0, 1) (0.1 = 10 %) or 'auto', got {margin!r}"
+        )
+        return
+    budgets = cfg.budgets if isinstance(cfg.budgets, dict) else {}
+    if margin != "auto" or not budgets or not isinstance(devices, list):
+        return
+    for i, dev in enumerate(devices):
+        if not hasattr(dev, "name") or dev.name not in lm.DEVICES:
+            continue  # reported by the device checks
+        kind = getattr(lm.DEVICES.factory(dev.name), "kind", "")
+        checked = dev.calibration_archs if dev.calibration_archs is not None else kind != "real"
+        if checked:
+            continue
+        budgeted = [m for m in budgets if m.split(":")[0] == f"latency_ms@{dev.name}"]
+        if budgeted:
+            p.add(
+                f"devices[{i}].calibration_archs",
+                f"the budget {budgeted[0]} with search.margin 'auto' needs whole networks "
+                f"measured on {dev.name} to check its latency model against: set "
+                f"calibration_archs >= 1 (30 or more for a conformal margin), or give "
+                "search.margin a number",
+            )
 
 
 def _check_compress(p: Problems, compress: Any) -> None:

@@ -19,7 +19,13 @@ folder's files: `results.py`; Pareto and hypervolume arithmetic: `pareto.py`; ta
 mode: `tabular.py`.
 """
 
-from nas.search.constraints import Constraint, parse_constraint
+from nas.search.constraints import (
+    MIN_CONFORMAL_ARCHS,
+    Constraint,
+    Margin,
+    auto_margin,
+    parse_constraint,
+)
 from nas.search.objectives import ACCURACY, SearchProblem
 from nas.search.pareto import hypervolume, pareto_mask
 from nas.search.results import (
@@ -55,9 +61,12 @@ __all__ = [
     "CONFIG_ATTR",
     "COST_OBJECTIVES",
     "JOURNAL_SUFFIXES",
+    "MIN_CONFORMAL_ARCHS",
     "SAMPLERS",
     "Constraint",
+    "Margin",
     "SearchProblem",
+    "auto_margin",
     "count_evaluations",
     "create_search",
     "default_reference",

@@ -85,7 +85,9 @@ class SearchProblem:
     latency model is given) or latency-model objects (added to `latency_models`). `constraints`
     are strings like `"latency_ms@pixel3 <= 20"`, `Constraint`s, or a mapping metric -> bound
     (`<=` for minimised metrics, `>=` for maximised ones). `accuracy` is the paid metric:
-    any callable `arch -> accuracy` (higher is better).
+    any callable `arch -> accuracy` (higher is better). `margins` maps a metric to the relative
+    margin its `<=` budget keeps (`Constraint.margin`: feasible when predicted x (1 + margin)
+    <= bound), e.g. from `auto_margin` over the latency model's held-out error.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class SearchProblem:
         latency_models: Sequence[LatencyModel] = (),
         constraints: Sequence[str | Constraint] | Mapping[str, float] | None = None,
         model_dtype: str = "fp32",
+        margins: Mapping[str, float] | None = None,
     ) -> None:
         if not objectives:
             raise ValueError("a search needs at least one objective, got none")
@@ -119,7 +122,7 @@ class SearchProblem:
         self.objectives = [self.resolve(n) for n in names]
         if len(set(self.objectives)) != len(self.objectives):
             raise ValueError(f"objectives repeat a metric: {self.objectives}")
-        self.constraints = self._build_constraints(constraints)
+        self.constraints = self._with_margins(self._build_constraints(constraints), margins)
         if ACCURACY in self.used_metrics and accuracy is None:
             raise ValueError(
                 "'accuracy' is an objective or budget but no accuracy source was given: pass "
@@ -220,11 +223,34 @@ class SearchProblem:
             return out
         for c in constraints:
             if isinstance(c, Constraint):
-                out.append(Constraint(self.resolve(c.metric), c.op, c.bound))
+                out.append(Constraint(self.resolve(c.metric), c.op, c.bound, c.margin))
             else:
                 name, op, bound = parse_constraint(c)
                 out.append(Constraint(self.resolve(name), op, bound))
         return out
+
+    def _with_margins(
+        self, constraints: list[Constraint], margins: Mapping[str, float] | None
+    ) -> list[Constraint]:
+        by_metric = {self.resolve(k): float(v) for k, v in (margins or {}).items()}
+        budgeted = {c.metric for c in constraints if c.op == "<="}
+        unknown = sorted(set(by_metric) - budgeted)
+        if unknown:
+            raise ValueError(
+                f"margins given for {unknown}, which carry no '<=' budget; budgets: "
+                f"{[str(c) for c in constraints] or 'none'}"
+            )
+        return [
+            Constraint(c.metric, c.op, c.bound, by_metric.get(c.metric, c.margin))
+            if c.op == "<="
+            else c
+            for c in constraints
+        ]
+
+    @property
+    def margins(self) -> dict[str, float]:
+        """The non-zero margins of the budgets, by metric."""
+        return {c.metric: c.margin for c in self.constraints if c.margin}
 
     def direction(self, metric: str) -> str:
         if metric == ACCURACY:
@@ -279,4 +305,6 @@ class SearchProblem:
             "objectives": list(self.objectives),
             "directions": self.directions,
             "constraints": [str(c) for c in self.constraints],
+            # only when some budget keeps one, so studies made before margins still match
+            **({"margins": self.margins} if self.margins else {}),
         }

@@ -247,12 +247,15 @@ def create_search(
     grace_period_s: int | None = None,
     run_dir: str | Path | None = None,
     recipe: Mapping[str, Any] | None = None,
+    margins: Mapping[str, float] | None = None,
 ) -> tuple[optuna.Study, SearchProblem]:
     """Create (or load, to resume) the study of a search without running a trial; see
     `run_search` for the arguments. Workers can `join_worker` the study right away."""
     if n_evaluations < 1:
         raise ValueError(f"n_evaluations must be >= 1, got {n_evaluations}")
-    problem = SearchProblem(space, objectives, accuracy, latency_models, constraints, model_dtype)
+    problem = SearchProblem(
+        space, objectives, accuracy, latency_models, constraints, model_dtype, margins
+    )
     if storage is None and run_dir is not None:
         storage = Path(run_dir) / "study.db"  # one process: SQLite in the run folder
     store = open_storage(storage, heartbeat_interval_s, grace_period_s)
@@ -310,6 +313,7 @@ def run_search(
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
     run_dir: str | Path | None = None,
     recipe: Mapping[str, Any] | None = None,
+    margins: Mapping[str, float] | None = None,
 ) -> optuna.Study:
     """Search `space` and return the Optuna study.
 
@@ -319,6 +323,9 @@ def run_search(
         accuracy: the paid metric, any callable `arch -> accuracy` (higher is better).
         latency_models: further latency models, recorded on every trial and usable in budgets.
         constraints: budgets, e.g. `["latency_ms@pixel3 <= 20"]` or `{"params": 2e6}`.
+        margins: metric -> relative margin its `<=` budget keeps (feasible when predicted x
+            (1 + margin) <= bound; `auto_margin` derives one from held-out error); stored
+            with the study, so a joining worker applies the same.
         sampler: a name from `SAMPLERS` (default `auto`: ours when accuracy is an objective,
             else NSGA-II) or an Optuna sampler object.
         n_evaluations: the budget: distinct archs whose accuracy is paid for (duplicates and
@@ -356,6 +363,7 @@ def run_search(
         grace_period_s=grace_period_s,
         run_dir=run_dir,
         recipe=recipe,
+        margins=margins,
     )
     _optimize(study, problem, n_evaluations, max_trials or 20 * n_evaluations, timeout_s, callbacks)
     return study
@@ -402,6 +410,7 @@ def join_worker(
     grace_period_s: int | None = None,
     timeout_s: float | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    margins: Mapping[str, float] | None = None,
 ) -> optuna.Study:
     """Join an existing study as one more worker, until the study holds its budget.
 
@@ -411,14 +420,23 @@ def join_worker(
     one the study was created with; the seed defaults to one drawn from the process id, so
     workers do not propose the same archs. `n_evaluations` is the total the worker stops at
     (default: the study's own), counted over every worker, as `run_search` counts it: a
-    trial that would pass it is not started.
+    trial that would pass it is not started. The budgets' margins are the study's own (stored
+    when it was created); margins given here must equal them.
     """
     store = open_storage(storage, heartbeat_interval_s, grace_period_s, must_exist=True)
     if store is None:
         raise ValueError("join_worker needs a shared storage (URL or journal file), got None")
     study = _existing_study(store, storage, study_name)
     cfg = study.user_attrs[CONFIG_ATTR]
-    problem = SearchProblem(space, objectives, accuracy, latency_models, constraints, model_dtype)
+    problem = SearchProblem(
+        space,
+        objectives,
+        accuracy,
+        latency_models,
+        constraints,
+        model_dtype,
+        margins if margins is not None else cfg.get("margins"),
+    )
     _check_same_problem(study, problem)
     name = sampler or str(cfg.get("sampler", "auto"))
     worker_seed = seed if seed is not None else (os.getpid() * 7919) % 2**32

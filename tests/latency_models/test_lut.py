@@ -69,8 +69,13 @@ def test_build_covers_every_layer_and_sums_like_the_device(tmp_path: Path) -> No
     arch = SPACE.sample(3)
     model = LUTSum(again, device, on_missing="measure")
     assert isinstance(model, lm.LatencyModel)
-    expected = device.arch_ms(SPACE, arch) - device.params.network_overhead(device.profile)
-    assert model.predict_arch(SPACE, arch) == pytest.approx(expected)
+    # the emulated device's per-network cost is part of the sum: the LUT prices the whole network
+    assert device.network_overhead_ms() == pytest.approx(0.04)
+    assert model.network_overhead_ms == device.network_overhead_ms()
+    assert model.predict_arch(SPACE, arch) == pytest.approx(device.arch_ms(SPACE, arch))
+    assert LUTSum(again).predict_arch(SPACE, arch) == pytest.approx(
+        device.arch_ms(SPACE, arch) - device.network_overhead_ms()
+    )  # without its device a LUT knows no per-network cost
 
 
 def test_resume_after_a_crash_loses_nothing(tmp_path: Path) -> None:
@@ -216,7 +221,9 @@ def test_dead_branch_device_prices_runtime_specs() -> None:
     archs = [nb.from_index(i) for i in (21, 1852)]
     lut = build_lut(nb, device, None, archs=archs)
     assert not any(k.startswith("mul") for k in lut.entries)
-    assert LUTSum(lut, device).predict_many(nb, archs)[1] == 0.0  # index 1852: degenerate
+    overhead = device.network_overhead_ms()
+    # index 1852 is degenerate: no layer runs, the call still costs its per-network overhead
+    assert LUTSum(lut, device).predict_many(nb, archs)[1] == pytest.approx(overhead)
 
 
 def test_real_lut_path_naming(tmp_path: Path) -> None:

@@ -322,7 +322,7 @@ class FrontierSampler(BaseSampler):
                 continue
             j = self.cheap_names.index(name)
             worst = float(np.max(sign * pool.cheap[pool.feasible, j]))
-            bounds = [c.bound * sign for c in p.constraints if c.metric == name]
+            bounds = [c.effective_bound * sign for c in p.constraints if c.metric == name]
             refs.append(min([worst, *bounds]) if bounds else worst)
         floors = [c.bound for c in p.constraints if c.metric == ACCURACY and c.op == ">="]
         # the initial design is a stratified random sample of the pool, so its median estimates

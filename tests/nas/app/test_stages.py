@@ -41,7 +41,9 @@ def _changed(config: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
         parent = parent[int(part)] if isinstance(parent, list) else parent[part]
     last: Any = int(path[-1]) if isinstance(parent, list) else path[-1]
     value = parent[last]
-    if isinstance(value, bool):
+    if value is None:  # an automatic default (devices[].calibration_archs)
+        parent[last] = 1
+    elif isinstance(value, bool):
         parent[last] = not value
     elif isinstance(value, (int, float)):
         parent[last] = value + 1

@@ -1,0 +1,260 @@
+"""Budgets a run keeps on the device, not only in the predictor: each latency model checked
+against the device's own whole-network figure on held-out archs (and corrected where that pays),
+the margin each latency budget keeps, and the winners re-checked on the device and replaced.
+
+The device's own figure is what the budget promises: measured on a real runtime, the whole
+network priced on an emulated device, the table's entry on a table device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.app.errors import FileProblem
+from nas.core.files import write_json_atomic
+from nas.core.space import Arch, SearchSpace
+from nas.search.constraints import Margin, auto_margin
+
+__all__ = [
+    "FREE_CHECK_ARCHS",
+    "BudgetMiss",
+    "HeldOut",
+    "LatencyBudget",
+    "Recheck",
+    "Rejected",
+    "budget_margins",
+    "check_archs",
+    "device_figures",
+    "heldout_quality",
+    "latency_budgets",
+    "recheck",
+    "stored_constraints",
+]
+
+log = logging.getLogger(__name__)
+
+FREE_CHECK_ARCHS = 50
+"""Archs priced whole to fit, and as many again to check, a latency model on a device whose
+whole-network figure costs nothing (emulated and table devices): enough held-out archs for a
+conformal margin (`nas.search.MIN_CONFORMAL_ARCHS`)."""
+
+
+def check_archs(configured: int | None, device: Any) -> int:
+    """Whole networks to fit the latency model on (as many again are held out to check it):
+    the configured number, or by default `FREE_CHECK_ARCHS` where the device's figure is free
+    (emulated, table) and none on a real runtime (each is a measurement)."""
+    if configured is not None:
+        return int(configured)
+    return FREE_CHECK_ARCHS if getattr(device, "kind", "real") != "real" else 0
+
+
+@dataclass
+class HeldOut:
+    """A device's latency model against the device's own figure on archs it was not fitted on:
+    the measured and predicted ms of the model the run uses, per held-out arch."""
+
+    measured_ms: list[float]
+    predicted_ms: list[float]
+    model: str  # "plain" (the table's sum) or "corrected" (fitted on the other archs)
+
+    def ratios(self) -> np.ndarray:
+        return np.asarray(self.measured_ms) / np.asarray(self.predicted_ms)
+
+
+def heldout_quality(
+    plain: np.ndarray, corrected: np.ndarray, measured: np.ndarray, n_fit: int, self_fitted: bool
+) -> tuple[dict[str, float], HeldOut]:
+    """Both models' held-out error, and which the run uses: the corrected one, unless the
+    plain sum is at least as close on the held-out archs (`self_fitted`: a kind whose fit is
+    the model, as a kernel table's line, always uses the fitted one)."""
+    from latency_models.validate import metrics
+
+    q_plain, q_corr = metrics(plain, measured), metrics(corrected, measured)
+    use_corrected = self_fitted or q_corr["mape_pct"] < q_plain["mape_pct"]
+    chosen = corrected if use_corrected else plain
+    ratios = measured / chosen
+    quality: dict[str, Any] = {
+        **{f"lut_{k}": v for k, v in q_plain.items()},
+        **{f"corrected_{k}": v for k, v in q_corr.items()},
+        "n_fit": n_fit,
+        "n_test": len(measured),
+        "model": "corrected" if use_corrected else "plain",
+        "mape_pct": (q_corr if use_corrected else q_plain)["mape_pct"],
+        "ratio_p90": float(np.quantile(ratios, 0.90)),
+        "ratio_p95": float(np.quantile(ratios, 0.95)),
+        "ratio_max": float(ratios.max()),
+    }
+    held = HeldOut(measured.tolist(), chosen.tolist(), quality["model"])
+    return quality, held
+
+
+def budget_margins(
+    budgets: Mapping[str, float],
+    heldout: Mapping[str, HeldOut],
+    metric_of: Mapping[str, str],
+    margin: str | float,
+) -> dict[str, Margin]:
+    """The margin of each latency budget (metric -> Margin): `auto` from the held-out error of
+    the device's latency model (`nas.search.auto_margin`), or the given number. `metric_of`
+    maps a device label to its latency metric; budgets on exact metrics (MACs, parameters,
+    memory) keep none."""
+    label_of = {metric: label for label, metric in metric_of.items()}
+    out: dict[str, Margin] = {}
+    for metric in budgets:
+        label = label_of.get(metric)
+        if label is None:
+            continue
+        if margin != "auto":
+            out[metric] = Margin(float(margin), "fixed")
+            continue
+        held = heldout.get(label)
+        if held is None:
+            out[metric] = Margin(0.0, "none")
+        else:
+            out[metric] = auto_margin(held.measured_ms, held.predicted_ms)
+    return out
+
+
+def device_figures(
+    space: SearchSpace, device: Any, dtype: str, archs: Sequence[Arch], cache: Path
+) -> dict[str, float]:
+    """The device's own whole-network figure (ms: measured, priced or the table's) of each arch,
+    cached per arch key in `cache` (JSON), so a killed run measures nothing twice."""
+    done: dict[str, float] = {}
+    if cache.exists():
+        try:
+            done = {str(k): float(v) for k, v in dict(json.loads(cache.read_text())).items()}
+        except (ValueError, TypeError) as err:
+            raise FileProblem(
+                cache,
+                f"not a JSON object of arch key -> latency in ms ({err})",
+                "delete it: the networks are measured again",
+            ) from None
+    for a in archs:
+        key = space.key(a)
+        if key not in done:
+            done[key] = float(device.measure_arch(space, a, dtype).latency_ms)
+            write_json_atomic(cache, done, indent=0, sort_keys=False)
+    return done
+
+
+@dataclass
+class Rejected:
+    """A search winner the device's own figure put over a budget, and what took its place."""
+
+    arch_key: str
+    accuracy: float
+    budget: str
+    predicted_ms: float
+    device_ms: float
+    replaced_by: str = ""
+
+
+@dataclass
+class BudgetMiss:
+    """No arch of the study keeps a budget on the device: the fastest one found and its figure."""
+
+    budget: str
+    arch_key: str
+    predicted_ms: float
+    device_ms: float
+
+    def sentence(self) -> str:
+        return (
+            f"no arch in the study keeps `{self.budget}` on the device's own figure: the "
+            f"fastest found, `{self.arch_key}`, runs in {self.device_ms:.4g} ms (predicted "
+            f"{self.predicted_ms:.4g})"
+        )
+
+
+@dataclass
+class LatencyBudget:
+    """A `<=` budget on one device's latency: the label of the device, the bound in ms."""
+
+    metric: str
+    label: str
+    bound: float
+
+    def text(self) -> str:
+        return f"{self.metric} <= {self.bound:g}"
+
+
+@dataclass
+class Recheck:
+    """What re-checking the winners found: the archs kept, those rejected, and a miss per
+    budget that nothing in the study keeps."""
+
+    kept: list[tuple[Any, dict[str, float]]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    misses: list[BudgetMiss] = field(default_factory=list)
+
+
+def latency_budgets(
+    constraints: Sequence[tuple[str, str, float]], metric_of: Mapping[str, str]
+) -> list[LatencyBudget]:
+    """The `<=` latency budgets among `constraints` (metric, op, bound), with their device."""
+    label_of = {metric: label for label, metric in metric_of.items()}
+    return [
+        LatencyBudget(metric, label_of[metric], bound)
+        for metric, op, bound in constraints
+        if op == "<=" and metric in label_of
+    ]
+
+
+def recheck(
+    candidates: Sequence[Any],
+    top_k: int,
+    budgets: Sequence[LatencyBudget],
+    figure: Any,
+    predicted: Any,
+) -> Recheck:
+    """Walk `candidates` (rows with `arch_key` and `accuracy`, best first) and keep the first
+    `top_k` whose device figure (`figure(label, key) -> ms`) keeps every budget; each one over
+    a budget is rejected and named with the arch that replaced it (`predicted(label, key)`
+    gives the search's figure for the record)."""
+    out = Recheck()
+    waiting: list[Rejected] = []
+    for row in candidates:
+        if len(out.kept) >= top_k:
+            break
+        key = str(row["arch_key"])
+        figures = {b.label: figure(b.label, key) for b in budgets}
+        over = [b for b in budgets if figures[b.label] > b.bound]
+        if over:
+            b = max(over, key=lambda b: figures[b.label] / b.bound)
+            rejected = Rejected(
+                key,
+                float(row["accuracy"]),
+                b.text(),
+                float(predicted(b.label, key)),
+                figures[b.label],
+            )
+            out.rejected.append(rejected)
+            waiting.append(rejected)
+            continue
+        out.kept.append((row, figures))
+        for r in waiting:
+            r.replaced_by = key
+        waiting = []
+    return out
+
+
+def stored_constraints(study: Any, configured: Mapping[str, float]) -> list[tuple[str, str, float]]:
+    """The budgets (metric, op, bound) as the study stored them (canonical metric names), or
+    as configured when there is no study."""
+    from nas.search import parse_constraint
+
+    stored = study.user_attrs.get("edge_nas", {}) if study is not None else {}
+    if "constraints" in stored:
+        return [parse_constraint(str(c)) for c in stored["constraints"]]
+    return [
+        (name, ">=" if name in ("accuracy", "acc") else "<=", float(bound))
+        for name, bound in configured.items()
+    ]
