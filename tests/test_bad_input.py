@@ -434,6 +434,8 @@ CASES: list[Case] = [
          "--budget", "pixle3-emulated"),
     case("search-budget-garbage", f"{SEARCH} --budget 'params is small'", "--budget"),
     case("search-budget-negative", f"{SEARCH} --budget params<=-1", "--budget"),
+    case("search-margin-over-1", f"{LAT} --budget latency_ms<=2 --margin 1.5", "--margin",
+         "[0, 1)"),
     case("search-trials-0", f"{SEARCH} --trials 0", "--trials"),
     case("search-lut-archs-0", f"{LAT} --lut-archs 0", "--lut-archs"),
     case("search-unknown-latency-model", f"{LAT} --latency-model lutt", "--latency-model",

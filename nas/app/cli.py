@@ -353,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="e.g. 'latency_ms@pixel3-emulated<=2' (repeatable)",
     )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        help="relative margin every latency budget keeps: feasible when predicted x (1 + "
+        "margin) <= budget (0.1 = 10 %%; a run config's `search.margin: auto` measures it)",
+    )
     p.add_argument("--sampler", default="nsga2", help="frontier, gp, nsga2, nsga3, random, tpe")
     p.add_argument("--trials", type=positive_int, default=100)
     p.add_argument("--lut-archs", type=positive_int, default=50)

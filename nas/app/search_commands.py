@@ -60,6 +60,8 @@ def _check_search(args: argparse.Namespace) -> Any:
     check_metrics(
         p, space, named, ("--objectives", _split(args.objectives)), budgets, accuracy=False
     )
+    if not 0 <= args.margin < 1:
+        p.add("--margin", f"a relative margin in [0, 1) (0.1 = 10 %), got {args.margin:g}")
     check_sampler(p, "--sampler", args.sampler)
     check_storage(p, "--storage", args.storage)
     check_out_folder(p, "--out", args.out)
@@ -72,6 +74,18 @@ def _objectives(names: list[str], models: list[Any]) -> list[Any]:
     for name in names:
         out += models if name == "latency" else [name]
     return out
+
+
+def _latency_margins(budgets: list[str], models: list[Any], margin: float) -> dict[str, float]:
+    """`margin` for every latency budget among `budgets` (a bare `latency_ms` included)."""
+    from nas.search import parse_constraint
+    from nas.search.objectives import latency_metric_name
+
+    if not margin:
+        return {}
+    names = {latency_metric_name(m) for m in models}
+    metrics = [parse_constraint(b)[0] for b in budgets]
+    return {m: margin for m in metrics if m in names or (m == "latency_ms" and len(names) == 1)}
 
 
 def search_cmd(args: argparse.Namespace) -> int:
@@ -121,6 +135,7 @@ def search_cmd(args: argparse.Namespace) -> int:
             _objectives(_split(args.objectives), models),
             latency_models=models,
             constraints=args.budget or None,
+            margins=_latency_margins(args.budget, models, args.margin),
             sampler=args.sampler,
             n_evaluations=args.trials,
             storage=args.storage or sqlite_url(out / "study.db"),

@@ -135,3 +135,16 @@ def test_when_nothing_keeps_the_budget_the_headline_says_so(
     assert miss.device_ms == pytest.approx(1.5 * bound) and miss.arch_key in every
     report = write_report(state).read_text()
     assert "no arch in the study keeps" in report and miss.arch_key in report
+
+
+def test_nas_search_keeps_a_given_margin_and_stores_it(tmp_path: Path) -> None:
+    from nas.app.cli import main
+    from nas.search import sqlite_url, study_settings
+
+    out = tmp_path / "s"
+    argv = "search --device pixel3-emulated --objectives latency,params --trials 4"
+    args = [*argv.split(), "--lut-archs", "2", "--budget", f"{METRIC}<=0.3", "--margin", "0.2"]
+    assert main(["-q", *args, "--out", str(out)]) == 0
+    assert study_settings(sqlite_url(out / "study.db"))["margins"] == {METRIC: 0.2}
+    trials = pd.read_csv(out / "trials.csv")
+    assert list(trials["feasible"]) == list(trials[METRIC] * 1.2 <= 0.3)
