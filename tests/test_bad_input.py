@@ -343,7 +343,7 @@ CASES: list[Case] = [
     run_config("margin-word", {"search": {"margin": "safe"}}, "search.margin", "auto"),
     run_config("margin-negative", {"search": {"margin": -0.1}}, "search.margin", "[0, 1)"),
     run_config("margin-auto-unmeasured-real-device",
-               {"devices": [{"name": "ort-cpu-1t", "lut_archs": 2}],
+               {"devices": [{"name": "ort-cpu-1t", "lut_archs": 2, "calibration_archs": 0}],
                 "search": {"budgets": {"latency_ms@ort-cpu-1t": 5.0}}},
                "devices[0].calibration_archs", "search.margin"),
     run_config("calibration-archs-negative", _devices(calibration_archs=-1),

@@ -24,6 +24,7 @@ from nas.search.constraints import Margin, auto_margin
 
 __all__ = [
     "FREE_CHECK_ARCHS",
+    "REAL_CHECK_ARCHS",
     "BudgetMiss",
     "HeldOut",
     "LatencyBudget",
@@ -36,6 +37,7 @@ __all__ = [
     "latency_budgets",
     "recheck",
     "stored_constraints",
+    "unmet_budgets",
 ]
 
 log = logging.getLogger(__name__)
@@ -46,13 +48,18 @@ whole-network figure costs nothing (emulated and table devices): enough held-out
 conformal margin (`nas.search.MIN_CONFORMAL_ARCHS`)."""
 
 
+REAL_CHECK_ARCHS = 10
+"""The same on a real runtime, where each is a measurement (about a second): enough to see the
+model's error; a conformal margin needs `calibration_archs: 30` or more."""
+
+
 def check_archs(configured: int | None, device: Any) -> int:
     """Whole networks to fit the latency model on (as many again are held out to check it):
     the configured number, or by default `FREE_CHECK_ARCHS` where the device's figure is free
-    (emulated, table) and none on a real runtime (each is a measurement)."""
+    (emulated, table) and `REAL_CHECK_ARCHS` on a real runtime."""
     if configured is not None:
         return int(configured)
-    return FREE_CHECK_ARCHS if getattr(device, "kind", "real") != "real" else 0
+    return FREE_CHECK_ARCHS if getattr(device, "kind", "real") != "real" else REAL_CHECK_ARCHS
 
 
 @dataclass
@@ -76,6 +83,14 @@ def heldout_quality(
     the model, as a kernel table's line, always uses the fitted one)."""
     from latency_models.validate import metrics
 
+    # a network priced at nothing (a degenerate cell: no layer runs) has no ratio to learn from
+    live = (plain > 0) & (corrected > 0) & (measured > 0)
+    if live.sum() < 2:
+        raise ValueError(
+            f"a latency model's check needs 2 or more held-out networks priced above 0 ms; "
+            f"{int(live.sum())} of {len(measured)} are: raise calibration_archs"
+        )
+    plain, corrected, measured = plain[live], corrected[live], measured[live]
     q_plain, q_corr = metrics(plain, measured), metrics(corrected, measured)
     use_corrected = self_fitted or q_corr["mape_pct"] < q_plain["mape_pct"]
     chosen = corrected if use_corrected else plain
@@ -258,3 +273,28 @@ def stored_constraints(study: Any, configured: Mapping[str, float]) -> list[tupl
         (name, ">=" if name in ("accuracy", "acc") else "<=", float(bound))
         for name, bound in configured.items()
     ]
+
+
+def unmet_budgets(frame: Any, study: Any) -> str:
+    """The sentence for a search none of whose archs keeps every budget: for each budget, the
+    best value found against the bound."""
+    from nas.search import parse_constraint
+
+    stored = study.user_attrs.get("edge_nas", {}).get("constraints", []) if study else []
+    parts = []
+    for text in stored:
+        metric, op, bound = parse_constraint(str(text))
+        if metric not in frame.columns or frame.empty:
+            continue
+        best = frame[metric].min() if op == "<=" else frame[metric].max()
+        word = "fastest" if metric.startswith("latency_ms@") else "best"
+        kept = int(((frame[metric] <= bound) if op == "<=" else (frame[metric] >= bound)).sum())
+        parts.append(
+            f"the {word} {metric} found is {best:.4g} against the budget {op} {bound:g} "
+            f"({kept} of {len(frame)} archs keep it)"
+        )
+    found = "; ".join(parts) or f"{len(frame)} archs tried"
+    return (
+        f"no arch the search tried keeps every budget: {found}. Loosen search.budgets (a "
+        "rerun redoes only the search and what follows it) or search longer (search.trials)"
+    )

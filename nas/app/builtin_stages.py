@@ -31,7 +31,6 @@ __all__ = [
     "stage_search",
     "stage_supernet",
     "stage_winners",
-    "unmet_budgets",
 ]
 
 log = logging.getLogger(__name__)
@@ -241,7 +240,7 @@ def stage_winners(state: RunState, progress: bool) -> None:
     """The best feasible archs by accuracy, each re-checked on every budgeted device's own
     figure and replaced by the next feasible arch when over a budget; test accuracy and the
     device figures on every device recorded."""
-    from nas.app.budgets import latency_budgets, recheck, stored_constraints
+    from nas.app.budgets import latency_budgets, recheck, stored_constraints, unmet_budgets
     from nas.search import pareto_frame, trials_frame
 
     frame = trials_frame(state.study)
@@ -250,7 +249,7 @@ def stage_winners(state: RunState, progress: bool) -> None:
     front.to_csv(state.run_dir / "pareto.csv", index=False)
     feasible = frame[frame["feasible"]] if "feasible" in frame.columns else frame
     if feasible.empty:
-        raise InputError(unmet_budgets(frame, state.study))
+        raise InputError(unmet_budgets(frame, state.study))  # nas.app.budgets
     candidates = feasible.sort_values("accuracy", ascending=False).drop_duplicates("arch_key")
     configured = dict(state.config.search.budgets)
     budgets = latency_budgets(stored_constraints(state.study, configured), _metric_of(state))
@@ -312,31 +311,6 @@ def _miss(state: RunState, frame: pd.DataFrame, budget: Any) -> Any:
         key,
         _predicted(state, budget.label, key),
         _device_figure(state, budget.label, key),
-    )
-
-
-def unmet_budgets(frame: pd.DataFrame, study: Any) -> str:
-    """The sentence for a search none of whose archs keeps every budget: for each budget, the
-    best value found against the bound."""
-    from nas.search import parse_constraint
-
-    stored = study.user_attrs.get("edge_nas", {}).get("constraints", []) if study else []
-    parts = []
-    for text in stored:
-        metric, op, bound = parse_constraint(str(text))
-        if metric not in frame.columns or frame.empty:
-            continue
-        best = frame[metric].min() if op == "<=" else frame[metric].max()
-        word = "fastest" if metric.startswith("latency_ms@") else "best"
-        kept = int(((frame[metric] <= bound) if op == "<=" else (frame[metric] >= bound)).sum())
-        parts.append(
-            f"the {word} {metric} found is {best:.4g} against the budget {op} {bound:g} "
-            f"({kept} of {len(frame)} archs keep it)"
-        )
-    found = "; ".join(parts) or f"{len(frame)} archs tried"
-    return (
-        f"no arch the search tried keeps every budget: {found}. Loosen search.budgets (a "
-        "rerun redoes only the search and what follows it) or search longer (search.trials)"
     )
 
 

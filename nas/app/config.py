@@ -90,7 +90,7 @@ class DeviceConfig:
     #: whole networks measured (priced, on emulated and table devices) to fit the latency
     #: model's correction; as many again are held out to check it against the device's own
     #: figure (its error sets the budget's `auto` margin). Default: 50 where the figure is free
-    #: (emulated, table devices), 0 on a real runtime (each is a measurement)
+    #: (emulated, table devices), 10 on a real runtime (each is a measurement); 0: unchecked
     calibration_archs: int | None = None
     #: passes over every LUT layer, each layer keeping its fastest: more on a noisy shared
     #: host (real runtimes); emulated and table devices are deterministic, 1 is enough

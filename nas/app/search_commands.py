@@ -148,7 +148,7 @@ def search_cmd(args: argparse.Namespace) -> int:
         export_pareto_csv(study, out / "pareto.csv")
     print(f"{len(study.trials)} trials; front in {out / 'pareto.csv'}")
     if "feasible" in frame.columns and not frame["feasible"].any():
-        from nas.app.builtin_stages import unmet_budgets
+        from nas.app.budgets import unmet_budgets
 
         raise InputError(unmet_budgets(frame, study).replace("search.budgets", "--budget"))
     return 0

@@ -51,7 +51,7 @@ def test_margins_auto_fixed_and_without_held_out_archs() -> None:
     assert fixed[METRIC].method == "fixed" and fixed[METRIC].value == 0.1
     assert budget_margins({METRIC: 1.0}, {}, {LABEL: METRIC}, "auto")[METRIC].method == "none"
     assert check_archs(None, SimpleNamespace(kind="emulated")) == 50
-    assert check_archs(None, SimpleNamespace(kind="real")) == 0
+    assert check_archs(None, SimpleNamespace(kind="real")) == 10
     assert check_archs(7, SimpleNamespace(kind="real")) == 7
 
 
