@@ -148,3 +148,21 @@ def test_nas_search_keeps_a_given_margin_and_stores_it(tmp_path: Path) -> None:
     assert study_settings(sqlite_url(out / "study.db"))["margins"] == {METRIC: 0.2}
     trials = pd.read_csv(out / "trials.csv")
     assert list(trials["feasible"]) == list(trials[METRIC] * 1.2 <= 0.3)
+
+
+def test_the_correction_is_used_only_where_it_pays_on_held_out_archs() -> None:
+    from nas.app.budgets import heldout_quality
+
+    measured = np.array([1.0, 2.0, 3.0, 4.0])
+    off = measured * 0.8  # the plain sum misses 20 %
+    close = measured * np.array([1.01, 0.99, 1.02, 0.98])
+    quality, held = heldout_quality(off, close, measured, 4, self_fitted=False)
+    assert held.model == "corrected" and held.predicted_ms == close.tolist()
+    assert quality["ratio_p95"] == pytest.approx(np.quantile(measured / close, 0.95))
+    quality, held = heldout_quality(close, off, measured, 4, self_fitted=False)
+    assert held.model == "plain" and quality["mape_pct"] < 2
+    _, held = heldout_quality(close, off, measured, 4, self_fitted=True)
+    assert held.model == "corrected"  # a kernel table's line is the model itself
+    # a degenerate cell priced at 0 ms is left out of the check
+    _, held = heldout_quality(np.r_[0.0, close], np.r_[0.0, off], np.r_[0.1, measured], 4, False)
+    assert len(held.measured_ms) == 4
