@@ -203,12 +203,11 @@ class LatencyBudget:
 
 @dataclass
 class Recheck:
-    """What re-checking the winners found: the archs kept, those rejected, and a miss per
-    budget that nothing in the study keeps."""
+    """What re-checking the winners found: the archs kept (each with its device figures per
+    budgeted device label) and those rejected."""
 
     kept: list[tuple[Any, dict[str, float]]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
-    misses: list[BudgetMiss] = field(default_factory=list)
 
 
 def latency_budgets(
