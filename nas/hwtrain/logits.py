@@ -59,15 +59,16 @@ class ArchLogits(nn.Module):
         return self.alpha[start : start + len(self.choices[dim])]
 
     def log_probs(self) -> dict[str, Tensor]:
-        """Per dim of the space (in its order), the log-probability of each value."""
+        """Per dim of the space (in its order), the log-probability of each value (float64:
+        expectations over thousands of archs keep their digits)."""
         out: dict[str, Tensor] = {}
         for k, c in self.choices.items():
             if k in self.offsets:
-                out[k] = torch.log_softmax(self.logits(k), dim=0)
+                out[k] = torch.log_softmax(self.logits(k).double(), dim=0)
             elif self.frozen[k] == SAMPLE:
-                out[k] = torch.full((len(c),), -float(np.log(len(c))))
+                out[k] = torch.full((len(c),), -float(np.log(len(c))), dtype=torch.float64)
             else:
-                row = torch.full((len(c),), -float("inf"))
+                row = torch.full((len(c),), -float("inf"), dtype=torch.float64)
                 row[c.index(self.frozen[k])] = 0.0
                 out[k] = row
         return out

@@ -197,7 +197,7 @@ def _epoch(run: _Run, epoch: int) -> None:
         ce = F.cross_entropy(run.net(x), y)
         ce.backward()
         run.opt_w.step()
-        totals["ce"] += float(ce)
+        totals["ce"] += float(ce.detach())
         if not warm:
             totals["arch_loss"] += _arch_step(run, a_order, s, tau, gen)
         run.step += 1
@@ -224,7 +224,7 @@ def _arch_step(run: _Run, order: Tensor, s: int, tau: float, gen: torch.Generato
     run.opt_w.zero_grad(set_to_none=True)  # the weights learn on their own split only
     if (s + 1) % cfg.record_every == 0:
         _record(run, None, tau)
-    return float(loss)
+    return float(loss.detach())
 
 
 def _record(run: _Run, epoch: int | None, tau: float) -> None:

@@ -48,7 +48,7 @@ class ToyNet(Supernet):
         return {
             k: c.values[0] if k == "op" else max(c.values)
             for k, c in self.space.dimensions().items()
-        }  # type: ignore[type-var]
+        }
 
     def _configure(self, arch: Arch) -> None:
         self.op.choose(str(arch["op"]))
