@@ -8,11 +8,12 @@ from nas.hwtrain.derive import derive, top_archs
 from nas.hwtrain.expected import ExpectedCost, arch_cost_fn, monte_carlo_check, price_fn
 from nas.hwtrain.logits import SAMPLE, ArchLogits
 from nas.hwtrain.losses import LOSS_FORMS, CostTerm, LossConfig, hardware_loss
-from nas.hwtrain.relax import DimRole, NotRelaxableError, Relaxation, probe_dims
+from nas.hwtrain.relax import RELAXATIONS, DimRole, NotRelaxableError, Relaxation, probe_dims
 from nas.hwtrain.train import HWTrainConfig, HWTrainResult, train_hw
 
 __all__ = [
     "LOSS_FORMS",
+    "RELAXATIONS",
     "SAMPLE",
     "ArchLogits",
     "CostTerm",

@@ -188,6 +188,15 @@ class ExpectedCost:
                 return True
         return False
 
+    def value_range(self) -> tuple[float, float]:
+        """The lowest and highest cost: exact when enumerated; grouped, each group's extremes
+        around the reference added (exact when the cost is additive over groups)."""
+        if self.enumerated:
+            return float(self._values.min()), float(self._values.max())
+        low = self._f0 + sum(float(s.min()) for s in self._single)
+        high = self._f0 + sum(float(s.max()) for s in self._single)
+        return low, high
+
     # -- the expectation -----------------------------------------------------------------------
     def __call__(self) -> Tensor:
         flat = self._flat().double()

@@ -25,7 +25,7 @@ from nas.core.elastic import MixedOp, Supernet
 from nas.core.space import Arch, Primitive
 from nas.hwtrain.logits import SAMPLE, ArchLogits
 
-__all__ = ["DimRole", "NotRelaxableError", "Relaxation", "probe_dims"]
+__all__ = ["RELAXATIONS", "DimRole", "NotRelaxableError", "Relaxation", "probe_dims"]
 
 RELAXATIONS = ("gumbel", "proxyless")
 
