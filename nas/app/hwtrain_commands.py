@@ -153,52 +153,73 @@ def _terms(space: Any, logits: Any, devices: list[_Device], args: argparse.Names
     return terms
 
 
-def run_hwtrain(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole command without the printing: what `hwtrain.json` holds."""
+def _config(args: argparse.Namespace) -> Any:
+    from nas.hwtrain import HWTrainConfig, LossConfig
+
+    try:
+        return HWTrainConfig(
+            epochs=args.epochs,
+            warmup_epochs=args.warmup_epochs,
+            batch_size=args.batch_size,
+            arch_lr=args.arch_lr,
+            lr=args.lr,
+            relaxation=args.relaxation,
+            paths=args.paths,
+            max_steps_per_epoch=args.max_steps,
+            seed=args.seed,
+            loss=LossConfig(args.loss, lam=args.lam),
+        )
+    except ValueError as err:
+        raise InputError(f"nas hwtrain: {err}") from None
+
+
+def _relaxed(space: Any, args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The supernet, its dims' roles and the logits; a space it cannot relax is bad input."""
     import torch
 
-    from nas.core.files import write_json_atomic
-    from nas.data import load_dataset
-    from nas.hwtrain import (
-        ArchLogits,
-        HWTrainConfig,
-        LossConfig,
-        NotRelaxableError,
-        Relaxation,
-        derive,
-        monte_carlo_check,
-        probe_dims,
-        train_hw,
-    )
-    from nas.supernet import evaluate_archs
+    from nas.hwtrain import ArchLogits, NotRelaxableError, probe_dims
 
-    space, devices = _check(args)
-    out = Path(args.out)
-    started = time.perf_counter()
     torch.manual_seed(args.seed)
     net = space.supernet()
     try:
         roles = probe_dims(net)
     except NotRelaxableError as err:
         raise InputError(f"--space: {err}") from None
-    frozen = _frozen(space, roles, args.freeze)
     relaxed = [k for k, r in roles.items() if r.kind != "input"]
-    logits = ArchLogits(space, relaxed, frozen)
+    return net, roles, ArchLogits(space, relaxed, _frozen(space, roles, args.freeze))
+
+
+def run_hwtrain(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole command without the printing: what `hwtrain.json` holds. Every argument is
+    checked before a file is written; a target outside the space's range is said once the
+    latency models price it, before training."""
+    space, devices = _check(args)
+    config = _config(args)
+    net, roles, logits = _relaxed(space, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out), stage_work("hwtrain", out):
+        return _execute(args, space, devices, config, (net, roles, logits), out)
+
+
+def _execute(
+    args: argparse.Namespace,
+    space: Any,
+    devices: list[_Device],
+    config: Any,
+    relaxed: tuple[Any, Any, Any],
+    out: Path,
+) -> dict[str, Any]:
+    from nas.core.files import write_json_atomic
+    from nas.data import load_dataset
+    from nas.hwtrain import Relaxation, derive, monte_carlo_check, train_hw
+    from nas.supernet import evaluate_archs
+
+    net, roles, logits = relaxed
+    started = time.perf_counter()
     _latency_models(space, devices, args)
     terms = _terms(space, logits, devices, args)
     uniform_mc = [monte_carlo_check(t.expected, n=args.mc, seed=args.seed) for t in terms]
-    config = HWTrainConfig(
-        epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs,
-        batch_size=args.batch_size,
-        arch_lr=args.arch_lr,
-        lr=args.lr,
-        relaxation=args.relaxation,
-        paths=args.paths,
-        max_steps_per_epoch=args.max_steps,
-        seed=args.seed,
-        loss=LossConfig(args.loss, lam=args.lam),
-    )
     data = load_dataset(args.data)
     relax = Relaxation(net, logits, roles, args.relaxation, args.paths)
     result = train_hw(net, logits, relax, terms, data, config, out)
@@ -208,8 +229,7 @@ def run_hwtrain(args: argparse.Namespace) -> dict[str, Any]:
     acc = evaluate_archs(net, archs, data.split("train"), data.split("test"), seed=args.seed)
     report["accuracy"] = {"derived": float(acc[0]), "argmax": float(acc[1])}
     report["device_ms"] = {
-        d.name: d.device.measure_arch(space, report["derived"]["arch"], d.model.dtype).latency_ms
-        for d in devices
+        d.name: d.device.measure_arch(space, archs[0], d.model.dtype).latency_ms for d in devices
     }
     report["monte_carlo"] = {
         t.name: {"uniform": u, "final": monte_carlo_check(t.expected, n=args.mc, seed=args.seed)}
@@ -234,9 +254,7 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> None:
 def hwtrain_cmd(args: argparse.Namespace) -> int:
     """`nas hwtrain`: train, derive, price and score; results in --out/hwtrain.json."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out), stage_work("hwtrain", out):
-        report = run_hwtrain(args)
+    report = run_hwtrain(args)
     d = report["derived"]
     priced = ", ".join(f"{k} {v:.4g}" for k, v in d["priced"].items())
     print(f"derived ({report['rule']}): {d['key']}")
