@@ -501,6 +501,8 @@ CASES: list[Case] = [
          "pixel3-emulated=fast", "--target", "fast"),
     case("hwtrain-target-other-device", f"{HW} --device pixel3-emulated --target ort-cpu-1t=1",
          "--target", "ort-cpu-1t"),
+    case("hwtrain-weight-negative", f"{HW1} --weight pixel3-emulated=-1", "--weight"),
+    case("hwtrain-margin-negative", f"{HW1} --margin -0.5", "--margin"),
     case("hwtrain-target-mode-without-target", f"{HW} --device pixel3-emulated", "--target"),
     case("hwtrain-kernel-model-cannot-price-layers", f"{HW1} --latency-model kernels",
          "--latency-model", "kernels"),

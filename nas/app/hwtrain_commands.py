@@ -23,11 +23,15 @@ KINDS = ("lut", "lut+correction", "costmodel", "table")
 class _Device:
     name: str
     target: float | None
+    weight: float = 1.0
     model: Any = None
     device: Any = None
 
 
-def _parse_targets(p: Problems, texts: list[str], devices: list[str]) -> dict[str, float]:
+def _parse_targets(
+    p: Problems, texts: list[str], devices: list[str], key: str = "--target"
+) -> dict[str, float]:
+    """DEVICE=VALUE pairs (a bare VALUE where there is one device), each VALUE > 0."""
     out: dict[str, float] = {}
     for text in texts:
         name, sep, value = text.rpartition("=")
@@ -38,7 +42,7 @@ def _parse_targets(p: Problems, texts: list[str], devices: list[str]) -> dict[st
         except ValueError:
             ms = -1.0
         if name not in devices or not ms > 0:
-            p.add("--target", f"{text!r} is not DEVICE=MS with DEVICE one of --device {devices}")
+            p.add(key, f"{text!r} is not DEVICE=VALUE (> 0) with DEVICE one of --device {devices}")
             continue
         out[name] = ms
     return out
@@ -57,6 +61,7 @@ def _check(args: argparse.Namespace) -> tuple[Any, list[_Device]]:
     if args.latency_model not in KINDS:
         p.add("--latency-model", f"{args.latency_model!r} is not one of {', '.join(KINDS)}")
     targets = _parse_targets(p, args.target, list(args.device))
+    weights = _parse_targets(p, args.weight, list(args.device), "--weight")
     if args.loss == "target" and args.device and not targets:
         p.add("--target", "the target loss needs --target DEVICE=MS for at least one device")
     if args.loss not in LOSS_FORMS:
@@ -65,12 +70,14 @@ def _check(args: argparse.Namespace) -> tuple[Any, list[_Device]]:
         p.add("--relaxation", f"{args.relaxation!r} is not one of {', '.join(RELAXATIONS)}")
     if args.paths not in (1, 2) or (args.paths == 2 and args.relaxation != "proxyless"):
         p.add("--paths", "1, or 2 with --relaxation proxyless (Gumbel runs every path)")
+    if not args.margin >= 0:
+        p.add("--margin", f"must be >= 0 (the target's share kept free), got {args.margin}")
     for text in args.freeze:
         if "=" not in text:
             p.add("--freeze", f"{text!r} is not DIM=VALUE or DIM=sample")
     check_out_folder(p, "--out", args.out)
     p.raise_if_any("nas hwtrain")
-    return space, [_Device(n, targets.get(n)) for n in args.device]
+    return space, [_Device(n, targets.get(n), weights.get(n, 1.0)) for n in args.device]
 
 
 def _latency_models(space: Any, devices: list[_Device], args: argparse.Namespace) -> None:
@@ -147,7 +154,7 @@ def _terms(space: Any, logits: Any, devices: list[_Device], args: argparse.Names
                     f"--target: {d.target} ms on {d.name!r} is outside the space's latency range "
                     f"there, {low:.4g} to {high:.4g} ms"
                 )
-        terms.append(CostTerm(d.name, cost, target=d.target, margin=args.margin))
+        terms.append(CostTerm(d.name, cost, d.weight, target=d.target, margin=args.margin))
     for what in args.term:
         terms.append(CostTerm(what, ExpectedCost(logits, arch_cost_fn(space, what))))
     return terms
@@ -270,6 +277,7 @@ def add_hwtrain_parser(sub: Any, positive_int: Any, positive_float: Any) -> None
     p.add_argument("--data", default="digits")
     p.add_argument("--device", action="append", default=[], help="repeat for several devices")
     p.add_argument("--target", action="append", default=[], help="DEVICE=MS (repeatable)")
+    p.add_argument("--weight", action="append", default=[], help="DEVICE=W: its share of the loss")
     p.add_argument("--margin", type=float, default=0.0, help="aim at target / (1 + margin)")
     p.add_argument("--latency-model", default="lut", help=", ".join(KINDS))
     p.add_argument("--dtype", help="the dtype priced (default: each device's first)")
