@@ -159,6 +159,8 @@ def train_hw(
     )
     out = Path(out_dir) if out_dir is not None else None
     start = _resume(run, out) if out is not None else 0
+    if start == 0:
+        _record(run, 0, config.tau(0))  # the starting distribution (uniform logits)
     with relax.attached():
         for epoch in range(start, config.epochs):
             _epoch(run, epoch)

@@ -74,6 +74,19 @@ def test_loss_forms() -> None:
         LossConfig("fbnet")
 
 
+def test_several_devices_share_the_loss_by_weight() -> None:
+    _, logits, _, _, _ = _setup()
+    fast = CostTerm("a", ExpectedCost(logits, _cost), weight=3.0, reference=0.5)
+    slow = CostTerm("b", ExpectedCost(logits, lambda a: 2 * _cost(a)), weight=1.0, target=2.0)
+    ce = torch.tensor(1.0, dtype=torch.float64)
+    e = float(fast.expected().detach())
+    add, logged = hardware_loss(ce, [fast, slow], LossConfig("additive", lam=1.0))
+    assert logged == {"a": pytest.approx(e), "b": pytest.approx(2 * e)}
+    assert float(add.detach()) == pytest.approx(1.0 + (3 * e / 0.5 + 2 * e / 2.0) / 4)
+    tgt, _ = hardware_loss(ce, [fast, slow], LossConfig("target", lam=1.0))
+    assert float(tgt.detach()) == pytest.approx(1.0 + (3 * e / 0.5 + (2 * e / 2.0 - 1) ** 2) / 4)
+
+
 def test_weights_and_logits_see_disjoint_splits() -> None:
     w, a = _splits(100, _config())
     assert len(w) == 80 and len(a) == 20 and not set(w.tolist()) & set(a.tolist())
@@ -90,6 +103,8 @@ def test_training_reaches_the_target_in_expectation() -> None:
     )
     assert abs(last - 0.35) < abs(first - 0.35) and abs(last / 0.35 - 1) < 0.05
     assert len(result.trajectory) >= 8 and "probs" in result.trajectory[-1]
+    assert result.trajectory[0]["step"] == 0  # the uniform start
+    assert result.trajectory[0]["probs"]["op"] == {"conv": 0.5, "skip": 0.5}
 
 
 def test_a_killed_run_resumes_exactly(tmp_path: Path) -> None:
