@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -65,11 +67,12 @@ def test_the_per_network_cost_is_the_constant_term(lut: lm.LUT) -> None:
     assert isinstance(fitted, LayerPricer) and fitted.network_ms != 0.0  # the intercept b
 
 
-def test_the_table_prices_whole_networks_only(nb201_csv: object) -> None:
+def test_the_table_prices_whole_networks_only(nb201_csv: Path) -> None:
     from search_spaces import NB201Space
 
     space = NB201Space()
     device = lm.get_device("nb201-pixel3", table=nb201_csv, space=space)
+    assert isinstance(device, lm.TabularDevice)
     pricer = layer_pricer(lm.TableLatency(device))
     assert isinstance(pricer, ArchPricer) and not isinstance(pricer, LayerPricer)
     arch = space.sample(0)
