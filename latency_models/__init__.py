@@ -36,6 +36,7 @@ from latency_models.kernels import (
     kernel_lut_path,
     supports_kernels,
 )
+from latency_models.layer_pricing import layer_pricer
 from latency_models.lut import (
     LUT,
     CorruptLUTError,
@@ -124,6 +125,7 @@ __all__ = [
     "host_cpu_profile",
     "kernel_lut_path",
     "latency_model_class",
+    "layer_pricer",
     "lut_path",
     "metrics",
     "module_for_spec",

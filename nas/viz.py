@@ -1,5 +1,5 @@
 """Plots for notebooks and reports (matplotlib, headless): cost scatters, accuracy/latency
-fronts per device, hypervolume histories; `export_run` writes a study's CSVs and plots into a
+fronts per device, hypervolume histories, the logits of hardware-aware training; `export_run` writes a study's CSVs and plots into a
 run folder."""
 
 from __future__ import annotations
@@ -158,6 +158,40 @@ def plot_hypervolume_history(
     return fig
 
 
+def plot_logit_trajectory(
+    rows: Sequence[Mapping[str, object]],
+    dims: Sequence[str] | None = None,
+    path: str | Path | None = None,
+    max_dims: int = 12,
+) -> plt.Figure:
+    """Probability of each value of each relaxed dim against training steps (the rows of a
+    hardware-aware run's `trajectory.json`), one panel per dim: the logits converging."""
+    if not rows:
+        raise ValueError("no trajectory rows to plot (the run recorded none)")
+    first = rows[0]["probs"]
+    assert isinstance(first, Mapping)
+    names = list(dims) if dims is not None else list(first)[:max_dims]
+    cols = min(4, len(names))
+    nrows = -(-len(names) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), dpi=110, squeeze=False)
+    steps = [int(r["step"]) for r in rows]  # type: ignore[call-overload]
+    for ax, name in zip(axes.flat, names, strict=False):
+        values = list(first[name])
+        for v in values:
+            ax.plot(steps, [r["probs"][name][v] for r in rows], label=str(v), lw=1.2)  # type: ignore[index]
+        ax.set_title(name, fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.supxlabel("training step")
+    fig.supylabel("probability")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+    return fig
+
+
 def close(fig: plt.Figure) -> None:
     plt.close(fig)
 
@@ -167,6 +201,7 @@ __all__ = [
     "plot_cost_scatter",
     "plot_fronts_per_device",
     "plot_hypervolume_history",
+    "plot_logit_trajectory",
     "plot_pareto",
 ]
 

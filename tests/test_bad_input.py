@@ -252,6 +252,9 @@ def _mkdir(relative: str) -> Setup:
 
 
 # fmt: off
+HW = "hwtrain --space tiny --epochs 2 --warmup-epochs 1 --max-steps 1 --out {tmp}/h"
+HW1 = f"{HW} --device pixel3-emulated --target pixel3-emulated=0.3"
+
 CASES: list[Case] = [
     # -- the command line itself
     case("no-command", "", "COMMAND"),
@@ -500,6 +503,27 @@ CASES: list[Case] = [
          "--strategies", "randm"),
     case("bench-budgets-0", f"{TABLE} --accuracy-column acc --budgets 0,50", "--budgets"),
     case("bench-seeds-0", f"{TABLE} --accuracy-column acc --seeds 0", "--seeds"),
+    # -- nas hwtrain (issue 19): every refusal comes before training
+    case("hwtrain-no-device", "hwtrain --target 1 --out {tmp}/h", "--device"),
+    case("hwtrain-unknown-device", f"{HW} --device pixel9 --target pixel9=1", "--device[0]",
+         "pixel9"),
+    case("hwtrain-target-not-a-number", f"{HW} --device pixel3-emulated --target "
+         "pixel3-emulated=fast", "--target", "fast"),
+    case("hwtrain-target-other-device", f"{HW} --device pixel3-emulated --target ort-cpu-1t=1",
+         "--target", "ort-cpu-1t"),
+    case("hwtrain-weight-negative", f"{HW1} --weight pixel3-emulated=-1", "--weight"),
+    case("hwtrain-margin-negative", f"{HW1} --margin -0.5", "--margin"),
+    case("hwtrain-target-mode-without-target", f"{HW} --device pixel3-emulated", "--target"),
+    case("hwtrain-kernel-model-cannot-price-layers", f"{HW1} --latency-model kernels",
+         "--latency-model", "kernels"),
+    case("hwtrain-unknown-loss", f"{HW1} --loss fbnet", "--loss", "fbnet"),
+    case("hwtrain-unknown-relaxation", f"{HW1} --relaxation darts", "--relaxation", "darts"),
+    case("hwtrain-two-paths-gumbel", f"{HW1} --paths 2", "--paths", "proxyless"),
+    case("hwtrain-warmup-too-long", f"{HW1} --epochs 2 --warmup-epochs 2", "warmup_epochs"),
+    case("hwtrain-freeze-not-an-input-dim", f"{HW1} --freeze s0.width=16", "--freeze",
+         "s0.width"),
+    case("hwtrain-target-outside-the-range", f"{HW} --device pixel3-emulated --target "
+         "pixel3-emulated=100 --latency-model costmodel", "--target", "range", untouched=False),
     # -- the debug switch: the same bad input, with its traceback
     case("debug-flag-shows-the-traceback", "--debug run {tmp}/config.yaml", "{tmp}/config.yaml",
          files=(("config.yaml", ""),), traceback=True),

@@ -19,6 +19,7 @@ from typing import Any
 from nas.app import arg_checks as checks
 from nas.app.arg_checks import int_list, nonnegative_int, positive_float, positive_int
 from nas.app.errors import EXIT_BAD_INPUT, debug_enabled, run_command, stage_work
+from nas.app.hwtrain_commands import add_hwtrain_parser
 
 __all__ = [
     "build_parser",
@@ -411,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", default="distill,prune,qat,export")
     p.add_argument("--device", action="append", default=[], help="real device to time on")
     p.set_defaults(func=_compress_cmd)
+
+    add_hwtrain_parser(sub, positive_int, positive_float)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
         dest="bench_command", required=True, metavar="SUBCOMMAND"

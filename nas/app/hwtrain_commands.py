@@ -1,0 +1,302 @@
+"""`nas hwtrain`: hardware-aware training of a space's supernet with the devices in the loss
+(`nas.hwtrain`), into a folder: checked up front (space, data, devices, latency model, targets
+inside the space's latency range), resumable, and reported in `hwtrain.json`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nas.app.errors import InputError, stage_work
+from nas.app.lock import folder_lock
+from nas.app.validate import Problems, check_data, check_device, check_out_folder, check_space
+
+__all__ = ["add_hwtrain_parser", "hwtrain_cmd", "run_hwtrain"]
+
+KINDS = ("lut", "lut+correction", "costmodel", "table")
+
+
+@dataclass
+class _Device:
+    name: str
+    target: float | None
+    weight: float = 1.0
+    model: Any = None
+    device: Any = None
+
+
+def _parse_targets(
+    p: Problems, texts: list[str], devices: list[str], key: str = "--target"
+) -> dict[str, float]:
+    """DEVICE=VALUE pairs (a bare VALUE where there is one device), each VALUE > 0."""
+    out: dict[str, float] = {}
+    for text in texts:
+        name, sep, value = text.rpartition("=")
+        if not sep and len(devices) == 1:
+            name, value = devices[0], text
+        try:
+            ms = float(value)
+        except ValueError:
+            ms = -1.0
+        if name not in devices or not ms > 0:
+            p.add(key, f"{text!r} is not DEVICE=VALUE (> 0) with DEVICE one of --device {devices}")
+            continue
+        out[name] = ms
+    return out
+
+
+def _check(args: argparse.Namespace) -> tuple[Any, list[_Device]]:
+    from nas.hwtrain import LOSS_FORMS, RELAXATIONS
+
+    p = Problems()
+    space = check_space(p, "--space", args.space)
+    check_data(p, "--data", args.data)
+    if not args.device:
+        p.add("--device", "name at least one device (repeat --device for several)")
+    for i, name in enumerate(args.device):
+        check_device(p, f"--device[{i}]", name, kinds=("real", "emulated", "table"))
+    if args.latency_model not in KINDS:
+        p.add("--latency-model", f"{args.latency_model!r} is not one of {', '.join(KINDS)}")
+    targets = _parse_targets(p, args.target, list(args.device))
+    weights = _parse_targets(p, args.weight, list(args.device), "--weight")
+    if args.loss == "target" and args.device and not targets:
+        p.add("--target", "the target loss needs --target DEVICE=MS for at least one device")
+    if args.loss not in LOSS_FORMS:
+        p.add("--loss", f"{args.loss!r} is not one of {', '.join(LOSS_FORMS)}")
+    if args.relaxation not in RELAXATIONS:
+        p.add("--relaxation", f"{args.relaxation!r} is not one of {', '.join(RELAXATIONS)}")
+    if args.paths not in (1, 2) or (args.paths == 2 and args.relaxation != "proxyless"):
+        p.add("--paths", "1, or 2 with --relaxation proxyless (Gumbel runs every path)")
+    if not args.margin >= 0:
+        p.add("--margin", f"must be >= 0 (the target's share kept free), got {args.margin}")
+    for text in args.freeze:
+        if "=" not in text:
+            p.add("--freeze", f"{text!r} is not DIM=VALUE or DIM=sample")
+    check_out_folder(p, "--out", args.out)
+    p.raise_if_any("nas hwtrain")
+    return space, [_Device(n, targets.get(n), weights.get(n, 1.0)) for n in args.device]
+
+
+def _latency_models(space: Any, devices: list[_Device], args: argparse.Namespace) -> None:
+    import latency_models as lm
+
+    out = Path(args.out)
+    for d in devices:
+        kind = getattr(lm.DEVICES.factory(d.name), "kind", "")
+        if kind == "table":
+            if args.table is None:
+                raise InputError(f"--table: device {d.name!r} reads a table (e.g. nb201.csv)")
+            d.device = lm.get_device(d.name, table=args.table, space=space)
+            d.model = lm.TableLatency(d.device)
+            continue
+        if args.latency_model == "table":
+            raise InputError(f"--latency-model table: {d.name!r} is a {kind} device, not a table")
+        d.device = lm.get_device(d.name)
+        d.model = lm.create_latency_model(
+            args.latency_model,
+            space,
+            d.device,
+            dtype=args.dtype,
+            path=out / f"{args.latency_model}-{d.name}.csv",
+            n_archs=args.lut_archs,
+            progress=not args.quiet,
+        )
+
+
+def _frozen(space: Any, roles: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+    """The input dims (a resolution): their largest value unless `--freeze DIM=VALUE|sample`."""
+    from nas.hwtrain import SAMPLE
+
+    given = dict(t.split("=", 1) for t in texts if "=" in t)
+    dims = space.dimensions()
+    unknown = [k for k in given if k not in dims or roles[k].kind != "input"]
+    if unknown:
+        inputs = [k for k, r in roles.items() if r.kind == "input"]
+        raise InputError(f"--freeze: {unknown} are not input dims of {space.name!r} ({inputs})")
+    out: dict[str, Any] = {}
+    for k, r in roles.items():
+        if r.kind != "input":
+            continue
+        text = given.get(k)
+        if text is None:
+            out[k] = max(dims[k].values)
+        elif text == SAMPLE:
+            out[k] = SAMPLE
+        else:
+            match = [v for v in dims[k].values if str(v) == text]
+            if not match:
+                raise InputError(f"--freeze: {k}={text} is not one of {list(dims[k].values)}")
+            out[k] = match[0]
+    return out
+
+
+def _terms(space: Any, logits: Any, devices: list[_Device], args: argparse.Namespace) -> list[Any]:
+    """One cost term per device (its target checked against the space's range), plus any
+    `--term params|peak_memory`."""
+    import latency_models as lm
+    from nas.core.protocols import CannotPriceLayersError
+    from nas.hwtrain import CostTerm, ExpectedCost, arch_cost_fn, price_fn
+
+    terms = []
+    for d in devices:
+        try:
+            pricer = lm.layer_pricer(d.model)
+        except CannotPriceLayersError as err:
+            raise InputError(f"--latency-model: {err}") from None
+        cost = ExpectedCost(logits, price_fn(pricer, space))
+        if d.target is not None:
+            low, high = cost.value_range()
+            if not low <= d.target / (1 + args.margin) <= high:
+                raise InputError(
+                    f"--target: {d.target} ms on {d.name!r} is outside the space's latency range "
+                    f"there, {low:.4g} to {high:.4g} ms"
+                )
+        terms.append(CostTerm(d.name, cost, d.weight, target=d.target, margin=args.margin))
+    for what in args.term:
+        terms.append(CostTerm(what, ExpectedCost(logits, arch_cost_fn(space, what))))
+    return terms
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from nas.hwtrain import HWTrainConfig, LossConfig
+
+    try:
+        return HWTrainConfig(
+            epochs=args.epochs,
+            warmup_epochs=args.warmup_epochs,
+            batch_size=args.batch_size,
+            arch_lr=args.arch_lr,
+            lr=args.lr,
+            relaxation=args.relaxation,
+            paths=args.paths,
+            max_steps_per_epoch=args.max_steps,
+            seed=args.seed,
+            loss=LossConfig(args.loss, lam=args.lam),
+        )
+    except ValueError as err:
+        raise InputError(f"nas hwtrain: {err}") from None
+
+
+def _relaxed(space: Any, args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The supernet, its dims' roles and the logits; a space it cannot relax is bad input."""
+    import torch
+
+    from nas.hwtrain import ArchLogits, NotRelaxableError, probe_dims
+
+    torch.manual_seed(args.seed)
+    net = space.supernet()
+    try:
+        roles = probe_dims(net)
+    except NotRelaxableError as err:
+        raise InputError(f"--space: {err}") from None
+    relaxed = [k for k, r in roles.items() if r.kind != "input"]
+    return net, roles, ArchLogits(space, relaxed, _frozen(space, roles, args.freeze))
+
+
+def run_hwtrain(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole command without the printing: what `hwtrain.json` holds. Every argument is
+    checked before a file is written; a target outside the space's range is said once the
+    latency models price it, before training."""
+    space, devices = _check(args)
+    config = _config(args)
+    net, roles, logits = _relaxed(space, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out), stage_work("hwtrain", out):
+        return _execute(args, space, devices, config, (net, roles, logits), out)
+
+
+def _execute(
+    args: argparse.Namespace,
+    space: Any,
+    devices: list[_Device],
+    config: Any,
+    relaxed: tuple[Any, Any, Any],
+    out: Path,
+) -> dict[str, Any]:
+    from nas.core.files import write_json_atomic
+    from nas.data import load_dataset
+    from nas.hwtrain import Relaxation, derive, monte_carlo_check, train_hw
+    from nas.supernet import evaluate_archs
+
+    net, roles, logits = relaxed
+    started = time.perf_counter()
+    _latency_models(space, devices, args)
+    terms = _terms(space, logits, devices, args)
+    uniform_mc = [monte_carlo_check(t.expected, n=args.mc, seed=args.seed) for t in terms]
+    data = load_dataset(args.data)
+    relax = Relaxation(net, logits, roles, args.relaxation, args.paths)
+    result = train_hw(net, logits, relax, terms, data, config, out)
+    train_s = time.perf_counter() - started
+    report = derive(logits, terms, tolerance=args.tolerance)
+    archs = [report["derived"]["arch"], report["argmax"]["arch"]]
+    acc = evaluate_archs(net, archs, data.split("train"), data.split("test"), seed=args.seed)
+    report["accuracy"] = {"derived": float(acc[0]), "argmax": float(acc[1])}
+    report["device_ms"] = {
+        d.name: d.device.measure_arch(space, archs[0], d.model.dtype).latency_ms for d in devices
+    }
+    report["monte_carlo"] = {
+        t.name: {"uniform": u, "final": monte_carlo_check(t.expected, n=args.mc, seed=args.seed)}
+        for t, u in zip(terms, uniform_mc, strict=True)
+    }
+    report["expectation_method"] = {t.name: t.expected.method for t in terms}
+    report["history"] = result.history
+    report["train_s"] = train_s
+    report["settings"] = {**config.to_json(), "space": space.name, "devices": args.device}
+    write_json_atomic(out / "hwtrain.json", report)
+    _plot(result.trajectory, out)
+    return report
+
+
+def _plot(rows: list[dict[str, Any]], out: Path) -> None:
+    from nas.viz import close, plot_logit_trajectory
+
+    if rows:
+        close(plot_logit_trajectory(rows, path=out / "trajectory.png"))
+
+
+def hwtrain_cmd(args: argparse.Namespace) -> int:
+    """`nas hwtrain`: train, derive, price and score; results in --out/hwtrain.json."""
+    out = Path(args.out)
+    report = run_hwtrain(args)
+    d = report["derived"]
+    priced = ", ".join(f"{k} {v:.4g}" for k, v in d["priced"].items())
+    print(f"derived ({report['rule']}): {d['key']}")
+    print(f"  priced: {priced}; test accuracy {report['accuracy']['derived']:.4f}")
+    print(f"  results in {out / 'hwtrain.json'}, logits in {out / 'trajectory.png'}")
+    return 0
+
+
+def add_hwtrain_parser(sub: Any, positive_int: Any, positive_float: Any) -> None:
+    """The `nas hwtrain` subcommand (called from `nas.app.cli.build_parser`)."""
+    p = sub.add_parser("hwtrain", help="hardware-aware training: the devices in the loss")
+    p.add_argument("--space", default="tiny")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--device", action="append", default=[], help="repeat for several devices")
+    p.add_argument("--target", action="append", default=[], help="DEVICE=MS (repeatable)")
+    p.add_argument("--weight", action="append", default=[], help="DEVICE=W: its share of the loss")
+    p.add_argument("--margin", type=float, default=0.0, help="aim at target / (1 + margin)")
+    p.add_argument("--latency-model", default="lut", help=", ".join(KINDS))
+    p.add_argument("--dtype", help="the dtype priced (default: each device's first)")
+    p.add_argument("--table", help="the CSV of a table device (e.g. nb201.csv)")
+    p.add_argument("--lut-archs", type=positive_int, default=50)
+    p.add_argument("--loss", default="target", help="target, multiplicative or additive")
+    p.add_argument("--lam", type=positive_float, default=5.0)
+    p.add_argument("--term", action="append", default=[], help="params or peak_memory")
+    p.add_argument("--relaxation", default="gumbel", help="gumbel or proxyless")
+    p.add_argument("--paths", type=positive_int, default=1, help="proxyless: 1 or 2")
+    p.add_argument("--freeze", action="append", default=[], help="DIM=VALUE|sample")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--warmup-epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--max-steps", type=positive_int, help="steps per epoch at most")
+    p.add_argument("--lr", type=positive_float, default=0.05)
+    p.add_argument("--arch-lr", type=positive_float, default=0.05)
+    p.add_argument("--tolerance", type=positive_float, default=0.05)
+    p.add_argument("--mc", type=positive_int, default=1000, help="Monte-Carlo archs per check")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/hwtrain")
+    p.set_defaults(func=hwtrain_cmd)
