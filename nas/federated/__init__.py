@@ -1,0 +1,70 @@
+"""Federated learning on Flower where each device tier trains the subnet it affords.
+
+Slice-wise aggregation of a supernet's weights (every element averaged over the clients whose
+subnet holds it), HeteroFL's width-only slicing as a baseline, client partitions (IID and
+Dirichlet label skew by source image), resumable rounds, Flower's ServerApp / ClientApp and an
+in-process grid that runs them without sockets.
+"""
+
+from __future__ import annotations
+
+from nas.federated.apps import Resolve, client_partition, make_client_app, make_server_app
+from nas.federated.family import SubModelFamily, SupernetFamily, Tier, WidthFamily
+from nas.federated.grid import LocalGrid, run_in_process
+from nas.federated.local import LocalSettings, evaluate_tier, one_thread, round_seed, train_local
+from nas.federated.partitions import PARTITION_KINDS, client_indices, partition_indices
+from nas.federated.server import ROUNDS_LOG, RoundFailed, partition_nodes, run_rounds
+from nas.federated.slices import (
+    HeldUpdate,
+    Masks,
+    aggregate_held,
+    held_bytes,
+    put_held,
+    supernet_masks,
+    take_held,
+    width_masks,
+    width_scaled,
+)
+from nas.federated.spec import FAMILY_KINDS, FederatedSpec, TierSpec
+from nas.federated.state import STATE_JSON, ServerState, load_server_state, save_server_state
+
+__all__ = [
+    "FAMILY_KINDS",
+    "PARTITION_KINDS",
+    "ROUNDS_LOG",
+    "STATE_JSON",
+    "FederatedSpec",
+    "HeldUpdate",
+    "LocalGrid",
+    "LocalSettings",
+    "Masks",
+    "Resolve",
+    "RoundFailed",
+    "ServerState",
+    "SubModelFamily",
+    "SupernetFamily",
+    "Tier",
+    "TierSpec",
+    "WidthFamily",
+    "aggregate_held",
+    "client_indices",
+    "client_partition",
+    "evaluate_tier",
+    "held_bytes",
+    "load_server_state",
+    "make_client_app",
+    "make_server_app",
+    "one_thread",
+    "partition_indices",
+    "partition_nodes",
+    "put_held",
+    "round_seed",
+    "run_in_process",
+    "run_rounds",
+    "save_server_state",
+    "supernet_masks",
+    "take_held",
+    "train_local",
+    "width_masks",
+    "width_scaled",
+]
