@@ -34,6 +34,7 @@ class LocalSettings:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    max_batches: int | None = None  # per epoch; a cap for quick runs and tests
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -84,7 +85,8 @@ def train_local(
     with one_thread(), family.activated(model, tier):
         for _ in range(settings.epochs):
             order = torch.randperm(len(images), generator=generator)
-            for i in range(0, len(order), settings.batch_size):
+            starts = range(0, len(order), settings.batch_size)[: settings.max_batches]
+            for i in starts:
                 batch = order[i : i + settings.batch_size]
                 if len(batch) < 2:  # batch norm needs two images to normalise over
                     continue

@@ -95,7 +95,7 @@ def _train_round(
         r.metadata.src_node_id: r
         for r in grid.send_and_receive(messages, timeout=spec.round_timeout_s)
     }
-    result = _Round([], [], [])
+    result = _Round([], [], sorted(set(range(spec.num_clients)) - set(nodes)))
     for node, (part, down) in sorted(sent.items(), key=lambda kv: kv[1][0]):  # partition order
         reply = replies.get(node)
         if reply is None or reply.has_error():
@@ -103,7 +103,7 @@ def _train_round(
             logger.warning(
                 "round %d: client %d failed (%s); the round goes on without it", rnd, part, why
             )
-            result.dead.append(part)
+            result.dead = sorted([*result.dead, part])
             continue
         tier = spec.tiers[spec.tier_of(part)]
         values = reply.content["held"].to_torch_state_dict()  # type: ignore[union-attr]
@@ -133,7 +133,10 @@ def _evaluate(
     spec: FederatedSpec, family: SubModelFamily, weights: dict[str, Tensor], data: ImageDataset
 ) -> dict[str, dict[str, float]]:
     calibration = data.val.tensors[0][: spec.calibration_images]
-    images, labels = data.test.tensors[0], data.test.tensors[1]
+    images, labels = (
+        data.test.tensors[0][: spec.test_images],
+        data.test.tensors[1][: spec.test_images],
+    )
     out: dict[str, dict[str, float]] = {}
     for tier in spec.tiers:
         model = family.full_model(spec.seed)

@@ -66,7 +66,8 @@ class FederatedSpec:
     alpha: float | None = None
     seed: int = 0
     min_clients: int | None = None  # a round needs this many replies (default: every client)
-    calibration_images: int = 512
+    calibration_images: int = 512  # server-side validation images that re-estimate batch norm
+    test_images: int | None = None  # the first this many test images (None: all)
     round_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
