@@ -27,6 +27,7 @@ from nas.federated.slices import (
 )
 from nas.federated.spec import FAMILY_KINDS, FederatedSpec, TierSpec
 from nas.federated.state import STATE_JSON, ServerState, load_server_state, save_server_state
+from nas.federated.tiers import TierBudget, candidate_archs, choose_tiers
 
 __all__ = [
     "FAMILY_KINDS",
@@ -44,9 +45,12 @@ __all__ = [
     "SubModelFamily",
     "SupernetFamily",
     "Tier",
+    "TierBudget",
     "TierSpec",
     "WidthFamily",
     "aggregate_held",
+    "candidate_archs",
+    "choose_tiers",
     "client_indices",
     "client_partition",
     "evaluate_tier",

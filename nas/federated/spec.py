@@ -24,8 +24,8 @@ FAMILY_KINDS = ("supernet", "width")
 @dataclass(frozen=True)
 class TierSpec:
     """One device tier: its clients and the sub-model they train (an arch of the space, or a
-    HeteroFL width ratio of the run's `base_arch`); `device` and `budget_ms` record where the
-    arch came from."""
+    HeteroFL width ratio of the run's `base_arch`); `device`, `budget_ms`, `predicted_ms` and
+    `mmacs` record where the arch came from (`nas.federated.choose_tiers`)."""
 
     name: str
     clients: int
@@ -33,6 +33,8 @@ class TierSpec:
     width: float | None = None
     device: str | None = None
     budget_ms: float | None = None
+    predicted_ms: float | None = None  # the arch's predicted latency on `device`
+    mmacs: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.clients, int) or self.clients < 1:
