@@ -13,7 +13,14 @@ from nas.federated.family import SubModelFamily, SupernetFamily, Tier, WidthFami
 from nas.federated.grid import LocalGrid, run_in_process
 from nas.federated.local import LocalSettings, evaluate_tier, one_thread, round_seed, train_local
 from nas.federated.partitions import PARTITION_KINDS, client_indices, partition_indices
-from nas.federated.server import ROUNDS_LOG, RoundFailed, partition_nodes, run_rounds
+from nas.federated.runtime import DeploymentError, DeploymentReport, run_deployment
+from nas.federated.server import (
+    ROUNDS_LOG,
+    RoundFailed,
+    check_partitions,
+    partition_nodes,
+    run_rounds,
+)
 from nas.federated.slices import (
     HeldUpdate,
     Masks,
@@ -34,6 +41,8 @@ __all__ = [
     "PARTITION_KINDS",
     "ROUNDS_LOG",
     "STATE_JSON",
+    "DeploymentError",
+    "DeploymentReport",
     "FederatedSpec",
     "HeldUpdate",
     "LocalGrid",
@@ -50,6 +59,7 @@ __all__ = [
     "WidthFamily",
     "aggregate_held",
     "candidate_archs",
+    "check_partitions",
     "choose_tiers",
     "client_indices",
     "client_partition",
@@ -63,6 +73,7 @@ __all__ = [
     "partition_nodes",
     "put_held",
     "round_seed",
+    "run_deployment",
     "run_in_process",
     "run_rounds",
     "save_server_state",

@@ -26,11 +26,12 @@ from nas.core.files import append_lines
 from nas.data import ImageDataset
 from nas.federated.family import SubModelFamily
 from nas.federated.local import evaluate_tier
+from nas.federated.partitions import partition_indices
 from nas.federated.slices import HeldUpdate, aggregate_held, held_bytes, take_held
 from nas.federated.spec import FederatedSpec
 from nas.federated.state import ServerState, load_server_state, save_server_state
 
-__all__ = ["ROUNDS_LOG", "RoundFailed", "partition_nodes", "run_rounds"]
+__all__ = ["ROUNDS_LOG", "RoundFailed", "check_partitions", "partition_nodes", "run_rounds"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,29 @@ class RoundFailed(RuntimeError):
     """Too few clients answered a round; the rounds before it are saved."""
 
 
+def check_partitions(spec: FederatedSpec, data: ImageDataset) -> None:
+    """ValueError unless `spec`'s partition of `data`'s train split gives every client data
+    (more clients than source images, or a Dirichlet draw that starves one, fail here)."""
+    labels = data.train.tensors[1].numpy()
+    partition_indices(
+        labels, data.groups("train"), spec.num_clients, spec.partition, spec.alpha, spec.seed
+    )
+
+
+def _wait_for_nodes(grid: Grid, count: int, wait_s: float) -> list[int]:
+    """The grid's nodes, once `count` have joined or `wait_s` has passed (nodes of a
+    deployment register over seconds; an in-process grid has them all at once)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= count or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.5)
+
+
 def partition_nodes(grid: Grid, spec: FederatedSpec, timeout: float | None) -> dict[int, int]:
     """Ask every node which partition it holds (its node config); partition -> node id."""
-    nodes = sorted(grid.get_node_ids())
+    nodes = _wait_for_nodes(grid, spec.num_clients, 120.0 if timeout is None else timeout)
     asks = [Message(RecordDict(), node, "query.partition", group_id="setup") for node in nodes]
     found: dict[int, int] = {}
     for reply in grid.send_and_receive(asks, timeout=timeout):
@@ -167,6 +188,7 @@ def run_rounds(
         logger.info("resuming after round %d of %d", state.round, spec.rounds)
     if state.round >= spec.rounds:
         return state
+    check_partitions(spec, data)
     nodes = partition_nodes(grid, spec, spec.round_timeout_s)
     for rnd in range(state.round + 1, spec.rounds + 1):
         began = time.perf_counter()
