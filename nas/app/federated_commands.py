@@ -82,13 +82,16 @@ def _spec(args: argparse.Namespace) -> Any:
     elif args.kind == "width":
         base_arch = max(tiers, key=lambda t: t.mmacs).arch
         tiers = tuple(replace(t, arch=None, width=0.5**i) for i, t in enumerate(tiers))
+    dp = None
+    if args.dp_clip is not None:
+        dp = {"clipping_norm": args.dp_clip, "epsilon": args.dp_epsilon, "delta": args.dp_delta}
     local = LocalSettings(args.local_epochs, args.batch_size, args.lr, max_batches=args.max_batches)
     try:
         return FederatedSpec(
             tiers=tiers, space=args.space, kind="width" if args.kind == "width" else "supernet",
             base_arch=base_arch, dataset=args.data, rounds=args.rounds, local=local,
             partition=args.partition, alpha=args.alpha, seed=args.seed,
-            min_clients=args.min_clients, test_images=args.test_images,
+            min_clients=args.min_clients, test_images=args.test_images, dp=dp,
         )  # fmt: skip
     except ValueError as err:
         raise InputError(str(err)) from None
@@ -165,3 +168,6 @@ def add_federated_parser(sub: Any) -> None:
         p.add_argument("--min-clients", type=positive_int, default=None)
         p.add_argument("--test-images", type=positive_int, default=None)
         p.add_argument("--runtime", choices=("grid", "deployment"), default="grid")
+        p.add_argument("--dp-clip", type=positive_float, default=None, help="local DP: L2 clip")
+        p.add_argument("--dp-epsilon", type=positive_float, default=1.0)
+        p.add_argument("--dp-delta", type=positive_float, default=1e-5)

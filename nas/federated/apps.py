@@ -16,8 +16,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import LocalDpMod
 from flwr.serverapp import Grid, ServerApp
 
 from nas.data import ImageDataset
@@ -89,6 +91,54 @@ def _node_partition(context: Context) -> tuple[int, int]:
         ) from None
 
 
+def _train(message: Message, context: Context, resolve: Resolve) -> Message:
+    """Train this node's sub-model on its partition; reply with the held elements."""
+    spec = _spec(context)
+    part, num = _node_partition(context)
+    config = message.content["config"]
+    rnd, sent_part = int(config["round"]), int(config["partition"])  # type: ignore[arg-type]
+    if sent_part != part:
+        raise ValueError(f"the server sent partition {sent_part}'s slices to partition {part}")
+    family, data = resolve(spec)
+    images, labels = client_partition(spec, data, part, num)
+    tier = spec.tiers[spec.tier_of(part)].sub_model
+    model = family.full_model(spec.seed)
+    masks = family.masks(tier)
+    put_held(model, masks, message.content["held"].to_torch_state_dict())  # type: ignore[union-attr]
+    settings: LocalSettings = spec.local
+    seed = round_seed(spec.seed, rnd, part)
+    loss = train_local(family, model, tier, images, labels, settings, seed)
+    held = take_held(model.state_dict(), masks)
+    content = RecordDict(
+        {
+            "held": ArrayRecord(torch_state_dict=held),
+            "metrics": MetricRecord({"num-examples": len(labels), "train-loss": loss}),
+        }
+    )
+    return Message(content, reply_to=message)
+
+
+def _private(spec: FederatedSpec, seed: int) -> Callable[..., Message]:
+    """Flower's LocalDpMod around the training (clip the update's L2 norm to `clipping_norm`,
+    add Gaussian noise for (epsilon, delta) per reply), its noise drawn from a seeded stream
+    (Flower draws from numpy's global one, which is restored afterwards) so a resumed run
+    repeats it. The guarantee is local: each reply is (epsilon, delta)-DP for that client's
+    data whatever the server averages it with; rounds compose, and no epsilon is claimed for
+    the trained model."""
+    dp = dict(spec.dp or {})
+    mod = LocalDpMod(dp["clipping_norm"], dp["clipping_norm"], dp["epsilon"], dp["delta"])
+
+    def call(message: Message, context: Context, call_next: Callable[..., Message]) -> Message:
+        saved = np.random.get_state()
+        np.random.seed(seed % 2**32)
+        try:
+            return mod(message, context, call_next)
+        finally:
+            np.random.set_state(saved)
+
+    return call
+
+
 def make_client_app(resolve: Resolve) -> ClientApp:
     """A ClientApp that trains its tier's sub-model on its own partition."""
     app = ClientApp()
@@ -102,28 +152,12 @@ def make_client_app(resolve: Resolve) -> ClientApp:
     @app.train()
     def train(message: Message, context: Context) -> Message:
         spec = _spec(context)
-        part, num = _node_partition(context)
-        config = message.content["config"]
-        rnd, sent_part = int(config["round"]), int(config["partition"])  # type: ignore[arg-type]
-        if sent_part != part:
-            raise ValueError(f"the server sent partition {sent_part}'s slices to partition {part}")
-        family, data = resolve(spec)
-        images, labels = client_partition(spec, data, part, num)
-        tier = spec.tiers[spec.tier_of(part)].sub_model
-        model = family.full_model(spec.seed)
-        masks = family.masks(tier)
-        put_held(model, masks, message.content["held"].to_torch_state_dict())  # type: ignore[union-attr]
-        settings: LocalSettings = spec.local
-        loss = train_local(
-            family, model, tier, images, labels, settings, round_seed(spec.seed, rnd, part)
+        if spec.dp is None:
+            return _train(message, context, resolve)
+        part, _ = _node_partition(context)
+        rnd = int(message.content["config"]["round"])  # type: ignore[arg-type]
+        return _private(spec, round_seed(spec.seed, rnd, part) + 1)(
+            message, context, lambda m, c: _train(m, c, resolve)
         )
-        held = take_held(model.state_dict(), masks)
-        content = RecordDict(
-            {
-                "held": ArrayRecord(torch_state_dict=held),
-                "metrics": MetricRecord({"num-examples": len(labels), "train-loss": loss}),
-            }
-        )
-        return Message(content, reply_to=message)
 
     return app

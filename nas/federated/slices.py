@@ -285,12 +285,14 @@ def width_masks(model: nn.Module, ratio: float, input_shape: Sequence[int]) -> M
 
 
 def take_held(state: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The held elements of each entry (1-D, row-major), for entries holding any; in the
-    state's order, so both ends agree without sending names' order."""
+    """The held elements of each floating-point entry (1-D, row-major), for entries holding
+    any; in the state's order. Integer entries (batch-norm batch counters, which nothing reads
+    while a momentum is set) stay where they are: they carry no learning, and an update of them
+    could not be clipped or noised for privacy."""
     return {
         name: t.detach()[masks[name]].clone()
         for name, t in state.items()
-        if bool(masks[name].any())
+        if t.is_floating_point() and bool(masks[name].any())
     }
 
 

@@ -71,6 +71,8 @@ class FederatedSpec:
     calibration_images: int = 512  # server-side validation images that re-estimate batch norm
     test_images: int | None = None  # the first this many test images (None: all)
     round_timeout_s: float | None = None
+    # client-side DP through Flower's LocalDpMod: {"clipping_norm", "epsilon", "delta"}
+    dp: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.tiers:
@@ -92,6 +94,14 @@ class FederatedSpec:
             raise ValueError(f"partition must be one of {PARTITION_KINDS}; got {self.partition!r}")
         if self.partition == "dirichlet" and (self.alpha is None or not self.alpha > 0):
             raise ValueError(f"a Dirichlet partition needs alpha > 0; got {self.alpha!r}")
+        if self.dp is not None:
+            missing = {"clipping_norm", "epsilon", "delta"} - set(self.dp)
+            if missing or not all(
+                float(self.dp[k]) > 0 for k in ("clipping_norm", "epsilon", "delta")
+            ):
+                raise ValueError(
+                    f"dp needs clipping_norm, epsilon and delta, each > 0; got {dict(self.dp)}"
+                )
         if self.min_clients is not None and not 1 <= self.min_clients <= self.num_clients:
             raise ValueError(
                 f"min_clients must be in [1, {self.num_clients}] (the clients); "
