@@ -52,6 +52,7 @@ def test_a_run_killed_mid_round_resumes_to_the_same_weights(tmp_path: Path) -> N
         proc.wait(timeout=60)
     assert (killed / "rounds.jsonl").read_text().count("\n") == 1
     assert main([*ARGS, "--out", str(killed)]) == 0  # resumes at round 2
+    assert (killed / "rounds.jsonl").read_text().count("\n") == 2  # not restarted
     assert main([*ARGS, "--out", str(tmp_path / "whole")]) == 0
     resumed, whole = _weights(killed), _weights(tmp_path / "whole")
     diff = max(float((resumed[k].double() - whole[k].double()).abs().max()) for k in whole)

@@ -64,6 +64,8 @@ def test_a_resumed_run_ends_with_the_uninterrupted_weights(
     _run(small_spec(rounds=1), tmp_path / "parts")
     assert json.loads((tmp_path / "parts" / STATE_JSON).read_text())["round"] == 1
     resumed = _run(spec, tmp_path / "parts")
+    log = (tmp_path / "parts" / ROUNDS_LOG).read_text().splitlines()
+    assert [json.loads(line)["round"] for line in log] == [1, 2]  # resumed, not restarted
     diff = max(float((whole[k].double() - resumed[k].double()).abs().max()) for k in whole)
     assert diff <= 1e-6
 
