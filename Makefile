@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch first and pinned: an unpinned `torch` requirement not yet satisfied pulls a CUDA build.
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,runtimes,executorch,nni,postgres
+EXTRAS ?= dev,runtimes,executorch,nni,postgres,federated
 
 .PHONY: install demo test lint typecheck pytest notebooks docs bench clean
 

@@ -238,6 +238,8 @@ def _devices(**device: Any) -> dict[str, Any]:
 VALID = (("c.yaml", yaml.safe_dump(BASE)),)
 A_FILE = (("f", "x"),)
 SEARCH = "search --objectives macs,params --trials 2 --out {tmp}/s"
+FED_TIERS = "federated tiers --candidates 20"
+FED_RUN = "federated run --candidates 20 --out {tmp}/fed --tier p:pixel3-emulated:5:2"
 LAT = "search --device pixel3-emulated --objectives latency,params --trials 2 --lut-archs 2 --out {tmp}/s"
 BUILD = "latency build --out {tmp}/lut.csv --device pixel3-emulated --archs 2"
 WORKER = "search worker --storage sqlite:///{world}/search/study.db"
@@ -529,6 +531,20 @@ CASES: list[Case] = [
          files=(("config.yaml", ""),), traceback=True),
     case("debug-env-shows-the-traceback", "run {tmp}/config.yaml", "{tmp}/config.yaml",
          files=(("config.yaml", ""),), env=(("EDGE_NAS_DEBUG", "1"),), traceback=True),
+    # -- nas federated (issue 21)
+    case("federated-tier-malformed", f"{FED_TIERS} --tier phone:pixel3-emulated:0.5", "--tier"),
+    case("federated-tier-budget-not-a-number", f"{FED_TIERS} --tier p:pixel3-emulated:fast:2",
+         "BUDGET_MS"),
+    case("federated-tier-unknown-device", f"{FED_TIERS} --tier p:pixle3-emulated:0.5:2",
+         "pixle3-emulated"),
+    case("federated-tier-budget-nothing-meets", f"{FED_TIERS} --tier w:pixel3-emulated:0.001:2",
+         "no arch of 'tiny' meets", "fastest"),
+    case("federated-no-tier", "federated tiers --candidates 20", "--tier"),
+    case("federated-alpha-0", f"{FED_RUN} --partition dirichlet --alpha 0", "--alpha"),
+    case("federated-dp-clip-0", f"{FED_RUN} --dp-clip 0", "--dp-clip"),
+    case("federated-more-clients-than-sources",
+         "federated run --candidates 20 --out {tmp}/fed --tier p:pixel3-emulated:5:100000",
+         "100000 clients"),
 ]
 # fmt: on
 

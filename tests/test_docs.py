@@ -52,6 +52,7 @@ SLOW = {
     "docs/how-to/torchrun.md",
     "docs/how-to/read-a-report.md",
     "docs/how-to/hardware-aware-training.md",
+    "docs/how-to/federated.md",
 }
 
 #: commands known to fail today: (prefix of the command, the error it must raise, why). Strict,

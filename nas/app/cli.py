@@ -428,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", type=int_list, default="50,100,300")
     p.add_argument("--seeds", type=positive_int, default=3)
     p.set_defaults(func=_bench_tabular_cmd)
+
+    from nas.app.federated_commands import add_federated_parser
+
+    add_federated_parser(sub)
     return parser
 
 

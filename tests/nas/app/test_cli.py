@@ -24,6 +24,8 @@ from nas.app.cli import build_parser, main
         ["search", "worker", "--storage", "sqlite:///x.db"],
         ["compress", "--run", "runs/demo", "--arch", "KEY"],
         ["bench", "tabular", "--table", "t.csv", "--accuracy-column", "a", "--latency-column", "l"],
+        ["federated", "tiers", "--tier", "phone:pixel3-emulated:0.5:4"],
+        ["federated", "run", "--out", "runs/fed", "--tier", "phone:pixel3-emulated:0.5:4"],
     ],
 )
 def test_every_subcommand_parses(argv: list[str]) -> None:

@@ -1,0 +1,85 @@
+"""Federated learning on Flower where each device tier trains the subnet it affords.
+
+Slice-wise aggregation of a supernet's weights (every element averaged over the clients whose
+subnet holds it), HeteroFL's width-only slicing as a baseline, client partitions (IID and
+Dirichlet label skew by source image), resumable rounds, Flower's ServerApp / ClientApp and an
+in-process grid that runs them without sockets.
+"""
+
+from __future__ import annotations
+
+from nas.federated.apps import Resolve, client_partition, make_client_app, make_server_app
+from nas.federated.family import SubModelFamily, SupernetFamily, Tier, WidthFamily
+from nas.federated.grid import LocalGrid, run_in_process
+from nas.federated.local import LocalSettings, evaluate_tier, one_thread, round_seed, train_local
+from nas.federated.partitions import PARTITION_KINDS, client_indices, partition_indices
+from nas.federated.runtime import DeploymentError, DeploymentReport, run_deployment
+from nas.federated.server import (
+    ROUNDS_LOG,
+    RoundFailed,
+    check_partitions,
+    partition_nodes,
+    run_rounds,
+)
+from nas.federated.slices import (
+    HeldUpdate,
+    Masks,
+    aggregate_held,
+    held_bytes,
+    put_held,
+    supernet_masks,
+    take_held,
+    width_masks,
+    width_scaled,
+)
+from nas.federated.spec import FAMILY_KINDS, FederatedSpec, TierSpec
+from nas.federated.state import STATE_JSON, ServerState, load_server_state, save_server_state
+from nas.federated.tiers import TierBudget, candidate_archs, choose_tiers
+
+__all__ = [
+    "FAMILY_KINDS",
+    "PARTITION_KINDS",
+    "ROUNDS_LOG",
+    "STATE_JSON",
+    "DeploymentError",
+    "DeploymentReport",
+    "FederatedSpec",
+    "HeldUpdate",
+    "LocalGrid",
+    "LocalSettings",
+    "Masks",
+    "Resolve",
+    "RoundFailed",
+    "ServerState",
+    "SubModelFamily",
+    "SupernetFamily",
+    "Tier",
+    "TierBudget",
+    "TierSpec",
+    "WidthFamily",
+    "aggregate_held",
+    "candidate_archs",
+    "check_partitions",
+    "choose_tiers",
+    "client_indices",
+    "client_partition",
+    "evaluate_tier",
+    "held_bytes",
+    "load_server_state",
+    "make_client_app",
+    "make_server_app",
+    "one_thread",
+    "partition_indices",
+    "partition_nodes",
+    "put_held",
+    "round_seed",
+    "run_deployment",
+    "run_in_process",
+    "run_rounds",
+    "save_server_state",
+    "supernet_masks",
+    "take_held",
+    "train_local",
+    "width_masks",
+    "width_scaled",
+]

@@ -1,0 +1,117 @@
+"""One client's local training of its sub-model, and the server's per-tier evaluation.
+
+Local training is plain SGD over the client's partition for a few epochs, on one thread, with
+its shuffling seeded by (run seed, round, partition): a client rerun in a resumed round makes
+the same update bit for bit. The server scores each tier's sub-model on a test split no client
+holds, after re-estimating its batch-norm statistics on a server-side split (the running
+statistics of shared channels mix tiers, as in HeteroFL's static-BN argument).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nas.core.elastic import resize_to
+from nas.federated.family import SubModelFamily, Tier
+from nas.supernet import correct_mask, recalibrate_bn
+
+__all__ = ["LocalSettings", "evaluate_tier", "one_thread", "round_seed", "train_local"]
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """What each client does per round."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    max_batches: int | None = None  # per epoch; a cap for quick runs and tests
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"local epochs and batch size must be >= 1; got {self.epochs}, {self.batch_size}"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"the learning rate must be > 0; got {self.lr}")
+
+
+def round_seed(seed: int, round_index: int, partition: int) -> int:
+    """The seed of one client's work in one round (independent streams per client and round)."""
+    return int(np.random.SeedSequence([seed, round_index, partition]).generate_state(1)[0])
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one intra-op thread (a reproducible update), then restore the count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_local(
+    family: SubModelFamily,
+    model: nn.Module,
+    tier: Tier,
+    images: Tensor,
+    labels: Tensor,
+    settings: LocalSettings,
+    seed: int,
+) -> float:
+    """Train `model` as `tier`'s sub-model on (images N x C x H x W, labels N); return the mean
+    training loss. Only the sub-model's elements receive gradients."""
+    if len(images) == 0:
+        raise ValueError("a client needs at least one training image")
+    generator = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(
+        params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+    size = family.input_shape(tier)[1:]
+    losses: list[float] = []
+    model.train()
+    with one_thread(), family.activated(model, tier):
+        for _ in range(settings.epochs):
+            order = torch.randperm(len(images), generator=generator)
+            starts = range(0, len(order), settings.batch_size)[: settings.max_batches]
+            for i in starts:
+                batch = order[i : i + settings.batch_size]
+                if len(batch) < 2:  # batch norm needs two images to normalise over
+                    continue
+                x = resize_to(images[batch], size)  # B x C x H x W
+                loss = F.cross_entropy(model(x), labels[batch])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def evaluate_tier(
+    family: SubModelFamily,
+    model: nn.Module,
+    tier: Tier,
+    calibration: Tensor,
+    test_images: Tensor,
+    test_labels: Tensor,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Per test image, whether `tier`'s sub-model (batch norm re-estimated on `calibration`,
+    server-side images) classifies it right. `model`'s batch-norm statistics change."""
+    size = family.input_shape(tier)[1:]
+    with family.activated(model, tier):
+        batches = [calibration[i : i + batch_size] for i in range(0, len(calibration), batch_size)]
+        recalibrate_bn(model, batches, input_size=size)
+        return correct_mask(model, test_images, test_labels, batch_size, input_size=size)

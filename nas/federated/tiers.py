@@ -1,0 +1,85 @@
+"""Each device tier's subnet: the best arch under its latency budget, chosen without client data.
+
+The rule uses only what the server has without anyone's data: a latency model of each tier's
+device (a LUT, a cost model, a calibrated predictor: any `LatencyModel`) and the space's free
+costs. Among seeded candidates (the extremes and a random sample) it keeps those whose
+predicted latency meets the budget and picks the one with the most MACs (ties: the faster),
+as accuracy grows with compute across a supernet's subnets (Once-for-All's accuracy-vs-MACs
+fronts). A budget no candidate meets is an error naming the fastest candidate's latency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from nas.core.elastic import Supernet
+from nas.core.protocols import LatencyModel
+from nas.core.space import Arch, SearchSpace
+from nas.federated.spec import TierSpec
+
+__all__ = ["TierBudget", "candidate_archs", "choose_tiers"]
+
+
+@dataclass(frozen=True)
+class TierBudget:
+    """A tier as a user states it: a name, a device's latency model, a budget, a client count."""
+
+    name: str
+    latency: LatencyModel
+    budget_ms: float
+    clients: int
+
+    def __post_init__(self) -> None:
+        if not self.budget_ms > 0:
+            raise ValueError(f"tier {self.name!r}: budget_ms must be > 0; got {self.budget_ms!r}")
+
+
+def candidate_archs(space: SearchSpace, count: int, seed: int) -> list[Arch]:
+    """The largest and smallest arch (where the supernet says) and `count` seeded samples,
+    without repeats, in a fixed order."""
+    found: dict[str, Arch] = {}
+    supernet = space.supernet()
+    extremes = (
+        [supernet.largest_arch(), supernet.smallest_arch()]
+        if isinstance(supernet, Supernet)
+        else []
+    )
+    rng = np.random.default_rng(seed)
+    for arch in [*extremes, *(space.sample(rng=rng) for _ in range(count))]:
+        found.setdefault(space.key(arch), space.validate(arch))
+    return list(found.values())
+
+
+def choose_tiers(
+    space: SearchSpace, budgets: Sequence[TierBudget], candidates: int = 500, seed: int = 0
+) -> tuple[TierSpec, ...]:
+    """One `TierSpec` per budget: the arch with the most MACs whose predicted latency on the
+    tier's device meets its budget (the prediction is recorded in the tier's name-free fields)."""
+    archs = candidate_archs(space, candidates, seed)
+    macs = np.array([space.cost(a).macs for a in archs], dtype=np.float64)
+    tiers = []
+    for b in budgets:
+        latency_ms = np.asarray(b.latency.predict_many(space, archs), dtype=np.float64)
+        feasible = np.flatnonzero(latency_ms <= b.budget_ms)
+        if len(feasible) == 0:
+            raise ValueError(
+                f"tier {b.name!r}: no arch of {space.name!r} meets {b.budget_ms:g} ms on "
+                f"{b.latency.device} (the fastest of {len(archs)} candidates takes "
+                f"{latency_ms.min():.4g} ms); raise the budget"
+            )
+        best = min(feasible, key=lambda i: (-macs[i], latency_ms[i], i))
+        tiers.append(
+            TierSpec(
+                b.name,
+                b.clients,
+                arch=dict(archs[best]),
+                device=b.latency.device,
+                budget_ms=b.budget_ms,
+                predicted_ms=float(latency_ms[best]),
+                mmacs=float(macs[best] / 1e6),
+            )
+        )
+    return tuple(tiers)

@@ -1,0 +1,56 @@
+"""Tiers from devices: the most MACs under each budget, from latency and cost alone."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+import nas
+from nas.federated import TierBudget, candidate_archs, choose_tiers
+
+
+class _MacsLatency:
+    """A stand-in device: 1 ms per 10 MMACs (any LatencyModel works)."""
+
+    device = "macs-device"
+    dtype = "fp32"
+
+    def predict_arch(self, space: nas.SearchSpace, arch: Mapping[str, Any]) -> float:
+        return space.cost(arch).macs / 1e7
+
+    def predict_many(
+        self, space: nas.SearchSpace, archs: Sequence[Mapping[str, Any]]
+    ) -> np.ndarray:
+        return np.array([self.predict_arch(space, a) for a in archs])
+
+
+def test_each_tier_gets_the_most_macs_under_its_budget() -> None:
+    space = nas.get_space("tiny")
+    dev = _MacsLatency()
+    archs = candidate_archs(space, 60, seed=0)
+    lat = dev.predict_many(space, archs)
+    budgets = [float(np.quantile(lat, q)) for q in (0.9, 0.5, 0.1)]
+    tiers = choose_tiers(space, [TierBudget(f"t{i}", dev, b, 2) for i, b in enumerate(budgets)], 60)
+    for tier, budget in zip(tiers, budgets, strict=True):
+        assert tier.predicted_ms is not None and tier.predicted_ms <= budget
+        best = max(space.cost(a).macs for a, ms in zip(archs, lat, strict=True) if ms <= budget)
+        assert tier.arch is not None and space.cost(tier.arch).macs == best
+        assert tier.device == "macs-device" and tier.clients == 2
+    assert tiers[0].mmacs > tiers[1].mmacs > tiers[2].mmacs  # type: ignore[operator]
+    alone = choose_tiers(space, [TierBudget("t", dev, budgets[1], 1)], 60)
+    assert alone[0].arch == tiers[1].arch  # a tier does not depend on the others
+
+
+def test_a_budget_no_arch_meets_names_the_fastest() -> None:
+    space = nas.get_space("tiny")
+    dev = _MacsLatency()
+    fastest = min(dev.predict_many(space, candidate_archs(space, 20, seed=0)))
+    with pytest.raises(
+        ValueError, match=r"no arch of 'tiny' meets .*the fastest of \d+ candidates"
+    ):
+        choose_tiers(space, [TierBudget("watch", dev, fastest * 0.99, 3)], 20)
+    with pytest.raises(ValueError, match="budget_ms must be > 0"):
+        TierBudget("watch", dev, 0.0, 3)
