@@ -49,7 +49,7 @@ from nas.search.tabular import STRATEGIES, TabularBenchmark, bench_tabular, summ
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT.parent / "shared" / "benchmarks" / "nb201" / "nb201.csv"
 PAIRS = (("cifar10_acc", "pixel3_ms"), ("cifar100_acc", "raspi4_ms"))
-BUDGETS = (50, 100, 300)
+BUDGETS = (50, 100, 200, 300)
 log = logging.getLogger("search_nb201")
 
 
@@ -95,16 +95,24 @@ def run_benchmark(
     space: SearchSpace,
     arch_column: str,
     pairs: tuple[tuple[str, str], ...],
-    latency_columns: list[str] | None,
+    feature_columns: list[str] | None,
     seeds: list[int],
     budgets: tuple[int, ...],
     strategies: tuple[str, ...],
     n_jobs: int,
     predictor_seeds: tuple[int, ...],
+    max_trials: int | None = None,
+    variants: dict[str, tuple[str, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """The whole benchmark on any table; returns the results dictionary."""
+    """The whole benchmark on any table; returns the results dictionary.
+
+    Every strategy sees the target device's latency only. `feature_columns` (other devices'
+    latency columns) add one labelled row: `frontier` with them as extra features. `variants`
+    add labelled rows too (label -> (strategy, sampler options)), e.g. the ablations.
+    """
     frame = pd.read_csv(csv)
-    lat_cols = latency_columns or [c for c in frame.columns if str(c).endswith("_ms")]
+    extra = list(feature_columns or [])
+    lat_cols = list(dict.fromkeys([*(lat for _, lat in pairs), *extra]))
     acc_cols = list(dict.fromkeys(a for a, _ in pairs))
     table = TabularBenchmark(space, frame, arch_column, acc_cols, lat_cols, source=str(csv))
     results: dict[str, Any] = {
@@ -113,27 +121,48 @@ def run_benchmark(
         "csv": str(csv),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus visible, {n_jobs} jobs",
+        "loadavg_start": list(os.getloadavg()),
         "budgets": list(budgets),
         "seeds": seeds,
+        "max_trials": max_trials or 5 * max(budgets),
+        "features": "target device's latency only (plus labelled extra rows)",
+        "feature_columns": extra,
         "strategies": list(strategies),
         "pairs": {},
     }
+    rows: dict[str, tuple[str, dict[str, Any], list[str]]] = {s: (s, {}, []) for s in strategies}
+    for label, (strategy, options) in (variants or {}).items():
+        rows[label] = (strategy, options, [])
+    if extra:
+        tail = extra[0] if len(extra) == 1 else f"{len(extra)} other devices' latency"
+        rows[f"frontier + {tail}"] = ("frontier", {}, extra)
+    results["rows"] = list(rows)
     for acc, lat in pairs:
         t0 = time.perf_counter()
-        runs = bench_tabular(table, acc, lat, strategies, budgets, seeds, n_jobs=n_jobs)
+        parts = []
+        for label, (strategy, options, cols) in rows.items():
+            part = bench_tabular(
+                table, acc, lat, [strategy], budgets, seeds, n_jobs=n_jobs,
+                sampler_options={strategy: options}, max_trials=max_trials,
+                feature_columns=[c for c in cols if c != lat],
+            )  # fmt: skip
+            part["strategy"] = label
+            parts.append(part)
+        runs = pd.concat(parts, ignore_index=True)
         summary = summarize(runs)
         paid = runs.groupby(["strategy", "budget"])["n_paid"].mean().rename("mean_paid")
         summary = summary.merge(paid.reset_index(), on=["strategy", "budget"])
         key = f"{acc}/{lat}"
         results["pairs"][key] = {
-            "reference": runs.attrs["reference"],
-            "hv_true": runs.attrs["hv_true"],
+            "reference": parts[0].attrs["reference"],
+            "hv_true": parts[0].attrs["hv_true"],
             "true_front_size": len(table.true_front(acc, lat)),
             "runs": runs.to_dict(orient="records"),
             "summary": summary.to_dict(orient="records"),
             "elapsed_s": time.perf_counter() - t0,
         }
         log.info("%s done in %.0f s\n%s", key, time.perf_counter() - t0, summary.to_string())
+    results["targets"] = targets(results)
     if predictor_seeds:
         t0 = time.perf_counter()
         pr = predictor_ranking(table, pairs[0][0], seeds=predictor_seeds)
@@ -151,6 +180,32 @@ def run_benchmark(
             "elapsed_s": time.perf_counter() - t0,
         }
     return results
+
+
+def targets(results: dict[str, Any], strategy: str = "frontier") -> dict[str, Any]:
+    """The issue's contract: the lower of the pairs' mean HV ratios at 300 and 100 paid
+    evaluations (target-only features), the worst seed at 300, the slowest strategy step."""
+    means: dict[int, list[float]] = {}
+    worst: list[float] = []
+    steps: list[float] = []
+    for pair in results["pairs"].values():
+        runs = pd.DataFrame(pair["runs"])
+        mine = runs[runs["strategy"] == strategy]
+        agg = mine.groupby("budget")["hv_ratio"].mean()
+        for b, m in zip(agg.index.astype(int).tolist(), agg.tolist(), strict=True):
+            means.setdefault(b, []).append(float(m))
+        top = mine[mine["budget"] == mine["budget"].max()]
+        worst += top["hv_ratio"].tolist()
+        if "step_s_max" in mine:
+            steps += mine["step_s_max"].dropna().tolist()
+    return {
+        "strategy": strategy,
+        "hv300_min_pair": min(means[300]) if 300 in means else None,
+        "hv100_min_pair": min(means[100]) if 100 in means else None,
+        "hv300_worst_seed": min(worst) if worst else None,
+        "step_s_max": max(steps) if steps else None,
+        "commit": results["commit"],
+    }
 
 
 def table_md(results: dict[str, Any]) -> str:
@@ -228,9 +283,18 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="3 seeds, budgets 50/100, 1 predictor seed"
     )
     parser.add_argument("--no-predictors", action="store_true")
+    parser.add_argument(
+        "--max-trials", type=int, help="cap on each run's trials (default 5 x the largest budget)"
+    )
+    parser.add_argument(
+        "--feature-columns",
+        help="other devices' latency columns given to `frontier` as extra features, reported as "
+        "a separate row (comma list, or 'all': every other *_ms column); default: none",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("nas").setLevel(logging.WARNING)
+    logging.getLogger("nas.search.tabular").setLevel(logging.INFO)  # a line per seed
     pairs = (
         tuple(tuple(p.split(":", 1)) for p in args.pair)  # type: ignore[misc]
         if args.pair
@@ -246,12 +310,13 @@ def main(argv: list[str] | None = None) -> int:
         _space(args.space),
         args.arch_column,
         pairs,  # type: ignore[arg-type]
-        None,
+        _feature_columns(args.csv, args.feature_columns, pairs),
         seeds,
         budgets,
         tuple(args.strategies.split(",")),
         args.jobs,
         pred_seeds,
+        max_trials=args.max_trials,
     )
     results["elapsed_s"] = time.perf_counter() - t0
     results["cpu_s"] = _cpu_seconds()  # this process and its workers: independent of load
@@ -260,6 +325,18 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "table.md").write_text(table_md(results))
     print(table_md(results))
     return 0
+
+
+def _feature_columns(
+    csv: Path, option: str | None, pairs: tuple[tuple[str, str], ...]
+) -> list[str]:
+    if not option:
+        return []
+    if option != "all":
+        return [c for c in option.split(",") if c]
+    targets = {lat for _, lat in pairs}
+    header = pd.read_csv(csv, nrows=0).columns
+    return [str(c) for c in header if str(c).endswith("_ms") and c not in targets]
 
 
 def _cpu_seconds() -> float:
