@@ -103,12 +103,14 @@ def run_benchmark(
     predictor_seeds: tuple[int, ...],
     max_trials: int | None = None,
     variants: dict[str, tuple[str, dict[str, Any]]] | None = None,
+    seeds_of: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The whole benchmark on any table; returns the results dictionary.
 
     Every strategy sees the target device's latency only. `feature_columns` (other devices'
     latency columns) add one labelled row: `frontier` with them as extra features. `variants`
     add labelled rows too (label -> (strategy, sampler options)), e.g. the ablations.
+    `seeds_of` runs a row on its first N seeds only (label -> N; a slow baseline).
     """
     frame = pd.read_csv(csv)
     extra = list(feature_columns or [])
@@ -125,6 +127,7 @@ def run_benchmark(
         "budgets": list(budgets),
         "seeds": seeds,
         "max_trials": max_trials or 5 * max(budgets),
+        "seeds_of": dict(seeds_of or {}),
         "features": "target device's latency only (plus labelled extra rows)",
         "feature_columns": extra,
         "strategies": list(strategies),
@@ -141,8 +144,9 @@ def run_benchmark(
         t0 = time.perf_counter()
         parts = []
         for label, (strategy, options, cols) in rows.items():
+            mine = seeds[: (seeds_of or {}).get(label, len(seeds))]
             part = bench_tabular(
-                table, acc, lat, [strategy], budgets, seeds, n_jobs=n_jobs,
+                table, acc, lat, [strategy], budgets, mine, n_jobs=n_jobs,
                 sampler_options={strategy: options}, max_trials=max_trials,
                 feature_columns=[c for c in cols if c != lat],
             )  # fmt: skip
@@ -214,10 +218,14 @@ def table_md(results: dict[str, Any]) -> str:
         "# Search on NAS-Bench-201: HV(found) / HV(true)",
         "",
         f"Commit `{results['commit']}`, seeds {results['seeds']}, {results['machine']}, "
-        f"{results.get('elapsed_s', 0):.0f} s wall, {results.get('cpu_s', 0):.0f} s CPU in all.",
-        "Mean (worst) over seeds after each number of paid accuracy evaluations; `paid` = mean "
-        "evaluations a strategy reached at the last budget (Optuna samplers stop at 5 x that many "
-        "trials).",
+        f"{results.get('elapsed_s', 0):.0f} s wall, {results.get('cpu_s', 0):.0f} s CPU in all; "
+        f"load average {results['loadavg_start'][0]:.1f} at the start, "
+        f"{results.get('loadavg_end', [0.0])[0]:.1f} at the end (a shared machine: times are "
+        "under that load).",
+        "Every row sees the target device's latency only, unless its label says otherwise. Mean "
+        "(worst) over seeds after each number of paid accuracy evaluations; `paid` = mean "
+        "evaluations a strategy reached at the last budget (each run stops at "
+        f"{results['max_trials']} trials); `seeds` = seeds run for that row.",
         "",
     ]
     for key, pair in results["pairs"].items():
@@ -228,18 +236,26 @@ def table_md(results: dict[str, Any]) -> str:
             f"Reference: accuracy {ref['accuracy']:.3f}, latency {ref['latency_ms']:.3f} ms; "
             f"true front {pair['true_front_size']} archs.",
             "",
-            "| strategy | " + " | ".join(f"{b} evals" for b in budgets) + " | paid |",
-            "|---|" + "---|" * (len(budgets) + 1),
+            "| strategy | " + " | ".join(f"{b} evals" for b in budgets) + " | paid | seeds |",
+            "|---|" + "---|" * (len(budgets) + 2),
         ]
         summary = pd.DataFrame(pair["summary"])
-        for strategy in results["strategies"]:
+        for strategy in results.get("rows", results["strategies"]):
             s = summary[summary["strategy"] == strategy].set_index("budget")
             cells = [f"{s.at[b, 'mean']:.3f} ({s.at[b, 'worst']:.3f})" for b in budgets]
+            last = budgets[-1]
             lines.append(
                 f"| {strategy} | "
                 + " | ".join(cells)
-                + f" | {s.at[budgets[-1], 'mean_paid']:.0f} |"
+                + f" | {s.at[last, 'mean_paid']:.0f} | {s.at[last, 'n_seeds']} |"
             )
+        lines.append("")
+    t = results.get("targets")
+    if t:
+        lines += ["## Targets (issue 24; `frontier`, target-only features)", ""]
+        lines += [
+            f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in t.items()
+        ]
         lines.append("")
     if "predictors" in results:
         pr = pd.DataFrame(results["predictors"]["summary"])
@@ -284,6 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-predictors", action="store_true")
     parser.add_argument(
+        "--seeds-of",
+        action="append",
+        default=[],
+        metavar="ROW=N",
+        help="run a row (strategy or label) on its first N seeds only, e.g. gp=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--ablations", action="store_true", help="add the labelled frontier variants' rows"
+    )
+    parser.add_argument(
         "--max-trials", type=int, help="cap on each run's trials (default 5 x the largest budget)"
     )
     parser.add_argument(
@@ -317,14 +343,35 @@ def main(argv: list[str] | None = None) -> int:
         args.jobs,
         pred_seeds,
         max_trials=args.max_trials,
+        variants=ablations(_space(args.space)) if args.ablations else None,
+        seeds_of={k: int(v) for k, _, v in (x.rpartition("=") for x in args.seeds_of)},
     )
     results["elapsed_s"] = time.perf_counter() - t0
+    results["loadavg_end"] = list(os.getloadavg())
     results["cpu_s"] = _cpu_seconds()  # this process and its workers: independent of load
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
     (args.out / "table.md").write_text(table_md(results))
     print(table_md(results))
     return 0
+
+
+def ablations(space: SearchSpace) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Labelled `frontier` variants on the same target-only features: the path encoding beside
+    the one-hot code, and a zero-cost proxy (synflow, data-free) steering the initial design.
+    On NB201 synflow runs on a narrow copy of each network (8 channels, 1 cell per stage)."""
+    from nas.predictors import ZeroCostProxy
+
+    build = space.build
+    if space.name == "nb201":
+        from search_spaces import NB201Space
+
+        build = NB201Space(channels=8, cells_per_stage=1).build
+    synflow = ZeroCostProxy(space, "synflow", build=build)
+    return {
+        "frontier, path encoding": ("frontier", {"encoding": "onehot+path"}),
+        "frontier, synflow prior": ("frontier", {"prior": synflow}),
+    }
 
 
 def _feature_columns(

@@ -374,6 +374,7 @@ def run_tabular(
         "paid_keys": keys,
         "n_trials": len(study.trials),
         "time_s": elapsed,
+        "step_s_max": getattr(study.sampler, "step_s_max", None),
     }
 
 
@@ -449,6 +450,7 @@ def bench_tabular(
                     "hv_ratio": hv / hv_true,
                     "n_trials": r["n_trials"],
                     "time_s": r["time_s"],
+                    "step_s_max": r["step_s_max"],
                 }
             )
     frame = pd.DataFrame(rows)
