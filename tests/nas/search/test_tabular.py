@@ -138,6 +138,9 @@ def test_cli_and_benchmark_give_the_same_figure(
     monkeypatch.setitem(search_spaces.SPACES._help, "toy", "the search tests' toy space")
 
     csv = _toy_csv(tmp_path / "t.csv")
+    frame = pd.read_csv(csv)  # a device whose latency gives accuracy away: frontier must not see it
+    frame["oracle_ms"] = 1.0 + frame["top1"].max() - frame["top1"]
+    frame.to_csv(csv, index=False)
     argv = ["bench", "tabular", "--table", str(csv), "--space", "toy", "--arch-column", "arch"]
     argv += ["--accuracy-column", "top1", "--latency-column", "pixel3_ms"]
     argv += ["--strategies", "random,frontier", "--budgets", "8,16", "--seeds", "2"]
@@ -174,3 +177,7 @@ def test_cli_and_benchmark_give_the_same_figure(
     )
     labels = set(pd.DataFrame(extra["pairs"]["top1/pixel3_ms"]["summary"])["strategy"])
     assert labels == {"frontier", "frontier + raspi4_ms"}
+    table = bench.table_md(extra)
+    assert "| frontier + raspi4_ms |" in table and "target device's latency only" in table
+    assert extra["targets"]["hv300_min_pair"] is None  # no 300-evaluation budget here
+    assert extra["targets"]["step_s_max"] > 0
