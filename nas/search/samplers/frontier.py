@@ -74,9 +74,10 @@ class FrontierSampler(BaseSampler):
             objectives (isomorphic archs share an accuracy: paying twice learns nothing).
         encoding: the predictor's arch encoding: "onehot", "path" or "onehot+path"
             (`nas.predictors.ArchFeatures`), or "auto": "onehot+path" for a cell space (one
-            that names its `live_edges`; on NAS-Bench-201 the paths lift the HV ratio at 300
-            evaluations from 0.954 to 0.977 and its worst seed from 0.887 to 0.947), "onehot"
-            for a chain space (not measured there).
+            that names its `live_edges`; on NAS-Bench-201, 10 seeds, the paths move the HV ratio
+            at 300 evaluations from 0.954 to 0.977 on cifar10 x Pixel 3 and from 0.969 to 0.967
+            on cifar100 x Raspberry Pi 4, the worst seed from 0.884 to 0.896, but the mean at
+            100 on cifar100 from 0.840 to 0.797), "onehot" for a chain space (not measured).
         prior: a free score of archs, higher is better (e.g. a zero-cost proxy, or a
             supernet's inherited accuracy), that steers the initial design: in each stratum of
             the first cheap objective, one of the `prior_top` best-scored of `prior_sample`
