@@ -140,7 +140,7 @@ def run_benchmark(
     for label, (strategy, options) in (variants or {}).items():
         rows[label] = (strategy, options, [])
     if extra:
-        tail = extra[0] if len(extra) == 1 else f"{len(extra)} other devices' latency"
+        tail = extra[0] if len(extra) == 1 else "other devices' latency"
         rows[f"frontier + {tail}"] = ("frontier", {}, extra)
     results["rows"] = list(rows)
     for acc, lat in pairs:
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         _feature_columns(args.csv, args.feature_columns, pairs),
         seeds,
         budgets,
-        tuple(args.strategies.split(",")),
+        tuple(s for s in args.strategies.split(",") if s),
         args.jobs,
         pred_seeds,
         max_trials=args.max_trials,
@@ -389,9 +389,8 @@ def _feature_columns(
         return []
     if option != "all":
         return [c for c in option.split(",") if c]
-    targets = {lat for _, lat in pairs}
-    header = pd.read_csv(csv, nrows=0).columns
-    return [str(c) for c in header if str(c).endswith("_ms") and c not in targets]
+    header = pd.read_csv(csv, nrows=0).columns  # each pair drops its own target column
+    return [str(c) for c in header if str(c).endswith("_ms")]
 
 
 def _cpu_seconds() -> float:
