@@ -3,13 +3,16 @@
 Two (accuracy, device) pairs: (cifar10_acc, pixel3_ms) and (cifar100_acc, raspi4_ms). Score:
 HV(found) / HV(true), reference point = (median accuracy, 95th-percentile latency) over all
 15,625 rows, HV(true) over all rows. Strategies side by side in one run: random search, Optuna
-NSGA-II and TPE with default settings, and ours (`frontier`), 10 seeds each, scored after 50,
-100 and 300 paid evaluations of one run. Rules (see `nas.search.tabular`): one evaluation per distinct
-arch paid for (isomorphic archs share a canonical key and are not paid twice, but count as found
-only once paid); latency look-ups are free; a strategy sees the latency columns and only the
-accuracies it paid for; nothing is fitted on an accuracy column but paid values; the scoring
-reference point is never shown to a strategy. Optuna's samplers may re-propose paid archs
-(free), so they run up to 5 x 300 trials; `paid` says how many evaluations they reached.
+NSGA-II, TPE and GP with default settings, and ours (`frontier`), 10 seeds each, scored after
+50, 100, 200 and 300 paid evaluations of one run. Rules (see `nas.search.tabular`): one
+evaluation per distinct arch paid for (isomorphic archs share a canonical key and are not paid
+twice, but count as found only once paid); latency look-ups are free; a strategy sees the
+target device's latency column only and the accuracies it paid for (`--feature-columns` adds a
+labelled row where `frontier` also sees other devices' latencies; `--ablations` adds labelled
+`frontier` variants); the scoring reference point is never shown to a strategy. Optuna's
+samplers may re-propose paid archs (free), so runs stop at `--max-trials` (default 5 x 300);
+`paid` says how many evaluations they reached. `nas bench tabular` gives the same figures for
+the same settings. results.json's `targets` holds issue 24's contract.
 
 Also: the Kendall tau of accuracy predictors on NB201 with 100 and 300 training archs.
 
@@ -49,7 +52,7 @@ from nas.search.tabular import STRATEGIES, TabularBenchmark, bench_tabular, summ
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT.parent / "shared" / "benchmarks" / "nb201" / "nb201.csv"
 PAIRS = (("cifar10_acc", "pixel3_ms"), ("cifar100_acc", "raspi4_ms"))
-BUDGETS = (50, 100, 300)
+BUDGETS = (50, 100, 200, 300)
 log = logging.getLogger("search_nb201")
 
 
@@ -95,16 +98,26 @@ def run_benchmark(
     space: SearchSpace,
     arch_column: str,
     pairs: tuple[tuple[str, str], ...],
-    latency_columns: list[str] | None,
+    feature_columns: list[str] | None,
     seeds: list[int],
     budgets: tuple[int, ...],
     strategies: tuple[str, ...],
     n_jobs: int,
     predictor_seeds: tuple[int, ...],
+    max_trials: int | None = None,
+    variants: dict[str, tuple[str, dict[str, Any]]] | None = None,
+    seeds_of: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The whole benchmark on any table; returns the results dictionary."""
+    """The whole benchmark on any table; returns the results dictionary.
+
+    Every strategy sees the target device's latency only. `feature_columns` (other devices'
+    latency columns) add one labelled row: `frontier` with them as extra features. `variants`
+    add labelled rows too (label -> (strategy, sampler options)), e.g. the ablations.
+    `seeds_of` runs a row on its first N seeds only (label -> N; a slow baseline).
+    """
     frame = pd.read_csv(csv)
-    lat_cols = latency_columns or [c for c in frame.columns if str(c).endswith("_ms")]
+    extra = list(feature_columns or [])
+    lat_cols = list(dict.fromkeys([*(lat for _, lat in pairs), *extra]))
     acc_cols = list(dict.fromkeys(a for a, _ in pairs))
     table = TabularBenchmark(space, frame, arch_column, acc_cols, lat_cols, source=str(csv))
     results: dict[str, Any] = {
@@ -113,27 +126,50 @@ def run_benchmark(
         "csv": str(csv),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus visible, {n_jobs} jobs",
+        "loadavg_start": list(os.getloadavg()),
         "budgets": list(budgets),
         "seeds": seeds,
+        "max_trials": max_trials or 5 * max(budgets),
+        "seeds_of": dict(seeds_of or {}),
+        "features": "target device's latency only (plus labelled extra rows)",
+        "feature_columns": extra,
         "strategies": list(strategies),
         "pairs": {},
     }
+    rows: dict[str, tuple[str, dict[str, Any], list[str]]] = {s: (s, {}, []) for s in strategies}
+    for label, (strategy, options) in (variants or {}).items():
+        rows[label] = (strategy, options, [])
+    if extra:
+        tail = extra[0] if len(extra) == 1 else "other devices' latency"
+        rows[f"frontier + {tail}"] = ("frontier", {}, extra)
+    results["rows"] = list(rows)
     for acc, lat in pairs:
         t0 = time.perf_counter()
-        runs = bench_tabular(table, acc, lat, strategies, budgets, seeds, n_jobs=n_jobs)
+        parts = []
+        for label, (strategy, options, cols) in rows.items():
+            mine = seeds[: (seeds_of or {}).get(label, len(seeds))]
+            part = bench_tabular(
+                table, acc, lat, [strategy], budgets, mine, n_jobs=n_jobs,
+                sampler_options={strategy: options}, max_trials=max_trials,
+                feature_columns=[c for c in cols if c != lat],
+            )  # fmt: skip
+            part["strategy"] = label
+            parts.append(part)
+        runs = pd.concat(parts, ignore_index=True)
         summary = summarize(runs)
         paid = runs.groupby(["strategy", "budget"])["n_paid"].mean().rename("mean_paid")
         summary = summary.merge(paid.reset_index(), on=["strategy", "budget"])
         key = f"{acc}/{lat}"
         results["pairs"][key] = {
-            "reference": runs.attrs["reference"],
-            "hv_true": runs.attrs["hv_true"],
+            "reference": parts[0].attrs["reference"],
+            "hv_true": parts[0].attrs["hv_true"],
             "true_front_size": len(table.true_front(acc, lat)),
             "runs": runs.to_dict(orient="records"),
             "summary": summary.to_dict(orient="records"),
             "elapsed_s": time.perf_counter() - t0,
         }
         log.info("%s done in %.0f s\n%s", key, time.perf_counter() - t0, summary.to_string())
+    results["targets"] = targets(results)
     if predictor_seeds:
         t0 = time.perf_counter()
         pr = predictor_ranking(table, pairs[0][0], seeds=predictor_seeds)
@@ -153,16 +189,46 @@ def run_benchmark(
     return results
 
 
+def targets(results: dict[str, Any], strategy: str = "frontier") -> dict[str, Any]:
+    """The issue's contract: the lower of the pairs' mean HV ratios at 300 and 100 paid
+    evaluations (target-only features), the worst seed at 300, the slowest strategy step."""
+    means: dict[int, list[float]] = {}
+    worst: list[float] = []
+    steps: list[float] = []
+    for pair in results["pairs"].values():
+        runs = pd.DataFrame(pair["runs"])
+        mine = runs[runs["strategy"] == strategy]
+        agg = mine.groupby("budget")["hv_ratio"].mean()
+        for b, m in zip(agg.index.astype(int).tolist(), agg.tolist(), strict=True):
+            means.setdefault(b, []).append(float(m))
+        top = mine[mine["budget"] == mine["budget"].max()]
+        worst += top["hv_ratio"].tolist()
+        if "step_s_max" in mine:
+            steps += mine["step_s_max"].dropna().tolist()
+    return {
+        "strategy": strategy,
+        "hv300_min_pair": min(means[300]) if 300 in means else None,
+        "hv100_min_pair": min(means[100]) if 100 in means else None,
+        "hv300_worst_seed": min(worst) if worst else None,
+        "step_s_max": max(steps) if steps else None,
+        "commit": results["commit"],
+    }
+
+
 def table_md(results: dict[str, Any]) -> str:
     budgets = results["budgets"]
     lines = [
         "# Search on NAS-Bench-201: HV(found) / HV(true)",
         "",
         f"Commit `{results['commit']}`, seeds {results['seeds']}, {results['machine']}, "
-        f"{results.get('elapsed_s', 0):.0f} s wall, {results.get('cpu_s', 0):.0f} s CPU in all.",
-        "Mean (worst) over seeds after each number of paid accuracy evaluations; `paid` = mean "
-        "evaluations a strategy reached at the last budget (Optuna samplers stop at 5 x that many "
-        "trials).",
+        f"{results.get('elapsed_s', 0):.0f} s wall, {results.get('cpu_s', 0):.0f} s CPU in all; "
+        f"load average {results['loadavg_start'][0]:.1f} at the start, "
+        f"{results.get('loadavg_end', [0.0])[0]:.1f} at the end (a shared machine: times are "
+        "under that load).",
+        "Every row sees the target device's latency only, unless its label says otherwise. Mean "
+        "(worst) over seeds after each number of paid accuracy evaluations; `paid` = mean "
+        "evaluations a strategy reached at the last budget (each run stops at "
+        f"{results['max_trials']} trials); `seeds` = seeds run for that row.",
         "",
     ]
     for key, pair in results["pairs"].items():
@@ -173,18 +239,26 @@ def table_md(results: dict[str, Any]) -> str:
             f"Reference: accuracy {ref['accuracy']:.3f}, latency {ref['latency_ms']:.3f} ms; "
             f"true front {pair['true_front_size']} archs.",
             "",
-            "| strategy | " + " | ".join(f"{b} evals" for b in budgets) + " | paid |",
-            "|---|" + "---|" * (len(budgets) + 1),
+            "| strategy | " + " | ".join(f"{b} evals" for b in budgets) + " | paid | seeds |",
+            "|---|" + "---|" * (len(budgets) + 2),
         ]
         summary = pd.DataFrame(pair["summary"])
-        for strategy in results["strategies"]:
+        for strategy in results.get("rows", results["strategies"]):
             s = summary[summary["strategy"] == strategy].set_index("budget")
             cells = [f"{s.at[b, 'mean']:.3f} ({s.at[b, 'worst']:.3f})" for b in budgets]
+            last = budgets[-1]
             lines.append(
                 f"| {strategy} | "
                 + " | ".join(cells)
-                + f" | {s.at[budgets[-1], 'mean_paid']:.0f} |"
+                + f" | {s.at[last, 'mean_paid']:.0f} | {s.at[last, 'n_seeds']} |"
             )
+        lines.append("")
+    t = results.get("targets")
+    if t:
+        lines += ["## Targets (issue 24; `frontier`, target-only features)", ""]
+        lines += [
+            f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in t.items()
+        ]
         lines.append("")
     if "predictors" in results:
         pr = pd.DataFrame(results["predictors"]["summary"])
@@ -228,9 +302,31 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="3 seeds, budgets 50/100, 1 predictor seed"
     )
     parser.add_argument("--no-predictors", action="store_true")
+    parser.add_argument(
+        "--budgets", help="comma list of evaluation counts (default 50,100,200,300)"
+    )
+    parser.add_argument(
+        "--seeds-of",
+        action="append",
+        default=[],
+        metavar="ROW=N",
+        help="run a row (strategy or label) on its first N seeds only, e.g. gp=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--ablations", action="store_true", help="add the labelled frontier variants' rows"
+    )
+    parser.add_argument(
+        "--max-trials", type=int, help="cap on each run's trials (default 5 x the largest budget)"
+    )
+    parser.add_argument(
+        "--feature-columns",
+        help="other devices' latency columns given to `frontier` as extra features, reported as "
+        "a separate row (comma list, or 'all': every other *_ms column); default: none",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("nas").setLevel(logging.WARNING)
+    logging.getLogger("nas.search.tabular").setLevel(logging.INFO)  # a line per seed
     pairs = (
         tuple(tuple(p.split(":", 1)) for p in args.pair)  # type: ignore[misc]
         if args.pair
@@ -238,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     n_seeds = 3 if args.quick else args.seeds
     seeds = list(range(args.first_seed, args.first_seed + n_seeds))
-    budgets = (50, 100) if args.quick else BUDGETS
+    budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else BUDGETS
+    budgets = (50, 100) if args.quick else budgets
     pred_seeds: tuple[int, ...] = () if args.no_predictors else ((0,) if args.quick else (0, 1, 2))
     t0 = time.perf_counter()
     results = run_benchmark(
@@ -246,20 +343,54 @@ def main(argv: list[str] | None = None) -> int:
         _space(args.space),
         args.arch_column,
         pairs,  # type: ignore[arg-type]
-        None,
+        _feature_columns(args.csv, args.feature_columns, pairs),
         seeds,
         budgets,
-        tuple(args.strategies.split(",")),
+        tuple(s for s in args.strategies.split(",") if s),
         args.jobs,
         pred_seeds,
+        max_trials=args.max_trials,
+        variants=ablations(_space(args.space)) if args.ablations else None,
+        seeds_of={k: int(v) for k, _, v in (x.rpartition("=") for x in args.seeds_of)},
     )
     results["elapsed_s"] = time.perf_counter() - t0
+    results["loadavg_end"] = list(os.getloadavg())
     results["cpu_s"] = _cpu_seconds()  # this process and its workers: independent of load
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
     (args.out / "table.md").write_text(table_md(results))
     print(table_md(results))
     return 0
+
+
+def ablations(space: SearchSpace) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Labelled `frontier` variants on the same target-only features: without the path encoding
+    (the one-hot code alone), and with a zero-cost proxy (synflow, data-free) steering the
+    initial design.
+    On NB201 synflow runs on a narrow copy of each network (8 channels, 1 cell per stage)."""
+    from nas.predictors import ZeroCostProxy
+
+    build = space.build
+    if space.name == "nb201":
+        from search_spaces import NB201Space
+
+        build = NB201Space(channels=8, cells_per_stage=1).build
+    synflow = ZeroCostProxy(space, "synflow", build=build)
+    return {
+        "frontier, one-hot only (no paths)": ("frontier", {"encoding": "onehot"}),
+        "frontier, synflow prior": ("frontier", {"prior": synflow}),
+    }
+
+
+def _feature_columns(
+    csv: Path, option: str | None, pairs: tuple[tuple[str, str], ...]
+) -> list[str]:
+    if not option:
+        return []
+    if option != "all":
+        return [c for c in option.split(",") if c]
+    header = pd.read_csv(csv, nrows=0).columns  # each pair drops its own target column
+    return [str(c) for c in header if str(c).endswith("_ms")]
 
 
 def _cpu_seconds() -> float:

@@ -504,6 +504,10 @@ CASES: list[Case] = [
     case("bench-unknown-strategy", f"{TABLE} --accuracy-column acc --strategies randm",
          "--strategies", "randm"),
     case("bench-budgets-0", f"{TABLE} --accuracy-column acc --budgets 0,50", "--budgets"),
+    case("bench-unknown-feature-column",
+         f"{TABLE} --accuracy-column acc --feature-columns lat,gpu_ms", "--feature-columns",
+         "gpu_ms"),
+    case("bench-max-trials-0", f"{TABLE} --accuracy-column acc --max-trials 0", "--max-trials"),
     case("bench-seeds-0", f"{TABLE} --accuracy-column acc --seeds 0", "--seeds"),
     # -- nas hwtrain (issue 19): every refusal comes before training
     case("hwtrain-no-device", "hwtrain --target 1 --out {tmp}/h", "--device"),

@@ -189,6 +189,7 @@ def check_bench_tabular(args: argparse.Namespace) -> None:
             ("--arch-column", args.arch_column),
             ("--accuracy-column", args.accuracy_column),
             ("--latency-column", args.latency_column),
+            *(("--feature-columns", c) for c in (args.feature_columns or "").split(",") if c),
         ):
             if columns and column not in columns:
                 p.add(flag, f"{args.table} has no column {column!r}; it has {', '.join(columns)}")

@@ -205,8 +205,9 @@ def _bench_tabular_cmd(args: argparse.Namespace) -> int:
 
     checks.check_bench_tabular(args)
     space = search_spaces.get_space(args.space)
+    extra = [c for c in (args.feature_columns or "").split(",") if c]
     table = TabularBenchmark.from_csv(
-        args.table, space, args.arch_column, args.accuracy_column, args.latency_column
+        args.table, space, args.arch_column, args.accuracy_column, [args.latency_column, *extra]
     )
     with stage_work("bench tabular", None):
         frame = bench_tabular(
@@ -216,6 +217,8 @@ def _bench_tabular_cmd(args: argparse.Namespace) -> int:
             strategies=args.strategies.split(",") if args.strategies else STRATEGIES,
             budgets=args.budgets,
             seeds=range(args.seeds),
+            max_trials=args.max_trials,
+            feature_columns=extra,
         )
     print(summarize(frame).to_string(index=False))
     return 0
@@ -427,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", help="comma list (default: all)")
     p.add_argument("--budgets", type=int_list, default="50,100,300")
     p.add_argument("--seeds", type=positive_int, default=3)
+    p.add_argument("--max-trials", type=positive_int, help="cap per run (default 5 x budget)")
+    p.add_argument(
+        "--feature-columns", help="other devices' latency columns as extra features (comma list)"
+    )
     p.set_defaults(func=_bench_tabular_cmd)
 
     from nas.app.federated_commands import add_federated_parser

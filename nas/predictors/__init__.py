@@ -10,12 +10,15 @@ saves to one `.npz` file of plain arrays plus a JSON header and loads without pi
 Side by side, as in the literature they come from: an MLP on one-hot codes (Once-for-All, Cai et
 al. 2020: 3 x 400), gradient-boosted trees, ridge regression, a Gaussian process (Matérn 5/2,
 hyper-parameters by marginal likelihood), and a deep ensemble (Lakshminarayanan et al. 2017).
+Free signals beside them: the path encoding (`PathEncoding`) and zero-cost proxies of untrained
+networks (`ZeroCostProxy`: synflow, jacov; loaded on first use, as they need torch).
 """
 
 from __future__ import annotations
 
 from nas.core.protocols import NotFittedError
 from nas.predictors.base import AccuracyFn, Predictor, UncertainPredictor, one_blas_thread
+from nas.predictors.encodings import PathEncoding, arch_paths
 from nas.predictors.ensemble import EnsemblePredictor
 from nas.predictors.features import ArchFeatures, PredictedAccuracy, fit_on_archs, sample_archs
 from nas.predictors.gbt import GBTPredictor
@@ -27,6 +30,7 @@ from nas.predictors.ridge import RidgePredictor
 
 __all__ = [
     "PREDICTORS",
+    "PROXIES",
     "AccuracyFn",
     "ArchFeatures",
     "EnsemblePredictor",
@@ -34,11 +38,14 @@ __all__ = [
     "GPPredictor",
     "MLPPredictor",
     "NotFittedError",
+    "PathEncoding",
     "PredictedAccuracy",
     "Predictor",
     "RankingMetrics",
     "RidgePredictor",
     "UncertainPredictor",
+    "ZeroCostProxy",
+    "arch_paths",
     "compare_predictors",
     "fit_on_archs",
     "load_predictor",
@@ -47,3 +54,11 @@ __all__ = [
     "ranking_metrics",
     "sample_archs",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in ("PROXIES", "ZeroCostProxy"):  # torch loads only when a proxy is asked for
+        from nas.predictors import zero_cost
+
+        return getattr(zero_cost, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

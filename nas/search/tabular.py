@@ -293,7 +293,7 @@ class TabularBenchmark:
 
 
 # -- the benchmark ---------------------------------------------------------------------------
-BASELINES = ("random", "nsga2", "tpe")
+BASELINES = ("random", "nsga2", "tpe", "gp")
 STRATEGIES = (*BASELINES, "frontier")
 
 
@@ -306,6 +306,7 @@ def run_tabular(
     seed: int,
     sampler_options: dict[str, Any] | None = None,
     max_trials: int | None = None,
+    feature_columns: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One search on the table; returns the paid archs' keys in order and the run's counts.
 
@@ -313,8 +314,10 @@ def run_tabular(
     recorded accuracy for free; `max_trials` (default 5 x n_evaluations) caps how long a
     sampler that keeps proposing paid archs may run, so it may end below `n_evaluations`.
 
-    The strategy sees the objective's latency column as its latency model; `frontier` also
-    gets every latency column of the table as free predictor features, and the table's archs
+    The strategy sees the objective's latency column as its latency model and nothing else of
+    the table but the accuracies it pays for: a user searching for one device has that device's
+    latencies only. `feature_columns` (other devices' latency columns) are handed to `frontier`
+    as extra free predictor features, an explicit extra; `frontier` also gets the table's archs
     as its candidate pool. Accuracy comes from a counting look-up of `accuracy_column`.
     """
     from nas.search import run_search
@@ -325,10 +328,11 @@ def run_tabular(
     if strategy == "frontier":
         others = {
             f"{table.device_of(c)}_ms": table.latency_model(c).predict_many
-            for c in table.latency_columns
+            for c in feature_columns
             if c != latency_column
         }
-        options.setdefault("features", {k: _bind(v, table.space) for k, v in others.items()})
+        if others:
+            options.setdefault("features", {k: _bind(v, table.space) for k, v in others.items()})
         options.setdefault("candidates", table.archs)
     t0 = time.perf_counter()
     study = run_search(
@@ -343,6 +347,16 @@ def run_tabular(
         sampler_options=options,
     )
     elapsed = time.perf_counter() - t0
+    log.info(
+        "%s seed %d on %s/%s: %d paid evaluations in %d trials, %.1f s",
+        strategy,
+        seed,
+        accuracy_column,
+        latency_column,
+        len(acc.paid_keys),
+        len(study.trials),
+        elapsed,
+    )
     paid = sorted(
         (t.number, str(t.user_attrs["arch_key"]))
         for t in study.get_trials(deepcopy=False)
@@ -360,6 +374,7 @@ def run_tabular(
         "paid_keys": keys,
         "n_trials": len(study.trials),
         "time_s": elapsed,
+        "step_s_max": getattr(study.sampler, "step_s_max", None),
     }
 
 
@@ -370,8 +385,10 @@ def _bind(
 
 
 def _job(args: tuple[Any, ...]) -> dict[str, Any]:
-    table, strategy, acc_col, lat_col, budget, seed, options = args
-    return run_tabular(table, strategy, acc_col, lat_col, budget, seed, options)
+    table, strategy, acc_col, lat_col, budget, seed, options, max_trials, feature_columns = args
+    return run_tabular(
+        table, strategy, acc_col, lat_col, budget, seed, options, max_trials, feature_columns
+    )
 
 
 def bench_tabular(
@@ -383,13 +400,17 @@ def bench_tabular(
     seeds: Sequence[int] = tuple(range(10)),
     n_jobs: int = 1,
     sampler_options: dict[str, dict[str, Any]] | None = None,
+    max_trials: int | None = None,
+    feature_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """HV(found) / HV(true) of each strategy at each budget, one row per (strategy, seed,
     budget): the first `budget` paid archs of one run with the largest budget are scored.
 
     The reference point is `table.reference_point(...)` (median accuracy, 95th-percentile
     latency over the whole table); HV(true) is over every row. `n_jobs` > 1 runs seeds in
-    worker processes (fork).
+    worker processes (fork). `max_trials` caps each run's trials (default 5 x the largest
+    budget; paid evaluations are reported as reached); `feature_columns` go to `frontier` as
+    extra features (see `run_tabular`); each run logs a progress line.
     """
     if not budgets or min(budgets) < 1:
         raise ValueError(f"budgets must be positive evaluation counts, got {list(budgets)}")
@@ -398,8 +419,12 @@ def bench_tabular(
     if not hv_true > 0:
         raise TableError("the table's true front has zero hypervolume w.r.t. its reference")
     top = max(budgets)
+    for c in feature_columns:
+        table._check(c, table.latency_columns, "latency")
+    opts = sampler_options or {}
+    cap = max_trials
     jobs = [
-        (table, s, accuracy_column, latency_column, top, seed, (sampler_options or {}).get(s))
+        (table, s, accuracy_column, latency_column, top, seed, opts.get(s), cap, feature_columns)
         for s in strategies
         for seed in seeds
     ]
@@ -425,6 +450,7 @@ def bench_tabular(
                     "hv_ratio": hv / hv_true,
                     "n_trials": r["n_trials"],
                     "time_s": r["time_s"],
+                    "step_s_max": r["step_s_max"],
                 }
             )
     frame = pd.DataFrame(rows)

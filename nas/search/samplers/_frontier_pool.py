@@ -57,10 +57,12 @@ class Candidates:
         pool_refresh: float,
         one_per_class: bool,
         features: Mapping[str, Callable[[Sequence[Arch]], np.ndarray]],
+        encoding: str = "onehot",
     ) -> None:
         self.problem = problem
         self.cheap_names = problem.cheap_used
         self.extra_features = dict(features)
+        self.encoding = encoding
         self.candidates = list(candidates) if candidates is not None else None
         self.pool_limit, self.pool_size, self.one_per_class = pool_limit, pool_size, one_per_class
         self.pool_refresh = pool_refresh
@@ -137,7 +139,7 @@ class Candidates:
                 n: self.problem.metrics[n].many for n in self.cheap_names
             }
             costs.update(self.extra_features)
-            feats = ArchFeatures(self.problem.space, "onehot", costs)
+            feats = ArchFeatures(self.problem.space, self.encoding, costs)
             self.features = feats.fit(pool.archs, self._cost_block(pool))
         return self.features
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -71,6 +72,18 @@ class FrontierSampler(BaseSampler):
             and features are cached by arch key).
         one_per_class: keep, per canonical key, only the members not dominated in the cheap
             objectives (isomorphic archs share an accuracy: paying twice learns nothing).
+        encoding: the predictor's arch encoding: "onehot", "path" or "onehot+path"
+            (`nas.predictors.ArchFeatures`), or "auto": "onehot+path" for a cell space (one
+            that names its `live_edges`; on NAS-Bench-201, 10 seeds, the paths move the HV ratio
+            at 300 evaluations from 0.954 to 0.977 on cifar10 x Pixel 3 and from 0.969 to 0.967
+            on cifar100 x Raspberry Pi 4, the worst seed from 0.884 to 0.896, but the mean at
+            100 on cifar100 from 0.840 to 0.797), "onehot" for a chain space (not measured).
+        prior: a free score of archs, higher is better (e.g. a zero-cost proxy, or a
+            supernet's inherited accuracy), that steers the initial design: in each stratum of
+            the first cheap objective, one of the `prior_top` best-scored of `prior_sample`
+            random candidates is paid for, not a random one (scoring a sample keeps the prior's
+            cost to n_initial x prior_sample archs). As a predictor feature it goes in
+            `features`.
         warp: "none", or a monotone map of the paid accuracies ("rank": normal scores,
             "yeo-johnson": a power transform) that the GP and the hypervolume work in;
             dominance is unchanged, skewed accuracies (a long tail of broken archs) less so.
@@ -93,6 +106,10 @@ class FrontierSampler(BaseSampler):
         one_per_class: bool = True,
         warp: str = "none",
         min_noise: float = 1e-5,
+        encoding: str = "auto",
+        prior: Callable[[Sequence[Arch]], np.ndarray] | None = None,
+        prior_top: int = 3,
+        prior_sample: int = 16,
     ) -> None:
         if ACCURACY not in problem.objectives:
             raise ValueError(
@@ -126,7 +143,10 @@ class FrontierSampler(BaseSampler):
             pool_refresh,
             one_per_class,
             dict(features or {}),
+            _resolve_encoding(problem, encoding),
         )
+        self.prior, self.prior_top = prior, max(1, prior_top)
+        self.prior_sample = max(self.prior_top, prior_sample)
         self.warp = warp
         self.min_noise = min_noise
         self._fallback = RandomSampler(seed=seed)
@@ -134,6 +154,7 @@ class FrontierSampler(BaseSampler):
         self._queue: list[str] = []  # arch keys chosen but not yet asked for
         self.cheap_names = problem.cheap_used
         self.last_fit: dict[str, float] = {}
+        self.step_s_max = 0.0  # the slowest batch choice so far (seconds)
         self._theta: list[float] | None = None  # last GP fit, the next fit's warm start
         self._paid_cache: dict[int, tuple[str, Arch, float]] = {}  # trial number -> paid arch
 
@@ -230,8 +251,10 @@ class FrontierSampler(BaseSampler):
                 return space.validate(pool.archs[i])
         if fresh_batch:  # a batch chosen just now was taken meanwhile: give up this once
             return None
+        t0 = time.perf_counter()
         with one_blas_thread():
             self._queue = self._choose_batch(study)
+        self.step_s_max = max(self.step_s_max, time.perf_counter() - t0)
         if not self._queue:
             log.info("frontier: no unpaid feasible candidate left; sampling at random")
             return None
@@ -268,7 +291,17 @@ class FrontierSampler(BaseSampler):
             return [pool.keys[i] for i in chosen]
         j = self.cheap_names.index(self.problem.cheap_objectives[0])
         order = idx[np.argsort(pool.cheap[idx, j], kind="stable")]
-        return [pool.keys[int(self.rng.choice(b))] for b in np.array_split(order, n) if len(b)]
+        strata = [b for b in np.array_split(order, n) if len(b)]
+        if self.prior is not None:  # the best-scored few of a sample of each stratum
+            strata = [self._best_scored(pool, b) for b in strata]
+        return [pool.keys[int(self.rng.choice(b))] for b in strata]
+
+    def _best_scored(self, pool: Pool, stratum: np.ndarray) -> np.ndarray:
+        assert self.prior is not None
+        n = min(self.prior_sample, len(stratum))
+        sample = self.rng.choice(stratum, size=n, replace=False)
+        score = np.asarray(self.prior([pool.archs[i] for i in sample]), dtype=np.float64)
+        return sample[np.argsort(-score, kind="stable")[: self.prior_top]]
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> Predictor:
         if self.predictor == "gp":
@@ -331,6 +364,9 @@ class FrontierSampler(BaseSampler):
         default = max(floors) if floors else float(np.median(y[: self.n_initial]))
         return np.array(refs), float(self.reference.get(ACCURACY, default))
 
+    def _accuracy_floor(self) -> bool:
+        return any(c.metric == ACCURACY and c.op == ">=" for c in self.problem.constraints)
+
     def _ehvi_batch(
         self,
         pool: Pool,
@@ -368,6 +404,12 @@ class FrontierSampler(BaseSampler):
             front_y = np.concatenate([front_y, model.predict(xb)])
         ref_c, ref_y = self._references(pool, y_raw)
         ref_y = float(warp(np.array([ref_y]))[0])
+        if ACCURACY not in self.reference and not self._accuracy_floor():
+            # the initial design's median is an estimate from n_initial archs; when it comes out
+            # high, fast archs of fair accuracy never count as improvements and the fast end of
+            # the front is lost (a seed at HV 0.69): the predicted median of the unpaid pool, a
+            # far larger sample, caps it
+            ref_y = min(ref_y, float(np.median(mu)))
         n_batch = min(self.batch_size, max(1, len(paid_archs) // self.batch_divisor))
         chosen: list[int] = []
         cols: list[np.ndarray] = []
@@ -397,3 +439,9 @@ class FrontierSampler(BaseSampler):
         self.last_fit = {"n_paid": float(len(y)), "best_ehvi": best_gain, "reference_acc": ref_y}
         log.debug("frontier: %d paid, batch of %d, best EHVI %.4g", len(y), len(chosen), best_gain)
         return [pool.keys[idx[s]] for s in chosen]
+
+
+def _resolve_encoding(problem: SearchProblem, encoding: str) -> str:
+    if encoding != "auto":
+        return encoding
+    return "onehot+path" if callable(getattr(problem.space, "live_edges", None)) else "onehot"

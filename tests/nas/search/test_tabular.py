@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import importlib.util
+import io
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -108,3 +112,72 @@ def test_nb201_table_runs_a_short_tabular_search(nb201_csv: Path) -> None:
     assert by_index.keys == table.keys[:50]  # the index column reads the benchmark's order
     runs = bench_tabular(table, "cifar10_acc", "pixel3_ms", ["frontier"], budgets=(15,), seeds=[0])
     assert 0 < runs["hv_ratio"].iloc[0] <= 1
+
+
+def _search_bench() -> ModuleType:
+    root = Path(__file__).resolve().parents[3]
+    spec = importlib.util.spec_from_file_location(
+        "search_nb201_bench", root / "benchmarks" / "search_nb201.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_and_benchmark_give_the_same_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nas bench tabular` and benchmarks/search_nb201.py agree for the same settings: both
+    show a strategy the target device's latency only, whatever else the table holds."""
+    import search_spaces
+    from nas.app.cli import main
+
+    monkeypatch.setitem(search_spaces.SPACES._factories, "toy", ToySpace)
+    monkeypatch.setitem(search_spaces.SPACES._help, "toy", "the search tests' toy space")
+
+    csv = _toy_csv(tmp_path / "t.csv")
+    frame = pd.read_csv(csv)  # a device whose latency gives accuracy away: frontier must not see it
+    frame["oracle_ms"] = 1.0 + frame["top1"].max() - frame["top1"]
+    frame.to_csv(csv, index=False)
+    argv = ["bench", "tabular", "--table", str(csv), "--space", "toy", "--arch-column", "arch"]
+    argv += ["--accuracy-column", "top1", "--latency-column", "pixel3_ms"]
+    argv += ["--strategies", "random,frontier", "--budgets", "8,16", "--seeds", "2"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    cli = pd.read_csv(io.StringIO("\n".join(lines[-4:])), sep=r"\s+", header=None)
+    bench = _search_bench()
+    results = bench.run_benchmark(
+        csv,
+        ToySpace(),
+        "arch",
+        (("top1", "pixel3_ms"),),
+        None,
+        [0, 1],
+        (8, 16),
+        ("random", "frontier"),
+        1,
+        (),
+    )
+    summary = pd.DataFrame(results["pairs"]["top1/pixel3_ms"]["summary"])
+    assert sorted(summary["mean"].round(6)) == pytest.approx(sorted(cli[2]), abs=2e-6)
+    # the other device's latency is an explicit, labelled extra that changes what frontier sees
+    extra = bench.run_benchmark(
+        csv,
+        ToySpace(),
+        "arch",
+        (("top1", "pixel3_ms"),),
+        ["raspi4_ms"],
+        [0, 1],
+        (8, 16),
+        ("frontier",),
+        1,
+        (),
+    )
+    labels = set(pd.DataFrame(extra["pairs"]["top1/pixel3_ms"]["summary"])["strategy"])
+    assert labels == {"frontier", "frontier + raspi4_ms"}
+    table = bench.table_md(extra)
+    assert "| frontier + raspi4_ms |" in table and "target device's latency only" in table
+    assert extra["targets"]["hv300_min_pair"] is None  # no 300-evaluation budget here
+    assert extra["targets"]["step_s_max"] > 0
