@@ -31,6 +31,7 @@ from nas.ondevice.plans import UpdatePlan
 __all__ = [
     "OPTIMIZERS",
     "LayerMemory",
+    "OpTrace",
     "TrainingMemory",
     "record_training_ops",
     "training_memory",
@@ -93,11 +94,20 @@ class _Recorder(OpRecorder):
         return out
 
 
+@dataclass(frozen=True)
+class OpTrace:
+    """One recorded forward pass: the ops, the outputs' dataflow ids, parameter sizes."""
+
+    recorder: _Recorder
+    out_ids: list[int]
+    numels: dict[str, int]
+    batch: int
+
+
 def record_training_ops(
     factory: Callable[[], nn.Module], input_shape: Sequence[int], batch: int
-) -> tuple[_Recorder, list[int], dict[str, int]]:
-    """Run the module built by `factory` on the meta device at `batch`; returns the recorder,
-    the dataflow ids of its outputs and each parameter's element count."""
+) -> OpTrace:
+    """Run the module built by `factory` on the meta device at `batch` and record its ops."""
     with torch.device("meta"):
         module = factory()
     module.eval()
@@ -121,7 +131,7 @@ def record_training_ops(
     outs = out if isinstance(out, (list, tuple)) else [out]
     out_ids = [i for t in outs if (i := rec.tensor_id(t)) is not None]
     numels = {n: p.numel() for n, p in module.named_parameters()}
-    return rec, out_ids, numels
+    return OpTrace(rec, out_ids, numels, batch)
 
 
 @dataclass(frozen=True)
@@ -320,11 +330,14 @@ def training_memory(
     optimizer: str = "sgd",
     count_frozen: bool = False,
     num_classes: int | None = None,
+    trace: OpTrace | None = None,
 ) -> TrainingMemory:
     """The training memory of `plan` for the module `factory` builds (see the module docstring).
 
     `factory` builds the module (on the meta device: nothing is allocated); `input_shape` has no
-    batch dimension. Labels (int64) and the loss's softmax are counted for a classifier.
+    batch dimension. Labels (int64) and the loss's softmax are counted for a classifier. A
+    `trace` from :func:`record_training_ops` at the same batch saves recording again (the plan
+    search prices many plans of one network).
     """
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
@@ -332,7 +345,9 @@ def training_memory(
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    rec, out_ids, numels = record_training_ops(factory, input_shape, batch)
+    if trace is None or trace.batch != batch:
+        trace = record_training_ops(factory, input_shape, batch)
+    rec, out_ids, numels = trace.recorder, trace.out_ids, trace.numels
     scale = DTYPE_BYTES[dtype] / 4  # the record is in fp32
     nbytes = [int(b * scale) for b in rec.tensor_bytes]
     ops, n = rec.ops, len(rec.ops)
