@@ -405,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", action="append", default=[], help="real device to time on")
     p.set_defaults(func=_compress_cmd)
 
+    from nas.app.ondevice_commands import add_ondevice_parser
+
+    add_ondevice_parser(sub)  # nas ondevice plan|adapt
+
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
         dest="bench_command", required=True, metavar="SUBCOMMAND"
     )

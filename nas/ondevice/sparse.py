@@ -26,12 +26,23 @@ __all__ = ["BudgetTooSmallError", "LayerProbe", "plan_under_budget", "probe_laye
 class BudgetTooSmallError(ValueError):
     """No plan fits the budget; `smallest_bytes` is what the cheapest one needs."""
 
-    def __init__(self, budget_bytes: int, smallest_bytes: int, batch: int) -> None:
+    def __init__(
+        self,
+        budget_bytes: int,
+        smallest_bytes: int,
+        batch: int,
+        asked: tuple[str, int] | None = None,
+    ) -> None:
         self.budget_bytes, self.smallest_bytes = budget_bytes, smallest_bytes
+        head = f"no update plan fits {budget_bytes / 1024:.1f} KB at batch {batch}"
+        if asked is not None and smallest_bytes <= budget_bytes:
+            head = (
+                f"plan {asked[0]!r} needs {asked[1] / 1024:.1f} KB, over the budget of "
+                f"{budget_bytes / 1024:.1f} KB at batch {batch}; pick a smaller mode or 'sparse'"
+            )
         super().__init__(
-            f"no update plan fits {budget_bytes / 1024:.1f} KB at batch {batch}: the smallest "
-            f"plan needs {smallest_bytes / 1024:.1f} KB (raise --budget-kb to at least "
-            f"{-(-smallest_bytes // 1024)}, or lower the batch)"
+            f"{head}: the smallest plan needs {smallest_bytes / 1024:.1f} KB (--budget-kb "
+            f"of at least {-(-smallest_bytes // 1024)}, or a lower batch)"
         )
 
 

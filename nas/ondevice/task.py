@@ -98,7 +98,7 @@ def _pick_shots(
 
 def make_shift_task(
     data: ImageDataset,
-    shift: str = "invert",
+    shift: str = "rotate",
     shots: int = 10,
     seed: int = 0,
     max_test: int | None = None,
