@@ -51,6 +51,7 @@ SLOW = {
     "docs/how-to/postgresql-workers.md",
     "docs/how-to/torchrun.md",
     "docs/how-to/read-a-report.md",
+    "docs/how-to/on-device-learning.md",
 }
 
 #: commands known to fail today: (prefix of the command, the error it must raise, why). Strict,
