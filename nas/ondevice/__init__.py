@@ -14,6 +14,7 @@ from nas.ondevice.memory import (
     TrainingMemory,
     record_training_ops,
     training_memory,
+    training_memory_metric,
 )
 from nas.ondevice.plans import MODES, UpdatePlan, block_of, blocks, make_plan, parameter_layers
 from nas.ondevice.sparse import BudgetTooSmallError, LayerProbe, plan_under_budget, probe_layers
@@ -48,4 +49,5 @@ __all__ = [
     "target_accuracy",
     "train_source_model",
     "training_memory",
+    "training_memory_metric",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "TrainingMemory",
     "record_training_ops",
     "training_memory",
+    "training_memory_metric",
 ]
 
 # optimizer -> state tensors per trainable weight
@@ -409,3 +410,37 @@ def _layer_table(
         frozen = sum(numels[p] * elem for p in params if not plan.trains(p))
         rows.append(LayerMemory(op.module, op.op, train, frozen, kept_by.get(e, 0)))
     return tuple(rows)
+
+
+def training_memory_metric(
+    space: Any,
+    mode: str = "bias",
+    batch: int = 8,
+    blocks_k: int = 1,
+    count_frozen: bool = False,
+) -> Callable[[Sequence[Any]], list[int]]:
+    """``archs -> training memory in bytes`` under plan `mode` at `batch`: a free objective or
+    budget for a search ("archs that can learn on the device within 256 KB"). Archs are priced
+    on the meta device and cached by key."""
+    from nas.ondevice.plans import make_plan
+
+    cache: dict[str, int] = {}
+    classes = getattr(space, "num_classes", None)
+
+    def price(arch: Any) -> int:
+        key = space.key(arch)
+        if key not in cache:
+            arch = space.validate(arch)
+            with torch.device("meta"):
+                plan = make_plan(space.build(arch), mode, blocks_k=blocks_k)
+            cache[key] = training_memory(
+                lambda: space.build(arch),
+                space.input_shape(arch),
+                plan,
+                batch=batch,
+                count_frozen=count_frozen,
+                num_classes=classes,
+            ).total_bytes
+        return cache[key]
+
+    return lambda archs: [price(a) for a in archs]

@@ -85,3 +85,19 @@ def test_memory_table_and_settings() -> None:
 
 def test_modes_are_documented() -> None:
     assert set(MODES) == {"full", "last", "bias", "bn_bias", "sparse"}
+
+
+def test_training_memory_metric_prices_archs_for_a_search() -> None:
+    from nas.ondevice import training_memory_metric
+
+    space = get_space("tiny")
+    archs = [space.sample(rng=i) for i in range(3)]
+    price = training_memory_metric(space, mode="bias", batch=1)
+    values = price(archs)
+    assert len(values) == 3 and all(v > 0 for v in values)
+    with torch.device("meta"):
+        plan = make_plan(space.build(archs[0]), "bias")
+    direct = training_memory(lambda: space.build(archs[0]), (3, 32, 32), plan, batch=1,
+                             num_classes=10)  # fmt: skip
+    assert values[0] == direct.total_bytes
+    assert price(archs[:1]) == values[:1]  # cached
