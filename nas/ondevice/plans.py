@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from torch import nn
 
@@ -47,7 +48,7 @@ class UpdatePlan:
     def trains(self, name: str) -> bool:
         return name in self._trainable_set
 
-    @property
+    @cached_property
     def _trainable_set(self) -> frozenset[str]:
         return frozenset(self.trainable)
 
