@@ -237,11 +237,13 @@ def _backward_scratch(
 
 def _greedy_plan(spans: list[tuple[int, int, int]], alignment: int = 16) -> int:
     """Bytes of a buffer laid out as ExecuTorch's greedy memory planner lays one out: tensors
-    largest first, each into the first shared object none of whose tensors it meets in time
+    largest first (equal sizes latest-made first), each into the first shared object none of whose tensors it meets in time
     (at offset 0), else stacked above the ones it meets where that still fits, else into a new
     object; the buffer is the sum of the objects (`executorch.exir.memory_planning.greedy`)."""
     objects: list[tuple[int, list[tuple[int, int, int, int]]]] = []  # size, (offset, s, e, n)
-    for start, end, size in sorted(spans, key=lambda s: -s[2]):
+    # largest first; among equals the latest-made first, as the planner meets them (its
+    # insertion sort, then reversed, over tensors listed in program order)
+    for start, end, size in sorted(spans, key=lambda s: (-s[2], -s[0])):
         size = -(-size // alignment) * alignment
         if size == 0:
             continue
