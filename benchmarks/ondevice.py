@@ -129,9 +129,7 @@ def runtime_rows(quick: bool) -> list[dict[str, Any]]:
             ref_losses.append(loss.item())
         row: dict[str, Any] = {"mode": plan.describe(), "steps": steps}
         row["pytorch_step_ms"] = 1e3 * float(np.min(ref_times[1:]))
-        for partition in (
-            ("portable", "xnnpack_frozen") if mode in ("last", "bias") else ("portable",)
-        ):
+        for partition in ("portable", "xnnpack_frozen") if mode == "last" else ("portable",):
             program = export_training_program(copy.deepcopy(work), (xs[0], ys[0]), partition)
             trainer = RuntimeTrainer(program, lr=0.05)
             losses, step_ms = _timed_steps(trainer, xs, ys, steps)
@@ -170,7 +168,7 @@ def _source_model(run: str | None, data: Any, quick: bool) -> tuple[Any, dict, n
     arch = _largest(space)
     torch.manual_seed(0)
     x, y = data.train.tensors
-    model = train_source_model(space.build(arch), x, y, epochs=3 if quick else 10, lr=0.1, batch=32)
+    model = train_source_model(space.build(arch), x, y, epochs=8 if quick else 10, lr=0.1, batch=32)
     return space, arch, model
 
 

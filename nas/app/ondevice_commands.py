@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import nn
 from nas.core.files import write_bytes_atomic, write_json_atomic
 from nas.core.space import SearchSpace
 from nas.ondevice import (
+    BUDGET_MARGIN,
     MODES,
     BudgetTooSmallError,
     TrainingMemory,
@@ -68,8 +70,9 @@ def choose_plan(
     count_frozen: bool = False,
     shots: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> PlanChoice:
-    """The plan of `mode` for `arch`, checked against `budget_kb` when given. Mode ``sparse``
-    picks its layers under the budget by gain per byte on `shots` (the adaptation shots)."""
+    """The plan of `mode` for `arch`, checked against `budget_kb` when given (with the model's
+    margin, `BUDGET_MARGIN`). Mode ``sparse`` picks its layers under the budget by gain per
+    byte on `shots` (the adaptation shots)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {sorted(MODES)}")
     arch = space.validate(arch)
@@ -93,15 +96,15 @@ def choose_plan(
     memory = training_memory(
         factory, shape, plan, batch=batch, count_frozen=count_frozen, num_classes=classes
     )
-    if budget_kb is not None and memory.total_bytes > budget_kb * 1024:
+    if budget_kb is not None and memory.total_bytes * (1 + BUDGET_MARGIN) > budget_kb * 1024:
         smallest = training_memory(
             factory, shape, make_plan(model, "last", blocks_k=1), batch=batch, num_classes=classes
         )  # the classifier alone: the cheapest plan that still trains
         raise BudgetTooSmallError(
             int(budget_kb * 1024),
-            smallest.total_bytes,
+            math.ceil(smallest.total_bytes * (1 + BUDGET_MARGIN)),
             batch,
-            asked=(plan.describe(), memory.total_bytes),
+            asked=(plan.describe(), math.ceil(memory.total_bytes * (1 + BUDGET_MARGIN))),
         )
     return PlanChoice(plan, memory)
 

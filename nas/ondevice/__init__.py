@@ -17,10 +17,17 @@ from nas.ondevice.memory import (
     training_memory_metric,
 )
 from nas.ondevice.plans import MODES, UpdatePlan, block_of, blocks, make_plan, parameter_layers
-from nas.ondevice.sparse import BudgetTooSmallError, LayerProbe, plan_under_budget, probe_layers
+from nas.ondevice.sparse import (
+    BUDGET_MARGIN,
+    BudgetTooSmallError,
+    LayerProbe,
+    plan_under_budget,
+    probe_layers,
+)
 from nas.ondevice.task import SHIFTS, ShiftTask, apply_shift, make_shift_task
 
 __all__ = [
+    "BUDGET_MARGIN",
     "MODES",
     "OPTIMIZERS",
     "SHIFTS",

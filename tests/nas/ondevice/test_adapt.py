@@ -111,7 +111,7 @@ def test_sparse_plan_fits_its_budget(data: ImageDataset, model: torch.nn.Module)
         num_classes=10, probe_steps=3,
     )  # fmt: skip
     assert plan.mode == "sparse" and plan.layers
-    assert memory.total_bytes <= budget
+    assert memory.total_bytes * 1.1 <= budget  # the default 10 % margin
     assert {p.layer for p in probes} >= set(plan.layers)
     smallest = min(p.cost_bytes for p in probes)
     with pytest.raises(BudgetTooSmallError, match="smallest plan needs") as err:
@@ -119,7 +119,7 @@ def test_sparse_plan_fits_its_budget(data: ImageDataset, model: torch.nn.Module)
             model, factory, (3, 32, 32), smallest - 1, task.shots_x, task.shots_y,
             num_classes=10, probe_steps=1,
         )  # fmt: skip
-    assert err.value.smallest_bytes == smallest
+    assert err.value.smallest_bytes >= smallest
 
 
 @pytest.mark.slow
