@@ -530,6 +530,20 @@ CASES: list[Case] = [
          "s0.width"),
     case("hwtrain-target-outside-the-range", f"{HW} --device pixel3-emulated --target "
          "pixel3-emulated=100 --latency-model costmodel", "--target", "range", untouched=False),
+    # -- nas ondevice (issue 20)
+    case("ondevice-plan-unknown-space", "ondevice plan --space tiny2 --arch {arch}", "--space",
+         "tiny2"),
+    case("ondevice-plan-bad-arch", "ondevice plan --space tiny --arch s0.depth=9", "--arch"),
+    case("ondevice-plan-budget-too-small",
+         "ondevice plan --space tiny --arch {arch} --mode full --budget-kb 1", "--budget-kb"),
+    case("ondevice-plan-budget-0", "ondevice plan --space tiny --arch {arch} --budget-kb 0",
+         "--budget-kb"),
+    case("ondevice-adapt-run-missing", "ondevice adapt --run {tmp}/nope --arch {arch}", "--run",
+         "{tmp}/nope"),
+    case("ondevice-adapt-arch-of-another-space",
+         "ondevice adapt --run {world}/run --arch 0|1|2|3|4|0", "--arch"),
+    case("ondevice-adapt-unknown-shift", "ondevice adapt --run {world}/run --arch {arch} "
+         "--shift sepia", "--shift", "sepia"),
     # -- the debug switch: the same bad input, with its traceback
     case("debug-flag-shows-the-traceback", "--debug run {tmp}/config.yaml", "{tmp}/config.yaml",
          files=(("config.yaml", ""),), traceback=True),

@@ -53,6 +53,7 @@ SLOW = {
     "docs/how-to/read-a-report.md",
     "docs/how-to/hardware-aware-training.md",
     "docs/how-to/federated.md",
+    "docs/how-to/on-device-learning.md",
 }
 
 #: commands known to fail today: (prefix of the command, the error it must raise, why). Strict,

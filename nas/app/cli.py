@@ -417,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_compress_cmd)
 
     add_hwtrain_parser(sub, positive_int, positive_float)
+    from nas.app.ondevice_commands import add_ondevice_parser
+
+    add_ondevice_parser(sub)  # nas ondevice plan|adapt
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
         dest="bench_command", required=True, metavar="SUBCOMMAND"

@@ -3,7 +3,8 @@ lowered to XNNPACK, ONNX files and ONNX Runtime sessions (with static int8), Lit
 the host CPU's facts and the runtimes' thread pools.
 
 One module per job: `torch_export` (the program every artifact is made from), `executorch`,
-`onnx` and `litert` (each format's export and runner), `eager` (PyTorch, the reference every
+`onnx` and `litert` (each format's export and runner), `training_program` (ExecuTorch training
+programs: export, the runtime's SGD, weights read back), `eager` (PyTorch, the reference every
 artifact is checked against), `runners` (a runner by suffix, parity, a simple timing),
 `artifact` (the runner protocol), `host` (CPU facts), `quiet` (the exporters' chatter kept out
 of the user's log around our calls). The compression chain and `latency_models.runtimes` both
@@ -49,9 +50,17 @@ from nas.backends.pt2e import (
 from nas.backends.quiet import quiet_exporters
 from nas.backends.runners import ParityReport, check_parity, min_latency_ms, open_runner
 from nas.backends.torch_export import eval_mode, export_program
+from nas.backends.training_program import (
+    PARTITIONS,
+    RuntimeTrainer,
+    TrainingProgram,
+    TrainingProgramError,
+    export_training_program,
+)
 
 __all__ = [
     "ARTIFACT_SUFFIXES",
+    "PARTITIONS",
     "WEIGHT_BITS",
     "ArtifactRunner",
     "LoadedProgram",
@@ -59,7 +68,10 @@ __all__ = [
     "OnnxRunner",
     "ParityReport",
     "PteRunner",
+    "RuntimeTrainer",
     "TfliteRunner",
+    "TrainingProgram",
+    "TrainingProgramError",
     "cached_pt2e_patterns",
     "check_parity",
     "check_weight_bits",
@@ -74,6 +86,7 @@ __all__ = [
     "export_program",
     "export_pte",
     "export_tflite",
+    "export_training_program",
     "has_vnni",
     "lower_program",
     "lower_to_pte",

@@ -1,0 +1,183 @@
+"""ExecuTorch training programs: export a classifier's forward and backward as one program,
+lower what is frozen to XNNPACK, run steps with the runtime's SGD and read the weights back.
+
+Facts this module relies on (executorch 1.5.1, checked by tests/nas/backends/
+test_training_program.py): ``torch.export.experimental._export_forward_backward`` exports the
+joint graph of a module whose frozen parameters have ``requires_grad`` off, pruning the
+backward they do not need; the runtime's memory plan is
+``execution_plan[0].non_const_buffer_sizes``; the training module's ``named_parameters()``
+point into runtime memory (clone them) and live as long as the loaded program. The plain
+XNNPACK partitioner swallows trainable parameters into delegates (the runtime then updates
+copies nobody reads); :class:`_FrozenOnlyPartitioner` delegates, op by op, only what touches
+no trainable parameter. Batch norm runs in eval mode (training mode has no out variant).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas.backends.quiet import quiet_exporters
+
+__all__ = [
+    "PARTITIONS",
+    "RuntimeTrainer",
+    "TrainingProgram",
+    "TrainingProgramError",
+    "export_training_program",
+]
+
+PARTITIONS = ("portable", "xnnpack_frozen")
+
+
+class TrainingProgramError(RuntimeError):
+    """The runtime cannot train this module as asked (an op, an optimizer, a mode)."""
+
+
+class _WithLoss(nn.Module):
+    """The module and its cross-entropy loss: the program's one output is the loss."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.loss = nn.CrossEntropyLoss()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.loss(self.net(x), y),)
+
+
+@dataclass(frozen=True)
+class TrainingProgram:
+    """A serialized training program and what its export found."""
+
+    data: bytes
+    plan_bytes: int  # the runtime's planned (non-constant) buffer
+    trainable: tuple[str, ...]  # the parameters it trains, as the module names them
+    partition: str
+    delegated_ops: int
+    export_s: float
+
+
+def _frozen_only_partitioner(trainable: set[str]) -> Any:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    class _FrozenOnlyPartitioner(XnnpackPartitioner):
+        """XNNPACK, op by op, for the ops that read no trainable parameter."""
+
+        def __init__(self) -> None:
+            super().__init__(per_op_mode=True)
+
+        def generate_partitions(self, ep: Any) -> list[Any]:
+            sig = ep.graph_signature
+            trained = {node for node, fqn in sig.inputs_to_parameters.items() if fqn in trainable}
+
+            def touches(node: Any) -> bool:
+                names = {node.name} | {a.name for a in node.all_input_nodes}
+                return bool(names & trained)
+
+            return [
+                p
+                for p in super().generate_partitions(ep)
+                if not any(touches(node) for node in p.nodes)
+            ]
+
+    return _FrozenOnlyPartitioner()
+
+
+def export_training_program(
+    net: nn.Module,
+    example: Sequence[torch.Tensor],
+    partition: str = "portable",
+) -> TrainingProgram:
+    """Export `net` (its frozen parameters with ``requires_grad`` off, eval mode) with a
+    cross-entropy loss as an ExecuTorch training program for inputs like `example` (x, y)."""
+    if partition not in PARTITIONS:
+        raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
+    from executorch.exir import to_edge, to_edge_transform_and_lower
+    from torch.export.experimental import _export_forward_backward
+
+    trainable = {f"net.{n}" for n, p in net.named_parameters() if p.requires_grad}
+    if not trainable:
+        raise TrainingProgramError("nothing to train: every parameter is frozen")
+    if any(m.training for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        raise TrainingProgramError(
+            "batch norm in training mode has no out variant in the runtime "
+            "(aten::_native_batch_norm_legit_functional); call net.eval() to freeze its statistics"
+        )
+    start = time.perf_counter()
+    with quiet_exporters():
+        ep = torch.export.export(_WithLoss(net), tuple(example), strict=False)
+        try:
+            joint = _export_forward_backward(ep)
+            if partition == "portable":
+                edge = to_edge(joint)
+            else:
+                edge = to_edge_transform_and_lower(
+                    joint, partitioner=[_frozen_only_partitioner(trainable)]
+                )
+            et = edge.to_executorch()
+        except Exception as exc:  # the exporters raise many kinds; name the module's part
+            raise TrainingProgramError(
+                f"the runtime cannot train this module: {type(exc).__name__}: {exc}"
+            ) from exc
+    delegated = sum(
+        1
+        for node in edge.exported_program().graph.nodes
+        if node.op == "call_function" and "executorch_call_delegate" in str(node.target)
+    )
+    sizes = list(et.executorch_program.execution_plan[0].non_const_buffer_sizes)
+    return TrainingProgram(
+        data=et.buffer,
+        plan_bytes=int(sum(sizes)),
+        trainable=tuple(sorted(n.removeprefix("net.") for n in trainable)),
+        partition=partition,
+        delegated_ops=delegated,
+        export_s=time.perf_counter() - start,
+    )
+
+
+class RuntimeTrainer:
+    """A loaded training program stepped with the runtime's own SGD (no momentum by default)."""
+
+    def __init__(self, program: TrainingProgram, lr: float, momentum: float = 0.0) -> None:
+        from executorch.extension.training import (
+            _load_for_executorch_for_training_from_buffer,
+            get_sgd_optimizer,
+        )
+
+        self.program = program
+        self._data = program.data  # the runtime's tensors point into what this buffer loads
+        self._module = _load_for_executorch_for_training_from_buffer(self._data)
+        self._lr, self._momentum = lr, momentum
+        self._optimizer: Any = None
+        self._get_sgd = get_sgd_optimizer
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One forward, backward and SGD step in the runtime; returns the loss before it."""
+        out = self._module.forward_backward("forward", (x, y))
+        if self._optimizer is None:
+            params = self._module.named_parameters()
+            self._optimizer = self._get_sgd(params, self._lr, self._momentum, 0, 0, False)
+        self._optimizer.step(self._module.named_gradients())
+        return float(out[0])
+
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        """The trained weights (copies), named as in the module (no ``net.`` prefix)."""
+        if self._optimizer is None:
+            raise TrainingProgramError("run a step first: the runtime names its weights then")
+        return {
+            n.removeprefix("net."): t.clone() for n, t in self._module.named_parameters().items()
+        }
+
+    def load_into(self, net: nn.Module) -> None:
+        """Copy the trained weights into `net` (the module the program was exported from)."""
+        trained = self.named_parameters()
+        params = dict(net.named_parameters())
+        with torch.no_grad():
+            for name, value in trained.items():
+                params[name].copy_(value)

@@ -1,0 +1,128 @@
+"""Adaptation of a deployed model to a target domain: fine-tuning an update plan on the shots in
+PyTorch or in the ExecuTorch runtime, and the baselines beside it (no adaptation; AdaBN, batch-
+norm statistics re-estimated on the shots alone, Li et al., 2016)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nas.backends import RuntimeTrainer, export_training_program
+from nas.ondevice.plans import UpdatePlan
+from nas.supernet import accuracy, recalibrate_bn
+
+__all__ = ["AdaptResult", "adabn", "finetune", "target_accuracy", "train_source_model"]
+
+
+@dataclass
+class AdaptResult:
+    """An adapted copy of the model, its losses per step, and where it trained."""
+
+    model: nn.Module
+    losses: list[float]
+    engine: str  # "pytorch" or "executorch"
+    step_ms: float
+    reference_losses: list[float] = field(default_factory=list)  # PyTorch's, when checked
+
+
+def _batches(
+    n: int, batch: int, steps: int, seed: int
+) -> list[torch.Tensor]:  # each: indices of one batch
+    gen = torch.Generator().manual_seed(seed)
+    out: list[torch.Tensor] = []
+    while len(out) < steps:
+        perm = torch.randperm(n, generator=gen)
+        out += [perm[i : i + batch] for i in range(0, n - batch + 1, batch)]
+    return out[:steps]
+
+
+def _torch_steps(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, order: list[torch.Tensor], lr: float
+) -> list[float]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr)
+    losses = []
+    for idx in order:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def finetune(
+    model: nn.Module,
+    plan: UpdatePlan,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int = 60,
+    batch: int = 8,
+    lr: float = 0.05,
+    seed: int = 0,
+    engine: str = "pytorch",
+    check: bool = False,
+) -> AdaptResult:
+    """Fine-tune a copy of `model` under `plan` on (x, y) with SGD (no momentum), batch norm
+    frozen (eval mode), the same batches for either engine. ``engine="executorch"`` runs the
+    steps in the runtime's training program; `check` runs PyTorch beside it and keeps its
+    losses in ``reference_losses``."""
+    if engine not in ("pytorch", "executorch"):
+        raise ValueError(f"engine must be 'pytorch' or 'executorch', got {engine!r}")
+    batch = min(batch, len(y))
+    order = _batches(len(y), batch, steps, seed)
+    work = copy.deepcopy(model).eval()
+    plan.apply(work)
+    if engine == "pytorch":
+        start = time.perf_counter()
+        losses = _torch_steps(work, x, y, order, lr)
+        step_ms = 1e3 * (time.perf_counter() - start) / max(steps, 1)
+        return AdaptResult(work, losses, engine, step_ms)
+    reference = _torch_steps(copy.deepcopy(work), x, y, order, lr) if check else []
+    program = export_training_program(work, (x[order[0]], y[order[0]]))
+    trainer = RuntimeTrainer(program, lr=lr)
+    start = time.perf_counter()
+    losses = [trainer.step(x[idx], y[idx]) for idx in order]
+    step_ms = 1e3 * (time.perf_counter() - start) / max(steps, 1)
+    trainer.load_into(work)
+    return AdaptResult(work, losses, engine, step_ms, reference)
+
+
+def adabn(model: nn.Module, x: torch.Tensor, batch: int = 50) -> nn.Module:
+    """A copy of `model` whose batch-norm statistics are re-estimated on `x` alone."""
+    work = copy.deepcopy(model).eval()
+    recalibrate_bn(work, [x[i : i + batch] for i in range(0, len(x), batch)])
+    return work
+
+
+def train_source_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int = 3,
+    batch: int = 64,
+    lr: float = 0.05,
+    seed: int = 0,
+) -> nn.Module:
+    """Train `model` on the source domain (SGD with momentum, batch norm in training mode): the
+    stand-in for a deployed model when no run's winner is at hand."""
+    torch.manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-5)
+    model.train()
+    steps = epochs * (len(y) // batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    for idx in _batches(len(y), batch, steps, seed):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+def target_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy on the target test set, in [0, 1]."""
+    return accuracy(model, x, y)

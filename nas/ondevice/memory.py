@@ -1,0 +1,448 @@
+"""The training-memory model: bytes an update plan needs on the device, per layer and in total,
+predicted from the network's per-op layer specs (TinyTL, Cai et al., NeurIPS 2020; MCUNetV3's
+compile-time training graph, Lin et al., NeurIPS 2022).
+
+The network runs once on the meta device (shapes only) under the layer-spec recorder of
+`nas.core.layers`, at the training batch. From that record the model replays one training step
+as a compiled training program runs it: the forward pass, the loss, then the backward pass in
+reverse. A tensor lives from the op that writes it to its last reader, or, when the backward
+pass needs it, to the backward of the op that keeps it; only what the trainable parts need is
+kept (a frozen prefix keeps nothing; a frozen convolution still keeps its input while gradients
+flow through it, because the runtime's ``convolution_backward`` takes it; a frozen batch norm
+keeps nothing). Gradients of activations live from the backward of their last reader to the
+backward of their writer; weight gradients, the program's outputs, to the end. The peak of the
+sum over live tensors is the plan's buffer; trainable weights and optimizer state come on top;
+frozen weights stay in flash unless asked for.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas.core.layers import DTYPE_BYTES, OpRecorder
+from nas.ondevice.plans import UpdatePlan
+
+__all__ = [
+    "OPTIMIZERS",
+    "LayerMemory",
+    "OpTrace",
+    "TrainingMemory",
+    "record_training_ops",
+    "training_memory",
+    "training_memory_metric",
+]
+
+# optimizer -> state tensors per trainable weight
+OPTIMIZERS: dict[str, int] = {"sgd": 0, "sgd_momentum": 1, "adam": 2}
+
+# activations whose backward reads their output (the rest read their input)
+_READS_OUTPUT = {"relu", "sigmoid", "tanh"}
+# ops whose backward reads no activation at all
+_NO_SAVE = {"add", "avgpool", "global_avgpool", "concat", "copy", "sub", "view", "flatten"}
+
+
+@dataclass
+class _Op:
+    module: str  # the innermost module running when the op ran
+    op: str
+    activation: str
+    reads: list[int]
+    writes: int
+    params: list[str] = field(default_factory=list)
+
+
+class _Recorder(OpRecorder):
+    """The layer-spec recorder, noting also the running module and the parameters each op reads."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.ops: list[_Op] = []
+        self.stack: list[str] = [""]
+        self._params: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {
+            id(p): (weakref.ref(p), n) for n, p in module.named_parameters()
+        }
+
+    def _param(self, t: Any) -> str | None:
+        if not isinstance(t, torch.Tensor):
+            return None
+        entry = self._params.get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else None
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        n_events = len(self.events)
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        params = [name for a in args if (name := self._param(a)) is not None]
+        if len(self.events) > n_events:
+            ev = self.events[-1]
+            self.ops.append(
+                _Op(self.stack[-1], ev.spec.op, ev.spec.activation, ev.reads, ev.writes, params)
+            )
+        elif params and isinstance(out, torch.Tensor):
+            # a view of a weight (a linear layer's transpose) still stands for that weight
+            self._params[id(out)] = (weakref.ref(out), params[0])
+        return out
+
+
+@dataclass(frozen=True)
+class OpTrace:
+    """One recorded forward pass: the ops, the outputs' dataflow ids, parameter sizes."""
+
+    recorder: _Recorder
+    out_ids: list[int]
+    numels: dict[str, int]
+    batch: int
+
+
+def record_training_ops(
+    factory: Callable[[], nn.Module], input_shape: Sequence[int], batch: int
+) -> OpTrace:
+    """Run the module built by `factory` on the meta device at `batch` and record its ops."""
+    with torch.device("meta"):
+        module = factory()
+    module.eval()
+    rec = _Recorder(module)
+    hooks = []
+
+    def leave(m: nn.Module, args: Any, out: Any) -> None:
+        rec.stack.pop()  # a forward hook that returned a value would replace the output
+
+    for name, sub in module.named_modules():
+        hooks.append(sub.register_forward_pre_hook(lambda m, a, n=name: rec.stack.append(n)))
+        hooks.append(sub.register_forward_hook(leave))
+    x = torch.empty((batch, *input_shape), device="meta")
+    try:
+        with torch.no_grad(), rec:
+            rec.new_tensor(x)
+            out = module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs = out if isinstance(out, (list, tuple)) else [out]
+    out_ids = [i for t in outs if (i := rec.tensor_id(t)) is not None]
+    numels = {n: p.numel() for n, p in module.named_parameters()}
+    return OpTrace(rec, out_ids, numels, batch)
+
+
+@dataclass(frozen=True)
+class LayerMemory:
+    """One layer's share: its weights, their gradients, the activations its backward keeps."""
+
+    name: str
+    op: str
+    trainable_bytes: int
+    frozen_bytes: int
+    saved_bytes: int
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """What one training step of a plan needs, in bytes, at `batch` and `dtype`.
+
+    ``plan_bytes`` is the step's planned buffer (input, activations, kept tensors, gradients of
+    activations and weights) laid out as the runtime's greedy planner does; ``peak_bytes`` the
+    most of it alive at once (what a perfect planner would need); ``total_bytes`` adds trainable weights and optimizer
+    state, and frozen weights when ``count_frozen``.
+    """
+
+    layers: tuple[LayerMemory, ...]
+    plan_bytes: int
+    peak_bytes: int
+    saved_bytes: int
+    trainable_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    frozen_bytes: int
+    batch: int
+    dtype: str
+    optimizer: str
+    count_frozen: bool
+
+    @property
+    def total_bytes(self) -> int:
+        frozen = self.frozen_bytes if self.count_frozen else 0
+        return self.plan_bytes + self.trainable_bytes + self.optimizer_bytes + frozen
+
+    def settings(self) -> str:
+        """The settings every table states."""
+        where = "counted" if self.count_frozen else "in flash, not counted"
+        return (
+            f"batch {self.batch}, {self.dtype}, optimizer {self.optimizer}, frozen weights {where}"
+        )
+
+
+def _requires_grad(ops: list[_Op], plan: UpdatePlan, n_tensors: int) -> tuple[list[bool], ...]:
+    """Which dataflow tensors carry a gradient, and which ops run a backward."""
+    t_rg = [False] * n_tensors
+    op_rg = []
+    for op in ops:
+        rg = any(plan.trains(p) for p in op.params) or any(t_rg[r] for r in op.reads)
+        t_rg[op.writes] = rg
+        op_rg.append(rg)
+    return t_rg, op_rg
+
+
+def _kept(op: _Op, plan: UpdatePlan, t_rg: list[bool]) -> list[int]:
+    """The dataflow tensors the backward of `op` reads."""
+    if op.op == "conv":
+        return op.reads[:1]
+    if op.op == "linear":
+        return (
+            op.reads[:1] if any(plan.trains(p) for p in op.params if p.endswith("weight")) else []
+        )
+    if op.op == "bn":
+        return (
+            op.reads[:1] if any(plan.trains(p) for p in op.params if p.endswith("weight")) else []
+        )
+    if op.op == "act":
+        return [op.writes] if op.activation in _READS_OUTPUT else op.reads[:1]
+    if op.op == "mul":  # each factor's gradient needs the other factor
+        return [
+            op.reads[1 - i]
+            for i in range(len(op.reads[:2]))
+            if len(op.reads) == 2 and t_rg[op.reads[i]]
+        ]
+    if op.op in _NO_SAVE:
+        return []
+    return list(op.reads)
+
+
+def _backward_scratch(
+    ops: list[_Op], plan: UpdatePlan, op_rg: list[bool], nbytes: list[int], n: int
+) -> list[tuple[int, int, int]]:
+    """Scratch tensors alive inside one op's backward, beside its gradients in and out: a
+    ReLU's mask (one byte per element) and a trained batch norm's centred input and product."""
+    spans = []
+    for e, op in enumerate(ops):
+        if not op_rg[e]:
+            continue
+        size = nbytes[op.writes]
+        if op.op == "act" and op.activation == "relu":
+            spans.append((2 * n - e, 2 * n - e, size // 4))
+        elif op.op == "bn" and any(plan.trains(p) for p in op.params if p.endswith("weight")):
+            spans.append((2 * n - e, 2 * n - e, size))
+    return spans
+
+
+def _greedy_plan(spans: list[tuple[int, int, int]], alignment: int = 16) -> int:
+    """Bytes of a buffer laid out as ExecuTorch's greedy memory planner lays one out: tensors
+    largest first (equal sizes latest-made first), each into the first shared object none of whose tensors it meets in time
+    (at offset 0), else stacked above the ones it meets where that still fits, else into a new
+    object; the buffer is the sum of the objects (`executorch.exir.memory_planning.greedy`)."""
+    objects: list[tuple[int, list[tuple[int, int, int, int]]]] = []  # size, (offset, s, e, n)
+    # largest first; among equals the latest-made first, as the planner meets them (its
+    # insertion sort, then reversed, over tensors listed in program order)
+    for start, end, size in sorted(spans, key=lambda s: (-s[2], -s[0])):
+        size = -(-size // alignment) * alignment
+        if size == 0:
+            continue
+        placed = False
+        for _, allocs in objects:
+            if all(end < a_start or start > a_end for _, a_start, a_end, _ in allocs):
+                allocs.append((0, start, end, size))
+                placed = True
+                break
+        if not placed:
+            for obj_size, allocs in objects:
+                top = max(
+                    (
+                        o + n
+                        for o, a_start, a_end, n in allocs
+                        if not (end < a_start or start > a_end)
+                    ),
+                    default=0,
+                )
+                if top > 0 and top + size <= obj_size:
+                    allocs.append((top, start, end, size))
+                    placed = True
+                    break
+        if not placed:
+            objects.append((size, [(0, start, end, size)]))
+    return sum(size for size, _ in objects)
+
+
+def _peak(spans: list[tuple[int, int, int]], length: int) -> int:
+    live = [0] * (length + 2)
+    for start, end, size in spans:
+        live[start] += size
+        live[min(end, length) + 1] -= size
+    peak = running = 0
+    for delta in live:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def _activation_spans(
+    ops: list[_Op],
+    plan: UpdatePlan,
+    t_rg: list[bool],
+    op_rg: list[bool],
+    out_ids: list[int],
+    nbytes: list[int],
+) -> tuple[list[tuple[int, int, int]], dict[int, int]]:
+    """(start, end, bytes) of every activation and activation gradient, and which op keeps each
+    kept tensor (forward op e runs at time e, the loss at n, the backward of op e at 2n - e)."""
+    n = len(ops)
+    end_time = 2 * n + 1
+    writer = {op.writes: e for e, op in enumerate(ops)}
+    last_read = {tid: 0 for tid in range(len(nbytes))}
+    grad_from: dict[int, int] = {}  # tensor -> when its gradient is first made
+    saver: dict[int, int] = {}  # kept tensor -> the op that first keeps it
+    kept_until: dict[int, int] = {}
+    for e, op in enumerate(ops):
+        for r in op.reads:
+            last_read[r] = max(last_read[r], e)
+            if op_rg[e] and t_rg[r]:
+                grad_from[r] = min(grad_from.get(r, end_time), 2 * n - e)
+        if op_rg[e]:
+            for k in _kept(op, plan, t_rg):
+                kept_until[k] = max(kept_until.get(k, 0), 2 * n - e)
+                saver.setdefault(k, e)
+    for out in out_ids:
+        last_read[out] = n
+        if t_rg[out]:
+            grad_from[out] = n
+
+    spans = _backward_scratch(ops, plan, op_rg, nbytes, n)
+    for tid, size in enumerate(nbytes):
+        start = writer.get(tid, 0)
+        spans.append((start, max(last_read[tid], kept_until.get(tid, 0), start), size))
+        if tid in grad_from and tid in writer:
+            spans.append((grad_from[tid], 2 * n - writer[tid], size))
+    return spans, saver
+
+
+def training_memory(
+    factory: Callable[[], nn.Module],
+    input_shape: Sequence[int],
+    plan: UpdatePlan,
+    batch: int = 8,
+    dtype: str = "fp32",
+    optimizer: str = "sgd",
+    count_frozen: bool = False,
+    num_classes: int | None = None,
+    trace: OpTrace | None = None,
+) -> TrainingMemory:
+    """The training memory of `plan` for the module `factory` builds (see the module docstring).
+
+    `factory` builds the module (on the meta device: nothing is allocated); `input_shape` has no
+    batch dimension. Labels (int64) and the loss's softmax are counted for a classifier. A
+    `trace` from :func:`record_training_ops` at the same batch saves recording again (the plan
+    search prices many plans of one network).
+    """
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if trace is None or trace.batch != batch:
+        trace = record_training_ops(factory, input_shape, batch)
+    rec, out_ids, numels = trace.recorder, trace.out_ids, trace.numels
+    scale = DTYPE_BYTES[dtype] / 4  # the record is in fp32
+    nbytes = [int(b * scale) for b in rec.tensor_bytes]
+    ops, n = rec.ops, len(rec.ops)
+    t_rg, op_rg = _requires_grad(ops, plan, len(nbytes))
+    end_time = 2 * n + 1  # forward 0..n-1, the loss at n, the backward of op e at 2n - e
+
+    spans, saver = _activation_spans(ops, plan, t_rg, op_rg, out_ids, nbytes)
+    elem = DTYPE_BYTES[dtype]
+    trainable = {p for p in numels if plan.trains(p)}
+    grad_bytes = sum(numels[p] * elem for p in trainable)
+    # weight gradients are the program's outputs: made at their layer's backward, kept to the end
+    first_bwd: dict[str, int] = {}
+    for e, op in enumerate(ops):
+        for p in op.params:
+            if p in trainable:
+                first_bwd.setdefault(p, 2 * n - e)
+    spans += [(first_bwd.get(p, n), end_time, numels[p] * elem) for p in trainable]
+    if num_classes:
+        logits = batch * num_classes * elem
+        spans += [(n, n + 1, 2 * logits), (0, end_time, batch * 8)]  # softmax and its grad; labels
+
+    plan_bytes = _greedy_plan(spans)
+    peak_bytes = _peak(spans, end_time)
+    layers = _layer_table(ops, plan, numels, nbytes, saver, elem)
+    return TrainingMemory(
+        layers=layers,
+        plan_bytes=plan_bytes,
+        peak_bytes=peak_bytes,
+        saved_bytes=sum(nbytes[k] for k in saver),
+        trainable_bytes=grad_bytes,
+        grad_bytes=grad_bytes,
+        optimizer_bytes=OPTIMIZERS[optimizer] * grad_bytes,
+        frozen_bytes=sum(numels[p] * elem for p in numels if p not in trainable),
+        batch=batch,
+        dtype=dtype,
+        optimizer=optimizer,
+        count_frozen=count_frozen,
+    )
+
+
+def _layer_table(
+    ops: list[_Op],
+    plan: UpdatePlan,
+    numels: dict[str, int],
+    nbytes: list[int],
+    saver: dict[int, int],
+    elem: int,
+) -> tuple[LayerMemory, ...]:
+    """One row per op that holds weights or keeps an activation, in forward order."""
+    kept_by: dict[int, int] = {}
+    for tid, e in saver.items():
+        kept_by[e] = kept_by.get(e, 0) + nbytes[tid]
+    rows = []
+    for e, op in enumerate(ops):
+        params = [p for p in op.params if p in numels]
+        if not params and e not in kept_by:
+            continue
+        train = sum(numels[p] * elem for p in params if plan.trains(p))
+        frozen = sum(numels[p] * elem for p in params if not plan.trains(p))
+        rows.append(LayerMemory(op.module, op.op, train, frozen, kept_by.get(e, 0)))
+    return tuple(rows)
+
+
+def training_memory_metric(
+    space: Any,
+    mode: str = "bias",
+    batch: int = 8,
+    blocks_k: int = 1,
+    count_frozen: bool = False,
+) -> Callable[[Sequence[Any]], list[int]]:
+    """``archs -> training memory in bytes`` under plan `mode` at `batch`: a free objective or
+    budget for a search ("archs that can learn on the device within 256 KB"). Archs are priced
+    on the meta device and cached by key."""
+    from nas.ondevice.plans import make_plan
+
+    cache: dict[str, int] = {}
+    classes = getattr(space, "num_classes", None)
+
+    def price(arch: Any) -> int:
+        key = space.key(arch)
+        if key not in cache:
+            arch = space.validate(arch)
+            with torch.device("meta"):
+                plan = make_plan(space.build(arch), mode, blocks_k=blocks_k)
+            cache[key] = training_memory(
+                lambda: space.build(arch),
+                space.input_shape(arch),
+                plan,
+                batch=batch,
+                count_frozen=count_frozen,
+                num_classes=classes,
+            ).total_bytes
+        return cache[key]
+
+    return lambda archs: [price(a) for a in archs]

@@ -1,0 +1,136 @@
+"""The domain-shift task, fine-tuning under a plan, AdaBN, and the sparse plan under a budget."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from nas.data import ImageDataset, load_embedded_digits
+from nas.ondevice import (
+    BudgetTooSmallError,
+    adabn,
+    apply_shift,
+    finetune,
+    make_plan,
+    make_shift_task,
+    plan_under_budget,
+    training_memory,
+)
+from search_spaces.tiny import TinySpace
+
+SMALL_ARCH: dict[str, Any] = {
+    "s0.depth": 1, "s0.width": 16, "s0.b0.k": 3, "s0.b0.e": 2, "s0.b1.k": 3, "s0.b1.e": 2,
+    "s1.depth": 1, "s1.width": 24, "s1.b0.k": 3, "s1.b0.e": 2, "s1.b1.k": 3, "s1.b1.e": 2,
+    "s2.depth": 1, "s2.width": 32, "s2.b0.k": 3, "s2.b0.e": 2, "s2.b1.k": 3, "s2.b1.e": 2,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data() -> ImageDataset:
+    return load_embedded_digits(copies_train=1, copies_val=2, copies_test=1)
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return TinySpace().build(SMALL_ARCH).eval()
+
+
+def test_task_is_disjoint_and_shifted(data: ImageDataset) -> None:
+    task = make_shift_task(data, "invert", shots=10, seed=3, max_test=200)
+    assert task.counts["shots_images"] == 100 == len(task.shots_y)
+    assert np.bincount(task.shots_y.numpy(), minlength=10).tolist() == [10] * 10
+    assert task.counts["test_images"] == 200 == len(task.test_y)
+    train, val, test = (set(data.source_ids[s].tolist()) for s in ("train", "val", "test"))
+    assert not (train & val) and not (train & test) and not (val & test)
+    # the shift changes every image, and inverting twice gives the image back
+    raw = data.test.tensors[0][:200]
+    assert not torch.allclose(task.test_x, raw)
+    twice = apply_shift(task.test_x, data, "invert")
+    assert torch.allclose(twice, raw.clamp(*_range(data)), atol=1e-4)
+    assert make_shift_task(data, "invert", shots=10, seed=3).shots_y.tolist() == (
+        task.shots_y.tolist()
+    )  # seeded
+    with pytest.raises(ValueError, match="valid"):
+        make_shift_task(data, "sepia")
+    with pytest.raises(ValueError, match="fewer than"):
+        make_shift_task(data, shots=10_000)
+
+
+def _range(data: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.std).view(1, -1, 1, 1)
+    return -mean / std, (1 - mean) / std
+
+
+def test_finetune_trains_only_the_plan(data: ImageDataset, model: torch.nn.Module) -> None:
+    task = make_shift_task(data, "invert", shots=10, max_test=100)
+    plan = make_plan(model, "last", blocks_k=2)
+    result = finetune(model, plan, task.shots_x, task.shots_y, steps=20, lr=0.1)
+
+    def loss(m: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(m(task.shots_x), task.shots_y).item()
+
+    assert loss(result.model) < loss(model)
+    before, after = dict(model.named_parameters()), dict(result.model.named_parameters())
+    for name, p in after.items():
+        assert torch.equal(p, before[name]) != plan.trains(name), name
+    for (name, b), b0 in zip(result.model.named_buffers(), model.buffers(), strict=True):
+        assert torch.equal(b, b0), name  # batch norm stays frozen
+    adapted = adabn(model, task.shots_x)
+    stats, stats0 = dict(adapted.named_buffers()), dict(model.named_buffers())
+    assert not torch.equal(stats["stem.1.running_mean"], stats0["stem.1.running_mean"])
+    for p, p0 in zip(adapted.parameters(), model.parameters(), strict=True):
+        assert torch.equal(p, p0)
+
+
+def test_sparse_plan_fits_its_budget(data: ImageDataset, model: torch.nn.Module) -> None:
+    task = make_shift_task(data, "invert", shots=4, max_test=10)
+    space = TinySpace()
+
+    def factory() -> torch.nn.Module:
+        return space.build(SMALL_ARCH)
+
+    full = training_memory(factory, (3, 32, 32), make_plan(model, "full"), num_classes=10)
+    budget = full.total_bytes // 4
+    plan, memory, probes = plan_under_budget(
+        model, factory, (3, 32, 32), budget, task.shots_x, task.shots_y,
+        num_classes=10, probe_steps=3,
+    )  # fmt: skip
+    assert plan.mode == "sparse" and plan.layers
+    assert memory.total_bytes * 1.1 <= budget  # the default 10 % margin
+    assert {p.layer for p in probes} >= set(plan.layers)
+    smallest = min(p.cost_bytes for p in probes)
+    with pytest.raises(BudgetTooSmallError, match="smallest plan needs") as err:
+        plan_under_budget(
+            model, factory, (3, 32, 32), smallest - 1, task.shots_x, task.shots_y,
+            num_classes=10, probe_steps=1,
+        )  # fmt: skip
+    assert err.value.smallest_bytes >= smallest
+
+
+@pytest.mark.slow
+def test_runtime_adaptation_matches_pytorch(data: ImageDataset, model: torch.nn.Module) -> None:
+    task = make_shift_task(data, "invert", shots=2, max_test=100)
+    plan = make_plan(model, "last", blocks_k=2)
+    result = finetune(
+        model, plan, task.shots_x, task.shots_y, steps=20, engine="executorch", check=True
+    )
+    for got, want in zip(result.losses, result.reference_losses, strict=True):
+        assert abs(got - want) <= 1e-4 * abs(want)
+    eager = finetune(model, plan, task.shots_x, task.shots_y, steps=20)
+    with torch.no_grad():
+        assert torch.allclose(result.model(task.test_x), eager.model(task.test_x), atol=1e-4)
