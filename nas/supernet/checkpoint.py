@@ -78,6 +78,7 @@ def _save_checkpoint(
     state: _State,
     config: SupernetConfig,
     optimizer_phase: int,
+    scaler: Mapping[str, Any] | None = None,
 ) -> Path:
     """Tensors first (a new file), then the JSON that names them (atomic): a kill at any moment
     leaves the previous checkpoint or the new one, never half of each."""
@@ -91,6 +92,8 @@ def _save_checkpoint(
     opt_tensors, opt_meta = _flatten_optimizer(opt)
     tensors.update(opt_tensors)
     tensors["torch_rng"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["cuda_rng"] = torch.cuda.get_rng_state()  # of the current GPU (dropout on it)
     name = f"checkpoint-{state.step:08d}.safetensors"
     path = out_dir / name
     tmp = out_dir / (name + ".tmp")
@@ -109,6 +112,7 @@ def _save_checkpoint(
         "scheduler": sched.state_dict(),
         "sampler_rng": rng.bit_generator.state,
         "has_teacher": teacher is not None,
+        "scaler": dict(scaler or {}),  # fp16's gradient scaler (empty without one)
     }
     write_json_atomic(out_dir / CHECKPOINT_JSON, _jsonable(meta))
     for old in out_dir.glob("checkpoint-*.safetensors"):
@@ -161,7 +165,7 @@ def _read_checkpoint(out_dir: Path) -> tuple[dict[str, Any], dict[str, Tensor]] 
 
 def _config_differences(stored: Mapping[str, Any], config: SupernetConfig) -> list[str]:
     now = config.to_json()
-    ignore = {"checkpoint_every"}
+    ignore = {"checkpoint_every", *SupernetConfig.EXECUTION}
     return [
         f"{k}: stored {stored.get(k)!r}, given {now.get(k)!r}"
         for k in sorted(set(now) | set(stored))
