@@ -17,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AUGMENTATIONS", "augment_rng", "eval_transform", "resolve_augment", "train_transform"]
+__all__ = [
+    "AUGMENTATIONS",
+    "augment_rng",
+    "eval_transform",
+    "pad_crop",
+    "resolve_augment",
+    "train_transform",
+]
 
 #: the train-time augmentations: none, crop with padding + flip (32 px data), random resized
 #: crop + flip (ImageNet-like data); "auto" picks by resolution (`resolve_augment`)
@@ -51,7 +58,9 @@ def _resize_shorter(im: Any, size: int) -> Any:
 
 def _to_chw(im: Any, channels: int) -> np.ndarray:
     arr = np.asarray(im, dtype=np.uint8)
-    return arr.reshape(arr.shape[0], arr.shape[1], channels).transpose(2, 0, 1)  # C x H x W
+    return np.ascontiguousarray(
+        arr.reshape(arr.shape[0], arr.shape[1], channels).transpose(2, 0, 1)
+    )  # C x H x W
 
 
 def eval_transform(im: Any, resolution: int, channels: int) -> np.ndarray:
