@@ -139,7 +139,8 @@ class TrainResult:
     #: images per second over the steps this call ran (global batch, all ranks)
     images_per_s: float
     wall_s: float
-    #: seconds of those steps spent waiting for the next batch of images
+    #: seconds of the steps this call ran, and the part of it spent waiting for images
+    train_s: float = 0.0
     data_wait_s: float = 0.0
     #: images a worker could not decode and the run left out (on_bad="skip")
     skipped: int = 0
@@ -383,6 +384,7 @@ def _train(run: _Run, progress: bool) -> TrainResult:
         history=list(state.history),
         images_per_s=run.images_run / run.train_time if run.train_time > 0 else 0.0,
         wall_s=time.perf_counter() - t_start,
+        train_s=run.train_time,
         data_wait_s=run.data_wait,
         skipped=run.skipped,
         device=str(run.device),
