@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from nas.core.elastic import Supernet, resize_to
 from nas.core.files import append_lines, read_lines
+from nas.data import StreamedImages, StreamLoader, collate_images
 from nas.supernet.bn import recalibrate_bn
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def _as_tensors(data: Any, what: str) -> tuple[Tensor, Tensor]:
         return data[0], data[1]
     if isinstance(data, TensorDataset):
         return data.tensors[0], data.tensors[1]
+    if isinstance(data, StreamedImages):
+        return _decoded(data)
     if isinstance(data, Dataset):
         items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
         return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
@@ -58,6 +61,20 @@ def _as_tensors(data: Any, what: str) -> tuple[Tensor, Tensor]:
         f"{what} must be a TensorDataset, a Dataset of (image, label) or an (images, labels) "
         f"pair of tensors, got {type(data).__name__}"
     )
+
+
+def _decoded(
+    split: StreamedImages, workers: int = 2, batch_size: int = 256
+) -> tuple[Tensor, Tensor]:
+    """A streamed split decoded by DataLoader workers (eval transform; a bad image skipped or
+    named, as the split's `on_bad` says): images N x C x H x W, labels N."""
+    loader = DataLoader(
+        split, batch_size=batch_size, num_workers=workers, collate_fn=collate_images
+    )
+    batches = list(StreamLoader(loader, split.on_bad))
+    if not batches:
+        raise ValueError(f"no image of the streamed split ({len(split)} files) could be decoded")
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
 def _tensor_digest(*tensors: Tensor) -> str:

@@ -153,3 +153,18 @@ def test_a_batch_that_does_not_fit_says_what_to_try() -> None:
             64,
             0,
         )
+
+
+def test_evaluation_decodes_a_streamed_split_with_workers(folder: Path) -> None:
+    from nas.data import load_image_folder
+    from nas.supernet import SubnetEvaluator
+
+    mem = load_image_folder(folder, resolution=32)
+    streamed = load_streamed_folder(folder, resolution=32, mean=mem.mean, std=mem.std)
+    space = TinySpace()
+    net = space.supernet()
+    a = SubnetEvaluator(net, mem.train, mem.test, calib_images=8)
+    b = SubnetEvaluator(net, mem.train, streamed.test, calib_images=8)
+    assert torch.allclose(a.eval_x, b.eval_x, atol=1e-5) and torch.equal(a.eval_y, b.eval_y)
+    archs = [net.largest_arch(), net.smallest_arch()]
+    assert a.evaluate(archs) == b.evaluate(archs)
