@@ -168,3 +168,43 @@ def test_evaluation_decodes_a_streamed_split_with_workers(folder: Path) -> None:
     assert torch.allclose(a.eval_x, b.eval_x, atol=1e-5) and torch.equal(a.eval_y, b.eval_y)
     archs = [net.largest_arch(), net.smallest_arch()]
     assert a.evaluate(archs) == b.evaluate(archs)
+
+
+def _ddp_worker(rank: int, world: int, port: int, folder: str, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False  # the same convolution kernels as the reference
+    data = load_streamed_folder(folder, resolution=32, val_fraction=0.0, test_fraction=0.0)
+    try:
+        train_supernet(TinySpace(), data, out, {**CONFIG, "epochs": 1}, num_workers=1,
+                       progress=False)  # fmt: skip
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_on_a_streamed_folder_matches_accumulation(folder: Path, tmp_path: Path) -> None:
+    """Two gloo processes, each decoding its share of every global batch in a worker, train
+    what one process accumulating both shares trains."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    mp.spawn(_ddp_worker, args=(2, port, str(folder), str(tmp_path / "ddp")), nprocs=2)
+    data = load_streamed_folder(folder, resolution=32, val_fraction=0.0, test_fraction=0.0)
+    with torch.backends.mkldnn.flags(enabled=False):
+        one = train_supernet(TinySpace(), data, tmp_path / "one", {**CONFIG, "epochs": 1},
+                             accumulate=2, progress=False)  # fmt: skip
+    assert one.step == 30 // 12
+    ddp = load_supernet(TinySpace(), tmp_path / "ddp")
+    for (name, a), b in zip(ddp.named_parameters(), one.supernet.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), name
