@@ -290,14 +290,8 @@ def load_streamed_folder(
 
     root = Path(path).expanduser()
     _check_dir(root, "image folder")
-    if not isinstance(resolution, int) or resolution < 1:
-        raise ValueError(f"resolution must be a positive int; got {resolution!r}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (gray) or 3 (colour); got {channels!r}")
-    if on_bad not in ON_BAD:
-        raise ValueError(f"on_bad must be one of {list(ON_BAD)}; got {on_bad!r}")
+    _check_settings(resolution, channels, on_bad, augment)
     _check_fractions(val_fraction, test_fraction)
-    resolve_augment(augment, resolution)
     class_dirs = _class_dirs(root)
     files, targets = _image_files(class_dirs)
     keep, skipped = _readable(files, on_bad)
@@ -307,19 +301,14 @@ def load_streamed_folder(
         raise FileProblem(root, "holds no readable image", _REMEDY)
     idx = _stratified_split(labels, val_fraction, test_fraction, seed)
     split_files = {s: [str(files[i]) for i in idx[s]] for s in SPLITS}
-    common: dict[str, Any] = {
-        "resolution": resolution,
-        "channels": channels,
-        "seed": seed,
-        "on_bad": on_bad,
-    }
+    common: dict[str, Any] = {"resolution": resolution, "channels": channels, "seed": seed}
+    common["on_bad"] = on_bad
     if mean is None or std is None:
         probe = StreamedImages(
-            split_files["train"], labels[idx["train"]], **common, mean=[0.0], std=[1.0]
+            split_files["train"], labels[idx["train"]], **common, mean=[0], std=[1]
         )
         est_mean, est_std = _estimate_stats(probe, stats_images, seed)
-        mean = est_mean if mean is None else mean
-        std = est_std if std is None else std
+        mean, std = est_mean if mean is None else mean, est_std if std is None else std
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"mean and std need {channels} value(s) each; got {mean!r}, {std!r}")
     splits = {
@@ -333,12 +322,9 @@ def load_streamed_folder(
         )
         for s in SPLITS
     }
+    sizes = ", ".join(f"{s}={len(idx[s])}" for s in SPLITS)
     logger.info(
-        "streaming image folder %s: %d classes, %s, %d skipped",
-        root,
-        len(class_dirs),
-        ", ".join(f"{s}={len(idx[s])}" for s in SPLITS),
-        len(skipped),
+        "streaming %s: %d classes, %s, %d skipped", root, len(class_dirs), sizes, len(skipped)
     )
     return StreamedDataset(
         name=root.name or str(root),
@@ -354,6 +340,16 @@ def load_streamed_folder(
         skipped=tuple(str(p) for p in skipped),
         source_ids={s: np.asarray(idx[s], dtype=np.int64) for s in SPLITS},
     )
+
+
+def _check_settings(resolution: int, channels: int, on_bad: str, augment: str) -> None:
+    if not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"resolution must be a positive int; got {resolution!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (gray) or 3 (colour); got {channels!r}")
+    if on_bad not in ON_BAD:
+        raise ValueError(f"on_bad must be one of {list(ON_BAD)}; got {on_bad!r}")
+    resolve_augment(augment, resolution)
 
 
 def _readable(files: Sequence[Path], on_bad: str) -> tuple[list[int], list[Path]]:

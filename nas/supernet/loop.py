@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from nas.core.elastic import Supernet
 from nas.core.files import CheckpointError
 from nas.core.space import SearchSpace
-from nas.data import StreamedImages, StreamLoader, collate_images
+from nas.supernet.batches import _epoch_order, _Images, _index_lists, _micro_batches
 from nas.supernet.checkpoint import (
     _as_supernet,
     _config_differences,
@@ -47,83 +46,6 @@ from nas.supernet.schedules import _SCHEDULE_CLASSES, ArchSampler, _Ctx, _Schedu
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainResult", "train_supernet"]
-
-
-class _Images:
-    """Random access to (images, labels) batches of a dataset, fast for TensorDatasets; a
-    streamed dataset (or any, with workers) is read by DataLoader workers instead."""
-
-    def __init__(self, data: Any) -> None:
-        train = getattr(data, "train", None)
-        if isinstance(train, Dataset):
-            data = train  # an ImageDataset: train on its train split
-        if (
-            isinstance(data, tuple | list)
-            and len(data) == 2
-            and all(isinstance(t, Tensor) for t in data)
-        ):
-            data = TensorDataset(*data)
-        if not isinstance(data, Dataset):
-            raise TypeError(
-                "data must be an ImageDataset (its train split is used), a torch Dataset of "
-                f"(image, label) pairs or an (images, labels) tuple, got {type(data).__name__}"
-            )
-        self.dataset = data
-        self.tensors = data.tensors if isinstance(data, TensorDataset) else None
-        self.n = len(data)  # type: ignore[arg-type]
-        self.on_bad = str(getattr(data, "on_bad", "error"))
-
-    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        if self.tensors is not None:
-            return self.tensors[0][idx], self.tensors[1][idx]  # B x C x H x W, B
-        items = [self.dataset[int(i)] for i in idx]
-        return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
-
-
-def _micro_batches(
-    run: _Run, order: Tensor, epoch: int
-) -> Generator[tuple[Tensor, Tensor], None, None]:
-    """This rank's micro-batches of the epoch from the current position, in order: indexed
-    from memory, or decoded by DataLoader workers (streamed data, or `num_workers` > 0), whose
-    augmentation is seeded by (seed, epoch, index) so the batches do not depend on them."""
-    cfg, gb, bs = run.config, run.global_batch, run.config.batch_size
-    index_lists = [
-        order[step * gb + j * bs : step * gb + (j + 1) * bs].tolist()
-        for step in range(run.state.batch, run.steps_per_epoch)
-        for j in range(run.info.rank * cfg.accumulate, (run.info.rank + 1) * cfg.accumulate)
-    ]
-    images = run.images
-    if images.tensors is not None and cfg.num_workers == 0:
-        for idx in index_lists:
-            yield images.batch(torch.as_tensor(idx))
-        return
-    streamed = isinstance(images.dataset, StreamedImages)
-    if isinstance(images.dataset, StreamedImages):
-        images.dataset.set_epoch(epoch)  # the workers copy it when the loader starts
-    loader = DataLoader(
-        images.dataset,
-        batch_sampler=index_lists,
-        num_workers=cfg.num_workers,
-        collate_fn=collate_images if streamed else None,
-        pin_memory=run.device.type == "cuda",
-    )
-    checker = StreamLoader(loader, images.on_bad)
-    for batch in loader:
-        if streamed:
-            x, y, bad = batch
-            checker.check(bad)
-            if len(y) == 0:  # every image of the micro-batch unreadable: nothing to train on
-                checker.on_bad = "error"
-                checker.check(bad)
-            run.skipped += len(bad)
-            yield x, y
-        else:
-            yield batch[0], batch[1]
-
-
-def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)  # n
 
 
 @dataclass
@@ -206,6 +128,9 @@ class _Run:
     data_wait: float = 0.0
     skipped: int = 0
     stopped: bool = False
+
+    def count_skipped(self, n: int) -> None:
+        self.skipped += n
 
     @property
     def global_batch(self) -> int:
@@ -428,7 +353,12 @@ def _run_epoch(
     run.net.train()
     epoch = sum(p.epochs for p in run.phases[:pi]) + state.epoch
     order = _epoch_order(run.images.n, cfg.seed, epoch)
-    batches = _micro_batches(run, order, epoch)
+    steps = range(state.batch, run.steps_per_epoch)
+    info = run.info
+    lists = _index_lists(order, steps, cfg.batch_size, cfg.accumulate, info.rank, info.world_size)
+    batches = _micro_batches(
+        run.images, lists, epoch, cfg.num_workers, run.device.type == "cuda", run.count_skipped
+    )
     with contextlib.closing(batches):  # stops the loader's workers when the call stops early
         _run_steps(run, ctx, opt, sched, bar, batches)
 
