@@ -15,7 +15,7 @@ process and its DataLoader workers every 0.1 s (psutil):
 - data waits: the share of step time spent waiting for the next batch (2 workers, tiny, 32 px);
 - on a GPU: bf16 `mobilenetv3` killed mid-run and resumed (the step it resumed at).
 
-    python benchmarks/train_scale.py --out benchmarks/results/train_scale [--quick] [--device cuda]
+    python benchmarks/train_scale.py --out benchmarks/results/train_scale [--preset quick|medium|full] [--device cuda]
 
 The image folders are written to a temporary folder and deleted afterwards. Timings share the
 CPU with whatever else runs; the load average and the number of CPUs are recorded beside them.
@@ -205,26 +205,20 @@ def _sync(device: Any) -> None:
 
 
 # -- the benchmark ---------------------------------------------------------------------------
-def settings(quick: bool) -> dict[str, Any]:
-    if quick:  # seconds: checks the script, the figures mean nothing
-        return {
-            "memory_sizes": [600, 1200],
-            "memory_batch": 64,
-            "speed_steps": 2,
-            "mbv3_batch": 4,
-            "mbv3_images": 16,
-            "static_steps": 1,
-            "tiny_images": 256,
-        }
-    return {
-        "memory_sizes": [10_000, 50_000],
-        "memory_batch": 128,
-        "speed_steps": 20,
-        "mbv3_batch": 16,
-        "mbv3_images": 160,
-        "static_steps": 5,
-        "tiny_images": 2560,
-    }
+#: quick: seconds, checks the script (the figures mean nothing); medium: the memory runs on
+#: 10,000 and 50,000 images for 20 steps, not a full epoch, and a few steps per throughput row
+#: (fits a shared 2-core machine in about 15 minutes); full: the settings of issue 22
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"memory_sizes": [600, 1200], "memory_batch": 64, "memory_steps": None,
+              "speed_steps": 2, "mbv3_batch": 4, "mbv3_images": 16, "static_steps": 1,
+              "tiny_images": 256},
+    "medium": {"memory_sizes": [10_000, 50_000], "memory_batch": 128, "memory_steps": 20,
+               "speed_steps": 5, "mbv3_batch": 8, "mbv3_images": 48, "static_steps": 2,
+               "tiny_images": 640},
+    "full": {"memory_sizes": [10_000, 50_000], "memory_batch": 128, "memory_steps": None,
+             "speed_steps": 20, "mbv3_batch": 16, "mbv3_images": 160, "static_steps": 5,
+             "tiny_images": 2560},
+}  # fmt: skip
 
 
 def memory_rows(tmp: Path, cfg: dict[str, Any], workers: int) -> list[dict[str, Any]]:
@@ -244,6 +238,7 @@ def memory_rows(tmp: Path, cfg: dict[str, Any], workers: int) -> list[dict[str, 
                 "out": str(tmp / f"run-mem-{n}-{kind}"),
                 "n": n,
                 "what": "memory",
+                "steps": cfg["memory_steps"],  # None: one full epoch
             }
             rows.append(run_child(spec))
             print(_fmt(rows[-1]), flush=True)
@@ -367,7 +362,20 @@ def targets(
 
 
 def table(results: dict[str, Any]) -> str:
+    head = []
+    if "settings" in results:
+        st, host = results["settings"], results["host"]
+        load = ", ".join(f"{v:.1f}" for v in host["loadavg_before"])
+        head = [
+            f"Preset `{st['preset']}` ({st['workers']} workers; memory rows "
+            f"{'a full epoch' if st['memory_steps'] is None else str(st['memory_steps']) + ' steps'}"
+            f"), {host['cpus']} CPUs shared with other work (load average before: {load}; "
+            f"after: {', '.join(f'{v:.1f}' for v in host['loadavg_after'])}), "
+            f"{host['minutes']:.0f} minutes.",
+            "",
+        ]
     lines = [
+        *head,
         "| what | space | px | data | images | precision | device | images/s | data wait | peak PSS GB | elastic overhead |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -393,7 +401,8 @@ def table(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=False, help="folder for results.json and table.md")
-    parser.add_argument("--quick", action="store_true", help="tiny settings, to check the script")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--quick", action="store_true", help="--preset quick")
     parser.add_argument("--device", default="cpu", help="also run the throughput rows here (cuda)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -403,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.out:
         parser.error("--out is required")
-    cfg = settings(args.quick)
+    preset = "quick" if args.quick else args.preset
+    cfg = PRESETS[preset]
     load_before = os.getloadavg()
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="train_scale-") as tmp_name:
@@ -416,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             thr += throughput_rows(tmp, cfg, gpu, os.cpu_count() or 2)
             resumed = resume_after_kill(tmp, gpu, cfg["mbv3_batch"])
     results = {
-        "settings": {**cfg, "quick": args.quick, "workers": args.workers, "device": args.device},
+        "settings": {**cfg, "preset": preset, "workers": args.workers, "device": args.device},
         "host": {
             "cpus": os.cpu_count(),
             "loadavg_before": load_before,
