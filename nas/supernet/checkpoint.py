@@ -20,6 +20,7 @@ from nas.core.elastic import Supernet
 from nas.core.files import CheckpointError, read_json, sha256_file, write_json_atomic
 from nas.core.space import SearchSpace
 from nas.supernet.config import SupernetConfig, _jsonable
+from nas.supernet.device import resolve_device
 
 __all__ = ["CHECKPOINT_JSON", "CHECKPOINT_VERSION", "load_supernet"]
 
@@ -179,7 +180,10 @@ def load_supernet(
     supernet: Supernet | None = None,
     map_location: str | torch.device = "cpu",
 ) -> Supernet:
-    """The supernet of the latest checkpoint in `run_dir` (weights only; no unpickling)."""
+    """The supernet of the latest checkpoint in `run_dir` (weights only; no unpickling), on
+    `map_location` (cpu, auto, cuda, cuda:N or mps; checked to be there), whatever device
+    trained it."""
+    device = resolve_device(map_location)
     found = _read_checkpoint(Path(run_dir))
     if found is None:
         raise CheckpointError(
@@ -196,7 +200,7 @@ def load_supernet(
         )
     net = supernet if supernet is not None else _as_supernet(space.supernet())
     net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    return net.to(map_location)
+    return net.to(device)
 
 
 def _as_supernet(module: nn.Module) -> Supernet:

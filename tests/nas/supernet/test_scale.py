@@ -81,6 +81,8 @@ def test_a_streamed_run_cut_mid_epoch_resumes_to_the_same_weights(
     assert rest.completed and rest.step == whole.step
     _same(whole.supernet, rest.supernet)
     _same(whole.supernet, load_supernet(TinySpace(), tmp_path / "cut", map_location="cpu"))
+    with pytest.raises(DeviceError, match="'cuda:7' is not there"):
+        load_supernet(TinySpace(), tmp_path / "cut", map_location="cuda:7")
 
 
 def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path) -> None:
