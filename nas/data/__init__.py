@@ -33,6 +33,7 @@ from nas.data.streamed import (
     StreamLoader,
     collate_images,
     load_streamed_folder,
+    presplit_layout,
 )
 from nas.data.transforms import AUGMENTATIONS
 
@@ -57,6 +58,7 @@ __all__ = [
     "load_embedded_digits",
     "load_image_folder",
     "load_streamed_folder",
+    "presplit_layout",
     "restricted_pickle_load",
 ]
 
@@ -102,6 +104,13 @@ def load_dataset(
                 "stream=False or None, or convert it to an image folder to stream it"
             )
         return load_cifar(path, **kwargs)
+    if presplit_layout(path) is not None:  # train/ beside val/ or test/: the streamed loader's
+        if stream is False:
+            raise ValueError(
+                f"{path} is already split (train/ beside val/ or test/), which only the streamed "
+                "loader reads; pass stream=True or None"
+            )
+        stream = True
     if stream is None:
         stream = _decoded_bytes(path, kwargs) > STREAM_ABOVE_BYTES
     if stream:

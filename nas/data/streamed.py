@@ -36,6 +36,7 @@ __all__ = [
     "StreamedImages",
     "collate_images",
     "load_streamed_folder",
+    "presplit_layout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 #: stop with a `FileProblem` naming it
 ON_BAD: tuple[str, ...] = ("skip", "error")
 _REMEDY = "replace it with a readable image, or delete it (or pass on_bad='skip')"
+_REMEDY_SPLIT = "every split folder must use the class folders of train/"
 
 
 @dataclass(frozen=True)
@@ -286,26 +288,18 @@ def load_streamed_folder(
     ``augment`` is the train split's augmentation (`nas.data.transforms.AUGMENTATIONS`; "auto":
     crop with padding and flip up to 32 px, random resized crop and flip above).
     """
-    from nas.data.folders import _class_dirs, _image_files
-
     root = Path(path).expanduser()
     _check_dir(root, "image folder")
     _check_settings(resolution, channels, on_bad, augment)
     _check_fractions(val_fraction, test_fraction)
-    class_dirs = _class_dirs(root)
-    files, targets = _image_files(class_dirs)
-    keep, skipped = _readable(files, on_bad)
-    files = [files[i] for i in keep]
-    labels = np.asarray([targets[i] for i in keep], dtype=np.int64)
-    if not files:
-        raise FileProblem(root, "holds no readable image", _REMEDY)
-    idx = _stratified_split(labels, val_fraction, test_fraction, seed)
-    split_files = {s: [str(files[i]) for i in idx[s]] for s in SPLITS}
+    split_files, split_labels, class_names, skipped = _listing(
+        root, val_fraction, test_fraction, seed, on_bad
+    )
     common: dict[str, Any] = {"resolution": resolution, "channels": channels, "seed": seed}
     common["on_bad"] = on_bad
     if mean is None or std is None:
         probe = StreamedImages(
-            split_files["train"], labels[idx["train"]], **common, mean=[0], std=[1]
+            split_files["train"], split_labels["train"], **common, mean=[0], std=[1]
         )
         est_mean, est_std = _estimate_stats(probe, stats_images, seed)
         mean, std = est_mean if mean is None else mean, est_std if std is None else std
@@ -314,7 +308,7 @@ def load_streamed_folder(
     splits = {
         s: StreamedImages(
             split_files[s],
-            labels[idx[s]],
+            split_labels[s],
             **common,
             mean=mean,
             std=std,
@@ -322,24 +316,78 @@ def load_streamed_folder(
         )
         for s in SPLITS
     }
-    sizes = ", ".join(f"{s}={len(idx[s])}" for s in SPLITS)
+    sizes = ", ".join(f"{s}={len(split_files[s])}" for s in SPLITS)
     logger.info(
-        "streaming %s: %d classes, %s, %d skipped", root, len(class_dirs), sizes, len(skipped)
+        "streaming %s: %d classes, %s, %d skipped", root, len(class_names), sizes, len(skipped)
     )
     return StreamedDataset(
         name=root.name or str(root),
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        num_classes=len(class_dirs),
+        num_classes=len(class_names),
         input_shape=(channels, resolution, resolution),
-        class_names=tuple(d.name for d in class_dirs),
+        class_names=tuple(class_names),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
         on_bad=on_bad,
         skipped=tuple(str(p) for p in skipped),
-        source_ids={s: np.asarray(idx[s], dtype=np.int64) for s in SPLITS},
     )
+
+
+def presplit_layout(root: Path) -> dict[str, Path] | None:
+    """The split folders of a folder already split (``root/train/<class>/<image>`` beside
+    ``root/test/...`` and / or ``root/val/...``, as CIFAR and ImageNet come as images), or None
+    for a plain ``root/<class>/<image>`` folder."""
+    found = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    if "train" not in found or len(found) < 2:
+        return None
+    # a plain folder may have classes called train and test: only sub-folders inside say split
+    if not all(any(p.is_dir() for p in d.iterdir()) for d in found.values()):
+        return None
+    return found
+
+
+def _listing(
+    root: Path, val_fraction: float, test_fraction: float, seed: int, on_bad: str
+) -> tuple[dict[str, list[str]], dict[str, np.ndarray], list[str], list[Path]]:
+    """The files and labels of each split, the class names and the files left out: a plain
+    folder split as the in-memory loader splits it, or the splits of a folder already split
+    (a missing val split is carved from train, stratified, by `val_fraction`)."""
+    from nas.data.folders import _class_dirs, _image_files
+
+    folders = presplit_layout(root) or {"train": root}
+    class_dirs = _class_dirs(folders["train"])
+    names = [d.name for d in class_dirs]
+    files: dict[str, list[Path]] = {}
+    labels: dict[str, np.ndarray] = {}
+    skipped: list[Path] = []
+    for split, folder in folders.items():
+        dirs = _class_dirs(folder)
+        unknown = sorted({d.name for d in dirs} - set(names))
+        if unknown:
+            raise FileProblem(folder, f"has classes {unknown} that train lacks", _REMEDY_SPLIT)
+        found, targets = _image_files(dirs)
+        keep, bad = _readable(found, on_bad)
+        skipped += bad
+        files[split] = [found[i] for i in keep]
+        labels[split] = np.asarray([names.index(dirs[targets[i]].name) for i in keep], np.int64)
+    if not files["train"]:
+        raise FileProblem(folders["train"], "holds no readable image", _REMEDY)
+    carve = [s for s in ("val", "test") if s not in folders]
+    if carve:
+        idx = _stratified_split(
+            labels["train"],
+            val_fraction if "val" in carve else 0.0,
+            test_fraction if "test" in carve else 0.0,
+            seed,
+        )
+        pool, pool_labels = files["train"], labels["train"]
+        for split in ("train", *carve):
+            files[split] = [pool[i] for i in idx[split]]
+            labels[split] = pool_labels[idx[split]]
+    paths = {s: [str(f) for f in files[s]] for s in SPLITS}
+    return paths, labels, names, skipped
 
 
 def _check_settings(resolution: int, channels: int, on_bad: str, augment: str) -> None:

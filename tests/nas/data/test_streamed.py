@@ -151,3 +151,27 @@ def test_distributed_sampler_under_a_process_group(tmp_path: Path) -> None:
         assert sampler.epoch == 2 and len(list(train)) == 3  # 21 train images
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_a_folder_already_split(tmp_path: Path) -> None:
+    """CIFAR and ImageNet as images: root/train/<class> beside root/test/<class> (and val/)."""
+    root = tmp_path / "cifar"
+    write_folder(root / "train", per_class=10)
+    write_folder(root / "test", per_class=3, classes="ab")  # a class may be missing
+    assert D.presplit_layout(root) == {"train": root / "train", "test": root / "test"}
+    assert D.presplit_layout(root / "train") is None
+    ds = D.load_dataset(root, resolution=16, val_fraction=0.2)
+    assert isinstance(ds, D.StreamedDataset) and ds.class_names == ("a", "b", "c")
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (24, 6, 6)
+    assert sorted(set(ds.test.labels.tolist())) == [0, 1]
+    assert all("/test/" in f for f in ds.test.files)
+    assert all("/train/" in f for f in ds.train.files + ds.val.files)
+    write_folder(root / "val", per_class=2, classes="c")
+    ds = D.load_dataset(root, resolution=16)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (30, 2, 6)
+    assert ds.val.labels.tolist() == [2, 2]
+    with pytest.raises(ValueError, match="only the streamed loader reads"):
+        D.load_dataset(root, stream=False)
+    write_folder(root / "test", per_class=1, classes="z")
+    with pytest.raises(FileProblem, match=r"classes \['z'\] that train lacks"):
+        D.load_streamed_folder(root)
