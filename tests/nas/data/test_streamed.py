@@ -168,6 +168,7 @@ def test_a_folder_already_split(tmp_path: Path) -> None:
     assert all("/train/" in f for f in ds.train.files + ds.val.files)
     write_folder(root / "val", per_class=2, classes="c")
     ds = D.load_dataset(root, resolution=16)
+    assert isinstance(ds, D.StreamedDataset)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (30, 2, 6)
     assert ds.val.labels.tolist() == [2, 2]
     with pytest.raises(ValueError, match="only the streamed loader reads"):
