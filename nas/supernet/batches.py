@@ -72,11 +72,11 @@ def _micro_batches(
     pin_memory: bool,
     on_skip: Callable[[int], None],
 ) -> Generator[tuple[Tensor, Tensor], None, None]:
-    """(images, labels) of each index list, in order: indexed from memory, or decoded by
-    DataLoader workers (streamed data, or `num_workers` > 0), whose augmentation is seeded by
+    """(images, labels) of each index list, in order: indexed from memory (tensors), or read
+    by `num_workers` DataLoader workers (streamed data, any Dataset), whose augmentation is seeded by
     (seed, epoch, index) so the batches do not depend on them. Images a worker could not read
     are left out and counted (`on_skip`) or named in a FileProblem, as the data says."""
-    if images.tensors is not None and num_workers == 0:
+    if images.tensors is not None:  # in memory already: workers would only copy it
         for idx in index_lists:
             yield images.batch(torch.as_tensor(idx))
         return

@@ -112,7 +112,8 @@ class SupernetConfig:
     options: dict[str, Any] = field(default_factory=dict)
     #: how the run executes, not what it learns (a resume may change them): the device (auto,
     #: cpu, cuda, cuda:N, mps), autocast precision (fp32, bf16, fp16), channels-last memory
-    #: format, torch.compile, and the DataLoader workers that decode streamed images
+    #: format, torch.compile, and the DataLoader workers that decode streamed images (data
+    #: held in memory as tensors is indexed directly, whatever this says)
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
