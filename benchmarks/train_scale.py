@@ -205,15 +205,15 @@ def _sync(device: Any) -> None:
 
 
 # -- the benchmark ---------------------------------------------------------------------------
-#: quick: seconds, checks the script (the figures mean nothing); medium: the memory runs on
-#: 10,000 and 50,000 images for 20 steps, not a full epoch, and a few steps per throughput row
+#: quick: minutes, checks the script (the figures mean little); medium: the memory runs on
+#: 10,000 and 50,000 images for 15 steps, not a full epoch, and a few steps per throughput row
 #: (fits a shared 2-core machine in about 15 minutes); full: the settings of issue 22
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"memory_sizes": [600, 1200], "memory_batch": 64, "memory_steps": None,
               "speed_steps": 2, "mbv3_batch": 4, "mbv3_images": 16, "static_steps": 1,
               "tiny_images": 256},
-    "medium": {"memory_sizes": [10_000, 50_000], "memory_batch": 128, "memory_steps": 20,
-               "speed_steps": 5, "mbv3_batch": 8, "mbv3_images": 48, "static_steps": 2,
+    "medium": {"memory_sizes": [10_000, 50_000], "memory_batch": 128, "memory_steps": 15,
+               "speed_steps": 4, "mbv3_batch": 8, "mbv3_images": 48, "static_steps": 2,
                "tiny_images": 640},
     "full": {"memory_sizes": [10_000, 50_000], "memory_batch": 128, "memory_steps": None,
              "speed_steps": 20, "mbv3_batch": 16, "mbv3_images": 160, "static_steps": 5,
