@@ -152,7 +152,7 @@ class Precision:
         """The scaler's state (JSON-able numbers), for a checkpoint; empty without a scaler."""
         if self.scaler is None:
             return {}
-        return {k: float(v) for k, v in self.scaler.state_dict().items()}
+        return dict(self.scaler.state_dict())  # floats and ints (growth_interval stays an int)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the scaler's state; a checkpoint of another precision leaves it fresh."""
