@@ -210,3 +210,25 @@ def test_ddp_on_a_streamed_folder_matches_accumulation(folder: Path, tmp_path: P
     ddp = load_supernet(TinySpace(), tmp_path / "ddp")
     for (name, a), b in zip(ddp.named_parameters(), one.supernet.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=0), name
+
+
+def test_a_gradient_scaler_steps_clips_and_round_trips() -> None:
+    """The fp16 path's scaler (here torch's CPU GradScaler, as no GPU is at hand): the step
+    unscales before clipping, and its state survives a checkpoint's JSON."""
+    import json
+
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 2)
+    prec = Precision("bf16", torch.device("cpu"), scaler=torch.amp.GradScaler("cpu", 1024.0))
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    before = lin.weight.detach().clone()
+    prec.backward(lin(torch.randn(8, 4)).pow(2).mean())
+    assert lin.weight.grad is not None and lin.weight.grad.abs().max() > 1  # scaled
+    prec.step(opt, lin.parameters(), clip_norm=1e-3)
+    moved = (lin.weight.detach() - before).norm().item()
+    assert 0.9e-4 < moved <= 1e-4 + 1e-9  # lr x the clipped norm of the unscaled gradient
+    state = json.loads(json.dumps(prec.state_dict()))
+    assert state["scale"] == 1024.0 and isinstance(state["growth_interval"], int)
+    fresh = Precision("bf16", torch.device("cpu"), scaler=torch.amp.GradScaler("cpu"))
+    fresh.load_state_dict(state)
+    assert fresh.scaler.get_scale() == 1024.0
