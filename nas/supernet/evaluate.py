@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from nas.core.elastic import Supernet, resize_to
@@ -64,13 +64,13 @@ def _as_tensors(data: Any, what: str) -> tuple[Tensor, Tensor]:
 
 
 def _decoded(
-    split: StreamedImages, workers: int = 2, batch_size: int = 256
+    split: StreamedImages, indices: Sequence[int] | None = None, workers: int = 2
 ) -> tuple[Tensor, Tensor]:
-    """A streamed split decoded by DataLoader workers (eval transform; a bad image skipped or
-    named, as the split's `on_bad` says): images N x C x H x W, labels N."""
-    loader = DataLoader(
-        split, batch_size=batch_size, num_workers=workers, collate_fn=collate_images
-    )
+    """A streamed split (or the images `indices` of it, in that order) decoded by DataLoader
+    workers (a bad image skipped or named, as the split's `on_bad` says): images
+    N x C x H x W, labels N."""
+    part = split if indices is None else Subset(split, list(indices))
+    loader = DataLoader(part, batch_size=256, num_workers=workers, collate_fn=collate_images)
     batches = list(StreamLoader(loader, split.on_bad))
     if not batches:
         raise ValueError(f"no image of the streamed split ({len(split)} files) could be decoded")
@@ -176,11 +176,17 @@ class SubnetEvaluator:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.supernet = supernet
-        cx, _ = _as_tensors(calib_data, "calib_data")
-        self.eval_x, self.eval_y = _as_tensors(eval_data, "eval_data")
         g = torch.Generator().manual_seed(seed)
-        pick = torch.randperm(len(cx), generator=g)[: min(calib_images, len(cx))]
-        self.calib_batches = list(cx[pick].split(calib_batch_size))  # each B x C x H x W
+        if isinstance(calib_data, StreamedImages):  # decode only the images picked
+            n = len(calib_data)
+            pick = torch.randperm(n, generator=g)[: min(calib_images, n)]
+            picked, _ = _decoded(calib_data, pick.tolist())
+        else:
+            cx, _ = _as_tensors(calib_data, "calib_data")
+            pick = torch.randperm(len(cx), generator=g)[: min(calib_images, len(cx))]
+            picked = cx[pick]
+        self.eval_x, self.eval_y = _as_tensors(eval_data, "eval_data")
+        self.calib_batches = list(picked.split(calib_batch_size))  # each B x C x H x W
         self.batch_size = batch_size
         self.checkpoint_id = checkpoint_id or state_fingerprint(supernet)
         settings = {

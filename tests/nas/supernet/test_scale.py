@@ -170,6 +170,10 @@ def test_evaluation_decodes_a_streamed_split_with_workers(folder: Path) -> None:
     assert torch.allclose(a.eval_x, b.eval_x, atol=1e-5) and torch.equal(a.eval_y, b.eval_y)
     archs = [net.largest_arch(), net.smallest_arch()]
     assert a.evaluate(archs) == b.evaluate(archs)
+    # calibration on a streamed split decodes only the images it picks: the same ones
+    c = SubnetEvaluator(net, streamed.test, mem.test, calib_images=5, seed=3)
+    d = SubnetEvaluator(net, mem.test, mem.test, calib_images=5, seed=3)
+    assert torch.allclose(torch.cat(c.calib_batches), torch.cat(d.calib_batches), atol=1e-5)
 
 
 def _ddp_worker(rank: int, world: int, port: int, folder: str, out: str) -> None:
