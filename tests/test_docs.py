@@ -50,6 +50,7 @@ SLOW = {
     "docs/how-to/calibrate.md",
     "docs/how-to/postgresql-workers.md",
     "docs/how-to/torchrun.md",
+    "docs/how-to/train-on-your-images.md",
     "docs/how-to/read-a-report.md",
     "docs/how-to/hardware-aware-training.md",
     "docs/how-to/federated.md",

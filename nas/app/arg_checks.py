@@ -95,12 +95,15 @@ def check_report(args: argparse.Namespace) -> None:
 
 
 def check_supernet_train(args: argparse.Namespace) -> None:
-    from nas.supernet import make_config
+    from nas.supernet import Precision, make_config, resolve_device
 
     p = Problems()
     check_space(p, "--space", args.space)
     check_data(p, "--data", args.data)
     p.check("--schedule", lambda: make_config(None, schedule=args.schedule))
+    device = p.check("--device", lambda: resolve_device(args.device))
+    if device is not None:
+        p.check("--precision", lambda: Precision(args.precision, device))
     check_out_folder(p, "--out", args.out)
     p.raise_if_any("nas supernet train")
 

@@ -89,7 +89,7 @@ def _supernet_train_cmd(args: argparse.Namespace) -> int:
 
     checks.check_supernet_train(args)
     space = _space(args)
-    data = load_dataset(args.data)
+    data = load_dataset(args.data, stream={"auto": None, "yes": True, "no": False}[args.stream])
     with folder_lock(args.out), stage_work("supernet", args.out):
         result = train_supernet(
             space,
@@ -100,6 +100,9 @@ def _supernet_train_cmd(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             seed=args.seed,
+            device=args.device,
+            precision=args.precision,
+            num_workers=args.workers,
             progress=not args.quiet,
         )
     print(
@@ -295,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="digits", help="'digits' or a dataset path")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", default="runs/supernet", help="run folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (autocast)")
+    p.add_argument("--workers", type=nonnegative_int, default=2, help="image decoding workers")
+    p.add_argument("--stream", choices=("auto", "yes", "no"), default="auto",
+                   help="stream an image folder from disk (auto: when it is too big for memory)")  # fmt: skip
     p.set_defaults(func=_supernet_train_cmd)
 
     lat = sub.add_parser("latency", help="devices, lookup tables, latency models").add_subparsers(

@@ -59,16 +59,7 @@ def load_image_folder(
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (gray) or 3 (colour); got {channels!r}")
     _check_fractions(val_fraction, test_fraction)
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        loose = sorted(p.name for p in root.iterdir() if p.is_file())[:5]
-        raise FileProblem(
-            root,
-            "(an image folder) has no class sub-folders"
-            + (f" (found loose files such as {loose})" if loose else ""),
-            f"the layout must be <root>/<class name>/<image> with extensions "
-            f"{', '.join(IMAGE_EXTENSIONS)}",
-        )
+    class_dirs = _class_dirs(root)
     files, targets = _image_files(class_dirs)
     mode = "RGB" if channels == 3 else "L"
     images = np.empty((len(files), channels, resolution, resolution), dtype=np.uint8)
@@ -103,6 +94,21 @@ def load_image_folder(
         [d.name for d in class_dirs],
         idx,
     )
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    """The class sub-folders of an image folder, sorted; a FileProblem when there are none."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        loose = sorted(p.name for p in root.iterdir() if p.is_file())[:5]
+        raise FileProblem(
+            root,
+            "(an image folder) has no class sub-folders"
+            + (f" (found loose files such as {loose})" if loose else ""),
+            f"the layout must be <root>/<class name>/<image> with extensions "
+            f"{', '.join(IMAGE_EXTENSIONS)}",
+        )
+    return class_dirs
 
 
 def _image_files(class_dirs: list[Path]) -> tuple[list[Path], list[int]]:

@@ -17,6 +17,16 @@ from nas.supernet.config import (
     SupernetConfig,
     make_config,
 )
+from nas.supernet.device import (
+    PRECISIONS,
+    DeviceError,
+    OutOfMemory,
+    Precision,
+    available_devices,
+    compile_model,
+    out_of_memory,
+    resolve_device,
+)
 from nas.supernet.distributed import DistInfo, init_distributed
 from nas.supernet.evaluate import (
     SubnetEvaluator,
@@ -36,10 +46,14 @@ from nas.supernet.loop import TrainResult, train_supernet
 from nas.supernet.schedules import soft_cross_entropy
 
 __all__ = [
+    "PRECISIONS",
     "SCHEDULES",
     "AccuracyInterval",
+    "DeviceError",
     "DistInfo",
+    "OutOfMemory",
     "Phase",
+    "Precision",
     "ProgressiveOptions",
     "SPOSOptions",
     "SandwichOptions",
@@ -48,15 +62,19 @@ __all__ = [
     "TrainResult",
     "accuracy",
     "accuracy_interval",
+    "available_devices",
     "bn_stats_preserved",
+    "compile_model",
     "correct_mask",
     "difference_interval",
     "evaluate_archs",
     "init_distributed",
     "load_supernet",
     "make_config",
+    "out_of_memory",
     "recalibrate_bn",
     "resolvable_difference",
+    "resolve_device",
     "seed_sd",
     "soft_cross_entropy",
     "state_fingerprint",

@@ -20,6 +20,7 @@ from nas.core.elastic import Supernet
 from nas.core.files import CheckpointError, read_json, sha256_file, write_json_atomic
 from nas.core.space import SearchSpace
 from nas.supernet.config import SupernetConfig, _jsonable
+from nas.supernet.device import resolve_device
 
 __all__ = ["CHECKPOINT_JSON", "CHECKPOINT_VERSION", "load_supernet"]
 
@@ -78,6 +79,7 @@ def _save_checkpoint(
     state: _State,
     config: SupernetConfig,
     optimizer_phase: int,
+    scaler: Mapping[str, Any] | None = None,
 ) -> Path:
     """Tensors first (a new file), then the JSON that names them (atomic): a kill at any moment
     leaves the previous checkpoint or the new one, never half of each."""
@@ -91,6 +93,8 @@ def _save_checkpoint(
     opt_tensors, opt_meta = _flatten_optimizer(opt)
     tensors.update(opt_tensors)
     tensors["torch_rng"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["cuda_rng"] = torch.cuda.get_rng_state()  # of the current GPU (dropout on it)
     name = f"checkpoint-{state.step:08d}.safetensors"
     path = out_dir / name
     tmp = out_dir / (name + ".tmp")
@@ -109,6 +113,7 @@ def _save_checkpoint(
         "scheduler": sched.state_dict(),
         "sampler_rng": rng.bit_generator.state,
         "has_teacher": teacher is not None,
+        "scaler": dict(scaler or {}),  # fp16's gradient scaler (empty without one)
     }
     write_json_atomic(out_dir / CHECKPOINT_JSON, _jsonable(meta))
     for old in out_dir.glob("checkpoint-*.safetensors"):
@@ -161,7 +166,7 @@ def _read_checkpoint(out_dir: Path) -> tuple[dict[str, Any], dict[str, Tensor]] 
 
 def _config_differences(stored: Mapping[str, Any], config: SupernetConfig) -> list[str]:
     now = config.to_json()
-    ignore = {"checkpoint_every"}
+    ignore = {"checkpoint_every", *SupernetConfig.EXECUTION}
     return [
         f"{k}: stored {stored.get(k)!r}, given {now.get(k)!r}"
         for k in sorted(set(now) | set(stored))
@@ -175,7 +180,10 @@ def load_supernet(
     supernet: Supernet | None = None,
     map_location: str | torch.device = "cpu",
 ) -> Supernet:
-    """The supernet of the latest checkpoint in `run_dir` (weights only; no unpickling)."""
+    """The supernet of the latest checkpoint in `run_dir` (weights only; no unpickling), on
+    `map_location` (cpu, auto, cuda, cuda:N or mps; checked to be there), whatever device
+    trained it."""
+    device = resolve_device(map_location)
     found = _read_checkpoint(Path(run_dir))
     if found is None:
         raise CheckpointError(
@@ -192,7 +200,7 @@ def load_supernet(
         )
     net = supernet if supernet is not None else _as_supernet(space.supernet())
     net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    return net.to(map_location)
+    return net.to(device)
 
 
 def _as_supernet(module: nn.Module) -> Supernet:

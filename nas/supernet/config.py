@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from nas.core.space import SearchSpace
+from nas.supernet.device import PRECISIONS
 
 __all__ = [
     "SCHEDULES",
@@ -109,8 +110,26 @@ class SupernetConfig:
     seed: int = 0
     checkpoint_every: int = 200
     options: dict[str, Any] = field(default_factory=dict)
+    #: how the run executes, not what it learns (a resume may change them): the device (auto,
+    #: cpu, cuda, cuda:N, mps), autocast precision (fp32, bf16, fp16), channels-last memory
+    #: format, torch.compile, and the DataLoader workers that decode streamed images (data
+    #: held in memory as tensors is indexed directly, whatever this says)
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    num_workers: int = 0
 
     OPTIMIZERS: ClassVar[tuple[str, ...]] = ("sgd", "adamw")
+    PRECISIONS: ClassVar[tuple[str, ...]] = PRECISIONS
+    #: the fields a resumed run may change (`EXECUTION` plus how often it checkpoints)
+    EXECUTION: ClassVar[tuple[str, ...]] = (
+        "device",
+        "precision",
+        "channels_last",
+        "compile",
+        "num_workers",
+    )
 
     def schedule_options(self) -> Any:
         """The schedule's options dataclass, validated."""
@@ -151,7 +170,7 @@ class SupernetConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 problems.append(f"{name} must be an int >= 1, got {v!r}")
-        for name in ("warmup_steps", "checkpoint_every", "seed"):
+        for name in ("warmup_steps", "checkpoint_every", "seed", "num_workers"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 problems.append(f"{name} must be an int >= 0, got {v!r}")
@@ -171,6 +190,15 @@ class SupernetConfig:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
             problems.append(f"grad_clip_norm must be None or > 0, got {self.grad_clip_norm!r}")
+        if self.precision not in self.PRECISIONS:
+            problems.append(
+                f"precision must be one of {list(self.PRECISIONS)}, got {self.precision!r}"
+            )
+        if not isinstance(self.device, str) or not self.device:
+            problems.append(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        for name in ("channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.options, Mapping):
             problems.append(f"options must be a mapping, got {type(self.options).__name__}")
         if problems:

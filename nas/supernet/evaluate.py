@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from nas.core.elastic import Supernet, resize_to
 from nas.core.files import append_lines, read_lines
+from nas.data import StreamedImages, StreamLoader, collate_images
 from nas.supernet.bn import recalibrate_bn
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def _as_tensors(data: Any, what: str) -> tuple[Tensor, Tensor]:
         return data[0], data[1]
     if isinstance(data, TensorDataset):
         return data.tensors[0], data.tensors[1]
+    if isinstance(data, StreamedImages):
+        return _decoded(data)
     if isinstance(data, Dataset):
         items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
         return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
@@ -58,6 +61,20 @@ def _as_tensors(data: Any, what: str) -> tuple[Tensor, Tensor]:
         f"{what} must be a TensorDataset, a Dataset of (image, label) or an (images, labels) "
         f"pair of tensors, got {type(data).__name__}"
     )
+
+
+def _decoded(
+    split: StreamedImages, indices: Sequence[int] | None = None, workers: int = 2
+) -> tuple[Tensor, Tensor]:
+    """A streamed split (or the images `indices` of it, in that order) decoded by DataLoader
+    workers (a bad image skipped or named, as the split's `on_bad` says): images
+    N x C x H x W, labels N."""
+    part = split if indices is None else Subset(split, list(indices))
+    loader = DataLoader(part, batch_size=256, num_workers=workers, collate_fn=collate_images)
+    batches = list(StreamLoader(loader, split.on_bad))
+    if not batches:
+        raise ValueError(f"no image of the streamed split ({len(split)} files) could be decoded")
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
 def _tensor_digest(*tensors: Tensor) -> str:
@@ -159,11 +176,17 @@ class SubnetEvaluator:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.supernet = supernet
-        cx, _ = _as_tensors(calib_data, "calib_data")
-        self.eval_x, self.eval_y = _as_tensors(eval_data, "eval_data")
         g = torch.Generator().manual_seed(seed)
-        pick = torch.randperm(len(cx), generator=g)[: min(calib_images, len(cx))]
-        self.calib_batches = list(cx[pick].split(calib_batch_size))  # each B x C x H x W
+        if isinstance(calib_data, StreamedImages):  # decode only the images picked
+            n = len(calib_data)
+            pick = torch.randperm(n, generator=g)[: min(calib_images, n)]
+            picked, _ = _decoded(calib_data, pick.tolist())
+        else:
+            cx, _ = _as_tensors(calib_data, "calib_data")
+            pick = torch.randperm(len(cx), generator=g)[: min(calib_images, len(cx))]
+            picked = cx[pick]
+        self.eval_x, self.eval_y = _as_tensors(eval_data, "eval_data")
+        self.calib_batches = list(picked.split(calib_batch_size))  # each B x C x H x W
         self.batch_size = batch_size
         self.checkpoint_id = checkpoint_id or state_fingerprint(supernet)
         settings = {

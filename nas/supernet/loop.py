@@ -9,11 +9,12 @@ subnets (one seeded sampler per run) and takes its own slice of each global batc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from nas.core.elastic import Supernet
 from nas.core.files import CheckpointError
 from nas.core.space import SearchSpace
+from nas.supernet.batches import _epoch_order, _Images, _index_lists, _micro_batches
 from nas.supernet.checkpoint import (
     _as_supernet,
     _config_differences,
@@ -38,46 +39,13 @@ from nas.supernet.checkpoint import (
     _unflatten_optimizer,
 )
 from nas.supernet.config import Phase, SupernetConfig, make_config
+from nas.supernet.device import Precision, compile_model, out_of_memory, resolve_device
 from nas.supernet.distributed import DistInfo, _check_same_archs, init_distributed
 from nas.supernet.schedules import _SCHEDULE_CLASSES, ArchSampler, _Ctx, _Schedule
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainResult", "train_supernet"]
-
-
-class _Images:
-    """Random access to (images, labels) batches of a dataset, fast for TensorDatasets."""
-
-    def __init__(self, data: Any) -> None:
-        train = getattr(data, "train", None)
-        if isinstance(train, Dataset):
-            data = train  # an ImageDataset: train on its train split
-        if (
-            isinstance(data, tuple | list)
-            and len(data) == 2
-            and all(isinstance(t, Tensor) for t in data)
-        ):
-            data = TensorDataset(*data)
-        if not isinstance(data, Dataset):
-            raise TypeError(
-                "data must be an ImageDataset (its train split is used), a torch Dataset of "
-                f"(image, label) pairs or an (images, labels) tuple, got {type(data).__name__}"
-            )
-        self.dataset = data
-        self.tensors = data.tensors if isinstance(data, TensorDataset) else None
-        self.n = len(data)  # type: ignore[arg-type]
-
-    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        if self.tensors is not None:
-            return self.tensors[0][idx], self.tensors[1][idx]  # B x C x H x W, B
-        items = [self.dataset[int(i)] for i in idx]
-        return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
-
-
-def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)  # n
 
 
 @dataclass
@@ -93,6 +61,13 @@ class TrainResult:
     #: images per second over the steps this call ran (global batch, all ranks)
     images_per_s: float
     wall_s: float
+    #: seconds of the steps this call ran, and the part of it spent waiting for images
+    train_s: float = 0.0
+    data_wait_s: float = 0.0
+    #: images a worker could not decode and the run left out (on_bad="skip")
+    skipped: int = 0
+    #: the device the run trained on
+    device: str = "cpu"
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -147,9 +122,15 @@ class _Run:
     teacher: nn.Module | None = None
     #: (optimizer state, LR-scheduler state, phase) of the checkpoint resumed from
     loaded_opt: tuple[dict[str, Any], dict[str, Any], int] | None = None
+    precision: Precision = field(default_factory=Precision)
     images_run: int = 0
     train_time: float = 0.0
+    data_wait: float = 0.0
+    skipped: int = 0
     stopped: bool = False
+
+    def count_skipped(self, n: int) -> None:
+        self.skipped += n
 
     @property
     def global_batch(self) -> int:
@@ -183,9 +164,7 @@ def train_supernet(
     cfg = make_config(config, **overrides)
     schedule = _SCHEDULE_CLASSES[cfg.schedule](cfg.schedule_options())
     info = init_distributed()
-    if device is None:
-        device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    device = resolve_device(cfg.device if device is None else device, info.local_rank)
     out = Path(out_dir)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -208,6 +187,7 @@ def train_supernet(
         max_steps=max_steps,
         rng=np.random.default_rng(cfg.seed),
         model=net,
+        precision=Precision(cfg.precision, device),
     )
     found = _read_checkpoint(out) if out.exists() else None
     if found is not None:
@@ -218,6 +198,7 @@ def train_supernet(
             device_ids=[device] if device.type == "cuda" else None,
             find_unused_parameters=True,  # a subnet leaves the other blocks' weights unused
         )
+    run.model = compile_model(run.model, cfg.compile)
     return _train(run, progress)
 
 
@@ -245,6 +226,8 @@ def _prepare_supernet(
     if net.space is not space and net.space.name != space.name:
         raise ValueError(f"the supernet is of space {net.space.name!r}, not {space.name!r}")
     net.to(device)
+    if cfg.channels_last:
+        net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return net
 
 
@@ -276,6 +259,9 @@ def _resume(
     run.state = state = _State(**meta["state"])
     run.rng.bit_generator.state = meta["sampler_rng"]
     torch.set_rng_state(tensors["torch_rng"])
+    if "cuda_rng" in tensors and run.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["cuda_rng"], run.device)
+    run.precision.load_state_dict(meta.get("scaler", {}))
     if meta["has_teacher"]:
         teacher = space.build(run.samplers[0].largest).to(run.device)
         teacher.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("teacher.")})
@@ -323,6 +309,10 @@ def _train(run: _Run, progress: bool) -> TrainResult:
         history=list(state.history),
         images_per_s=run.images_run / run.train_time if run.train_time > 0 else 0.0,
         wall_s=time.perf_counter() - t_start,
+        train_s=run.train_time,
+        data_wait_s=run.data_wait,
+        skipped=run.skipped,
+        device=str(run.device),
     )
 
 
@@ -343,7 +333,7 @@ def _run_phase(run: _Run, bar: Any) -> None:
         opt.load_state_dict(run.loaded_opt[0])
         sched.load_state_dict(run.loaded_opt[1])
     run.loaded_opt = None
-    ctx = _Ctx(run.net, run.model, cfg, run.teacher)
+    ctx = _Ctx(run.net, run.model, cfg, run.teacher, run.precision)
     bar.set_description(phase.name)
     while state.phase == pi and not run.stopped:
         _run_epoch(run, ctx, opt, sched, bar)
@@ -361,12 +351,32 @@ def _run_epoch(
     cfg, state = run.config, run.state
     pi = state.phase
     run.net.train()
-    epoch_offset = sum(p.epochs for p in run.phases[:pi])
-    order = _epoch_order(run.images.n, cfg.seed, epoch_offset + state.epoch)
+    epoch = sum(p.epochs for p in run.phases[:pi]) + state.epoch
+    order = _epoch_order(run.images.n, cfg.seed, epoch)
+    steps = range(state.batch, run.steps_per_epoch)
+    info = run.info
+    lists = _index_lists(order, steps, cfg.batch_size, cfg.accumulate, info.rank, info.world_size)
+    batches = _micro_batches(
+        run.images, lists, epoch, cfg.num_workers, run.device.type == "cuda", run.count_skipped
+    )
+    with contextlib.closing(batches):  # stops the loader's workers when the call stops early
+        _run_steps(run, ctx, opt, sched, bar, batches)
+
+
+def _run_steps(
+    run: _Run,
+    ctx: _Ctx,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LambdaLR,
+    bar: Any,
+    batches: Iterator[tuple[Tensor, Tensor]],
+) -> None:
+    cfg, state = run.config, run.state
+    pi = state.phase
     epoch_images, epoch_time = 0, 0.0
     while state.batch < run.steps_per_epoch:
         t0 = time.perf_counter()
-        loss = _train_step(run, ctx, opt, order)
+        loss = _train_step(run, ctx, opt, batches)
         sched.step()
         dt = time.perf_counter() - t0
         state.batch += 1
@@ -388,41 +398,57 @@ def _run_epoch(
             or stop
             or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0)
         ):
-            _save_checkpoint(run.out, run.net, run.teacher, opt, sched, run.rng, state, cfg, pi)
+            _save_checkpoint(
+                run.out,
+                run.net,
+                run.teacher,
+                opt,
+                sched,
+                run.rng,
+                state,
+                cfg,
+                pi,
+                run.precision.state_dict(),
+            )
         if stop and not state.done:
             run.stopped = True
         if stop or end_of_epoch:
             break
 
 
-def _train_step(run: _Run, ctx: _Ctx, opt: torch.optim.Optimizer, order: Tensor) -> float:
-    """One optimizer step on this rank's slice of the next global batch; the step's loss
-    (summed over its subnets, averaged over its micro-batches)."""
-    cfg, state, gb = run.config, run.state, run.global_batch
+def _train_step(
+    run: _Run, ctx: _Ctx, opt: torch.optim.Optimizer, batches: Iterator[tuple[Tensor, Tensor]]
+) -> float:
+    """One optimizer step on this rank's micro-batches of the next global batch; the step's
+    loss (summed over its subnets, averaged over its micro-batches)."""
+    cfg, state = run.config, run.state
     pi = state.phase
-    idx = order[state.batch * gb : (state.batch + 1) * gb]
     archs = run.schedule.plan(run.samplers[pi], run.rng, pi)
     if run.info.world_size > 1:
         _check_same_archs(archs, run.device)
     opt.zero_grad(set_to_none=True)
     loss = 0.0
     for m in range(cfg.accumulate):
-        j = run.info.rank * cfg.accumulate + m  # this rank's m-th micro-batch
-        x, y = run.images.batch(idx[j * cfg.batch_size : (j + 1) * cfg.batch_size])
-        loss += (
-            run.schedule.micro_step(
-                ctx,
-                archs,
-                x.to(run.device, non_blocking=True),  # B x C x H x W
-                y.to(run.device, non_blocking=True),  # B
-                1.0 / cfg.accumulate,
-                last=m == cfg.accumulate - 1,
+        t0 = time.perf_counter()
+        x, y = next(batches)  # this rank's m-th micro-batch
+        run.data_wait += time.perf_counter() - t0
+        x = x.to(run.device, non_blocking=True)  # B x C x H x W
+        try:
+            loss += (
+                run.schedule.micro_step(
+                    ctx,
+                    archs,
+                    x,
+                    y.to(run.device, non_blocking=True),  # B
+                    1.0 / cfg.accumulate,
+                    last=m == cfg.accumulate - 1,
+                )
+                / cfg.accumulate
             )
-            / cfg.accumulate
-        )
-    if cfg.grad_clip_norm is not None:
-        nn.utils.clip_grad_norm_(run.net.parameters(), cfg.grad_clip_norm)
-    opt.step()
+        except RuntimeError as exc:
+            if not out_of_memory(exc, run.device, len(x), 0):
+                raise
+    run.precision.step(opt, run.net.parameters(), cfg.grad_clip_norm)
     return loss
 
 

@@ -6,7 +6,7 @@ ECCV 2020), and the arch sampler each phase draws from."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +27,7 @@ from nas.supernet.config import (
     dim_group,
     progressive_phases,
 )
+from nas.supernet.device import Precision
 
 __all__ = ["ArchSampler", "soft_cross_entropy"]
 
@@ -110,11 +111,20 @@ class _Ctx:
     model: nn.Module  # the supernet, or its DDP wrapper
     config: SupernetConfig
     teacher: nn.Module | None
+    precision: Precision = field(default_factory=Precision)
 
     def forward(self, arch: Arch, x: Tensor) -> Tensor:
+        """The subnet's logits, in fp32 (the forward runs under the precision's autocast)."""
         self.supernet.set_arch(arch)
         x = resize_to(x, self.supernet.space.input_shape(arch)[1:])  # N x C x H_a x W_a
-        return self.model(x)  # N x classes
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.precision.autocast():
+            logits: Tensor = self.model(x)  # N x classes
+        return logits.float()
+
+    def backward(self, loss: Tensor) -> None:
+        self.precision.backward(loss)
 
     def ce(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
@@ -172,7 +182,7 @@ class _Sandwich(_Schedule):
                     loss = o.kd_weight * soft_cross_entropy(logits, soft, o.kd_temperature)
                     if o.student_ce_weight:
                         loss = loss + o.student_ce_weight * ctx.ce(logits, y)
-                (loss * scale).backward()
+                ctx.backward(loss * scale)
             total += float(loss.detach())
         return total
 
@@ -191,7 +201,7 @@ class _SPOS(_Schedule):
         for i, arch in enumerate(archs):
             with ctx.sync(last and i == len(archs) - 1):
                 loss = ctx.ce(ctx.forward(arch, x), y)
-                (loss * scale).backward()
+                ctx.backward(loss * scale)
             total += float(loss.detach())
         return total
 
@@ -229,12 +239,12 @@ class _Progressive(_Schedule):
                 if ctx.teacher is not None:
                     size = ctx.supernet.space.input_shape(arch)[1:]
                     if size not in targets:
-                        with torch.no_grad():
-                            targets[size] = ctx.teacher(resize_to(x, size))  # N x classes
+                        with torch.no_grad(), ctx.precision.autocast():
+                            targets[size] = ctx.teacher(resize_to(x, size)).float()  # N x C
                     loss = loss + o.kd_weight * soft_cross_entropy(
                         logits, targets[size], o.kd_temperature
                     )
-                (loss * scale).backward()
+                ctx.backward(loss * scale)
             total += float(loss.detach())
         return total
 
