@@ -28,7 +28,9 @@ __all__ = ["client_app", "resolve", "server_app"]
 def _resolved(
     space: str, kind: str, base_arch: str, dataset: str, options: str
 ) -> tuple[SubModelFamily, ImageDataset]:
-    data = load_dataset(dataset, **json.loads(options))
+    # clients' partitions index the pooled images by source: data held in memory
+    data = load_dataset(dataset, stream=False, **json.loads(options))
+    assert isinstance(data, ImageDataset)
     the_space = search_spaces.get_space(space, num_classes=data.num_classes)
     family: SubModelFamily
     if kind == "width":
