@@ -163,6 +163,8 @@ def test_the_correction_is_used_only_where_it_pays_on_held_out_archs() -> None:
     assert held.model == "plain" and quality["mape_pct"] < 2
     _, held = heldout_quality(close, off, measured, 4, self_fitted=True)
     assert held.model == "corrected"  # a kernel table's line is the model itself
-    # a degenerate cell priced at 0 ms is left out of the check
-    _, held = heldout_quality(np.r_[0.0, close], np.r_[0.0, off], np.r_[0.1, measured], 4, False)
-    assert len(held.measured_ms) == 4
+    # a degenerate cell priced at 0 ms is left out of the margin's ratios
+    quality, held = heldout_quality(
+        np.r_[0.0, close], np.r_[0.0, off], np.r_[0.1, measured], 4, False
+    )
+    assert len(held.measured_ms) == 4 and quality["n_unpriced"] == 1
