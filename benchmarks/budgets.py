@@ -55,7 +55,13 @@ from nas.app.budgets import (
     device_figures,
     recheck,
 )
-from nas.app.builtin_stages import RunState, stage_accuracy, stage_latency, stage_supernet
+from nas.app.builtin_stages import (
+    RunState,
+    make_test_evaluator,
+    stage_accuracy,
+    stage_latency,
+    stage_supernet,
+)
 from nas.app.config import DeviceConfig, git_commit
 from nas.app.demo import demo_config
 from nas.core.space import Arch, SearchSpace
@@ -71,7 +77,7 @@ NB201_CSV = ROOT.parent / "shared" / "benchmarks" / "nb201" / "nb201.csv"
 PERCENTILES = (25, 50, 75)
 MARGINS: dict[str, str | float] = {"none": 0.0, "auto": "auto", "fixed10": 0.1}
 TOP_K = 2
-QUICK_DATA = {"copies_train": 1, "copies_val": 1, "copies_test": 1}
+QUICK_DATA: dict[str, Any] = {"copies_train": 1, "copies_val": 1, "copies_test": 1}
 NB201 = {"nb201-pixel3": ("pixel3", "cifar10_acc"), "nb201-raspi4": ("raspi4", "cifar100_acc")}
 log = logging.getLogger("budgets")
 
@@ -117,17 +123,6 @@ def _seed_state(out: Path, space: SearchSpace, data: Any, seed: int, quick: bool
     return state
 
 
-def _test_evaluator(state: RunState) -> SubnetEvaluator:
-    return SubnetEvaluator(
-        state.supernet,
-        state.data.train,
-        state.data.test,
-        calib_images=state.config.accuracy.bn_batches * 128,
-        seed=state.config.seed,
-        cache_path=state.run_dir / "accuracy" / "test.jsonl",
-    )
-
-
 def _tiny(args: argparse.Namespace, rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
     space = TinySpace()
     lat = _latency_state(args.out, space, args.quick)
@@ -146,7 +141,7 @@ def _tiny(args: argparse.Namespace, rows: list[dict[str, Any]], info: dict[str, 
         state = _seed_state(args.out, space, data, seed, args.quick)
         predictor = load_predictor(state.run_dir / "accuracy" / "predictor.npz")
         predicted_acc = np.asarray(predictor.predict(space.encode_many(pool)))
-        test_eval = _test_evaluator(state)
+        test_eval = make_test_evaluator(state)
         for label, model in lat.latency_models.items():
             device = lat.devices[label]
             for pct, bound in budgets[label].items():

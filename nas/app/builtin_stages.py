@@ -24,6 +24,7 @@ from nas.core.space import Arch, SearchSpace, as_rng
 __all__ = [
     "RunState",
     "chain_devices",
+    "make_test_evaluator",
     "stage_accuracy",
     "stage_compress",
     "stage_latency",
@@ -315,9 +316,15 @@ def _miss(state: RunState, frame: pd.DataFrame, budget: Any) -> Any:
 
 
 def _test_accuracy(state: RunState, arch: Arch) -> float:
+    return 100 * float(make_test_evaluator(state).evaluate_one(arch))
+
+
+def make_test_evaluator(state: RunState) -> Any:
+    """Inherited-weight accuracy on the test split, BN recalibrated as in the accuracy stage,
+    cached in `accuracy/test.jsonl`."""
     from nas.supernet import SubnetEvaluator
 
-    test_eval = SubnetEvaluator(
+    return SubnetEvaluator(
         state.supernet,
         state.data.train,
         state.data.test,
@@ -325,7 +332,6 @@ def _test_accuracy(state: RunState, arch: Arch) -> float:
         seed=state.config.seed,
         cache_path=state.run_dir / "accuracy" / "test.jsonl",
     )
-    return 100 * float(test_eval.evaluate_one(arch))
 
 
 def stage_compress(state: RunState, progress: bool) -> None:
