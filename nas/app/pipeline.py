@@ -140,14 +140,17 @@ def run_pipeline(
             space=space or search_spaces.get_space(config.space.name, **config.space.args),
             data=data if data is not None else load_dataset(config.data.name, **config.data.args),
         )
-        _run_stages(state, records, progress)
+        off = {d.stage for d in decisions if d.action == "off"}
+        _run_stages(state, records, progress, off)
     return state
 
 
-def _run_stages(state: RunState, records: StageRecords, progress: bool) -> None:
+def _run_stages(state: RunState, records: StageRecords, progress: bool, off: set[str]) -> None:
     timings = RunTimings(state.run_dir)
     config = state.config.to_dict()
     for name, stage in STAGES.items():
+        if name in off:
+            continue
         t = time.perf_counter()
         try:
             with stage_work(name, state.run_dir):

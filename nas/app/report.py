@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,26 @@ from nas import viz
 from nas.app.timings import load_timings, stage_totals
 
 __all__ = [
+    "STAGE_SECTIONS",
     "budget_checks",
     "headline_frame",
     "markdown_to_html",
+    "register_report_section",
     "write_report",
 ]
+
+Section = Callable[[Any], list[str]]
+
+STAGE_SECTIONS: dict[str, Section] = {}
+"""The report sections of optional stages (hardware-aware training, on-device learning,
+federated rounds), after the built-in ones, in the order they were registered. Each returns
+its markdown lines from the `RunState`, or nothing when its stage is off or never ran."""
+
+
+def register_report_section(name: str, section: Section) -> Section:
+    """Add an optional stage's section to every report (by the stage's name)."""
+    STAGE_SECTIONS[name] = section
+    return section
 
 
 def _table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
@@ -49,7 +65,7 @@ def write_report(state: Any) -> Path:
         _compress_sections,
     )
     lines = [f"# Run report: {state.config.name}", ""]
-    for section in sections:
+    for section in (*sections, *STAGE_SECTIONS.values()):
         lines += section(state)
     out = state.run_dir / "report.md"
     text = "\n".join(lines)

@@ -40,6 +40,7 @@ __all__ = [
     "fingerprint",
     "plan_run",
     "register_stage",
+    "stage_is_on",
     "stage_names",
 ]
 
@@ -71,27 +72,60 @@ class Stage:
     #: removed from here (a study in a shared database)
     before_redo: Callable[[Mapping[str, Any], Path], None] | None = None
     doc: str = ""
+    #: a dotted boolean config key that turns an optional stage on (`hwtrain.enabled`); empty:
+    #: the stage always runs. The key is one of the stage's `keys` (or under one). An off stage neither runs
+    #: nor loses what an earlier run left; the stages that follow it are off too.
+    switch: str = ""
 
 
 STAGES: dict[str, Stage] = {}
 """The registered stages, in the order they run."""
 
 
-def register_stage(stage: Stage, *, replace: bool = False) -> Stage:
-    """Add `stage` after the stages registered before it (its `after` must name some of them).
+def register_stage(stage: Stage, *, replace: bool = False, before: str = "") -> Stage:
+    """Add `stage` after the stages registered before it (its `after` must name some of them),
+    or, with `before`, just ahead of that registered stage (an optional stage goes ahead of
+    `report`).
 
     Later issues add stages (hardware-aware training, on-device learning, federated rounds) by
     registering them; the contract test (`tests/nas/app/test_stages.py`) then runs over them."""
     if stage.name in STAGES and not replace:
         raise ValueError(f"stage {stage.name!r} is already registered; pass replace=True")
-    unknown = [a for a in stage.after if a not in STAGES or a == stage.name]
+    if before and before not in STAGES:
+        raise ValueError(f"stage {stage.name!r}: no stage {before!r} to go before")
+    order = list(STAGES)
+    earlier = order[: order.index(before)] if before else order
+    unknown = [a for a in stage.after if a not in earlier or a == stage.name]
     if unknown:
         raise ValueError(
             f"stage {stage.name!r} follows {unknown}, which are not registered before it; "
-            f"registered: {', '.join(STAGES) or 'none'}"
+            f"registered before it: {', '.join(earlier) or 'none'}"
         )
+    if stage.switch and not any(
+        stage.switch == k or stage.switch.startswith(k + ".") for k in stage.keys
+    ):
+        raise ValueError(
+            f"stage {stage.name!r}: its switch {stage.switch!r} must be one of its keys "
+            f"(or under one): {', '.join(stage.keys) or 'none'}"
+        )
+    if not before:
+        STAGES[stage.name] = stage
+        return stage
+    rest = {name: STAGES.pop(name) for name in order[order.index(before) :]}
+    STAGES.pop(stage.name, None)
     STAGES[stage.name] = stage
+    STAGES.update((name, s) for name, s in rest.items() if name != stage.name)
     return stage
+
+
+def stage_is_on(stage: Stage, config: Mapping[str, Any]) -> bool:
+    """Whether an optional stage's switch is on in `config` (always, for a stage without one)."""
+    if not stage.switch:
+        return True
+    try:
+        return bool(config_value(config, stage.switch))
+    except KeyError:
+        return False  # a stored config from before the stage existed
 
 
 def stage_names() -> list[str]:
@@ -222,7 +256,9 @@ def legacy_records(stored: Mapping[str, Any], run_dir: Path) -> dict[str, dict[s
 @dataclass
 class Decision:
     """What a run does with one stage: `keep` (finished; resumed from its files), `run` (never
-    finished: runs, resuming what a stopped run left), `redo` (its outputs removed first)."""
+    finished: runs, resuming what a stopped run left), `redo` (its outputs removed first),
+    `off` (an optional stage whose switch is off, or one that follows it: nothing runs and
+    nothing is removed)."""
 
     stage: str
     action: str
@@ -267,7 +303,12 @@ def _decide(
     run_dir: Path,
     redone: set[str],
     force: Sequence[str],
+    off: set[str],
 ) -> Decision:
+    if not stage_is_on(stage, config):
+        return Decision(stage.name, "off", f"set {stage.switch}: true to run it")
+    if upstream_off := [a for a in stage.after if a in off]:
+        return Decision(stage.name, "off", f"it follows {', '.join(upstream_off)}, which is off")
     if stage.name in force:
         return Decision(stage.name, "redo", "--force")
     upstream = [a for a in stage.after if a in redone]
@@ -300,11 +341,14 @@ def plan_run(
     reads changed since it finished, or when an output it left was deleted."""
     check_force(force)
     redone: set[str] = set()
+    off: set[str] = set()
     plan = []
     for stage in STAGES.values():
-        decision = _decide(stage, config, records.get(stage.name), run_dir, redone, force)
+        decision = _decide(stage, config, records.get(stage.name), run_dir, redone, force, off)
         if decision.action == "redo":
             redone.add(stage.name)
+        elif decision.action == "off":
+            off.add(stage.name)
         plan.append(decision)
     return plan
 

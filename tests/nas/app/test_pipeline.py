@@ -158,3 +158,20 @@ def test_latency_stage_with_a_kernel_table_reports_its_error(
     assert quality["n_fit"] == quality["n_test"] == 2
     report = write_report(state).read_text()
     assert "KernelSum, table of" in report and "unique kernels" in report
+
+
+def test_an_optional_stage_adds_its_section_to_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import search_spaces
+    from nas.app import report
+    from nas.app.pipeline import RunState
+
+    monkeypatch.setattr(report, "STAGE_SECTIONS", {})
+    report.register_report_section(
+        "tune", lambda state: ["## Tuned", "", f"seed {state.config.seed}"]
+    )
+    state = RunState(demo_config(), tmp_path, search_spaces.get_space("tiny"), data=None)
+    text = report.write_report(state).read_text()
+    assert text.rstrip().endswith("## Tuned\n\nseed 0")
+    assert "<h2>Tuned</h2>" in (tmp_path / "report.html").read_text()

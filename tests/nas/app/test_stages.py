@@ -208,6 +208,57 @@ def test_a_changed_key_redoes_the_stages_that_read_it_and_keeps_the_others(
     assert "continues: search.trials 500 -> 900" in str(decisions["pick"])
 
 
+def test_an_optional_stage_runs_only_when_its_switch_is_on(
+    fake_stages: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nas.app.pipeline as pipeline
+
+    # the stand-in's switch lives in a mapping the real config checks would refuse
+    monkeypatch.setattr(pipeline, "check_config", lambda config, **kw: None)
+
+    def tune(state: Any, progress: bool) -> None:
+        fake_stages.append("tune")
+        (state.run_dir / "tune.txt").write_text("tuned\n")
+
+    register_stage(
+        Stage(
+            "tune",
+            tune,
+            keys=("compress.options",),
+            after=("train",),
+            writes=("tune.txt",),
+            switch="compress.options.tune",
+            doc="x",
+        ),
+        before="pick",
+    )
+    register_stage(Stage("ship", lambda s, p: fake_stages.append("ship"), after=("tune",), doc="x"))
+    assert list(STAGES) == ["train", "price", "tune", "pick", "ship"]
+    config = demo_config()
+    plan_off = _run(config, tmp_path)
+    assert fake_stages == ["train", "price", "pick"]
+    assert plan_off["tune"] == "off: set compress.options.tune: true to run it"
+    assert plan_off["ship"] == "off: it follows tune, which is off"
+    fake_stages.clear()
+    config.compress.options["tune"] = True
+    assert _run(config, tmp_path)["tune"] == "keep: "
+    assert fake_stages == ["train", "price", "tune", "pick", "ship"]  # kept ones resume
+    assert (tmp_path / "tune.txt").exists()
+    config.compress.options["tune"] = False  # off again: what it made stays
+    assert _run(config, tmp_path)["tune"].startswith("off")
+    assert (tmp_path / "tune.txt").exists()
+
+
+def test_an_optional_stage_is_registered_with_its_switch_among_its_keys() -> None:
+    with pytest.raises(ValueError, match="must be one of its keys"):
+        register_stage(Stage("x1", lambda s, p: None, switch="hwtrain.enabled", doc="x"))
+    with pytest.raises(ValueError, match="no stage 'nowhere'"):
+        register_stage(Stage("x2", lambda s, p: None, doc="x"), before="nowhere")
+    with pytest.raises(ValueError, match="not registered before it"):
+        register_stage(Stage("x3", lambda s, p: None, after=("report",), doc="x"), before="report")
+    assert not {"x1", "x2", "x3"} & set(STAGES)
+
+
 def test_force_redoes_a_stage_and_what_reads_it(fake_stages: list[str], tmp_path: Path) -> None:
     config = demo_config()
     _run(config, tmp_path)
