@@ -1,25 +1,31 @@
 """Plain functions behind `nas ondevice plan` and `nas ondevice adapt` (the CLI wires them).
 
 `plan` prices an update plan of an arch (the bytes per layer and what trains); `adapt` takes a
-run's deployed subnet, adapts it to a target domain on a few shots and writes the adapted model
-and its report into ``RUN/ondevice/<mode>-<hash>/``, beside the deployed one, never over it.
+run's deployed subnet (`deployed_model`: its compression chain's last fp32 model, else its
+inherited weights), adapts it to a target domain on a few shots and writes the adapted model
+and its report into ``RUN/ondevice/<arch>/<mode>-<hash>/``, beside the deployed one, never over
+it. The run's `ondevice` stage (`nas.app.ondevice_stage`) calls the same two functions.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save
 from torch import nn
 
+from nas.app.errors import InputError
+from nas.backends import RUNTIME_OPTIMIZERS, TrainingProgramError
 from nas.core.files import write_bytes_atomic, write_json_atomic
 from nas.core.space import SearchSpace
 from nas.ondevice import (
@@ -33,21 +39,35 @@ from nas.ondevice import (
     make_plan,
     make_shift_task,
     plan_under_budget,
-    target_accuracy,
     training_memory,
 )
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ENGINES",
+    "FALLBACKS",
+    "Deployed",
     "PlanChoice",
     "adapt_cmd",
     "adapt_model",
     "add_ondevice_parser",
+    "arch_folder",
     "choose_plan",
+    "deployed_model",
     "plan_cmd",
     "render_plan",
+    "runtime_problem",
 ]
+
+ENGINES = ("pytorch", "executorch")
+#: what to do where the runtime cannot train as asked: fail, naming what it lacks ("none"), or
+#: train in PyTorch instead, the output saying so ("pytorch")
+FALLBACKS = ("none", "pytorch")
+_FALLBACK_HINT = (
+    "ask for the fall-back (`--fallback pytorch`, or `ondevice.fallback: pytorch` in a run "
+    "config) to train in PyTorch instead"
+)
 
 
 @dataclass(frozen=True)
@@ -69,18 +89,20 @@ def choose_plan(
     budget_kb: float | None = None,
     count_frozen: bool = False,
     shots: tuple[torch.Tensor, torch.Tensor] | None = None,
+    factory: Callable[[], nn.Module] | None = None,
+    optimizer: str = "sgd",
 ) -> PlanChoice:
     """The plan of `mode` for `arch`, checked against `budget_kb` when given (with the model's
     margin, `BUDGET_MARGIN`). Mode ``sparse`` picks its layers under the budget by gain per
-    byte on `shots` (the adaptation shots)."""
+    byte on `shots` (the adaptation shots). `factory` builds the model's structure when it is
+    not the plain arch's (a pruned model); `optimizer` prices its state."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {sorted(MODES)}")
     arch = space.validate(arch)
     shape = space.input_shape(arch)
     classes = getattr(space, "num_classes", None)
-
-    def factory() -> nn.Module:
-        return space.build(arch)
+    if factory is None:
+        factory = functools.partial(space.build, arch)
 
     if model is None:
         with torch.device("meta"):
@@ -89,16 +111,34 @@ def choose_plan(
         if budget_kb is None or shots is None:
             raise ValueError("mode 'sparse' needs --budget-kb and the adaptation shots (adapt)")
         plan, memory, _ = plan_under_budget(
-            model, factory, shape, int(budget_kb * 1024), *shots, batch=batch, num_classes=classes
+            model,
+            factory,
+            shape,
+            int(budget_kb * 1024),
+            *shots,
+            batch=batch,
+            num_classes=classes,
+            optimizer=optimizer,
         )
         return PlanChoice(plan, memory)
     plan = make_plan(model, mode, blocks_k=blocks_k)
     memory = training_memory(
-        factory, shape, plan, batch=batch, count_frozen=count_frozen, num_classes=classes
+        factory,
+        shape,
+        plan,
+        batch=batch,
+        count_frozen=count_frozen,
+        num_classes=classes,
+        optimizer=optimizer,
     )
     if budget_kb is not None and memory.total_bytes * (1 + BUDGET_MARGIN) > budget_kb * 1024:
         smallest = training_memory(
-            factory, shape, make_plan(model, "last", blocks_k=1), batch=batch, num_classes=classes
+            factory,
+            shape,
+            make_plan(model, "last", blocks_k=1),
+            batch=batch,
+            num_classes=classes,
+            optimizer=optimizer,
         )  # the classifier alone: the cheapest plan that still trains
         raise BudgetTooSmallError(
             int(budget_kb * 1024),
@@ -135,6 +175,99 @@ def render_plan(choice: PlanChoice) -> str:
     return "\n".join(lines)
 
 
+def runtime_problem(engine: str, optimizer: str, fallback: str) -> str:
+    """Why `engine` cannot train with `optimizer` when no fall-back is asked for (else "")."""
+    if engine != "executorch" or fallback == "pytorch" or optimizer in RUNTIME_OPTIMIZERS:
+        return ""
+    try:
+        from nas.backends import check_runtime_optimizer
+
+        check_runtime_optimizer(optimizer)
+    except TrainingProgramError as err:
+        return f"{err}; {_FALLBACK_HINT}"
+    return ""
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """The model a run deployed for an arch, what builds its structure, and where it came from."""
+
+    model: nn.Module
+    factory: Callable[[], nn.Module]  # its structure (a pruned model's channels), for pricing
+    source: str  # "compress/<arch>/02-prune" or "inherited weights"
+
+
+def deployed_model(
+    run_dir: Path,
+    space: SearchSpace,
+    arch: Mapping[str, Any],
+    data: Any,
+    supernet: Any,
+    compress_steps: Sequence[str] = (),
+) -> Deployed:
+    """The model to adapt for `arch` in a run: the last fp32 model its compression chain made
+    (`prune`, else `distill`, among `compress_steps`: the runtime's training program trains
+    fp32, so the int8 models are not it), else the subnet with the supernet's weights, batch
+    norm recalibrated on the train split (the chain did not run, or made no fp32 model)."""
+    from nas.compress import chain_dir, load_model
+
+    arch = space.validate(arch)
+    chain = chain_dir(run_dir, space, arch)
+    for step in [s for s in reversed(compress_steps) if s in ("prune", "distill")][:1]:
+        folders = sorted(chain.glob(f"[0-9][0-9]-{step}"))
+        if folders and (folders[-1] / "done.json").is_file():
+            build = functools.partial(space.build, arch)
+            model, ckpt = load_model(folders[-1] / "model.safetensors", build)
+            factory = functools.partial(_rebuilt, build, ckpt.structure)
+            return Deployed(model.eval(), factory, str(folders[-1].relative_to(run_dir)))
+    from nas.supernet import recalibrate_bn
+
+    model = supernet.export(arch).eval()
+    images = data.train.tensors[0]
+    recalibrate_bn(model, [images[i : i + 100] for i in range(0, min(len(images), 2000), 100)])
+    return Deployed(model.eval(), functools.partial(space.build, arch), "inherited weights")
+
+
+def _rebuilt(build: Callable[[], nn.Module], structure: Mapping[str, Any]) -> nn.Module:
+    from nas.compress import apply_structure
+
+    return apply_structure(build(), structure)
+
+
+def arch_folder(space: SearchSpace, arch: Mapping[str, Any]) -> str:
+    """The folder name of an arch's adapted models (its compression chain's, when it has one)."""
+    from nas.compress import chain_dir
+
+    return chain_dir(Path("."), space, space.validate(arch)).name
+
+
+def _train(
+    model: nn.Module, plan: UpdatePlan, task: Any, engine: str, fallback: str, **kw: Any
+) -> tuple[Any, str]:
+    """`finetune` on the task's shots in `engine`; where the runtime cannot, an `InputError`
+    naming what it lacks, or (fallback "pytorch") PyTorch, with the reason returned."""
+    try:
+        return finetune(model, plan, task.shots_x, task.shots_y, engine=engine, **kw), ""
+    except TrainingProgramError as err:
+        if fallback != "pytorch":
+            raise InputError(f"{err}; {_FALLBACK_HINT}") from err
+        log.warning("the runtime cannot train this (%s); training in PyTorch, as asked", err)
+        return finetune(model, plan, task.shots_x, task.shots_y, engine="pytorch", **kw), str(err)
+
+
+def _scores(models: dict[str, nn.Module], task: Any, seed: int) -> dict[str, Any]:
+    """Target-test accuracy of each model, and the adapted model's gain over no adaptation with
+    its paired bootstrap interval over the test images' source groups (test-set noise only)."""
+    from nas.supernet import correct_mask, difference_interval
+
+    correct = {k: np.asarray(correct_mask(m, task.test_x, task.test_y)) for k, m in models.items()}
+    diff = difference_interval(correct["after"], correct["before"], task.test_groups, seed=seed)
+    out: dict[str, Any] = {f"accuracy_{k}": float(v.mean()) for k, v in correct.items()}
+    out.update(gain_pts=100 * diff.estimate, gain_ci95_pts=[100 * diff.low, 100 * diff.high])
+    out["gain_resolvable"] = bool(diff.low > 0 or diff.high < 0)
+    return out
+
+
 def adapt_model(
     model: nn.Module,
     space: SearchSpace,
@@ -152,9 +285,15 @@ def adapt_model(
     batch: int = 8,
     engine: str = "pytorch",
     seed: int = 0,
+    optimizer: str = "sgd",
+    fallback: str = "none",
+    factory: Callable[[], nn.Module] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Adapt `model` (the deployed subnet of `arch`) to domain `shift` of `data`; writes
-    ``adapted.safetensors`` and ``report.json`` into a new folder under `out_root`."""
+    """Adapt `model` (the deployed subnet of `arch`, built by `factory` when not the plain
+    arch) to domain `shift` of `data` in `engine`, falling back to PyTorch where the runtime
+    cannot only with ``fallback="pytorch"``; writes ``adapted.safetensors`` and ``report.json``
+    (with `extra` in it) into a new folder under `out_root`. The report says which engine ran."""
     task = make_shift_task(data, shift, shots=shots, seed=seed)
     choice = choose_plan(
         space,
@@ -165,23 +304,36 @@ def adapt_model(
         batch=batch,
         budget_kb=budget_kb,
         shots=(task.shots_x, task.shots_y),
+        factory=factory,
+        optimizer=optimizer,
     )
-    result = finetune(
-        model, choice.plan, task.shots_x, task.shots_y, steps, batch, lr, seed, engine
-    )
+    kw = dict(steps=steps, batch=batch, lr=lr, seed=seed, optimizer=optimizer)
+    result, why = _train(model, choice.plan, task, engine, fallback, **kw)
+    mem = choice.memory
+    state_bytes = mem.trainable_bytes + mem.optimizer_bytes
     report: dict[str, Any] = {
+        **dict(extra or {}),
         "arch": space.key(arch),
+        "mode": mode,
         "plan": choice.plan.describe(),
         "trainable": list(choice.plan.trainable),
-        "settings": choice.memory.settings(),
-        "planned_bytes": choice.memory.total_bytes,
+        "settings": mem.settings(),
+        "planned_bytes": mem.total_bytes,
+        "program_bytes": result.program_plan_bytes + state_bytes
+        if result.program_plan_bytes
+        else None,  # the runtime program's plan, with trainable weights and optimizer state
         "shift": shift,
         "shots_per_class": shots,
         "counts": task.counts,
-        "accuracy_before": target_accuracy(model, task.test_x, task.test_y),
-        "accuracy_adabn": target_accuracy(adabn(model, task.shots_x), task.test_x, task.test_y),
-        "accuracy_after": target_accuracy(result.model, task.test_x, task.test_y),
-        "engine": engine,
+        **_scores(
+            {"before": model, "adabn": adabn(model, task.shots_x), "after": result.model},
+            task,
+            seed,
+        ),
+        "engine": result.engine,
+        "engine_asked": engine,
+        "fallback_reason": why or None,
+        "optimizer": optimizer,
         "step_ms": result.step_ms,
         "losses": result.losses,
     }
@@ -230,42 +382,54 @@ def plan_cmd(args: Any) -> int:
         batch=args.batch,
         budget_kb=args.budget_kb,
         count_frozen=args.count_frozen,
+        optimizer=args.optimizer,
     )
     print(render_plan(choice))
     return 0
 
 
 def adapt_cmd(args: Any) -> int:
-    """`nas ondevice adapt`: adapt the run's subnet of --arch and print where it went."""
+    """`nas ondevice adapt`: adapt the run's deployed model of --arch and print where it went
+    and which engine ran."""
     from nas.app.errors import stage_work
-    from nas.supernet import recalibrate_bn
 
+    problem = runtime_problem(args.engine, args.optimizer, args.fallback)
+    if problem:
+        raise InputError(f"--optimizer: {problem}")
     run = Path(args.run)
     space, arch, finished = _open(args)
     with stage_work("ondevice adapt", run):
-        model = finished.supernet.export(arch).eval()
-        images = finished.data.train.tensors[0]
-        recalibrate_bn(model, [images[i : i + 100] for i in range(0, min(len(images), 2000), 100)])
+        steps = list(finished.config.compress.steps)
+        deployed = deployed_model(run, space, arch, finished.data, finished.supernet, steps)
         out, report = adapt_model(
-            model,
+            deployed.model,
             space,
             arch,
             finished.data,
-            run / "ondevice",
+            run / "ondevice" / arch_folder(space, arch),
             mode=args.mode,
             blocks_k=args.blocks,
             budget_kb=args.budget_kb,
             shift=args.shift,
             shots=args.shots,
             steps=args.steps,
+            lr=args.lr,
             batch=args.batch,
             engine=args.engine,
             seed=args.seed,
+            optimizer=args.optimizer,
+            fallback=args.fallback,
+            factory=deployed.factory,
+            extra={"source": deployed.source},
         )
+    ran = report["engine"]
+    if report["fallback_reason"]:
+        ran += f" (fall-back: {report['fallback_reason']})"
     print(
-        f"{report['plan']}: target accuracy {report['accuracy_before']:.3f} -> "
-        f"{report['accuracy_after']:.3f} (AdaBN {report['accuracy_adabn']:.3f}); "
-        f"{report['planned_bytes'] / 1024:.1f} KB planned; adapted model in {out}"
+        f"{report['plan']} of {deployed.source}: target accuracy "
+        f"{report['accuracy_before']:.3f} -> {report['accuracy_after']:.3f} (AdaBN "
+        f"{report['accuracy_adabn']:.3f}); {report['planned_bytes'] / 1024:.1f} KB planned; "
+        f"trained in {ran}; adapted model in {out}"
     )
     return 0
 
@@ -273,7 +437,7 @@ def adapt_cmd(args: Any) -> int:
 def add_ondevice_parser(sub: Any) -> None:
     """`nas ondevice plan|adapt` (a parser builder)."""
     from nas.app.arg_checks import positive_float, positive_int
-    from nas.ondevice import SHIFTS
+    from nas.ondevice import OPTIMIZERS, SHIFTS
 
     od = sub.add_parser("ondevice", help="on-device learning: update plans and adaptation")
     cmds = od.add_subparsers(dest="ondevice_command", required=True, metavar="SUBCOMMAND")
@@ -291,7 +455,11 @@ def add_ondevice_parser(sub: Any) -> None:
             p.add_argument("--shift", default="rotate", choices=sorted(SHIFTS))
             p.add_argument("--shots", type=positive_int, default=10, help="per class")
             p.add_argument("--steps", type=positive_int, default=60)
-            p.add_argument("--engine", default="pytorch", choices=["pytorch", "executorch"])
+            p.add_argument("--engine", default="pytorch", choices=list(ENGINES))
+            p.add_argument("--fallback", default="none", choices=list(FALLBACKS),
+                           help="where the runtime cannot train as asked: fail (none) or "
+                           "train in PyTorch, saying so (pytorch)")  # fmt: skip
+            p.add_argument("--lr", type=positive_float, default=0.05)
             p.add_argument("--seed", type=int, default=0)
         p.add_argument("--arch", required=True, help="arch key")
         p.add_argument("--mode", default="bias", choices=sorted(MODES))
@@ -299,4 +467,5 @@ def add_ondevice_parser(sub: Any) -> None:
         p.add_argument("--batch", type=positive_int, default=8)
         p.add_argument("--budget-kb", type=positive_float, help="training-memory budget")
         p.add_argument("--count-frozen", action="store_true", help="count frozen weights too")
+        p.add_argument("--optimizer", default="sgd", choices=sorted(OPTIMIZERS))
         p.set_defaults(func=func)
