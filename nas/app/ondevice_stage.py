@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import nas.app.builtin_stages  # noqa: F401  (registers "report", which this stage goes before)
-from nas.app.ondevice_commands import adapt_model, arch_folder, deployed_model
+from nas.app.ondevice_adapt import adapt_model, arch_folder, deployed_model
 from nas.app.report import register_report_section
 from nas.app.stages import STAGES, Stage, fingerprint, register_stage
 from nas.core.files import json_digest, read_json, write_json_atomic

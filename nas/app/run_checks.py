@@ -184,7 +184,7 @@ def _check_compress(p: Problems, compress: Any) -> None:
 
 def _check_ondevice(p: Problems, cfg: Any) -> None:
     """The `ondevice` section: modes, numbers, names, and what the runtime cannot do."""
-    from nas.app.ondevice_commands import ENGINES, FALLBACKS, runtime_problem
+    from nas.app.ondevice_adapt import ENGINES, FALLBACKS, runtime_problem
     from nas.ondevice import MODES, OPTIMIZERS, SHIFTS
 
     modes = cfg.modes if isinstance(cfg.modes, list) else []

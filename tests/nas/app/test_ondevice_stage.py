@@ -17,7 +17,7 @@ import nas.app.ondevice_stage as stage
 from nas.app.config import ConfigError, config_from_dict
 from nas.app.demo import demo_config
 from nas.app.errors import InputError
-from nas.app.ondevice_commands import adapt_model, choose_plan
+from nas.app.ondevice_adapt import adapt_model, choose_plan
 from nas.app.pipeline import RunState
 from nas.compress import chain_dir, prune_channels, save_model
 from nas.data import load_embedded_digits
