@@ -106,15 +106,15 @@ def _kb(value: Any) -> str:
     return "" if value is None else f"{value / 1024:.1f}"
 
 
-def _row_line(r: dict[str, Any]) -> str:
+def _row_line(r: dict[str, Any], label: str) -> str:
     if "skipped" in r:
-        return f"| {r['arch'][:24]} | {r['mode']} | skipped: {r['skipped']} |" + " |" * 8
+        return f"| {label} | {r['mode']} | skipped: {r['skipped']} |" + " |" * 8
     low, high = r["gain_ci95_pts"]
     gain = f"{r['gain_pts']:+.1f} [{low:+.1f}, {high:+.1f}]"
     gain += "" if r["gain_resolvable"] else " not resolvable"
     engine = r["engine"] + (" (fall-back)" if r.get("fallback_reason") else "")
     cells = [
-        r["arch"][:24],
+        label,
         r["plan"],
         r["source"],
         engine,
@@ -139,28 +139,32 @@ def ondevice_section(state: Any) -> list[str]:
     if cfg is None or not cfg.enabled or not path.exists():
         return []
     rows = list(_previous(path).values())
+    # an arch by its folder (its key holds the table's `|`); winners.csv maps it to the key
+    labels = [arch_folder(state.space, state.space.from_key(r["arch"])) for r in rows]
+    engine = "the ExecuTorch runtime" if cfg.runtime == "executorch" else "PyTorch"
+    if cfg.runtime == "executorch" and cfg.fallback == "pytorch":
+        engine += ", PyTorch where the runtime cannot"
     lines = [
         "## On-device learning",
         "",
         f"Each winner's deployed model adapted to the `{cfg.shift}` target domain on "
         f"{cfg.shots} labelled shots per class, {cfg.steps} steps of {cfg.optimizer} at batch "
-        f"{cfg.batch}, in {cfg.runtime}"
-        + (", PyTorch where the runtime cannot" if cfg.fallback == "pytorch" else "")
-        + " (batch norm frozen). Accuracy on the target test set (%); the gain over no "
-        "adaptation with its paired 95 % interval over the test images' sources (test-set "
-        "noise only, one seed). Training memory in KB: planned by the model, and in the "
-        "runtime program's memory plan with trainable weights and optimizer state (only where "
-        "the runtime ran). Adapted models are in `ondevice/stage/`, beside the deployed ones.",
+        f"{cfg.batch}, in {engine} (batch norm frozen). Accuracy on the target test set (%); "
+        "the gain over no adaptation with its paired 95 % interval over the test images' "
+        "sources (test-set noise only, one seed). Training memory in KB: planned by the model, "
+        "and in the runtime program's memory plan with trainable weights and optimizer state "
+        "(where the runtime ran). An arch is named by its folder: `compress/<folder>/` holds "
+        "its deployed models, `ondevice/stage/<folder>/` the adapted ones beside them.",
         "",
-        "| arch | plan | model adapted | engine | no adaptation | AdaBN | after | gain (pts) "
+        "| arch (folder) | plan | model adapted | engine | no adaptation | AdaBN | after | gain (pts) "
         "| planned KB | program KB | step ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
-        *[_row_line(r) for r in rows],
+        *[_row_line(r, label) for r, label in zip(rows, labels, strict=True)],
         "",
     ]
-    for r in rows:
+    for r, label in zip(rows, labels, strict=True):
         if r.get("fallback_reason"):
-            lines += [f"- {r['arch'][:24]} {r['mode']}: PyTorch ran: {r['fallback_reason']}"]
+            lines += [f"- {label} {r['mode']}: PyTorch ran: {r['fallback_reason']}"]
     adapted = [r for r in rows if "skipped" not in r]
     if adapted:
         points = [
