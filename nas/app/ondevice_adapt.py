@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ from safetensors.torch import save
 from torch import nn
 
 from nas.app.errors import InputError
-from nas.backends import RUNTIME_OPTIMIZERS, TrainingProgramError
+from nas.backends import TrainingProgramError, check_runtime_optimizer
 from nas.core.files import write_bytes_atomic, write_json_atomic
 from nas.core.space import SearchSpace
 from nas.ondevice import (
@@ -143,17 +144,20 @@ def choose_plan(
     return PlanChoice(plan, memory)
 
 
-def runtime_problem(engine: str, optimizer: str, fallback: str) -> str:
-    """Why `engine` cannot train with `optimizer` when no fall-back is asked for (else "")."""
-    if engine != "executorch" or fallback == "pytorch" or optimizer in RUNTIME_OPTIMIZERS:
-        return ""
+def runtime_problem(engine: str, optimizer: str, fallback: str) -> tuple[str, str]:
+    """What `engine` cannot do with `optimizer` when no fall-back is asked for, said before any
+    work: ("engine", why) when the runtime is not installed, ("optimizer", why) when it lacks
+    the optimizer, else ("", "")."""
+    if engine != "executorch" or fallback == "pytorch":
+        return "", ""
+    if importlib.util.find_spec("executorch") is None:
+        why = "ExecuTorch is not installed: pip install -e '.[executorch]'"
+        return "engine", f"{why}; {_FALLBACK_HINT}"
     try:
-        from nas.backends import check_runtime_optimizer
-
         check_runtime_optimizer(optimizer)
     except TrainingProgramError as err:
-        return f"{err}; {_FALLBACK_HINT}"
-    return ""
+        return "optimizer", f"{err}; {_FALLBACK_HINT}"
+    return "", ""
 
 
 @dataclass(frozen=True)

@@ -103,9 +103,9 @@ def adapt_cmd(args: Any) -> int:
     and which engine ran."""
     from nas.app.errors import stage_work
 
-    problem = runtime_problem(args.engine, args.optimizer, args.fallback)
+    flag, problem = runtime_problem(args.engine, args.optimizer, args.fallback)
     if problem:
-        raise InputError(f"--optimizer: {problem}")
+        raise InputError(f"--{flag}: {problem}")
     run = Path(args.run)
     space, arch, finished = _open(args)
     with stage_work("ondevice adapt", run):

@@ -211,5 +211,6 @@ def _check_ondevice(p: Problems, cfg: Any) -> None:
         value = getattr(cfg, key)
         if isinstance(value, str) and value not in valid:
             p.add(f"ondevice.{key}", choices_text(value, valid))
-    if problem := runtime_problem(cfg.runtime, cfg.optimizer, cfg.fallback):
-        p.add("ondevice.optimizer", problem)
+    key, problem = runtime_problem(cfg.runtime, cfg.optimizer, cfg.fallback)
+    if problem:
+        p.add("ondevice.runtime" if key == "engine" else f"ondevice.{key}", problem)

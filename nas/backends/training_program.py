@@ -113,7 +113,12 @@ def export_training_program(
     cross-entropy loss as an ExecuTorch training program for inputs like `example` (x, y)."""
     if partition not in PARTITIONS:
         raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
-    from executorch.exir import to_edge, to_edge_transform_and_lower
+    try:
+        from executorch.exir import to_edge, to_edge_transform_and_lower
+    except ImportError as err:  # an optional extra: what the runtime cannot do, said so
+        raise TrainingProgramError(
+            f"ExecuTorch is not installed ({err}): pip install -e '.[executorch]'"
+        ) from err
     from torch.export.experimental import _export_forward_backward
 
     trainable = {f"net.{n}" for n, p in net.named_parameters() if p.requires_grad}

@@ -133,3 +133,17 @@ def test_the_stage_trains_in_the_runtime(tmp_path: Path, data: Any) -> None:
     assert row["engine"] == "executorch" and row["fallback_reason"] is None
     assert abs(row["program_bytes"] / row["planned_bytes"] - 1) < 0.15
     assert "| executorch |" in "\n".join(stage.ondevice_section(state))
+
+
+def test_a_missing_runtime_is_said_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ExecuTorch is installed here, so its absence is a monkeypatched `find_spec` (the only
+    stand-in in this file): the config check names the extra, and the fall-back silences it."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "executorch" else real(name)
+    )
+    with pytest.raises(ConfigError, match=r"ondevice.runtime: ExecuTorch is not installed"):
+        config_from_dict({"ondevice": {"runtime": "executorch"}})
+    config_from_dict({"ondevice": {"runtime": "executorch", "fallback": "pytorch"}})
