@@ -293,24 +293,20 @@ def write_table_and_plot(out: Path, results: dict[str, Any]) -> None:
     rows = [r for r in results["adaptation"] if "planned_bytes" in r and "accuracy" in r]
     if not rows:
         return
-    import matplotlib
+    from nas import viz
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mode in sorted({r["mode"] for r in rows}):
-        pts = [(r["planned_bytes"] / 1024, r["accuracy"]) for r in rows if r["mode"] == mode]
-        ax.scatter(*zip(*pts, strict=True), label=mode)
+    points = [
+        {"mode": r["mode"], "memory_bytes": r["planned_bytes"], "accuracy": r["accuracy"]}
+        for r in rows
+    ]
+    baselines: dict[str, float] = {}
     for mode in ("none", "adabn"):
         vals = [r["accuracy"] for r in results["adaptation"] if r["mode"] == mode]
         if vals:
-            ax.axhline(float(np.mean(vals)), ls="--", lw=1, label=f"{mode} (mean)")
-    ax.set_xscale("log")
-    ax.set(xlabel="training memory, KB (batch 8, model)", ylabel="target test accuracy, %")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_memory.png", dpi=120)
+            baselines[f"{mode} (mean)"] = float(np.mean(vals))
+    xlabel = "training memory, KB (batch 8, model)"
+    fig = viz.plot_accuracy_memory(points, baselines, out / "accuracy_vs_memory.png", xlabel)
+    viz.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

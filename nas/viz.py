@@ -1,6 +1,7 @@
 """Plots for notebooks and reports (matplotlib, headless): cost scatters, accuracy/latency
-fronts per device, hypervolume histories, the logits of hardware-aware training; `export_run` writes a study's CSVs and plots into a
-run folder."""
+fronts per device, hypervolume histories, the logits of hardware-aware training, accuracy against
+training memory per update mode (on-device learning); `export_run` writes a study's CSVs and
+plots into a run folder."""
 
 from __future__ import annotations
 
@@ -192,12 +193,43 @@ def plot_logit_trajectory(
     return fig
 
 
+def plot_accuracy_memory(
+    rows: Sequence[Mapping[str, float | str]],
+    baselines: Mapping[str, float] | None = None,
+    path: str | Path | None = None,
+    xlabel: str = "training memory, KB (planned)",
+) -> plt.Figure:
+    """Target accuracy against training memory, one series per update mode (on-device
+    learning): `rows` hold ``mode``, ``memory_bytes`` and ``accuracy`` (%); `baselines` (no
+    adaptation, AdaBN: name -> accuracy %) are dashed lines."""
+    if not rows:
+        raise ValueError("no adapted plans to plot")
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for mode in dict.fromkeys(str(r["mode"]) for r in rows):
+        pts = [
+            (float(r["memory_bytes"]) / 1024, float(r["accuracy"]))
+            for r in rows
+            if r["mode"] == mode
+        ]
+        ax.scatter(*zip(*pts, strict=True), label=mode)
+    for i, (name, value) in enumerate((baselines or {}).items()):
+        ax.axhline(value, ls="--", lw=1, color=f"C{7 + i % 3}", label=name)
+    ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel="target test accuracy, %")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+    return fig
+
+
 def close(fig: plt.Figure) -> None:
     plt.close(fig)
 
 
 __all__ = [
     "close",
+    "plot_accuracy_memory",
     "plot_cost_scatter",
     "plot_fronts_per_device",
     "plot_hypervolume_history",

@@ -552,6 +552,24 @@ CASES: list[Case] = [
          "ondevice adapt --run {world}/run --arch 0|1|2|3|4|0", "--arch"),
     case("ondevice-adapt-unknown-shift", "ondevice adapt --run {world}/run --arch {arch} "
          "--shift sepia", "--shift", "sepia"),
+    case("ondevice-adapt-optimizer-the-runtime-lacks", "ondevice adapt --run {world}/run "
+         "--arch {arch} --engine executorch --optimizer adam", "--optimizer", "adam",
+         "--fallback pytorch"),
+    case("ondevice-adapt-unknown-fallback", "ondevice adapt --run {world}/run --arch {arch} "
+         "--fallback onnx", "--fallback", "onnx"),
+    # -- the ondevice section of a run config (issue 20)
+    run_config("ondevice-unknown-mode", {"ondevice": {"modes": ["bias", "biases"]}},
+               "ondevice.modes", "biases", "bias"),
+    run_config("ondevice-no-modes", {"ondevice": {"modes": []}}, "ondevice.modes"),
+    run_config("ondevice-sparse-without-a-budget", {"ondevice": {"modes": ["sparse"]}},
+               "ondevice.budget_kb"),
+    run_config("ondevice-budget-0", {"ondevice": {"budget_kb": 0}}, "ondevice.budget_kb"),
+    run_config("ondevice-shots-0", {"ondevice": {"shots": 0}}, "ondevice.shots"),
+    run_config("ondevice-unknown-runtime", {"ondevice": {"runtime": "tflite"}},
+               "ondevice.runtime", "tflite"),
+    run_config("ondevice-optimizer-the-runtime-lacks",
+               {"ondevice": {"runtime": "executorch", "optimizer": "adam"}},
+               "ondevice.optimizer", "adam", "ondevice.fallback: pytorch"),
     # -- the debug switch: the same bad input, with its traceback
     case("debug-flag-shows-the-traceback", "--debug run {tmp}/config.yaml", "{tmp}/config.yaml",
          files=(("config.yaml", ""),), traceback=True),

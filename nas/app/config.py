@@ -29,6 +29,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DeviceConfig",
+    "OndeviceConfig",
     "RunConfig",
     "SearchConfig",
     "SpaceConfig",
@@ -126,6 +127,34 @@ class CompressConfig:
 
 
 @dataclass
+class OndeviceConfig:
+    """On-device learning (issue 20): the optional `ondevice` stage adapts each winner's
+    deployed model (its compression chain's last fp32 model, else its inherited weights) to a
+    shifted target domain on a few shots, under each update mode (`nas.ondevice.MODES`)."""
+
+    enabled: bool = False
+    modes: list[str] = field(default_factory=lambda: ["bias", "bn_bias", "full"])
+    #: the k of mode "last"
+    blocks: int = 1
+    #: a training-memory budget (KB) every plan is checked against; mode "sparse" needs one
+    budget_kb: float | None = None
+    batch: int = 8
+    #: labelled target images per class to adapt on
+    shots: int = 10
+    steps: int = 60
+    lr: float = 0.05
+    #: "sgd" (no momentum), "sgd_momentum" or "adam" (the runtime has SGD only)
+    optimizer: str = "sgd"
+    #: the target domain (`nas.ondevice.SHIFTS`; "none": the data set is the target domain)
+    shift: str = "rotate"
+    #: where the steps run: "pytorch", or "executorch" (the runtime's training program)
+    runtime: str = "pytorch"
+    #: where the runtime cannot train as asked: "none" (fail, naming what it lacks) or
+    #: "pytorch" (train there instead; the report says so)
+    fallback: str = "none"
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -136,6 +165,7 @@ class RunConfig:
     devices: list[DeviceConfig] = field(default_factory=lambda: [DeviceConfig()])
     search: SearchConfig = field(default_factory=SearchConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    ondevice: OndeviceConfig = field(default_factory=OndeviceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,112 +1,33 @@
 """Plain functions behind `nas ondevice plan` and `nas ondevice adapt` (the CLI wires them).
 
 `plan` prices an update plan of an arch (the bytes per layer and what trains); `adapt` takes a
-run's deployed subnet, adapts it to a target domain on a few shots and writes the adapted model
-and its report into ``RUN/ondevice/<mode>-<hash>/``, beside the deployed one, never over it.
+run's deployed subnet (`deployed_model`: its compression chain's last fp32 model, else its
+inherited weights), adapts it to a target domain on a few shots and writes the adapted model
+and its report into ``RUN/ondevice/<arch>/<mode>-<hash>/``, beside the deployed one, never over
+it. The shared part, which the run's `ondevice` stage calls too, is `nas.app.ondevice_adapt`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import save
-from torch import nn
-
-from nas.core.files import write_bytes_atomic, write_json_atomic
-from nas.core.space import SearchSpace
-from nas.ondevice import (
-    BUDGET_MARGIN,
-    MODES,
-    BudgetTooSmallError,
-    TrainingMemory,
-    UpdatePlan,
-    adabn,
-    finetune,
-    make_plan,
-    make_shift_task,
-    plan_under_budget,
-    target_accuracy,
-    training_memory,
+from nas.app.errors import InputError
+from nas.app.ondevice_adapt import (
+    ENGINES,
+    FALLBACKS,
+    PlanChoice,
+    adapt_model,
+    arch_folder,
+    choose_plan,
+    deployed_model,
+    runtime_problem,
 )
+from nas.core.space import SearchSpace
+from nas.ondevice import MODES
 
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "PlanChoice",
-    "adapt_cmd",
-    "adapt_model",
-    "add_ondevice_parser",
-    "choose_plan",
-    "plan_cmd",
-    "render_plan",
-]
-
-
-@dataclass(frozen=True)
-class PlanChoice:
-    """A plan and its modelled memory."""
-
-    plan: UpdatePlan
-    memory: TrainingMemory
-
-
-def choose_plan(
-    space: SearchSpace,
-    arch: Mapping[str, Any],
-    mode: str,
-    *,
-    model: nn.Module | None = None,
-    blocks_k: int = 1,
-    batch: int = 8,
-    budget_kb: float | None = None,
-    count_frozen: bool = False,
-    shots: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> PlanChoice:
-    """The plan of `mode` for `arch`, checked against `budget_kb` when given (with the model's
-    margin, `BUDGET_MARGIN`). Mode ``sparse`` picks its layers under the budget by gain per
-    byte on `shots` (the adaptation shots)."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; valid: {sorted(MODES)}")
-    arch = space.validate(arch)
-    shape = space.input_shape(arch)
-    classes = getattr(space, "num_classes", None)
-
-    def factory() -> nn.Module:
-        return space.build(arch)
-
-    if model is None:
-        with torch.device("meta"):
-            model = factory()
-    if mode == "sparse":
-        if budget_kb is None or shots is None:
-            raise ValueError("mode 'sparse' needs --budget-kb and the adaptation shots (adapt)")
-        plan, memory, _ = plan_under_budget(
-            model, factory, shape, int(budget_kb * 1024), *shots, batch=batch, num_classes=classes
-        )
-        return PlanChoice(plan, memory)
-    plan = make_plan(model, mode, blocks_k=blocks_k)
-    memory = training_memory(
-        factory, shape, plan, batch=batch, count_frozen=count_frozen, num_classes=classes
-    )
-    if budget_kb is not None and memory.total_bytes * (1 + BUDGET_MARGIN) > budget_kb * 1024:
-        smallest = training_memory(
-            factory, shape, make_plan(model, "last", blocks_k=1), batch=batch, num_classes=classes
-        )  # the classifier alone: the cheapest plan that still trains
-        raise BudgetTooSmallError(
-            int(budget_kb * 1024),
-            math.ceil(smallest.total_bytes * (1 + BUDGET_MARGIN)),
-            batch,
-            asked=(plan.describe(), math.ceil(memory.total_bytes * (1 + BUDGET_MARGIN))),
-        )
-    return PlanChoice(plan, memory)
+__all__ = ["adapt_cmd", "add_ondevice_parser", "plan_cmd", "render_plan"]
 
 
 def render_plan(choice: PlanChoice) -> str:
@@ -133,65 +54,6 @@ def render_plan(choice: PlanChoice) -> str:
         f"training memory: {mem.total_bytes / 1024:.1f} KB",
     ]
     return "\n".join(lines)
-
-
-def adapt_model(
-    model: nn.Module,
-    space: SearchSpace,
-    arch: Mapping[str, Any],
-    data: Any,
-    out_root: Path,
-    *,
-    mode: str,
-    blocks_k: int = 1,
-    budget_kb: float | None = None,
-    shift: str = "rotate",
-    shots: int = 10,
-    steps: int = 60,
-    lr: float = 0.05,
-    batch: int = 8,
-    engine: str = "pytorch",
-    seed: int = 0,
-) -> tuple[Path, dict[str, Any]]:
-    """Adapt `model` (the deployed subnet of `arch`) to domain `shift` of `data`; writes
-    ``adapted.safetensors`` and ``report.json`` into a new folder under `out_root`."""
-    task = make_shift_task(data, shift, shots=shots, seed=seed)
-    choice = choose_plan(
-        space,
-        arch,
-        mode,
-        model=model,
-        blocks_k=blocks_k,
-        batch=batch,
-        budget_kb=budget_kb,
-        shots=(task.shots_x, task.shots_y),
-    )
-    result = finetune(
-        model, choice.plan, task.shots_x, task.shots_y, steps, batch, lr, seed, engine
-    )
-    report: dict[str, Any] = {
-        "arch": space.key(arch),
-        "plan": choice.plan.describe(),
-        "trainable": list(choice.plan.trainable),
-        "settings": choice.memory.settings(),
-        "planned_bytes": choice.memory.total_bytes,
-        "shift": shift,
-        "shots_per_class": shots,
-        "counts": task.counts,
-        "accuracy_before": target_accuracy(model, task.test_x, task.test_y),
-        "accuracy_adabn": target_accuracy(adabn(model, task.shots_x), task.test_x, task.test_y),
-        "accuracy_after": target_accuracy(result.model, task.test_x, task.test_y),
-        "engine": engine,
-        "step_ms": result.step_ms,
-        "losses": result.losses,
-    }
-    digest = hashlib.sha256(json.dumps(report["trainable"]).encode()).hexdigest()[:8]
-    out = out_root / f"{mode}-{digest}"
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
-    write_bytes_atomic(out / "adapted.safetensors", save(state))
-    write_json_atomic(out / "report.json", report)
-    return out, report
 
 
 def _open(args: Any) -> tuple[SearchSpace, Mapping[str, Any], Any]:
@@ -230,42 +92,54 @@ def plan_cmd(args: Any) -> int:
         batch=args.batch,
         budget_kb=args.budget_kb,
         count_frozen=args.count_frozen,
+        optimizer=args.optimizer,
     )
     print(render_plan(choice))
     return 0
 
 
 def adapt_cmd(args: Any) -> int:
-    """`nas ondevice adapt`: adapt the run's subnet of --arch and print where it went."""
+    """`nas ondevice adapt`: adapt the run's deployed model of --arch and print where it went
+    and which engine ran."""
     from nas.app.errors import stage_work
-    from nas.supernet import recalibrate_bn
 
+    flag, problem = runtime_problem(args.engine, args.optimizer, args.fallback)
+    if problem:
+        raise InputError(f"--{flag}: {problem}")
     run = Path(args.run)
     space, arch, finished = _open(args)
     with stage_work("ondevice adapt", run):
-        model = finished.supernet.export(arch).eval()
-        images = finished.data.train.tensors[0]
-        recalibrate_bn(model, [images[i : i + 100] for i in range(0, min(len(images), 2000), 100)])
+        steps = list(finished.config.compress.steps)
+        deployed = deployed_model(run, space, arch, finished.data, finished.supernet, steps)
         out, report = adapt_model(
-            model,
+            deployed.model,
             space,
             arch,
             finished.data,
-            run / "ondevice",
+            run / "ondevice" / arch_folder(space, arch),
             mode=args.mode,
             blocks_k=args.blocks,
             budget_kb=args.budget_kb,
             shift=args.shift,
             shots=args.shots,
             steps=args.steps,
+            lr=args.lr,
             batch=args.batch,
             engine=args.engine,
             seed=args.seed,
+            optimizer=args.optimizer,
+            fallback=args.fallback,
+            factory=deployed.factory,
+            extra={"source": deployed.source},
         )
+    ran = report["engine"]
+    if report["fallback_reason"]:
+        ran += f" (fall-back: {report['fallback_reason']})"
     print(
-        f"{report['plan']}: target accuracy {report['accuracy_before']:.3f} -> "
-        f"{report['accuracy_after']:.3f} (AdaBN {report['accuracy_adabn']:.3f}); "
-        f"{report['planned_bytes'] / 1024:.1f} KB planned; adapted model in {out}"
+        f"{report['plan']} of {deployed.source}: target accuracy "
+        f"{report['accuracy_before']:.3f} -> {report['accuracy_after']:.3f} (AdaBN "
+        f"{report['accuracy_adabn']:.3f}); {report['planned_bytes'] / 1024:.1f} KB planned; "
+        f"trained in {ran}; adapted model in {out}"
     )
     return 0
 
@@ -273,7 +147,7 @@ def adapt_cmd(args: Any) -> int:
 def add_ondevice_parser(sub: Any) -> None:
     """`nas ondevice plan|adapt` (a parser builder)."""
     from nas.app.arg_checks import positive_float, positive_int
-    from nas.ondevice import SHIFTS
+    from nas.ondevice import OPTIMIZERS, SHIFTS
 
     od = sub.add_parser("ondevice", help="on-device learning: update plans and adaptation")
     cmds = od.add_subparsers(dest="ondevice_command", required=True, metavar="SUBCOMMAND")
@@ -291,7 +165,11 @@ def add_ondevice_parser(sub: Any) -> None:
             p.add_argument("--shift", default="rotate", choices=sorted(SHIFTS))
             p.add_argument("--shots", type=positive_int, default=10, help="per class")
             p.add_argument("--steps", type=positive_int, default=60)
-            p.add_argument("--engine", default="pytorch", choices=["pytorch", "executorch"])
+            p.add_argument("--engine", default="pytorch", choices=list(ENGINES))
+            p.add_argument("--fallback", default="none", choices=list(FALLBACKS),
+                           help="where the runtime cannot train as asked: fail (none) or "
+                           "train in PyTorch, saying so (pytorch)")  # fmt: skip
+            p.add_argument("--lr", type=positive_float, default=0.05)
             p.add_argument("--seed", type=int, default=0)
         p.add_argument("--arch", required=True, help="arch key")
         p.add_argument("--mode", default="bias", choices=sorted(MODES))
@@ -299,4 +177,5 @@ def add_ondevice_parser(sub: Any) -> None:
         p.add_argument("--batch", type=positive_int, default=8)
         p.add_argument("--budget-kb", type=positive_float, help="training-memory budget")
         p.add_argument("--count-frozen", action="store_true", help="count frozen weights too")
+        p.add_argument("--optimizer", default="sgd", choices=sorted(OPTIMIZERS))
         p.set_defaults(func=func)

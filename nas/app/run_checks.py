@@ -46,6 +46,7 @@ def run_config_problems(config: Any, *, space: Any = None, data_given: bool = Fa
     _check_search(p, config.search, space, devices)
     _check_margin(p, config.search, config.devices)
     _check_compress(p, config.compress)
+    _check_ondevice(p, config.ondevice)
     return p.items
 
 
@@ -179,3 +180,37 @@ def _check_compress(p: Problems, compress: Any) -> None:
         p.check("compress.options", lambda: ChainConfig.from_dict(compress.options))
     if isinstance(compress.top_k, int) and compress.top_k < 0:
         p.add("compress.top_k", f"expected >= 0, got {compress.top_k}")
+
+
+def _check_ondevice(p: Problems, cfg: Any) -> None:
+    """The `ondevice` section: modes, numbers, names, and what the runtime cannot do."""
+    from nas.app.ondevice_adapt import ENGINES, FALLBACKS, runtime_problem
+    from nas.ondevice import MODES, OPTIMIZERS, SHIFTS
+
+    modes = cfg.modes if isinstance(cfg.modes, list) else []
+    if isinstance(cfg.modes, list) and not modes:
+        p.add("ondevice.modes", f"name at least one update mode: {', '.join(MODES)}")
+    for mode in modes:
+        if isinstance(mode, str) and mode not in MODES:
+            p.add("ondevice.modes", choices_text(mode, MODES))
+    if "sparse" in modes and cfg.budget_kb is None:
+        p.add("ondevice.budget_kb", "mode 'sparse' picks its layers under a budget: set one")
+    if isinstance(cfg.budget_kb, (int, float)) and cfg.budget_kb <= 0:
+        p.add("ondevice.budget_kb", f"a budget in KB, > 0, got {cfg.budget_kb}")
+    for key in ("blocks", "batch", "shots", "steps"):
+        int_at_least(p, f"ondevice.{key}", getattr(cfg, key), 1)
+    if isinstance(cfg.lr, (int, float)) and cfg.lr <= 0:
+        p.add("ondevice.lr", f"a learning rate > 0, got {cfg.lr}")
+    names = (
+        ("optimizer", OPTIMIZERS),
+        ("shift", ["none", *SHIFTS]),
+        ("runtime", ENGINES),
+        ("fallback", FALLBACKS),
+    )
+    for key, valid in names:
+        value = getattr(cfg, key)
+        if isinstance(value, str) and value not in valid:
+            p.add(f"ondevice.{key}", choices_text(value, valid))
+    key, problem = runtime_problem(cfg.runtime, cfg.optimizer, cfg.fallback)
+    if problem:
+        p.add("ondevice.runtime" if key == "engine" else f"ondevice.{key}", problem)

@@ -52,15 +52,18 @@ from nas.backends.runners import ParityReport, check_parity, min_latency_ms, ope
 from nas.backends.torch_export import eval_mode, export_program
 from nas.backends.training_program import (
     PARTITIONS,
+    RUNTIME_OPTIMIZERS,
     RuntimeTrainer,
     TrainingProgram,
     TrainingProgramError,
+    check_runtime_optimizer,
     export_training_program,
 )
 
 __all__ = [
     "ARTIFACT_SUFFIXES",
     "PARTITIONS",
+    "RUNTIME_OPTIMIZERS",
     "WEIGHT_BITS",
     "ArtifactRunner",
     "LoadedProgram",
@@ -74,6 +77,7 @@ __all__ = [
     "TrainingProgramError",
     "cached_pt2e_patterns",
     "check_parity",
+    "check_runtime_optimizer",
     "check_weight_bits",
     "compact_onnx",
     "convert",

@@ -26,17 +26,32 @@ from nas.backends.quiet import quiet_exporters
 
 __all__ = [
     "PARTITIONS",
+    "RUNTIME_OPTIMIZERS",
     "RuntimeTrainer",
     "TrainingProgram",
     "TrainingProgramError",
+    "check_runtime_optimizer",
     "export_training_program",
 ]
 
 PARTITIONS = ("portable", "xnnpack_frozen")
 
+#: the optimizers the runtime steps with, by the memory model's names: its training extension
+#: offers one, ``get_sgd_optimizer`` (with or without momentum); there is no Adam
+RUNTIME_OPTIMIZERS = ("sgd", "sgd_momentum")
+
 
 class TrainingProgramError(RuntimeError):
     """The runtime cannot train this module as asked (an op, an optimizer, a mode)."""
+
+
+def check_runtime_optimizer(optimizer: str) -> None:
+    """Raise :class:`TrainingProgramError` when the runtime has no such optimizer."""
+    if optimizer not in RUNTIME_OPTIMIZERS:
+        raise TrainingProgramError(
+            f"the runtime has no {optimizer!r} optimizer: ExecuTorch's training extension "
+            f"offers SGD only (get_sgd_optimizer), as {' or '.join(map(repr, RUNTIME_OPTIMIZERS))}"
+        )
 
 
 class _WithLoss(nn.Module):
@@ -98,7 +113,12 @@ def export_training_program(
     cross-entropy loss as an ExecuTorch training program for inputs like `example` (x, y)."""
     if partition not in PARTITIONS:
         raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
-    from executorch.exir import to_edge, to_edge_transform_and_lower
+    try:
+        from executorch.exir import to_edge, to_edge_transform_and_lower
+    except ImportError as err:  # an optional extra: what the runtime cannot do, said so
+        raise TrainingProgramError(
+            f"ExecuTorch is not installed ({err}): pip install -e '.[executorch]'"
+        ) from err
     from torch.export.experimental import _export_forward_backward
 
     trainable = {f"net.{n}" for n, p in net.named_parameters() if p.requires_grad}

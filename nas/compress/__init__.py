@@ -24,7 +24,13 @@ from nas.backends import (
     quantize_onnx_static,
 )
 from nas.compress.chain import chain_dir, run_chain
-from nas.compress.checkpoint import CheckpointError, load_model, read_checkpoint, save_model
+from nas.compress.checkpoint import (
+    CheckpointError,
+    apply_structure,
+    load_model,
+    read_checkpoint,
+    save_model,
+)
 from nas.compress.config import (
     DEFAULT_STEPS,
     FORMATS,
@@ -91,6 +97,7 @@ __all__ = [
     "ReportRow",
     "StepCallback",
     "TrainHistory",
+    "apply_structure",
     "artifact_contents",
     "calibrate_observers",
     "calibration_batches",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from nas.backends import RuntimeTrainer, export_training_program
+from nas.backends import RuntimeTrainer, check_runtime_optimizer, export_training_program
 from nas.ondevice.plans import UpdatePlan
 from nas.supernet import accuracy, recalibrate_bn
 
@@ -27,6 +27,22 @@ class AdaptResult:
     engine: str  # "pytorch" or "executorch"
     step_ms: float
     reference_losses: list[float] = field(default_factory=list)  # PyTorch's, when checked
+    program_plan_bytes: int = 0  # the runtime program's planned buffer (executorch only)
+
+
+#: the momentum of optimizer "sgd_momentum", in PyTorch and in the runtime
+MOMENTUM = 0.9
+
+
+def _optimizer(params: list[nn.Parameter], name: str, lr: float) -> torch.optim.Optimizer:
+    """The PyTorch optimizer of a memory-model name (`nas.ondevice.OPTIMIZERS`)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "sgd_momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"optimizer must be 'sgd', 'sgd_momentum' or 'adam', got {name!r}")
 
 
 def _batches(
@@ -41,10 +57,15 @@ def _batches(
 
 
 def _torch_steps(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, order: list[torch.Tensor], lr: float
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    order: list[torch.Tensor],
+    lr: float,
+    optimizer: str = "sgd",
 ) -> list[float]:
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr)
+    opt = _optimizer(params, optimizer, lr)
     losses = []
     for idx in order:
         opt.zero_grad()
@@ -66,30 +87,35 @@ def finetune(
     seed: int = 0,
     engine: str = "pytorch",
     check: bool = False,
+    optimizer: str = "sgd",
 ) -> AdaptResult:
-    """Fine-tune a copy of `model` under `plan` on (x, y) with SGD (no momentum), batch norm
-    frozen (eval mode), the same batches for either engine. ``engine="executorch"`` runs the
-    steps in the runtime's training program; `check` runs PyTorch beside it and keeps its
-    losses in ``reference_losses``."""
+    """Fine-tune a copy of `model` under `plan` on (x, y) with `optimizer` (default SGD without
+    momentum), batch norm frozen (eval mode), the same batches for either engine.
+    ``engine="executorch"`` runs the steps in the runtime's training program (a
+    `TrainingProgramError` where the runtime cannot: an optimizer it lacks, an op); `check` runs
+    PyTorch beside it and keeps its losses in ``reference_losses``."""
     if engine not in ("pytorch", "executorch"):
         raise ValueError(f"engine must be 'pytorch' or 'executorch', got {engine!r}")
+    if engine == "executorch":
+        check_runtime_optimizer(optimizer)  # before any work
     batch = min(batch, len(y))
     order = _batches(len(y), batch, steps, seed)
     work = copy.deepcopy(model).eval()
     plan.apply(work)
     if engine == "pytorch":
         start = time.perf_counter()
-        losses = _torch_steps(work, x, y, order, lr)
+        losses = _torch_steps(work, x, y, order, lr, optimizer)
         step_ms = 1e3 * (time.perf_counter() - start) / max(steps, 1)
         return AdaptResult(work, losses, engine, step_ms)
-    reference = _torch_steps(copy.deepcopy(work), x, y, order, lr) if check else []
+    reference = _torch_steps(copy.deepcopy(work), x, y, order, lr, optimizer) if check else []
     program = export_training_program(work, (x[order[0]], y[order[0]]))
-    trainer = RuntimeTrainer(program, lr=lr)
+    momentum = MOMENTUM if optimizer == "sgd_momentum" else 0.0
+    trainer = RuntimeTrainer(program, lr=lr, momentum=momentum)
     start = time.perf_counter()
     losses = [trainer.step(x[idx], y[idx]) for idx in order]
     step_ms = 1e3 * (time.perf_counter() - start) / max(steps, 1)
     trainer.load_into(work)
-    return AdaptResult(work, losses, engine, step_ms, reference)
+    return AdaptResult(work, losses, engine, step_ms, reference, program.plan_bytes)
 
 
 def adabn(model: nn.Module, x: torch.Tensor, batch: int = 50) -> nn.Module:

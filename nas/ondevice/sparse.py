@@ -119,9 +119,10 @@ def plan_under_budget(
     probe_steps: int = 10,
     seed: int = 0,
     margin: float = BUDGET_MARGIN,
+    optimizer: str = "sgd",
 ) -> tuple[UpdatePlan, TrainingMemory, list[LayerProbe]]:
     """The sparse plan that fits `budget_bytes` (modelled total at `batch`, times 1 + `margin`)
-    and gains most per byte on the shots (x, y); raises :class:`BudgetTooSmallError` when no
+    and gains most per byte on the shots (x, y), its state priced for `optimizer`; raises :class:`BudgetTooSmallError` when no
     layer fits alone. The margin makes the budget a promise about the runtime's own plan: the
     model has come out up to about 8 % below the program's planned buffer (its greedy layout
     fragments more than the model's), never above it by more than a few percent."""
@@ -129,7 +130,13 @@ def plan_under_budget(
 
     def memory(plan: UpdatePlan) -> TrainingMemory:
         return training_memory(
-            factory, input_shape, plan, batch=batch, num_classes=num_classes, trace=trace
+            factory,
+            input_shape,
+            plan,
+            batch=batch,
+            num_classes=num_classes,
+            trace=trace,
+            optimizer=optimizer,
         )
 
     probes = probe_layers(

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from nas.app.cli import main
-from nas.app.ondevice_commands import adapt_model
+from nas.app.ondevice_adapt import adapt_model
 from nas.data import load_embedded_digits
 from search_spaces import get_space
 
