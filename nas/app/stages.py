@@ -190,6 +190,8 @@ def _inputs(stage: Stage, config: Mapping[str, Any], stages: Mapping[str, Stage]
         try:
             value = copy.deepcopy(config_value(config, key))
         except KeyError:
+            if key in ADDED_KEYS:
+                continue  # a stored config from before the key: it computed as the key's default
             value = None  # a key a stored config of an older version lacks
         if key in ADDED_KEYS and value == ADDED_KEYS[key]:
             continue  # as runs before the key computed: their fingerprints stay
