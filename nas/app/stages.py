@@ -311,10 +311,13 @@ def _short(value: Any) -> str:
 
 
 def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    def value(inputs: Mapping[str, Any], k: str) -> Any:
+        return inputs[k] if k in inputs else ADDED_KEYS.get(k)  # left out: its old value
+
     return [
-        f"{k} changed ({_short(old.get(k))} -> {_short(new.get(k))})"
+        f"{k} changed ({_short(value(old, k))} -> {_short(value(new, k))})"
         for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k)
+        if value(old, k) != value(new, k)
     ]
 
 

@@ -49,7 +49,12 @@ def test_every_config_key_is_read_by_a_stage_or_listed_with_why() -> None:
 
 def _records(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """What stages.json holds once every stage finished with `config` (no outputs kept)."""
-    return {n: {"fingerprint": fingerprint(s, config), "outputs": []} for n, s in STAGES.items()}
+    from nas.app.stages import _inputs
+
+    return {
+        n: {"fingerprint": fingerprint(s, config), "inputs": _inputs(s, config, STAGES)}
+        for n, s in STAGES.items()
+    }
 
 
 def _actions(config: dict[str, Any], records: dict[str, Any], tmp_path: Path) -> dict[str, str]:
@@ -70,7 +75,10 @@ def test_another_device_keeps_every_stage_and_a_new_precision_redoes_the_superne
         changed["compute"][key] = value
         plan = plan_run(changed, tmp_path, records)
         first = next(d for d in plan if d.stage == "supernet")
-        assert first.action == "redo" and f"compute.{key} changed" in first.reason
+        old = '"fp32"' if key == "precision" else "1"
+        assert first.action == "redo" and first.reason == f"compute.{key} changed ({old} -> " + (
+            '"bf16")' if key == "precision" else "4)"
+        )
         redone = {d.stage for d in plan if d.action == "redo"}
         assert {"supernet", "accuracy", "search", "winners", "compress"} <= redone
         assert "latency" not in redone
@@ -152,3 +160,15 @@ def test_a_supernet_batch_that_does_not_fit_names_the_run_config_keys(
         "lower supernet.batch_size (e.g. 32) and raise compute.grad_accum to 4 to keep the "
         "effective batch, or set compute.precision: bf16"
     )
+
+
+def test_a_run_config_may_stream_an_image_folder(tmp_path: Path) -> None:
+    """`data.args` takes what `load_dataset` takes for a folder: `stream` and the streamed
+    loader's arguments beside the in-memory loader's."""
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    data = {"name": str(tmp_path / "imgs"), "args": {"stream": True, "on_bad": "skip"}}
+    assert config_from_dict({"data": data}).data.args["stream"] is True
+    with pytest.raises(InputError, match=r"unknown argument\(s\) \['on_bda'\].*on_bad"):
+        config_from_dict({"data": {**data, "args": {"on_bda": "skip"}}})
+    with pytest.raises(InputError, match=r"unknown argument\(s\) \['stream'\]"):
+        config_from_dict({"data": {"name": "digits", "args": {"stream": True}}})
