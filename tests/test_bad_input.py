@@ -404,6 +404,8 @@ CASES: list[Case] = [
          "tinny"),
     case("supernet-device-not-there", "supernet train --device cuda:99 --out {tmp}/sn",
          "--device", "cuda:99", "this machine has: cpu"),
+    case("supernet-accumulate-0", "supernet train --accumulate 0 --out {tmp}/sn",
+         "--accumulate"),
     case("supernet-device-unknown", "supernet train --device tpu --out {tmp}/sn", "--device",
          "tpu"),
     case("supernet-unknown-precision", "supernet train --precision fp8 --out {tmp}/sn",

@@ -172,3 +172,27 @@ def test_a_run_config_may_stream_an_image_folder(tmp_path: Path) -> None:
         config_from_dict({"data": {**data, "args": {"on_bda": "skip"}}})
     with pytest.raises(InputError, match=r"unknown argument\(s\) \['stream'\]"):
         config_from_dict({"data": {"name": "digits", "args": {"stream": True}}})
+
+
+def test_nas_supernet_train_takes_every_execution_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nas.supernet
+    from nas.app.cli import main
+
+    seen: dict[str, Any] = {}
+
+    def fake_train(space: Any, data: Any, out: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return SimpleNamespace(step=0, completed=False, images_per_s=0.0, out_dir=out)
+
+    monkeypatch.setattr(nas.supernet, "train_supernet", fake_train)
+    flags = "--device cpu --precision bf16 --workers 0 --accumulate 3 --channels-last --compile"
+    assert main(["--quiet", "supernet", "train", *flags.split(), "--out", str(tmp_path)]) == 0
+    assert {k: seen[k] for k in ("device", "precision", "num_workers", "accumulate")} == {
+        "device": "cpu",
+        "precision": "bf16",
+        "num_workers": 0,
+        "accumulate": 3,
+    }
+    assert seen["channels_last"] is True and seen["compile"] is True
