@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nas.app.compute import memory_remedy, run_precision, supernet_execution
+from nas.app.compute import handed_on, memory_remedy, run_precision, supernet_execution
 from nas.app.config import DeviceConfig, RunConfig
 from nas.app.errors import InputError
 from nas.app.stages import Stage, register_stage
@@ -74,8 +74,6 @@ def _device_label(dev: DeviceConfig) -> str:
 
 
 def stage_supernet(state: RunState, progress: bool) -> None:
-    import torch
-
     from nas.supernet import train_supernet
 
     cfg, compute = state.config.supernet, state.config.compute
@@ -93,10 +91,7 @@ def stage_supernet(state: RunState, progress: bool) -> None:
             progress=progress,
             **supernet_execution(compute),
         )
-    # back on the CPU, in the default layout: the stages after it export subnets from it
-    # (evaluation moves each to compute.device; the compression chain quantizes on the CPU)
-    net = result.supernet.to("cpu")
-    state.supernet = net.to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
+    state.supernet = handed_on(result.supernet)  # on the CPU, for the stages that export
     log.info("supernet: step %d, %.0f images/s", result.step, result.images_per_s)
 
 
@@ -417,8 +412,7 @@ register_stage(
     Stage(
         "supernet",
         stage_supernet,
-        # compute.precision and compute.grad_accum change what is learnt; the rest of compute
-        # is how it runs (nas.app.compute lists them, with why, as in no fingerprint)
+        # the rest of compute is how it runs, in no fingerprint (nas.app.compute says why)
         keys=("compute.grad_accum", "compute.precision", "data", "seed", "space", "supernet"),
         writes=("supernet",),
         doc="trains (or resumes) the weight-sharing supernet",

@@ -17,7 +17,7 @@ from typing import Any
 from nas.app.errors import InputError
 from nas.app.stages import exempt_keys, key_added
 
-__all__ = ["memory_remedy", "run_precision", "supernet_execution"]
+__all__ = ["handed_on", "memory_remedy", "run_precision", "supernet_execution"]
 
 exempt_keys(
     {
@@ -47,6 +47,16 @@ def supernet_execution(compute: Any) -> dict[str, Any]:
         "num_workers": compute.workers,
         "accumulate": compute.grad_accum,
     }
+
+
+def handed_on(supernet: Any) -> Any:
+    """The trained supernet on the CPU, in the default memory layout, in eval mode: the stages
+    after it export subnets from it (evaluation moves each to compute.device; the compression
+    chain quantizes and exports on the CPU)."""
+    import torch
+
+    net = supernet.to("cpu")
+    return net.to(memory_format=torch.contiguous_format).eval()
 
 
 def run_precision(compute: Any) -> Any:

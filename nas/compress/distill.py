@@ -198,15 +198,7 @@ def train_model(
         return history
     home = _device_of(model)
     prec = precision or Precision("fp32", home)
-    if not history.used_teacher:
-        teacher_logits = None
-    elif teacher_logits is None:
-        assert teacher is not None
-        teacher_logits = _teacher_logits(teacher, images, prec)  # N x classes
-    elif teacher_logits.shape[0] != n:
-        raise ValueError(
-            f"teacher_logits has {teacher_logits.shape[0]} rows for {n} training images"
-        )
+    teacher_logits = _teacher_outputs(history, teacher, teacher_logits, images, prec)
     model.to(prec.device)
     opt = _optimizer(model, config)
     gen = torch.Generator().manual_seed(seed)
@@ -223,10 +215,9 @@ def train_model(
                 if step >= total:
                     break
                 idx = order[b * bs : (b + 1) * bs]
-                t_out = teacher_logits[idx] if teacher_logits is not None else None
+                t_out = prec.to(teacher_logits[idx]) if teacher_logits is not None else None
                 lr = _lr_at(step, total, config)
                 x, y = prec.to(images[idx]), prec.to(labels[idx])
-                t_out = prec.to(t_out) if t_out is not None else None
                 with fits_memory(prec.device, bs, remedy=remedy):
                     losses.append(_train_step(model, opt, x, y, t_out, kd, config, lr, prec))
                 step += 1
@@ -252,6 +243,27 @@ def train_model(
 def _device_of(model: nn.Module) -> torch.device:
     first = next(iter(model.parameters()), None)
     return first.device if first is not None else torch.device("cpu")
+
+
+def _teacher_outputs(
+    history: TrainHistory,
+    teacher: nn.Module | None,
+    given: torch.Tensor | None,
+    images: torch.Tensor,
+    prec: Precision,
+) -> torch.Tensor | None:
+    """The teacher's logits for `images` (N x classes): None without KD, else those `given`
+    (checked to have a row per image) or computed now."""
+    if not history.used_teacher:
+        return None
+    if given is None:
+        assert teacher is not None
+        return _teacher_logits(teacher, images, prec)
+    if given.shape[0] != len(images):
+        raise ValueError(
+            f"teacher_logits has {given.shape[0]} rows for {len(images)} training images"
+        )
+    return given
 
 
 def _teacher_logits(teacher: nn.Module, images: torch.Tensor, prec: Precision) -> torch.Tensor:
