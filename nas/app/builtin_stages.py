@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nas.app.compute import handed_on, memory_remedy, run_precision, supernet_execution
 from nas.app.config import DeviceConfig, RunConfig
 from nas.app.errors import InputError
 from nas.app.stages import Stage, register_stage
@@ -75,20 +76,22 @@ def _device_label(dev: DeviceConfig) -> str:
 def stage_supernet(state: RunState, progress: bool) -> None:
     from nas.supernet import train_supernet
 
-    cfg = state.config.supernet
-    result = train_supernet(
-        state.space,
-        state.data,
-        state.run_dir / "supernet",
-        schedule=cfg.schedule,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        options=dict(cfg.options),
-        seed=state.config.seed,
-        progress=progress,
-    )
-    state.supernet = result.supernet.eval()
+    cfg, compute = state.config.supernet, state.config.compute
+    with memory_remedy("supernet", compute, "supernet.batch_size"):
+        result = train_supernet(
+            state.space,
+            state.data,
+            state.run_dir / "supernet",
+            schedule=cfg.schedule,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            options=dict(cfg.options),
+            seed=state.config.seed,
+            progress=progress,
+            **supernet_execution(compute),
+        )
+    state.supernet = handed_on(result.supernet)  # on the CPU, for the stages that export
     log.info("supernet: step %d, %.0f images/s", result.step, result.images_per_s)
 
 
@@ -105,6 +108,7 @@ def stage_accuracy(state: RunState, progress: bool) -> None:
         calib_images=cfg.bn_batches * 128,
         seed=state.config.seed,
         cache_path=state.run_dir / "accuracy" / "inherited.jsonl",
+        precision=run_precision(state.config.compute),
     )
     rng = as_rng(state.config.seed)
     archs = _distinct(state.space, cfg.train_archs, rng)
@@ -331,6 +335,7 @@ def make_test_evaluator(state: RunState) -> Any:
         calib_images=state.config.accuracy.bn_batches * 128,
         seed=state.config.seed,
         cache_path=state.run_dir / "accuracy" / "test.jsonl",
+        precision=run_precision(state.config.compute),
     )
 
 
@@ -359,6 +364,7 @@ def stage_compress(state: RunState, progress: bool) -> None:
             devices=real,
             latency_predictor=model,
             seed=state.config.seed,
+            precision=run_precision(state.config.compute),  # KD on the device; QAT in fp32
         )
         state.compress_tables[str(row["arch_key"])] = render_report(result.rows)
         state.compress_rows[str(row["arch_key"])] = list(result.rows)
@@ -406,7 +412,8 @@ register_stage(
     Stage(
         "supernet",
         stage_supernet,
-        keys=("data", "seed", "space", "supernet"),
+        # the rest of compute is how it runs, in no fingerprint (nas.app.compute says why)
+        keys=("compute.grad_accum", "compute.precision", "data", "seed", "space", "supernet"),
         writes=("supernet",),
         doc="trains (or resumes) the weight-sharing supernet",
     )

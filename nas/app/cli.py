@@ -103,6 +103,9 @@ def _supernet_train_cmd(args: argparse.Namespace) -> int:
             device=args.device,
             precision=args.precision,
             num_workers=args.workers,
+            accumulate=args.accumulate,
+            channels_last=args.channels_last,
+            compile=args.compile,
             progress=not args.quiet,
         )
     print(
@@ -301,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (autocast)")
     p.add_argument("--workers", type=nonnegative_int, default=2, help="image decoding workers")
+    p.add_argument("--accumulate", type=positive_int, default=1,
+                   help="batches per optimizer step (a large effective batch that fits)")  # fmt: skip
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
     p.add_argument("--stream", choices=("auto", "yes", "no"), default="auto",
                    help="stream an image folder from disk (auto: when it is too big for memory)")  # fmt: skip
     p.set_defaults(func=_supernet_train_cmd)

@@ -26,6 +26,7 @@ from nas.app.errors import InputError
 __all__ = [
     "AccuracyConfig",
     "CompressConfig",
+    "ComputeConfig",
     "ConfigError",
     "DataConfig",
     "DeviceConfig",
@@ -155,6 +156,42 @@ class OndeviceConfig:
 
 
 @dataclass
+class ComputeConfig:
+    """Where and how the run's training loops execute: supernet training, inherited-weight
+    evaluation with its BN recalibration, and the compression chain's KD and QAT.
+
+    A rerun that changes where a run executes keeps its finished stages: `device`,
+    `channels_last`, `compile` and `workers` are in no stage's fingerprint (they are listed,
+    with why, in `nas.app.stages.UNFINGERPRINTED`). `precision` and `grad_accum` change what is
+    computed, so changing one redoes the supernet and every stage after it.
+    """
+
+    #: auto | cpu | cuda | cuda:N | mps (auto: the GPU when CUDA is there, else mps, else the
+    #: CPU). Not fingerprinted: where a run computes is not what it computes (a GPU's kernels
+    #: round differently from the CPU's, within float noise), so moving a run from the CPU to
+    #: a GPU keeps its finished stages
+    device: str = "auto"
+    #: fp32 | bf16 | fp16: the autocast of the forward passes (fp16 with a gradient scaler,
+    #: GPUs only; QAT always trains in fp32). Fingerprinted (the supernet and every stage after
+    #: it): bf16 rounds activations to 8 bits of mantissa, so the weights and accuracies differ
+    precision: str = "fp32"
+    #: channels-last memory format for the supernet's weights and images (faster on tensor
+    #: cores). Not fingerprinted: the same arithmetic in another memory layout
+    channels_last: bool = False
+    #: torch.compile the supernet's forward pass (pays off on long GPU runs: it recompiles for
+    #: each new subnet shape). Not fingerprinted: the same arithmetic, fused
+    compile: bool = False
+    #: DataLoader worker processes decoding a streamed image folder (data held in memory
+    #: ignores it). Not fingerprinted: each image's augmentation is seeded by (seed, epoch,
+    #: image index), so the batches are the same whatever the number of workers
+    workers: int = 2
+    #: micro-batches of supernet.batch_size per optimizer step of the supernet, so a large
+    #: effective batch fits (supernet.batch_size x grad_accum images a step). Fingerprinted: it
+    #: changes the effective batch, the number of steps and the batch-norm statistics
+    grad_accum: int = 1
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -166,6 +203,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     ondevice: OndeviceConfig = field(default_factory=OndeviceConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

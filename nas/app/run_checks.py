@@ -47,6 +47,7 @@ def run_config_problems(config: Any, *, space: Any = None, data_given: bool = Fa
     _check_margin(p, config.search, config.devices)
     _check_compress(p, config.compress)
     _check_ondevice(p, config.ondevice)
+    _check_compute(p, config.compute)
     return p.items
 
 
@@ -214,3 +215,19 @@ def _check_ondevice(p: Problems, cfg: Any) -> None:
     key, problem = runtime_problem(cfg.runtime, cfg.optimizer, cfg.fallback)
     if problem:
         p.add("ondevice.runtime" if key == "engine" else f"ondevice.{key}", problem)
+
+
+def _check_compute(p: Problems, compute: Any) -> None:
+    """The device is there (the error lists those that are) and runs the precision; the
+    numbers in their ranges."""
+    from nas.supernet import PRECISIONS, Precision, resolve_device
+
+    int_at_least(p, "compute.workers", compute.workers, 0)
+    int_at_least(p, "compute.grad_accum", compute.grad_accum, 1)
+    if not isinstance(compute.device, str):
+        return  # the schema's to report
+    device = p.check("compute.device", lambda: resolve_device(compute.device))
+    if isinstance(compute.precision, str) and compute.precision not in PRECISIONS:
+        p.add("compute.precision", choices_text(compute.precision, PRECISIONS))
+    elif device is not None and isinstance(compute.precision, str):
+        p.check("compute.precision", lambda: Precision(compute.precision, device))

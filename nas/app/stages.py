@@ -29,15 +29,19 @@ from nas.app.errors import FileProblem, InputError
 from nas.core.files import json_digest, write_json_atomic
 
 __all__ = [
+    "ADDED_KEYS",
     "RECORDS_FILE",
     "RUN_FILES",
     "STAGES",
+    "UNFINGERPRINTED",
     "Decision",
     "Stage",
     "StageRecords",
     "closure_keys",
     "config_value",
+    "exempt_keys",
     "fingerprint",
+    "key_added",
     "plan_run",
     "register_stage",
     "stage_is_on",
@@ -118,6 +122,31 @@ def register_stage(stage: Stage, *, replace: bool = False, before: str = "") -> 
     return stage
 
 
+UNFINGERPRINTED: dict[str, str] = {}
+"""Config keys that no stage's fingerprint covers, each with why: how a run executes (the
+device it trains on), not what it computes, so a rerun that changes one keeps every finished
+stage. Every key of the schema is either read by a stage or listed here (the contract test)."""
+
+
+def exempt_keys(keys: Mapping[str, str]) -> None:
+    """List config keys (dotted, with why) that no stage reads into its fingerprint."""
+    for key, why in keys.items():
+        if not why.strip():
+            raise ValueError(f"{key}: say why no stage's fingerprint covers it")
+        UNFINGERPRINTED[key] = why
+
+
+ADDED_KEYS: dict[str, Any] = {}
+"""Keys a later version added to a stage, each with the value that computes what runs made
+before it computed: at that value the key is left out of the fingerprint, so a run folder made
+before the key existed keeps its finished stages."""
+
+
+def key_added(key: str, old_behaviour: Any) -> None:
+    """Declare `key` added to a stage's keys; `old_behaviour` is its value that changes nothing."""
+    ADDED_KEYS[key] = old_behaviour
+
+
 def stage_is_on(stage: Stage, config: Mapping[str, Any]) -> bool:
     """Whether an optional stage's switch is on in `config` (always, for a stage without one)."""
     if not stage.switch:
@@ -159,9 +188,14 @@ def _inputs(stage: Stage, config: Mapping[str, Any], stages: Mapping[str, Stage]
     out: dict[str, Any] = {}
     for key in closure_keys(stage, stages):
         try:
-            out[key] = copy.deepcopy(config_value(config, key))
+            value = copy.deepcopy(config_value(config, key))
         except KeyError:
-            out[key] = None  # a key a stored config of an older version lacks
+            if key in ADDED_KEYS:
+                continue  # a stored config from before the key: it computed as the key's default
+            value = None  # a key a stored config of an older version lacks
+        if key in ADDED_KEYS and value == ADDED_KEYS[key]:
+            continue  # as runs before the key computed: their fingerprints stay
+        out[key] = value
     return out
 
 
@@ -277,10 +311,13 @@ def _short(value: Any) -> str:
 
 
 def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    def value(inputs: Mapping[str, Any], k: str) -> Any:
+        return inputs[k] if k in inputs else ADDED_KEYS.get(k)  # left out: its old value
+
     return [
-        f"{k} changed ({_short(old.get(k))} -> {_short(new.get(k))})"
+        f"{k} changed ({_short(value(old, k))} -> {_short(value(new, k))})"
         for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k)
+        if value(old, k) != value(new, k)
     ]
 
 

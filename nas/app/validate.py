@@ -104,10 +104,17 @@ def check_data(
 ) -> None:
     """A data set name (`nas.data.DATASET_NAMES`) or an existing folder, and its loader's
     arguments."""
-    from nas.data import DATASET_NAMES, load_cifar, load_embedded_digits, load_image_folder
+    from nas.data import (
+        DATASET_NAMES,
+        load_cifar,
+        load_embedded_digits,
+        load_image_folder,
+        load_streamed_folder,
+    )
 
     if not isinstance(name, str):
         return
+    loaders: list[Callable[..., Any]] = []
     if name in DATASET_NAMES:
         loader: Callable[..., Any] = load_embedded_digits
     else:
@@ -125,8 +132,14 @@ def check_data(
             p.add(key, f"{name!r} is a file; a data set is a folder (ImageFolder or CIFAR layout)")
             return
         loader = load_cifar if _looks_like_cifar(path) else load_image_folder
+        # `load_dataset` takes `stream` for a path, and streams a folder with these arguments
+        loaders = [load_streamed_folder] if loader is load_image_folder else []
     if isinstance(args, dict) and args:
         params = [n for n in inspect.signature(loader).parameters if n != "path"]
+        for other in loaders:
+            params += [n for n in inspect.signature(other).parameters if n not in params]
+        params += [] if name in DATASET_NAMES else ["stream"]
+        params = [n for n in params if n != "path"]
         unknown = sorted(set(map(str, args)) - set(params))
         if unknown:
             p.add(

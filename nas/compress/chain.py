@@ -58,7 +58,7 @@ from nas.compress.steps import (
     _step_config,
 )
 from nas.core.files import read_json
-from nas.supernet import recalibrate_bn
+from nas.supernet import Precision, recalibrate_bn
 
 __all__ = ["chain_dir", "run_chain"]
 
@@ -90,6 +90,7 @@ def run_chain(
     build: Callable[[], nn.Module] | None = None,
     restart_from: str | None = None,
     seed: int = 0,
+    precision: Precision | None = None,
 ) -> ChainResult:
     """Compress one arch of ``space`` into deployable models; resumable (see the module doc).
 
@@ -119,6 +120,10 @@ def run_chain(
             ``space.build(arch)``).
         restart_from: rerun this step and every later one even if finished.
         seed: seeds initialisation, batch order, calibration subsets.
+        precision: the device and autocast of the training steps (``nas.supernet.execution``:
+            KD and pruning's fine-tuning under its autocast, QAT in fp32 on its device); the
+            models come back to the CPU after each, where quantization, export and timing run.
+            Default: fp32 on the CPU.
     """
     config = config or ChainConfig()
     steps = check_steps(steps)
@@ -128,6 +133,7 @@ def run_chain(
     chain = _open_chain(
         run_dir, arch, space, data, config, devices, latency_predictor, timer, build, seed
     )
+    chain.precision = precision
     bn_batches = _bn_batches(data, config.bn_calibration_images, seed)
     initial = _make_student(chain, student, bn_batches)
     source_fp = _digest(

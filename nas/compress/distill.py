@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from nas.backends import predict_logits, set_weight_layout
+from nas.supernet import Precision, fits_memory
 
 __all__ = [
     "FinetuneConfig",
@@ -170,13 +171,17 @@ def train_model(
     seed: int = 0,
     on_step: StepCallback | None = None,
     teacher_logits: torch.Tensor | None = None,
+    precision: Precision | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place on ``data`` (images, labels), with KD when a teacher is given.
 
     Batches are drawn from a permutation seeded with ``seed``; the optimiser covers every
     parameter that requires a gradient. Ends in eval mode. ``teacher_logits`` (N x classes, the
     teacher's logits for ``data``'s images, in order) spare computing them again when one
-    teacher serves several runs (pruning's rounds).
+    teacher serves several runs (pruning's rounds). ``precision`` (`nas.supernet.execution`)
+    says the device the model trains on and the autocast of its forward passes (default: fp32
+    where the model is); the model goes back to where it was when the call ends, so the steps
+    after training (export, quantization, timing) run where they did.
     """
     images, labels = data.tensors[0], data.tensors[1]
     n = len(labels)
@@ -191,21 +196,17 @@ def train_model(
     history = TrainHistory(used_teacher=teacher is not None and kd.alpha > 0)
     if total == 0:
         return history
-    if not history.used_teacher:
-        teacher_logits = None
-    elif teacher_logits is None:
-        assert teacher is not None
-        teacher_logits = predict_logits(teacher, images)  # N x classes
-    elif teacher_logits.shape[0] != n:
-        raise ValueError(
-            f"teacher_logits has {teacher_logits.shape[0]} rows for {n} training images"
-        )
+    home = _device_of(model)
+    prec = precision or Precision("fp32", home)
+    teacher_logits = _teacher_outputs(history, teacher, teacher_logits, images, prec)
+    model.to(prec.device)
     opt = _optimizer(model, config)
     gen = torch.Generator().manual_seed(seed)
     if config.channels_last:
         set_weight_layout(model, True)
     model.train()
     step = 0
+    remedy = f"Lower this training run's batch_size ({bs}), or use precision bf16"
     try:
         while step < total:
             order = torch.randperm(n, generator=gen)
@@ -214,11 +215,11 @@ def train_model(
                 if step >= total:
                     break
                 idx = order[b * bs : (b + 1) * bs]
-                t_out = teacher_logits[idx] if teacher_logits is not None else None
+                t_out = prec.to(teacher_logits[idx]) if teacher_logits is not None else None
                 lr = _lr_at(step, total, config)
-                losses.append(
-                    _train_step(model, opt, images[idx], labels[idx], t_out, kd, config, lr)
-                )
+                x, y = prec.to(images[idx]), prec.to(labels[idx])
+                with fits_memory(prec.device, bs, remedy=remedy):
+                    losses.append(_train_step(model, opt, x, y, t_out, kd, config, lr, prec))
                 step += 1
                 if on_step is not None:
                     on_step(model, step - 1, total)
@@ -233,9 +234,50 @@ def train_model(
     finally:
         if config.channels_last:
             set_weight_layout(model, False)
+        model.to(home)
         model.eval()
     history.steps = step
     return history
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _teacher_outputs(
+    history: TrainHistory,
+    teacher: nn.Module | None,
+    given: torch.Tensor | None,
+    images: torch.Tensor,
+    prec: Precision,
+) -> torch.Tensor | None:
+    """The teacher's logits for `images` (N x classes): None without KD, else those `given`
+    (checked to have a row per image) or computed now."""
+    if not history.used_teacher:
+        return None
+    if given is None:
+        assert teacher is not None
+        return _teacher_logits(teacher, images, prec)
+    if given.shape[0] != len(images):
+        raise ValueError(
+            f"teacher_logits has {given.shape[0]} rows for {len(images)} training images"
+        )
+    return given
+
+
+def _teacher_logits(teacher: nn.Module, images: torch.Tensor, prec: Precision) -> torch.Tensor:
+    """The teacher's logits (N x classes, fp32, on the CPU beside the images), computed on
+    `prec`'s device under its autocast; on the CPU in fp32, as `predict_logits` computes them."""
+    if prec.device.type == "cpu" and prec.dtype is None:
+        return predict_logits(teacher, images)
+    home = _device_of(teacher)
+    teacher.to(prec.device).eval()
+    try:
+        with torch.no_grad(), prec.autocast():
+            return torch.cat([teacher(prec.to(x)).float().cpu() for x in images.split(256)])
+    finally:
+        teacher.to(home)
 
 
 def _optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.SGD:
@@ -264,18 +306,20 @@ def _train_step(
     kd: KDConfig,
     config: FinetuneConfig,
     lr: float,
+    prec: Precision,
 ) -> float:
     """One optimiser step on the batch ``x`` (B x C x H x W), labels ``y``, teacher logits
-    ``t_out``, at learning rate ``lr``; returns the batch's loss."""
+    ``t_out``, at learning rate ``lr``, under ``prec``'s autocast; returns the batch's loss."""
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    out = model(x)  # B x classes
-    loss = kd_loss(out, t_out, y, kd, config.label_smoothing)
+    with prec.autocast():
+        out = model(x)  # B x classes
+        loss = kd_loss(out.float(), t_out, y, kd, config.label_smoothing)
     for group in opt.param_groups:
         group["lr"] = lr
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    prec.backward(loss)
+    prec.step(opt)
     return float(loss.detach())
 
 
@@ -288,15 +332,23 @@ def distill_model(
     *,
     seed: int = 0,
     teacher_logits: torch.Tensor | None = None,
+    precision: Precision | None = None,
 ) -> TrainHistory:
     """Fine-tune ``student`` in place with KD from ``teacher`` (labels only when None);
-    ``teacher_logits``: see :func:`train_model`."""
+    ``teacher_logits`` and ``precision``: see :func:`train_model`."""
     if teacher is not None:
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
     return train_model(
-        student, data, config, teacher=teacher, kd=kd, seed=seed, teacher_logits=teacher_logits
+        student,
+        data,
+        config,
+        teacher=teacher,
+        kd=kd,
+        seed=seed,
+        teacher_logits=teacher_logits,
+        precision=precision,
     )
 
 

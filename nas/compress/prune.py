@@ -35,6 +35,7 @@ from nas.compress.distill import (
     evaluate_accuracy,
 )
 from nas.core.layers import cost_from_specs, trace_layer_specs
+from nas.supernet import Precision
 
 __all__ = [
     "CostFn",
@@ -378,9 +379,11 @@ def prune_model(
     latency_fn: CostFn | None = None,
     val: torch.utils.data.TensorDataset | None = None,
     seed: int = 0,
+    precision: Precision | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place to ``config``'s target and fine-tune it with KD from its
-    unpruned self. ``latency_fn`` (module -> predicted ms) is needed for a latency budget."""
+    unpruned self. ``latency_fn`` (module -> predicted ms) is needed for a latency budget;
+    ``precision`` is the fine-tuning's device and autocast (`distill.train_model`)."""
     shape = tuple(int(s) for s in input_shape)
     base_macs, base_params = macs_params(model, shape)
     cost_fn, objective, target = _objective(config, latency_fn, shape, base_macs)
@@ -393,7 +396,14 @@ def prune_model(
 
     def after_round(m: nn.Module, r: int) -> dict[str, Any]:
         distill_model(
-            m, teacher, train, config.finetune, config.kd, seed=seed + r, teacher_logits=t_logits
+            m,
+            teacher,
+            train,
+            config.finetune,
+            config.kd,
+            seed=seed + r,
+            teacher_logits=t_logits,
+            precision=precision,
         )
         out: dict[str, Any] = dict(zip(("macs", "params"), macs_params(m, shape), strict=True))
         if val is not None:
@@ -420,6 +430,7 @@ def prune_model(
         config.kd,
         seed=seed + 1000,
         teacher_logits=t_logits,
+        precision=precision,
     )
     macs, params = macs_params(model, shape)
     return PruneResult(

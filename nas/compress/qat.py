@@ -29,6 +29,7 @@ from nas.compress.distill import (
     train_model,
 )
 from nas.compress.ptq import calibrate_observers, calibration_batches, prepare
+from nas.supernet import Precision
 
 __all__ = [
     "QATConfig",
@@ -106,6 +107,7 @@ def train_qat(
     teacher: nn.Module | None = None,
     val: TensorDataset | None = None,
     seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> tuple[torch.fx.GraphModule, TrainHistory]:
     """Quantization-aware training of ``model`` (not changed) on ``train``.
 
@@ -115,7 +117,11 @@ def train_qat(
     only) while observers and batch-norm statistics freeze on schedule. With ``val``, the trained
     model must beat its calibrated start on ``val``; when it does not, the calibrated start is
     kept and ``history.notes`` says so. Returns the prepared model (save it, or
-    :func:`convert` it).
+    :func:`convert` it). The training steps run on ``device`` (a resolved one:
+    `nas.supernet.execution(...).device`; default: where the model is) and always in fp32, out of any autocast: fake
+    quantization simulates int8 arithmetic on fp32 values, and a bf16 forward pass would round
+    them again, so the scales it learns would not be the int8 model's. Calibration and the
+    val check run where the model is (the CPU, like the int8 model it becomes).
     """
     pt2e = torchao_pt2e()
     prepared = prepare(
@@ -147,6 +153,7 @@ def train_qat(
             kd=config.kd,
             seed=seed,
             on_step=schedule,
+            precision=None if device is None else Precision("fp32", torch.device(device)),
         )
         if not schedule.observers_frozen:
             prepared.apply(pt2e.disable_observer)

@@ -15,6 +15,7 @@ from nas.compress.distill import evaluate_accuracy
 from nas.compress.latency import LatencyDevice, _latency_ms, predicted_latency_ms
 from nas.compress.prune import macs_params
 from nas.compress.report import ReportRow, _speedups, _weights_bytes
+from nas.supernet import Precision
 
 __all__: list[str] = []
 
@@ -53,6 +54,9 @@ class _Chain:
         self.artifacts: list[Path] = []
         self.student: nn.Module | None = None  # the distill step's student and teacher
         self.teacher: nn.Module | None = None
+        #: the device and autocast of the training steps (KD, pruning's fine-tuning, QAT in
+        #: fp32 on its device); None: fp32 where the models are (the CPU)
+        self.precision: Precision | None = None
         gen = torch.Generator().manual_seed(seed + 7)
         train_x = data.train.tensors[0]
         idx = torch.randperm(len(train_x), generator=gen)[: config.export.calibration_images]

@@ -38,7 +38,13 @@ def _distill_step(chain: _Chain, d: Path) -> list[ReportRow]:
     assert student is not None, "run_chain sets the student before the distill step"
     cfg = chain.cfg
     history = distill_model(
-        student, teacher, chain.data.train, cfg.distill, cfg.kd, seed=chain.seed
+        student,
+        teacher,
+        chain.data.train,
+        cfg.distill,
+        cfg.kd,
+        seed=chain.seed,
+        precision=chain.precision,
     )
     path = save_model(
         d / "model.safetensors",
@@ -72,6 +78,7 @@ def _prune_step(chain: _Chain, d: Path) -> list[ReportRow]:
         latency_fn=latency_fn,
         val=chain.data.val,
         seed=chain.seed,
+        precision=chain.precision,
     )
     path = save_model(
         d / "model.safetensors",
@@ -145,6 +152,7 @@ def _qat_step(chain: _Chain, d: Path) -> list[ReportRow]:
         teacher=teacher,
         val=chain.data.val,
         seed=chain.seed,
+        device=chain.precision.device if chain.precision is not None else None,
     )
     twin = fp32_twin(src, prepared)
     path = save_quantized(
@@ -178,13 +186,26 @@ def _qat_step(chain: _Chain, d: Path) -> list[ReportRow]:
 
 
 def _step_config(step: str, config: ChainConfig, teacher_fp: str, chain: _Chain) -> Any:
-    """The settings of ``step`` that its fingerprint covers (changing one reruns the step)."""
+    """The settings of ``step`` that its fingerprint covers (changing one reruns the step).
+
+    The autocast precision of a training step is one (it changes the weights); fp32 is left out
+    so chains finished before it was recorded keep their fingerprints. The device is not one:
+    where a step trains is not what it computes. QAT trains in fp32 whatever it is."""
+    autocast = {}
+    if chain.precision is not None and chain.precision.name != "fp32":
+        autocast = {"precision": chain.precision.name}
     if step == "distill":
-        return {"train": config.distill.to_dict(), "kd": config.kd.to_dict(), "teacher": teacher_fp}
+        return {
+            "train": config.distill.to_dict(),
+            "kd": config.kd.to_dict(),
+            "teacher": teacher_fp,
+            **autocast,
+        }
     if step == "prune":
         return {
             "prune": config.prune.to_dict(),
             "predictor": type(chain.predictor).__name__ if chain.predictor is not None else None,
+            **autocast,
         }
     if step == "ptq":
         return {

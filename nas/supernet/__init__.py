@@ -24,6 +24,8 @@ from nas.supernet.device import (
     Precision,
     available_devices,
     compile_model,
+    execution,
+    fits_memory,
     out_of_memory,
     resolve_device,
 )
@@ -68,6 +70,8 @@ __all__ = [
     "correct_mask",
     "difference_interval",
     "evaluate_archs",
+    "execution",
+    "fits_memory",
     "init_distributed",
     "load_supernet",
     "make_config",

@@ -1,10 +1,12 @@
 """Devices and mixed precision for every training loop: pick a device, autocast, scale, step.
 
 One helper for the supernet loop and the loops above it (knowledge distillation, QAT, the
-hardware-aware, on-device and federated loops): `resolve_device` turns ``auto | cpu | cuda |
-cuda:N | mps`` into a device that is there (or says which are); `Precision` runs the forward
-passes under autocast (bf16, or fp16 with a gradient scaler on CUDA) and makes the optimizer
-step; `out_of_memory` turns a batch that does not fit into an error that says what to try.
+hardware-aware, on-device and federated loops): `execution(device, precision)` is the
+`Precision` a loop trains with, on the device `resolve_device` checked to be there (it turns
+``auto | cpu | cuda | cuda:N | mps`` into a device, or says which are); `Precision` moves
+batches there (`to`), runs the forward passes under autocast (bf16, or fp16 with a gradient
+scaler on CUDA) and makes the optimizer step; `fits_memory` (or `out_of_memory`) turns a batch
+that does not fit into an error that says what to try.
 It lives in nas.supernet, the lowest package that trains and that every training loop may
 import (tests/test_layout.py: hwtrain, compress, ondevice and federated all sit above it).
 """
@@ -12,7 +14,7 @@ import (tests/test_layout.py: hwtrain, compress, ondevice and federated all sit 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,8 @@ __all__ = [
     "Precision",
     "available_devices",
     "compile_model",
+    "execution",
+    "fits_memory",
     "out_of_memory",
     "resolve_device",
 ]
@@ -38,7 +42,15 @@ class DeviceError(ValueError):
 
 
 class OutOfMemory(RuntimeError):
-    """A batch that did not fit the device's memory; the message says what to try instead."""
+    """A batch that did not fit the device's memory; the message says what to try instead.
+
+    `batch_size` is the batch that did not fit, `fitted` the largest that did (0: unknown),
+    `device` where: a caller that knows the names of its settings (a run config's keys) may
+    say them."""
+
+    def __init__(self, message: str, device: str = "", batch_size: int = 0, fitted: int = 0):
+        super().__init__(message)
+        self.device, self.batch_size, self.fitted = device, batch_size, fitted
 
 
 def available_devices() -> list[str]:
@@ -114,6 +126,10 @@ class Precision:
     def dtype(self) -> torch.dtype | None:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
 
+    def to(self, x: Tensor) -> Tensor:
+        """`x` on this device (a no-op when it is there; asynchronous from pinned memory)."""
+        return x.to(self.device, non_blocking=True)
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast at this precision on this device (a no-op for fp32)."""
         if self.dtype is None:
@@ -160,6 +176,14 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
+def execution(
+    device: str | torch.device | None = "auto", precision: str = "fp32", local_rank: int = 0
+) -> Precision:
+    """What a training loop runs with: `precision` on the device `device` names, checked to be
+    there (`resolve_device`; `DeviceError` names the devices that are) and to run it."""
+    return Precision(precision, resolve_device(device, local_rank))
+
+
 def compile_model(model: nn.Module, enabled: bool) -> nn.Module:
     """`torch.compile(model)` when enabled (same weights, compiled forward), else the model."""
     if not enabled:
@@ -168,10 +192,16 @@ def compile_model(model: nn.Module, enabled: bool) -> nn.Module:
     return compiled
 
 
-def out_of_memory(exc: BaseException, device: torch.device, batch_size: int, fitted: int) -> bool:
+def out_of_memory(
+    exc: BaseException,
+    device: torch.device,
+    batch_size: int,
+    fitted: int,
+    remedy: str = "",
+) -> bool:
     """Whether `exc` is the device running out of memory; if so, raise `OutOfMemory` saying
     the batch size that did not fit, the largest that did (`fitted`, 0 when none is known) and
-    what to do."""
+    what to do (`remedy`; by default a smaller batch_size with a larger accumulate)."""
     if not isinstance(exc, torch.OutOfMemoryError) and "out of memory" not in str(exc):
         return False
     known = (
@@ -179,8 +209,26 @@ def out_of_memory(exc: BaseException, device: torch.device, batch_size: int, fit
         if fitted
         else "; no smaller batch was tried in this run"
     )
+    remedy = remedy or (
+        f"Lower batch_size (e.g. {max(1, batch_size // 2)}) and raise accumulate by as much to "
+        "keep the effective batch, or use precision bf16"
+    )
     raise OutOfMemory(
-        f"a batch of {batch_size} images does not fit the memory of {device}{known}. Lower "
-        f"batch_size (e.g. {max(1, batch_size // 2)}) and raise accumulate by as much to keep "
-        "the effective batch, or use precision bf16"
+        f"a batch of {batch_size} images does not fit the memory of {device}{known}. {remedy}",
+        str(device),
+        batch_size,
+        fitted,
     ) from exc
+
+
+@contextlib.contextmanager
+def fits_memory(
+    device: torch.device, batch_size: int, fitted: int = 0, remedy: str = ""
+) -> Iterator[None]:
+    """Run the block; the device running out of memory in it raises `OutOfMemory` (see
+    `out_of_memory`) instead of torch's error, which names neither the batch nor a remedy."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one
+        if not out_of_memory(exc, device, batch_size, fitted, remedy):
+            raise

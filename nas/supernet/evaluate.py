@@ -30,6 +30,7 @@ from nas.core.elastic import Supernet, resize_to
 from nas.core.files import append_lines, read_lines
 from nas.data import StreamedImages, StreamLoader, collate_images
 from nas.supernet.bn import recalibrate_bn
+from nas.supernet.device import Precision, execution, fits_memory
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,10 @@ class SubnetEvaluator:
     the same for every arch, in batches of `calib_batch_size`); `eval_data` the images scored.
     `cache_path` (a .jsonl file) persists results; `checkpoint_id` names the weights (default:
     a fingerprint of the supernet's state, so retrained weights never hit old entries).
+    `device` (default: where the supernet is) is where each exported subnet is recalibrated
+    and scored, the recalibration batches held there; `precision` (fp32, bf16, fp16) runs both
+    under autocast, and is part of the cache's key (the device is not: where a subnet is scored
+    is not what it scores).
     """
 
     def __init__(
@@ -163,6 +168,8 @@ class SubnetEvaluator:
         seed: int = 0,
         cache_path: str | os.PathLike[str] | None = None,
         checkpoint_id: str | None = None,
+        device: str | torch.device | None = None,
+        precision: str | Precision = "fp32",
     ) -> None:
         if not isinstance(supernet, Supernet):
             raise TypeError(
@@ -176,6 +183,12 @@ class SubnetEvaluator:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.supernet = supernet
+        if isinstance(precision, Precision):
+            self.precision = precision
+        else:
+            first = next(iter(supernet.parameters()), None)
+            here = first.device if first is not None else torch.device("cpu")
+            self.precision = execution(here if device is None else device, precision)
         g = torch.Generator().manual_seed(seed)
         if isinstance(calib_data, StreamedImages):  # decode only the images picked
             n = len(calib_data)
@@ -186,14 +199,17 @@ class SubnetEvaluator:
             pick = torch.randperm(len(cx), generator=g)[: min(calib_images, len(cx))]
             picked = cx[pick]
         self.eval_x, self.eval_y = _as_tensors(eval_data, "eval_data")
-        self.calib_batches = list(picked.split(calib_batch_size))  # each B x C x H x W
+        # each B x C x H x W, held on the device: every arch recalibrates on the same batches
+        self.calib_batches = [self.precision.to(b) for b in picked.split(calib_batch_size)]
         self.batch_size = batch_size
         self.checkpoint_id = checkpoint_id or state_fingerprint(supernet)
-        settings = {
+        settings: dict[str, Any] = {
             "calib": _tensor_digest(*self.calib_batches),
             "eval": _tensor_digest(self.eval_x, self.eval_y),
             "calib_batch_size": calib_batch_size,
         }
+        if self.precision.name != "fp32":  # fp32 keeps the key caches written before it had one
+            settings["precision"] = self.precision.name
         self.settings_id = hashlib.sha256(
             json.dumps(settings, sort_keys=True).encode()
         ).hexdigest()[:16]
@@ -247,9 +263,12 @@ class SubnetEvaluator:
     def _score(self, arch: Mapping[str, Any]) -> float:
         space = self.supernet.space
         size = space.input_shape(arch)[1:]
-        model = self.supernet.export(arch)
-        recalibrate_bn(model, self.calib_batches, input_size=size)
-        acc = accuracy(model, self.eval_x, self.eval_y, self.batch_size, input_size=size)
+        model = self.supernet.export(arch).to(self.precision.device)
+        biggest = max(self.batch_size, max(len(b) for b in self.calib_batches))
+        remedy = "Lower the evaluation's batch_size and calib_batch_size, or use precision bf16"
+        with fits_memory(self.precision.device, biggest, remedy=remedy), self.precision.autocast():
+            recalibrate_bn(model, self.calib_batches, input_size=size)
+            acc = accuracy(model, self.eval_x, self.eval_y, self.batch_size, input_size=size)
         logger.debug("%s: %.4f", space.key(arch), acc)
         return acc
 
