@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nas.app.compress_stage import chain_devices, stage_compress
 from nas.app.config import DeviceConfig, RunConfig
 from nas.app.errors import InputError
 from nas.app.stages import Stage, register_stage
@@ -25,6 +26,7 @@ __all__ = [
     "REJECTED_COLUMNS",
     "RunState",
     "chain_devices",
+    "device_figure",
     "make_test_evaluator",
     "metric_of",
     "recheck_winners",
@@ -66,10 +68,9 @@ class RunState:
     #: winners the device's figure put over a budget, and misses nothing in the study kept
     rejected: list[Any] = field(default_factory=list)  # nas.app.budgets.Rejected
     misses: list[Any] = field(default_factory=list)  # nas.app.budgets.BudgetMiss
-    #: archs optional stages hand to the compression chain beside the search's winners, by
-    #: stage (hwtrain: its derived archs), in the columns of `winners`
+    #: by stage: the archs an optional stage hands to the compression chain (hwtrain's derived
+    #: archs, in the columns of `winners`), and what its report section shows
     more_winners: dict[str, pd.DataFrame] = field(default_factory=dict)
-    #: what optional stages keep for their report sections, by stage
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -290,7 +291,7 @@ def recheck_winners(
         candidates,
         top_k,
         budgets,
-        lambda label, key: _device_figure(state, label, key),
+        lambda label, key: device_figure(state, label, key),
         lambda label, key: _predicted(state, label, key),
     )
     rows = []
@@ -305,7 +306,7 @@ def recheck_winners(
         out.update(macs=cost.macs, params=cost.params, peak_bytes=cost.peak_activation_bytes)
         for label in state.latency_models:
             out[f"predicted_ms@{label}"] = _predicted(state, label, str(row["arch_key"]))
-            out[f"measured_ms@{label}"] = _device_figure(state, label, str(row["arch_key"]))
+            out[f"measured_ms@{label}"] = device_figure(state, label, str(row["arch_key"]))
         rows.append(out)
     return pd.DataFrame(rows), checked, budgets
 
@@ -313,7 +314,7 @@ def recheck_winners(
 REJECTED_COLUMNS = ["arch_key", "accuracy", "budget", "predicted_ms", "device_ms", "replaced_by"]
 
 
-def _device_figure(state: RunState, label: str, key: str) -> float:
+def device_figure(state: RunState, label: str, key: str) -> float:
     """The device's own figure of one arch (cached with the latency stage's networks)."""
     from nas.app.budgets import device_figures
 
@@ -335,7 +336,7 @@ def _miss(state: RunState, frame: pd.DataFrame, budget: Any) -> Any:
         budget.text(),
         key,
         _predicted(state, budget.label, key),
-        _device_figure(state, budget.label, key),
+        device_figure(state, budget.label, key),
     )
 
 
@@ -356,58 +357,6 @@ def make_test_evaluator(state: RunState) -> Any:
         seed=state.config.seed,
         cache_path=state.run_dir / "accuracy" / "test.jsonl",
     )
-
-
-def stage_compress(state: RunState, progress: bool) -> None:
-    from latency_models import RealDevice
-    from nas.compress import ChainConfig, render_report, run_chain
-
-    cfg = state.config.compress
-    frames = [f for f in (state.winners, *state.more_winners.values()) if f is not None]
-    keys = list(dict.fromkeys(str(k) for f in frames if not f.empty for k in f["arch_key"]))
-    if not cfg.steps or not keys:
-        return
-    chain_config = ChainConfig.from_dict(dict(cfg.options))
-    # the run's real devices themselves (emulated and table devices time no module)
-    real = chain_devices([d for d in state.devices.values() if isinstance(d, RealDevice)])
-    model = next(iter(state.latency_models.values()), None)
-    for key in keys:  # the search's winners, then other stages' (an arch chained once)
-        arch = state.space.from_key(key)
-        result = run_chain(
-            state.run_dir,
-            arch,
-            space=state.space,
-            data=state.data,
-            steps=list(cfg.steps),
-            config=chain_config,
-            student=state.supernet.export,
-            teacher="largest",
-            devices=real,
-            latency_predictor=model,
-            seed=state.config.seed,
-        )
-        state.compress_tables[key] = render_report(result.rows)
-        state.compress_rows[key] = list(result.rows)
-
-
-def chain_devices(real: Sequence[Any]) -> list[Any]:
-    """The devices a compression chain times on: the given real devices (models and the
-    artifacts of their runtime), and for each artifact runtime none of them runs, an
-    artifact-only timer named by the registry's 1-thread device of that runtime
-    (`xnnpack-1t`, `ort-cpu-1t`), so every exported file is timed where it runs."""
-    import latency_models as lm
-    from nas.compress import ArtifactTimer
-
-    devices = list(real)
-    covered = {d.runtime for d in devices}
-    for name in lm.DEVICES:
-        if lm.DEVICES.factory(name).kind != "real":  # type: ignore[attr-defined]
-            continue
-        device = lm.get_device(name)
-        if device.runtime not in covered | {"torch"} and device.threads == 1:
-            devices.append(ArtifactTimer(device.name, device.runtime, device.threads))
-            covered.add(device.runtime)
-    return devices
 
 
 def stage_report(state: RunState, progress: bool) -> None:

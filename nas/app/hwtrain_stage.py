@@ -18,6 +18,7 @@ import pandas as pd
 from nas.app.builtin_stages import (
     REJECTED_COLUMNS,
     RunState,
+    device_figure,
     metric_of,
     recheck_winners,
 )
@@ -169,17 +170,9 @@ def _train(state: RunState, out: Path, margins: Mapping[str, tuple[float, str]])
         raise InputError(f"hwtrain: {err}") from None
 
     def figure(d: HwDevice, arch: Any) -> float:
-        return _device_figure(state, labels[d.name], arch)
+        return device_figure(state, labels[d.name], state.space.key(arch))
 
     return train_and_derive(state.space, devices, config, relaxed, state.data, out, work, figure)
-
-
-def _device_figure(state: RunState, label: str, arch: Any) -> float:
-    from nas.app.budgets import device_figures
-
-    device, dtype = state.devices[label], state.latency_models[label].dtype
-    cache = state.run_dir / "latency" / f"{label}-networks.json"
-    return device_figures(state.space, device, dtype, [arch], cache)[state.space.key(arch)]
 
 
 def stage_hwtrain(state: RunState, progress: bool) -> None:
@@ -303,7 +296,7 @@ def _device_table(state: Any, outcome: HwtrainOutcome) -> str:
         target = report["targets"].get(metric)
         aim = report["aims"].get(metric)
         predicted = float(state.latency_models[label].predict_arch(state.space, arch))
-        figure = _device_figure(state, label, arch)
+        figure = device_figure(state, label, state.space.key(arch))
         margin = outcome.margins.get(metric)
         rows.append(
             {
