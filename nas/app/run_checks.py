@@ -188,7 +188,7 @@ def _check_hwtrain(p: Problems, config: Any, space: Any, devices: list[tuple[str
     target on an emulated device inside the space's latency range there, before any work."""
     from nas.app.hwtrain_stage import device_metrics, loss_metrics, train_config
 
-    cfg = config.hwtrain
+    cfg, before = config.hwtrain, len(p.items)
     if config.search.enabled is False and cfg.enabled is not True:
         p.add(
             "search.enabled",
@@ -209,7 +209,7 @@ def _check_hwtrain(p: Problems, config: Any, space: Any, devices: list[tuple[str
                 p.add(f"hwtrain.{key}.{metric}", f"a number > 0 (ms for a target), got {value!r}")
     if cfg.loss == "target" and not cfg.targets:
         p.add("hwtrain.targets", "the target loss needs a target, e.g. {latency_ms@DEVICE: 0.3}")
-    if p.items or space is None:
+    if len(p.items) > before or space is None:
         return
     _hwtrain_space(p, config, space, metrics, loss_metrics(cfg, list(metrics)))
 
