@@ -83,11 +83,21 @@ def device_metrics(devices: list[tuple[str, str]]) -> dict[str, tuple[str, str]]
     return {f"latency_ms@{n}" + ("" if d in ("fp32", "") else f":{d}"): (n, d) for n, d in devices}
 
 
-def loss_metrics(cfg: Any, metrics: Iterable[str]) -> list[str]:
+def loss_metrics(
+    targets: Mapping[str, float], weights: Mapping[str, float], metrics: Iterable[str]
+) -> list[str]:
     """The metrics in the loss: those with a target or a weight; with neither (a `multiplicative`
     or `additive` loss), every device of the run."""
-    named = list(dict.fromkeys([*cfg.targets, *cfg.weights]))
+    named = list(dict.fromkeys([*targets, *weights]))
     return named or list(metrics)
+
+
+def _canonical(state: RunState, named: Mapping[str, float]) -> dict[str, float]:
+    """`named` keyed by the metric names the search uses (`:DTYPE` where a device's only)."""
+    from nas.app.validate import run_metric
+
+    devices = [(d.name, d.dtype) for d in state.config.devices]
+    return {run_metric(k, devices): float(v) for k, v in named.items()}
 
 
 _RANGES: dict[tuple[str, ...], tuple[float, float]] = {}
@@ -143,8 +153,8 @@ def _train(state: RunState, out: Path, margins: Mapping[str, tuple[float, str]])
     devices = [
         HwDevice(
             m,
-            cfg.targets.get(m),
-            cfg.weights.get(m, 1.0),
+            _canonical(state, cfg.targets).get(m),
+            _canonical(state, cfg.weights).get(m, 1.0),
             margins[m][0],
             state.latency_models[labels[m]],
             state.devices[labels[m]],
@@ -182,7 +192,9 @@ def stage_hwtrain(state: RunState, progress: bool) -> None:
     out = state.run_dir / "hwtrain"
     out.mkdir(parents=True, exist_ok=True)
     labels = {m: label for label, m in metric_of(state).items()}
-    margins = _margins(state, {m: labels[m] for m in loss_metrics(state.config.hwtrain, labels)})
+    cfg = state.config.hwtrain
+    loss = loss_metrics(_canonical(state, cfg.targets), _canonical(state, cfg.weights), labels)
+    margins = _margins(state, {m: labels[m] for m in loss})
     done = out / "hwtrain.json"
     if done.exists():  # finished: removed with the folder when the stage is redone
         report = read_json(done, "the hwtrain stage's results", "run again with --force hwtrain")
@@ -408,15 +420,13 @@ def _cost_lines(state: Any, report: Mapping[str, Any]) -> list[str]:
     from nas.app.timings import load_timings, stage_totals
 
     totals = stage_totals(load_timings(state.run_dir))
-    hw = totals.get("hwtrain", state.timings_s.get("hwtrain"))
-    text = f"Cost: training and deriving took {report['train_s']:.0f} s"
-    if hw is not None:
-        text += f" of the stage's {hw:.0f} s (all invocations)"
+    hw = totals.get("hwtrain", state.timings_s.get("hwtrain", 0.0))
+    parts = [f"the hwtrain stage {hw:.0f} s (its last training {report['train_s']:.0f} s)"]
     if "search" in totals:
-        text += f"; the search stage took {totals['search']:.0f} s"
+        parts.append(f"the search stage {totals['search']:.0f} s")
     if "supernet" in totals:
-        text += f", the supernet both start from {totals['supernet']:.0f} s"
-    return [text + ".", ""]
+        parts.append(f"the supernet stage, which both start from, {totals['supernet']:.0f} s")
+    return ["Wall time over all invocations: " + "; ".join(parts) + ".", ""]
 
 
 register_report_section("hwtrain", report_section)

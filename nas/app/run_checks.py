@@ -211,7 +211,7 @@ def _check_hwtrain(p: Problems, config: Any, space: Any, devices: list[tuple[str
         p.add("hwtrain.targets", "the target loss needs a target, e.g. {latency_ms@DEVICE: 0.3}")
     if len(p.items) > before or space is None:
         return
-    _hwtrain_space(p, config, space, metrics, loss_metrics(cfg, list(metrics)))
+    _hwtrain_space(p, config, space, metrics, loss_metrics(cfg.targets, cfg.weights, metrics))
 
 
 def _hwtrain_numbers(p: Problems, cfg: Any) -> None:

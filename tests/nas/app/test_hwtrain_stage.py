@@ -32,10 +32,10 @@ HW: dict[str, Any] = {
 SMALL: dict[str, Any] = {
     "name": "small",
     "data": {"args": {"copies_train": 1, "copies_val": 1, "copies_test": 1}},
-    "supernet": {"epochs": 1, "batch_size": 128},
-    "accuracy": {"train_archs": 6, "predictor": "ridge"},
+    "supernet": {"schedule": "spos", "epochs": 1, "batch_size": 128},
+    "accuracy": {"train_archs": 6, "predictor": "ridge", "bn_batches": 1},
     "devices": [
-        {"name": "pixel3-emulated", "dtype": "fp32", "lut_archs": 20, "calibration_archs": 0}
+        {"name": "pixel3-emulated", "dtype": "fp32", "lut_archs": 10, "calibration_archs": 0}
     ],
     "search": {
         "sampler": "random",
