@@ -130,6 +130,20 @@ def test_the_report_has_no_section_when_the_stage_did_not_run(tmp_path: Path) ->
     assert report_section(state) == []
 
 
+def test_without_the_search_hwtrain_feeds_the_compression_chain(tmp_path: Path) -> None:
+    config = demo_config(**{**SMALL, "search": {**SMALL["search"], "enabled": False}})
+    decisions = {d.stage: str(d) for d in plan(config, tmp_path)}
+    assert decisions["search"] == "search: off: set search.enabled: true to run it"
+    assert decisions["winners"] == "winners: off: it follows search, which is off"
+    assert decisions["hwtrain"] == "hwtrain: run" and decisions["compress"] == "compress: run"
+    decisions = {d.stage: str(d) for d in plan(demo_config(**SMALL), tmp_path)}
+    assert decisions["search"] == "search: run" and decisions["hwtrain"] == "hwtrain: run"
+    off = demo_config(**{**SMALL, "hwtrain": {**HW, "enabled": False}})
+    assert str(plan(off, tmp_path)[list(decisions).index("hwtrain")]) == (
+        "hwtrain: off: set hwtrain.enabled: true to run it"
+    )
+
+
 def _problems(**change: Any) -> list[str]:
     base = {k: v for k, v in SMALL.items() if k != "hwtrain"}
     config = config_from_dict({**base, "hwtrain": {**HW, "enabled": False}})
