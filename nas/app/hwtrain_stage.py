@@ -172,6 +172,13 @@ def _train(state: RunState, out: Path, margins: Mapping[str, tuple[float, str]])
         seed=state.config.seed,
         where=WHERE,
     )
+    from nas.data import StreamedDataset
+
+    if isinstance(state.data, StreamedDataset):
+        raise InputError(
+            "hwtrain: it trains on data held in memory, and this run streams its data set "
+            "from disk: set data.args.stream: false (or turn hwtrain off)"
+        )
     # the run's supernet is the start: its training is the weights' warm-up
     relaxed = relaxed_supernet(state.space, work, copy.deepcopy(state.supernet))
     try:
