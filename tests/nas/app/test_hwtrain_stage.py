@@ -144,6 +144,35 @@ def test_without_the_search_hwtrain_feeds_the_compression_chain(tmp_path: Path) 
     )
 
 
+def test_the_compress_stage_chains_both_winner_sets_each_arch_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nas.compress
+    import search_spaces
+    from nas.app.compress_stage import stage_compress
+
+    chained: list[str] = []
+
+    def run_chain(run_dir: Path, arch: Any, **kwargs: Any) -> Any:
+        chained.append(kwargs["space"].key(arch))
+        return SimpleNamespace(rows=[])
+
+    monkeypatch.setattr(nas.compress, "run_chain", run_chain)
+    monkeypatch.setattr(nas.compress, "render_report", lambda rows: "")
+    space = search_spaces.get_space("tiny")
+    a, b, c = (space.key(space.sample(i)) for i in (1, 2, 3))
+    state = RunState(demo_config(**{**SMALL, "hwtrain": {}}), tmp_path, space, None)
+    state.supernet = SimpleNamespace(export=None)
+    state.winners = pd.DataFrame({"arch_key": [a, b]})
+    state.more_winners["hwtrain"] = pd.DataFrame({"arch_key": [b, c]})
+    stage_compress(state, False)
+    assert chained == [a, b, c] and set(state.compress_tables) == {a, b, c}
+    chained.clear()
+    state.winners = None  # the search off: hwtrain's archs alone
+    stage_compress(state, False)
+    assert chained == [b, c]
+
+
 def _problems(**change: Any) -> list[str]:
     base = {k: v for k, v in SMALL.items() if k != "hwtrain"}
     config = config_from_dict({**base, "hwtrain": {**HW, "enabled": False}})
