@@ -553,6 +553,23 @@ CASES: list[Case] = [
          "s0.width"),
     case("hwtrain-target-outside-the-range", f"{HW} --device pixel3-emulated --target "
          "pixel3-emulated=100 --latency-model costmodel", "--target", "range", untouched=False),
+    # -- nas run with hardware-aware training (issue 19): refused before any training
+    run_config("hwtrain-unknown-device", {"hwtrain": {"enabled": True, "targets": {
+        "latency_ms@pixel9": 0.3}}}, "hwtrain.targets.latency_ms@pixel9",
+        "latency_ms@pixel3-emulated"),
+    run_config("hwtrain-target-outside-the-range", {"hwtrain": {"enabled": True, "targets": {
+        "latency_ms@pixel3-emulated": 100}}}, "hwtrain.targets.latency_ms@pixel3-emulated",
+        "range"),
+    run_config("hwtrain-target-loss-without-target", {"hwtrain": {"enabled": True}},
+               "hwtrain.targets"),
+    run_config("hwtrain-unknown-relaxation", {"hwtrain": {"enabled": True, "relaxation": "darts",
+        "targets": {"latency_ms@pixel3-emulated": 0.3}}}, "hwtrain.relaxation", "darts"),
+    run_config("hwtrain-kernel-table-cannot-price-layers", {
+        "devices": [*BASE["devices"], {"name": "ort-cpu-1t", "latency_model": "kernels"}],
+        "hwtrain": {"enabled": True, "targets": {"latency_ms@ort-cpu-1t": 0.3}}},
+        "hwtrain.targets.latency_ms@ort-cpu-1t", "kernel"),
+    run_config("search-off-without-hwtrain", {"search": {"enabled": False}}, "search.enabled",
+               "hwtrain.enabled"),
     # -- nas ondevice (issue 20)
     case("ondevice-plan-unknown-space", "ondevice plan --space tiny2 --arch {arch}", "--space",
          "tiny2"),

@@ -15,17 +15,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nas.app.compress_stage import chain_devices, stage_compress
 from nas.app.compute import handed_on, memory_remedy, run_precision, supernet_execution
 from nas.app.config import DeviceConfig, RunConfig
 from nas.app.errors import InputError
-from nas.app.stages import Stage, register_stage
+from nas.app.stages import Stage, key_added, register_stage
 from nas.core.files import write_json_atomic
 from nas.core.space import Arch, SearchSpace, as_rng
 
 __all__ = [
+    "REJECTED_COLUMNS",
     "RunState",
     "chain_devices",
+    "device_figure",
     "make_test_evaluator",
+    "metric_of",
+    "recheck_winners",
     "stage_accuracy",
     "stage_compress",
     "stage_latency",
@@ -64,6 +69,10 @@ class RunState:
     #: winners the device's figure put over a budget, and misses nothing in the study kept
     rejected: list[Any] = field(default_factory=list)  # nas.app.budgets.Rejected
     misses: list[Any] = field(default_factory=list)  # nas.app.budgets.BudgetMiss
+    #: by stage: the archs an optional stage hands to the compression chain (hwtrain's derived
+    #: archs, in the columns of `winners`), and what its report section shows
+    more_winners: dict[str, pd.DataFrame] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _device_label(dev: DeviceConfig) -> str:
@@ -216,7 +225,7 @@ def stage_search(state: RunState, progress: bool) -> None:
     evaluator = state.evaluator
     devices = [(d.name, d.dtype) for d in state.config.devices]
     budgets = {run_metric(k, devices): v for k, v in cfg.budgets.items()}
-    state.margins = budget_margins(budgets, state.heldout, _metric_of(state), cfg.margin)
+    state.margins = budget_margins(budgets, state.heldout, metric_of(state), cfg.margin)
     for metric, margin in state.margins.items():
         log.info("budget on %s keeps a margin of %s", metric, margin.describe())
     state.study = run_search(
@@ -234,7 +243,7 @@ def stage_search(state: RunState, progress: bool) -> None:
     )
 
 
-def _metric_of(state: RunState) -> dict[str, str]:
+def metric_of(state: RunState) -> dict[str, str]:
     """Device label -> the latency metric its model prices (`latency_ms@name[:dtype]`)."""
     from nas.search.objectives import latency_metric_name
 
@@ -245,7 +254,7 @@ def stage_winners(state: RunState, progress: bool) -> None:
     """The best feasible archs by accuracy, each re-checked on every budgeted device's own
     figure and replaced by the next feasible arch when over a budget; test accuracy and the
     device figures on every device recorded."""
-    from nas.app.budgets import latency_budgets, recheck, stored_constraints, unmet_budgets
+    from nas.app.budgets import unmet_budgets
     from nas.search import pareto_frame, trials_frame
 
     frame = trials_frame(state.study)
@@ -256,22 +265,39 @@ def stage_winners(state: RunState, progress: bool) -> None:
     if feasible.empty:
         raise InputError(unmet_budgets(frame, state.study))  # nas.app.budgets
     candidates = feasible.sort_values("accuracy", ascending=False).drop_duplicates("arch_key")
-    configured = dict(state.config.search.budgets)
-    budgets = latency_budgets(stored_constraints(state.study, configured), _metric_of(state))
-    checked = recheck(
-        candidates.to_dict("records"),
-        state.config.compress.top_k,
-        budgets,
-        lambda label, key: _device_figure(state, label, key),
-        lambda label, key: _predicted(state, label, key),
+    state.winners, checked, budgets = recheck_winners(
+        state, candidates.to_dict("records"), state.config.compress.top_k
     )
     state.rejected = checked.rejected
-    pd.DataFrame([vars(r) for r in checked.rejected], columns=_REJECTED_COLUMNS).to_csv(
+    pd.DataFrame([vars(r) for r in checked.rejected], columns=REJECTED_COLUMNS).to_csv(
         state.run_dir / "rejected.csv", index=False
     )
     state.misses = [] if checked.kept else [_miss(state, frame, b) for b in budgets]
     for miss in state.misses:
         log.warning("budget missed: %s", miss.sentence())
+    state.winners.to_csv(state.run_dir / "winners.csv", index=False)
+
+
+def recheck_winners(
+    state: RunState, candidates: Sequence[Mapping[Any, Any]], top_k: int
+) -> tuple[pd.DataFrame, Any, list[Any]]:
+    """The first `top_k` of `candidates` (rows with `arch_key` and `accuracy`, best first)
+    that keep every latency budget on each device's own figure, as winners rows (test
+    accuracy, costs, predicted and device figures on every device); with the re-check (kept,
+    rejected) and the latency budgets. The search's winners and hwtrain's derived archs."""
+    from nas.app.budgets import latency_budgets, recheck, stored_constraints
+    from nas.app.validate import run_metric
+
+    devices = [(d.name, d.dtype) for d in state.config.devices]
+    configured = {run_metric(k, devices): v for k, v in state.config.search.budgets.items()}
+    budgets = latency_budgets(stored_constraints(state.study, configured), metric_of(state))
+    checked = recheck(
+        candidates,
+        top_k,
+        budgets,
+        lambda label, key: device_figure(state, label, key),
+        lambda label, key: _predicted(state, label, key),
+    )
     rows = []
     for row, _ in checked.kept:
         arch = state.space.from_key(str(row["arch_key"]))
@@ -284,16 +310,15 @@ def stage_winners(state: RunState, progress: bool) -> None:
         out.update(macs=cost.macs, params=cost.params, peak_bytes=cost.peak_activation_bytes)
         for label in state.latency_models:
             out[f"predicted_ms@{label}"] = _predicted(state, label, str(row["arch_key"]))
-            out[f"measured_ms@{label}"] = _device_figure(state, label, str(row["arch_key"]))
+            out[f"measured_ms@{label}"] = device_figure(state, label, str(row["arch_key"]))
         rows.append(out)
-    state.winners = pd.DataFrame(rows)
-    state.winners.to_csv(state.run_dir / "winners.csv", index=False)
+    return pd.DataFrame(rows), checked, budgets
 
 
-_REJECTED_COLUMNS = ["arch_key", "accuracy", "budget", "predicted_ms", "device_ms", "replaced_by"]
+REJECTED_COLUMNS = ["arch_key", "accuracy", "budget", "predicted_ms", "device_ms", "replaced_by"]
 
 
-def _device_figure(state: RunState, label: str, key: str) -> float:
+def device_figure(state: RunState, label: str, key: str) -> float:
     """The device's own figure of one arch (cached with the latency stage's networks)."""
     from nas.app.budgets import device_figures
 
@@ -315,7 +340,7 @@ def _miss(state: RunState, frame: pd.DataFrame, budget: Any) -> Any:
         budget.text(),
         key,
         _predicted(state, budget.label, key),
-        _device_figure(state, budget.label, key),
+        device_figure(state, budget.label, key),
     )
 
 
@@ -337,57 +362,6 @@ def make_test_evaluator(state: RunState) -> Any:
         cache_path=state.run_dir / "accuracy" / "test.jsonl",
         precision=run_precision(state.config.compute),
     )
-
-
-def stage_compress(state: RunState, progress: bool) -> None:
-    from latency_models import RealDevice
-    from nas.compress import ChainConfig, render_report, run_chain
-
-    cfg = state.config.compress
-    if not cfg.steps or state.winners is None:
-        return
-    chain_config = ChainConfig.from_dict(dict(cfg.options))
-    # the run's real devices themselves (emulated and table devices time no module)
-    real = chain_devices([d for d in state.devices.values() if isinstance(d, RealDevice)])
-    model = next(iter(state.latency_models.values()), None)
-    for _, row in state.winners.iterrows():
-        arch = state.space.from_key(str(row["arch_key"]))
-        result = run_chain(
-            state.run_dir,
-            arch,
-            space=state.space,
-            data=state.data,
-            steps=list(cfg.steps),
-            config=chain_config,
-            student=state.supernet.export,
-            teacher="largest",
-            devices=real,
-            latency_predictor=model,
-            seed=state.config.seed,
-            precision=run_precision(state.config.compute),  # KD on the device; QAT in fp32
-        )
-        state.compress_tables[str(row["arch_key"])] = render_report(result.rows)
-        state.compress_rows[str(row["arch_key"])] = list(result.rows)
-
-
-def chain_devices(real: Sequence[Any]) -> list[Any]:
-    """The devices a compression chain times on: the given real devices (models and the
-    artifacts of their runtime), and for each artifact runtime none of them runs, an
-    artifact-only timer named by the registry's 1-thread device of that runtime
-    (`xnnpack-1t`, `ort-cpu-1t`), so every exported file is timed where it runs."""
-    import latency_models as lm
-    from nas.compress import ArtifactTimer
-
-    devices = list(real)
-    covered = {d.runtime for d in devices}
-    for name in lm.DEVICES:
-        if lm.DEVICES.factory(name).kind != "real":  # type: ignore[attr-defined]
-            continue
-        device = lm.get_device(name)
-        if device.runtime not in covered | {"torch"} and device.threads == 1:
-            devices.append(ArtifactTimer(device.name, device.runtime, device.threads))
-            covered.add(device.runtime)
-    return devices
 
 
 def stage_report(state: RunState, progress: bool) -> None:
@@ -447,6 +421,7 @@ register_stage(
             "accuracy.bn_batches",
             "name",
             "search.budgets",
+            "search.enabled",
             "search.margin",
             "search.objectives",
             "search.sampler",
@@ -458,9 +433,11 @@ register_stage(
         writes=("study.db",),
         caches=("accuracy/inherited.jsonl",),
         before_redo=_study_elsewhere,
+        switch="search.enabled",  # off: hwtrain's derived archs stand in for its winners
         doc="the Optuna study over accuracy and the free metrics",
     )
 )
+key_added("search.enabled", True)  # run folders from before the switch keep their search
 register_stage(
     Stage(
         "winners",

@@ -30,6 +30,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DeviceConfig",
+    "HwtrainConfig",
     "OndeviceConfig",
     "RunConfig",
     "SearchConfig",
@@ -106,6 +107,8 @@ class DeviceConfig:
 
 @dataclass
 class SearchConfig:
+    #: false: no search; the winners then come from another stage (hwtrain: its derived archs)
+    enabled: bool = True
     #: a name of `nas.search.SAMPLERS` ("auto": ours, `frontier`, when accuracy is an objective)
     sampler: str = "auto"
     trials: int = 200
@@ -192,6 +195,46 @@ class ComputeConfig:
 
 
 @dataclass
+class HwtrainConfig:
+    """Hardware-aware training (`nas.hwtrain`, issue 19) in a run: the devices in the loss,
+    priced by the run's own latency models; beside the search, or instead of it
+    (`search.enabled: false`). Its derived archs go to the compression chain."""
+
+    enabled: bool = False
+    #: per latency metric, named as in search.budgets: {"latency_ms@pixel3-emulated": 0.3}
+    targets: dict[str, float] = field(default_factory=dict)
+    #: a device's share of the loss, by the same names (default 1 each)
+    weights: dict[str, float] = field(default_factory=dict)
+    #: "target" (reach each target), "multiplicative" (FBNet) or "additive"
+    loss: str = "target"
+    lam: float = 5.0
+    #: aim at target / (1 + margin): "search" takes search.margin ("auto": each device's own
+    #: held-out margin, as the budgets keep), or "auto", or a number (0.1 = 10 %)
+    margin: str | float = "search"
+    #: "gumbel" (FBNet) or "proxyless" (sampled paths; paths 1 or 2)
+    relaxation: str = "gumbel"
+    paths: int = 1
+    #: weights start from the run's supernet, so the logits may move from the first epoch
+    epochs: int = 10
+    warmup_epochs: int = 0
+    batch_size: int = 64
+    lr: float = 0.05
+    arch_lr: float = 0.05
+    #: steps per epoch at most (none: the whole weight split)
+    max_steps: int | None = None
+    #: further cost terms: "params", "peak_memory"
+    terms: list[str] = field(default_factory=list)
+    #: input dims (a resolution): a value, or "sample"; default their largest
+    freeze: dict[str, str] = field(default_factory=dict)
+    #: derived archs handed to the compression chain (the derived one, then the most probable)
+    top_k: int = 1
+    #: a derived arch off a target by more than this share is repaired (`nas.hwtrain.derive`)
+    tolerance: float = 0.05
+    #: archs of each Monte-Carlo check of the expected latency
+    mc: int = 1000
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -204,6 +247,7 @@ class RunConfig:
     compress: CompressConfig = field(default_factory=CompressConfig)
     ondevice: OndeviceConfig = field(default_factory=OndeviceConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    hwtrain: HwtrainConfig = field(default_factory=HwtrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

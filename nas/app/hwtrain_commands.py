@@ -5,27 +5,17 @@ inside the space's latency range), resumable, and reported in `hwtrain.json`."""
 from __future__ import annotations
 
 import argparse
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nas.app.errors import InputError, stage_work
+from nas.app.hwtrain_work import HwDevice, HwWork, relaxed_supernet, train_and_derive
 from nas.app.lock import folder_lock
 from nas.app.validate import Problems, check_data, check_device, check_out_folder, check_space
 
 __all__ = ["add_hwtrain_parser", "hwtrain_cmd", "run_hwtrain"]
 
 KINDS = ("lut", "lut+correction", "costmodel", "table")
-
-
-@dataclass
-class _Device:
-    name: str
-    target: float | None
-    weight: float = 1.0
-    model: Any = None
-    device: Any = None
 
 
 def _parse_targets(
@@ -48,7 +38,7 @@ def _parse_targets(
     return out
 
 
-def _check(args: argparse.Namespace) -> tuple[Any, list[_Device]]:
+def _check(args: argparse.Namespace) -> tuple[Any, list[HwDevice]]:
     from nas.hwtrain import LOSS_FORMS, RELAXATIONS
 
     p = Problems()
@@ -77,10 +67,11 @@ def _check(args: argparse.Namespace) -> tuple[Any, list[_Device]]:
             p.add("--freeze", f"{text!r} is not DIM=VALUE or DIM=sample")
     check_out_folder(p, "--out", args.out)
     p.raise_if_any("nas hwtrain")
-    return space, [_Device(n, targets.get(n), weights.get(n, 1.0)) for n in args.device]
+    devices = [HwDevice(n, targets.get(n), weights.get(n, 1.0), args.margin) for n in args.device]
+    return space, devices
 
 
-def _latency_models(space: Any, devices: list[_Device], args: argparse.Namespace) -> None:
+def _latency_models(space: Any, devices: list[HwDevice], args: argparse.Namespace) -> None:
     import latency_models as lm
 
     out = Path(args.out)
@@ -106,60 +97,6 @@ def _latency_models(space: Any, devices: list[_Device], args: argparse.Namespace
         )
 
 
-def _frozen(space: Any, roles: dict[str, Any], texts: list[str]) -> dict[str, Any]:
-    """The input dims (a resolution): their largest value unless `--freeze DIM=VALUE|sample`."""
-    from nas.hwtrain import SAMPLE
-
-    given = dict(t.split("=", 1) for t in texts if "=" in t)
-    dims = space.dimensions()
-    unknown = [k for k in given if k not in dims or roles[k].kind != "input"]
-    if unknown:
-        inputs = [k for k, r in roles.items() if r.kind == "input"]
-        raise InputError(f"--freeze: {unknown} are not input dims of {space.name!r} ({inputs})")
-    out: dict[str, Any] = {}
-    for k, r in roles.items():
-        if r.kind != "input":
-            continue
-        text = given.get(k)
-        if text is None:
-            out[k] = max(dims[k].values)
-        elif text == SAMPLE:
-            out[k] = SAMPLE
-        else:
-            match = [v for v in dims[k].values if str(v) == text]
-            if not match:
-                raise InputError(f"--freeze: {k}={text} is not one of {list(dims[k].values)}")
-            out[k] = match[0]
-    return out
-
-
-def _terms(space: Any, logits: Any, devices: list[_Device], args: argparse.Namespace) -> list[Any]:
-    """One cost term per device (its target checked against the space's range), plus any
-    `--term params|peak_memory`."""
-    import latency_models as lm
-    from nas.core.protocols import CannotPriceLayersError
-    from nas.hwtrain import CostTerm, ExpectedCost, arch_cost_fn, price_fn
-
-    terms = []
-    for d in devices:
-        try:
-            pricer = lm.layer_pricer(d.model)
-        except CannotPriceLayersError as err:
-            raise InputError(f"--latency-model: {err}") from None
-        cost = ExpectedCost(logits, price_fn(pricer, space))
-        if d.target is not None:
-            low, high = cost.value_range()
-            if not low <= d.target / (1 + args.margin) <= high:
-                raise InputError(
-                    f"--target: {d.target} ms on {d.name!r} is outside the space's latency range "
-                    f"there, {low:.4g} to {high:.4g} ms"
-                )
-        terms.append(CostTerm(d.name, cost, d.weight, target=d.target, margin=args.margin))
-    for what in args.term:
-        terms.append(CostTerm(what, ExpectedCost(logits, arch_cost_fn(space, what))))
-    return terms
-
-
 def _config(args: argparse.Namespace) -> Any:
     from nas.hwtrain import HWTrainConfig, LossConfig
 
@@ -180,82 +117,34 @@ def _config(args: argparse.Namespace) -> Any:
         raise InputError(f"nas hwtrain: {err}") from None
 
 
-def _relaxed(space: Any, args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """The supernet, its dims' roles and the logits; a space it cannot relax is bad input."""
-    import torch
-
-    from nas.hwtrain import ArchLogits, NotRelaxableError, probe_dims
-
-    torch.manual_seed(args.seed)
-    net = space.supernet()
-    try:
-        roles = probe_dims(net)
-    except NotRelaxableError as err:
-        raise InputError(f"--space: {err}") from None
-    relaxed = [k for k, r in roles.items() if r.kind != "input"]
-    return net, roles, ArchLogits(space, relaxed, _frozen(space, roles, args.freeze))
+def _work(args: argparse.Namespace) -> HwWork:
+    return HwWork(
+        relaxation=args.relaxation,
+        paths=args.paths,
+        freeze=dict(t.split("=", 1) for t in args.freeze if "=" in t),
+        terms=list(args.term),
+        tolerance=args.tolerance,
+        mc=args.mc,
+        seed=args.seed,
+    )
 
 
 def run_hwtrain(args: argparse.Namespace) -> dict[str, Any]:
     """The whole command without the printing: what `hwtrain.json` holds. Every argument is
     checked before a file is written; a target outside the space's range is said once the
     latency models price it, before training."""
+    from nas.data import load_dataset
+
     space, devices = _check(args)
     config = _config(args)
-    net, roles, logits = _relaxed(space, args)
+    work = _work(args)
+    relaxed = relaxed_supernet(space, work)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out), stage_work("hwtrain", out):
-        return _execute(args, space, devices, config, (net, roles, logits), out)
-
-
-def _execute(
-    args: argparse.Namespace,
-    space: Any,
-    devices: list[_Device],
-    config: Any,
-    relaxed: tuple[Any, Any, Any],
-    out: Path,
-) -> dict[str, Any]:
-    from nas.core.files import write_json_atomic
-    from nas.data import load_dataset
-    from nas.hwtrain import Relaxation, derive, monte_carlo_check, train_hw
-    from nas.supernet import evaluate_archs
-
-    net, roles, logits = relaxed
-    started = time.perf_counter()
-    _latency_models(space, devices, args)
-    terms = _terms(space, logits, devices, args)
-    uniform_mc = [monte_carlo_check(t.expected, n=args.mc, seed=args.seed) for t in terms]
-    data = load_dataset(args.data)
-    relax = Relaxation(net, logits, roles, args.relaxation, args.paths)
-    result = train_hw(net, logits, relax, terms, data, config, out)
-    train_s = time.perf_counter() - started
-    report = derive(logits, terms, tolerance=args.tolerance)
-    archs = [report["derived"]["arch"], report["argmax"]["arch"]]
-    acc = evaluate_archs(net, archs, data.split("train"), data.split("test"), seed=args.seed)
-    report["accuracy"] = {"derived": float(acc[0]), "argmax": float(acc[1])}
-    report["device_ms"] = {
-        d.name: d.device.measure_arch(space, archs[0], d.model.dtype).latency_ms for d in devices
-    }
-    report["monte_carlo"] = {
-        t.name: {"uniform": u, "final": monte_carlo_check(t.expected, n=args.mc, seed=args.seed)}
-        for t, u in zip(terms, uniform_mc, strict=True)
-    }
-    report["expectation_method"] = {t.name: t.expected.method for t in terms}
-    report["history"] = result.history
-    report["train_s"] = train_s
-    report["settings"] = {**config.to_json(), "space": space.name, "devices": args.device}
-    write_json_atomic(out / "hwtrain.json", report)
-    _plot(result.trajectory, out)
-    return report
-
-
-def _plot(rows: list[dict[str, Any]], out: Path) -> None:
-    from nas.viz import close, plot_logit_trajectory
-
-    if rows:
-        close(plot_logit_trajectory(rows, path=out / "trajectory.png"))
+        _latency_models(space, devices, args)
+        data = load_dataset(args.data)
+        return train_and_derive(space, devices, config, relaxed, data, out, work)
 
 
 def hwtrain_cmd(args: argparse.Namespace) -> int:

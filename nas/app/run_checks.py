@@ -48,6 +48,7 @@ def run_config_problems(config: Any, *, space: Any = None, data_given: bool = Fa
     _check_compress(p, config.compress)
     _check_ondevice(p, config.ondevice)
     _check_compute(p, config.compute)
+    _check_hwtrain(p, config, space, devices)
     return p.items
 
 
@@ -231,3 +232,97 @@ def _check_compute(p: Problems, compute: Any) -> None:
         p.add("compute.precision", choices_text(compute.precision, PRECISIONS))
     elif device is not None and isinstance(compute.precision, str):
         p.check("compute.precision", lambda: Precision(compute.precision, device))
+
+
+def _check_hwtrain(p: Problems, config: Any, space: Any, devices: list[tuple[str, str]]) -> None:
+    """The `hwtrain` section when it is on (and `search.enabled: false` only with it): its
+    settings, each target's device among the run's, a space that can be relaxed, and each
+    target on an emulated device inside the space's latency range there, before any work."""
+    from nas.app.hwtrain_stage import device_metrics, loss_metrics, train_config
+
+    cfg, before = config.hwtrain, len(p.items)
+    if config.search.enabled is False and cfg.enabled is not True:
+        p.add(
+            "search.enabled",
+            "false needs another stage to choose the archs: set hwtrain.enabled: true "
+            "(hardware-aware training instead of the search)",
+        )
+    if cfg.enabled is not True:
+        return
+    p.check("hwtrain", lambda: train_config(cfg, 0))
+    _hwtrain_numbers(p, cfg)
+    metrics = device_metrics(devices)
+    for key, named in (("targets", cfg.targets), ("weights", cfg.weights)):
+        for metric, value in (named if isinstance(named, dict) else {}).items():
+            resolved = run_metric(metric, devices)
+            if resolved not in metrics:
+                p.add(f"hwtrain.{key}.{metric}", choices_text(metric, list(metrics)))
+            elif not (isinstance(value, (int, float)) and value > 0):
+                p.add(f"hwtrain.{key}.{metric}", f"a number > 0 (ms for a target), got {value!r}")
+    if cfg.loss == "target" and not cfg.targets:
+        p.add("hwtrain.targets", "the target loss needs a target, e.g. {latency_ms@DEVICE: 0.3}")
+    if len(p.items) > before or space is None:
+        return
+    _hwtrain_space(p, config, space, metrics, loss_metrics(cfg.targets, cfg.weights, metrics))
+
+
+def _hwtrain_numbers(p: Problems, cfg: Any) -> None:
+    from nas.hwtrain import RELAXATIONS
+
+    if isinstance(cfg.relaxation, str) and cfg.relaxation not in RELAXATIONS:
+        p.add("hwtrain.relaxation", choices_text(cfg.relaxation, RELAXATIONS))
+    if cfg.paths not in (1, 2) or (cfg.paths == 2 and cfg.relaxation != "proxyless"):
+        p.add("hwtrain.paths", "1, or 2 with relaxation proxyless (Gumbel runs every path)")
+    margin = cfg.margin
+    if not (margin in ("search", "auto") or (_number(margin) and 0 <= margin < 1)):
+        p.add("hwtrain.margin", f"'search', 'auto' or a number in [0, 1), got {margin!r}")
+    for term in cfg.terms if isinstance(cfg.terms, list) else []:
+        if term not in ("params", "peak_memory"):
+            p.add("hwtrain.terms", choices_text(str(term), ["params", "peak_memory"]))
+    for name in ("top_k", "mc", "batch_size"):
+        int_at_least(p, f"hwtrain.{name}", getattr(cfg, name), 1)
+    if cfg.max_steps is not None:
+        int_at_least(p, "hwtrain.max_steps", cfg.max_steps, 1)
+    for name in ("lam", "lr", "arch_lr", "tolerance"):
+        value = getattr(cfg, name)
+        if _number(value) and not value > 0:
+            p.add(f"hwtrain.{name}", f"must be > 0, got {value!r}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _hwtrain_space(
+    p: Problems, config: Any, space: Any, metrics: dict[str, tuple[str, str]], loss: list[str]
+) -> None:
+    """A space that can be relaxed, devices whose latency model prices layers, targets on
+    emulated devices inside the space's range (by the device's cost model)."""
+    import latency_models as lm
+    from nas.app.hwtrain_stage import latency_range
+    from nas.hwtrain import NotRelaxableError, probe_dims
+
+    try:
+        probe_dims(space.supernet())
+    except NotRelaxableError as err:
+        p.add("space.name", f"hardware-aware training cannot relax it: {err}")
+        return
+    models = {(d.name, d.dtype): d.latency_model for d in config.devices}
+    for metric in loss:
+        name, dtype = metrics[run_metric(metric, list(metrics.values()))]
+        if models.get((name, dtype)) == "kernels":
+            p.add(
+                f"hwtrain.targets.{metric}",
+                f"{name} is priced by a kernel table, which cannot price layers: give it "
+                "latency_model: lut to train against it",
+            )
+        target = config.hwtrain.targets.get(metric)
+        if target is None or lm.DEVICES.factory(name).kind != "emulated":  # type: ignore[attr-defined]
+            continue  # a real runtime's range needs its LUT: checked before training
+        low, high = latency_range(space, name, dtype)
+        if not low <= target <= high:
+            p.add(
+                f"hwtrain.targets.{metric}",
+                f"{target} ms is outside the space's latency range on {name}: "
+                f"{low:.4g} to {high:.4g} ms",
+            )

@@ -87,7 +87,11 @@ def test_another_device_keeps_every_stage_and_a_new_precision_redoes_the_superne
 def test_a_run_folder_from_before_the_compute_section_keeps_its_stages(tmp_path: Path) -> None:
     old = demo_config().to_dict()
     del old["compute"]  # a config.yaml (and stages.json) written before the section came
-    assert set(_actions(demo_config().to_dict(), _records(old), tmp_path).values()) == {"keep"}
+    del old["search"]["enabled"]  # and before the search had a switch
+    actions = _actions(demo_config().to_dict(), _records(old), tmp_path)
+    on = {name: a for name, a in actions.items() if STAGES[name].switch in ("", "search.enabled")}
+    assert set(on.values()) == {"keep"}, on
+    assert {a for name, a in actions.items() if name not in on} <= {"off"}  # optional stages
 
 
 def test_the_section_is_checked_naming_the_devices_that_are_there(
