@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from nas.core.layers import DTYPE_BYTES, OpRecorder
-from nas.ondevice.plans import UpdatePlan
+from nas.ondevice.plans import MODES, UpdatePlan, blocks, make_plan
 
 __all__ = [
     "OPTIMIZERS",
@@ -422,10 +422,20 @@ def training_memory_metric(
     count_frozen: bool = False,
 ) -> Callable[[Sequence[Any]], list[int]]:
     """``archs -> training memory in bytes`` under plan `mode` at `batch`: a free objective or
-    budget for a search ("archs that can learn on the device within 256 KB"). Archs are priced
-    on the meta device and cached by key."""
-    from nas.ondevice.plans import make_plan
+    budget for a search ("archs that can learn on the device within 256 KB"). Each arch is built
+    once on the meta device (shapes only: no weights, no export) and cached by key.
 
+    `mode` is a fixed mode of :data:`~nas.ondevice.plans.MODES`; ``sparse`` is not one (its
+    layers are chosen per arch by a probe on data under a budget). ``last`` trains the last
+    `blocks_k` blocks, or every block of an arch that has fewer.
+    """
+    fixed = [m for m in MODES if m != "sparse"]
+    if mode not in fixed:
+        raise ValueError(
+            f"training memory is priced for a fixed mode, one of {fixed}; got {mode!r}"
+        )
+    if batch < 1 or blocks_k < 1:
+        raise ValueError(f"batch and blocks are >= 1, got batch {batch}, blocks {blocks_k}")
     cache: dict[str, int] = {}
     classes = getattr(space, "num_classes", None)
 
@@ -434,9 +444,10 @@ def training_memory_metric(
         if key not in cache:
             arch = space.validate(arch)
             with torch.device("meta"):
-                plan = make_plan(space.build(arch), mode, blocks_k=blocks_k)
+                module = space.build(arch)
+            plan = make_plan(module, mode, blocks_k=min(blocks_k, len(blocks(module))))
             cache[key] = training_memory(
-                lambda: space.build(arch),
+                lambda: module,
                 space.input_shape(arch),
                 plan,
                 batch=batch,
