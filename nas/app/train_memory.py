@@ -4,7 +4,8 @@ budget of `nas search` and run configs ("archs that can learn on the device with
 
 The name says everything the metric needs, so a study stores it and a worker rebuilds it:
 `train_memory_bytes@bias` (biases only, batch 8), `train_memory_bytes@last2:b1` (the last two
-blocks, batch 1), `train_memory_bytes@full`, `train_memory_bytes@bn_bias`.
+blocks, batch 1), `train_memory_bytes@full`, `train_memory_bytes@bn_bias`,
+`train_memory_bytes@lite_residual` (TinyTL: biases and a lite residual branch per block).
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ class TrainMemorySpec:
 
 
 def _modes() -> list[str]:
-    from nas.ondevice import MODES
+    from nas.ondevice import MODES, OPTIONAL_MODES
 
-    return [m for m in MODES if m != "sparse"]
+    return [m for m in (*MODES, *OPTIONAL_MODES) if m != "sparse"]
 
 
 def _spellings() -> str:

@@ -9,7 +9,9 @@ backward they do not need; the runtime's memory plan is
 point into runtime memory (clone them) and live as long as the loaded program. The plain
 XNNPACK partitioner swallows trainable parameters into delegates (the runtime then updates
 copies nobody reads); :class:`_FrozenOnlyPartitioner` delegates, op by op, only what touches
-no trainable parameter. Batch norm runs in eval mode (training mode has no out variant).
+no trainable parameter. Batch norm runs in eval mode (training mode has no out variant). The
+runtime only reports an operator without a kernel when a step runs, so the export checks the
+program's operators against the runtime's registered kernels first.
 """
 
 from __future__ import annotations
@@ -125,6 +127,13 @@ def export_training_program(
             raise TrainingProgramError(
                 f"the runtime cannot train this module: {type(exc).__name__}: {exc}"
             ) from exc
+    missing = _missing_kernels(et)
+    if missing:
+        raise TrainingProgramError(
+            f"the runtime has no kernel for {', '.join(missing)}: the program exports but cannot "
+            "run; change the module (e.g. an average pool whose input needs a gradient: "
+            "avg_pool2d's backward has no kernel) or train it in PyTorch"
+        )
     delegated = sum(
         1
         for node in edge.exported_program().graph.nodes
@@ -139,6 +148,22 @@ def export_training_program(
         delegated_ops=delegated,
         export_s=time.perf_counter() - start,
     )
+
+
+def _missing_kernels(et: Any) -> list[str]:
+    """The program's operators the runtime registers no kernel for (``aten::name.overload``);
+    the runtime itself only says so when a step runs (error 0x14)."""
+    try:
+        from executorch.extension.pybindings.portable_lib import _get_operator_names
+    except ImportError:  # pragma: no cover - the runtime checks at load time then
+        return []
+    have = set(_get_operator_names())
+    wanted = [
+        f"{op.name}.{op.overload}" if op.overload else op.name
+        for plan in et.executorch_program.execution_plan
+        for op in plan.operators
+    ]
+    return [w for w in dict.fromkeys(wanted) if w not in have and w.split(".")[0] not in have]
 
 
 class RuntimeTrainer:

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from nas.core.layers import DTYPE_BYTES, OpRecorder
-from nas.ondevice.plans import MODES, UpdatePlan, blocks, make_plan
+from nas.ondevice.plans import MODES, OPTIONAL_MODES, UpdatePlan, blocks, make_plan
+from nas.ondevice.residual import add_lite_residuals
 
 __all__ = [
     "OPTIMIZERS",
@@ -427,9 +428,10 @@ def training_memory_metric(
 
     `mode` is a fixed mode of :data:`~nas.ondevice.plans.MODES`; ``sparse`` is not one (its
     layers are chosen per arch by a probe on data under a budget). ``last`` trains the last
-    `blocks_k` blocks, or every block of an arch that has fewer.
+    `blocks_k` blocks, or every block of an arch that has fewer; ``lite_residual`` prices the
+    arch with TinyTL's branches added (`nas.ondevice.residual`).
     """
-    fixed = [m for m in MODES if m != "sparse"]
+    fixed = [m for m in (*MODES, *OPTIONAL_MODES) if m != "sparse"]
     if mode not in fixed:
         raise ValueError(
             f"training memory is priced for a fixed mode, one of {fixed}; got {mode!r}"
@@ -445,6 +447,8 @@ def training_memory_metric(
             arch = space.validate(arch)
             with torch.device("meta"):
                 module = space.build(arch)
+            if mode == "lite_residual":
+                module = add_lite_residuals(module, space.input_shape(arch))
             plan = make_plan(module, mode, blocks_k=min(blocks_k, len(blocks(module))))
             cache[key] = training_memory(
                 lambda: module,
