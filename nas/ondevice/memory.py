@@ -17,6 +17,7 @@ frozen weights stay in flash unless asked for.
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,8 @@ def record_training_ops(
     """Run the module built by `factory` on the meta device at `batch` and record its ops."""
     with torch.device("meta"):
         module = factory()
+    if not all(p.is_meta for p in module.parameters()):  # a built network: price a meta copy
+        module = copy.deepcopy(module).to("meta")
     module.eval()
     rec = _Recorder(module)
     hooks = []

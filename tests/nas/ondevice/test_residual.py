@@ -50,6 +50,12 @@ def test_branches_start_at_zero_and_need_a_network_that_has_them() -> None:
     assert torch.equal(net(x), aug(x))  # the deployed network's function, until it trains
     main = {n.replace(".main.", ".") for n, _ in aug.named_parameters() if ".lite." not in n}
     assert main == {n for n, _ in net.named_parameters()}  # the deployed weights, kept
+    plan = make_plan(aug, "lite_residual")
+    built = training_memory(lambda: aug, (3, 32, 32), plan)  # a built network: a meta copy
+    meta = training_memory(
+        lambda: add_lite_residuals(space.build(arch), (3, 32, 32)), (3, 32, 32), plan
+    )
+    assert built.total_bytes == meta.total_bytes and next(aug.parameters()).device.type == "cpu"
     with pytest.raises(ValueError, match="add_lite_residuals"):
         make_plan(net, "lite_residual")
     with pytest.raises(ValueError, match="no block"):
