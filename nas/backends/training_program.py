@@ -63,6 +63,8 @@ class TrainingProgram:
     partition: str
     delegated_ops: int
     export_s: float
+    live_peak_bytes: int = 0  # the most planned bytes alive at one instruction (no packing)
+    backward_peak_bytes: int = 0  # the same, over the instructions after the loss
 
 
 def _frozen_only_partitioner(trainable: set[str]) -> Any:
@@ -140,6 +142,7 @@ def export_training_program(
         if node.op == "call_function" and "executorch_call_delegate" in str(node.target)
     )
     sizes = list(et.executorch_program.execution_plan[0].non_const_buffer_sizes)
+    live_peak, backward_peak = _live_peaks(et)
     return TrainingProgram(
         data=et.buffer,
         plan_bytes=int(sum(sizes)),
@@ -147,7 +150,35 @@ def export_training_program(
         partition=partition,
         delegated_ops=delegated,
         export_s=time.perf_counter() - start,
+        live_peak_bytes=live_peak,
+        backward_peak_bytes=backward_peak,
     )
+
+
+def _live_peaks(et: Any) -> tuple[int, int]:
+    """The most bytes of planned tensors alive at one instruction, from the specs' lifetimes
+    (what a perfect packing would need: the greedy planner's buffer is at least this), over the
+    whole program and over the instructions after the loss (its log-softmax)."""
+    nodes = list(et.exported_program().graph.nodes)
+    loss = next((i for i, n in enumerate(nodes) if "_log_softmax" in str(n.target)), 0)
+    specs: dict[int, Any] = {}
+    for node in nodes:
+        found = node.meta.get("spec")
+        for spec in found if isinstance(found, (list, tuple)) else [found]:
+            if getattr(spec, "mem_id", None) is not None and not spec.const and spec.lifetime:
+                specs[id(spec)] = spec
+    events: dict[int, int] = {}
+    for spec in specs.values():
+        start, end = spec.lifetime
+        events[start] = events.get(start, 0) + spec.allocated_memory
+        events[end + 1] = events.get(end + 1, 0) - spec.allocated_memory
+    peak = backward = running = 0
+    for t in sorted(events):
+        running += events[t]
+        peak = max(peak, running)
+        if t > loss:
+            backward = max(backward, running)
+    return peak, backward
 
 
 def _missing_kernels(et: Any) -> list[str]:

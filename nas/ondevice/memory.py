@@ -172,6 +172,8 @@ class TrainingMemory:
     dtype: str
     optimizer: str
     count_frozen: bool
+    #: the most alive at once in the backward pass (after the loss)
+    backward_peak_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -276,15 +278,17 @@ def _greedy_plan(spans: list[tuple[int, int, int]], alignment: int = 16) -> int:
     return sum(size for size, _ in objects)
 
 
-def _peak(spans: list[tuple[int, int, int]], length: int) -> int:
+def _peak(spans: list[tuple[int, int, int]], length: int, after: int = -1) -> int:
+    """The most bytes alive at once, over times after `after`."""
     live = [0] * (length + 2)
     for start, end, size in spans:
         live[start] += size
         live[min(end, length) + 1] -= size
     peak = running = 0
-    for delta in live:
+    for t, delta in enumerate(live):
         running += delta
-        peak = max(peak, running)
+        if t > after:
+            peak = max(peak, running)
     return peak
 
 
@@ -392,6 +396,7 @@ def training_memory(
         dtype=dtype,
         optimizer=optimizer,
         count_frozen=count_frozen,
+        backward_peak_bytes=_peak(spans, end_time, after=n),
     )
 
 
