@@ -61,6 +61,7 @@ _EXPORTS: dict[str, str] = {
     "demo_config": "nas.app.demo",
     "load_config": "nas.app.config",
     "run_pipeline": "nas.app.pipeline",
+    "train_memory_metrics": "nas.app.train_memory",
 }
 
 __all__ = [
@@ -96,6 +97,7 @@ __all__ = [
     "run_pipeline",
     "run_search",
     "sqlite_url",
+    "train_memory_metrics",
     "train_supernet",
     "trials_frame",
 ]
@@ -118,6 +120,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from nas.app.config import load_config
     from nas.app.demo import demo_config
     from nas.app.pipeline import run_pipeline
+    from nas.app.train_memory import train_memory_metrics
     from nas.compress import ChainConfig, run_chain
     from nas.core.elastic import Supernet
     from nas.core.layers import LayerSpec

@@ -208,6 +208,7 @@ def stage_latency(state: RunState, progress: bool) -> None:
 
 def stage_search(state: RunState, progress: bool) -> None:
     from nas.app.budgets import budget_margins
+    from nas.app.train_memory import train_memory_metrics
     from nas.app.validate import run_metric
     from nas.search import fail_stopped_trials, run_search, sqlite_url
 
@@ -240,6 +241,7 @@ def stage_search(state: RunState, progress: bool) -> None:
         storage=storage,
         study_name=state.config.name,
         seed=state.config.seed,
+        metrics=train_memory_metrics(state.space, objectives, budgets),
     )
 
 
@@ -308,6 +310,7 @@ def recheck_winners(
         }
         cost = state.space.cost(arch)
         out.update(macs=cost.macs, params=cost.params, peak_bytes=cost.peak_activation_bytes)
+        out.update({k: v for k, v in row.items() if str(k).startswith("train_memory_bytes@")})
         for label in state.latency_models:
             out[f"predicted_ms@{label}"] = _predicted(state, label, str(row["arch_key"]))
             out[f"measured_ms@{label}"] = device_figure(state, label, str(row["arch_key"]))

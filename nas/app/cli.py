@@ -364,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--objectives",
         default="latency,params",
-        help="comma list: latency, macs, params, peak_activation_bytes, size_bytes",
+        help="comma list: latency, macs, params, peak_activation_bytes, size_bytes, "
+        "train_memory_bytes@MODE[:bN] (MODE: full, bias, bn_bias, lastK)",
     )
     p.add_argument(
         "--budget",

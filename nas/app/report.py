@@ -192,8 +192,8 @@ def budget_checks(
 ) -> pd.DataFrame:
     """One row per winner and budget: the predicted figure and the device's own figure against
     the bound. Latency budgets are read from the winners' `predicted_ms@LABEL` and
-    `measured_ms@LABEL` columns of the latency model that prices that metric; MACs, params and
-    peak memory are exact (predicted and measured are the same number)."""
+    `measured_ms@LABEL` columns of the latency model that prices that metric; MACs, params,
+    peak memory and training memory are exact (predicted and measured are the same number)."""
     from nas.search.objectives import latency_metric_name
 
     columns: dict[str, tuple[str, str]] = {
@@ -201,6 +201,8 @@ def budget_checks(
         for label, model in latency_models.items()
     }
     columns.update({m: (c, c) for m, c in _COST_COLUMNS.items()})
+    # exact like the costs: the memory model's figure (`nas.app.train_memory`)
+    columns.update({m: (m, m) for m in winners.columns if m.startswith("train_memory_bytes@")})
     columns["accuracy"] = ("val_accuracy", "test_accuracy")
     rows = []
     for i, (_, winner) in enumerate(winners.iterrows(), 1):

@@ -91,6 +91,7 @@ def _latency_margins(budgets: list[str], models: list[Any], margin: float) -> di
 def search_cmd(args: argparse.Namespace) -> int:
     """`nas search`: the study, its trials (trials.csv) and front (pareto.csv) in --out."""
     import latency_models as lm
+    from nas.app.train_memory import train_memory_metrics
     from nas.search import (
         export_pareto_csv,
         fail_stopped_trials,
@@ -130,9 +131,10 @@ def search_cmd(args: argparse.Namespace) -> int:
         }
         if not args.storage:  # the folder's own study: under its lock, RUNNING means cut short
             fail_stopped_trials(sqlite_url(out / "study.db"), args.study)
+        objectives = _objectives(_split(args.objectives), models)
         study = run_search(
             space,
-            _objectives(_split(args.objectives), models),
+            objectives,
             latency_models=models,
             constraints=args.budget or None,
             margins=_latency_margins(args.budget, models, args.margin),
@@ -142,6 +144,7 @@ def search_cmd(args: argparse.Namespace) -> int:
             study_name=args.study,
             seed=args.seed,
             recipe=recipe,
+            metrics=train_memory_metrics(space, objectives, args.budget),
         )
         frame = trials_frame(study)
         frame.to_csv(out / "trials.csv", index=False)
@@ -223,17 +226,24 @@ def _worker_models(args: argparse.Namespace, space: Any, settings: dict[str, Any
 def search_worker_cmd(args: argparse.Namespace) -> int:
     """`nas search worker`: join a study with what it stored (objectives, budgets, devices,
     latency models), until it holds --trials evaluations (default: its own total)."""
+    from nas.app.train_memory import train_memory_metrics
     from nas.search import join_worker
 
     space, settings = _stored(args)
     with stage_work("search worker", args.out):
         models = _worker_models(args, space, settings)
         objectives = list(settings["objectives"])
+        constraints = list(settings["constraints"])
+        metrics = train_memory_metrics(space, objectives, constraints)
         if args.objectives is not None:
             from nas.search import SearchProblem
 
+            wanted = _objectives(_split(args.objectives), models)
             given = SearchProblem(
-                space, _objectives(_split(args.objectives), models), latency_models=models
+                space,
+                wanted,
+                latency_models=models,
+                metrics=train_memory_metrics(space, wanted),
             ).objectives
             if given != objectives:
                 raise InputError(
@@ -246,8 +256,9 @@ def search_worker_cmd(args: argparse.Namespace) -> int:
             args.study,
             objectives,
             latency_models=models,
-            constraints=list(settings["constraints"]) or None,
+            constraints=constraints or None,
             n_evaluations=args.trials,
+            metrics=metrics,
             seed=args.seed,
         )
     print(f"study {args.study!r}: {len(study.trials)} trials")

@@ -227,19 +227,50 @@ def check_metrics(
     if space is None:  # already reported; metric names do not depend on the space
         space = _NO_SPACE
     models = [_Named(name, dtype) for name, dtype in devices]
+    extra, bad = _train_memory_metrics(p, space, objectives, budgets)
     problem = p.check(
-        "", lambda: SearchProblem(space, ["params"], (lambda a: 0.0) if accuracy else None, models)
+        "",
+        lambda: SearchProblem(
+            space, ["params"], (lambda a: 0.0) if accuracy else None, models, metrics=extra
+        ),
     )
     if problem is None:
         return
     if objectives is not None:
-        _check_objectives(p, problem, objectives, bool(models), accuracy)
+        names = [n for n in objectives[1] if n not in bad]
+        _check_objectives(p, problem, (objectives[0], names), bool(models), accuracy)
     for key, metric, bound in budgets:
-        if not isinstance(metric, str):
+        if not isinstance(metric, str) or metric in bad:
             continue
         resolved = _resolve(p, key, problem, metric)
         if resolved is not None and isinstance(bound, (int, float)):
             _check_bound(p, key, metric, resolved, float(bound))
+
+
+def _train_memory_metrics(
+    p: Problems,
+    space: Any,
+    objectives: tuple[str, Sequence[object]] | None,
+    budgets: Sequence[tuple[str, object, object]],
+) -> tuple[list[Any], set[str]]:
+    """The `train_memory_bytes@...` metrics named (`nas.app.train_memory`), and the bad names
+    (each a problem under its key, with the valid modes)."""
+    from nas.app.train_memory import TRAIN_MEMORY_PREFIX, train_memory_metric
+
+    named = [(objectives[0], n) for n in objectives[1]] if objectives is not None else []
+    named += [(key, metric) for key, metric, _ in budgets]
+    out: dict[str, Any] = {}
+    bad: set[str] = set()
+    for key, name in named:
+        if isinstance(name, str) and name.startswith(TRAIN_MEMORY_PREFIX):
+            if name in out or name in bad:
+                continue
+            metric = p.check(key, partial(train_memory_metric, space, name))
+            if metric is None:
+                bad.add(name)
+            else:
+                out[name] = metric
+    return list(out.values()), bad
 
 
 def _resolve(p: Problems, key: str, problem: Any, name: str) -> str | None:

@@ -9,7 +9,9 @@ backward they do not need; the runtime's memory plan is
 point into runtime memory (clone them) and live as long as the loaded program. The plain
 XNNPACK partitioner swallows trainable parameters into delegates (the runtime then updates
 copies nobody reads); :class:`_FrozenOnlyPartitioner` delegates, op by op, only what touches
-no trainable parameter. Batch norm runs in eval mode (training mode has no out variant).
+no trainable parameter. Batch norm runs in eval mode (training mode has no out variant). The
+runtime only reports an operator without a kernel when a step runs, so the export checks the
+program's operators against the runtime's registered kernels first.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class TrainingProgram:
     partition: str
     delegated_ops: int
     export_s: float
+    live_peak_bytes: int = 0  # the most planned bytes alive at one instruction (no packing)
+    backward_peak_bytes: int = 0  # the same, over the instructions after the loss
 
 
 def _frozen_only_partitioner(trainable: set[str]) -> Any:
@@ -145,12 +149,20 @@ def export_training_program(
             raise TrainingProgramError(
                 f"the runtime cannot train this module: {type(exc).__name__}: {exc}"
             ) from exc
+    missing = _missing_kernels(et)
+    if missing:
+        raise TrainingProgramError(
+            f"the runtime has no kernel for {', '.join(missing)}: the program exports but cannot "
+            "run; change the module (e.g. an average pool whose input needs a gradient: "
+            "avg_pool2d's backward has no kernel) or train it in PyTorch"
+        )
     delegated = sum(
         1
         for node in edge.exported_program().graph.nodes
         if node.op == "call_function" and "executorch_call_delegate" in str(node.target)
     )
     sizes = list(et.executorch_program.execution_plan[0].non_const_buffer_sizes)
+    live_peak, backward_peak = _live_peaks(et)
     return TrainingProgram(
         data=et.buffer,
         plan_bytes=int(sum(sizes)),
@@ -158,7 +170,51 @@ def export_training_program(
         partition=partition,
         delegated_ops=delegated,
         export_s=time.perf_counter() - start,
+        live_peak_bytes=live_peak,
+        backward_peak_bytes=backward_peak,
     )
+
+
+def _live_peaks(et: Any) -> tuple[int, int]:
+    """The most bytes of planned tensors alive at one instruction, from the specs' lifetimes
+    (what a perfect packing would need: the greedy planner's buffer is at least this), over the
+    whole program and over the instructions after the loss (its log-softmax)."""
+    nodes = list(et.exported_program().graph.nodes)
+    loss = next((i for i, n in enumerate(nodes) if "_log_softmax" in str(n.target)), 0)
+    specs: dict[int, Any] = {}
+    for node in nodes:
+        found = node.meta.get("spec")
+        for spec in found if isinstance(found, (list, tuple)) else [found]:
+            if getattr(spec, "mem_id", None) is not None and not spec.const and spec.lifetime:
+                specs[id(spec)] = spec
+    events: dict[int, int] = {}
+    for spec in specs.values():
+        start, end = spec.lifetime
+        events[start] = events.get(start, 0) + spec.allocated_memory
+        events[end + 1] = events.get(end + 1, 0) - spec.allocated_memory
+    peak = backward = running = 0
+    for t in sorted(events):
+        running += events[t]
+        peak = max(peak, running)
+        if t > loss:
+            backward = max(backward, running)
+    return peak, backward
+
+
+def _missing_kernels(et: Any) -> list[str]:
+    """The program's operators the runtime registers no kernel for (``aten::name.overload``);
+    the runtime itself only says so when a step runs (error 0x14)."""
+    try:
+        from executorch.extension.pybindings.portable_lib import _get_operator_names
+    except ImportError:  # pragma: no cover - the runtime checks at load time then
+        return []
+    have = set(_get_operator_names())
+    wanted = [
+        f"{op.name}.{op.overload}" if op.overload else op.name
+        for plan in et.executorch_program.execution_plan
+        for op in plan.operators
+    ]
+    return [w for w in dict.fromkeys(wanted) if w not in have and w.split(".")[0] not in have]
 
 
 class RuntimeTrainer:

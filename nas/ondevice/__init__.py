@@ -16,7 +16,16 @@ from nas.ondevice.memory import (
     training_memory,
     training_memory_metric,
 )
-from nas.ondevice.plans import MODES, UpdatePlan, block_of, blocks, make_plan, parameter_layers
+from nas.ondevice.plans import (
+    MODES,
+    OPTIONAL_MODES,
+    UpdatePlan,
+    block_of,
+    blocks,
+    make_plan,
+    parameter_layers,
+)
+from nas.ondevice.residual import GROUP_WIDTH, LiteResidual, LiteResidualBlock, add_lite_residuals
 from nas.ondevice.sparse import (
     BUDGET_MARGIN,
     BudgetTooSmallError,
@@ -28,19 +37,24 @@ from nas.ondevice.task import SHIFTS, ShiftTask, apply_shift, make_shift_task
 
 __all__ = [
     "BUDGET_MARGIN",
+    "GROUP_WIDTH",
     "MODES",
     "OPTIMIZERS",
+    "OPTIONAL_MODES",
     "SHIFTS",
     "AdaptResult",
     "BudgetTooSmallError",
     "LayerMemory",
     "LayerProbe",
+    "LiteResidual",
+    "LiteResidualBlock",
     "MemoryCheck",
     "OpTrace",
     "ShiftTask",
     "TrainingMemory",
     "UpdatePlan",
     "adabn",
+    "add_lite_residuals",
     "apply_shift",
     "block_of",
     "blocks",

@@ -50,6 +50,11 @@ class MemoryCheck:
     optimizer_bytes: int
     eager_saved_bytes: int
     export_s: float
+    #: the most bytes the program holds alive at one instruction (its tensors' lifetimes, before
+    #: the greedy planner packs them): the model's ``peak_bytes`` prices the same thing
+    program_peak_bytes: int = 0
+    model_backward_peak_bytes: int = 0
+    program_backward_peak_bytes: int = 0
 
     @property
     def model_total_bytes(self) -> int:
@@ -105,5 +110,8 @@ def check_memory(
         optimizer_bytes=memory.optimizer_bytes,
         eager_saved_bytes=eager_saved_bytes(work, x, y),
         export_s=program.export_s,
+        program_peak_bytes=program.live_peak_bytes,
+        model_backward_peak_bytes=memory.backward_peak_bytes,
+        program_backward_peak_bytes=program.backward_peak_bytes,
     )
     return check, program

@@ -17,6 +17,7 @@ frozen weights stay in flash unless asked for.
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ import torch
 from torch import nn
 
 from nas.core.layers import DTYPE_BYTES, OpRecorder
-from nas.ondevice.plans import UpdatePlan
+from nas.ondevice.plans import MODES, OPTIONAL_MODES, UpdatePlan, blocks, make_plan
+from nas.ondevice.residual import add_lite_residuals
 
 __all__ = [
     "OPTIMIZERS",
@@ -111,6 +113,8 @@ def record_training_ops(
     """Run the module built by `factory` on the meta device at `batch` and record its ops."""
     with torch.device("meta"):
         module = factory()
+    if not all(p.is_meta for p in module.parameters()):  # a built network: price a meta copy
+        module = copy.deepcopy(module).to("meta")
     module.eval()
     rec = _Recorder(module)
     hooks = []
@@ -168,6 +172,8 @@ class TrainingMemory:
     dtype: str
     optimizer: str
     count_frozen: bool
+    #: the most alive at once in the backward pass (after the loss)
+    backward_peak_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -272,15 +278,17 @@ def _greedy_plan(spans: list[tuple[int, int, int]], alignment: int = 16) -> int:
     return sum(size for size, _ in objects)
 
 
-def _peak(spans: list[tuple[int, int, int]], length: int) -> int:
+def _peak(spans: list[tuple[int, int, int]], length: int, after: int = -1) -> int:
+    """The most bytes alive at once, over times after `after`."""
     live = [0] * (length + 2)
     for start, end, size in spans:
         live[start] += size
         live[min(end, length) + 1] -= size
     peak = running = 0
-    for delta in live:
+    for t, delta in enumerate(live):
         running += delta
-        peak = max(peak, running)
+        if t > after:
+            peak = max(peak, running)
     return peak
 
 
@@ -388,6 +396,7 @@ def training_memory(
         dtype=dtype,
         optimizer=optimizer,
         count_frozen=count_frozen,
+        backward_peak_bytes=_peak(spans, end_time, after=n),
     )
 
 
@@ -422,10 +431,21 @@ def training_memory_metric(
     count_frozen: bool = False,
 ) -> Callable[[Sequence[Any]], list[int]]:
     """``archs -> training memory in bytes`` under plan `mode` at `batch`: a free objective or
-    budget for a search ("archs that can learn on the device within 256 KB"). Archs are priced
-    on the meta device and cached by key."""
-    from nas.ondevice.plans import make_plan
+    budget for a search ("archs that can learn on the device within 256 KB"). Each arch is built
+    once on the meta device (shapes only: no weights, no export) and cached by key.
 
+    `mode` is a fixed mode of :data:`~nas.ondevice.plans.MODES`; ``sparse`` is not one (its
+    layers are chosen per arch by a probe on data under a budget). ``last`` trains the last
+    `blocks_k` blocks, or every block of an arch that has fewer; ``lite_residual`` prices the
+    arch with TinyTL's branches added (`nas.ondevice.residual`).
+    """
+    fixed = [m for m in (*MODES, *OPTIONAL_MODES) if m != "sparse"]
+    if mode not in fixed:
+        raise ValueError(
+            f"training memory is priced for a fixed mode, one of {fixed}; got {mode!r}"
+        )
+    if batch < 1 or blocks_k < 1:
+        raise ValueError(f"batch and blocks are >= 1, got batch {batch}, blocks {blocks_k}")
     cache: dict[str, int] = {}
     classes = getattr(space, "num_classes", None)
 
@@ -434,9 +454,12 @@ def training_memory_metric(
         if key not in cache:
             arch = space.validate(arch)
             with torch.device("meta"):
-                plan = make_plan(space.build(arch), mode, blocks_k=blocks_k)
+                module = space.build(arch)
+            if mode == "lite_residual":
+                module = add_lite_residuals(module, space.input_shape(arch))
+            plan = make_plan(module, mode, blocks_k=min(blocks_k, len(blocks(module))))
             cache[key] = training_memory(
-                lambda: space.build(arch),
+                lambda: module,
                 space.input_shape(arch),
                 plan,
                 batch=batch,

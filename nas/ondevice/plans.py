@@ -18,6 +18,7 @@ from torch import nn
 
 __all__ = [
     "MODES",
+    "OPTIONAL_MODES",
     "UpdatePlan",
     "block_of",
     "blocks",
@@ -31,6 +32,12 @@ MODES: dict[str, str] = {
     "bias": "biases only (TinyTL): batch-norm shifts and layer biases",
     "bn_bias": "batch-norm scales and shifts, and layer biases",
     "sparse": "the layers a measured gain per byte picks under a budget (MCUNetV3)",
+}
+
+#: modes that need the network changed first (``lite_residual``: `add_lite_residuals`)
+OPTIONAL_MODES: dict[str, str] = {
+    "lite_residual": "TinyTL: biases and a lite residual branch beside each block "
+    "(on a network with its branches added: add_lite_residuals)",
 }
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
@@ -109,14 +116,17 @@ def make_plan(
 ) -> UpdatePlan:
     """The update plan of `mode` (one of :data:`MODES`) for `module`.
 
-    ``last`` trains the last `blocks_k` blocks; ``sparse`` trains the whole of each layer named
+    ``last`` trains the last `blocks_k` blocks; ``lite_residual`` (an optional mode) trains
+    every bias and the lite residual branches of a network `add_lite_residuals` made; ``sparse`` trains the whole of each layer named
     in `layers` (module paths, as :func:`parameter_layers` lists them); the selection by gain
     per byte lives in :mod:`nas.ondevice.sparse`.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown update mode {mode!r}; valid: {sorted(MODES)}")
+    if mode not in MODES and mode not in OPTIONAL_MODES:
+        raise ValueError(f"unknown update mode {mode!r}; valid: {sorted(MODES | OPTIONAL_MODES)}")
     names = [n for n, _ in module.named_parameters()]
-    if mode == "full":
+    if mode == "lite_residual":
+        chosen = _lite_residual_names(module)
+    elif mode == "full":
         chosen = names
     elif mode == "last":
         order = blocks(module)
@@ -153,3 +163,16 @@ def _sparse_names(module: nn.Module, layers: Iterable[str]) -> list[str]:
     for layer in layers:
         chosen += by_layer[layer]
     return chosen
+
+
+def _lite_residual_names(module: nn.Module) -> list[str]:
+    from nas.ondevice.residual import LiteResidual
+
+    branches = [n for n, m in module.named_modules() if isinstance(m, LiteResidual)]
+    if not branches:
+        raise ValueError(
+            "mode 'lite_residual' trains the lite residual branches of a network that has them: "
+            "add them first with nas.ondevice.add_lite_residuals(net, input_shape)"
+        )
+    inside = tuple(f"{b}." for b in branches)
+    return [n for n, _ in module.named_parameters() if n.endswith("bias") or n.startswith(inside)]

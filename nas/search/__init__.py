@@ -26,7 +26,7 @@ from nas.search.constraints import (
     auto_margin,
     parse_constraint,
 )
-from nas.search.objectives import ACCURACY, SearchProblem
+from nas.search.objectives import ACCURACY, Metric, SearchProblem
 from nas.search.pareto import hypervolume, pareto_mask
 from nas.search.results import (
     default_reference,
@@ -65,6 +65,7 @@ __all__ = [
     "SAMPLERS",
     "Constraint",
     "Margin",
+    "Metric",
     "SearchProblem",
     "auto_margin",
     "count_evaluations",

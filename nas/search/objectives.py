@@ -87,7 +87,9 @@ class SearchProblem:
     (`<=` for minimised metrics, `>=` for maximised ones). `accuracy` is the paid metric:
     any callable `arch -> accuracy` (higher is better). `margins` maps a metric to the relative
     margin its `<=` budget keeps (`Constraint.margin`: feasible when predicted x (1 + margin)
-    <= bound), e.g. from `auto_margin` over the latency model's held-out error.
+    <= bound), e.g. from `auto_margin` over the latency model's held-out error. `metrics` adds
+    further free metrics as `Metric` objects (made by the caller, e.g. the app's
+    `train_memory_bytes@MODE` from `nas.ondevice`), usable as objectives and in budgets.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class SearchProblem:
         constraints: Sequence[str | Constraint] | Mapping[str, float] | None = None,
         model_dtype: str = "fp32",
         margins: Mapping[str, float] | None = None,
+        metrics: Sequence[Metric] = (),
     ) -> None:
         if not objectives:
             raise ValueError("a search needs at least one objective, got none")
@@ -119,6 +122,12 @@ class SearchProblem:
                 names.append(latency_metric_name(model))
         self.latency_models = models
         self.metrics: dict[str, Metric] = self._build_metrics()
+        for metric in metrics:
+            if not isinstance(metric, Metric) or not metric.cheap:
+                raise TypeError(f"further metrics are free `Metric` objects, got {metric!r}")
+            if metric.name in self.metrics or metric.name in (ACCURACY, *_ALIASES):
+                raise ValueError(f"metric {metric.name!r} is already defined")
+            self.metrics[metric.name] = metric
         self.objectives = [self.resolve(n) for n in names]
         if len(set(self.objectives)) != len(self.objectives):
             raise ValueError(f"objectives repeat a metric: {self.objectives}")
@@ -205,6 +214,11 @@ class SearchProblem:
             if name.startswith(LATENCY_PREFIX)
             else ""
         )
+        if "@" in name and not extra:
+            extra = (
+                f" (a metric of another package, such as {name.partition('@')[0]}@..., needs "
+                "its Metric object: pass metrics=[...])"
+            )
         raise ValueError(
             f"unknown metric {name!r}.{hint}{extra} Valid: {', '.join(dict.fromkeys(valid))}"
         )

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.core.protocols import LatencyModel
 from nas.core.space import Arch, SearchSpace
 from nas.search.constraints import Constraint
-from nas.search.objectives import ACCURACY, SearchProblem
+from nas.search.objectives import ACCURACY, Metric, SearchProblem
 from nas.search.samplers import make_sampler
 from nas.search.storage import open_storage
 
@@ -248,13 +248,14 @@ def create_search(
     run_dir: str | Path | None = None,
     recipe: Mapping[str, Any] | None = None,
     margins: Mapping[str, float] | None = None,
+    metrics: Sequence[Metric] = (),
 ) -> tuple[optuna.Study, SearchProblem]:
     """Create (or load, to resume) the study of a search without running a trial; see
     `run_search` for the arguments. Workers can `join_worker` the study right away."""
     if n_evaluations < 1:
         raise ValueError(f"n_evaluations must be >= 1, got {n_evaluations}")
     problem = SearchProblem(
-        space, objectives, accuracy, latency_models, constraints, model_dtype, margins
+        space, objectives, accuracy, latency_models, constraints, model_dtype, margins, metrics
     )
     if storage is None and run_dir is not None:
         storage = Path(run_dir) / "study.db"  # one process: SQLite in the run folder
@@ -314,6 +315,7 @@ def run_search(
     run_dir: str | Path | None = None,
     recipe: Mapping[str, Any] | None = None,
     margins: Mapping[str, float] | None = None,
+    metrics: Sequence[Metric] = (),
 ) -> optuna.Study:
     """Search `space` and return the Optuna study.
 
@@ -345,6 +347,7 @@ def run_search(
         recipe: JSON-able notes on how the caller built the objectives (device names,
             latency-model kind, table files), stored with a new study (`study_settings`) so
             that a worker can build the same ones; the search itself never reads it.
+        metrics: further free metrics (`Metric` objects) the objectives and budgets may name.
     """
     study, problem = create_search(
         space,
@@ -364,6 +367,7 @@ def run_search(
         run_dir=run_dir,
         recipe=recipe,
         margins=margins,
+        metrics=metrics,
     )
     _optimize(study, problem, n_evaluations, max_trials or 20 * n_evaluations, timeout_s, callbacks)
     return study
@@ -411,6 +415,7 @@ def join_worker(
     timeout_s: float | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
     margins: Mapping[str, float] | None = None,
+    metrics: Sequence[Metric] = (),
 ) -> optuna.Study:
     """Join an existing study as one more worker, until the study holds its budget.
 
@@ -436,6 +441,7 @@ def join_worker(
         constraints,
         model_dtype,
         margins if margins is not None else cfg.get("margins"),
+        metrics,
     )
     _check_same_problem(study, problem)
     name = sampler or str(cfg.get("sampler", "auto"))
