@@ -46,6 +46,7 @@ def run_config_problems(config: Any, *, space: Any = None, data_given: bool = Fa
     _check_search(p, config.search, space, devices)
     _check_margin(p, config.search, config.devices)
     _check_compress(p, config.compress)
+    _check_federated(p, config, data_given)
     return p.items
 
 
@@ -179,3 +180,13 @@ def _check_compress(p: Problems, compress: Any) -> None:
         p.check("compress.options", lambda: ChainConfig.from_dict(compress.options))
     if isinstance(compress.top_k, int) and compress.top_k < 0:
         p.add("compress.top_k", f"expected >= 0, got {compress.top_k}")
+
+
+def _check_federated(p: Problems, config: Any, data_given: bool) -> None:
+    """The `federated` section, when enabled (issue 21; `nas.app.federated_stage`)."""
+    from nas.app.federated_checks import federated_problems
+
+    cfg = getattr(config, "federated", None)
+    if cfg is not None and cfg.enabled is True:
+        for key, message in federated_problems(config, data_given):
+            p.add(key, message)
