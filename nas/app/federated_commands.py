@@ -170,6 +170,7 @@ def run_cmd(args: argparse.Namespace) -> int:
     if args.partition == "dirichlet" and (args.alpha is None or not args.alpha > 0):
         raise InputError(f"--alpha must be > 0 for a Dirichlet partition; got {args.alpha}")
     spec = _spec(args)
+    _check_sources(spec)  # before the folder is made: bad input leaves nothing behind
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out), stage_work("federated", out):
