@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from nas.app import builtin_stages as _builtin  # noqa: F401  (registers "report" first)
+from nas.app.config import FederatedConfig
 from nas.app.errors import InputError
 from nas.app.report import register_report_section
 from nas.app.stages import Stage, register_stage
@@ -237,7 +239,9 @@ register_stage(
     Stage(
         "federated",
         stage_federated,
-        keys=("federated",),
+        # more rounds continue the rounds (the server state resumes); any other key redoes them
+        keys=tuple(f"federated.{f.name}" for f in fields(FederatedConfig) if f.name != "rounds"),
+        extends=("federated.rounds",),
         after=("latency", "supernet"),
         reads=("supernet", "latency"),
         writes=(FEDERATED_DIR,),

@@ -143,3 +143,15 @@ def test_bad_federated_settings_are_refused_with_the_key(
 
 def test_a_disabled_section_is_not_checked() -> None:
     assert _config(enabled=False, tiers=[]).federated.enabled is False
+
+
+def test_more_rounds_continue_the_stage_and_other_keys_redo_it() -> None:
+    from nas.app.stages import STAGES, fingerprint
+
+    stage = STAGES["federated"]
+    base = _config().to_dict()
+    more = _config(rounds=5).to_dict()
+    other = _config(lr=0.1).to_dict()
+    assert fingerprint(stage, more) == fingerprint(stage, base)
+    assert fingerprint(stage, other) != fingerprint(stage, base)
+    assert stage.extends == ("federated.rounds",)
