@@ -372,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--candidates", type=int, default=500)
     p.add_argument(
+        "--iid-seeds", type=int, default=None, help="seeds of the IID rows (default: all)"
+    )
+    p.add_argument(
         "--central-seeds",
         type=int,
         default=None,
@@ -399,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.seeds = args.seeds or (1 if args.quick else 5)
     args.rounds = args.rounds or (3 if args.quick else 20)
+    args.iid_seeds = args.seeds if args.iid_seeds is None else args.iid_seeds
     args.central_seeds = args.seeds if args.central_seeds is None else args.central_seeds
     args.iid_methods = [m for m in args.iid_methods.split(",") if m]
     if set(args.iid_methods) - set(METHODS[:3]):
@@ -418,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.seeds):  # seed-major: a stopped run leaves whole seeds
         for part, alpha in PARTITIONS:
             methods = METHODS[:3] if part == "dirichlet" else args.iid_methods
+            if part == "iid" and seed >= args.iid_seeds:
+                methods = []
             for method in methods:
                 s, h = _federated(method, tiers, args, part, alpha, seed)
                 scores[part][method].append(s)
