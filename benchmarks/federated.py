@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--candidates", type=int, default=500)
+    p.add_argument("--note", default="", help="how the run was made (stored in results.json)")
     p.add_argument(
         "--iid-seeds", type=int, default=None, help="seeds of the IID rows (default: all)"
     )
@@ -485,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "wall_s": time.perf_counter() - began,
+        "note": args.note,
         "seeds_run": {p: {m: len(r) for m, r in s.items()} for p, s in scores.items()},
     }
     results["targets"] = {
