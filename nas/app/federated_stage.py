@@ -205,7 +205,8 @@ def federated_section(state: Any) -> list[str]:
     """The report's section: tiers, budgets met or missed, accuracy per round, bytes, wall time
     ([] when the stage is off or has not finished)."""
     path = state.run_dir / FEDERATED_DIR / TIERS_JSON
-    if not state.config.federated.enabled or not path.exists():
+    cfg = getattr(state.config, "federated", None)  # a stored config from before the stage
+    if cfg is None or not cfg.enabled or not path.exists():
         return []
     summary = read_json(path, "the federated stage's summary", "run the stage again")
     server = json.loads((path.parent / "server_state.json").read_text())
