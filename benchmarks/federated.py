@@ -175,8 +175,9 @@ def _compare(
     groups: np.ndarray,
 ) -> dict[str, Any]:
     """Accuracy of a (tier_a) minus b (tier_b) over seeds, in points, with its resolvable width."""
-    per_seed_a = np.array([s[tier_a] for s in scores[a]], dtype=np.float64)  # seeds x images
-    per_seed_b = np.array([s[tier_b] for s in scores[b]], dtype=np.float64)
+    n = min(len(scores[a]), len(scores[b]))  # the seeds both ran (central may run fewer)
+    per_seed_a = np.array([s[tier_a] for s in scores[a][:n]], dtype=np.float64)  # seeds x images
+    per_seed_b = np.array([s[tier_b] for s in scores[b][:n]], dtype=np.float64)
     diffs = per_seed_a.mean(1) - per_seed_b.mean(1)
     paired = difference_interval(per_seed_a.mean(0), per_seed_b.mean(0), groups)
     sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
@@ -187,29 +188,82 @@ def _compare(
         "resolvable_half_width_pts": 100 * need,
         "resolvable": abs(mean) > need,
         "per_seed_pts": (100 * diffs).tolist(),
+        "seeds": n,
     }
 
 
 def _targets(
     scores: dict[str, dict[str, list[dict[str, Any]]]], tiers: Any, groups: np.ndarray
 ) -> dict[str, Any]:
+    """The results contract's figures (means over seeds), each comparison with its resolvable
+    width; a comparison whose rows were not run is left out (its target is None, `why` says)."""
     names = [t.name for t in tiers]
     slow, faster = names[-1], names[:-1]
-    out: dict[str, Any] = {"comparisons": {}}
+    out: dict[str, Any] = {"comparisons": {}, "why_null": {}}
+    pairs = (
+        ("supernet-vs-fedavg", "supernet", "fedavg", lambda t: slow),
+        ("supernet-vs-width", "supernet", "width", lambda t: t),
+        ("central-vs-supernet", "central", "supernet", lambda t: t),
+    )
     for part, s in scores.items():
         comp = out["comparisons"][part] = {}
-        for t in names:
-            comp[f"supernet-vs-fedavg/{t}"] = _compare(s, "supernet", "fedavg", t, slow, groups)
-            comp[f"supernet-vs-width/{t}"] = _compare(s, "supernet", "width", t, t, groups)
-            comp[f"central-vs-supernet/{t}"] = _compare(s, "central", "supernet", t, t, groups)
-    d, i = out["comparisons"]["dirichlet"], out["comparisons"]["iid"]
-    out.update(
-        faster_tiers_gain_pts=min(d[f"supernet-vs-fedavg/{t}"]["diff_pts"] for t in faster),
-        slowest_tier_gain_pts=d[f"supernet-vs-fedavg/{slow}"]["diff_pts"],
-        vs_width_only_pts=min(d[f"supernet-vs-width/{t}"]["diff_pts"] for t in names),
-        vs_central_dirichlet_pts=max(d[f"central-vs-supernet/{t}"]["diff_pts"] for t in names),
-        vs_central_iid_pts=max(i[f"central-vs-supernet/{t}"]["diff_pts"] for t in names),
-    )
+        for label, a, b, other in pairs:
+            if not s.get(a) or not s.get(b):
+                continue
+            for t in names:
+                comp[f"{label}/{t}"] = _compare(s, a, b, t, other(t), groups)
+    d, i = out["comparisons"].get("dirichlet", {}), out["comparisons"].get("iid", {})
+
+    def pick(key: str, comp: dict[str, Any], label: str, tiers_: list[str], how: Any) -> None:
+        rows = [comp.get(f"{label}/{t}") for t in tiers_]
+        if any(r is None for r in rows):
+            out[key] = None
+            out["why_null"][key] = f"{label} was not run on this partition"
+            return
+        out[key] = how(r["diff_pts"] for r in rows)  # type: ignore[index]
+
+    pick("faster_tiers_gain_pts", d, "supernet-vs-fedavg", faster, min)
+    pick("slowest_tier_gain_pts", d, "supernet-vs-fedavg", [slow], min)
+    pick("vs_width_only_pts", d, "supernet-vs-width", names, min)
+    pick("vs_central_dirichlet_pts", d, "central-vs-supernet", names, max)
+    pick("vs_central_iid_pts", i, "central-vs-supernet", names, max)
+    return out
+
+
+#: each target: (comparison label, partition, tiers "faster"/"slowest"/"all", bound, sense)
+TARGETS = {
+    "faster_tiers_gain_pts": ("supernet-vs-fedavg", "dirichlet", "faster", 2.0, ">="),
+    "slowest_tier_gain_pts": ("supernet-vs-fedavg", "dirichlet", "slowest", -1.0, ">="),
+    "vs_width_only_pts": ("supernet-vs-width", "dirichlet", "all", 0.0, ">="),
+    "vs_central_dirichlet_pts": ("central-vs-supernet", "dirichlet", "all", 5.0, "<="),
+    "vs_central_iid_pts": ("central-vs-supernet", "iid", "all", 2.0, "<="),
+}
+NOISE = Path(__file__).resolve().parent / "results" / "accuracy_noise" / "results.json"
+
+
+def _verdicts(targets: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Per target: met, missed or not resolvable. The noise width is the widest resolvable
+    difference of the comparisons behind it (paired bootstrap over test source images plus the
+    seed-to-seed spread, `nas.supernet.resolvable_difference`); with one seed the spread is
+    unmeasured, so the width is at least accuracy_noise's two-run width (`diff_ci95_pts`)."""
+    floor = float(json.loads(NOISE.read_text())["targets"]["diff_ci95_pts"])
+    out = {}
+    for key, (label, part, which, bound, sense) in TARGETS.items():
+        value = targets.get(key)
+        if value is None:
+            out[key] = {"verdict": "not measured", "why": targets["why_null"].get(key)}
+            continue
+        tiers = {"faster": names[:-1], "slowest": names[-1:], "all": names}[which]
+        rows = [targets["comparisons"][part][f"{label}/{t}"] for t in tiers]
+        width = max(r["resolvable_half_width_pts"] for r in rows)
+        if min(r["seeds"] for r in rows) < 2:
+            width = max(width, floor)
+        meets = value >= bound if sense == ">=" else value <= bound
+        verdict = (
+            "not resolvable" if abs(value - bound) <= width else ("met" if meets else "missed")
+        )
+        out[key] = {"value": value, "target": f"{sense} {bound:+g}", "noise_pts": width,
+                    "verdict": verdict}  # fmt: skip
     return out
 
 
@@ -279,10 +333,15 @@ def _table(results: dict[str, Any]) -> str:
         "|---" * (3 + len(METHODS)) + "|",
     ]
     for row in results["rows"]:
-        accs = " | ".join(f"{row[m]:.1f}" for m in METHODS)
+        accs = " | ".join("not run" if row[m] is None else f"{row[m]:.1f}" for m in METHODS)
         lines.append(f"| {row['partition']} | {row['tier']} | {row['mmacs']:.2f} | {accs} |")
     t = results["targets"]
-    lines += ["", "| target | value (points) |", "|---|---|"]
+    lines += [
+        "",
+        "| target | value (points) | target | noise +- (points) | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    lines.insert(0, f"Seeds per row: {results['seeds_run']}\n")
     for key in (
         "faster_tiers_gain_pts",
         "slowest_tier_gain_pts",
@@ -290,7 +349,16 @@ def _table(results: dict[str, Any]) -> str:
         "vs_central_dirichlet_pts",
         "vs_central_iid_pts",
     ):
-        lines.append(f"| {key} | {t[key]:+.2f} |")
+        value = "null: " + t["why_null"][key] if t[key] is None else f"{t[key]:+.2f}"
+        v = results["verdicts"][key]
+        noise = f"{v['noise_pts']:.2f}" if "noise_pts" in v else "-"
+        lines.append(f"| {key} | {value} | {v.get('target', '-')} | {noise} | {v['verdict']} |")
+    lines += [
+        f"| resume_max_abs_diff | {t['resume_max_abs_diff']:.3g} | <= 1e-06 | - | "
+        f"{'met' if t['resume_max_abs_diff'] <= 1e-6 else 'missed'} |",
+        f"| non_loopback_sockets | {t['non_loopback_sockets']} | 0 | - | "
+        f"{'met' if t['non_loopback_sockets'] == 0 else 'missed'} |",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -303,13 +371,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--candidates", type=int, default=500)
+    p.add_argument("--note", default="", help="how the run was made (stored in results.json)")
+    p.add_argument(
+        "--iid-seeds", type=int, default=None, help="seeds of the IID rows (default: all)"
+    )
+    p.add_argument(
+        "--central-seeds",
+        type=int,
+        default=None,
+        help="seeds of the centralized rows (default: all; they cost the most)",
+    )
+    p.add_argument(
+        "--iid-methods",
+        default="supernet,width,fedavg",
+        help="federated rows on the IID partition (the targets need only supernet there)",
+    )
     p.add_argument(
         "--quick", action="store_true", help="1 augmented copy per source, 1 seed, 3 rounds"
     )
+    p.add_argument(
+        "--copies",
+        type=int,
+        default=None,
+        help="augmented copies of each source digit in every split (default: the dataset's "
+        "8/5/5; quick: 1)",
+    )
     args = p.parse_args(argv)
-    args.data_options = {"copies_train": 1, "copies_val": 1, "copies_test": 1} if args.quick else {}
+    copies = 1 if args.quick and args.copies is None else args.copies
+    args.data_options = (
+        {} if copies is None else {f"copies_{s}": copies for s in ("train", "val", "test")}
+    )
     args.seeds = args.seeds or (1 if args.quick else 5)
     args.rounds = args.rounds or (3 if args.quick else 20)
+    args.iid_seeds = args.seeds if args.iid_seeds is None else args.iid_seeds
+    args.central_seeds = args.seeds if args.central_seeds is None else args.central_seeds
+    args.iid_methods = [m for m in args.iid_methods.split(",") if m]
+    if set(args.iid_methods) - set(METHODS[:3]):
+        p.error(f"--iid-methods: choose from {METHODS[:3]}")
+    load_before = list(os.getloadavg())
     torch.set_num_threads(1)
     began = time.perf_counter()
     import search_spaces
@@ -319,10 +418,14 @@ def main(argv: list[str] | None = None) -> int:
     scores: dict[str, dict[str, list[dict[str, Any]]]] = {}
     histories: dict[tuple[str, str], list[Any]] = {}
     rows_runs: list[dict[str, Any]] = []
-    for part, alpha in PARTITIONS:
+    for part, _ in PARTITIONS:
         scores[part] = {m: [] for m in METHODS}
-        for seed in range(args.seeds):
-            for method in METHODS[:3]:
+    for seed in range(args.seeds):  # seed-major: a stopped run leaves whole seeds
+        for part, alpha in PARTITIONS:
+            methods = METHODS[:3] if part == "dirichlet" else args.iid_methods
+            if part == "iid" and seed >= args.iid_seeds:
+                methods = []
+            for method in methods:
                 s, h = _federated(method, tiers, args, part, alpha, seed)
                 scores[part][method].append(s)
                 histories.setdefault((part, method), []).append(h)
@@ -338,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                         "wall_s": sum(r["wall_s"] for r in h),
                     }
                 )
-            scores[part]["central"].append(_central(tiers, args, seed))
+            if seed < args.central_seeds:
+                scores[part]["central"].append(_central(tiers, args, seed))
     _, data = resolve(_spec("supernet", tiers, args, "iid", None, 0))
     groups = data.groups("test")
     rows = []
@@ -353,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             for m in METHODS:
                 tier = tiers[-1].name if m == "fedavg" else t.name
-                row[m] = 100 * float(np.mean([s[tier].mean() for s in scores[part][m]]))
+                runs = scores[part][m]
+                row[m] = 100 * float(np.mean([s[tier].mean() for s in runs])) if runs else None
             rows.append(row)
     results = {
         "benchmark": "federated",
@@ -375,17 +480,27 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "runs": rows_runs,
         "loadavg": list(os.getloadavg()),
+        "loadavg_at_start": load_before,
+        "shared_load": "timings taken on a shared 2-core host under the load recorded here",
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "wall_s": time.perf_counter() - began,
+        "note": args.note,
+        "seeds_run": {p: {m: len(r) for m, r in s.items()} for p, s in scores.items()},
     }
     results["targets"] = {
         **_targets(scores, tiers, groups),
         "commit": results["commit"],
         "resume_max_abs_diff": _resume_check(tiers, args),
         "non_loopback_sockets": _non_loopback(),
+        "dp_cost_pts": None,
     }
+    results["targets"]["why_null"]["dp_cost_pts"] = (
+        "the accuracy cost of privacy per noise level was not measured: every federated row of "
+        "this run is near chance, so a cost could not be told from noise"
+    )
+    results["verdicts"] = _verdicts(results["targets"], [t.name for t in tiers])
     results["plots"] = _plots(args.out, histories, tiers)
     write_json_atomic(args.out / "results.json", results)
     write_text_atomic(args.out / "table.md", _table(results))

@@ -240,6 +240,8 @@ A_FILE = (("f", "x"),)
 SEARCH = "search --objectives macs,params --trials 2 --out {tmp}/s"
 FED_TIERS = "federated tiers --candidates 20"
 FED_RUN = "federated run --candidates 20 --out {tmp}/fed --tier p:pixel3-emulated:5:2"
+FED_TIER = {"name": "p", "device": "pixel3-emulated", "budget_ms": 5.0, "clients": 2}
+FED_STAGE = {"enabled": True, "candidates": 20, "tiers": [FED_TIER]}
 LAT = "search --device pixel3-emulated --objectives latency,params --trials 2 --lut-archs 2 --out {tmp}/s"
 BUILD = "latency build --out {tmp}/lut.csv --device pixel3-emulated --archs 2"
 WORKER = "search worker --storage sqlite:///{world}/search/study.db"
@@ -631,6 +633,20 @@ CASES: list[Case] = [
     case("federated-more-clients-than-sources",
          "federated run --candidates 20 --out {tmp}/fed --tier p:pixel3-emulated:5:100000",
          "100000 clients"),
+    # -- the run config's federated stage (issue 21)
+    run_config("federated-alpha-0", {"federated": {**FED_STAGE, "partition": "dirichlet",
+               "alpha": 0.0}}, "federated.alpha", "alpha > 0"),
+    run_config("federated-budget-nothing-meets", {"federated": {**FED_STAGE, "tiers": [
+               {**FED_TIER, "budget_ms": 0.001}]}}, "federated.tiers[0].budget_ms",
+               "no arch of 'tiny' meets", "the fastest of"),
+    run_config("federated-more-clients-than-sources", {"federated": {**FED_STAGE, "tiers": [
+               {**FED_TIER, "clients": 100000}]}}, "federated.tiers", "100000 clients",
+               "source images"),
+    run_config("federated-tier-device-not-in-run", {"federated": {**FED_STAGE, "tiers": [
+               {**FED_TIER, "device": "ort-cpu-1t"}]}}, "federated.tiers[0].device",
+               "ort-cpu-1t"),
+    run_config("federated-unknown-runtime", {"federated": {**FED_STAGE, "runtime": "ray"}},
+               "federated.runtime", "grid, deployment"),
 ]
 # fmt: on
 

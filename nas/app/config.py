@@ -30,6 +30,8 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DeviceConfig",
+    "FederatedConfig",
+    "FederatedTierConfig",
     "HwtrainConfig",
     "OndeviceConfig",
     "RunConfig",
@@ -235,6 +237,51 @@ class HwtrainConfig:
 
 
 @dataclass
+class FederatedTierConfig:
+    """One device tier of a federated run: its clients train the subnet with the most MACs
+    whose latency, priced by the run's latency model of `device`, meets `budget_ms`."""
+
+    name: str = "tier"
+    #: a device of the run's `devices` list, by name (or its label, `NAME-DTYPE`)
+    device: str = "pixel3-emulated"
+    budget_ms: float = 1.0
+    clients: int = 2
+
+
+@dataclass
+class FederatedConfig:
+    """The `federated` stage (off unless `enabled`): device tiers train a shared model in
+    rounds on partitions of the run's data (`nas.federated`, issue 21)."""
+
+    enabled: bool = False
+    tiers: list[FederatedTierConfig] = field(default_factory=list)
+    #: "supernet" (each tier trains its subnet), "fedavg" (every client the slowest tier's
+    #: subnet) or "width" (HeteroFL's width slicing of the fastest tier's arch)
+    kind: str = "supernet"
+    rounds: int = 10
+    #: "iid" or "dirichlet" (label skew, by source image, with `alpha`)
+    partition: str = "iid"
+    alpha: float | None = None
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    #: per local epoch: a cap for quick runs
+    max_batches: int | None = None
+    #: a round needs this many replies (default: every client)
+    min_clients: int | None = None
+    #: the first this many test images score each round (default: all)
+    test_images: int | None = None
+    #: archs priced per tier to pick its subnet
+    candidates: int = 500
+    #: "scratch" (seeded weights) or "supernet" (the run's trained supernet; supernet kind only)
+    init: str = "scratch"
+    #: "grid" (in-process, no sockets) or "deployment" (Flower's runtime, loopback only)
+    runtime: str = "grid"
+    #: client-side DP: {"clipping_norm": C, "epsilon": E, "delta": D}; empty for none
+    dp: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -248,6 +295,7 @@ class RunConfig:
     ondevice: OndeviceConfig = field(default_factory=OndeviceConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     hwtrain: HwtrainConfig = field(default_factory=HwtrainConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

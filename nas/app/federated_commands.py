@@ -17,7 +17,16 @@ from typing import Any
 
 from nas.app.errors import InputError, stage_work
 
-__all__ = ["add_federated_parser", "parse_tier", "run_cmd", "tiers_cmd"]
+__all__ = [
+    "KINDS",
+    "add_federated_parser",
+    "make_spec",
+    "parse_tier",
+    "pick_tiers",
+    "run_cmd",
+    "run_federated",
+    "tiers_cmd",
+]
 
 KINDS = ("supernet", "fedavg", "width")
 
@@ -41,10 +50,21 @@ def parse_tier(text: str) -> tuple[str, str, float, int]:
     return name, device, budget_ms, count
 
 
+def pick_tiers(space: Any, budgets: list[Any], candidates: int, seed: int) -> tuple[Any, ...]:
+    """Each tier's subnet (`nas.federated.choose_tiers`), a budget no arch meets as InputError
+    naming the fastest arch's latency."""
+    from nas.federated import choose_tiers
+
+    try:
+        return choose_tiers(space, budgets, candidates=candidates, seed=seed)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
 def _tiers(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...]]:
     import latency_models
     import search_spaces
-    from nas.federated import TierBudget, choose_tiers
+    from nas.federated import TierBudget
 
     if not args.tier:
         raise InputError("give at least one --tier NAME:DEVICE:BUDGET_MS:CLIENTS")
@@ -54,10 +74,7 @@ def _tiers(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...]]:
         name, device, budget_ms, clients = parse_tier(text)
         predictor = latency_models.CostModelPredictor(latency_models.get_device(device))
         budgets.append(TierBudget(name, predictor, budget_ms, clients))
-    try:
-        return space, choose_tiers(space, budgets, candidates=args.candidates, seed=args.seed)
-    except ValueError as err:
-        raise InputError(str(err)) from None
+    return space, pick_tiers(space, budgets, args.candidates, args.seed)
 
 
 def tiers_cmd(args: argparse.Namespace) -> int:
@@ -69,32 +86,50 @@ def tiers_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec(args: argparse.Namespace) -> Any:
+def make_spec(tiers: tuple[Any, ...], kind: str, local: Any, **fields: Any) -> Any:
+    """The `FederatedSpec` of a run of `kind` over `tiers` (`supernet`: each tier its subnet;
+    `fedavg`: every tier the slowest tier's subnet; `width`: HeteroFL's widths 1, 1/2, 1/4, ...
+    of the fastest tier's arch); bad settings as InputError."""
     from dataclasses import replace
 
-    from nas.federated import FederatedSpec, LocalSettings
+    from nas.federated import FederatedSpec
 
-    _, tiers = _tiers(args)
+    if kind not in KINDS:
+        raise InputError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    if fields.get("partition") == "dirichlet" and not (fields.get("alpha") or 0) > 0:
+        raise InputError(f"alpha must be > 0 for a Dirichlet partition; got {fields.get('alpha')}")
     base_arch = None
-    if args.kind == "fedavg":
+    if kind == "fedavg":
         slowest = min(tiers, key=lambda t: t.mmacs)
         tiers = tuple(replace(t, arch=slowest.arch) for t in tiers)
-    elif args.kind == "width":
+    elif kind == "width":
         base_arch = max(tiers, key=lambda t: t.mmacs).arch
         tiers = tuple(replace(t, arch=None, width=0.5**i) for i, t in enumerate(tiers))
+    try:
+        return FederatedSpec(
+            tiers=tiers,
+            kind="width" if kind == "width" else "supernet",
+            base_arch=base_arch,
+            local=local,
+            **fields,
+        )
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
+def _spec(args: argparse.Namespace) -> Any:
+    from nas.federated import LocalSettings
+
+    _, tiers = _tiers(args)
     dp = None
     if args.dp_clip is not None:
         dp = {"clipping_norm": args.dp_clip, "epsilon": args.dp_epsilon, "delta": args.dp_delta}
     local = LocalSettings(args.local_epochs, args.batch_size, args.lr, max_batches=args.max_batches)
-    try:
-        return FederatedSpec(
-            tiers=tiers, space=args.space, kind="width" if args.kind == "width" else "supernet",
-            base_arch=base_arch, dataset=args.data, rounds=args.rounds, local=local,
-            partition=args.partition, alpha=args.alpha, seed=args.seed,
-            min_clients=args.min_clients, test_images=args.test_images, dp=dp,
-        )  # fmt: skip
-    except ValueError as err:
-        raise InputError(str(err)) from None
+    return make_spec(
+        tiers, args.kind, local, space=args.space, dataset=args.data, rounds=args.rounds,
+        partition=args.partition, alpha=args.alpha, seed=args.seed,
+        min_clients=args.min_clients, test_images=args.test_images, dp=dp,
+    )  # fmt: skip
 
 
 def _check_sources(spec: Any) -> None:
@@ -108,27 +143,38 @@ def _check_sources(spec: Any) -> None:
         raise InputError(str(err)) from None
 
 
-def run_cmd(args: argparse.Namespace) -> int:
-    """Run (or resume) the rounds into --out; print the last round's accuracy per tier."""
+def run_federated(spec: Any, out: Path, runtime: str = "grid") -> dict[str, Any]:
+    """Run (or resume at its last finished round) `spec`'s rounds into `out`, on the in-process
+    grid or Flower's deployment runtime; the saved server state (JSON) at the end. The caller
+    holds `out`'s lock: the CLI's `run` and the run config's `federated` stage share this."""
     from nas.app.federated_apps import client_app, server_app
-    from nas.app.lock import folder_lock
     from nas.core.files import write_json_atomic
     from nas.federated import run_deployment, run_in_process
+
+    _check_sources(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "spec.json", json.loads(spec.to_json()))
+    if runtime == "deployment":
+        run_deployment(spec, out)
+    else:
+        config = {"spec": spec.to_json(), "out": str(out)}
+        run_in_process(server_app, client_app, spec.num_clients, config)
+    state: dict[str, Any] = json.loads((out / "server_state.json").read_text())
+    return state
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    """Run (or resume) the rounds into --out; print the last round's accuracy per tier."""
+    from nas.app.lock import folder_lock
 
     if args.partition == "dirichlet" and (args.alpha is None or not args.alpha > 0):
         raise InputError(f"--alpha must be > 0 for a Dirichlet partition; got {args.alpha}")
     spec = _spec(args)
-    _check_sources(spec)
+    _check_sources(spec)  # before the folder is made: bad input leaves nothing behind
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out), stage_work("federated", out):
-        write_json_atomic(out / "spec.json", json.loads(spec.to_json()))
-        if args.runtime == "deployment":
-            run_deployment(spec, out)
-        else:
-            config = {"spec": spec.to_json(), "out": str(out)}
-            run_in_process(server_app, client_app, spec.num_clients, config)
-    state = json.loads((out / "server_state.json").read_text())
+        state = run_federated(spec, out, args.runtime)
     last: dict[str, Any] = state["history"][-1] if state["history"] else {"tiers": {}}
     tiers = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in last["tiers"].items())
     print(f"federated run in {out}: round {state['round']} of {spec.rounds}; accuracy {tiers}")

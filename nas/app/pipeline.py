@@ -42,6 +42,7 @@ from nas.app.builtin_stages import stage_supernet as stage_supernet
 from nas.app.builtin_stages import stage_winners as stage_winners
 from nas.app.config import ConfigError, RunConfig, save_config
 from nas.app.errors import FileProblem, InputError, stage_work
+from nas.app.federated_stage import stage_federated as stage_federated  # optional, issue 21
 from nas.app.hwtrain_stage import stage_hwtrain as stage_hwtrain  # registers the hwtrain stage
 from nas.app.lock import folder_lock
 from nas.app.ondevice_stage import stage_ondevice as stage_ondevice  # the optional stage

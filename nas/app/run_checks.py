@@ -49,6 +49,7 @@ def run_config_problems(config: Any, *, space: Any = None, data_given: bool = Fa
     _check_ondevice(p, config.ondevice)
     _check_compute(p, config.compute)
     _check_hwtrain(p, config, space, devices)
+    _check_federated(p, config, data_given)
     return p.items
 
 
@@ -326,3 +327,13 @@ def _hwtrain_space(
                 f"{target} ms is outside the space's latency range on {name}: "
                 f"{low:.4g} to {high:.4g} ms",
             )
+
+
+def _check_federated(p: Problems, config: Any, data_given: bool) -> None:
+    """The `federated` section, when enabled (issue 21; `nas.app.federated_stage`)."""
+    from nas.app.federated_checks import federated_problems
+
+    cfg = getattr(config, "federated", None)
+    if cfg is not None and cfg.enabled is True:
+        for key, message in federated_problems(config, data_given):
+            p.add(key, message)

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
+from safetensors.torch import load_file
 from torch import Tensor
 
-from nas.core.files import append_lines
+from nas.core.files import CheckpointError, append_lines, sha256_file
 from nas.data import ImageDataset
 from nas.federated.family import SubModelFamily
 from nas.federated.local import evaluate_tier
@@ -167,6 +168,22 @@ def _evaluate(
     return out
 
 
+def _start_weights(spec: FederatedSpec, family: SubModelFamily) -> dict[str, Tensor]:
+    """The seeded full model's weights, or those of `spec.init` (checked against its sum)."""
+    like = {k: v.detach().clone() for k, v in family.full_model(spec.seed).state_dict().items()}
+    if spec.init is None:
+        return like
+    path = Path(spec.init)
+    remedy = "run the stage that wrote it again, or start from seeded weights"
+    if not path.is_file() or sha256_file(path) != spec.init_sha256:
+        raise CheckpointError(path, "is missing or does not match its recorded checksum", remedy)
+    weights = load_file(str(path))
+    bad = sorted(k for k, v in like.items() if k not in weights or weights[k].shape != v.shape)
+    if bad:
+        raise CheckpointError(path, f"does not fit the run's model (entries {bad[:5]})", remedy)
+    return {k: weights[k].to(v.dtype).clone() for k, v in like.items()}
+
+
 def run_rounds(
     grid: Grid,
     spec: FederatedSpec,
@@ -178,9 +195,7 @@ def run_rounds(
     every round appends its record (accuracy per tier, bytes and loss per client, wall time) to
     ``rounds.jsonl`` and saves the state. Returns the final state."""
     out = Path(out_dir)
-    start_weights = {
-        k: v.detach().clone() for k, v in family.full_model(spec.seed).state_dict().items()
-    }
+    start_weights = _start_weights(spec, family)
     state = load_server_state(out, spec.digest, start_weights)
     if state is None:
         state = ServerState(spec.digest, 0, start_weights)

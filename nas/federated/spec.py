@@ -73,6 +73,10 @@ class FederatedSpec:
     round_timeout_s: float | None = None
     # client-side DP through Flower's LocalDpMod: {"clipping_norm", "epsilon", "delta"}
     dp: Mapping[str, float] | None = None
+    # a safetensors file of the full model's weights the rounds start from (a run's trained
+    # supernet), with its checksum; None: seeded initial weights
+    init: str | None = None
+    init_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if not self.tiers:
@@ -102,6 +106,8 @@ class FederatedSpec:
                 raise ValueError(
                     f"dp needs clipping_norm, epsilon and delta, each > 0; got {dict(self.dp)}"
                 )
+        if (self.init is None) != (self.init_sha256 is None):
+            raise ValueError("init and init_sha256 go together (the weights and their checksum)")
         if self.min_clients is not None and not 1 <= self.min_clients <= self.num_clients:
             raise ValueError(
                 f"min_clients must be in [1, {self.num_clients}] (the clients); "
@@ -136,6 +142,9 @@ class FederatedSpec:
         data = asdict(self)
         data.pop("rounds")
         data.pop("round_timeout_s")
+        data.pop("init")  # the weights' checksum identifies them, not where they lie
+        if data["init_sha256"] is None:
+            data.pop("init_sha256")  # digests of runs from seeded weights stay as they were
         return json_digest(data)
 
     @classmethod
