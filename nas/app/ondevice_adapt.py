@@ -30,10 +30,12 @@ from nas.core.space import SearchSpace
 from nas.ondevice import (
     BUDGET_MARGIN,
     MODES,
+    OPTIONAL_MODES,
     BudgetTooSmallError,
     TrainingMemory,
     UpdatePlan,
     adabn,
+    add_lite_residuals,
     finetune,
     make_plan,
     make_shift_task,
@@ -67,10 +69,12 @@ _FALLBACK_HINT = (
 
 @dataclass(frozen=True)
 class PlanChoice:
-    """A plan and its modelled memory."""
+    """A plan, its modelled memory, and the network it trains when the mode changes the
+    deployed one (``lite_residual``: a copy with TinyTL's branches added; else None)."""
 
     plan: UpdatePlan
     memory: TrainingMemory
+    network: nn.Module | None = None
 
 
 def choose_plan(
@@ -91,8 +95,8 @@ def choose_plan(
     margin, `BUDGET_MARGIN`). Mode ``sparse`` picks its layers under the budget by gain per
     byte on `shots` (the adaptation shots). `factory` builds the model's structure when it is
     not the plain arch's (a pruned model); `optimizer` prices its state."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; valid: {sorted(MODES)}")
+    if mode not in MODES and mode not in OPTIONAL_MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {sorted(MODES | OPTIONAL_MODES)}")
     arch = space.validate(arch)
     shape = space.input_shape(arch)
     classes = getattr(space, "num_classes", None)
@@ -102,6 +106,10 @@ def choose_plan(
     if model is None:
         with torch.device("meta"):
             model = factory()
+    network = None
+    if mode == "lite_residual":  # the branches are trained, so they are priced too
+        network = model = add_lite_residuals(model, shape)
+        factory = functools.partial(_with_branches, factory, tuple(shape))
     if mode == "sparse":
         if budget_kb is None or shots is None:
             raise ValueError("mode 'sparse' needs --budget-kb and the adaptation shots (adapt)")
@@ -141,7 +149,11 @@ def choose_plan(
             batch,
             asked=(plan.describe(), math.ceil(memory.total_bytes * (1 + BUDGET_MARGIN))),
         )
-    return PlanChoice(plan, memory)
+    return PlanChoice(plan, memory, network)
+
+
+def _with_branches(factory: Callable[[], nn.Module], shape: tuple[int, ...]) -> nn.Module:
+    return add_lite_residuals(factory(), shape)
 
 
 def runtime_problem(engine: str, optimizer: str, fallback: str) -> tuple[str, str]:
@@ -280,13 +292,17 @@ def adapt_model(
         optimizer=optimizer,
     )
     kw = dict(steps=steps, batch=batch, lr=lr, seed=seed, optimizer=optimizer)
-    result, why = _train(model, choice.plan, task, engine, fallback, **kw)
+    trained = choice.network if choice.network is not None else model
+    result, why = _train(trained, choice.plan, task, engine, fallback, **kw)
     mem = choice.memory
     state_bytes = mem.trainable_bytes + mem.optimizer_bytes
     report: dict[str, Any] = {
         **dict(extra or {}),
         "arch": space.key(arch),
         "mode": mode,
+        # the adapted weights' structure: "lite_residual" when TinyTL's branches were added
+        # (load them into nas.ondevice.add_lite_residuals(net, input_shape)), else "deployed"
+        "structure": "lite_residual" if choice.network is not None else "deployed",
         "plan": choice.plan.describe(),
         "trainable": list(choice.plan.trainable),
         "settings": mem.settings(),

@@ -25,7 +25,7 @@ from nas.app.ondevice_adapt import (
     runtime_problem,
 )
 from nas.core.space import SearchSpace
-from nas.ondevice import MODES
+from nas.ondevice import MODES, OPTIONAL_MODES
 
 __all__ = ["adapt_cmd", "add_ondevice_parser", "plan_cmd", "render_plan"]
 
@@ -172,7 +172,7 @@ def add_ondevice_parser(sub: Any) -> None:
             p.add_argument("--lr", type=positive_float, default=0.05)
             p.add_argument("--seed", type=int, default=0)
         p.add_argument("--arch", required=True, help="arch key")
-        p.add_argument("--mode", default="bias", choices=sorted(MODES))
+        p.add_argument("--mode", default="bias", choices=sorted(MODES | OPTIONAL_MODES))
         p.add_argument("--blocks", type=positive_int, default=1, help="k of mode 'last'")
         p.add_argument("--batch", type=positive_int, default=8)
         p.add_argument("--budget-kb", type=positive_float, help="training-memory budget")

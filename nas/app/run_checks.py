@@ -188,14 +188,16 @@ def _check_compress(p: Problems, compress: Any) -> None:
 def _check_ondevice(p: Problems, cfg: Any) -> None:
     """The `ondevice` section: modes, numbers, names, and what the runtime cannot do."""
     from nas.app.ondevice_adapt import ENGINES, FALLBACKS, runtime_problem
-    from nas.ondevice import MODES, OPTIMIZERS, SHIFTS
+    from nas.ondevice import MODES, OPTIMIZERS, OPTIONAL_MODES, SHIFTS
+
+    known = {**MODES, **OPTIONAL_MODES}
 
     modes = cfg.modes if isinstance(cfg.modes, list) else []
     if isinstance(cfg.modes, list) and not modes:
         p.add("ondevice.modes", f"name at least one update mode: {', '.join(MODES)}")
     for mode in modes:
-        if isinstance(mode, str) and mode not in MODES:
-            p.add("ondevice.modes", choices_text(mode, MODES))
+        if isinstance(mode, str) and mode not in known:
+            p.add("ondevice.modes", choices_text(mode, known))
     if "sparse" in modes and cfg.budget_kb is None:
         p.add("ondevice.budget_kb", "mode 'sparse' picks its layers under a budget: set one")
     if isinstance(cfg.budget_kb, (int, float)) and cfg.budget_kb <= 0:
