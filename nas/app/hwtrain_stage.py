@@ -22,6 +22,7 @@ from nas.app.builtin_stages import (
     metric_of,
     recheck_winners,
 )
+from nas.app.compute import memory_remedy, run_precision
 from nas.app.errors import InputError
 from nas.app.hwtrain_work import HwDevice, HwWork, relaxed_supernet, train_and_derive
 from nas.app.report import register_report_section
@@ -189,7 +190,19 @@ def _train(state: RunState, out: Path, margins: Mapping[str, tuple[float, str]])
     def figure(d: HwDevice, arch: Any) -> float:
         return device_figure(state, labels[d.name], state.space.key(arch))
 
-    return train_and_derive(state.space, devices, config, relaxed, state.data, out, work, figure)
+    compute = state.config.compute  # the run's device and precision; the supernet follows it
+    with memory_remedy("hwtrain", compute, "hwtrain.batch_size"):
+        return train_and_derive(
+            state.space,
+            devices,
+            config,
+            relaxed,
+            state.data,
+            out,
+            work,
+            figure,
+            precision=run_precision(compute),
+        )
 
 
 def stage_hwtrain(state: RunState, progress: bool) -> None:

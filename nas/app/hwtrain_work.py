@@ -133,11 +133,14 @@ def train_and_derive(
     out: Path,
     work: HwWork,
     figure: Callable[[HwDevice, Any], float] | None = None,
+    precision: Any = None,
 ) -> dict[str, Any]:
     """Train weights and logits (resuming `out`'s checkpoint), derive the arch, score it and
     plot the logits' trajectory; returns what `hwtrain.json` holds (written there too).
     `figure(device, arch)` is the device's own figure of the derived arch (measured on a real
-    runtime, priced whole on an emulated device, the table's entry)."""
+    runtime, priced whole on an emulated device, the table's entry). `precision` (a
+    `nas.supernet.Precision`; default fp32 on the CPU) is where and how the supernet trains and
+    its derived archs are scored."""
     from nas.core.files import write_json_atomic
     from nas.hwtrain import Relaxation, derive, monte_carlo_check, train_hw
     from nas.supernet import evaluate_archs
@@ -147,11 +150,14 @@ def train_and_derive(
     terms = cost_terms(space, logits, devices, work)
     uniform_mc = [monte_carlo_check(t.expected, n=work.mc, seed=work.seed) for t in terms]
     relax = Relaxation(net, logits, roles, work.relaxation, work.paths)
-    result = train_hw(net, logits, relax, terms, data, config, out)
+    result = train_hw(net, logits, relax, terms, data, config, out, precision=precision)
     train_s = time.perf_counter() - started
     report = derive(logits, terms, tolerance=work.tolerance, top=work.top)
     archs = [report["derived"]["arch"], report["argmax"]["arch"]]
-    acc = evaluate_archs(net, archs, data.split("train"), data.split("test"), seed=work.seed)
+    scoring = {"precision": precision} if precision is not None else {}
+    acc = evaluate_archs(
+        net, archs, data.split("train"), data.split("test"), seed=work.seed, **scoring
+    )
     report["accuracy"] = {"derived": float(acc[0]), "argmax": float(acc[1])}
     if figure is None:
         report["device_ms"] = {d.name: _measured(d, space, archs[0]) for d in devices}

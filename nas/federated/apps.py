@@ -29,6 +29,7 @@ from nas.federated.partitions import client_indices
 from nas.federated.server import run_rounds
 from nas.federated.slices import put_held, take_held
 from nas.federated.spec import FederatedSpec
+from nas.supernet import Precision, execution
 
 __all__ = ["Resolve", "client_partition", "make_client_app", "make_server_app"]
 
@@ -91,6 +92,13 @@ def _node_partition(context: Context) -> tuple[int, int]:
         ) from None
 
 
+def _node_execution(context: Context) -> Precision:
+    """Where this node trains: fp32 on the CPU (the reproducible default) unless its node config
+    names a ``device`` (auto, cuda, cuda:N, mps) or a ``precision`` (bf16, fp16)."""
+    config = context.node_config
+    return execution(str(config.get("device", "cpu")), str(config.get("precision", "fp32")))
+
+
 def _train(message: Message, context: Context, resolve: Resolve) -> Message:
     """Train this node's sub-model on its partition; reply with the held elements."""
     spec = _spec(context)
@@ -107,7 +115,9 @@ def _train(message: Message, context: Context, resolve: Resolve) -> Message:
     put_held(model, masks, message.content["held"].to_torch_state_dict())  # type: ignore[union-attr]
     settings: LocalSettings = spec.local
     seed = round_seed(spec.seed, rnd, part)
-    loss = train_local(family, model, tier, images, labels, settings, seed)
+    loss = train_local(
+        family, model, tier, images, labels, settings, seed, _node_execution(context)
+    )
     held = take_held(model.state_dict(), masks)
     content = RecordDict(
         {

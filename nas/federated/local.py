@@ -5,10 +5,14 @@ its shuffling seeded by (run seed, round, partition): a client rerun in a resume
 the same update bit for bit. The server scores each tier's sub-model on a test split no client
 holds, after re-estimating its batch-norm statistics on a server-side split (the running
 statistics of shared channels mix tiers, as in HeteroFL's static-BN argument).
+
+Both run through `nas.supernet`'s device-and-precision helper; the default, fp32 on the CPU,
+is the reproducible one (a node opts into a GPU or bf16 in its node config, see the apps).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +24,7 @@ from torch import Tensor, nn
 
 from nas.core.elastic import resize_to
 from nas.federated.family import SubModelFamily, Tier
-from nas.supernet import correct_mask, recalibrate_bn
+from nas.supernet import Precision, correct_mask, fits_memory, recalibrate_bn
 
 __all__ = ["LocalSettings", "evaluate_tier", "one_thread", "round_seed", "train_local"]
 
@@ -69,11 +73,17 @@ def train_local(
     labels: Tensor,
     settings: LocalSettings,
     seed: int,
+    precision: Precision | None = None,
 ) -> float:
     """Train `model` as `tier`'s sub-model on (images N x C x H x W, labels N); return the mean
-    training loss. Only the sub-model's elements receive gradients."""
+    training loss. Only the sub-model's elements receive gradients.
+
+    `precision` (default fp32 on the CPU, on one thread) is where and how the steps run; the
+    model comes back on the CPU, where its parameters go back to Flower."""
     if len(images) == 0:
         raise ValueError("a client needs at least one training image")
+    prec = precision or Precision("fp32", torch.device("cpu"))
+    model.to(prec.device)
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(
@@ -82,7 +92,8 @@ def train_local(
     size = family.input_shape(tier)[1:]
     losses: list[float] = []
     model.train()
-    with one_thread(), family.activated(model, tier):
+    threads = one_thread() if prec.device.type == "cpu" else contextlib.nullcontext()
+    with threads, family.activated(model, tier):
         for _ in range(settings.epochs):
             order = torch.randperm(len(images), generator=generator)
             starts = range(0, len(order), settings.batch_size)[: settings.max_batches]
@@ -90,12 +101,14 @@ def train_local(
                 batch = order[i : i + settings.batch_size]
                 if len(batch) < 2:  # batch norm needs two images to normalise over
                     continue
-                x = resize_to(images[batch], size)  # B x C x H x W
-                loss = F.cross_entropy(model(x), labels[batch])
+                x = resize_to(prec.to(images[batch]), size)  # B x C x H x W
+                with fits_memory(prec.device, len(batch)), prec.autocast():
+                    loss = F.cross_entropy(model(x), prec.to(labels[batch]))
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                prec.backward(loss)
+                prec.step(opt)
                 losses.append(loss.item())
+    model.to("cpu")
     return float(np.mean(losses)) if losses else float("nan")
 
 
@@ -107,11 +120,15 @@ def evaluate_tier(
     test_images: Tensor,
     test_labels: Tensor,
     batch_size: int = 256,
+    precision: Precision | None = None,
 ) -> np.ndarray:
     """Per test image, whether `tier`'s sub-model (batch norm re-estimated on `calibration`,
-    server-side images) classifies it right. `model`'s batch-norm statistics change."""
+    server-side images) classifies it right. `model`'s batch-norm statistics change; it runs
+    on `precision`'s device under its autocast (default fp32 on the CPU) and stays there."""
     size = family.input_shape(tier)[1:]
-    with family.activated(model, tier):
+    prec = precision or Precision("fp32", torch.device("cpu"))
+    model.to(prec.device)
+    with family.activated(model, tier), torch.no_grad(), prec.autocast():
         batches = [calibration[i : i + batch_size] for i in range(0, len(calibration), batch_size)]
         recalibrate_bn(model, batches, input_size=size)
         return correct_mask(model, test_images, test_labels, batch_size, input_size=size)

@@ -2,7 +2,8 @@
 steps and architecture steps alternate on disjoint splits of the training data (DARTS, FBNet),
 the architecture step's loss carrying the expected cost terms; seeded, and exactly resumable
 from the checkpoint written at the end of every epoch (a kill loses at most the running epoch,
-which is redone identically)."""
+which is redone identically). It runs through `nas.supernet`'s device-and-precision helper: the
+supernet's forward passes on the device under autocast, the expected costs in fp32."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from nas.core.files import CheckpointError, write_bytes_atomic, write_json_atomi
 from nas.hwtrain.logits import ArchLogits
 from nas.hwtrain.losses import CostTerm, LossConfig, hardware_loss
 from nas.hwtrain.relax import Relaxation
+from nas.supernet import Precision, fits_memory
 
 __all__ = ["HWTrainConfig", "HWTrainResult", "train_hw"]
 
@@ -93,6 +95,8 @@ class _Run:
     arch_idx: Tensor
     opt_w: torch.optim.Optimizer
     opt_a: torch.optim.Optimizer
+    prec: Precision  # the weight step's (with fp16, each optimizer has its own loss scaler)
+    prec_a: Precision  # the architecture step's
     trajectory: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     step: int = 0
@@ -127,9 +131,18 @@ def train_hw(
     config: HWTrainConfig,
     out_dir: str | os.PathLike[str] | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    precision: Precision | None = None,
 ) -> HWTrainResult:
     """Train `net`'s weights and `logits` together; resume from `out_dir`'s checkpoint when it
-    holds one of the same settings. `on_epoch(epoch)` is called after each saved epoch."""
+    holds one of the same settings. `on_epoch(epoch)` is called after each saved epoch.
+
+    `precision` (default: fp32 where `net` is) is the device and autocast of the supernet's
+    passes; `net` moves there. The logits, the relaxation's draws and the expected costs stay
+    on the CPU: a few dozen numbers, drawn from the seeded CPU generator, so a run samples the
+    same architectures on any device (their 0-dim gates join the device's tensors as scalars).
+    """
+    prec = precision or Precision("fp32", next(net.parameters()).device)
+    net.to(prec.device)
     images, labels = _tensors(data)
     weight_idx, arch_idx = _splits(len(images), config)
     torch.manual_seed(config.seed)
@@ -156,6 +169,8 @@ def train_hw(
         opt_a=torch.optim.Adam(
             logits.parameters(), lr=config.arch_lr, weight_decay=config.arch_weight_decay
         ),
+        prec=prec,
+        prec_a=Precision(prec.name, prec.device),
     )
     out = Path(out_dir) if out_dir is not None else None
     start = _resume(run, out) if out is not None else 0
@@ -174,9 +189,9 @@ def train_hw(
 
 
 def _batch(run: _Run, idx: Tensor, arch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    x = run.images[idx]
+    x = run.prec.to(run.images[idx])
     size = run.net.space.input_shape(arch)[1:]
-    return resize_to(x, size), run.labels[idx]
+    return resize_to(x, size), run.prec.to(run.labels[idx])
 
 
 def _epoch(run: _Run, epoch: int) -> None:
@@ -196,9 +211,10 @@ def _epoch(run: _Run, epoch: int) -> None:
         arch = run.relax.uniform(gen) if warm else run.relax.step(tau, gen)
         x, y = _batch(run, idx, arch)
         run.opt_w.zero_grad(set_to_none=True)
-        ce = F.cross_entropy(run.net(x), y)
-        ce.backward()
-        run.opt_w.step()
+        with fits_memory(run.prec.device, cfg.batch_size), run.prec.autocast():
+            ce = F.cross_entropy(run.net(x), y)
+        run.prec.backward(ce)
+        run.prec.step(run.opt_w)
         totals["ce"] += float(ce.detach())
         if not warm:
             totals["arch_loss"] += _arch_step(run, a_order, s, tau, gen)
@@ -219,10 +235,12 @@ def _arch_step(run: _Run, order: Tensor, s: int, tau: float, gen: torch.Generato
     arch = run.relax.step(tau, gen)
     x, y = _batch(run, idx, arch)
     run.opt_a.zero_grad(set_to_none=True)
-    ce = F.cross_entropy(run.net(x), y)
-    loss, _ = hardware_loss(ce, run.terms, cfg.loss)
-    loss.backward()
-    run.opt_a.step()
+    with fits_memory(run.prec.device, cfg.batch_size), run.prec_a.autocast():
+        ce = F.cross_entropy(run.net(x), y)
+        with run.prec_a.full():  # the expected costs are sums over many archs: fp32 (float64)
+            loss, _ = hardware_loss(ce, run.terms, cfg.loss)
+    run.prec_a.backward(loss)
+    run.prec_a.step(run.opt_a)
     run.opt_w.zero_grad(set_to_none=True)  # the weights learn on their own split only
     if (s + 1) % cfg.record_every == 0:
         _record(run, None, tau)
@@ -248,6 +266,11 @@ def _save(run: _Run, out: Path, epochs_done: int) -> None:
         "opt_w": run.opt_w.state_dict(),
         "opt_a": run.opt_a.state_dict(),
         "references": [t.reference for t in run.terms],
+        "precision": {
+            "name": run.prec.name,
+            "w": run.prec.state_dict(),
+            "a": run.prec_a.state_dict(),
+        },
         "trajectory": json.dumps(run.trajectory),
         "history": json.dumps(run.history),
     }
@@ -261,7 +284,7 @@ def _resume(run: _Run, out: Path) -> int:
     if not path.exists():
         return 0
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # any device's
     except Exception as e:  # a torn or foreign file: say which and what to do
         raise CheckpointError(path, f"cannot be read ({e})", "delete it to start over") from e
     if state["config"] != json.dumps(run.config.to_json(), sort_keys=True):
@@ -275,6 +298,9 @@ def _resume(run: _Run, out: Path) -> int:
         run.logits.alpha.copy_(state["alpha"])
     run.opt_w.load_state_dict(state["opt_w"])
     run.opt_a.load_state_dict(state["opt_a"])
+    saved = state.get("precision", {})  # absent in checkpoints of before the helper
+    run.prec.load_state_dict(saved.get("w", {}))
+    run.prec_a.load_state_dict(saved.get("a", {}))
     for t, ref in zip(run.terms, state["references"], strict=True):
         t.reference = float(ref)
     run.step = int(state["step"])

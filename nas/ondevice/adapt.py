@@ -1,6 +1,8 @@
 """Adaptation of a deployed model to a target domain: fine-tuning an update plan on the shots in
 PyTorch or in the ExecuTorch runtime, and the baselines beside it (no adaptation; AdaBN, batch-
-norm statistics re-estimated on the shots alone, Li et al., 2016)."""
+norm statistics re-estimated on the shots alone, Li et al., 2016). The PyTorch loops run on a
+device of choice (default the CPU) in fp32 always: they stand in for an edge device's training,
+whose arithmetic is fp32; the ExecuTorch runtime runs on the CPU."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from torch import nn
 
 from nas.backends import RuntimeTrainer, check_runtime_optimizer, export_training_program
 from nas.ondevice.plans import UpdatePlan
-from nas.supernet import accuracy, recalibrate_bn
+from nas.supernet import Precision, accuracy, execution, fits_memory, recalibrate_bn
 
 __all__ = ["AdaptResult", "adabn", "finetune", "target_accuracy", "train_source_model"]
 
@@ -63,15 +65,19 @@ def _torch_steps(
     order: list[torch.Tensor],
     lr: float,
     optimizer: str = "sgd",
+    prec: Precision | None = None,
 ) -> list[float]:
+    prec = prec or Precision()
+    model.to(prec.device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _optimizer(params, optimizer, lr)
     losses = []
     for idx in order:
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        opt.step()
+        with fits_memory(prec.device, len(idx)):
+            loss = nn.functional.cross_entropy(model(prec.to(x[idx])), prec.to(y[idx]))
+        prec.backward(loss)
+        prec.step(opt)
         losses.append(loss.item())
     return losses
 
@@ -88,26 +94,29 @@ def finetune(
     engine: str = "pytorch",
     check: bool = False,
     optimizer: str = "sgd",
+    device: str | torch.device = "cpu",
 ) -> AdaptResult:
     """Fine-tune a copy of `model` under `plan` on (x, y) with `optimizer` (default SGD without
     momentum), batch norm frozen (eval mode), the same batches for either engine.
     ``engine="executorch"`` runs the steps in the runtime's training program (a
     `TrainingProgramError` where the runtime cannot: an optimizer it lacks, an op); `check` runs
-    PyTorch beside it and keeps its losses in ``reference_losses``."""
+    PyTorch beside it and keeps its losses in ``reference_losses``. PyTorch trains on `device`
+    (fp32; a `DeviceError` names the devices there are) and hands the model back on the CPU."""
     if engine not in ("pytorch", "executorch"):
         raise ValueError(f"engine must be 'pytorch' or 'executorch', got {engine!r}")
     if engine == "executorch":
         check_runtime_optimizer(optimizer)  # before any work
+    prec = execution(device, "fp32")  # an edge device trains in fp32
     batch = min(batch, len(y))
     order = _batches(len(y), batch, steps, seed)
     work = copy.deepcopy(model).eval()
     plan.apply(work)
     if engine == "pytorch":
         start = time.perf_counter()
-        losses = _torch_steps(work, x, y, order, lr, optimizer)
+        losses = _torch_steps(work, x, y, order, lr, optimizer, prec)
         step_ms = 1e3 * (time.perf_counter() - start) / max(steps, 1)
-        return AdaptResult(work, losses, engine, step_ms)
-    reference = _torch_steps(copy.deepcopy(work), x, y, order, lr, optimizer) if check else []
+        return AdaptResult(work.to("cpu"), losses, engine, step_ms)
+    reference = _torch_steps(copy.deepcopy(work), x, y, order, lr, optimizer, prec) if check else []
     program = export_training_program(work, (x[order[0]], y[order[0]]))
     momentum = MOMENTUM if optimizer == "sgd_momentum" else 0.0
     trainer = RuntimeTrainer(program, lr=lr, momentum=momentum)
@@ -133,9 +142,13 @@ def train_source_model(
     batch: int = 64,
     lr: float = 0.05,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> nn.Module:
     """Train `model` on the source domain (SGD with momentum, batch norm in training mode): the
-    stand-in for a deployed model when no run's winner is at hand."""
+    stand-in for a deployed model when no run's winner is at hand. It trains on `device` in
+    fp32 and comes back on the CPU."""
+    prec = execution(device, "fp32")
+    model.to(prec.device)
     torch.manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-5)
     model.train()
@@ -143,10 +156,12 @@ def train_source_model(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     for idx in _batches(len(y), batch, steps, seed):
         opt.zero_grad()
-        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
+        with fits_memory(prec.device, batch):
+            loss = nn.functional.cross_entropy(model(prec.to(x[idx])), prec.to(y[idx]))
+        prec.backward(loss)
+        prec.step(opt)
         sched.step()
-    return model.eval()
+    return model.to("cpu").eval()
 
 
 def target_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

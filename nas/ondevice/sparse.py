@@ -20,6 +20,7 @@ from torch import nn
 
 from nas.ondevice.memory import OpTrace, TrainingMemory, record_training_ops, training_memory
 from nas.ondevice.plans import UpdatePlan, make_plan, parameter_layers
+from nas.supernet import execution, fits_memory
 
 __all__ = [
     "BUDGET_MARGIN",
@@ -83,13 +84,17 @@ def probe_layers(
     batch: int = 8,
     lr: float = 0.05,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> list[LayerProbe]:
     """Each parameter layer's gain from `steps` SGD steps of it alone on half the shots (x, y),
-    measured on the other half, with its cost from `cost` (bytes of the single-layer plan)."""
+    measured on the other half, with its cost from `cost` (bytes of the single-layer plan).
+    The probes train on `device`, in fp32 (an edge device's arithmetic)."""
+    prec = execution(device, "fp32")
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(y), generator=gen)
     fit, held = perm[: len(y) // 2], perm[len(y) // 2 :]
-    base = copy.deepcopy(model).eval()
+    x, y = prec.to(x), prec.to(y)  # the shots: a few hundred images at most
+    base = copy.deepcopy(model).eval().to(prec.device)
     before = _holdout_loss(base, x[held], y[held])
     probes = []
     for layer in parameter_layers(base):
@@ -100,8 +105,10 @@ def probe_layers(
         for step in range(steps):
             idx = fit[(step * batch) % len(fit) :][:batch]
             opt.zero_grad()
-            nn.functional.cross_entropy(work(x[idx]), y[idx]).backward()
-            opt.step()
+            with fits_memory(prec.device, len(idx)):
+                loss = nn.functional.cross_entropy(work(x[idx]), y[idx])
+            prec.backward(loss)
+            prec.step(opt)
         gain = before - _holdout_loss(work, x[held], y[held])
         probes.append(LayerProbe(layer, gain, cost(plan)))
     return probes
@@ -120,12 +127,14 @@ def plan_under_budget(
     seed: int = 0,
     margin: float = BUDGET_MARGIN,
     optimizer: str = "sgd",
+    device: str | torch.device = "cpu",
 ) -> tuple[UpdatePlan, TrainingMemory, list[LayerProbe]]:
     """The sparse plan that fits `budget_bytes` (modelled total at `batch`, times 1 + `margin`)
     and gains most per byte on the shots (x, y), its state priced for `optimizer`; raises :class:`BudgetTooSmallError` when no
     layer fits alone. The margin makes the budget a promise about the runtime's own plan: the
     model has come out up to about 8 % below the program's planned buffer (its greedy layout
-    fragments more than the model's), never above it by more than a few percent."""
+    fragments more than the model's), never above it by more than a few percent. The probes
+    train on `device`."""
     trace: OpTrace = record_training_ops(factory, input_shape, batch)
 
     def memory(plan: UpdatePlan) -> TrainingMemory:
@@ -140,7 +149,14 @@ def plan_under_budget(
         )
 
     probes = probe_layers(
-        model, x, y, lambda p: memory(p).total_bytes, steps=probe_steps, batch=batch, seed=seed
+        model,
+        x,
+        y,
+        lambda p: memory(p).total_bytes,
+        steps=probe_steps,
+        batch=batch,
+        seed=seed,
+        device=device,
     )
 
     def fits(n_bytes: int) -> bool:
