@@ -60,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     # runs
     "demo_config": "nas.app.demo",
     "load_config": "nas.app.config",
+    "plan": "nas.app.pipeline",
     "run_pipeline": "nas.app.pipeline",
     "train_memory_metrics": "nas.app.train_memory",
 }
@@ -91,6 +92,7 @@ __all__ = [
     "load_supernet",
     "make_predictor",
     "pareto_frame",
+    "plan",
     "ranking_metrics",
     "recalibrate_bn",
     "run_chain",
@@ -119,7 +121,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from nas.app.config import load_config
     from nas.app.demo import demo_config
-    from nas.app.pipeline import run_pipeline
+    from nas.app.pipeline import plan, run_pipeline
     from nas.app.train_memory import train_memory_metrics
     from nas.compress import ChainConfig, run_chain
     from nas.core.elastic import Supernet
