@@ -486,6 +486,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("tiny", "nb201"), default=None)
     parser.add_argument("--quick", action="store_true", help="1 seed, small tables and pools")
     args = parser.parse_args()
+    args.commit = git_commit(ROOT, mark_dirty=True)
     if args.quick:
         args.seeds, args.pool, args.shortlist, args.nb201_pool = 1, 300, 4, 500
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -516,9 +517,10 @@ def save(
     summary = summarise(rows, noise)
     results = {
         "benchmark": "budgets",
-        "commit": git_commit(ROOT, mark_dirty=True),
+        # taken when the run started: the code it loaded (a long run may see main move on)
+        "commit": args.commit,
         "python": platform.python_version(),
-        "settings": {k: str(v) for k, v in vars(args).items()},
+        "settings": {k: str(v) for k, v in vars(args).items() if k != "commit"},
         "partial": partial,
         "shortcut": "winners picked from a ranked pool (predictor + inherited val accuracy), "
         "not a 200-trial study; the margin decides feasibility as in the study",
