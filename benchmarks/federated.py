@@ -32,6 +32,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -362,7 +363,8 @@ def _table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The run's settings, with the defaults of a full or a quick run filled in."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seeds", type=int, default=None, help="default 5 (quick: 1)")
@@ -408,13 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     args.iid_methods = [m for m in args.iid_methods.split(",") if m]
     if set(args.iid_methods) - set(METHODS[:3]):
         p.error(f"--iid-methods: choose from {METHODS[:3]}")
-    load_before = list(os.getloadavg())
-    torch.set_num_threads(1)
-    began = time.perf_counter()
-    import search_spaces
+    return args
 
-    space = search_spaces.get_space("tiny")
-    tiers = _tiers(space, 4, args.candidates)
+
+def _run_all(tiers: Sequence[Any], args: argparse.Namespace) -> tuple[Any, Any, list[Any]]:
+    """Every federated and centralized run, seed-major (a stopped run leaves whole seeds): the
+    test scores per partition and method, the round histories, a row per federated run."""
     scores: dict[str, dict[str, list[dict[str, Any]]]] = {}
     histories: dict[tuple[str, str], list[Any]] = {}
     rows_runs: list[dict[str, Any]] = []
@@ -443,8 +444,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if seed < args.central_seeds:
                 scores[part]["central"].append(_central(tiers, args, seed))
-    _, data = resolve(_spec("supernet", tiers, args, "iid", None, 0))
-    groups = data.groups("test")
+    return scores, histories, rows_runs
+
+
+def _tier_rows(scores: Any, tiers: Sequence[Any]) -> list[dict[str, Any]]:
+    """Mean test accuracy (%) of each method per partition and tier."""
     rows = []
     for part, _ in PARTITIONS:
         for t in tiers:
@@ -460,6 +464,22 @@ def main(argv: list[str] | None = None) -> int:
                 runs = scores[part][m]
                 row[m] = 100 * float(np.mean([s[tier].mean() for s in runs])) if runs else None
             rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    load_before = list(os.getloadavg())
+    torch.set_num_threads(1)
+    began = time.perf_counter()
+    import search_spaces
+
+    space = search_spaces.get_space("tiny")
+    tiers = _tiers(space, 4, args.candidates)
+    scores, histories, rows_runs = _run_all(tiers, args)
+    _, data = resolve(_spec("supernet", tiers, args, "iid", None, 0))
+    groups = data.groups("test")
+    rows = _tier_rows(scores, tiers)
     results = {
         "benchmark": "federated",
         "commit": git_commit(),
