@@ -11,6 +11,9 @@ Dirichlet(0.5) and IID. Rows per partition, seed and tier:
 - `fedavg`: every client trains the slowest tier's subnet (FedAvg);
 - `central`: each tier's subnet trained on the pooled data for the same number of
   sample-gradient steps (the rounds times the local epochs, over every training image).
+- `supernet-dp@E` (Dirichlet only, one per `--dp-epsilons` level): the supernet with Flower's
+  local DP (each client's update clipped to `--dp-clip` and noised for (E, `--dp-delta`)); its
+  accuracy cost is the supernet's accuracy without DP minus with it, per tier.
 
 Accuracy is on the whole test split after batch norm is re-estimated on server-side validation
 images; differences are judged with a paired bootstrap over test source images on the
@@ -18,10 +21,11 @@ seed-averaged per-image scores, plus the seed-to-seed spread of the difference
 (`nas.supernet.resolvable_difference`); one inside it is "not resolvable".
 
     python benchmarks/federated.py --out runs/bench/federated [--seeds 5] [--rounds 20]
-        [--local-epochs 1] [--quick]
+        [--local-epochs 1] [--dp-epsilons 10,1000] [--quick]
 
 Resumable: every run keeps its server state under --out; a finished one is read, not rerun.
-Writes results.json (rows, targets, commit, load), table.md and one plot per tier into --out.
+Writes results.json (rows, targets, commit at the start, load), table.md and one plot per tier
+into --out; the figures and the table are made by benchmarks/_federated_report.py.
 """
 
 from __future__ import annotations
@@ -42,6 +46,15 @@ import numpy as np
 import torch
 
 import latency_models
+from benchmarks._federated_report import (
+    DP_PREFIX,
+    METHODS,
+    PARTITIONS,
+    plots,
+    table,
+    targets,
+    verdicts,
+)
 from nas.app.config import git_commit
 from nas.app.federated_apps import client_app, resolve, server_app
 from nas.core.files import write_json_atomic, write_text_atomic
@@ -57,10 +70,6 @@ from nas.federated import (
     run_in_process,
     train_local,
 )
-from nas.supernet import difference_interval, resolvable_difference
-
-METHODS = ("supernet", "width", "fedavg", "central")
-PARTITIONS = (("dirichlet", 0.5), ("iid", None))
 
 
 def _tiers(space: Any, clients: int, candidates: int) -> tuple[TierSpec, ...]:
@@ -89,7 +98,10 @@ def _spec(
 ) -> FederatedSpec:
     from dataclasses import replace
 
-    kind, base = "supernet", None
+    kind, base, dp = "supernet", None, None
+    if method.startswith(DP_PREFIX):  # the supernet with local DP at one epsilon
+        eps = float(method.removeprefix(DP_PREFIX))
+        dp = {"clipping_norm": args.dp_clip, "epsilon": eps, "delta": args.dp_delta}
     if method == "fedavg":
         tiers = tuple(replace(t, arch=tiers[-1].arch) for t in tiers)
     elif method == "width":
@@ -108,6 +120,7 @@ def _spec(
         partition=partition,
         alpha=alpha,
         seed=seed,
+        dp=dp,
     )
 
 
@@ -138,7 +151,7 @@ def _federated(
     seed: int,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     spec = _spec(method, tiers, args, partition, alpha, seed)
-    out = args.out / f"{partition}" / f"seed-{seed}" / method
+    out = args.out / f"{partition}" / f"seed-{seed}" / method.replace("@", "-eps")
     run_in_process(
         server_app, client_app, spec.num_clients, {"spec": spec.to_json(), "out": str(out)}
     )
@@ -165,107 +178,6 @@ def _central(tiers: Any, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         np.savez(cache, **found)
     with np.load(cache) as z:
         return {k: z[k] for k in z.files}
-
-
-def _compare(
-    scores: dict[str, list[dict[str, Any]]],
-    a: str,
-    b: str,
-    tier_a: str,
-    tier_b: str,
-    groups: np.ndarray,
-) -> dict[str, Any]:
-    """Accuracy of a (tier_a) minus b (tier_b) over seeds, in points, with its resolvable width."""
-    n = min(len(scores[a]), len(scores[b]))  # the seeds both ran (central may run fewer)
-    per_seed_a = np.array([s[tier_a] for s in scores[a][:n]], dtype=np.float64)  # seeds x images
-    per_seed_b = np.array([s[tier_b] for s in scores[b][:n]], dtype=np.float64)
-    diffs = per_seed_a.mean(1) - per_seed_b.mean(1)
-    paired = difference_interval(per_seed_a.mean(0), per_seed_b.mean(0), groups)
-    sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
-    need = resolvable_difference(paired.half_width, sd / np.sqrt(len(diffs)))
-    mean = float(diffs.mean())
-    return {
-        "diff_pts": 100 * mean,
-        "resolvable_half_width_pts": 100 * need,
-        "resolvable": abs(mean) > need,
-        "per_seed_pts": (100 * diffs).tolist(),
-        "seeds": n,
-    }
-
-
-def _targets(
-    scores: dict[str, dict[str, list[dict[str, Any]]]], tiers: Any, groups: np.ndarray
-) -> dict[str, Any]:
-    """The results contract's figures (means over seeds), each comparison with its resolvable
-    width; a comparison whose rows were not run is left out (its target is None, `why` says)."""
-    names = [t.name for t in tiers]
-    slow, faster = names[-1], names[:-1]
-    out: dict[str, Any] = {"comparisons": {}, "why_null": {}}
-    pairs = (
-        ("supernet-vs-fedavg", "supernet", "fedavg", lambda t: slow),
-        ("supernet-vs-width", "supernet", "width", lambda t: t),
-        ("central-vs-supernet", "central", "supernet", lambda t: t),
-    )
-    for part, s in scores.items():
-        comp = out["comparisons"][part] = {}
-        for label, a, b, other in pairs:
-            if not s.get(a) or not s.get(b):
-                continue
-            for t in names:
-                comp[f"{label}/{t}"] = _compare(s, a, b, t, other(t), groups)
-    d, i = out["comparisons"].get("dirichlet", {}), out["comparisons"].get("iid", {})
-
-    def pick(key: str, comp: dict[str, Any], label: str, tiers_: list[str], how: Any) -> None:
-        rows = [comp.get(f"{label}/{t}") for t in tiers_]
-        if any(r is None for r in rows):
-            out[key] = None
-            out["why_null"][key] = f"{label} was not run on this partition"
-            return
-        out[key] = how(r["diff_pts"] for r in rows)  # type: ignore[index]
-
-    pick("faster_tiers_gain_pts", d, "supernet-vs-fedavg", faster, min)
-    pick("slowest_tier_gain_pts", d, "supernet-vs-fedavg", [slow], min)
-    pick("vs_width_only_pts", d, "supernet-vs-width", names, min)
-    pick("vs_central_dirichlet_pts", d, "central-vs-supernet", names, max)
-    pick("vs_central_iid_pts", i, "central-vs-supernet", names, max)
-    return out
-
-
-#: each target: (comparison label, partition, tiers "faster"/"slowest"/"all", bound, sense)
-TARGETS = {
-    "faster_tiers_gain_pts": ("supernet-vs-fedavg", "dirichlet", "faster", 2.0, ">="),
-    "slowest_tier_gain_pts": ("supernet-vs-fedavg", "dirichlet", "slowest", -1.0, ">="),
-    "vs_width_only_pts": ("supernet-vs-width", "dirichlet", "all", 0.0, ">="),
-    "vs_central_dirichlet_pts": ("central-vs-supernet", "dirichlet", "all", 5.0, "<="),
-    "vs_central_iid_pts": ("central-vs-supernet", "iid", "all", 2.0, "<="),
-}
-NOISE = Path(__file__).resolve().parent / "results" / "accuracy_noise" / "results.json"
-
-
-def _verdicts(targets: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """Per target: met, missed or not resolvable. The noise width is the widest resolvable
-    difference of the comparisons behind it (paired bootstrap over test source images plus the
-    seed-to-seed spread, `nas.supernet.resolvable_difference`); with one seed the spread is
-    unmeasured, so the width is at least accuracy_noise's two-run width (`diff_ci95_pts`)."""
-    floor = float(json.loads(NOISE.read_text())["targets"]["diff_ci95_pts"])
-    out = {}
-    for key, (label, part, which, bound, sense) in TARGETS.items():
-        value = targets.get(key)
-        if value is None:
-            out[key] = {"verdict": "not measured", "why": targets["why_null"].get(key)}
-            continue
-        tiers = {"faster": names[:-1], "slowest": names[-1:], "all": names}[which]
-        rows = [targets["comparisons"][part][f"{label}/{t}"] for t in tiers]
-        width = max(r["resolvable_half_width_pts"] for r in rows)
-        if min(r["seeds"] for r in rows) < 2:
-            width = max(width, floor)
-        meets = value >= bound if sense == ">=" else value <= bound
-        verdict = (
-            "not resolvable" if abs(value - bound) <= width else ("met" if meets else "missed")
-        )
-        out[key] = {"value": value, "target": f"{sense} {bound:+g}", "noise_pts": width,
-                    "verdict": verdict}  # fmt: skip
-    return out
 
 
 def _resume_check(tiers: Any, args: argparse.Namespace) -> float:
@@ -297,70 +209,6 @@ def _non_loopback() -> int:
     return sum(
         1 for c in conns if c.status == psutil.CONN_LISTEN and not c.laddr.ip.startswith("127.")
     )
-
-
-def _plots(out: Path, histories: dict[str, Any], tiers: Any) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    for t in tiers:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        for (part, method), runs in sorted(histories.items()):
-            acc = np.mean([[r["tiers"][t.name]["accuracy"] for r in h] for h in runs], axis=0)
-            ax.plot(
-                np.arange(1, len(acc) + 1),
-                100 * acc,
-                label=f"{method} ({part})",
-                linestyle="-" if part == "dirichlet" else "--",
-            )
-        ax.set(
-            xlabel="round", ylabel="test accuracy (%)", title=f"tier {t.name} ({t.mmacs:.2f} MMACs)"
-        )
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        name = f"tier-{t.name}.png"
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-        files.append(name)
-    return files
-
-
-def _table(results: dict[str, Any]) -> str:
-    lines = [
-        "| partition | tier | MMACs | " + " | ".join(METHODS) + " |",
-        "|---" * (3 + len(METHODS)) + "|",
-    ]
-    for row in results["rows"]:
-        accs = " | ".join("not run" if row[m] is None else f"{row[m]:.1f}" for m in METHODS)
-        lines.append(f"| {row['partition']} | {row['tier']} | {row['mmacs']:.2f} | {accs} |")
-    t = results["targets"]
-    lines += [
-        "",
-        "| target | value (points) | target | noise +- (points) | verdict |",
-        "|---|---|---|---|---|",
-    ]
-    lines.insert(0, f"Seeds per row: {results['seeds_run']}\n")
-    for key in (
-        "faster_tiers_gain_pts",
-        "slowest_tier_gain_pts",
-        "vs_width_only_pts",
-        "vs_central_dirichlet_pts",
-        "vs_central_iid_pts",
-    ):
-        value = "null: " + t["why_null"][key] if t[key] is None else f"{t[key]:+.2f}"
-        v = results["verdicts"][key]
-        noise = f"{v['noise_pts']:.2f}" if "noise_pts" in v else "-"
-        lines.append(f"| {key} | {value} | {v.get('target', '-')} | {noise} | {v['verdict']} |")
-    lines += [
-        f"| resume_max_abs_diff | {t['resume_max_abs_diff']:.3g} | <= 1e-06 | - | "
-        f"{'met' if t['resume_max_abs_diff'] <= 1e-6 else 'missed'} |",
-        f"| non_loopback_sockets | {t['non_loopback_sockets']} | 0 | - | "
-        f"{'met' if t['non_loopback_sockets'] == 0 else 'missed'} |",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -398,7 +246,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="augmented copies of each source digit in every split (default: the dataset's "
         "8/5/5; quick: 1)",
     )
+    p.add_argument(
+        "--dp-epsilons",
+        default=None,
+        help="local-DP levels: one supernet row on the Dirichlet partition per epsilon, its "
+        "accuracy cost against the supernet without DP (default 10,1000; quick: none)",
+    )
+    p.add_argument("--dp-clip", type=float, default=1.0, help="L2 clip of each client's update")
+    p.add_argument("--dp-delta", type=float, default=1e-5)
     args = p.parse_args(argv)
+    eps = args.dp_epsilons if args.dp_epsilons is not None else ("" if args.quick else "10,1000")
+    try:
+        args.dp_methods = [f"{DP_PREFIX}{float(e):g}" for e in eps.split(",") if e]
+    except ValueError:
+        p.error(f"--dp-epsilons: a comma-separated list of numbers > 0; got {eps!r}")
+    if any(float(m.removeprefix(DP_PREFIX)) <= 0 for m in args.dp_methods):
+        p.error(f"--dp-epsilons: each epsilon must be > 0; got {eps!r}")
     copies = 1 if args.quick and args.copies is None else args.copies
     args.data_options = (
         {} if copies is None else {f"copies_{s}": copies for s in ("train", "val", "test")}
@@ -421,9 +284,10 @@ def _run_all(tiers: Sequence[Any], args: argparse.Namespace) -> tuple[Any, Any, 
     rows_runs: list[dict[str, Any]] = []
     for part, _ in PARTITIONS:
         scores[part] = {m: [] for m in METHODS}
+    scores["dirichlet"].update({m: [] for m in args.dp_methods})
     for seed in range(args.seeds):  # seed-major: a stopped run leaves whole seeds
         for part, alpha in PARTITIONS:
-            methods = METHODS[:3] if part == "dirichlet" else args.iid_methods
+            methods = [*METHODS[:3], *args.dp_methods] if part == "dirichlet" else args.iid_methods
             if part == "iid" and seed >= args.iid_seeds:
                 methods = []
             for method in methods:
@@ -469,6 +333,7 @@ def _tier_rows(scores: Any, tiers: Sequence[Any]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    commit = git_commit()  # at the start: main may move while a long run works
     load_before = list(os.getloadavg())
     torch.set_num_threads(1)
     began = time.perf_counter()
@@ -482,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = _tier_rows(scores, tiers)
     results = {
         "benchmark": "federated",
-        "commit": git_commit(),
+        "commit": commit,
         "quick": bool(args.quick),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "tiers": [
@@ -510,21 +375,16 @@ def main(argv: list[str] | None = None) -> int:
         "seeds_run": {p: {m: len(r) for m, r in s.items()} for p, s in scores.items()},
     }
     results["targets"] = {
-        **_targets(scores, tiers, groups),
+        **targets(scores, tiers, groups),
         "commit": results["commit"],
         "resume_max_abs_diff": _resume_check(tiers, args),
         "non_loopback_sockets": _non_loopback(),
-        "dp_cost_pts": None,
     }
-    results["targets"]["why_null"]["dp_cost_pts"] = (
-        "the accuracy cost of privacy per noise level was not measured: every federated row of "
-        "this run is near chance, so a cost could not be told from noise"
-    )
-    results["verdicts"] = _verdicts(results["targets"], [t.name for t in tiers])
-    results["plots"] = _plots(args.out, histories, tiers)
+    results["verdicts"] = verdicts(results["targets"], [t.name for t in tiers])
+    results["plots"] = plots(args.out, histories, tiers)
     write_json_atomic(args.out / "results.json", results)
-    write_text_atomic(args.out / "table.md", _table(results))
-    print(_table(results))
+    write_text_atomic(args.out / "table.md", table(results))
+    print(table(results))
     return 0
 
 

@@ -1,0 +1,118 @@
+"""benchmarks/federated.py: its results contract from per-image scores (the local-DP cost per
+epsilon included), its verdicts, its table, and its command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    return _load("federated_report_bench", ROOT / "benchmarks" / "_federated_report.py")
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return _load("federated_bench", ROOT / "benchmarks" / "federated.py")
+
+
+TIERS = [SimpleNamespace(name=n) for n in ("fast", "mid", "slow")]
+IMAGES = 400
+GROUPS = np.repeat(np.arange(IMAGES // 4), 4)  # 4 augmented copies per source image
+
+
+def _run(accuracy: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Per tier, a per-image correctness vector with the given accuracy (a seeded draw)."""
+    rng = np.random.default_rng(seed)
+    return {t: rng.random(IMAGES) < a for t, a in accuracy.items()}
+
+
+def _scores(dp_drop: float) -> dict[str, dict[str, list[dict[str, np.ndarray]]]]:
+    base = {"fast": 0.8, "mid": 0.7, "slow": 0.5}
+    dirichlet = {
+        "supernet": [_run(base, s) for s in range(3)],
+        "width": [_run({k: v - 0.1 for k, v in base.items()}, 10 + s) for s in range(3)],
+        "fedavg": [_run({k: 0.5 for k in base}, 20 + s) for s in range(3)],
+        "central": [_run({k: v + 0.05 for k, v in base.items()}, 30 + s) for s in range(3)],
+        "supernet-dp@1000": [
+            _run({k: v - dp_drop for k, v in base.items()}, 40 + s) for s in range(3)
+        ],
+    }
+    iid = {
+        "supernet": [_run(base, 50 + s) for s in range(3)],
+        "width": [],
+        "fedavg": [],
+        "central": [_run(base, 60 + s) for s in range(3)],
+    }
+    return {"dirichlet": dirichlet, "iid": iid}
+
+
+def test_targets_measure_the_differences_they_name(report: ModuleType) -> None:
+    t = report.targets(_scores(dp_drop=0.3), TIERS, GROUPS)
+    assert t["faster_tiers_gain_pts"] == pytest.approx(20, abs=6)  # mid 0.7 vs fedavg 0.5
+    assert t["vs_width_only_pts"] == pytest.approx(10, abs=6)
+    assert t["vs_central_iid_pts"] is not None  # iid central vs supernet was run
+    assert "vs_width_only_pts" not in t["why_null"]
+    # local DP's cost: the supernet without DP minus with it, worst tier, per epsilon
+    assert set(t["dp_cost_pts"]) == {"1000"}
+    assert t["dp_cost_pts"]["1000"] == pytest.approx(30, abs=8)
+    assert t["comparisons"]["dirichlet"]["dp-cost@1000/slow"]["resolvable"]
+
+
+def test_no_dp_rows_leave_the_cost_null_and_say_why(report: ModuleType) -> None:
+    scores = _scores(dp_drop=0.0)
+    del scores["dirichlet"]["supernet-dp@1000"]
+    t = report.targets(scores, TIERS, GROUPS)
+    assert t["dp_cost_pts"] is None
+    assert "--dp-epsilons" in t["why_null"]["dp_cost_pts"]
+
+
+def test_table_shows_targets_verdicts_and_the_privacy_cost(report: ModuleType) -> None:
+    t = report.targets(_scores(dp_drop=0.3), TIERS, GROUPS)
+    t |= {"resume_max_abs_diff": 0.0, "non_loopback_sockets": 0, "commit": "abc"}
+    results = {
+        "rows": [],
+        "targets": t,
+        "verdicts": report.verdicts(t, [x.name for x in TIERS]),
+        "seeds_run": {},
+        "settings": {"dp_clip": 1.0, "dp_delta": 1e-5},
+        "tiers": [{"name": x.name} for x in TIERS],
+    }
+    assert results["verdicts"]["faster_tiers_gain_pts"]["verdict"] == "met"
+    text = report.table(results)
+    assert "| faster_tiers_gain_pts | +" in text
+    assert "Local DP" in text and "| 1000 |" in text
+
+
+def test_command_line_reads_the_dp_levels(bench: ModuleType, tmp_path: Path) -> None:
+    args = bench._parse(["--out", str(tmp_path), "--dp-epsilons", "8,1000"])
+    assert args.dp_methods == ["supernet-dp@8", "supernet-dp@1000"]
+    assert bench._parse(["--out", str(tmp_path), "--quick"]).dp_methods == []
+    spec = bench._spec("supernet-dp@8", _fake_tiers(), args, "dirichlet", 0.5, 0)
+    assert spec.dp == {"clipping_norm": 1.0, "epsilon": 8.0, "delta": 1e-5}
+    for bad in ("0", "x"):
+        with pytest.raises(SystemExit):
+            bench._parse(["--out", str(tmp_path), "--dp-epsilons", bad])
+
+
+def _fake_tiers() -> tuple[object, ...]:
+    from nas.federated import TierSpec
+
+    return (TierSpec("only", clients=2, arch={"any": 1}),)  # the spec does not read the arch
