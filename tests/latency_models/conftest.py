@@ -1,5 +1,6 @@
-"""Fixtures of the latency-model tests: a private artifact cache for real runtimes and a fast
-measurement protocol (tests check contracts, benchmarks take timings)."""
+"""Fixtures of the latency-model tests: a private artifact cache for real runtimes, a fast
+measurement protocol (tests check contracts, benchmarks take timings) and a "truth" phone
+whose figures the predictors learn."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import latency_models as lm
 from latency_models.measure import Protocol
 
 FAST = Protocol(
@@ -18,6 +20,13 @@ FAST = Protocol(
     min_rounds=2,
     max_runs=30,
     max_s=0.1,
+)
+
+# "measurements": a phone whose network overhead and 1x1 convs the plain profile gets wrong
+TRUTH_PHONE = lm.EmulatedDevice(
+    lm.PROFILES["pixel3"],
+    lm.CostParams(compute_scale={"conv1x1": 1.5}, network_overhead_ms=0.3),
+    name="truth",
 )
 
 

@@ -10,8 +10,6 @@ import pytest
 import latency_models as lm
 from latency_models import (
     CostModelPredictor,
-    CostParams,
-    EmulatedDevice,
     LUTCorrected,
     LUTSum,
     layer_pricer,
@@ -19,13 +17,11 @@ from latency_models import (
 from nas.core import ArchPricer, CannotPriceLayersError, LayerPricer
 from search_spaces import TinySpace
 
+from .conftest import TRUTH_PHONE
+
 SPACE = TinySpace()
 ARCHS = [dict(SPACE.sample(i)) for i in range(30)]
-TRUTH = EmulatedDevice(
-    lm.PROFILES["pixel3"],
-    CostParams(compute_scale={"conv1x1": 1.5}, network_overhead_ms=0.3),
-    name="truth",
-)
+TRUTH = TRUTH_PHONE
 Y = np.array([TRUTH.arch_ms(SPACE, a) for a in ARCHS])
 
 

@@ -11,8 +11,6 @@ import latency_models as lm
 from latency_models import (
     LATENCY_MODELS,
     CostModelPredictor,
-    CostParams,
-    EmulatedDevice,
     LatencyModel,
     LUTCorrected,
     LUTSum,
@@ -23,14 +21,11 @@ from latency_models import (
 )
 from search_spaces import FBNetSpace, TinySpace
 
+from .conftest import TRUTH_PHONE
+
 SPACE = TinySpace()
 ARCHS = [dict(SPACE.sample(i)) for i in range(60)]
-# "measurements": a phone whose network overhead and 1x1 convs the plain profile gets wrong
-TRUTH = EmulatedDevice(
-    lm.PROFILES["pixel3"],
-    CostParams(compute_scale={"conv1x1": 1.5}, network_overhead_ms=0.3),
-    name="truth",
-)
+TRUTH = TRUTH_PHONE
 Y = np.array([TRUTH.arch_ms(SPACE, a) for a in ARCHS])
 
 
