@@ -24,7 +24,7 @@ from nas.app import builtin_stages as _builtin  # noqa: F401  (registers "report
 from nas.app.config import FederatedConfig
 from nas.app.errors import InputError
 from nas.app.report import register_report_section
-from nas.app.stages import Stage, register_stage
+from nas.app.stages import Stage, exempt_keys, register_stage
 from nas.core.files import read_json, sha256_file, write_json_atomic
 
 __all__ = ["FEDERATED_DIR", "TIERS_JSON", "device_label", "federated_section", "stage_federated"]
@@ -236,12 +236,23 @@ def federated_section(state: Any) -> list[str]:
     return lines
 
 
+exempt_keys(
+    {
+        "federated.runtime": "the in-process grid and Flower's deployment runtime run the same "
+        "apps to the same weights (tested to 1e-6), so rounds begun on one resume on the other"
+    }
+)
+
 register_stage(
     Stage(
         "federated",
         stage_federated,
         # more rounds continue the rounds (the server state resumes); any other key redoes them
-        keys=tuple(f"federated.{f.name}" for f in fields(FederatedConfig) if f.name != "rounds"),
+        keys=tuple(
+            f"federated.{f.name}"
+            for f in fields(FederatedConfig)
+            if f.name not in ("rounds", "runtime")
+        ),
         extends=("federated.rounds",),
         after=("latency", "supernet"),
         reads=("supernet", "latency"),

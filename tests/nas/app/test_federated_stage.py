@@ -115,6 +115,38 @@ def test_init_from_the_runs_supernet_starts_the_rounds_from_its_weights(tmp_path
     assert json.loads((tmp_path / "federated" / "tiers.json").read_text())["init"] == "supernet"
 
 
+@pytest.mark.slow
+def test_rounds_begun_on_the_grid_resume_on_the_deployment_runtime_to_the_same_weights(
+    tmp_path: Path,
+) -> None:
+    from nas.app.federated_stage import federated_section, stage_federated
+
+    (tmp_path / "grid").mkdir()
+    stage_federated(_state(tmp_path / "grid", _config(rounds=2, tiers=TIERS[:1])), progress=False)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    stage_federated(_state(moved, _config(rounds=1, tiers=TIERS[:1])), progress=False)
+    first = json.loads((moved / "federated" / "server_state.json").read_text())["history"]
+    state = _state(moved, _config(rounds=2, tiers=TIERS[:1], runtime="deployment"))
+    stage_federated(state, progress=False)  # round 2 on SuperLink + SuperNodes (loopback)
+
+    summary = json.loads((moved / "federated" / "tiers.json").read_text())
+    assert summary["runtime"] == "deployment" and summary["rounds"] == 2
+    history = json.loads((moved / "federated" / "server_state.json").read_text())["history"]
+    assert history[:1] == first  # round 1 kept: a change of runtime resumes, it does not redo
+    assert "on the deployment runtime" in "\n".join(federated_section(state))
+    a, b = (_final_weights(run / "federated") for run in (tmp_path / "grid", moved))
+    assert a.keys() == b.keys()
+    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) <= 1e-6
+
+
+def _final_weights(out: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    meta = json.loads((out / "server_state.json").read_text())
+    return load_file(str(out / meta["tensors"]))
+
+
 @pytest.mark.parametrize(
     ("change", "key", "says"),
     [
