@@ -196,12 +196,18 @@ def table(results: dict[str, Any]) -> str:
         noise = f"{v['noise_pts']:.2f}" if "noise_pts" in v else "-"
         lines.append(f"| {key} | {value} | {v.get('target', '-')} | {noise} | {v['verdict']} |")
     lines += [
-        f"| resume_max_abs_diff | {t['resume_max_abs_diff']:.3g} | <= 1e-06 | - | "
-        f"{'met' if t['resume_max_abs_diff'] <= 1e-6 else 'missed'} |",
+        _resume_row(t["resume_max_abs_diff"]),
         f"| non_loopback_sockets | {t['non_loopback_sockets']} | 0 | - | "
         f"{'met' if t['non_loopback_sockets'] == 0 else 'missed'} |",
     ]
     return "\n".join(lines + _privacy_table(results)) + "\n"
+
+
+def _resume_row(diff: float | None) -> str:
+    if diff is None:
+        return "| resume_max_abs_diff | not run (--no-resume-check) | <= 1e-06 | - | not measured |"
+    verdict = "met" if diff <= 1e-6 else "missed"
+    return f"| resume_max_abs_diff | {diff:.3g} | <= 1e-06 | - | {verdict} |"
 
 
 def _privacy_table(results: dict[str, Any]) -> list[str]:

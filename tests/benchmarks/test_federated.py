@@ -99,6 +99,8 @@ def test_table_shows_targets_verdicts_and_the_privacy_cost(report: ModuleType) -
     text = report.table(results)
     assert "| faster_tiers_gain_pts | +" in text
     assert "Local DP" in text and "| 1000 |" in text
+    results["targets"]["resume_max_abs_diff"] = None  # --no-resume-check
+    assert "| resume_max_abs_diff | not run" in report.table(results)
 
 
 def test_command_line_reads_the_dp_levels(bench: ModuleType, tmp_path: Path) -> None:
@@ -107,9 +109,17 @@ def test_command_line_reads_the_dp_levels(bench: ModuleType, tmp_path: Path) -> 
     assert bench._parse(["--out", str(tmp_path), "--quick"]).dp_methods == []
     spec = bench._spec("supernet-dp@8", _fake_tiers(), args, "dirichlet", 0.5, 0)
     assert spec.dp == {"clipping_norm": 1.0, "epsilon": 8.0, "delta": 1e-5}
-    for bad in ("0", "x"):
+    for flag, bad in (
+        ("--dp-epsilons", "0"),
+        ("--dp-epsilons", "x"),
+        ("--dirichlet-methods", "fedprox"),
+    ):
         with pytest.raises(SystemExit):
-            bench._parse(["--out", str(tmp_path), "--dp-epsilons", bad])
+            bench._parse(["--out", str(tmp_path), flag, bad])
+    only = bench._parse(
+        ["--out", str(tmp_path), "--dirichlet-methods", "supernet", "--no-resume-check"]
+    )
+    assert only.dirichlet_methods == ["supernet"] and only.resume_check is False
 
 
 def _fake_tiers() -> tuple[object, ...]:
