@@ -121,6 +121,7 @@ def _spec(
         alpha=alpha,
         seed=seed,
         dp=dp,
+        server_momentum=args.server_momentum,
     )
 
 
@@ -265,6 +266,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--dp-clip", type=float, default=1.0, help="L2 clip of each client's update")
     p.add_argument("--dp-delta", type=float, default=1e-5)
+    p.add_argument(
+        "--server-momentum",
+        type=float,
+        default=0.0,
+        help="FedAvgM on every federated row (0: plain FedAvg averaging)",
+    )
     args = p.parse_args(argv)
     eps = args.dp_epsilons if args.dp_epsilons is not None else ("" if args.quick else "10,1000")
     try:

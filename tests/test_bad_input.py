@@ -630,6 +630,7 @@ CASES: list[Case] = [
     case("federated-no-tier", "federated tiers --candidates 20", "--tier"),
     case("federated-alpha-0", f"{FED_RUN} --partition dirichlet --alpha 0", "--alpha"),
     case("federated-dp-clip-0", f"{FED_RUN} --dp-clip 0", "--dp-clip"),
+    case("federated-server-momentum-1", f"{FED_RUN} --server-momentum 1", "--server-momentum"),
     case("federated-more-clients-than-sources",
          "federated run --candidates 20 --out {tmp}/fed --tier p:pixel3-emulated:5:100000",
          "100000 clients"),

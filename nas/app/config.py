@@ -279,6 +279,9 @@ class FederatedConfig:
     runtime: str = "grid"
     #: client-side DP: {"clipping_norm": C, "epsilon": E, "delta": D}; empty for none
     dp: dict[str, float] = field(default_factory=dict)
+    #: the server's step on the averaged update (FedAvgM): momentum in [0, 1), 0 is FedAvg
+    server_momentum: float = 0.0
+    server_lr: float = 1.0
 
 
 @dataclass

@@ -27,6 +27,14 @@ def _numbers(cfg: Any) -> Iterator[tuple[str, str]]:
             yield f"federated.{key}", f"expected >= 1 (or leave it out), got {value}"
     if isinstance(cfg.lr, float) and not cfg.lr > 0:
         yield "federated.lr", f"expected > 0, got {cfg.lr}"
+    if isinstance(cfg.server_lr, float) and not cfg.server_lr > 0:
+        yield "federated.server_lr", f"expected > 0 (1.0: take the average), got {cfg.server_lr}"
+    momentum = cfg.server_momentum
+    if isinstance(momentum, float) and not 0.0 <= momentum < 1.0:
+        yield (
+            "federated.server_momentum",
+            f"expected in [0, 1) (0: FedAvg; 0.9 is usual), got {momentum}",
+        )
     if cfg.partition == "dirichlet" and not (isinstance(cfg.alpha, float) and cfg.alpha > 0):
         yield (
             "federated.alpha",

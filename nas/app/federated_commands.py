@@ -120,6 +120,11 @@ def make_spec(tiers: tuple[Any, ...], kind: str, local: Any, **fields: Any) -> A
 def _spec(args: argparse.Namespace) -> Any:
     from nas.federated import LocalSettings
 
+    if not 0.0 <= args.server_momentum < 1.0:
+        raise InputError(
+            f"--server-momentum must be in [0, 1) (0: FedAvg; 0.9 is usual); got "
+            f"{args.server_momentum}"
+        )
     _, tiers = _tiers(args)
     dp = None
     if args.dp_clip is not None:
@@ -129,6 +134,7 @@ def _spec(args: argparse.Namespace) -> Any:
         tiers, args.kind, local, space=args.space, dataset=args.data, rounds=args.rounds,
         partition=args.partition, alpha=args.alpha, seed=args.seed,
         min_clients=args.min_clients, test_images=args.test_images, dp=dp,
+        server_lr=args.server_lr, server_momentum=args.server_momentum,
     )  # fmt: skip
 
 
@@ -217,3 +223,10 @@ def add_federated_parser(sub: Any) -> None:
         p.add_argument("--dp-clip", type=positive_float, default=None, help="local DP: L2 clip")
         p.add_argument("--dp-epsilon", type=positive_float, default=1.0)
         p.add_argument("--dp-delta", type=positive_float, default=1e-5)
+        p.add_argument(
+            "--server-momentum",
+            type=float,
+            default=0.0,
+            help="FedAvgM: the server's momentum on the averaged update, in [0, 1) (0: FedAvg)",
+        )
+        p.add_argument("--server-lr", type=positive_float, default=1.0, help="the server's step")

@@ -24,7 +24,7 @@ from nas.app import builtin_stages as _builtin  # noqa: F401  (registers "report
 from nas.app.config import FederatedConfig
 from nas.app.errors import InputError
 from nas.app.report import register_report_section
-from nas.app.stages import Stage, exempt_keys, register_stage
+from nas.app.stages import Stage, exempt_keys, key_added, register_stage
 from nas.core.files import read_json, sha256_file, write_json_atomic
 
 __all__ = ["FEDERATED_DIR", "TIERS_JSON", "device_label", "federated_section", "stage_federated"]
@@ -80,7 +80,8 @@ def _spec(state: Any, tiers: tuple[Any, ...], out: Path) -> Any:
         tiers, cfg.kind, local, space=run.space.name, dataset=run.data.name,
         dataset_options=dict(run.data.args), rounds=cfg.rounds, partition=cfg.partition,
         alpha=cfg.alpha, seed=run.seed, min_clients=cfg.min_clients,
-        test_images=cfg.test_images, dp=dict(cfg.dp) or None, **init,
+        test_images=cfg.test_images, dp=dict(cfg.dp) or None, server_lr=cfg.server_lr,
+        server_momentum=cfg.server_momentum, **init,
     )  # fmt: skip
 
 
@@ -236,6 +237,9 @@ def federated_section(state: Any) -> list[str]:
     return lines
 
 
+# plain FedAvg, as the stage averaged before the server could step: older folders keep rounds
+key_added("federated.server_momentum", 0.0)
+key_added("federated.server_lr", 1.0)
 exempt_keys(
     {
         "federated.runtime": "the in-process grid and Flower's deployment runtime run the same "

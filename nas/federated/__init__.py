@@ -20,6 +20,7 @@ from nas.federated.server import (
     check_partitions,
     partition_nodes,
     run_rounds,
+    server_step,
 )
 from nas.federated.slices import (
     HeldUpdate,
@@ -77,6 +78,7 @@ __all__ = [
     "run_in_process",
     "run_rounds",
     "save_server_state",
+    "server_step",
     "supernet_masks",
     "take_held",
     "train_local",

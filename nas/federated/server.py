@@ -3,7 +3,8 @@
 Flower's `FedAvg` sends every node one payload and adds replies of one shape; here each tier
 holds a different part of the weights, so the server drives `grid.send_and_receive` itself
 (Flower's Message API), one message per client with only its sub-model's elements. Replies are
-folded in partition order (`aggregate_held`), the state is saved after every round
+folded in partition order (`aggregate_held`), the server steps on the average (plain FedAvg
+takes it; `server_momentum` makes it FedAvgM), the state is saved after every round
 (`save_server_state`), and a resumed run starts after the last saved round.
 """
 
@@ -32,7 +33,14 @@ from nas.federated.slices import HeldUpdate, aggregate_held, held_bytes, take_he
 from nas.federated.spec import FederatedSpec
 from nas.federated.state import ServerState, load_server_state, save_server_state
 
-__all__ = ["ROUNDS_LOG", "RoundFailed", "check_partitions", "partition_nodes", "run_rounds"]
+__all__ = [
+    "ROUNDS_LOG",
+    "RoundFailed",
+    "check_partitions",
+    "partition_nodes",
+    "run_rounds",
+    "server_step",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +192,29 @@ def _start_weights(spec: FederatedSpec, family: SubModelFamily) -> dict[str, Ten
     return {k: weights[k].to(v.dtype).clone() for k, v in like.items()}
 
 
+def server_step(
+    spec: FederatedSpec,
+    old: dict[str, Tensor],
+    averaged: dict[str, Tensor],
+    momentum: dict[str, Tensor],
+    parameters: set[str],
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The server's step on the averaged weights (FedAvgM): for each parameter, the
+    pseudo-gradient `old - averaged` feeds a momentum buffer, and the weights move by
+    `server_lr` times it; buffers (batch-norm statistics, counters) take the average as plain
+    FedAvg does. Returns the new weights and buffer (plain FedAvg: the average, no buffer)."""
+    if not spec.server_step:
+        return averaged, momentum
+    weights, buffer = dict(averaged), {}
+    for name in sorted(parameters):
+        delta = old[name] - averaged[name]
+        if name in momentum:
+            delta = delta + spec.server_momentum * momentum[name]
+        buffer[name] = delta
+        weights[name] = old[name] - spec.server_lr * delta
+    return weights, buffer
+
+
 def run_rounds(
     grid: Grid,
     spec: FederatedSpec,
@@ -205,10 +236,12 @@ def run_rounds(
         return state
     check_partitions(spec, data)
     nodes = partition_nodes(grid, spec, spec.round_timeout_s)
+    parameters = {n for n, _ in family.full_model(spec.seed).named_parameters()}
     for rnd in range(state.round + 1, spec.rounds + 1):
         began = time.perf_counter()
         result = _train_round(grid, spec, family, state.weights, nodes, rnd)
-        weights = aggregate_held(state.weights, result.updates)
+        averaged = aggregate_held(state.weights, result.updates)
+        weights, momentum = server_step(spec, state.weights, averaged, state.momentum, parameters)
         record: dict[str, Any] = {
             "round": rnd,
             "tiers": _evaluate(spec, family, weights, data),
@@ -216,7 +249,7 @@ def run_rounds(
             "failed_clients": result.dead,
             "wall_s": time.perf_counter() - began,
         }
-        state = ServerState(spec.digest, rnd, weights, [*state.history, record])
+        state = ServerState(spec.digest, rnd, weights, [*state.history, record], momentum)
         save_server_state(out, state)
         append_lines(out / ROUNDS_LOG, [json.dumps(record, sort_keys=True)])
         logger.info(

@@ -73,6 +73,10 @@ class FederatedSpec:
     round_timeout_s: float | None = None
     # client-side DP through Flower's LocalDpMod: {"clipping_norm", "epsilon", "delta"}
     dp: Mapping[str, float] | None = None
+    # the server's step on the averaged update (FedAvgM, Hsu et al. 2019): weights move by
+    # server_lr times a momentum buffer of the pseudo-gradients; 1.0 and 0.0 are plain FedAvg
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
     # a safetensors file of the full model's weights the rounds start from (a run's trained
     # supernet), with its checksum; None: seeded initial weights
     init: str | None = None
@@ -106,6 +110,11 @@ class FederatedSpec:
                 raise ValueError(
                     f"dp needs clipping_norm, epsilon and delta, each > 0; got {dict(self.dp)}"
                 )
+        if not self.server_lr > 0 or not 0.0 <= self.server_momentum < 1.0:
+            raise ValueError(
+                "server_lr must be > 0 and server_momentum in [0, 1); got "
+                f"{self.server_lr!r}, {self.server_momentum!r}"
+            )
         if (self.init is None) != (self.init_sha256 is None):
             raise ValueError("init and init_sha256 go together (the weights and their checksum)")
         if self.min_clients is not None and not 1 <= self.min_clients <= self.num_clients:
@@ -113,6 +122,11 @@ class FederatedSpec:
                 f"min_clients must be in [1, {self.num_clients}] (the clients); "
                 f"got {self.min_clients!r}"
             )
+
+    @property
+    def server_step(self) -> bool:
+        """Whether the server steps on the average (FedAvgM) rather than taking it."""
+        return self.server_lr != 1.0 or self.server_momentum != 0.0
 
     @property
     def num_clients(self) -> int:
@@ -145,6 +159,9 @@ class FederatedSpec:
         data.pop("init")  # the weights' checksum identifies them, not where they lie
         if data["init_sha256"] is None:
             data.pop("init_sha256")  # digests of runs from seeded weights stay as they were
+        for key, plain in (("server_lr", 1.0), ("server_momentum", 0.0)):
+            if data[key] == plain:
+                data.pop(key)  # plain FedAvg: runs made before the server step keep their digest
         return json_digest(data)
 
     @classmethod

@@ -5,7 +5,8 @@ it with its checksum, so a run killed at any moment leaves the previous round's 
 one, never half of each; a resumed run starts at the round after the last one recorded. The
 JSON holds the round, the run spec's digest (a resume with other settings is refused), the
 per-round history and the seeds: every round's randomness derives from (seed, round, client),
-so no random-generator state has to be carried.
+so no random-generator state has to be carried. A server that steps with momentum (FedAvgM)
+keeps its buffer in the same file, under names prefixed ``server-momentum/``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = ["STATE_JSON", "ServerState", "load_server_state", "save_server_state"
 
 STATE_JSON = "server_state.json"
 STATE_VERSION = 1
+MOMENTUM_PREFIX = "server-momentum/"  # no state-dict name holds a "/"
 
 
 @dataclass
@@ -35,6 +37,7 @@ class ServerState:
     round: int
     weights: dict[str, Tensor]
     history: list[dict[str, Any]] = field(default_factory=list)
+    momentum: dict[str, Tensor] = field(default_factory=dict)  # FedAvgM's buffer, by name
 
 
 def _redo(out_dir: Path) -> str:
@@ -48,6 +51,9 @@ def save_server_state(out_dir: str | os.PathLike[str], state: ServerState) -> Pa
     name = f"round-{state.round:04d}.safetensors"
     tmp = out / (name + ".tmp")
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.weights.items()}
+    tensors |= {
+        MOMENTUM_PREFIX + k: v.detach().cpu().contiguous() for k, v in state.momentum.items()
+    }
     save_file(tensors, str(tmp), metadata={"round": str(state.round)})
     os.replace(tmp, out / name)
     meta = {
@@ -95,6 +101,13 @@ def load_server_state(
         weights = load_file(str(path))
     except Exception as err:  # safetensors raises its own SafetensorError
         raise CheckpointError(path, f"cannot be read as safetensors ({err})", _redo(out)) from None
+    momentum = {
+        k.removeprefix(MOMENTUM_PREFIX): weights.pop(k)
+        for k in list(weights)
+        if k.startswith(MOMENTUM_PREFIX)
+    }
+    if set(momentum) - set(like):
+        raise CheckpointError(path, "holds a momentum buffer this run's model lacks", _redo(out))
     bad = sorted(
         k for k, v in like.items() if k not in weights or tuple(weights[k].shape) != tuple(v.shape)
     )
@@ -103,4 +116,5 @@ def load_server_state(
             path, f"does not fit this run's model (entries {bad[:5]} differ)", _redo(out)
         )
     ordered = {k: weights[k].to(like[k].dtype) for k in like}
-    return ServerState(spec_digest, int(meta["round"]), ordered, list(meta.get("history", [])))
+    history = list(meta.get("history", []))
+    return ServerState(spec_digest, int(meta["round"]), ordered, history, momentum)

@@ -162,6 +162,8 @@ def _final_weights(out: Path) -> dict[str, Any]:
         ({"tiers": []}, "federated.tiers", "at least one tier"),
         ({"kind": "fedprox"}, "federated.kind", "supernet, fedavg, width"),
         ({"runtime": "ray"}, "federated.runtime", "grid, deployment"),
+        ({"server_momentum": 1.0}, "federated.server_momentum", "in [0, 1)"),
+        ({"server_lr": 0.0}, "federated.server_lr", "expected > 0"),
         ({"init": "supernet", "kind": "width"}, "federated.init", "do not fit"),
     ],
 )
