@@ -7,11 +7,15 @@ process and its DataLoader workers every 0.1 s (psutil):
 - memory: `tiny` on 64 px images, batch 128, 2 workers, one full epoch on a generated folder of
   10,000 and of 50,000 images, streamed; the in-memory loader (`load_image_folder`, every image
   decoded into one array) on the same folders beside it;
-- speed: images/s of the streamed and the in-memory run on the same settings;
+- speed: images/s of the streamed and the in-memory run on the same settings and the same work
+  per image (the streamed runs do not augment, as the in-memory path does not), the in-memory
+  run between two streamed ones; and the CPU seconds per image of each (process and workers);
 - throughput rows: `tiny` at 32 px and `mobilenetv3` at 224 px, on synthetic tensors and on a
   generated folder (streamed), fp32 and bf16, on the CPU and, with ``--device cuda``, the GPU;
-- elastic overhead: a supernet step against the summed step times of the static subnets of the
-  same sandwiches, built alone and trained on the same batches;
+- elastic overhead: a supernet step (its first, a warm-up, left out) against the summed step
+  times of the static subnets of sandwiches like it, built alone and trained on the same batch,
+  timed in the same process right after; on the CPU in CPU seconds (one thread; other work on
+  a shared machine changes them little, unlike wall-clock seconds), the wall-clock ratio beside;
 - data waits: the share of step time spent waiting for the next batch (2 workers, tiny, 32 px);
 - on a GPU: bf16 `mobilenetv3` killed mid-run and resumed (the step it resumed at).
 
@@ -94,9 +98,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         data = load_streamed_folder(
-            spec["folder"], resolution=res, val_fraction=0.0, test_fraction=0.0
+            spec["folder"],
+            resolution=res,
+            val_fraction=0.0,
+            test_fraction=0.0,
+            augment=spec.get("augment", "auto"),
         )
     load_s = time.perf_counter() - t0
+    cpu0 = _cpu_seconds()
     result = train_supernet(
         space_of(spec["space"], res),
         data,
@@ -111,7 +120,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         max_steps=spec.get("steps"),
         progress=False,
     )
-    return {
+    row = {
         "load_s": load_s,
         "steps": result.step,
         "images_per_s": result.images_per_s,
@@ -119,7 +128,53 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         "data_wait_s": result.data_wait_s,
         "data_wait_share": result.data_wait_s / result.train_s if result.train_s else None,
         "step_s": result.train_s / max(1, result.step),
+        # CPU seconds of the training (not the loading): this process and its DataLoader
+        # workers (counted once they exit, which they do when the run ends)
+        "cpu_s": _cpu_seconds() - cpu0,
+        "images_trained": result.step * spec["batch"],
+        "main_cpu_s": sum(result.step_cpu_s),  # of the steps, in this process only
         "device": result.device,
+    }
+    if spec.get("static_steps"):
+        row.update(elastic_overhead(spec, result.step_s, result.step_cpu_s))
+    return row
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def elastic_overhead(
+    spec: dict[str, Any], step_s: list[float], step_cpu_s: list[float]
+) -> dict[str, float]:
+    """The supernet's steps (the first, a warm-up, left out) against the static subnets' steps
+    timed right after them in the same process. On the CPU the ratio is of CPU seconds (the
+    process's, one thread each), which the other work of a shared machine changes little, and
+    the wall-clock ratio is kept beside it; on a GPU it is the wall-clock ratio."""
+    static_wall, static_cpu = static_step_times(
+        spec["space"],
+        spec["resolution"],
+        spec["batch"],
+        spec["static_steps"],
+        spec["precision"],
+        spec["device"],
+    )
+    wall = float(np.mean(step_s[1:] or step_s))
+    cpu = float(np.mean(step_cpu_s[1:] or step_cpu_s))
+    on_cpu = spec["device"] == "cpu"
+    return {
+        "supernet_step_s": wall,
+        "supernet_step_cpu_s": cpu,
+        "static_step_s": static_wall,
+        "static_step_cpu_s": static_cpu,
+        "elastic_overhead_wall": wall / static_wall,
+        "elastic_overhead": cpu / static_cpu if on_cpu else wall / static_wall,
     }
 
 
@@ -166,8 +221,16 @@ def run_child(spec: dict[str, Any], timeout: float = 7200) -> dict[str, Any]:
 def static_step_s(
     space_name: str, resolution: int, batch: int, steps: int, precision: str, device: str
 ) -> float:
+    """The wall seconds of `static_step_times`."""
+    return static_step_times(space_name, resolution, batch, steps, precision, device)[0]
+
+
+def static_step_times(
+    space_name: str, resolution: int, batch: int, steps: int, precision: str, device: str
+) -> tuple[float, float]:
     """Mean over `steps` sandwiches (largest, smallest, two random, seeded) of the summed time
-    of one training step of each subnet built alone (`space.build`), SGD, cross-entropy."""
+    of one training step of each subnet built alone (`space.build`), SGD, cross-entropy: wall
+    seconds and CPU seconds of this process."""
     import torch
 
     from nas.supernet import Precision, resolve_device
@@ -180,21 +243,23 @@ def static_step_s(
     x, y = synthetic(batch, resolution)
     x, y = x.to(dev), y.to(dev)
     prec = Precision(precision, dev)
-    total = 0.0
+    total, total_cpu = 0.0, 0.0
     for s in range(steps + 1):  # the first sandwich warms up and is not counted
         archs = [net.largest_arch(), net.smallest_arch(), space.sample(rng), space.sample(rng)]
         for arch in archs:
             model = space.build(arch).to(dev).train()
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
             _sync(dev)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             with prec.autocast():
                 loss = torch.nn.functional.cross_entropy(model(x).float(), y)
             prec.backward(loss)
             prec.step(opt)
             _sync(dev)
-            total += (time.perf_counter() - t0) if s else 0.0
-    return total / steps
+            if s:
+                total += time.perf_counter() - t0
+                total_cpu += time.process_time() - c0
+    return total / steps, total_cpu / steps
 
 
 def _sync(device: Any) -> None:
@@ -222,20 +287,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def memory_rows(tmp: Path, cfg: dict[str, Any], workers: int) -> list[dict[str, Any]]:
+    """Per folder size: streamed, in memory, streamed again (the in-memory run bracketed in
+    time, so a change of the machine's load between runs weighs on both sides). The streamed
+    runs do the in-memory path's work per image (decode, shorter side resized, centre crop:
+    augment "none"), since `load_image_folder` does not augment."""
     rows = []
     for n in cfg["memory_sizes"]:
         folder = make_folder(tmp / f"img{n}", n, 64)
-        for kind in ("folder", "memory"):
+        for i, kind in enumerate(("folder", "memory", "folder")):
             spec = {
                 "space": "tiny",
                 "resolution": 64,
                 "data": kind,
+                "augment": "none",
                 "folder": str(folder),
                 "batch": cfg["memory_batch"],
                 "workers": workers,
                 "precision": "fp32",
                 "device": "cpu",
-                "out": str(tmp / f"run-mem-{n}-{kind}"),
+                "out": str(tmp / f"run-mem-{n}-{kind}-{i}"),
                 "n": n,
                 "what": "memory",
                 "steps": cfg["memory_steps"],  # None: one full epoch
@@ -271,13 +341,10 @@ def throughput_rows(
                     "out": str(tmp / f"run-{space}-{kind}-{precision}-{device}"),
                     "n": n,
                     "what": "throughput",
+                    # synthetic rows: the static subnets timed in the same process after them
+                    "static_steps": cfg["static_steps"] if kind == "synthetic" else 0,
                 }
                 row = run_child(spec)
-                if kind == "synthetic":
-                    row["static_step_s"] = static_step_s(
-                        space, res, batch, cfg["static_steps"], precision, device
-                    )
-                    row["elastic_overhead"] = row["step_s"] / row["static_step_s"]
                 rows.append(row)
                 print(_fmt(row), flush=True)
         shutil.rmtree(folder)
@@ -332,13 +399,23 @@ def _fmt(row: dict[str, Any]) -> str:
 
 
 def targets(
-    mem: list[dict[str, Any]], thr: list[dict[str, Any]], gpu: str | None
+    mem: list[dict[str, Any]],
+    thr: list[dict[str, Any]],
+    gpu: str | None,
+    commit: str | None = None,
 ) -> dict[str, Any]:
+    """The issue's targets from the rows; `commit`: the one the run started on (the code it
+    loaded), else the checkout's now."""
     from nas.app.config import git_commit
 
-    streamed = {r["n"]: r for r in mem if r["data"] == "folder"}
+    streamed: dict[int, list[dict[str, Any]]] = {}
+    for r in mem:
+        if r["data"] == "folder":
+            streamed.setdefault(r["n"], []).append(r)
     in_memory = {r["n"]: r for r in mem if r["data"] == "memory"}
     small, big = sorted(streamed)
+    pss = {n: max(r["peak_pss_gb"] for r in rs) for n, rs in streamed.items()}
+    speed = {n: float(np.mean([r["images_per_s"] for r in rs])) for n, rs in streamed.items()}
     cpu = [r for r in thr if r["device"] == "cpu" and "elastic_overhead" in r]
     gpu_rows = [r for r in thr if r["device"] != "cpu" and "elastic_overhead" in r]
     waits = [
@@ -347,18 +424,37 @@ def targets(
         if r["device"] == "cpu" and r["data"] == "folder" and r["space"] == "tiny"
     ]
     return {
-        "pss_ratio_50k_10k": streamed[big]["peak_pss_gb"] / streamed[small]["peak_pss_gb"],
-        "peak_pss_gb_50k": streamed[big]["peak_pss_gb"],
+        "pss_ratio_50k_10k": pss[big] / pss[small],
+        "peak_pss_gb_50k": pss[big],
         "peak_pss_gb_50k_in_memory": in_memory[big]["peak_pss_gb"],
-        "streamed_vs_memory_speed": min(
-            streamed[n]["images_per_s"] / in_memory[n]["images_per_s"] for n in streamed
-        ),
+        # the mean of the two streamed runs around the in-memory one, the worse folder size
+        "streamed_vs_memory_speed": min(speed[n] / in_memory[n]["images_per_s"] for n in speed),
+        # CPU seconds per image (process and workers), in memory over streamed: the speed ratio
+        # if the run had the cores to itself and they were all busy
+        "streamed_vs_memory_cpu": _cpu_ratio(streamed, in_memory),
         "elastic_overhead_cpu": max(r["elastic_overhead"] for r in cpu),
         "elastic_overhead_gpu": max(r["elastic_overhead"] for r in gpu_rows) if gpu_rows else None,
         "data_wait_share": max(waits),
         "device": gpu,
-        "commit": git_commit(cwd=ROOT),
+        "commit": commit or git_commit(cwd=ROOT),
     }
+
+
+def _cpu_ratio(
+    streamed: dict[int, list[dict[str, Any]]], in_memory: dict[int, dict[str, Any]]
+) -> float | None:
+    """min over folder sizes of (CPU s per image in memory) / (mean CPU s per image streamed)."""
+
+    def per_image(r: dict[str, Any]) -> float | None:
+        return r["cpu_s"] / r["images_trained"] if r.get("images_trained") else None
+
+    ratios = []
+    for n, rs in streamed.items():
+        mem, own = per_image(in_memory[n]), [per_image(r) for r in rs]
+        if mem is None or None in own:
+            return None
+        ratios.append(mem / float(np.mean([o for o in own if o is not None])))
+    return min(ratios)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -376,8 +472,9 @@ def table(results: dict[str, Any]) -> str:
         ]
     lines = [
         *head,
-        "| what | space | px | data | images | precision | device | images/s | data wait | peak PSS GB | elastic overhead |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| what | space | px | data | augment | images | precision | device | images/s "
+        "| CPU ms/image | data wait | peak PSS GB | elastic overhead | (wall clock) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
 
@@ -385,10 +482,13 @@ def table(results: dict[str, Any]) -> str:
             v = r.get(k)
             return "" if v is None else f"{v:.{d}f}"
 
+        cpu_ms = f"{1000 * r['cpu_s'] / r['images_trained']:.0f}" if r.get("images_trained") else ""
+        augment = r.get("augment", "auto") if r["data"] == "folder" else ""
         lines.append(
-            f"| {r['what']} | {r['space']} | {r['resolution']} | {r['data']} | {r['n']} | "
-            f"{r['precision']} | {r['device']} | {f('images_per_s', 1)} | "
-            f"{f('data_wait_share')} | {f('peak_pss_gb')} | {f('elastic_overhead')} |"
+            f"| {r['what']} | {r['space']} | {r['resolution']} | {r['data']} | {augment} | "
+            f"{r['n']} | {r['precision']} | {r['device']} | {f('images_per_s', 1)} | {cpu_ms} | "
+            f"{f('data_wait_share')} | {f('peak_pss_gb')} | {f('elastic_overhead')} | "
+            f"{f('elastic_overhead_wall')} |"
         )
     t = results["targets"]
     lines += ["", "| target | figure |", "|---|---|"]
@@ -414,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required")
     preset = "quick" if args.quick else args.preset
     cfg = PRESETS[preset]
+    from nas.app.config import git_commit
+
+    commit = git_commit(cwd=ROOT)  # at the start: the code this run loads
     load_before = os.getloadavg()
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="train_scale-") as tmp_name:
@@ -437,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rows": mem + thr,
         "resume_after_kill": resumed,
-        "targets": targets(mem, thr, gpu),
+        "targets": targets(mem, thr, gpu, commit),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
