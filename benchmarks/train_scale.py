@@ -7,11 +7,15 @@ process and its DataLoader workers every 0.1 s (psutil):
 - memory: `tiny` on 64 px images, batch 128, 2 workers, one full epoch on a generated folder of
   10,000 and of 50,000 images, streamed; the in-memory loader (`load_image_folder`, every image
   decoded into one array) on the same folders beside it;
-- speed: images/s of the streamed and the in-memory run on the same settings;
+- speed: images/s of the streamed and the in-memory run on the same settings and the same work
+  per image (the streamed runs do not augment, as the in-memory path does not), the in-memory
+  run between two streamed ones; and the CPU seconds per image of each (process and workers);
 - throughput rows: `tiny` at 32 px and `mobilenetv3` at 224 px, on synthetic tensors and on a
   generated folder (streamed), fp32 and bf16, on the CPU and, with ``--device cuda``, the GPU;
-- elastic overhead: a supernet step against the summed step times of the static subnets of the
-  same sandwiches, built alone and trained on the same batches;
+- elastic overhead: a supernet step (its first, a warm-up, left out) against the summed step
+  times of the static subnets of sandwiches like it, built alone and trained on the same batch,
+  timed in the same process right after; on the CPU in CPU seconds (one thread; other work on
+  a shared machine changes them little, unlike wall-clock seconds), the wall-clock ratio beside;
 - data waits: the share of step time spent waiting for the next batch (2 workers, tiny, 32 px);
 - on a GPU: bf16 `mobilenetv3` killed mid-run and resumed (the step it resumed at).
 
@@ -41,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+from benchmarks.train_scale_tables import fmt_row, table, targets  # noqa: E402
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -94,9 +100,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         data = load_streamed_folder(
-            spec["folder"], resolution=res, val_fraction=0.0, test_fraction=0.0
+            spec["folder"],
+            resolution=res,
+            val_fraction=0.0,
+            test_fraction=0.0,
+            augment=spec.get("augment", "auto"),
         )
     load_s = time.perf_counter() - t0
+    cpu0 = _cpu_seconds()
     result = train_supernet(
         space_of(spec["space"], res),
         data,
@@ -111,7 +122,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         max_steps=spec.get("steps"),
         progress=False,
     )
-    return {
+    row = {
         "load_s": load_s,
         "steps": result.step,
         "images_per_s": result.images_per_s,
@@ -119,7 +130,53 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         "data_wait_s": result.data_wait_s,
         "data_wait_share": result.data_wait_s / result.train_s if result.train_s else None,
         "step_s": result.train_s / max(1, result.step),
+        # CPU seconds of the training (not the loading): this process and its DataLoader
+        # workers (counted once they exit, which they do when the run ends)
+        "cpu_s": _cpu_seconds() - cpu0,
+        "images_trained": result.step * spec["batch"],
+        "main_cpu_s": sum(result.step_cpu_s),  # of the steps, in this process only
         "device": result.device,
+    }
+    if spec.get("static_steps"):
+        row.update(elastic_overhead(spec, result.step_s, result.step_cpu_s))
+    return row
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def elastic_overhead(
+    spec: dict[str, Any], step_s: list[float], step_cpu_s: list[float]
+) -> dict[str, float]:
+    """The supernet's steps (the first, a warm-up, left out) against the static subnets' steps
+    timed right after them in the same process. On the CPU the ratio is of CPU seconds (the
+    process's, one thread each), which the other work of a shared machine changes little, and
+    the wall-clock ratio is kept beside it; on a GPU it is the wall-clock ratio."""
+    static_wall, static_cpu = static_step_times(
+        spec["space"],
+        spec["resolution"],
+        spec["batch"],
+        spec["static_steps"],
+        spec["precision"],
+        spec["device"],
+    )
+    wall = float(np.mean(step_s[1:] or step_s))
+    cpu = float(np.mean(step_cpu_s[1:] or step_cpu_s))
+    on_cpu = spec["device"] == "cpu"
+    return {
+        "supernet_step_s": wall,
+        "supernet_step_cpu_s": cpu,
+        "static_step_s": static_wall,
+        "static_step_cpu_s": static_cpu,
+        "elastic_overhead_wall": wall / static_wall,
+        "elastic_overhead": cpu / static_cpu if on_cpu else wall / static_wall,
     }
 
 
@@ -166,8 +223,16 @@ def run_child(spec: dict[str, Any], timeout: float = 7200) -> dict[str, Any]:
 def static_step_s(
     space_name: str, resolution: int, batch: int, steps: int, precision: str, device: str
 ) -> float:
+    """The wall seconds of `static_step_times`."""
+    return static_step_times(space_name, resolution, batch, steps, precision, device)[0]
+
+
+def static_step_times(
+    space_name: str, resolution: int, batch: int, steps: int, precision: str, device: str
+) -> tuple[float, float]:
     """Mean over `steps` sandwiches (largest, smallest, two random, seeded) of the summed time
-    of one training step of each subnet built alone (`space.build`), SGD, cross-entropy."""
+    of one training step of each subnet built alone (`space.build`), SGD, cross-entropy: wall
+    seconds and CPU seconds of this process."""
     import torch
 
     from nas.supernet import Precision, resolve_device
@@ -180,21 +245,23 @@ def static_step_s(
     x, y = synthetic(batch, resolution)
     x, y = x.to(dev), y.to(dev)
     prec = Precision(precision, dev)
-    total = 0.0
+    total, total_cpu = 0.0, 0.0
     for s in range(steps + 1):  # the first sandwich warms up and is not counted
         archs = [net.largest_arch(), net.smallest_arch(), space.sample(rng), space.sample(rng)]
         for arch in archs:
             model = space.build(arch).to(dev).train()
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
             _sync(dev)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             with prec.autocast():
                 loss = torch.nn.functional.cross_entropy(model(x).float(), y)
             prec.backward(loss)
             prec.step(opt)
             _sync(dev)
-            total += (time.perf_counter() - t0) if s else 0.0
-    return total / steps
+            if s:
+                total += time.perf_counter() - t0
+                total_cpu += time.process_time() - c0
+    return total / steps, total_cpu / steps
 
 
 def _sync(device: Any) -> None:
@@ -222,26 +289,31 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def memory_rows(tmp: Path, cfg: dict[str, Any], workers: int) -> list[dict[str, Any]]:
+    """Per folder size: streamed, in memory, streamed again (the in-memory run bracketed in
+    time, so a change of the machine's load between runs weighs on both sides). The streamed
+    runs do the in-memory path's work per image (decode, shorter side resized, centre crop:
+    augment "none"), since `load_image_folder` does not augment."""
     rows = []
     for n in cfg["memory_sizes"]:
         folder = make_folder(tmp / f"img{n}", n, 64)
-        for kind in ("folder", "memory"):
+        for i, kind in enumerate(("folder", "memory", "folder")):
             spec = {
                 "space": "tiny",
                 "resolution": 64,
                 "data": kind,
+                "augment": "none",
                 "folder": str(folder),
                 "batch": cfg["memory_batch"],
                 "workers": workers,
                 "precision": "fp32",
                 "device": "cpu",
-                "out": str(tmp / f"run-mem-{n}-{kind}"),
+                "out": str(tmp / f"run-mem-{n}-{kind}-{i}"),
                 "n": n,
                 "what": "memory",
                 "steps": cfg["memory_steps"],  # None: one full epoch
             }
             rows.append(run_child(spec))
-            print(_fmt(rows[-1]), flush=True)
+            print(fmt_row(rows[-1]), flush=True)
         shutil.rmtree(folder)
     return rows
 
@@ -271,15 +343,12 @@ def throughput_rows(
                     "out": str(tmp / f"run-{space}-{kind}-{precision}-{device}"),
                     "n": n,
                     "what": "throughput",
+                    # synthetic rows: the static subnets timed in the same process after them
+                    "static_steps": cfg["static_steps"] if kind == "synthetic" else 0,
                 }
                 row = run_child(spec)
-                if kind == "synthetic":
-                    row["static_step_s"] = static_step_s(
-                        space, res, batch, cfg["static_steps"], precision, device
-                    )
-                    row["elastic_overhead"] = row["step_s"] / row["static_step_s"]
                 rows.append(row)
-                print(_fmt(row), flush=True)
+                print(fmt_row(row), flush=True)
         shutil.rmtree(folder)
     return rows
 
@@ -310,94 +379,6 @@ def resume_after_kill(tmp: Path, device: str, batch: int) -> dict[str, Any]:
     return {"killed_at_step": killed_at, "finished_step": row["steps"], "device": row["device"]}
 
 
-def _fmt(row: dict[str, Any]) -> str:
-    keys = (
-        "what",
-        "space",
-        "resolution",
-        "data",
-        "n",
-        "precision",
-        "device",
-        "images_per_s",
-        "data_wait_share",
-        "peak_pss_gb",
-        "elastic_overhead",
-    )
-    return "  ".join(
-        f"{k}={row[k]:.3g}" if isinstance(row.get(k), float) else f"{k}={row.get(k)}"
-        for k in keys
-        if k in row
-    )
-
-
-def targets(
-    mem: list[dict[str, Any]], thr: list[dict[str, Any]], gpu: str | None
-) -> dict[str, Any]:
-    from nas.app.config import git_commit
-
-    streamed = {r["n"]: r for r in mem if r["data"] == "folder"}
-    in_memory = {r["n"]: r for r in mem if r["data"] == "memory"}
-    small, big = sorted(streamed)
-    cpu = [r for r in thr if r["device"] == "cpu" and "elastic_overhead" in r]
-    gpu_rows = [r for r in thr if r["device"] != "cpu" and "elastic_overhead" in r]
-    waits = [
-        r["data_wait_share"]
-        for r in thr
-        if r["device"] == "cpu" and r["data"] == "folder" and r["space"] == "tiny"
-    ]
-    return {
-        "pss_ratio_50k_10k": streamed[big]["peak_pss_gb"] / streamed[small]["peak_pss_gb"],
-        "peak_pss_gb_50k": streamed[big]["peak_pss_gb"],
-        "peak_pss_gb_50k_in_memory": in_memory[big]["peak_pss_gb"],
-        "streamed_vs_memory_speed": min(
-            streamed[n]["images_per_s"] / in_memory[n]["images_per_s"] for n in streamed
-        ),
-        "elastic_overhead_cpu": max(r["elastic_overhead"] for r in cpu),
-        "elastic_overhead_gpu": max(r["elastic_overhead"] for r in gpu_rows) if gpu_rows else None,
-        "data_wait_share": max(waits),
-        "device": gpu,
-        "commit": git_commit(cwd=ROOT),
-    }
-
-
-def table(results: dict[str, Any]) -> str:
-    head = []
-    if "settings" in results:
-        st, host = results["settings"], results["host"]
-        load = ", ".join(f"{v:.1f}" for v in host["loadavg_before"])
-        head = [
-            f"Preset `{st['preset']}` ({st['workers']} workers; memory rows "
-            f"{'a full epoch' if st['memory_steps'] is None else str(st['memory_steps']) + ' steps'}"
-            f"), {host['cpus']} CPUs shared with other work (load average before: {load}; "
-            f"after: {', '.join(f'{v:.1f}' for v in host['loadavg_after'])}), "
-            f"{host['minutes']:.0f} minutes.",
-            "",
-        ]
-    lines = [
-        *head,
-        "| what | space | px | data | images | precision | device | images/s | data wait | peak PSS GB | elastic overhead |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results["rows"]:
-
-        def f(k: str, d: int = 2, r: dict[str, Any] = r) -> str:
-            v = r.get(k)
-            return "" if v is None else f"{v:.{d}f}"
-
-        lines.append(
-            f"| {r['what']} | {r['space']} | {r['resolution']} | {r['data']} | {r['n']} | "
-            f"{r['precision']} | {r['device']} | {f('images_per_s', 1)} | "
-            f"{f('data_wait_share')} | {f('peak_pss_gb')} | {f('elastic_overhead')} |"
-        )
-    t = results["targets"]
-    lines += ["", "| target | figure |", "|---|---|"]
-    lines += [
-        f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in t.items()
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=False, help="folder for results.json and table.md")
@@ -414,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required")
     preset = "quick" if args.quick else args.preset
     cfg = PRESETS[preset]
+    from nas.app.config import git_commit
+
+    commit = git_commit(cwd=ROOT)  # at the start: the code this run loads
     load_before = os.getloadavg()
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="train_scale-") as tmp_name:
@@ -437,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rows": mem + thr,
         "resume_after_kill": resumed,
-        "targets": targets(mem, thr, gpu),
+        "targets": targets(mem, thr, gpu, commit),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

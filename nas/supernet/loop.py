@@ -68,6 +68,10 @@ class TrainResult:
     skipped: int = 0
     #: the device the run trained on
     device: str = "cpu"
+    #: per step this call ran: wall seconds, and CPU seconds of this process (all its threads,
+    #: not its DataLoader workers), which other work on a shared machine changes far less
+    step_s: list[float] = field(default_factory=list)
+    step_cpu_s: list[float] = field(default_factory=list)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -125,6 +129,7 @@ class _Run:
     precision: Precision = field(default_factory=Precision)
     images_run: int = 0
     train_time: float = 0.0
+    step_times: list[tuple[float, float]] = field(default_factory=list)  # (wall s, CPU s)
     data_wait: float = 0.0
     skipped: int = 0
     stopped: bool = False
@@ -313,6 +318,8 @@ def _train(run: _Run, progress: bool) -> TrainResult:
         data_wait_s=run.data_wait,
         skipped=run.skipped,
         device=str(run.device),
+        step_s=[wall for wall, _ in run.step_times],
+        step_cpu_s=[cpu for _, cpu in run.step_times],
     )
 
 
@@ -375,10 +382,11 @@ def _run_steps(
     pi = state.phase
     epoch_images, epoch_time = 0, 0.0
     while state.batch < run.steps_per_epoch:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = _train_step(run, ctx, opt, batches)
         sched.step()
         dt = time.perf_counter() - t0
+        run.step_times.append((dt, time.process_time() - c0))
         state.batch += 1
         state.step += 1
         state.images += run.global_batch

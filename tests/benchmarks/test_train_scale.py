@@ -61,3 +61,25 @@ def test_one_run_targets_and_table(tmp_path: Path) -> None:
     assert t["data_wait_share"] == row["data_wait_share"] and t["device"] is None
     text = bench.table({"rows": mem + thr, "targets": t})
     assert "| pss_ratio_50k_10k | 1.050 |" in text and text.count("\n| memory |") == 4
+
+
+def test_speed_targets_bracket_the_in_memory_run() -> None:
+    """Two streamed runs around the in-memory one: their mean images/s against it, PSS their
+    max, and CPU seconds per image (in memory over streamed) beside; the worse folder size."""
+    bench = _bench()
+
+    def row(n: int, kind: str, ips: float, cpu: float, pss: float) -> dict[str, object]:
+        return {"what": "memory", "n": n, "data": kind, "images_per_s": ips, "cpu_s": cpu,
+                "images_trained": 100, "peak_pss_gb": pss}  # fmt: skip
+
+    mem = [row(10, "folder", 8.0, 12.0, 1.0), row(10, "memory", 10.0, 10.0, 1.2),
+           row(10, "folder", 10.0, 8.0, 0.9), row(50, "folder", 10.0, 10.0, 1.1),
+           row(50, "memory", 10.0, 10.0, 3.0), row(50, "folder", 10.0, 10.0, 1.0)]  # fmt: skip
+    thr = [{"device": "cpu", "data": "synthetic", "space": "tiny", "elastic_overhead": 1.1},
+           {"device": "cpu", "data": "folder", "space": "tiny", "data_wait_share": 0.02}]  # fmt: skip
+    t = bench.targets(mem, thr, None, "abc")
+    assert t["streamed_vs_memory_speed"] == pytest.approx(0.9)  # (8 + 10) / 2 / 10
+    assert t["streamed_vs_memory_cpu"] == pytest.approx(1.0)
+    assert t["pss_ratio_50k_10k"] == pytest.approx(1.1) and t["commit"] == "abc"
+    slow = [{**r, "cpu_s": 12.5} if r["data"] == "folder" else r for r in mem]
+    assert bench.targets(slow, thr, None, "abc")["streamed_vs_memory_cpu"] == pytest.approx(0.8)

@@ -236,3 +236,16 @@ def test_a_gradient_scaler_steps_clips_and_round_trips() -> None:
     fresh = Precision("bf16", torch.device("cpu"), scaler=torch.amp.GradScaler("cpu"))
     fresh.load_state_dict(state)
     assert fresh.scaler.get_scale() == 1024.0
+
+
+def test_step_times_are_per_step_of_the_call(tmp_path: Path) -> None:
+    """`step_s` / `step_cpu_s` hold one figure per step the call ran (a resumed call only its
+    own), and the wall seconds add up to `train_s`."""
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(12, 3, 32, 32, generator=g), torch.randint(0, 10, (12,), generator=g)
+    first = train_supernet(TinySpace(), data, tmp_path / "r", CONFIG, max_steps=1, progress=False)
+    assert len(first.step_s) == len(first.step_cpu_s) == 1
+    assert sum(first.step_s) == pytest.approx(first.train_s)
+    assert all(c > 0 for c in first.step_cpu_s)
+    rest = train_supernet(TinySpace(), data, tmp_path / "r", CONFIG, progress=False)
+    assert rest.step == 4 and len(rest.step_s) == len(rest.step_cpu_s) == 3
