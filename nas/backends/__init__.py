@@ -4,7 +4,7 @@ the host CPU's facts and the runtimes' thread pools.
 
 One module per job: `torch_export` (the program every artifact is made from), `executorch`,
 `onnx` and `litert` (each format's export and runner), `training_program` (ExecuTorch training
-programs: export, the runtime's SGD, weights read back), `eager` (PyTorch, the reference every
+programs: export, the runtime's SGD, weights read back; `memory_packing` their memory plan), `eager` (PyTorch, the reference every
 artifact is checked against), `runners` (a runner by suffix, parity, a simple timing),
 `artifact` (the runner protocol), `host` (CPU facts), `quiet` (the exporters' chatter kept out
 of the user's log around our calls). The compression chain and `latency_models.runtimes` both
@@ -28,6 +28,7 @@ from nas.backends.executorch import (
 )
 from nas.backends.host import cpu_flags, cpu_info, has_vnni
 from nas.backends.litert import TfliteRunner, export_tflite
+from nas.backends.memory_packing import pack_offsets, training_memory_planning_pass
 from nas.backends.onnx import (
     OnnxRunner,
     compact_onnx,
@@ -99,6 +100,7 @@ __all__ = [
     "onnx_model",
     "open_runner",
     "ort_session_options",
+    "pack_offsets",
     "predict_logits",
     "quantize_onnx_model",
     "quantize_onnx_static",
@@ -107,5 +109,6 @@ __all__ = [
     "set_weight_layout",
     "strip_onnx_metadata",
     "torchao_pt2e",
+    "training_memory_planning_pass",
     "xnnpack_quantizer",
 ]

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.backends.memory_packing import training_memory_planning_pass
 from nas.backends.quiet import quiet_exporters
 
 __all__ = [
@@ -118,7 +119,7 @@ def export_training_program(
     if partition not in PARTITIONS:
         raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
     try:
-        from executorch.exir import to_edge, to_edge_transform_and_lower
+        from executorch.exir import ExecutorchBackendConfig, to_edge, to_edge_transform_and_lower
     except ImportError as err:  # an optional extra: what the runtime cannot do, said so
         raise TrainingProgramError(
             f"ExecuTorch is not installed ({err}): pip install -e '.[executorch]'"
@@ -144,7 +145,10 @@ def export_training_program(
                 edge = to_edge_transform_and_lower(
                     joint, partitioner=[_frozen_only_partitioner(trainable)]
                 )
-            et = edge.to_executorch()
+            # a tight, deterministic plan the memory model replays (nas.backends.memory_packing)
+            et = edge.to_executorch(
+                ExecutorchBackendConfig(memory_planning_pass=training_memory_planning_pass())
+            )
         except Exception as exc:  # the exporters raise many kinds; name the module's part
             raise TrainingProgramError(
                 f"the runtime cannot train this module: {type(exc).__name__}: {exc}"
