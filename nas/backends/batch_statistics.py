@@ -6,6 +6,7 @@ decomposition brings ``var_mean`` and prims the edge dialect refuses."""
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 from torch import nn
@@ -37,8 +38,10 @@ class BatchStatisticsNorm2d(nn.Module):
         n = x.numel() / x.shape[1]
         with torch.no_grad():  # a buffer mutation in the program, no gradient
             m = self.momentum
-            self.running_mean.mul_(1 - m).add_(m * mean.detach().flatten())
-            self.running_var.mul_(1 - m).add_(m * var.detach().flatten() * n / max(n - 1, 1))
+            running_mean = cast(torch.Tensor, self.running_mean)
+            running_var = cast(torch.Tensor, self.running_var)
+            running_mean.mul_(1 - m).add_(m * mean.detach().flatten())
+            running_var.mul_(1 - m).add_(m * var.detach().flatten() * n / max(n - 1, 1))
         scale = self.weight[None, :, None, None] * torch.rsqrt(var + self.eps)
         return (x - mean) * scale + self.bias[None, :, None, None]
 

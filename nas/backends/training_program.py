@@ -138,23 +138,7 @@ def export_training_program(
     trainable = {f"net.{n}" for n, p in net.named_parameters() if p.requires_grad}
     if not trainable:
         raise TrainingProgramError("nothing to train: every parameter is frozen")
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if batch_norm == "eval" and any(m.training for m in norms):
-        raise TrainingProgramError(
-            "batch norm in training mode has no out variant in the runtime "
-            "(aten::_native_batch_norm_legit_functional); call net.eval() to freeze its "
-            "statistics, or export with batch_norm='train' (BatchNorm2d written out in plain ops)"
-        )
-    passes: list[Any] = []
-    if batch_norm == "train" and norms:
-        from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
-
-        try:
-            net = with_batch_statistics(net)
-        except ValueError as err:
-            raise TrainingProgramError(f"batch norm in training mode: {err}") from err
-        # running statistics start from the model's, not from zeros
-        passes = [InitializedMutableBufferPass(["running_mean", "running_var"])]
+    net, passes = _batch_norm_mode(net, batch_norm)
     start = time.perf_counter()
     with quiet_exporters():
         ep = torch.export.export(_WithLoss(net), tuple(example), strict=False)
@@ -201,6 +185,28 @@ def export_training_program(
         live_peak_bytes=live_peak,
         backward_peak_bytes=backward_peak,
     )
+
+
+def _batch_norm_mode(net: nn.Module, batch_norm: str) -> tuple[nn.Module, list[Any]]:
+    """The module to export and the passes its batch norm needs (see `export_training_program`)."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if batch_norm == "eval" and any(m.training for m in norms):
+        raise TrainingProgramError(
+            "batch norm in training mode has no out variant in the runtime "
+            "(aten::_native_batch_norm_legit_functional); call net.eval() to freeze its "
+            "statistics, or export with batch_norm='train' (BatchNorm2d written out in plain ops)"
+        )
+    passes: list[Any] = []
+    if batch_norm == "train" and norms:
+        from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+
+        try:
+            net = with_batch_statistics(net)
+        except ValueError as err:
+            raise TrainingProgramError(f"batch norm in training mode: {err}") from err
+        # running statistics start from the model's, not from zeros
+        passes = [InitializedMutableBufferPass(["running_mean", "running_var"])]
+    return net, passes
 
 
 def _live_peaks(et: Any) -> tuple[int, int]:
