@@ -5,18 +5,24 @@ recovered on a shifted target domain per update mode and byte budget (issue 20).
 Three parts, one results.json (and table.md, accuracy_vs_memory.png):
 
 - memory: every update mode (full, last block, biases, BN affine + biases) on an arch of every
-  built-in space at batch 8: the model's total against the program's plan plus trainable
-  weights (``plan_err_pct``), eager autograd's kept bytes beside it.
+  built-in space at batch 8 (``--spaces``): the model's total against the program's plan (it
+  holds the trainable weights and gradients) plus optimizer state (``plan_err_pct``), eager
+  autograd's kept bytes beside it.
 - runtime: the largest `tiny` arch, 20 SGD steps in the runtime (portable kernels, and frozen-
   only XNNPACK for the frozen-prefix mode) against the same steps in PyTorch: loss agreement,
   step times.
 - adaptation: a `tiny` source model trained on the embedded digits (``--run RUN``: the run's
-  first winner instead), the rotation shift, 10 and 50 shots, 3 seeds: no adaptation, AdaBN,
-  every mode, and the sparse plan at 1/2, 1/4, 1/6, 1/10 of full fine-tuning's memory (batch 8)
-  and at 256 KB (batch 1); every sparse plan exported to check it is under budget in the
-  program's plan.
+  first winner instead), the rotation shift, 10 and 50 shots, 3 seeds (``--shots``,
+  ``--seeds``, ``--steps``): no adaptation, AdaBN, every mode, and the sparse plan at 1/2, 1/4,
+  1/6, 1/10 of full fine-tuning's memory (batch 8) and at 256 KB (batch 1); each sparse plan
+  is checked in its exported program and stepped down until that fits
+  (``plan_under_budget(check_program=True)``); the memory model's choice alone is exported too
+  (``plans_over_budget_model_only``).
 
-    python benchmarks/ondevice.py --out benchmarks/results/ondevice [--quick]
+    python benchmarks/ondevice.py --out /work/runs/bench/ondevice [--quick]
+
+The commit is taken when the run starts (``-dirty`` when tracked files differ from it); a run
+with fewer spaces, shots or seeds than the defaults labels its table as reduced.
 
 ``--quick`` is a smoke run (`tiny` only, fewer steps and seeds, no 256 KB row): its figures are
 labelled as such. Timings share a 2-core CPU; the load average is recorded beside them.
@@ -52,6 +58,8 @@ from nas.ondevice import (
     make_plan,
     make_shift_task,
     plan_under_budget,
+    record_training_ops,
+    step_down_in_program,
     target_accuracy,
     train_source_model,
     training_memory,
@@ -71,14 +79,17 @@ def _smallest(space: Any) -> dict[str, Any]:
     return {k: c.values[0] for k, c in space.dimensions().items()}
 
 
-def memory_rows(quick: bool) -> list[dict[str, Any]]:
-    """Model against program plan, every mode, an arch of every built-in space, batch 8."""
-    cases = [("tiny", _largest)] if quick else [
-        ("tiny", _largest), ("mobilenetv3", _smallest), ("nb201", lambda s: s.sample(rng=0)),
-        ("fbnet", lambda s: s.sample(rng=0)),
-    ]  # fmt: skip
+CASES: dict[str, Any] = {
+    "tiny": _largest, "mobilenetv3": _smallest, "nb201": lambda s: s.sample(rng=0),
+    "fbnet": lambda s: s.sample(rng=0),
+}  # fmt: skip
+
+
+def memory_rows(spaces: list[str]) -> list[dict[str, Any]]:
+    """Model against program plan, every mode, an arch of each space in `spaces`, batch 8."""
     rows = []
-    for name, pick in cases:
+    for name in spaces:
+        pick = CASES[name]
         space = get_space(name)
         arch = space.validate(pick(space))
         shape = space.input_shape(arch)
@@ -176,17 +187,18 @@ def _accuracy(model: nn.Module, task: Any) -> float:
     return round(100 * target_accuracy(model, task.test_x, task.test_y), 2)
 
 
-def adaptation_rows(run: str | None, quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Accuracy on the target test set per mode and budget, 10 and 50 shots, seeds."""
+def adaptation_rows(
+    run: str | None, quick: bool, shots_list: list[int], seeds: int, steps: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Accuracy on the target test set per mode and budget, per shots and seed."""
     data = load_embedded_digits(copies_train=2 if quick else 8)
     space, arch, model = _source_model(run, data, quick)
     shape, factory = space.input_shape(arch), (lambda: space.build(arch))
     source_acc = round(100 * target_accuracy(model, *data.test.tensors), 2)
     full_mem = training_memory(factory, shape, make_plan(model, "full"), num_classes=10)
-    steps = 30 if quick else 150
     rows = []
-    for shots in (10,) if quick else (10, 50):
-        for seed in range(1 if quick else 3):
+    for shots in shots_list:
+        for seed in range(seeds):
             task = make_shift_task(data, "rotate", shots=shots, seed=seed)
             base = {"shots": shots, "seed": seed, "counts": task.counts}
             rows.append({**base, "mode": "none", "accuracy": _accuracy(model, task)})
@@ -226,20 +238,25 @@ def _sparse_row(
     seed: int,
 ) -> dict[str, Any]:
     try:
-        plan, mem, _ = plan_under_budget(
+        chosen, _, _ = plan_under_budget(
             model, factory, shape, budget, task.shots_x, task.shots_y, batch=batch,
             num_classes=10, seed=seed,
         )  # fmt: skip
+        trace = record_training_ops(factory, shape, batch)
+        price = partial(training_memory, factory, shape, batch=batch, num_classes=10, trace=trace)
+        # the plan used: the model's choice, stepped down until its exported program fits
+        plan, mem, tries = step_down_in_program(model, chosen.layers, price, budget, shape, batch)
     except BudgetTooSmallError as err:
         return {"mode": "sparse", "budget_bytes": budget, "error": str(err)}
     res = finetune(
         model, plan, task.shots_x, task.shots_y, steps=steps, batch=batch, seed=seed, lr=0.02
     )
-    work = copy.deepcopy(model).eval()
-    check, _ = check_memory(work, plan, mem, shape, num_classes=10)
-    return {"mode": "sparse", "budget_bytes": budget, "planned_bytes": mem.total_bytes,
-            "program_bytes": check.program_total_bytes, "layers": list(plan.layers),
-            "over_budget": check.program_total_bytes > budget, "accuracy": _accuracy(res.model, task)}  # fmt: skip
+    return {"mode": "sparse", "budget_bytes": budget, "batch": batch,
+            "planned_bytes": mem.total_bytes, "program_bytes": tries[-1][1],
+            "layers": list(plan.layers), "budget_check": plan.budget_check,
+            "over_budget": tries[-1][1] > budget, "model_only_layers": list(chosen.layers),
+            "model_only_program_bytes": tries[0][1], "model_only_over_budget": len(tries) > 1,
+            "accuracy": _accuracy(res.model, task)}  # fmt: skip
 
 
 def targets(memory: list, runtime: list, adapt: list) -> dict[str, Any]:
@@ -258,19 +275,29 @@ def targets(memory: list, runtime: list, adapt: list) -> dict[str, Any]:
         "gain_shots": shots,
         "runtime_loss_rel_err": max(r["portable_loss_rel_err"] for r in runtime),
         "plans_over_budget": sum(1 for r in adapt if r.get("over_budget")),
+        # the memory model's choice before the program's check stepped it down
+        "plans_over_budget_model_only": sum(1 for r in adapt if r.get("model_only_over_budget")),
+        "gain_seeds": len({r["seed"] for r in adapt if r["shots"] == shots}),
         "xnnpack_frozen_speedup": min(
             (r["xnnpack_frozen_speedup"] for r in runtime if "xnnpack_frozen_speedup" in r),
             default=None,
         ),
-        "commit": git_commit(),
     }
 
 
 def write_table_and_plot(out: Path, results: dict[str, Any]) -> None:
     """table.md (every row, the settings stated) and accuracy_vs_memory.png."""
     label = " (QUICK smoke run: not the benchmark's figures)" if results["quick"] else ""
+    full = (results["spaces"], results["shots"], results["seeds"]) == (list(CASES), [10, 50], 3)
+    if not results["quick"] and not full:
+        label = (
+            f" (reduced run: spaces {','.join(results['spaces'])}, shots "
+            f"{','.join(map(str, results['shots']))}, {results['seeds']} seed(s), "
+            f"{results['steps']} steps; not the issue's full settings)"
+        )
     lines = [f"# On-device learning{label}", "", f"Settings: {results['settings']}; load "
              f"average {results['load_avg']}, {results['cpus']} CPUs (timings under shared load).",
+             "", f"Command: `{results['command']}` at commit {results['commit']}.",
              "", "| space | mode | model KB | program KB | error % | eager KB |", "|---|---|---|---|---|---|"]  # fmt: skip
     for r in results["memory"]:
         lines.append(f"| {r['space']} | {r['mode']} | {r['model_total_bytes'] / 1024:.1f} | "
@@ -315,18 +342,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", help="a run folder (nas demo): adapt its first winner")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--parts", default="memory,runtime,adapt")
+    parser.add_argument("--spaces", help="memory part's spaces (default: all four; quick: tiny)")
+    parser.add_argument("--shots", help="shots per class, comma-separated (default 10,50)")
+    parser.add_argument("--seeds", type=int, help="seeds per shots (default 3; quick 1)")
+    parser.add_argument("--steps", type=int, help="adaptation steps (default 150; quick 30)")
     args = parser.parse_args(argv)
+    commit = git_commit(Path(__file__).resolve().parents[1], mark_dirty=True)  # the code it runs
+    spaces = (args.spaces or ("tiny" if args.quick else ",".join(CASES))).split(",")
+    shots_list = [int(v) for v in (args.shots or ("10" if args.quick else "10,50")).split(",")]
+    seeds = args.seeds or (1 if args.quick else 3)
+    steps = args.steps or (30 if args.quick else 150)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")
     start = time.time()
-    memory = memory_rows(args.quick) if "memory" in parts else []
+    memory = memory_rows(spaces) if "memory" in parts else []
     runtime = runtime_rows(args.quick) if "runtime" in parts else []
-    adapt, source = adaptation_rows(args.run, args.quick) if "adapt" in parts else ([], {})
+    adapt, source = (
+        adaptation_rows(args.run, args.quick, shots_list, seeds, steps)
+        if "adapt" in parts
+        else ([], {})
+    )
     results = {
         "quick": args.quick,
+        "commit": commit,
+        "command": "python benchmarks/ondevice.py " + " ".join(argv or sys.argv[1:]),
+        "spaces": spaces,
+        "shots": shots_list,
+        "seeds": seeds,
+        "steps": steps,
         "settings": "batch 8 (256 KB row: batch 1), SGD without momentum, frozen weights in flash",
         "load_avg": os.getloadavg(),
         "cpus": os.cpu_count(),
@@ -337,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "adaptation": adapt,
     }
     if memory and runtime and adapt:
-        results["targets"] = targets(memory, runtime, adapt)
+        results["targets"] = {**targets(memory, runtime, adapt), "commit": commit}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     write_table_and_plot(out, results)
     print(json.dumps(results.get("targets", {}), indent=1))

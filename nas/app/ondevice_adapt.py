@@ -295,7 +295,7 @@ def adapt_model(
     trained = choice.network if choice.network is not None else model
     result, why = _train(trained, choice.plan, task, engine, fallback, **kw)
     mem = choice.memory
-    state_bytes = mem.trainable_bytes + mem.optimizer_bytes
+    state_bytes = mem.optimizer_bytes  # the trainable weights are in the program's plan
     report: dict[str, Any] = {
         **dict(extra or {}),
         "arch": space.key(arch),
@@ -309,7 +309,7 @@ def adapt_model(
         "planned_bytes": mem.total_bytes,
         "program_bytes": result.program_plan_bytes + state_bytes
         if result.program_plan_bytes
-        else None,  # the runtime program's plan, with trainable weights and optimizer state
+        else None,  # the runtime program's plan (trainable weights in it) and optimizer state
         "shift": shift,
         "shots_per_class": shots,
         "counts": task.counts,

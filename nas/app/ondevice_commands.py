@@ -48,7 +48,8 @@ def render_plan(choice: PlanChoice) -> str:
         f"trainable weights {mem.trainable_bytes / 1024:.1f} KB, their gradients "
         f"{mem.grad_bytes / 1024:.1f} KB, optimizer state {mem.optimizer_bytes / 1024:.1f} KB",
         f"kept for backward {mem.saved_bytes / 1024:.1f} KB; planned buffer "
-        f"{mem.plan_bytes / 1024:.1f} KB (peak alive {mem.peak_bytes / 1024:.1f} KB)",
+        f"{mem.plan_bytes / 1024:.1f} KB (peak alive {mem.peak_bytes / 1024:.1f} KB; it holds "
+        "the trainable weights and their gradients)",
         f"frozen weights {mem.frozen_bytes / 1024:.1f} KB "
         f"({'counted' if mem.count_frozen else 'in flash, not counted'})",
         f"training memory: {mem.total_bytes / 1024:.1f} KB",

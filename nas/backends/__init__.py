@@ -4,7 +4,7 @@ the host CPU's facts and the runtimes' thread pools.
 
 One module per job: `torch_export` (the program every artifact is made from), `executorch`,
 `onnx` and `litert` (each format's export and runner), `training_program` (ExecuTorch training
-programs: export, the runtime's SGD, weights read back), `eager` (PyTorch, the reference every
+programs: export, the runtime's SGD, weights read back; `memory_packing` their memory plan, `batch_statistics` batch norm in training mode), `eager` (PyTorch, the reference every
 artifact is checked against), `runners` (a runner by suffix, parity, a simple timing),
 `artifact` (the runner protocol), `host` (CPU facts), `quiet` (the exporters' chatter kept out
 of the user's log around our calls). The compression chain and `latency_models.runtimes` both
@@ -14,6 +14,7 @@ call this package; it imports nothing of ours but `nas.core`.
 from __future__ import annotations
 
 from nas.backends.artifact import ARTIFACT_SUFFIXES, ArtifactRunner
+from nas.backends.batch_statistics import BatchStatisticsNorm2d, with_batch_statistics
 from nas.backends.eager import predict_logits, set_weight_layout
 from nas.backends.executorch import (
     LoadedProgram,
@@ -28,6 +29,7 @@ from nas.backends.executorch import (
 )
 from nas.backends.host import cpu_flags, cpu_info, has_vnni
 from nas.backends.litert import TfliteRunner, export_tflite
+from nas.backends.memory_packing import pack_offsets, training_memory_planning_pass
 from nas.backends.onnx import (
     OnnxRunner,
     compact_onnx,
@@ -66,6 +68,7 @@ __all__ = [
     "RUNTIME_OPTIMIZERS",
     "WEIGHT_BITS",
     "ArtifactRunner",
+    "BatchStatisticsNorm2d",
     "LoadedProgram",
     "LoweredProgram",
     "OnnxRunner",
@@ -99,6 +102,7 @@ __all__ = [
     "onnx_model",
     "open_runner",
     "ort_session_options",
+    "pack_offsets",
     "predict_logits",
     "quantize_onnx_model",
     "quantize_onnx_static",
@@ -107,5 +111,7 @@ __all__ = [
     "set_weight_layout",
     "strip_onnx_metadata",
     "torchao_pt2e",
+    "training_memory_planning_pass",
+    "with_batch_statistics",
     "xnnpack_quantizer",
 ]

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.backends.batch_statistics import with_batch_statistics
+from nas.backends.memory_packing import training_memory_planning_pass
 from nas.backends.quiet import quiet_exporters
 
 __all__ = [
@@ -80,6 +82,9 @@ class TrainingProgram:
     export_s: float
     live_peak_bytes: int = 0  # the most planned bytes alive at one instruction (no packing)
     backward_peak_bytes: int = 0  # the same, over the instructions after the loss
+    #: buffers the program updates (batch norm's running statistics in training mode): the
+    #: runtime leaves them out of its outputs, though its gradient and parameter indices count them
+    buffer_mutations: int = 0
 
 
 def _frozen_only_partitioner(trainable: set[str]) -> Any:
@@ -112,13 +117,18 @@ def export_training_program(
     net: nn.Module,
     example: Sequence[torch.Tensor],
     partition: str = "portable",
+    batch_norm: str = "eval",
 ) -> TrainingProgram:
-    """Export `net` (its frozen parameters with ``requires_grad`` off, eval mode) with a
-    cross-entropy loss as an ExecuTorch training program for inputs like `example` (x, y)."""
+    """Export `net` (its frozen parameters with ``requires_grad`` off) with a cross-entropy
+    loss as an ExecuTorch training program for inputs like `example` (x, y). Batch norm runs
+    in eval mode (`net` in eval mode), or with ``batch_norm="train"`` on the batch's statistics
+    with its running statistics updated in the runtime, starting from `net`'s."""
     if partition not in PARTITIONS:
         raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
+    if batch_norm not in ("eval", "train"):
+        raise ValueError(f"batch_norm must be 'eval' or 'train', got {batch_norm!r}")
     try:
-        from executorch.exir import to_edge, to_edge_transform_and_lower
+        from executorch.exir import ExecutorchBackendConfig, to_edge, to_edge_transform_and_lower
     except ImportError as err:  # an optional extra: what the runtime cannot do, said so
         raise TrainingProgramError(
             f"ExecuTorch is not installed ({err}): pip install -e '.[executorch]'"
@@ -128,11 +138,7 @@ def export_training_program(
     trainable = {f"net.{n}" for n, p in net.named_parameters() if p.requires_grad}
     if not trainable:
         raise TrainingProgramError("nothing to train: every parameter is frozen")
-    if any(m.training for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
-        raise TrainingProgramError(
-            "batch norm in training mode has no out variant in the runtime "
-            "(aten::_native_batch_norm_legit_functional); call net.eval() to freeze its statistics"
-        )
+    net, passes = _batch_norm_mode(net, batch_norm)
     start = time.perf_counter()
     with quiet_exporters():
         ep = torch.export.export(_WithLoss(net), tuple(example), strict=False)
@@ -144,7 +150,12 @@ def export_training_program(
                 edge = to_edge_transform_and_lower(
                     joint, partitioner=[_frozen_only_partitioner(trainable)]
                 )
-            et = edge.to_executorch()
+            # a tight, deterministic plan the memory model replays (nas.backends.memory_packing)
+            et = edge.to_executorch(
+                ExecutorchBackendConfig(
+                    passes=passes, memory_planning_pass=training_memory_planning_pass()
+                )
+            )
         except Exception as exc:  # the exporters raise many kinds; name the module's part
             raise TrainingProgramError(
                 f"the runtime cannot train this module: {type(exc).__name__}: {exc}"
@@ -164,6 +175,7 @@ def export_training_program(
     sizes = list(et.executorch_program.execution_plan[0].non_const_buffer_sizes)
     live_peak, backward_peak = _live_peaks(et)
     return TrainingProgram(
+        buffer_mutations=len(joint.graph_signature.buffers_to_mutate),
         data=et.buffer,
         plan_bytes=int(sum(sizes)),
         trainable=tuple(sorted(n.removeprefix("net.") for n in trainable)),
@@ -173,6 +185,28 @@ def export_training_program(
         live_peak_bytes=live_peak,
         backward_peak_bytes=backward_peak,
     )
+
+
+def _batch_norm_mode(net: nn.Module, batch_norm: str) -> tuple[nn.Module, list[Any]]:
+    """The module to export and the passes its batch norm needs (see `export_training_program`)."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if batch_norm == "eval" and any(m.training for m in norms):
+        raise TrainingProgramError(
+            "batch norm in training mode has no out variant in the runtime "
+            "(aten::_native_batch_norm_legit_functional); call net.eval() to freeze its "
+            "statistics, or export with batch_norm='train' (BatchNorm2d written out in plain ops)"
+        )
+    passes: list[Any] = []
+    if batch_norm == "train" and norms:
+        from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+
+        try:
+            net = with_batch_statistics(net)
+        except ValueError as err:
+            raise TrainingProgramError(f"batch norm in training mode: {err}") from err
+        # running statistics start from the model's, not from zeros
+        passes = [InitializedMutableBufferPass(["running_mean", "running_var"])]
+    return net, passes
 
 
 def _live_peaks(et: Any) -> tuple[int, int]:
@@ -235,11 +269,29 @@ class RuntimeTrainer:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One forward, backward and SGD step in the runtime; returns the loss before it."""
-        out = self._module.forward_backward("forward", (x, y))
+        if self.program.buffer_mutations:
+            loss = self._step_with_buffers(x, y)
+        else:
+            loss = float(self._module.forward_backward("forward", (x, y))[0])
         if self._optimizer is None:
             params = self._module.named_parameters()
             self._optimizer = self._get_sgd(params, self._lr, self._momentum, 0, 0, False)
         self._optimizer.step(self._module.named_gradients())
+        return loss
+
+    def _step_with_buffers(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """`forward_backward` for a program that updates buffers: the runtime's outputs leave
+        the updated buffers out, so its gradient and parameter indices are shifted back."""
+        module = self._module
+        shift = self.program.buffer_mutations
+        grads_at = module.model.run_method(module.gradients_method_prefix + "forward", ())[0]
+        params_at = module.model.run_method(module.parameters_method_prefix + "forward", ())[0]
+        out = module.model.run_method("forward", (x, y), clone_outputs=False)
+        names = module.model.run_method(module.fqn_method_prefix + "forward", ())
+        grads = out[grads_at - shift : params_at - shift]
+        module.named_grads = dict(zip(names, [g.clone() for g in grads], strict=True))
+        if module.named_params is None:
+            module.named_params = dict(zip(names, out[params_at - shift :], strict=True))
         return float(out[0])
 
     def named_parameters(self) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ from nas.ondevice.sparse import (
     LayerProbe,
     plan_under_budget,
     probe_layers,
+    step_down_in_program,
 )
 from nas.ondevice.task import SHIFTS, ShiftTask, apply_shift, make_shift_task
 
@@ -67,6 +68,7 @@ __all__ = [
     "plan_under_budget",
     "probe_layers",
     "record_training_ops",
+    "step_down_in_program",
     "target_accuracy",
     "train_source_model",
     "training_memory",

@@ -51,19 +51,20 @@ class MemoryCheck:
     eager_saved_bytes: int
     export_s: float
     #: the most bytes the program holds alive at one instruction (its tensors' lifetimes, before
-    #: the greedy planner packs them): the model's ``peak_bytes`` prices the same thing
+    #: the planner packs them): the model's ``peak_bytes`` prices the same thing
     program_peak_bytes: int = 0
     model_backward_peak_bytes: int = 0
     program_backward_peak_bytes: int = 0
 
     @property
     def model_total_bytes(self) -> int:
-        return self.model_plan_bytes + self.trainable_bytes + self.optimizer_bytes
+        return self.model_plan_bytes + self.optimizer_bytes
 
     @property
     def program_total_bytes(self) -> int:
-        """The reference: the program's plan plus trainable weights and optimizer state."""
-        return self.program_plan_bytes + self.trainable_bytes + self.optimizer_bytes
+        """The reference: the program's plan (which holds the trainable weights, its planned
+        inputs, and their gradients, its outputs) plus the optimizer state."""
+        return self.program_plan_bytes + self.optimizer_bytes
 
     @property
     def error_pct(self) -> float:
@@ -89,8 +90,8 @@ def check_memory(
 ) -> tuple[MemoryCheck, TrainingProgram]:
     """Export `plan` on a copy of `net` at the model's batch and compare the three figures.
 
-    Gradients are in the program's plan (they are its outputs), so the reference adds only
-    trainable weights and optimizer state to it, as the model does.
+    Trainable weights (the program's planned inputs) and their gradients (its outputs) are in
+    the program's plan, so the reference adds only the optimizer state to it, as the model does.
     """
     if memory.optimizer != "sgd":
         raise ValueError("the runtime trains with SGD without momentum here; model it so")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.backends import pack_offsets
 from nas.core.layers import DTYPE_BYTES, OpRecorder
 from nas.ondevice.plans import MODES, OPTIONAL_MODES, UpdatePlan, blocks, make_plan
 from nas.ondevice.residual import add_lite_residuals
@@ -154,10 +155,12 @@ class LayerMemory:
 class TrainingMemory:
     """What one training step of a plan needs, in bytes, at `batch` and `dtype`.
 
-    ``plan_bytes`` is the step's planned buffer (input, activations, kept tensors, gradients of
-    activations and weights) laid out as the runtime's greedy planner does; ``peak_bytes`` the
-    most of it alive at once (what a perfect planner would need); ``total_bytes`` adds trainable weights and optimizer
-    state, and frozen weights when ``count_frozen``.
+    ``plan_bytes`` is the step's planned buffer (input, trainable weights, activations, kept
+    tensors, gradients of activations and weights) laid out as the training program's export lays it out
+    (`nas.backends.pack_offsets`); ``peak_bytes`` the
+    most of it alive at once (what a perfect planner would need); ``total_bytes`` adds the
+    optimizer state, and frozen weights when ``count_frozen`` (the trainable weights are in the
+    plan: the training program takes them as planned inputs).
     """
 
     layers: tuple[LayerMemory, ...]
@@ -178,7 +181,7 @@ class TrainingMemory:
     @property
     def total_bytes(self) -> int:
         frozen = self.frozen_bytes if self.count_frozen else 0
-        return self.plan_bytes + self.trainable_bytes + self.optimizer_bytes + frozen
+        return self.plan_bytes + self.optimizer_bytes + frozen
 
     def settings(self) -> str:
         """The settings every table states."""
@@ -228,54 +231,20 @@ def _backward_scratch(
     ops: list[_Op], plan: UpdatePlan, op_rg: list[bool], nbytes: list[int], n: int
 ) -> list[tuple[int, int, int]]:
     """Scratch tensors alive inside one op's backward, beside its gradients in and out: a
-    ReLU's mask (one byte per element) and a trained batch norm's centred input and product."""
+    trained batch norm's centred input and product. A ReLU's backward needs none here: the
+    program copies its kept output twice (``alias_copy``), frees the output, makes the mask
+    (``le``), then the gradient (``where``), so its peak is the gradient in plus two copies of
+    the output, which is what the gradient in, the gradient out and the kept output already
+    price; the mask is never alive beside all three."""
     spans = []
     for e, op in enumerate(ops):
-        if not op_rg[e]:
-            continue
-        size = nbytes[op.writes]
-        if op.op == "act" and op.activation == "relu":
-            spans.append((2 * n - e, 2 * n - e, size // 4))
-        elif op.op == "bn" and any(plan.trains(p) for p in op.params if p.endswith("weight")):
-            spans.append((2 * n - e, 2 * n - e, size))
+        if (
+            op_rg[e]
+            and op.op == "bn"
+            and any(plan.trains(p) for p in op.params if p.endswith("weight"))
+        ):
+            spans.append((2 * n - e, 2 * n - e, nbytes[op.writes]))
     return spans
-
-
-def _greedy_plan(spans: list[tuple[int, int, int]], alignment: int = 16) -> int:
-    """Bytes of a buffer laid out as ExecuTorch's greedy memory planner lays one out: tensors
-    largest first (equal sizes latest-made first), each into the first shared object none of whose tensors it meets in time
-    (at offset 0), else stacked above the ones it meets where that still fits, else into a new
-    object; the buffer is the sum of the objects (`executorch.exir.memory_planning.greedy`)."""
-    objects: list[tuple[int, list[tuple[int, int, int, int]]]] = []  # size, (offset, s, e, n)
-    # largest first; among equals the latest-made first, as the planner meets them (its
-    # insertion sort, then reversed, over tensors listed in program order)
-    for start, end, size in sorted(spans, key=lambda s: (-s[2], -s[0])):
-        size = -(-size // alignment) * alignment
-        if size == 0:
-            continue
-        placed = False
-        for _, allocs in objects:
-            if all(end < a_start or start > a_end for _, a_start, a_end, _ in allocs):
-                allocs.append((0, start, end, size))
-                placed = True
-                break
-        if not placed:
-            for obj_size, allocs in objects:
-                top = max(
-                    (
-                        o + n
-                        for o, a_start, a_end, n in allocs
-                        if not (end < a_start or start > a_end)
-                    ),
-                    default=0,
-                )
-                if top > 0 and top + size <= obj_size:
-                    allocs.append((top, start, end, size))
-                    placed = True
-                    break
-        if not placed:
-            objects.append((size, [(0, start, end, size)]))
-    return sum(size for size, _ in objects)
 
 
 def _peak(spans: list[tuple[int, int, int]], length: int, after: int = -1) -> int:
@@ -376,11 +345,14 @@ def training_memory(
             if p in trainable:
                 first_bwd.setdefault(p, 2 * n - e)
     spans += [(first_bwd.get(p, n), end_time, numels[p] * elem) for p in trainable]
+    # trainable weights are the program's planned inputs (frozen ones are its constants), alive
+    # the whole step: they sit in the planned buffer, not beside it
+    spans += [(0, end_time, numels[p] * elem) for p in trainable]
     if num_classes:
         logits = batch * num_classes * elem
         spans += [(n, n + 1, 2 * logits), (0, end_time, batch * 8)]  # softmax and its grad; labels
 
-    plan_bytes = _greedy_plan(spans)
+    plan_bytes = pack_offsets(spans)[1]  # the packing the training program's export uses
     peak_bytes = _peak(spans, end_time)
     layers = _layer_table(ops, plan, numels, nbytes, saver, elem)
     return TrainingMemory(

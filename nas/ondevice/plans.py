@@ -51,6 +51,9 @@ class UpdatePlan:
     trainable: tuple[str, ...]
     blocks_k: int = 0  # the k of mode "last"
     layers: tuple[str, ...] = ()  # the layers (module paths) of mode "sparse"
+    #: how a plan chosen under a budget was checked against it: "model" (the memory model, with
+    #: its margin) or "program" (the exported training program's own plan); "" when no budget
+    budget_check: str = ""
 
     def trains(self, name: str) -> bool:
         return name in self._trainable_set

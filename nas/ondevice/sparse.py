@@ -6,6 +6,9 @@ Each candidate layer is fine-tuned alone for a few steps on one half of the shot
 the drop of the loss on the other half. Its cost is the modelled training memory of updating
 it alone. Layers join the plan by gain per byte, each only if the plan with it still fits the
 budget in the memory model; layers with no gain never join. Only the shots are ever seen.
+With ``check_program`` the chosen plan is exported and, while the training program's own plan
+(plus optimizer state) is over the budget, the layer that joined last leaves; the plan says
+which check it passed (``budget_check``: "model" or "program").
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from nas.backends import export_training_program
 from nas.ondevice.memory import OpTrace, TrainingMemory, record_training_ops, training_memory
 from nas.ondevice.plans import UpdatePlan, make_plan, parameter_layers
 from nas.supernet import execution, fits_memory
@@ -28,10 +32,13 @@ __all__ = [
     "LayerProbe",
     "plan_under_budget",
     "probe_layers",
+    "step_down_in_program",
 ]
 
-#: a plan fits a budget when its modelled bytes times 1 + this do (see `plan_under_budget`)
-BUDGET_MARGIN = 0.10
+#: a plan fits a budget when its modelled bytes times 1 + this do (see `plan_under_budget`):
+#: the model replays the training program's own packing (`nas.backends.pack_offsets`) and has
+#: matched its plan within 0.01 % on `tiny`; the margin covers what a layer spec cannot see
+BUDGET_MARGIN = 0.02
 
 
 class BudgetTooSmallError(ValueError):
@@ -128,13 +135,15 @@ def plan_under_budget(
     margin: float = BUDGET_MARGIN,
     optimizer: str = "sgd",
     device: str | torch.device = "cpu",
+    check_program: bool = False,
 ) -> tuple[UpdatePlan, TrainingMemory, list[LayerProbe]]:
     """The sparse plan that fits `budget_bytes` (modelled total at `batch`, times 1 + `margin`)
-    and gains most per byte on the shots (x, y), its state priced for `optimizer`; raises :class:`BudgetTooSmallError` when no
-    layer fits alone. The margin makes the budget a promise about the runtime's own plan: the
-    model has come out up to about 8 % below the program's planned buffer (its greedy layout
-    fragments more than the model's), never above it by more than a few percent. The probes
-    train on `device`."""
+    and gains most per byte on the shots (x, y), its state priced for `optimizer`; raises
+    :class:`BudgetTooSmallError` when no layer fits alone. The model replays the training
+    program's packing, so the margin is small. `check_program` exports the chosen plan (on the
+    CPU, `model`'s weights) and steps down, dropping the layer that joined last, until the
+    program's plan plus optimizer state fits: the budget then holds in the runtime's own plan.
+    The probes train on `device`."""
     trace: OpTrace = record_training_ops(factory, input_shape, batch)
 
     def memory(plan: UpdatePlan) -> TrainingMemory:
@@ -166,17 +175,46 @@ def plan_under_budget(
     if not fits(smallest):
         raise BudgetTooSmallError(budget_bytes, math.ceil(smallest * (1 + margin)), batch)
     chosen: list[str] = []
-    best = None
     for probe in sorted(probes, key=lambda p: -p.gain_per_kb):
         if probe.gain <= 0 or not fits(probe.cost_bytes):
             continue
-        trial = make_plan(model, "sparse", layers=[*chosen, probe.layer])
-        mem = memory(trial)
-        if fits(mem.total_bytes):
+        if fits(memory(make_plan(model, "sparse", layers=[*chosen, probe.layer])).total_bytes):
             chosen.append(probe.layer)
-            best = (trial, mem)
-    if best is None:  # nothing gains: the cheapest layer, so the plan still trains something
-        cheapest = min(probes, key=lambda p: p.cost_bytes)
-        trial = make_plan(model, "sparse", layers=[cheapest.layer])
-        best = (trial, memory(trial))
-    return best[0], best[1], probes
+    if not chosen:  # nothing gains: the cheapest layer, so the plan still trains something
+        chosen = [min(probes, key=lambda p: p.cost_bytes).layer]
+    if not check_program:
+        plan = replace(make_plan(model, "sparse", layers=chosen), budget_check="model")
+        return plan, memory(plan), probes
+    plan, mem, _ = step_down_in_program(model, chosen, memory, budget_bytes, input_shape, batch)
+    return plan, mem, probes
+
+
+def step_down_in_program(
+    model: nn.Module,
+    layers: Sequence[str],
+    memory: Callable[[UpdatePlan], TrainingMemory],
+    budget_bytes: int,
+    input_shape: Sequence[int],
+    batch: int,
+) -> tuple[UpdatePlan, TrainingMemory, list[tuple[int, int]]]:
+    """The longest prefix of `layers` (in the order they joined) whose exported training
+    program's plan plus optimizer state (priced by `memory`) fits `budget_bytes`, and each
+    try as (layers, program bytes); :class:`BudgetTooSmallError` when not even the first fits."""
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("checking a plan in its program exports it: give a model with weights")
+    gen = torch.Generator().manual_seed(0)
+    example = (
+        torch.randn((batch, *input_shape), generator=gen),
+        torch.zeros(batch, dtype=torch.long),
+    )
+    tries: list[tuple[int, int]] = []
+    for n in range(len(layers), 0, -1):
+        plan = make_plan(model, "sparse", layers=layers[:n])
+        mem = memory(plan)
+        work = copy.deepcopy(model).to("cpu").eval()
+        plan.apply(work)
+        program = export_training_program(work, example)
+        tries.append((n, program.plan_bytes + mem.optimizer_bytes))
+        if tries[-1][1] <= budget_bytes:
+            return replace(plan, budget_check="program"), mem, tries
+    raise BudgetTooSmallError(budget_bytes, tries[-1][1], batch)

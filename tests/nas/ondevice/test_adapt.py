@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,15 +10,20 @@ import numpy as np
 import pytest
 import torch
 
+from nas.backends import export_training_program
 from nas.data import ImageDataset, load_embedded_digits
 from nas.ondevice import (
+    BUDGET_MARGIN,
     BudgetTooSmallError,
+    TrainingMemory,
+    UpdatePlan,
     adabn,
     apply_shift,
     finetune,
     make_plan,
     make_shift_task,
     plan_under_budget,
+    step_down_in_program,
     training_memory,
 )
 from search_spaces.tiny import TinySpace
@@ -111,7 +117,8 @@ def test_sparse_plan_fits_its_budget(data: ImageDataset, model: torch.nn.Module)
         num_classes=10, probe_steps=3,
     )  # fmt: skip
     assert plan.mode == "sparse" and plan.layers
-    assert memory.total_bytes * 1.1 <= budget  # the default 10 % margin
+    assert memory.total_bytes * (1 + BUDGET_MARGIN) <= budget  # the default margin
+    assert plan.budget_check == "model"
     assert {p.layer for p in probes} >= set(plan.layers)
     smallest = min(p.cost_bytes for p in probes)
     with pytest.raises(BudgetTooSmallError, match="smallest plan needs") as err:
@@ -120,6 +127,39 @@ def test_sparse_plan_fits_its_budget(data: ImageDataset, model: torch.nn.Module)
             num_classes=10, probe_steps=1,
         )  # fmt: skip
     assert err.value.smallest_bytes >= smallest
+
+
+@pytest.mark.slow
+def test_program_check_steps_down_until_the_program_fits(
+    data: ImageDataset, model: torch.nn.Module
+) -> None:
+    pytest.importorskip("executorch")
+    task = make_shift_task(data, "invert", shots=4, max_test=10)
+    space = TinySpace()
+
+    def factory() -> torch.nn.Module:
+        return space.build(SMALL_ARCH)
+
+    def memory(plan: UpdatePlan) -> TrainingMemory:
+        return training_memory(factory, (3, 32, 32), plan, num_classes=10)
+
+    chosen = ["head.classifier", "blocks.2.project.0", "blocks.0.expand.0"]
+    two = memory(make_plan(model, "sparse", layers=chosen[:2])).total_bytes
+    # the model's choice of three layers is over a budget just above two: one must leave
+    plan, mem, tries = step_down_in_program(model, chosen, memory, two, (3, 32, 32), 8)
+    assert plan.budget_check == "program" and plan.layers == tuple(chosen[:2])
+    net = copy.deepcopy(model)
+    plan.apply(net)
+    program = export_training_program(net, (task.shots_x[:8], task.shots_y[:8]))
+    assert program.plan_bytes + mem.optimizer_bytes == tries[-1][1] <= two < tries[0][1]
+    with pytest.raises(BudgetTooSmallError, match="smallest plan needs"):
+        step_down_in_program(model, chosen, memory, 1000, (3, 32, 32), 8)
+    # through the planner: whatever it picks is checked in the program
+    picked, _, _ = plan_under_budget(
+        model, factory, (3, 32, 32), 2 * two, task.shots_x, task.shots_y, num_classes=10,
+        probe_steps=2, check_program=True,
+    )  # fmt: skip
+    assert picked.budget_check == "program"
 
 
 @pytest.mark.slow

@@ -38,3 +38,18 @@ def test_model_against_the_program_plan(mode: str, tolerance_pct: float) -> None
     assert check.program_plan_bytes == program.plan_bytes > 0
     assert abs(check.error_pct) <= tolerance_pct, check.as_row()
     assert check.model_peak_bytes <= check.program_plan_bytes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["bias", "sparse"])
+def test_model_equals_the_program_plan(mode: str) -> None:
+    """The model replays the program's own packing: the smallest `tiny` arch within 1 %."""
+    space = get_space("tiny")
+    arch = {k: c.values[0] for k, c in space.dimensions().items()}
+    net = space.build(arch).eval()
+    plan = make_plan(
+        net, mode, layers=["blocks.1.expand.0", "head.classifier"][: 2 * (mode == "sparse")]
+    )
+    memory = training_memory(lambda: space.build(arch), (3, 32, 32), plan, batch=2, num_classes=10)
+    check, _ = check_memory(net, plan, memory, (3, 32, 32), num_classes=10)
+    assert abs(check.error_pct) <= 1.0, check.as_row()
