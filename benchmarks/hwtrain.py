@@ -54,10 +54,10 @@ def _cases(quick: bool) -> list[dict[str, Any]]:
         return [
             {"space": "tiny", "device": "pixel3-emulated", "relax": ["gumbel", "proxyless"],
              "seeds": [0], "train": train, "trials": 30},
-            {"space": "tiny", "device": "ort-cpu-1t", "relax": ["gumbel"], "seeds": [0],
-             "train": train, "trials": 30, "n": 30, "lut_archs": 5},
             {"space": "nb201", "device": "nb201-pixel3", "relax": ["gumbel"], "seeds": [0],
              "train": train, "percentiles": (50,), "trials": 30},
+            {"space": "tiny", "device": "ort-cpu-1t", "relax": ["gumbel"], "seeds": [0],
+             "train": train, "trials": 30, "n": 30, "lut_archs": 5},
         ]  # fmt: skip
     train = {"epochs": 20, "warmup_epochs": 5, "max_steps": None, "batch_size": 64}
     return [
@@ -84,22 +84,16 @@ def _sampled(space: Any, n: int) -> list[Any]:
     return [space.sample(i) for i in range(n)]
 
 
-def _percentiles(
-    space_name: str, device_name: str, n: int = 300, cache: Path | None = None
-) -> dict[int, float]:
+def _percentiles(space_name: str, device_name: str, n: int = 300) -> dict[int, float]:
     """Whole-network latency percentiles of `n` uniformly sampled archs on the device (a real
-    runtime's measurements kept in `cache`, per arch key)."""
+    runtime's come from the networks its latency model was checked on: `_real_model`)."""
     import latency_models as lm
-    from nas.app.budgets import device_figures
     from search_spaces import get_space
 
     space = get_space(space_name)
     device = _device(space, device_name)
     if isinstance(device, lm.TabularDevice):
         values = np.array(device.latencies_ms())  # every cell: the exact percentiles
-    elif cache is not None:
-        figures = device_figures(space, device, device.dtypes[0], _sampled(space, n), cache)
-        values = np.array(list(figures.values()))
     else:
         values = np.array([device.measure_arch(space, a).latency_ms for a in _sampled(space, n)])
     return {p: float(np.percentile(values, p)) for p in PERCENTILES}
@@ -131,10 +125,10 @@ def _kind(device: str) -> str:
 
 def _row(
     case: dict[str, Any], pct: int, target: float, relax: str, seed: int, out: Path,
-    lut: Path | None = None,
+    lut: Path | None = None, model: Any = None,
 ) -> dict:  # fmt: skip
     """One `nas hwtrain` run, on the shared table `lut` (copied in, so nothing is measured
-    again and every row prices with the search route's model)."""
+    again) or the shared `model`: every row prices with the search route's model."""
     import shutil
 
     from nas.app.hwtrain_commands import run_hwtrain
@@ -146,7 +140,8 @@ def _row(
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(lut, out / lut.name)
     started = time.perf_counter()
-    report = run_hwtrain(_args(case, target, relax, seed, out))
+    given = {case["device"]: model} if model is not None else None
+    report = run_hwtrain(_args(case, target, relax, seed, out), given)
     device = case["device"]
     predicted = report["derived"]["priced"][device]
     priced = report["device_ms"][device]
@@ -195,30 +190,55 @@ def _shared_model(case: dict[str, Any], space: Any, device: Any, out: Path) -> t
     return model, path
 
 
-def _heldout_p95(space: Any, device: Any, model: Any, archs: list[Any], cache: Path) -> dict:
-    """The latency model's held-out error on the device's own figure (a real runtime: measured
-    whole networks, none of which fitted the table): the 95th percentile of |pred/meas - 1|."""
-    from nas.app.budgets import device_figures
+def _real_model(case: dict[str, Any], space: Any, out: Path) -> tuple[Any, dict, list[float]]:
+    """A real runtime's latency model as a run's latency stage makes it (`stage_latency`): a
+    table of the space's layers, checked on `n` measured whole networks (half fitted, half held
+    out) and corrected where that pays, since a sum of layers timed one by one is not the
+    network's time. Returns it, its held-out error and every measured network's figure."""
+    from nas.app.builtin_stages import RunState, stage_latency
+    from nas.app.config import DeviceConfig
+    from nas.app.demo import demo_config
 
-    figures = device_figures(space, device, model.dtype, archs, cache)
-    measured = np.array([figures[space.key(a)] for a in archs])
-    predicted = np.asarray(model.predict_many(space, archs), dtype=np.float64)
-    rel = np.abs(predicted / measured - 1.0)
-    return {"p95_pct": float(100 * np.quantile(rel, 0.95)), "n": len(archs),
-            "mape_pct": float(100 * rel.mean())}  # fmt: skip
+    config = demo_config(name=f"latency-{case['device']}", space={"name": case["space"]})
+    config.search.budgets = {}
+    config.devices = [
+        DeviceConfig(
+            case["device"], lut_archs=case.get("lut_archs", 30), calibration_archs=case["n"] // 2
+        )
+    ]
+    state = RunState(config, out / f"latency-{case['space']}-{case['device']}", space, data=None)
+    state.run_dir.mkdir(parents=True, exist_ok=True)
+    stage_latency(state, progress=False)
+    ((label, model),) = state.latency_models.items()
+    cache = state.run_dir / "latency" / f"{label}-networks.json"
+    figures = [float(v) for v in json.loads(cache.read_text()).values()]
+    return model, _heldout(state.heldout[label]), figures
+
+
+def _heldout(held: Any) -> dict[str, Any]:
+    """The held-out error of a latency model on the device's own figure: the 95th percentile
+    (and mean) of |predicted / measured - 1| over the held-out networks, in %."""
+    measured = np.asarray(held.measured_ms, dtype=np.float64)
+    rel = np.abs(np.asarray(held.predicted_ms, dtype=np.float64) / measured - 1.0)
+    return {"p95_pct": float(100 * np.quantile(rel, 0.95)), "n": len(measured),
+            "mape_pct": float(100 * rel.mean()), "model": held.model}  # fmt: skip
 
 
 def _route_config(case: dict[str, Any], seed: int, trials: int) -> Any:
+    """The demo's run config on the rows' settings, with no latency budget (the front is the
+    whole trade-off; a demo budget would cut it)."""
     from nas.app.demo import demo_config
 
     t = case["train"]
-    return demo_config(
+    config = demo_config(
         seed=seed,
         name=f"route-{case['space']}-{case['device']}-s{seed}",
         space={"name": case["space"]},
         supernet={"epochs": t["epochs"], "batch_size": t["batch_size"]},
-        search={"trials": trials, "budgets": {}},
+        search={"trials": trials},
     )
+    config.search.budgets = {}  # merged over, {} would keep the demo's budget
+    return config
 
 
 def _train_route_supernet(case: dict[str, Any], seed: int, data: Any, out: Path) -> tuple:
@@ -445,16 +465,18 @@ def _case_rows(case: dict[str, Any], data: Any, out: Path, noise: dict[str, floa
     space = get_space(case["space"])
     device = _device(space, case["device"])
     lut: Path | None = None
+    held: dict[str, Any] | None = None
+    shared: Any = None  # a model handed to the rows (a real runtime's, fitted on its networks)
     if isinstance(device, lm.TabularDevice):
         model = lm.TableLatency(device)
+        pcts = _percentiles(case["space"], case["device"])
+    elif device.kind == "real":
+        model, held, figures = _real_model(case, space, out)
+        shared = model
+        pcts = {p: float(np.percentile(figures, p)) for p in PERCENTILES}
     else:
         model, lut = _shared_model(case, space, device, out)
-    figures = out / "latency" / f"{case['device']}-networks.json"
-    real = device.kind == "real"
-    pcts = _percentiles(
-        case["space"], case["device"], case.get("n", 300), figures if real else None
-    )
-    held = _heldout_p95(space, device, model, _sampled(space, case["n"]), figures) if real else None
+        pcts = _percentiles(case["space"], case["device"], case.get("n", 300))
     rows: list[dict[str, Any]] = []
     for seed in case["seeds"]:
         route = _route(case, seed, model, device, data, out / f"route-{case['space']}-s{seed}")
@@ -462,7 +484,7 @@ def _case_rows(case: dict[str, Any], data: Any, out: Path, noise: dict[str, floa
         for pct in case.get("percentiles", PERCENTILES):
             for relax in case["relax"]:
                 name = f"{case['space']}-{case['device']}-p{pct}-{relax}-s{seed}"
-                row = _row(case, pct, pcts[pct], relax, seed, out / name, lut)
+                row = _row(case, pct, pcts[pct], relax, seed, out / name, lut, shared)
                 versus = out / name / "front.json"
                 if not versus.is_file():
                     versus.write_text(
@@ -473,6 +495,7 @@ def _case_rows(case: dict[str, Any], data: Any, out: Path, noise: dict[str, floa
                         "route_supernet_s": route["supernet_s"], "route_search_s": route["search_s"]}  # fmt: skip
                 if held is not None:
                     row |= {"heldout_p95_pct": held["p95_pct"], "heldout_n": held["n"],
+                            "latency_model": held["model"],
                             "real_excess_pct": row["priced_err_pct"] - (held["p95_pct"] + ALLOWANCE_PCT)}  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row))
