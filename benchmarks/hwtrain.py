@@ -9,6 +9,7 @@ target trained with each relaxation and seed through `nas hwtrain`'s own code pa
 
     python benchmarks/hwtrain.py --out runs/bench/hwtrain            # the table of the issue
     python benchmarks/hwtrain.py --out runs/bench/hwtrain --quick    # a small run, labelled
+    python benchmarks/hwtrain.py --out runs/bench/hwtrain --quick --spaces tiny  # some cases
 
 Per row: the derived arch's predicted latency (the latency model), its whole-network device
 figure (priced on an emulated device, the table's on a table device, measured on a real
