@@ -9,13 +9,21 @@ target trained with each relaxation and seed through `nas hwtrain`'s own code pa
 
     python benchmarks/hwtrain.py --out runs/bench/hwtrain            # the table of the issue
     python benchmarks/hwtrain.py --out runs/bench/hwtrain --quick    # a small run, labelled
+    python benchmarks/hwtrain.py --out runs/bench/hwtrain --quick --spaces tiny  # some cases
 
 Per row: the derived arch's predicted latency (the latency model), its whole-network device
-figure, the pure argmax's error beside the repaired one, the Monte-Carlo ratios at uniform and
-final logits, inherited-weight test accuracy (BN recalibrated), wall time. `targets` holds the
-worst case over rows. Not measured here (stated as null with the reason): the frontier search
-on a supernet trained for the same epochs (`accuracy_vs_front_pts`, `cost_ratio`) and real
-runtimes (`real_excess_pct`). Resumable: a finished row is read back from its folder.
+figure (priced on an emulated device, the table's on a table device, measured on a real
+runtime, where the allowance is the latency model's held-out 95th-percentile error + 5 %), the
+pure argmax's error beside the repaired one, the Monte-Carlo ratios at uniform and final
+logits, inherited-weight test accuracy (BN recalibrated), wall time. Beside them, in the same
+run, the search route: per (space, seed) a supernet trained by the demo's supernet stage on the
+rows' settings, and per device the run's search stage (`stage_search`: the demo's sampler over
+inherited validation accuracy, BN recalibrated) priced by the same latency model as the rows;
+each derived arch is compared with the best arch of the search's front at equal or lower
+device latency (test accuracy, paired interval of the difference plus the seed noise of
+`benchmarks/results/accuracy_noise`: "not resolvable" inside it), and each row's wall time is
+divided by the route's (supernet + search). `targets` holds the worst case over rows.
+Resumable: a finished row, route and comparison are read back from their folders.
 """
 
 from __future__ import annotations
@@ -34,24 +42,29 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 PERCENTILES = (25, 50, 75)
+ALLOWANCE_PCT = 5.0  # a real runtime's figure: within the held-out p95 error plus this
 NB201_TABLE = ROOT.parent / "shared" / "benchmarks" / "nb201" / "nb201.csv"
 
 
 def _cases(quick: bool) -> list[dict[str, Any]]:
-    """(space, device, relaxations, seeds, training settings) of the full run or the small one."""
+    """(space, device, relaxations, seeds, training settings) of the full run or the small one;
+    `trials` is the search route's, `n` the archs whose whole-network figure sets the targets
+    (and, on a real runtime, checks the latency model held out)."""
     if quick:
         train: dict[str, Any] = {"epochs": 3, "warmup_epochs": 1, "max_steps": 4, "batch_size": 32}
         return [
             {"space": "tiny", "device": "pixel3-emulated", "relax": ["gumbel", "proxyless"],
-             "seeds": [0], "train": train},
+             "seeds": [0], "train": train, "trials": 30},
             {"space": "nb201", "device": "nb201-pixel3", "relax": ["gumbel"], "seeds": [0],
-             "train": train, "percentiles": (50,)},
+             "train": train, "percentiles": (50,), "trials": 30},
+            {"space": "tiny", "device": "ort-cpu-1t", "relax": ["gumbel"], "seeds": [0],
+             "train": train, "trials": 30, "n": 30, "lut_archs": 5},
         ]  # fmt: skip
     train = {"epochs": 20, "warmup_epochs": 5, "max_steps": None, "batch_size": 64}
     return [
         {"space": "tiny", "device": d, "relax": ["gumbel", "proxyless"], "seeds": [0, 1, 2],
-         "train": train}
-        for d in ("pixel3-emulated", "ort-cpu-1t")
+         "train": train, **extra}
+        for d, extra in (("pixel3-emulated", {}), ("ort-cpu-1t", {"n": 100, "lut_archs": 30}))
     ] + [
         {"space": "nb201", "device": "nb201-pixel3", "relax": ["gumbel", "proxyless"],
          "seeds": [0, 1, 2], "train": train},
@@ -60,20 +73,30 @@ def _cases(quick: bool) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def _device(space: Any, device_name: str) -> Any:
+    import latency_models as lm
+
+    if device_name.startswith("nb201-"):
+        return lm.get_device(device_name, table=NB201_TABLE, space=space)
+    return lm.get_device(device_name)
+
+
+def _sampled(space: Any, n: int) -> list[Any]:
+    return [space.sample(i) for i in range(n)]
+
+
 def _percentiles(space_name: str, device_name: str, n: int = 300) -> dict[int, float]:
-    """Whole-network latency percentiles of `n` uniformly sampled archs on the device."""
+    """Whole-network latency percentiles of `n` uniformly sampled archs on the device (a real
+    runtime's come from the networks its latency model was checked on: `_real_model`)."""
     import latency_models as lm
     from search_spaces import get_space
 
     space = get_space(space_name)
-    if device_name.startswith("nb201-"):
-        table = lm.get_device(device_name, table=NB201_TABLE, space=space)
-        assert isinstance(table, lm.TabularDevice)
-        values = np.array(table.latencies_ms())  # every cell: the exact percentiles
+    device = _device(space, device_name)
+    if isinstance(device, lm.TabularDevice):
+        values = np.array(device.latencies_ms())  # every cell: the exact percentiles
     else:
-        device = lm.get_device(device_name)
-        archs = [space.sample(i) for i in range(n)]
-        values = np.array([device.measure_arch(space, a).latency_ms for a in archs])
+        values = np.array([device.measure_arch(space, a).latency_ms for a in _sampled(space, n)])
     return {p: float(np.percentile(values, p)) for p in PERCENTILES}
 
 
@@ -86,7 +109,7 @@ def _args(case: dict[str, Any], target: float, relax: str, seed: int, out: Path)
         "--target", f"{case['device']}={target}", "--relaxation", relax,
         "--epochs", str(t["epochs"]), "--warmup-epochs", str(t["warmup_epochs"]),
         "--batch-size", str(t["batch_size"]), "--seed", str(seed), "--out", str(out),
-        "--mc", "1000",
+        "--mc", "1000", "--lut-archs", str(case.get("lut_archs", 50)),
     ]  # fmt: skip
     if t["max_steps"]:
         argv += ["--max-steps", str(t["max_steps"])]
@@ -97,14 +120,29 @@ def _args(case: dict[str, Any], target: float, relax: str, seed: int, out: Path)
     return args
 
 
-def _row(case: dict[str, Any], pct: int, target: float, relax: str, seed: int, out: Path) -> dict:
+def _kind(device: str) -> str:
+    return "table" if device.startswith("nb201-") else ("real" if "ort-" in device else "emulated")
+
+
+def _row(
+    case: dict[str, Any], pct: int, target: float, relax: str, seed: int, out: Path,
+    lut: Path | None = None, model: Any = None,
+) -> dict:  # fmt: skip
+    """One `nas hwtrain` run, on the shared table `lut` (copied in, so nothing is measured
+    again) or the shared `model`: every row prices with the search route's model."""
+    import shutil
+
     from nas.app.hwtrain_commands import run_hwtrain
 
     done = out / "row.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return dict(json.loads(done.read_text()))
+    if lut is not None and not (out / lut.name).exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(lut, out / lut.name)
     started = time.perf_counter()
-    report = run_hwtrain(_args(case, target, relax, seed, out))
+    given = {case["device"]: model} if model is not None else None
+    report = run_hwtrain(_args(case, target, relax, seed, out), given)
     device = case["device"]
     predicted = report["derived"]["priced"][device]
     priced = report["device_ms"][device]
@@ -112,12 +150,13 @@ def _row(case: dict[str, Any], pct: int, target: float, relax: str, seed: int, o
     row = {
         "space": case["space"],
         "device": device,
-        "kind": "table" if device.startswith("nb201-") else "emulated",
+        "kind": _kind(device),
         "percentile": pct,
         "target_ms": target,
         "relaxation": relax,
         "seed": seed,
         "rule": report["rule"],
+        "derived_key": report["derived"]["key"],
         "predicted_ms": predicted,
         "priced_ms": priced,
         "predicted_err_pct": 100 * abs(predicted - target) / target,
@@ -134,22 +173,247 @@ def _row(case: dict[str, Any], pct: int, target: float, relax: str, seed: int, o
     return row
 
 
-def _targets(rows: list[dict[str, Any]], commit: str) -> dict[str, Any]:
-    priced = [r["priced_err_pct"] for r in rows if r["kind"] in ("emulated", "table")]
-    return {
-        "predicted_err_pct": max(r["predicted_err_pct"] for r in rows),
-        "priced_err_pct": max(priced) if priced else None,
-        "real_excess_pct": None,
-        "expected_vs_mc_ratio": max(max(r["mc_ratio_uniform"], r["mc_ratio_final"]) for r in rows),
-        "accuracy_vs_front_pts": None,
-        "cost_ratio": None,
-        "not_measured": {
-            "real_excess_pct": "no real-runtime device in this run",
-            "accuracy_vs_front_pts": "the frontier-search route is not run by this script yet",
-            "cost_ratio": "the frontier-search route is not run by this script yet",
-        },
-        "commit": commit,
+# -- the search route: a supernet on the same settings, the frontier search, its front -------
+
+
+def _shared_model(case: dict[str, Any], space: Any, device: Any, out: Path) -> tuple[Any, Path]:
+    """The latency model every row of (space, device) and the search route price with: one
+    table, built once in `out/latency/` (copied into each row's folder, where `nas hwtrain`
+    resumes it rather than measuring again)."""
+    import latency_models as lm
+
+    path = out / "latency" / f"lut-{case['device']}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = lm.create_latency_model(
+        "lut", space, device, path=path, n_archs=case.get("lut_archs", 50)
+    )
+    model.device, model.dtype = case["device"], device.dtypes[0]
+    return model, path
+
+
+def _real_model(case: dict[str, Any], space: Any, out: Path) -> tuple[Any, dict, list[float]]:
+    """A real runtime's latency model as a run's latency stage makes it (`stage_latency`): a
+    table of the space's layers, checked on `n` measured whole networks (half fitted, half held
+    out) and corrected where that pays, since a sum of layers timed one by one is not the
+    network's time. Returns it, its held-out error and every measured network's figure."""
+    from nas.app.builtin_stages import RunState, stage_latency
+    from nas.app.config import DeviceConfig
+    from nas.app.demo import demo_config
+
+    config = demo_config(name=f"latency-{case['device']}", space={"name": case["space"]})
+    config.search.budgets = {}
+    config.devices = [
+        DeviceConfig(
+            case["device"], lut_archs=case.get("lut_archs", 30), calibration_archs=case["n"] // 2
+        )
+    ]
+    state = RunState(config, out / f"latency-{case['space']}-{case['device']}", space, data=None)
+    state.run_dir.mkdir(parents=True, exist_ok=True)
+    stage_latency(state, progress=False)
+    ((label, model),) = state.latency_models.items()
+    cache = state.run_dir / "latency" / f"{label}-networks.json"
+    figures = [float(v) for v in json.loads(cache.read_text()).values()]
+    return model, _heldout(state.heldout[label]), figures
+
+
+def _heldout(held: Any) -> dict[str, Any]:
+    """The held-out error of a latency model on the device's own figure: the 95th percentile
+    (and mean) of |predicted / measured - 1| over the held-out networks, in %."""
+    measured = np.asarray(held.measured_ms, dtype=np.float64)
+    rel = np.abs(np.asarray(held.predicted_ms, dtype=np.float64) / measured - 1.0)
+    return {"p95_pct": float(100 * np.quantile(rel, 0.95)), "n": len(measured),
+            "mape_pct": float(100 * rel.mean()), "model": held.model}  # fmt: skip
+
+
+def _route_config(case: dict[str, Any], seed: int, trials: int) -> Any:
+    """The demo's run config on the rows' settings, with no latency budget (the front is the
+    whole trade-off; a demo budget would cut it)."""
+    from nas.app.demo import demo_config
+
+    t = case["train"]
+    config = demo_config(
+        seed=seed,
+        name=f"route-{case['space']}-{case['device']}-s{seed}",
+        space={"name": case["space"]},
+        supernet={"epochs": t["epochs"], "batch_size": t["batch_size"]},
+        search={"trials": trials},
+    )
+    config.search.budgets = {}  # merged over, {} would keep the demo's budget
+    return config
+
+
+def _train_route_supernet(case: dict[str, Any], seed: int, data: Any, out: Path) -> tuple:
+    """The demo's supernet stage on the hwtrain rows' settings (epochs, batch size, at most as
+    many steps per epoch), timed; a finished one is read back with its time."""
+    import torch
+
+    from nas.supernet import train_supernet
+    from search_spaces import get_space
+
+    space = get_space(case["space"])
+    cfg = _route_config(case, seed, 1).supernet
+    t = case["train"]
+    done = out / "supernet.json"
+    started = time.perf_counter()
+    result = train_supernet(
+        space, data, out / "supernet", schedule=cfg.schedule, epochs=cfg.epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, options=dict(cfg.options), seed=seed,
+        max_steps=t["epochs"] * t["max_steps"] if t["max_steps"] else None, progress=False,
+    )  # fmt: skip
+    if not done.is_file():
+        done.write_text(json.dumps({"supernet_s": time.perf_counter() - started}))
+    torch.manual_seed(seed)
+    return result.supernet.eval(), json.loads(done.read_text())["supernet_s"]
+
+
+def _search_front(case: dict[str, Any], seed: int, net: Any, model: Any, data: Any, out: Path):
+    """The run's search stage (`stage_search`: the demo's sampler over inherited validation
+    accuracy, BN recalibrated, priced by `model`), timed; returns its front's archs, time and
+    the search's own metric."""
+    from nas.app.builtin_stages import RunState, metric_of, stage_search
+    from nas.search import pareto_frame
+    from nas.supernet import SubnetEvaluator
+    from search_spaces import get_space
+
+    space = get_space(case["space"])
+    config = _route_config(case, seed, case.get("trials", 200))
+    state = RunState(config, out, space, data)
+    state.supernet = net
+    state.evaluator = SubnetEvaluator(  # as the accuracy stage makes it, with no warm cache
+        net, data.train, data.val, calib_images=config.accuracy.bn_batches * 128, seed=seed
+    )
+    state.latency_models = {case["device"]: model}
+    started = time.perf_counter()
+    stage_search(state, progress=False)
+    search_s = time.perf_counter() - started
+    metric = metric_of(state)[case["device"]]
+    front = pareto_frame(state.study, ["accuracy", metric])
+    return [space.from_key(str(k)) for k in front["arch_key"]], search_s, metric
+
+
+def _correct(net: Any, space: Any, arch: Any, data: Any, seed: int, bn_batches: int = 4):
+    """Per test image, whether the arch with `net`'s weights (BN recalibrated on the evaluator's
+    seeded images) is right: both routes' archs scored by one recipe, paired on one test set."""
+    from nas.supernet import SubnetEvaluator, correct_mask, recalibrate_bn
+
+    calib = SubnetEvaluator(
+        net, data.train, data.test, calib_images=bn_batches * 128, seed=seed
+    ).calib_batches
+    size = space.input_shape(arch)[1:]
+    model = net.export(arch)
+    recalibrate_bn(model, calib, input_size=size)
+    x, y = data.test.tensors
+    return correct_mask(model, x, y, input_size=size)
+
+
+def _route(case: dict[str, Any], seed: int, model: Any, device: Any, data: Any, out: Path):
+    """The search route of (space, device, seed): supernet, search, and its front of test
+    accuracy against the device's own figure (whole-network priced, measured or the table's)."""
+    from nas.app.budgets import device_figures
+    from search_spaces import get_space
+
+    space = get_space(case["space"])
+    out.mkdir(parents=True, exist_ok=True)
+    net, supernet_s = _train_route_supernet(case, seed, data, out)
+    search = out / case["device"]  # one supernet per (space, seed), a search per device
+    search.mkdir(parents=True, exist_ok=True)
+    done = search / "route.json"
+    if done.is_file():
+        info = json.loads(done.read_text())
+    else:
+        archs, search_s, metric = _search_front(case, seed, net, model, data, search)
+        figures = device_figures(space, device, model.dtype, archs, search / "front-networks.json")
+        info = {"supernet_s": supernet_s, "search_s": search_s, "metric": metric,
+                "front": [{"key": space.key(a), "device_ms": figures[space.key(a)]}
+                          for a in archs]}  # fmt: skip
+        done.write_text(json.dumps(info, indent=1))
+    info["net"] = net
+    return info
+
+
+def _hw_net(space: Any, row_dir: Path) -> Any:
+    """The supernet weights `nas hwtrain` trained (its checkpoint; tensors only)."""
+    import torch
+
+    from nas.hwtrain.train import CHECKPOINT
+
+    net = space.supernet()
+    state = torch.load(row_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+    net.load_state_dict(state["net"])
+    return net.eval()
+
+
+def _versus_front(row: dict[str, Any], route: dict[str, Any], data: Any, row_dir: Path,
+                  noise: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+    """The derived arch's test accuracy (its own weights, BN recalibrated) against the best
+    front arch at equal or lower device latency, with the paired interval of the difference
+    and the seed noise of `accuracy_noise` (`nas.supernet.intervals`)."""
+    from nas.supernet import difference_interval, resolvable_difference
+    from search_spaces import get_space
+
+    space = get_space(row["space"])
+    derived = space.from_key(row["derived_key"])
+    mine = _correct(_hw_net(space, row_dir), space, derived, data, row["seed"])
+    same = _correct(route["net"], space, derived, data, row["seed"])
+    within = [f for f in route["front"] if f["device_ms"] <= row["priced_ms"] * (1 + 1e-9)]
+    out: dict[str, Any] = {
+        "derived_test_pts": 100 * float(mine.mean()),
+        "derived_test_pts_search_weights": 100 * float(same.mean()),
+        "front_size": len(route["front"]),
     }
+    if not within:
+        return {**out, "front_key": None, "front_test_pts": None, "vs_front_pts": None,
+                "resolvable_pts": None, "verdict": "no front arch at or below this latency"}  # fmt: skip
+    scored = [(_correct(route["net"], space, space.from_key(f["key"]), data, row["seed"]), f)
+              for f in within]  # fmt: skip
+    best, f = max(scored, key=lambda s: float(s[0].mean()))
+    diff = difference_interval(mine, best, data.groups("test"), seed=row["seed"])
+    bound = 100 * resolvable_difference(diff.half_width, np.sqrt(2) * noise["seed_sd_pts"] / 100)
+    pts = 100 * diff.estimate
+    verdict = "not resolvable" if abs(pts) <= bound else ("met" if pts >= -1 else "missed")
+    return {**out, "front_key": f["key"], "front_device_ms": f["device_ms"],
+            "front_test_pts": 100 * float(best.mean()), "vs_front_pts": pts,
+            "resolvable_pts": bound, "verdict": verdict}  # fmt: skip
+
+
+def _noise() -> dict[str, float]:
+    """The training-seed spread of `benchmarks/results/accuracy_noise` (demo settings)."""
+    path = ROOT / "benchmarks" / "results" / "accuracy_noise" / "results.json"
+    targets = json.loads(path.read_text())["targets"]
+    return {"seed_sd_pts": float(targets["seed_sd_pts"]),
+            "diff_ci95_pts": float(targets["diff_ci95_pts"])}  # fmt: skip
+
+
+def _worst(rows: list[dict[str, Any]], key: str, pick: Any) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(pick(values)) if values else None
+
+
+def _targets(rows: list[dict[str, Any]], commit: str) -> dict[str, Any]:
+    priced = [r for r in rows if r["kind"] in ("emulated", "table")]
+    real = [r for r in rows if r["kind"] == "real"]
+    targets: dict[str, Any] = {
+        "predicted_err_pct": max(r["predicted_err_pct"] for r in rows),
+        "priced_err_pct": _worst(priced, "priced_err_pct", max),
+        "real_excess_pct": _worst(real, "real_excess_pct", max),
+        "expected_vs_mc_ratio": max(max(r["mc_ratio_uniform"], r["mc_ratio_final"]) for r in rows),
+        "accuracy_vs_front_pts": _worst(rows, "vs_front_pts", min),
+        "cost_ratio": _worst(rows, "cost_ratio", max),
+    }
+    why = {
+        "real_excess_pct": "no real-runtime device in this run",
+        "accuracy_vs_front_pts": "no row has a search-front arch at or below its latency",
+        "cost_ratio": "the search route did not run",
+    }
+    targets["not_measured"] = {k: v for k, v in why.items() if targets[k] is None}
+    unresolved = [r for r in rows if r.get("verdict") == "not resolvable"]
+    targets["accuracy_not_resolvable_rows"] = len(unresolved)
+    targets["commit"] = commit
+    return targets
+
+
+def _cell(v: Any, fmt: str = ".4g") -> str:
+    return "" if v is None else format(v, fmt)
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -169,30 +433,101 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def _route_table(rows: list[dict[str, Any]]) -> str:
+    """Against the search route: accuracy at equal latency, cost, and the real-runtime check."""
+    head = (
+        "| space | device | pct | relax | seed | derived test % (search weights) | front test % "
+        "at <= ms | diff pts (+- resolvable) | verdict | hwtrain s / route s (ratio) | "
+        "real: err % vs p95 + 5 % |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        real = ""
+        if r["kind"] == "real":
+            real = f"{r['priced_err_pct']:.1f} vs {r['heldout_p95_pct'] + ALLOWANCE_PCT:.1f}"
+        front = f"{_cell(r.get('front_test_pts'), '.1f')} at {_cell(r.get('front_device_ms'))}"
+        lines.append(
+            f"| {r['space']} | {r['device']} | {r['percentile']} | {r['relaxation']} | "
+            f"{r['seed']} | {_cell(r.get('derived_test_pts'), '.1f')} "
+            f"({_cell(r.get('derived_test_pts_search_weights'), '.1f')}) | {front} | "
+            f"{_cell(r.get('vs_front_pts'), '+.1f')} (+-{_cell(r.get('resolvable_pts'), '.1f')}) "
+            f"| {r.get('verdict', '')} | {r['wall_s']:.0f} / {_cell(r.get('route_s'), '.0f')} "
+            f"({_cell(r.get('cost_ratio'), '.2f')}) | {real} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def _case_rows(case: dict[str, Any], data: Any, out: Path, noise: dict[str, float]) -> list:
+    """Every row of one (space, device): the shared latency model, the targets, per seed the
+    search route, then each target's hwtrain run, its comparison with the route and its cost."""
+    import latency_models as lm
+    from search_spaces import get_space
+
+    space = get_space(case["space"])
+    device = _device(space, case["device"])
+    lut: Path | None = None
+    held: dict[str, Any] | None = None
+    shared: Any = None  # a model handed to the rows (a real runtime's, fitted on its networks)
+    if isinstance(device, lm.TabularDevice):
+        model = lm.TableLatency(device)
+        pcts = _percentiles(case["space"], case["device"])
+    elif device.kind == "real":
+        model, held, figures = _real_model(case, space, out)
+        shared = model
+        pcts = {p: float(np.percentile(figures, p)) for p in PERCENTILES}
+    else:
+        model, lut = _shared_model(case, space, device, out)
+        pcts = _percentiles(case["space"], case["device"], case.get("n", 300))
+    rows: list[dict[str, Any]] = []
+    for seed in case["seeds"]:
+        route = _route(case, seed, model, device, data, out / f"route-{case['space']}-s{seed}")
+        route_s = route["supernet_s"] + route["search_s"]
+        for pct in case.get("percentiles", PERCENTILES):
+            for relax in case["relax"]:
+                name = f"{case['space']}-{case['device']}-p{pct}-{relax}-s{seed}"
+                row = _row(case, pct, pcts[pct], relax, seed, out / name, lut, shared)
+                versus = out / name / "front.json"
+                if not versus.is_file():
+                    versus.write_text(
+                        json.dumps(_versus_front(row, route, data, out / name, noise))
+                    )
+                row |= json.loads(versus.read_text())
+                row |= {"route_s": route_s, "cost_ratio": row["wall_s"] / route_s,
+                        "route_supernet_s": route["supernet_s"], "route_search_s": route["search_s"]}  # fmt: skip
+                if held is not None:
+                    row |= {"heldout_p95_pct": held["p95_pct"], "heldout_n": held["n"],
+                            "latency_model": held["model"],
+                            "real_excess_pct": row["priced_err_pct"] - (held["p95_pct"] + ALLOWANCE_PCT)}  # fmt: skip
+                rows.append(row)
+                print(json.dumps(row))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     from nas.app.config import git_commit
+    from nas.data import load_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="a small run (labelled as such)")
+    parser.add_argument("--spaces", nargs="+", help="only these spaces' cases (default: all)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    commit = git_commit(ROOT, mark_dirty=True)  # at the start: the code this run loaded
     load_before = os.getloadavg()
     started = time.perf_counter()
+    data = load_dataset("digits")  # `nas hwtrain`'s default, which every row trains on
+    noise = _noise()
     rows: list[dict[str, Any]] = []
     for case in _cases(args.quick):
-        pcts = _percentiles(case["space"], case["device"])
-        for pct in case.get("percentiles", PERCENTILES):
-            for relax in case["relax"]:
-                for seed in case["seeds"]:
-                    name = f"{case['space']}-{case['device']}-p{pct}-{relax}-s{seed}"
-                    rows.append(_row(case, pct, pcts[pct], relax, seed, args.out / name))
-                    print(json.dumps(rows[-1]))
-    commit = git_commit(ROOT, mark_dirty=True)
+        if not args.spaces or case["space"] in args.spaces:
+            rows += _case_rows(case, data, args.out, noise)
     results = {
         "run": "quick (small settings: not the issue's table)" if args.quick else "full",
+        "spaces": args.spaces or "all",
         "rows": rows,
         "targets": _targets(rows, commit),
+        "accuracy_noise": noise,
         "commit": commit,
         "cpus": os.cpu_count(),
         "load_average_before": load_before,
@@ -204,8 +539,10 @@ def main(argv: list[str] | None = None) -> int:
     table = (
         f"# Hardware-aware training ({label})\n\ncommit {commit}; {os.cpu_count()} CPUs, load "
         f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (timings under shared "
-        f"load); {results['seconds']:.0f} s.\n\n{_table(rows)}\nTargets: "
-        f"{json.dumps(results['targets'], indent=1)}\n"
+        f"load; the cost ratio's two sides timed side by side in this run); "
+        f"{results['seconds']:.0f} s.\n\n{_table(rows)}\nAgainst the search route (the "
+        f"derived arch with its own weights; in brackets with the search supernet's):\n\n"
+        f"{_route_table(rows)}\nTargets: {json.dumps(results['targets'], indent=1)}\n"
     )
     (args.out / "table.md").write_text(table)
     print(table)

@@ -5,6 +5,7 @@ inside the space's latency range), resumable, and reported in `hwtrain.json`."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +130,15 @@ def _work(args: argparse.Namespace) -> HwWork:
     )
 
 
-def run_hwtrain(args: argparse.Namespace) -> dict[str, Any]:
+def run_hwtrain(
+    args: argparse.Namespace, models: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The whole command without the printing: what `hwtrain.json` holds. Every argument is
     checked before a file is written; a target outside the space's range is said once the
-    latency models price it, before training."""
+    latency models price it, before training. `models` (device name -> latency model) stand
+    in for those `--latency-model` would build, e.g. a model already fitted on the device's
+    measured networks (as a run's latency stage fits it)."""
+    import latency_models as lm
     from nas.data import load_dataset
 
     space, devices = _check(args)
@@ -141,8 +147,12 @@ def run_hwtrain(args: argparse.Namespace) -> dict[str, Any]:
     relaxed = relaxed_supernet(space, work)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    given = dict(models or {})
     with folder_lock(out), stage_work("hwtrain", out):
-        _latency_models(space, devices, args)
+        _latency_models(space, [d for d in devices if d.name not in given], args)
+        for d in devices:
+            if d.name in given:
+                d.device, d.model = lm.get_device(d.name), given[d.name]
         data = load_dataset(args.data)
         return train_and_derive(space, devices, config, relaxed, data, out, work)
 

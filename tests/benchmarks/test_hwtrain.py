@@ -1,13 +1,16 @@
 """benchmarks/hwtrain.py: its targets (worst cases over rows, what is not measured said), its
-percentile targets, its table, and its command line."""
+percentile targets, its tables, its command line, the comparison with the search route's front,
+the real runtime's held-out error, and one case end to end."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,3 +62,131 @@ def test_its_command_line() -> None:
         bench.main([])  # --out is required
     args = bench._args(bench._cases(True)[1], 20.0, "gumbel", 0, Path("x"))
     assert args.table.endswith("nb201.csv") and args.max_steps == 4
+
+
+def test_targets_take_the_search_route_and_the_real_runtime() -> None:
+    bench = _bench()
+    rows = [
+        _row(vs_front_pts=-3.0, cost_ratio=0.8, verdict="not resolvable"),
+        _row(vs_front_pts=None, cost_ratio=2.5, verdict="no front arch at or below this latency"),
+        _row(kind="real", priced_err_pct=30.0, vs_front_pts=1.0, cost_ratio=1.1,
+             heldout_p95_pct=27.0, real_excess_pct=-2.0),
+        _row(kind="real", priced_err_pct=9.0, vs_front_pts=-7.5, cost_ratio=0.9,
+             heldout_p95_pct=0.0, real_excess_pct=4.0),
+    ]  # fmt: skip
+    targets = bench._targets(rows, "abc")
+    assert targets["accuracy_vs_front_pts"] == -7.5  # the worst row with a front arch
+    assert targets["cost_ratio"] == 2.5
+    assert targets["real_excess_pct"] == 4.0  # real rows only, against their own allowance
+    assert targets["priced_err_pct"] == 3.3  # a measured figure is not a priced one
+    assert targets["not_measured"] == {} and targets["accuracy_not_resolvable_rows"] == 1
+    table = bench._route_table(rows)
+    assert table.count("\n") == 2 + len(rows) and "9.0 vs 5.0" in table
+
+
+class _Data:
+    """Test images in groups of one: what `_versus_front` reads of a data set."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def groups(self, name: str) -> np.ndarray:
+        return np.arange(self.n)
+
+
+def test_versus_front_takes_the_best_front_arch_at_or_below_the_latency(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from search_spaces import get_space
+
+    bench = _bench()
+    space = get_space("tiny")
+    keys = list(dict.fromkeys(space.key(space.sample(i)) for i in range(10)))[:4]
+    derived, fast, mid, slow = keys
+    n = 2000
+    rng = np.random.default_rng(0)
+    share = {fast: 0.6, mid: 0.8, slow: 0.95}
+
+    def mask(p: float) -> np.ndarray:
+        return rng.random(n) < p
+
+    masks = {k: mask(p) for k, p in share.items()}
+
+    def correct(net: object, space_: object, arch: dict, data: object, seed: int) -> np.ndarray:
+        key = space.key(arch)
+        return masks[key] if net == "search" or key != derived else masks["mine"]
+
+    monkeypatch.setattr(bench, "_correct", correct)
+    monkeypatch.setattr(bench, "_hw_net", lambda space_, row_dir: "hwtrain")
+    route = {
+        "net": "search",
+        "front": [{"key": fast, "device_ms": 0.2}, {"key": mid, "device_ms": 0.3},
+                  {"key": slow, "device_ms": 0.5}],
+    }  # fmt: skip
+    masks[derived] = mask(0.5)  # the derived arch scored with the search supernet's weights
+    noise = {"seed_sd_pts": 0.0, "diff_ci95_pts": 8.16}
+    row = {"space": "tiny", "seed": 0, "derived_key": derived, "priced_ms": 0.3}
+
+    masks["mine"] = mask(0.5)
+    out = bench._versus_front(row, route, _Data(n), tmp_path, noise)
+    assert out["front_key"] == mid and out["front_device_ms"] == 0.3  # not the slower, better one
+    assert out["vs_front_pts"] == pytest.approx(100 * (masks["mine"].mean() - masks[mid].mean()))
+    assert out["verdict"] == "missed" and 0 < out["resolvable_pts"] < 5
+
+    masks["mine"] = masks[mid].copy()
+    masks["mine"][:3] = ~masks["mine"][:3]  # a few images apart: inside the interval
+    assert bench._versus_front(row, route, _Data(n), tmp_path, noise)["verdict"] == (
+        "not resolvable"
+    )
+
+    masks["mine"] = mask(0.99)
+    assert bench._versus_front(row, route, _Data(n), tmp_path, noise)["verdict"] == "met"
+
+    seeds = {"seed_sd_pts": 30.0, "diff_ci95_pts": 8.16}  # training noise swamps 30 points
+    masks["mine"] = mask(0.5)
+    assert bench._versus_front(row, route, _Data(n), tmp_path, seeds)["verdict"] == (
+        "not resolvable"
+    )
+
+    faster = bench._versus_front({**row, "priced_ms": 0.1}, route, _Data(n), tmp_path, noise)
+    assert faster["front_key"] is None and faster["vs_front_pts"] is None
+
+
+def test_heldout_error_is_the_models_error_on_the_held_out_networks() -> None:
+    bench = _bench()
+    measured = [1.0 + i / 10 for i in range(20)]
+    predicted = [m * (1.1 if i % 2 else 1.0) for i, m in enumerate(measured)]
+    held = bench._heldout(SimpleNamespace(measured_ms=measured, predicted_ms=predicted,
+                                          model="corrected"))  # fmt: skip
+    assert held["p95_pct"] == pytest.approx(10.0) and held["n"] == 20
+    assert held["mape_pct"] == pytest.approx(5.0) and held["model"] == "corrected"
+    one_off = [m * 1.5 if i == 0 else m for i, m in enumerate(measured)]
+    worse = bench._heldout(SimpleNamespace(measured_ms=measured, predicted_ms=one_off, model="x"))
+    assert worse["p95_pct"] == pytest.approx(2.5)  # one network in 20 off by 50 %: its quantile
+
+
+@pytest.mark.slow
+def test_one_case_end_to_end_with_its_search_route(tmp_path: Path) -> None:
+    """One target on `tiny` at the smallest settings: the row, the route (supernet, search,
+    front), the comparison and the cost ratio; a second call reads everything back."""
+    from nas.data import load_dataset
+
+    bench = _bench()
+    train = {"epochs": 2, "warmup_epochs": 1, "max_steps": 1, "batch_size": 16}
+    case = {"space": "tiny", "device": "pixel3-emulated", "relax": ["gumbel"], "seeds": [0],
+            "train": train, "trials": 3, "percentiles": (50,), "n": 20, "lut_archs": 2}  # fmt: skip
+    data = load_dataset("digits")
+    (row,) = bench._case_rows(case, data, tmp_path, bench._noise())
+    assert row["route_s"] == pytest.approx(row["route_supernet_s"] + row["route_search_s"])
+    assert row["cost_ratio"] == pytest.approx(row["wall_s"] / row["route_s"])
+    route = json.loads((tmp_path / "route-tiny-s0" / "pixel3-emulated" / "route.json").read_text())
+    assert route["front"] and route["metric"] == "latency_ms@pixel3-emulated"
+    if row["front_key"] is not None:
+        ms = {f["key"]: f["device_ms"] for f in route["front"]}
+        assert ms[row["front_key"]] <= row["priced_ms"]
+    assert row["verdict"] in ("met", "missed", "not resolvable") or row["front_key"] is None
+    lut = tmp_path / "latency" / "lut-pixel3-emulated.csv"
+    assert (tmp_path / "tiny-pixel3-emulated-p50-gumbel-s0" / lut.name).read_bytes() == (
+        lut.read_bytes()
+    )  # the row priced with the route's table
+    assert bench._case_rows(case, data, tmp_path, bench._noise()) == [row]

@@ -33,3 +33,35 @@ def test_hwtrain_command_writes_its_results_and_resumes(tmp_path: Path) -> None:
     again = json.loads((out / "hwtrain.json").read_text())
     assert again["derived"]["key"] == report["derived"]["key"]
     assert again["history"] == report["history"]
+
+
+@pytest.mark.slow
+def test_run_hwtrain_prices_with_a_model_it_is_given(tmp_path: Path) -> None:
+    """A latency model handed in (one fitted elsewhere, as a benchmark shares it) stands in
+    for the one `--latency-model` would build: no table is made, and the derived arch is
+    priced by the given model."""
+    import latency_models as lm
+    from nas.app.cli import build_parser
+    from nas.app.hwtrain_commands import run_hwtrain
+    from search_spaces import get_space
+
+    space = get_space("tiny")
+    device = lm.get_device("pixel3-emulated")
+    model = lm.create_latency_model("costmodel", space, device)
+    out = tmp_path / "hw"
+    args = build_parser().parse_args([
+        "hwtrain", "--space", "tiny", "--device", "pixel3-emulated",
+        "--target", "pixel3-emulated=0.4", "--latency-model", "lut", "--epochs", "2",
+        "--warmup-epochs", "1", "--max-steps", "1", "--batch-size", "16", "--mc", "50",
+        "--out", str(out),
+    ])  # fmt: skip
+    args.quiet = True
+    report = run_hwtrain(args, {"pixel3-emulated": model})
+    assert not list(out.glob("lut-*.csv"))  # --latency-model lut's table: not built
+    derived = space.from_key(report["derived"]["key"])
+    assert report["derived"]["priced"]["pixel3-emulated"] == pytest.approx(
+        model.predict_arch(space, derived), rel=1e-6
+    )
+    assert report["device_ms"]["pixel3-emulated"] == pytest.approx(
+        device.measure_arch(space, derived).latency_ms
+    )  # the device's own figure, not the model's
