@@ -195,6 +195,8 @@ def targets(results: dict[str, Any], strategy: str = "frontier") -> dict[str, An
     means: dict[int, list[float]] = {}
     worst: list[float] = []
     steps: list[float] = []
+    cpu_steps: list[float] = []
+    setups: list[float] = []
     for pair in results["pairs"].values():
         runs = pd.DataFrame(pair["runs"])
         mine = runs[runs["strategy"] == strategy]
@@ -205,12 +207,17 @@ def targets(results: dict[str, Any], strategy: str = "frontier") -> dict[str, An
         worst += top["hv_ratio"].tolist()
         if "step_s_max" in mine:
             steps += mine["step_s_max"].dropna().tolist()
+        if "step_cpu_s_max" in mine:
+            cpu_steps += mine["step_cpu_s_max"].dropna().tolist()
+            setups += mine["setup_s"].dropna().tolist()
     return {
         "strategy": strategy,
         "hv300_min_pair": min(means[300]) if 300 in means else None,
         "hv100_min_pair": min(means[100]) if 100 in means else None,
         "hv300_worst_seed": min(worst) if worst else None,
         "step_s_max": max(steps) if steps else None,
+        "step_cpu_s_max": max(cpu_steps) if cpu_steps else None,
+        "setup_s_max": max(setups) if setups else None,
         "commit": results["commit"],
     }
 

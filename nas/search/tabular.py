@@ -375,6 +375,8 @@ def run_tabular(
         "n_trials": len(study.trials),
         "time_s": elapsed,
         "step_s_max": getattr(study.sampler, "step_s_max", None),
+        "step_cpu_s_max": getattr(study.sampler, "step_cpu_s_max", None),
+        "setup_s": getattr(study.sampler, "setup_s", None),
     }
 
 
@@ -451,6 +453,8 @@ def bench_tabular(
                     "n_trials": r["n_trials"],
                     "time_s": r["time_s"],
                     "step_s_max": r["step_s_max"],
+                    "step_cpu_s_max": r["step_cpu_s_max"],
+                    "setup_s": r["setup_s"],
                 }
             )
     frame = pd.DataFrame(rows)
