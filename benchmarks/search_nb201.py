@@ -9,7 +9,9 @@ evaluation per distinct arch paid for (isomorphic archs share a canonical key an
 twice, but count as found only once paid); latency look-ups are free; a strategy sees the
 target device's latency column only and the accuracies it paid for (`--feature-columns` adds a
 labelled row where `frontier` also sees other devices' latencies; `--ablations` adds labelled
-`frontier` variants); the scoring reference point is never shown to a strategy. Optuna's
+`frontier` variants); the scoring reference point is never shown to a strategy. `frontier`
+picks its initial design with a zero-cost proxy (synflow on the untrained, narrow
+`proxy_build` network: free, no accuracy), as `nas bench tabular` does. Optuna's
 samplers may re-propose paid archs (free), so runs stop at `--max-trials` (default 5 x 300);
 `paid` says how many evaluations they reached. `nas bench tabular` gives the same figures for
 the same settings. results.json's `targets` holds issue 24's contract.
@@ -323,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         "--ablations", action="store_true", help="add the labelled frontier variants' rows"
     )
     parser.add_argument(
+        "--proxy-cache",
+        type=Path,
+        help="with --ablations: a ZeroCostProxy cache of every arch's synflow (proxy_build "
+        "network, seed 0), for the row with synflow as a predictor feature",
+    )
+    parser.add_argument(
         "--max-trials", type=int, help="cap on each run's trials (default 5 x the largest budget)"
     )
     parser.add_argument(
@@ -357,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         args.jobs,
         pred_seeds,
         max_trials=args.max_trials,
-        variants=ablations(_space(args.space)) if args.ablations else None,
+        variants=ablations(_space(args.space), args.proxy_cache) if args.ablations else None,
         seeds_of={k: int(v) for k, _, v in (x.rpartition("=") for x in args.seeds_of)},
     )
     results["elapsed_s"] = time.perf_counter() - t0
@@ -370,23 +378,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def ablations(space: SearchSpace) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Labelled `frontier` variants on the same target-only features: without the path encoding
-    (the one-hot code alone), and with a zero-cost proxy (synflow, data-free) steering the
-    initial design.
-    On NB201 synflow runs on a narrow copy of each network (8 channels, 1 cell per stage)."""
-    from nas.predictors import ZeroCostProxy
-
-    build = space.build
-    if space.name == "nb201":
-        from search_spaces import NB201Space
-
-        build = NB201Space(channels=8, cells_per_stage=1).build
-    synflow = ZeroCostProxy(space, "synflow", build=build)
-    return {
+def ablations(
+    space: SearchSpace, proxy_cache: Path | None = None
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Labelled `frontier` variants on the same target-only features, each without one of the
+    default's signals: the zero-cost proxy prior (synflow on the untrained `proxy_build`
+    network, picking the initial design), and the path encoding (the one-hot code alone).
+    With `proxy_cache` (a `ZeroCostProxy.save` file of every arch's synflow, which takes
+    minutes to fill) also one with synflow as a predictor feature of the whole pool."""
+    rows: dict[str, tuple[str, dict[str, Any]]] = {
+        "frontier, no synflow prior": ("frontier", {"prior": None}),
         "frontier, one-hot only (no paths)": ("frontier", {"encoding": "onehot"}),
-        "frontier, synflow prior": ("frontier", {"prior": synflow}),
     }
+    if proxy_cache is not None:
+        from nas.predictors import ZeroCostProxy
+
+        z = ZeroCostProxy(space, "synflow", build=space.proxy_build).load(proxy_cache)
+        options = {"prior": z, "features": {"synflow": z.many}}
+        rows["frontier + synflow as a feature (cached)"] = ("frontier", options)
+    return rows
 
 
 def _feature_columns(

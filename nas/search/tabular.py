@@ -307,6 +307,7 @@ def run_tabular(
     sampler_options: dict[str, Any] | None = None,
     max_trials: int | None = None,
     feature_columns: Sequence[str] = (),
+    proxy: str | None = "synflow",
 ) -> dict[str, Any]:
     """One search on the table; returns the paid archs' keys in order and the run's counts.
 
@@ -318,7 +319,10 @@ def run_tabular(
     the table but the accuracies it pays for: a user searching for one device has that device's
     latencies only. `feature_columns` (other devices' latency columns) are handed to `frontier`
     as extra free predictor features, an explicit extra; `frontier` also gets the table's archs
-    as its candidate pool. Accuracy comes from a counting look-up of `accuracy_column`.
+    as its candidate pool, and `proxy` (a zero-cost proxy of `nas.predictors.ZeroCostProxy`,
+    computed on the space's `proxy_build` network, untrained: free, no accuracy) as the prior
+    that picks its initial design, unless `sampler_options` names a `prior` (None: no prior).
+    Accuracy comes from a counting look-up of `accuracy_column`.
     """
     from nas.search import run_search
 
@@ -334,6 +338,11 @@ def run_tabular(
         if others:
             options.setdefault("features", {k: _bind(v, table.space) for k, v in others.items()})
         options.setdefault("candidates", table.archs)
+        if proxy is not None and "prior" not in options:
+            from nas.predictors import ZeroCostProxy
+
+            space = table.space
+            options["prior"] = ZeroCostProxy(space, proxy, build=space.proxy_build)
     t0 = time.perf_counter()
     study = run_search(
         table.space,

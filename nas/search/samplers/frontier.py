@@ -135,7 +135,6 @@ class FrontierSampler(BaseSampler):
                 )
         if not 0 < pool_refresh <= 1:
             raise ValueError(f"pool_refresh is a share in (0, 1], got {pool_refresh}")
-        extra = dict(features or {})
         self._candidates = Candidates(
             problem,
             candidates,
@@ -143,7 +142,7 @@ class FrontierSampler(BaseSampler):
             pool_size,
             pool_refresh,
             one_per_class,
-            extra,
+            dict(features or {}),
             _resolve_encoding(problem, encoding),
         )
         self.prior, self.prior_top = prior, max(1, prior_top)
@@ -161,6 +160,7 @@ class FrontierSampler(BaseSampler):
         self.step_s_max = 0.0
         self.step_cpu_s_max = 0.0
         self.setup_s = 0.0
+        self._prior_s = [0.0, 0.0]  # wall, CPU seconds the prior took to score the design
         self._theta: list[float] | None = None  # last GP fit, the next fit's warm start
         self._paid_cache: dict[int, tuple[str, Arch, float]] = {}  # trial number -> paid arch
 
@@ -257,20 +257,24 @@ class FrontierSampler(BaseSampler):
                 return space.validate(pool.archs[i])
         if fresh_batch:  # a batch chosen just now was taken meanwhile: give up this once
             return None
-        cands = self._candidates
-        t0, c0 = time.perf_counter(), time.process_time()
-        s0, sc0 = cands.setup_s, cands.setup_cpu_s
+        t0, c0, (s0, sc0) = time.perf_counter(), time.process_time(), self._setup_so_far()
         with one_blas_thread():
             self._queue = self._choose_batch(study)
-        self.setup_s = cands.setup_s
-        wall = time.perf_counter() - t0 - (cands.setup_s - s0)
-        cpu = time.process_time() - c0 - (cands.setup_cpu_s - sc0)
+        s1, sc1 = self._setup_so_far()
+        self.setup_s = s1
+        wall = time.perf_counter() - t0 - (s1 - s0)
+        cpu = time.process_time() - c0 - (sc1 - sc0)
         self.step_s_max = max(self.step_s_max, wall)
         self.step_cpu_s_max = max(self.step_cpu_s_max, cpu)
         if not self._queue:
             log.info("frontier: no unpaid feasible candidate left; sampling at random")
             return None
         return self._next(study, fresh_batch=True)
+
+    def _setup_so_far(self) -> tuple[float, float]:
+        """Wall and CPU seconds of one-time work: the fixed pool's pricing, the prior's scores."""
+        c = self._candidates
+        return c.setup_s + self._prior_s[0], c.setup_cpu_s + self._prior_s[1]
 
     def _choose_batch(self, study: optuna.Study) -> list[str]:
         paid, busy, busy_archs = self._study_state(study)
@@ -312,7 +316,10 @@ class FrontierSampler(BaseSampler):
         assert self.prior is not None
         n = min(self.prior_sample, len(stratum))
         sample = self.rng.choice(stratum, size=n, replace=False)
+        t0, c0 = time.perf_counter(), time.process_time()
         score = np.asarray(self.prior([pool.archs[i] for i in sample]), dtype=np.float64)
+        self._prior_s[0] += time.perf_counter() - t0  # a one-time cost, as the pool's pricing
+        self._prior_s[1] += time.process_time() - c0
         return sample[np.argsort(-score, kind="stable")[: self.prior_top]]
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> Predictor:
