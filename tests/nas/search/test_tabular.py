@@ -202,3 +202,18 @@ def test_frontier_in_tabular_mode_picks_its_initial_design_with_synflow(tmp_path
     assert default == run(sampler_options={"prior": synflow})
     assert run(proxy=None) == run(sampler_options={"prior": None})
     assert default[:10] != run(proxy=None)[:10]
+
+
+def test_benchmark_ablations_name_each_signal_and_fill_a_missing_proxy_cache(
+    tmp_path: Path,
+) -> None:
+    bench = _search_bench()
+    rows = bench.ablations(ToySpace())
+    assert rows["frontier, no synflow prior"] == ("frontier", {"prior": None})
+    assert rows["frontier, one-hot only (no paths)"] == ("frontier", {"encoding": "onehot"})
+    cache = tmp_path / "synflow.json"
+    options = bench.ablations(ToySpace(), cache)["frontier + synflow as a feature (cached)"][1]
+    assert cache.is_file()  # filled once, read back by the next run
+    archs = list(ToySpace().enumerate())[:5]
+    scores = options["features"]["synflow"](archs)
+    assert np.array_equal(scores, options["prior"](archs)) and len(set(scores)) > 1
