@@ -330,19 +330,7 @@ def run_tabular(
     model = table.latency_model(latency_column)
     options = dict(sampler_options or {})
     if strategy == "frontier":
-        others = {
-            f"{table.device_of(c)}_ms": table.latency_model(c).predict_many
-            for c in feature_columns
-            if c != latency_column
-        }
-        if others:
-            options.setdefault("features", {k: _bind(v, table.space) for k, v in others.items()})
-        options.setdefault("candidates", table.archs)
-        if proxy is not None and "prior" not in options:
-            from nas.predictors import ZeroCostProxy
-
-            space = table.space
-            options["prior"] = ZeroCostProxy(space, proxy, build=space.proxy_build)
+        options = _frontier_options(table, options, latency_column, feature_columns, proxy)
     t0 = time.perf_counter()
     study = run_search(
         table.space,
@@ -387,6 +375,31 @@ def run_tabular(
         "step_cpu_s_max": getattr(study.sampler, "step_cpu_s_max", None),
         "setup_s": getattr(study.sampler, "setup_s", None),
     }
+
+
+def _frontier_options(
+    table: TabularBenchmark,
+    options: dict[str, Any],
+    latency_column: str,
+    feature_columns: Sequence[str],
+    proxy: str | None,
+) -> dict[str, Any]:
+    """`frontier`'s options in tabular mode: the table's archs as its pool, other devices'
+    latency columns as features (an explicit extra), the zero-cost proxy as its prior."""
+    others = {
+        f"{table.device_of(c)}_ms": table.latency_model(c).predict_many
+        for c in feature_columns
+        if c != latency_column
+    }
+    if others:
+        options.setdefault("features", {k: _bind(v, table.space) for k, v in others.items()})
+    options.setdefault("candidates", table.archs)
+    if proxy is not None and "prior" not in options:
+        from nas.predictors import ZeroCostProxy
+
+        space = table.space
+        options["prior"] = ZeroCostProxy(space, proxy, build=space.proxy_build)
+    return options
 
 
 def _bind(

@@ -346,24 +346,6 @@ class FrontierSampler(BaseSampler):
             return model.fit(x, y)
         raise ValueError(f"predictor must be 'gp' or a factory, got {self.predictor!r}")
 
-    def _warp(self, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        """A monotone map of accuracies, fitted on the paid values only: dominance is kept,
-        the GP sees a less skewed target."""
-        if self.warp == "none":
-            return lambda v: np.asarray(v, dtype=float)
-        if self.warp == "rank":
-            from scipy import stats
-
-            srt = np.sort(y)
-            q = stats.norm.ppf((np.arange(len(srt)) + 0.5) / len(srt))
-            return lambda v: np.interp(np.asarray(v, float), srt, q)
-        if self.warp == "yeo-johnson":
-            from sklearn.preprocessing import PowerTransformer
-
-            pt = PowerTransformer(method="yeo-johnson").fit(y.reshape(-1, 1))
-            return lambda v: pt.transform(np.asarray(v, float).reshape(-1, 1)).ravel()
-        raise ValueError(f"warp must be 'none', 'rank' or 'yeo-johnson', got {self.warp!r}")
-
     def _references(self, pool: Pool, y: np.ndarray) -> tuple[np.ndarray, float]:
         p = self.problem
         refs = []
@@ -397,7 +379,7 @@ class FrontierSampler(BaseSampler):
         p = self.problem
         paid_pool = self._candidates.side_pool(paid_archs)
         x_paid = paid_pool.x
-        warp = self._warp(y)
+        warp = _warp(self.warp, y)
         y_raw, y = y, warp(y)
         model = self._fit(x_paid, y)
         idx = np.flatnonzero(avail)
@@ -464,3 +446,22 @@ def _resolve_encoding(problem: SearchProblem, encoding: str) -> str:
     if encoding != "auto":
         return encoding
     return "onehot+path" if callable(getattr(problem.space, "live_edges", None)) else "onehot"
+
+
+def _warp(kind: str, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A monotone map of accuracies, fitted on the paid values only: dominance is kept,
+    the GP sees a less skewed target."""
+    if kind == "none":
+        return lambda v: np.asarray(v, dtype=float)
+    if kind == "rank":
+        from scipy import stats
+
+        srt = np.sort(y)
+        q = stats.norm.ppf((np.arange(len(srt)) + 0.5) / len(srt))
+        return lambda v: np.interp(np.asarray(v, float), srt, q)
+    if kind == "yeo-johnson":
+        from sklearn.preprocessing import PowerTransformer
+
+        pt = PowerTransformer(method="yeo-johnson").fit(y.reshape(-1, 1))
+        return lambda v: pt.transform(np.asarray(v, float).reshape(-1, 1)).ravel()
+    raise ValueError(f"warp must be 'none', 'rank' or 'yeo-johnson', got {kind!r}")
