@@ -9,7 +9,9 @@ evaluation per distinct arch paid for (isomorphic archs share a canonical key an
 twice, but count as found only once paid); latency look-ups are free; a strategy sees the
 target device's latency column only and the accuracies it paid for (`--feature-columns` adds a
 labelled row where `frontier` also sees other devices' latencies; `--ablations` adds labelled
-`frontier` variants); the scoring reference point is never shown to a strategy. Optuna's
+`frontier` variants); the scoring reference point is never shown to a strategy. `frontier`
+picks its initial design with a zero-cost proxy (synflow on the untrained, narrow
+`proxy_build` network: free, no accuracy), as `nas bench tabular` does. Optuna's
 samplers may re-propose paid archs (free), so runs stop at `--max-trials` (default 5 x 300);
 `paid` says how many evaluations they reached. `nas bench tabular` gives the same figures for
 the same settings. results.json's `targets` holds issue 24's contract.
@@ -195,6 +197,8 @@ def targets(results: dict[str, Any], strategy: str = "frontier") -> dict[str, An
     means: dict[int, list[float]] = {}
     worst: list[float] = []
     steps: list[float] = []
+    cpu_steps: list[float] = []
+    setups: list[float] = []
     for pair in results["pairs"].values():
         runs = pd.DataFrame(pair["runs"])
         mine = runs[runs["strategy"] == strategy]
@@ -205,12 +209,17 @@ def targets(results: dict[str, Any], strategy: str = "frontier") -> dict[str, An
         worst += top["hv_ratio"].tolist()
         if "step_s_max" in mine:
             steps += mine["step_s_max"].dropna().tolist()
+        if "step_cpu_s_max" in mine:
+            cpu_steps += mine["step_cpu_s_max"].dropna().tolist()
+            setups += mine["setup_s"].dropna().tolist()
     return {
         "strategy": strategy,
         "hv300_min_pair": min(means[300]) if 300 in means else None,
         "hv100_min_pair": min(means[100]) if 100 in means else None,
         "hv300_worst_seed": min(worst) if worst else None,
         "step_s_max": max(steps) if steps else None,
+        "step_cpu_s_max": max(cpu_steps) if cpu_steps else None,
+        "setup_s_max": max(setups) if setups else None,
         "commit": results["commit"],
     }
 
@@ -316,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         "--ablations", action="store_true", help="add the labelled frontier variants' rows"
     )
     parser.add_argument(
+        "--proxy-cache",
+        type=Path,
+        help="with --ablations: a ZeroCostProxy cache of every arch's synflow (proxy_build "
+        "network, seed 0; filled when missing), for the row with synflow as a feature",
+    )
+    parser.add_argument(
         "--max-trials", type=int, help="cap on each run's trials (default 5 x the largest budget)"
     )
     parser.add_argument(
@@ -350,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         args.jobs,
         pred_seeds,
         max_trials=args.max_trials,
-        variants=ablations(_space(args.space)) if args.ablations else None,
+        variants=ablations(_space(args.space), args.proxy_cache) if args.ablations else None,
         seeds_of={k: int(v) for k, _, v in (x.rpartition("=") for x in args.seeds_of)},
     )
     results["elapsed_s"] = time.perf_counter() - t0
@@ -363,23 +378,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def ablations(space: SearchSpace) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Labelled `frontier` variants on the same target-only features: without the path encoding
-    (the one-hot code alone), and with a zero-cost proxy (synflow, data-free) steering the
-    initial design.
-    On NB201 synflow runs on a narrow copy of each network (8 channels, 1 cell per stage)."""
-    from nas.predictors import ZeroCostProxy
-
-    build = space.build
-    if space.name == "nb201":
-        from search_spaces import NB201Space
-
-        build = NB201Space(channels=8, cells_per_stage=1).build
-    synflow = ZeroCostProxy(space, "synflow", build=build)
-    return {
+def ablations(
+    space: SearchSpace, proxy_cache: Path | None = None
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Labelled `frontier` variants on the same target-only features, each without one of the
+    default's signals: the zero-cost proxy prior (synflow on the untrained `proxy_build`
+    network, picking the initial design), and the path encoding (the one-hot code alone).
+    With `proxy_cache` (a `ZeroCostProxy.save` file of every arch's synflow, filled when
+    missing, which takes minutes) also one with synflow as a predictor feature of the pool."""
+    rows: dict[str, tuple[str, dict[str, Any]]] = {
+        "frontier, no synflow prior": ("frontier", {"prior": None}),
         "frontier, one-hot only (no paths)": ("frontier", {"encoding": "onehot"}),
-        "frontier, synflow prior": ("frontier", {"prior": synflow}),
     }
+    if proxy_cache is not None:
+        from nas.predictors import ZeroCostProxy
+
+        z = ZeroCostProxy(space, "synflow", build=space.proxy_build).load(proxy_cache)
+        if not z.cache:  # a missing file is filled once: every arch of the space
+            log.info("scoring every arch with synflow into %s (minutes)", proxy_cache)
+            z.many(list(space.enumerate()))
+            z.save(proxy_cache)
+        options = {"prior": z, "features": {"synflow": z.many}}
+        rows["frontier + synflow as a feature (cached)"] = ("frontier", options)
+    return rows
 
 
 def _feature_columns(

@@ -163,6 +163,11 @@ class SearchSpace:
         """A plain, standalone `nn.Module` for one arch."""
         raise NotImplementedError(f"{type(self).__name__} does not implement build(arch)")
 
+    def proxy_build(self, arch: Mapping[str, Primitive]) -> nn.Module:
+        """The network a zero-cost proxy scores untrained: `build(arch)` unless a space
+        returns a narrower, shallower copy that ranks its archs alike at a fraction of the cost."""
+        return self.build(arch)
+
     def input_shape(self, arch: Mapping[str, Primitive]) -> tuple[int, int, int]:
         """(C, H, W) of the input this arch takes (batch excluded)."""
         return self.default_input_shape

@@ -16,6 +16,8 @@ networks (`ZeroCostProxy`: synflow, jacov; loaded on first use, as they need tor
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from nas.core.protocols import NotFittedError
 from nas.predictors.base import AccuracyFn, Predictor, UncertainPredictor, one_blas_thread
 from nas.predictors.encodings import PathEncoding, arch_paths
@@ -27,6 +29,9 @@ from nas.predictors.metrics import RankingMetrics, compare_predictors, ranking_m
 from nas.predictors.mlp import MLPPredictor
 from nas.predictors.registry import PREDICTORS, load_predictor, make_predictor
 from nas.predictors.ridge import RidgePredictor
+
+if TYPE_CHECKING:  # loaded on first use at run time (below)
+    from nas.predictors.zero_cost import PROXIES, ZeroCostProxy
 
 __all__ = [
     "PREDICTORS",

@@ -307,6 +307,7 @@ def run_tabular(
     sampler_options: dict[str, Any] | None = None,
     max_trials: int | None = None,
     feature_columns: Sequence[str] = (),
+    proxy: str | None = "synflow",
 ) -> dict[str, Any]:
     """One search on the table; returns the paid archs' keys in order and the run's counts.
 
@@ -318,7 +319,10 @@ def run_tabular(
     the table but the accuracies it pays for: a user searching for one device has that device's
     latencies only. `feature_columns` (other devices' latency columns) are handed to `frontier`
     as extra free predictor features, an explicit extra; `frontier` also gets the table's archs
-    as its candidate pool. Accuracy comes from a counting look-up of `accuracy_column`.
+    as its candidate pool, and `proxy` (a zero-cost proxy of `nas.predictors.ZeroCostProxy`,
+    computed on the space's `proxy_build` network, untrained: free, no accuracy) as the prior
+    that picks its initial design, unless `sampler_options` names a `prior` (None: no prior).
+    Accuracy comes from a counting look-up of `accuracy_column`.
     """
     from nas.search import run_search
 
@@ -326,14 +330,7 @@ def run_tabular(
     model = table.latency_model(latency_column)
     options = dict(sampler_options or {})
     if strategy == "frontier":
-        others = {
-            f"{table.device_of(c)}_ms": table.latency_model(c).predict_many
-            for c in feature_columns
-            if c != latency_column
-        }
-        if others:
-            options.setdefault("features", {k: _bind(v, table.space) for k, v in others.items()})
-        options.setdefault("candidates", table.archs)
+        options = _frontier_options(table, options, latency_column, feature_columns, proxy)
     t0 = time.perf_counter()
     study = run_search(
         table.space,
@@ -375,7 +372,34 @@ def run_tabular(
         "n_trials": len(study.trials),
         "time_s": elapsed,
         "step_s_max": getattr(study.sampler, "step_s_max", None),
+        "step_cpu_s_max": getattr(study.sampler, "step_cpu_s_max", None),
+        "setup_s": getattr(study.sampler, "setup_s", None),
     }
+
+
+def _frontier_options(
+    table: TabularBenchmark,
+    options: dict[str, Any],
+    latency_column: str,
+    feature_columns: Sequence[str],
+    proxy: str | None,
+) -> dict[str, Any]:
+    """`frontier`'s options in tabular mode: the table's archs as its pool, other devices'
+    latency columns as features (an explicit extra), the zero-cost proxy as its prior."""
+    others = {
+        f"{table.device_of(c)}_ms": table.latency_model(c).predict_many
+        for c in feature_columns
+        if c != latency_column
+    }
+    if others:
+        options.setdefault("features", {k: _bind(v, table.space) for k, v in others.items()})
+    options.setdefault("candidates", table.archs)
+    if proxy is not None and "prior" not in options:
+        from nas.predictors import ZeroCostProxy
+
+        space = table.space
+        options["prior"] = ZeroCostProxy(space, proxy, build=space.proxy_build)
+    return options
 
 
 def _bind(
@@ -451,6 +475,8 @@ def bench_tabular(
                     "n_trials": r["n_trials"],
                     "time_s": r["time_s"],
                     "step_s_max": r["step_s_max"],
+                    "step_cpu_s_max": r["step_cpu_s_max"],
+                    "setup_s": r["setup_s"],
                 }
             )
     frame = pd.DataFrame(rows)

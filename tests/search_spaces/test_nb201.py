@@ -84,3 +84,21 @@ def test_bad_arch_strings_fail_clearly(bad: str) -> None:
 def test_bad_indices_fail_clearly(bad: object) -> None:
     with pytest.raises(InvalidArchError, match="15624"):
         NB201Space().from_index(bad)  # type: ignore[arg-type]
+
+
+def test_proxy_build_is_a_narrow_shallow_copy_of_the_same_cell() -> None:
+    """Zero-cost proxies score `proxy_build`: the same cell ops, 8 channels, one cell per stage,
+    the same input and output shapes, a fraction of the parameters."""
+    import torch
+
+    space = NB201Space()
+    ops = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|"
+    arch = space.from_str(ops)
+    big, small = space.build(arch), space.proxy_build(arch)
+    x = torch.randn(2, *space.default_input_shape)
+    assert small(x).shape == big(x).shape
+    n_params = [sum(p.numel() for p in net.parameters()) for net in (small, big)]
+    assert n_params[0] < n_params[1] / 10
+    plain = space.from_str(ops.replace("nor_conv_3x3", "skip_connect"))
+    fewer = sum(p.numel() for p in space.proxy_build(plain).parameters())
+    assert fewer < n_params[0]  # the cell's ops are the arch's

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -74,6 +75,8 @@ class Candidates:
         self.pool: Pool | None = None
         self.features: ArchFeatures | None = None
         self.static = False
+        # pricing and featurizing a fixed pool, once per sampler: wall and CPU seconds
+        self.setup_s = self.setup_cpu_s = 0.0
 
     def price(self, archs: list[Arch], keys: list[str]) -> tuple[list[str], np.ndarray]:
         """Canonical keys and cheap metric rows of archs, each arch priced once per sampler."""
@@ -171,6 +174,7 @@ class Candidates:
         space = self.problem.space
         if self.static and self.pool is not None:
             return self.pool
+        t0, c0 = time.perf_counter(), time.process_time()
         if self.candidates is not None:
             archs, self.static = list(self.candidates), True
         elif space.n_genotypes <= self.pool_limit:
@@ -178,6 +182,9 @@ class Candidates:
         pool = self.make_pool(archs) if self.static else self._draw(front_archs, rng)
         self.featurize(pool)
         self.pool = pool
+        if self.static:
+            self.setup_s += time.perf_counter() - t0
+            self.setup_cpu_s += time.process_time() - c0
         log.debug(
             "frontier pool: %d candidates (%d feasible)", len(pool.archs), pool.feasible.sum()
         )

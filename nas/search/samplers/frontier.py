@@ -154,7 +154,13 @@ class FrontierSampler(BaseSampler):
         self._queue: list[str] = []  # arch keys chosen but not yet asked for
         self.cheap_names = problem.cheap_used
         self.last_fit: dict[str, float] = {}
-        self.step_s_max = 0.0  # the slowest batch choice so far (seconds)
+        # the slowest batch choice so far, wall and CPU seconds of this process (CPU time does
+        # not grow with a shared machine's load); the one-time pricing of a fixed pool is not a
+        # step: `setup_s` holds it
+        self.step_s_max = 0.0
+        self.step_cpu_s_max = 0.0
+        self.setup_s = 0.0
+        self._prior_s = [0.0, 0.0]  # wall, CPU seconds the prior took to score the design
         self._theta: list[float] | None = None  # last GP fit, the next fit's warm start
         self._paid_cache: dict[int, tuple[str, Arch, float]] = {}  # trial number -> paid arch
 
@@ -251,14 +257,24 @@ class FrontierSampler(BaseSampler):
                 return space.validate(pool.archs[i])
         if fresh_batch:  # a batch chosen just now was taken meanwhile: give up this once
             return None
-        t0 = time.perf_counter()
+        t0, c0, (s0, sc0) = time.perf_counter(), time.process_time(), self._setup_so_far()
         with one_blas_thread():
             self._queue = self._choose_batch(study)
-        self.step_s_max = max(self.step_s_max, time.perf_counter() - t0)
+        s1, sc1 = self._setup_so_far()
+        self.setup_s = s1
+        wall = time.perf_counter() - t0 - (s1 - s0)
+        cpu = time.process_time() - c0 - (sc1 - sc0)
+        self.step_s_max = max(self.step_s_max, wall)
+        self.step_cpu_s_max = max(self.step_cpu_s_max, cpu)
         if not self._queue:
             log.info("frontier: no unpaid feasible candidate left; sampling at random")
             return None
         return self._next(study, fresh_batch=True)
+
+    def _setup_so_far(self) -> tuple[float, float]:
+        """Wall and CPU seconds of one-time work: the fixed pool's pricing, the prior's scores."""
+        c = self._candidates
+        return c.setup_s + self._prior_s[0], c.setup_cpu_s + self._prior_s[1]
 
     def _choose_batch(self, study: optuna.Study) -> list[str]:
         paid, busy, busy_archs = self._study_state(study)
@@ -300,7 +316,10 @@ class FrontierSampler(BaseSampler):
         assert self.prior is not None
         n = min(self.prior_sample, len(stratum))
         sample = self.rng.choice(stratum, size=n, replace=False)
+        t0, c0 = time.perf_counter(), time.process_time()
         score = np.asarray(self.prior([pool.archs[i] for i in sample]), dtype=np.float64)
+        self._prior_s[0] += time.perf_counter() - t0  # a one-time cost, as the pool's pricing
+        self._prior_s[1] += time.process_time() - c0
         return sample[np.argsort(-score, kind="stable")[: self.prior_top]]
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> Predictor:
@@ -326,24 +345,6 @@ class FrontierSampler(BaseSampler):
                 )
             return model.fit(x, y)
         raise ValueError(f"predictor must be 'gp' or a factory, got {self.predictor!r}")
-
-    def _warp(self, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        """A monotone map of accuracies, fitted on the paid values only: dominance is kept,
-        the GP sees a less skewed target."""
-        if self.warp == "none":
-            return lambda v: np.asarray(v, dtype=float)
-        if self.warp == "rank":
-            from scipy import stats
-
-            srt = np.sort(y)
-            q = stats.norm.ppf((np.arange(len(srt)) + 0.5) / len(srt))
-            return lambda v: np.interp(np.asarray(v, float), srt, q)
-        if self.warp == "yeo-johnson":
-            from sklearn.preprocessing import PowerTransformer
-
-            pt = PowerTransformer(method="yeo-johnson").fit(y.reshape(-1, 1))
-            return lambda v: pt.transform(np.asarray(v, float).reshape(-1, 1)).ravel()
-        raise ValueError(f"warp must be 'none', 'rank' or 'yeo-johnson', got {self.warp!r}")
 
     def _references(self, pool: Pool, y: np.ndarray) -> tuple[np.ndarray, float]:
         p = self.problem
@@ -378,7 +379,7 @@ class FrontierSampler(BaseSampler):
         p = self.problem
         paid_pool = self._candidates.side_pool(paid_archs)
         x_paid = paid_pool.x
-        warp = self._warp(y)
+        warp = _warp(self.warp, y)
         y_raw, y = y, warp(y)
         model = self._fit(x_paid, y)
         idx = np.flatnonzero(avail)
@@ -445,3 +446,22 @@ def _resolve_encoding(problem: SearchProblem, encoding: str) -> str:
     if encoding != "auto":
         return encoding
     return "onehot+path" if callable(getattr(problem.space, "live_edges", None)) else "onehot"
+
+
+def _warp(kind: str, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A monotone map of accuracies, fitted on the paid values only: dominance is kept,
+    the GP sees a less skewed target."""
+    if kind == "none":
+        return lambda v: np.asarray(v, dtype=float)
+    if kind == "rank":
+        from scipy import stats
+
+        srt = np.sort(y)
+        q = stats.norm.ppf((np.arange(len(srt)) + 0.5) / len(srt))
+        return lambda v: np.interp(np.asarray(v, float), srt, q)
+    if kind == "yeo-johnson":
+        from sklearn.preprocessing import PowerTransformer
+
+        pt = PowerTransformer(method="yeo-johnson").fit(y.reshape(-1, 1))
+        return lambda v: pt.transform(np.asarray(v, float).reshape(-1, 1)).ravel()
+    raise ValueError(f"warp must be 'none', 'rank' or 'yeo-johnson', got {kind!r}")

@@ -106,3 +106,20 @@ def test_predicted_accuracy_is_an_objective_source() -> None:
     assert search.count_evaluations(study) == 12
     cheap = search.run_search(space, [lat, FakeLatency("pi", 3.0)], n_evaluations=5)  # auto
     assert isinstance(cheap.sampler, optuna.samplers.NSGAIISampler)
+
+
+def test_gp_kernel_scales_each_group_by_its_own_length_scale() -> None:
+    """`kernel` (one product over scaled columns) is the Matérn 5/2 kernel on the sum of the
+    groups' squared distances, each over its own squared length scale."""
+    from nas.predictors import GPPredictor
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 5))
+    gp = GPPredictor(groups=[0, 0, 1, 2, 2], n_restarts=0).fit(x, x[:, 0] - x[:, 3])
+    a, b = rng.normal(size=(6, 5)), rng.normal(size=(4, 5))
+    ls = np.exp(gp.log_lengthscales_)[[0, 0, 1, 2, 2]]
+    r = np.sqrt(5.0 * (((a[:, None, :] - b[None, :, :]) / ls) ** 2).sum(-1))
+    want = gp.signal_variance * (1.0 + r + r * r / 3.0) * np.exp(-r)
+    assert np.allclose(gp.kernel(a, b), want, atol=1e-10)
+    mean, sd = gp.predict_with_std(x[:5])
+    assert np.allclose(mean, x[:5, 0] - x[:5, 3], atol=0.3) and (sd < 0.5).all()

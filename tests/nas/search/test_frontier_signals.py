@@ -72,3 +72,18 @@ def test_the_path_encoding_finds_the_toy_front() -> None:
     true_hv = hypervolume(np.c_[-acc, ms], [-ref["accuracy"], ref["latency_ms@fake"]])
     study = _run(25, encoding="onehot+path")
     assert search.front_hypervolume(study, ref) / true_hv > 0.95
+
+
+def test_the_priors_scoring_and_the_pools_pricing_are_setup_not_a_step() -> None:
+    """A step is one batch choice; one-time work (the prior scoring the initial design, the
+    fixed pool's pricing) is counted apart in `setup_s`, so `step_s_max` says what a step
+    costs at any number of paid archs."""
+    import time
+
+    def slow_prior(archs: Sequence[Arch]) -> np.ndarray:
+        time.sleep(0.3)
+        return np.array([toy_accuracy(a) for a in archs])
+
+    sampler = _run(14, prior=slow_prior).sampler
+    assert sampler.setup_s >= 0.3 * 10  # ten strata, one prior call each
+    assert sampler.step_cpu_s_max > 0 and 0 < sampler.step_s_max < 0.3 * 10

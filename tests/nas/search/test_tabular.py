@@ -181,3 +181,39 @@ def test_cli_and_benchmark_give_the_same_figure(
     assert "| frontier + raspi4_ms |" in table and "target device's latency only" in table
     assert extra["targets"]["hv300_min_pair"] is None  # no 300-evaluation budget here
     assert extra["targets"]["step_s_max"] > 0
+
+
+def test_frontier_in_tabular_mode_picks_its_initial_design_with_synflow(tmp_path: Path) -> None:
+    """`frontier`'s default prior in tabular mode (the benchmark's and `nas bench tabular`'s) is
+    synflow on the space's `proxy_build` network; `proxy=None` or a `prior` option replace it."""
+    from nas.predictors import ZeroCostProxy
+    from nas.search.tabular import run_tabular
+
+    space = ToySpace()
+    table = TabularBenchmark.from_csv(
+        _toy_csv(tmp_path / "t.csv"), space, "arch", "top1", ["pixel3_ms"]
+    )
+
+    def run(**kw: object) -> list[str]:
+        return run_tabular(table, "frontier", "top1", "pixel3_ms", 12, 0, **kw)["paid_keys"]  # type: ignore[arg-type]
+
+    synflow = ZeroCostProxy(space, "synflow", build=space.proxy_build)
+    default = run()
+    assert default == run(sampler_options={"prior": synflow})
+    assert run(proxy=None) == run(sampler_options={"prior": None})
+    assert default[:10] != run(proxy=None)[:10]
+
+
+def test_benchmark_ablations_name_each_signal_and_fill_a_missing_proxy_cache(
+    tmp_path: Path,
+) -> None:
+    bench = _search_bench()
+    rows = bench.ablations(ToySpace())
+    assert rows["frontier, no synflow prior"] == ("frontier", {"prior": None})
+    assert rows["frontier, one-hot only (no paths)"] == ("frontier", {"encoding": "onehot"})
+    cache = tmp_path / "synflow.json"
+    options = bench.ablations(ToySpace(), cache)["frontier + synflow as a feature (cached)"][1]
+    assert cache.is_file()  # filled once, read back by the next run
+    archs = list(ToySpace().enumerate())[:5]
+    scores = options["features"]["synflow"](archs)
+    assert np.array_equal(scores, options["prior"](archs)) and len(set(scores)) > 1
