@@ -272,7 +272,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=0.0,
         help="FedAvgM on every federated row (0: plain FedAvg averaging)",
     )
-    args = p.parse_args(argv)
+    return _fill_defaults(p, p.parse_args(argv))
+
+
+def _fill_defaults(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """The defaults of a full or a quick run, the DP rows and method lists checked."""
     eps = args.dp_epsilons if args.dp_epsilons is not None else ("" if args.quick else "10,1000")
     try:
         args.dp_methods = [f"{DP_PREFIX}{float(e):g}" for e in eps.split(",") if e]

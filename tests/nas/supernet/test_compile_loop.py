@@ -9,7 +9,6 @@ test_execution.py."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,7 @@ import torch
 from nas.supernet import train_supernet
 from search_spaces import TinySpace
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/nas/supernet/conftest.py
 
 
 def _train(out: Path, compiled: bool) -> dict[str, torch.Tensor]:
