@@ -116,8 +116,9 @@ def test_versus_front_takes_the_best_front_arch_at_or_below_the_latency(
         key = space.key(arch)
         return masks[key] if net == "search" or key != derived else masks["mine"]
 
-    monkeypatch.setattr(bench, "_correct", correct)
-    monkeypatch.setattr(bench, "_hw_net", lambda space_, row_dir: "hwtrain")
+    route_module = sys.modules["benchmarks._hwtrain_route"]  # where _versus_front looks them up
+    monkeypatch.setattr(route_module, "_correct", correct)
+    monkeypatch.setattr(route_module, "_hw_net", lambda space_, row_dir: "hwtrain")
     route = {
         "net": "search",
         "front": [{"key": fast, "device_ms": 0.2}, {"key": mid, "device_ms": 0.3},
