@@ -146,49 +146,71 @@ def run_benchmark(
         rows[f"frontier + {tail}"] = ("frontier", {}, extra)
     results["rows"] = list(rows)
     for acc, lat in pairs:
-        t0 = time.perf_counter()
-        parts = []
-        for label, (strategy, options, cols) in rows.items():
-            mine = seeds[: (seeds_of or {}).get(label, len(seeds))]
-            part = bench_tabular(
-                table, acc, lat, [strategy], budgets, mine, n_jobs=n_jobs,
-                sampler_options={strategy: options}, max_trials=max_trials,
-                feature_columns=[c for c in cols if c != lat],
-            )  # fmt: skip
-            part["strategy"] = label
-            parts.append(part)
-        runs = pd.concat(parts, ignore_index=True)
-        summary = summarize(runs)
-        paid = runs.groupby(["strategy", "budget"])["n_paid"].mean().rename("mean_paid")
-        summary = summary.merge(paid.reset_index(), on=["strategy", "budget"])
         key = f"{acc}/{lat}"
-        results["pairs"][key] = {
-            "reference": parts[0].attrs["reference"],
-            "hv_true": parts[0].attrs["hv_true"],
-            "true_front_size": len(table.true_front(acc, lat)),
-            "runs": runs.to_dict(orient="records"),
-            "summary": summary.to_dict(orient="records"),
-            "elapsed_s": time.perf_counter() - t0,
-        }
-        log.info("%s done in %.0f s\n%s", key, time.perf_counter() - t0, summary.to_string())
+        results["pairs"][key] = _run_pair(
+            table, acc, lat, rows, seeds, budgets, n_jobs, max_trials, seeds_of or {}
+        )
     results["targets"] = targets(results)
     if predictor_seeds:
-        t0 = time.perf_counter()
-        pr = predictor_ranking(table, pairs[0][0], seeds=predictor_seeds)
-        agg = (
-            pr.groupby(["features", "predictor", "n_train"])[
-                ["kendall_tau", "spearman", "rmse", "fit_s"]
-            ]
-            .mean()
-            .reset_index()
-        )
-        results["predictors"] = {
-            "accuracy_column": pairs[0][0],
-            "runs": pr.to_dict(orient="records"),
-            "summary": agg.to_dict(orient="records"),
-            "elapsed_s": time.perf_counter() - t0,
-        }
+        results["predictors"] = _predictors(table, pairs[0][0], predictor_seeds)
     return results
+
+
+def _run_pair(
+    table: TabularBenchmark,
+    acc: str,
+    lat: str,
+    rows: dict[str, tuple[str, dict[str, Any], list[str]]],
+    seeds: list[int],
+    budgets: tuple[int, ...],
+    n_jobs: int,
+    max_trials: int | None,
+    seeds_of: dict[str, int],
+) -> dict[str, Any]:
+    """Every row's runs on one (accuracy, latency) pair, their summary and the true front."""
+    t0 = time.perf_counter()
+    parts = []
+    for label, (strategy, options, cols) in rows.items():
+        mine = seeds[: seeds_of.get(label, len(seeds))]
+        part = bench_tabular(
+            table, acc, lat, [strategy], budgets, mine, n_jobs=n_jobs,
+            sampler_options={strategy: options}, max_trials=max_trials,
+            feature_columns=[c for c in cols if c != lat],
+        )  # fmt: skip
+        part["strategy"] = label
+        parts.append(part)
+    runs = pd.concat(parts, ignore_index=True)
+    summary = summarize(runs)
+    paid = runs.groupby(["strategy", "budget"])["n_paid"].mean().rename("mean_paid")
+    summary = summary.merge(paid.reset_index(), on=["strategy", "budget"])
+    log.info("%s/%s done in %.0f s\n%s", acc, lat, time.perf_counter() - t0, summary.to_string())
+    return {
+        "reference": parts[0].attrs["reference"],
+        "hv_true": parts[0].attrs["hv_true"],
+        "true_front_size": len(table.true_front(acc, lat)),
+        "runs": runs.to_dict(orient="records"),
+        "summary": summary.to_dict(orient="records"),
+        "elapsed_s": time.perf_counter() - t0,
+    }
+
+
+def _predictors(table: TabularBenchmark, accuracy: str, seeds: tuple[int, ...]) -> dict[str, Any]:
+    """How the accuracy predictors rank archs of the table (Kendall tau, Spearman, RMSE)."""
+    t0 = time.perf_counter()
+    pr = predictor_ranking(table, accuracy, seeds=seeds)
+    agg = (
+        pr.groupby(["features", "predictor", "n_train"])[
+            ["kendall_tau", "spearman", "rmse", "fit_s"]
+        ]
+        .mean()
+        .reset_index()
+    )
+    return {
+        "accuracy_column": accuracy,
+        "runs": pr.to_dict(orient="records"),
+        "summary": agg.to_dict(orient="records"),
+        "elapsed_s": time.perf_counter() - t0,
+    }
 
 
 def targets(results: dict[str, Any], strategy: str = "frontier") -> dict[str, Any]:
@@ -292,7 +314,7 @@ def _space(name: str) -> SearchSpace:
     return search_spaces.get_space(name)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="writes results.json, table.md")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
@@ -338,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         help="other devices' latency columns given to `frontier` as extra features, reported as "
         "a separate row (comma list, or 'all': every other *_ms column); default: none",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("nas").setLevel(logging.WARNING)
     logging.getLogger("nas.search.tabular").setLevel(logging.INFO)  # a line per seed
