@@ -554,6 +554,7 @@ CASES: list[Case] = [
          "--target", "ort-cpu-1t"),
     case("hwtrain-weight-negative", f"{HW1} --weight pixel3-emulated=-1", "--weight"),
     case("hwtrain-margin-negative", f"{HW1} --margin -0.5", "--margin"),
+    case("hwtrain-calibration-negative", f"{HW1} --calibration-archs -2", "--calibration-archs"),
     case("hwtrain-target-mode-without-target", f"{HW} --device pixel3-emulated", "--target"),
     case("hwtrain-kernel-model-cannot-price-layers", f"{HW1} --latency-model kernels",
          "--latency-model", "kernels"),

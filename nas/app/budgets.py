@@ -19,20 +19,23 @@ import numpy as np
 
 from nas.app.errors import FileProblem
 from nas.core.files import write_json_atomic
-from nas.core.space import Arch, SearchSpace
+from nas.core.space import Arch, SearchSpace, as_rng
 from nas.search.constraints import Margin, auto_margin
 
 __all__ = [
     "FREE_CHECK_ARCHS",
     "REAL_CHECK_ARCHS",
     "BudgetMiss",
+    "Calibrated",
     "HeldOut",
     "LatencyBudget",
     "Recheck",
     "Rejected",
     "budget_margins",
+    "calibrate_latency_model",
     "check_archs",
     "device_figures",
+    "distinct_archs",
     "heldout_quality",
     "latency_budgets",
     "recheck",
@@ -156,6 +159,65 @@ def device_figures(
             done[key] = float(device.measure_arch(space, a, dtype).latency_ms)
             write_json_atomic(cache, done, indent=0, sort_keys=False)
     return done
+
+
+def distinct_archs(space: SearchSpace, n: int, rng: np.random.Generator) -> list[Arch]:
+    """Up to `n` archs of distinct keys, sampled (fewer where the space has fewer)."""
+    seen: dict[str, Arch] = {}
+    for _ in range(50 * n):
+        a = space.sample(rng)
+        seen.setdefault(space.key(a), a)
+        if len(seen) == n:
+            break
+    return list(seen.values())
+
+
+@dataclass
+class Calibrated:
+    """A latency model checked against the device's own figure: the model to use (corrected
+    where that paid on held-out archs), its held-out quality and figures, the held-out keys
+    (`held` is None where nothing was checked)."""
+
+    model: Any
+    quality: dict[str, Any] = field(default_factory=dict)
+    held: HeldOut | None = None
+    arch_keys: list[str] = field(default_factory=list)
+
+
+def calibrate_latency_model(
+    space: SearchSpace,
+    device: Any,
+    kind: str,
+    dtype: str,
+    table: Any,
+    model: Any,
+    n_check: int,
+    *,
+    seed: int,
+    cache: Path,
+) -> Calibrated:
+    """Price `n_check` whole networks on the device to fit `kind`'s learned form on `table`,
+    as many again to check both it and `model` (the plain form) on, and keep the closer one
+    (`heldout_quality`). The device's figures are cached in `cache`, so a killed run measures
+    nothing twice. `n_check` 0: `model` as it is, unchecked."""
+    import latency_models as lm
+
+    if n_check <= 0:
+        return Calibrated(model)
+    archs = distinct_archs(space, 2 * n_check, as_rng(seed))
+    fit, test = archs[:n_check], archs[n_check:]
+    figures = device_figures(space, device, dtype, fit + test, cache)
+    y_fit = np.array([figures[space.key(a)] for a in fit])
+    y_test = np.array([figures[space.key(a)] for a in test])
+    plain = np.asarray(model.predict_many(space, test))
+    fitted = lm.create_latency_model(
+        kind, space, device, dtype=dtype, table=table, fit=(fit, y_fit)
+    )
+    corrected = np.asarray(fitted.predict_many(space, test))
+    self_fitted = lm.latency_model_class(kind).learned_kind is None
+    quality, held = heldout_quality(plain, corrected, y_test, len(fit), self_fitted)
+    chosen = fitted if held.model == "corrected" else model
+    return Calibrated(chosen, quality, held, [space.key(a) for a in test])
 
 
 @dataclass

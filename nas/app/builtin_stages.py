@@ -106,6 +106,7 @@ def stage_supernet(state: RunState, progress: bool) -> None:
 
 def stage_accuracy(state: RunState, progress: bool) -> None:
     """Inherited-weight accuracy of sampled archs; fit the predictor and measure its ranking."""
+    from nas.app.budgets import distinct_archs
     from nas.predictors import make_predictor, ranking_metrics
     from nas.supernet import SubnetEvaluator
 
@@ -120,7 +121,7 @@ def stage_accuracy(state: RunState, progress: bool) -> None:
         precision=run_precision(state.config.compute),
     )
     rng = as_rng(state.config.seed)
-    archs = _distinct(state.space, cfg.train_archs, rng)
+    archs = distinct_archs(state.space, cfg.train_archs, rng)
     acc = np.array(state.evaluator.evaluate(archs, progress=progress)) * 100
     n_fit = max(2, int(len(archs) * 2 / 3))
     x = state.space.encode_many(archs)
@@ -140,22 +141,12 @@ def stage_accuracy(state: RunState, progress: bool) -> None:
     ).to_csv(state.run_dir / "accuracy" / "archs.csv", index=False)
 
 
-def _distinct(space: SearchSpace, n: int, rng: np.random.Generator) -> list[Arch]:
-    seen: dict[str, Arch] = {}
-    for _ in range(50 * n):
-        a = space.sample(rng)
-        seen.setdefault(space.key(a), a)
-        if len(seen) == n:
-            break
-    return list(seen.values())
-
-
 def stage_latency(state: RunState, progress: bool) -> None:
     """One table per device (resumable CSV: the space's layers, or the runtime's kernels with
     `latency_model: kernels`), a latency model on it, checked against the device's own
     whole-network figure on held-out archs and corrected where that pays (`nas.app.budgets`)."""
     import latency_models as lm
-    from nas.app.budgets import check_archs, device_figures, heldout_quality
+    from nas.app.budgets import calibrate_latency_model, check_archs
 
     out = state.run_dir / "latency"
     out.mkdir(parents=True, exist_ok=True)
@@ -178,28 +169,24 @@ def stage_latency(state: RunState, progress: bool) -> None:
         )
         model = lm.create_latency_model(kind, state.space, device, dtype=dev.dtype, table=table)
         n_check = check_archs(dev.calibration_archs, device)
-        if n_check > 0:
-            rng = as_rng(state.config.seed + 100 + i)
-            archs = _distinct(state.space, 2 * n_check, rng)
-            fit, test = archs[:n_check], archs[n_check:]
-            cache = out / f"{label}-networks.json"
-            figures = device_figures(state.space, device, dev.dtype, fit + test, cache)
-            y_fit = np.array([figures[state.space.key(a)] for a in fit])
-            y_test = np.array([figures[state.space.key(a)] for a in test])
-            plain = np.asarray(model.predict_many(state.space, test))
-            fitted = lm.create_latency_model(
-                kind, state.space, device, dtype=dev.dtype, table=table, fit=(fit, y_fit)
-            )
-            corrected = np.asarray(fitted.predict_many(state.space, test))
-            self_fitted = lm.latency_model_class(kind).learned_kind is None
-            quality, held = heldout_quality(plain, corrected, y_test, len(fit), self_fitted)
-            if held.model == "corrected":
-                model = fitted
-            state.latency_quality[label] = quality
-            state.heldout[label] = held
-            keys = [state.space.key(a) for a in test]
+        cal = calibrate_latency_model(
+            state.space,
+            device,
+            kind,
+            dev.dtype,
+            table,
+            model,
+            n_check,
+            seed=state.config.seed + 100 + i,
+            cache=out / f"{label}-networks.json",
+        )
+        model = cal.model
+        if cal.held is not None:
+            state.latency_quality[label] = cal.quality
+            state.heldout[label] = cal.held
             write_json_atomic(
-                out / f"{label}-heldout.json", {"quality": quality, **vars(held), "arch_keys": keys}
+                out / f"{label}-heldout.json",
+                {"quality": cal.quality, **vars(cal.held), "arch_keys": cal.arch_keys},
             )
         model.device = dev.name
         model.dtype = dev.dtype

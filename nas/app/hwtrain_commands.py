@@ -61,6 +61,11 @@ def _check(args: argparse.Namespace) -> tuple[Any, list[HwDevice]]:
         p.add("--relaxation", f"{args.relaxation!r} is not one of {', '.join(RELAXATIONS)}")
     if args.paths not in (1, 2) or (args.paths == 2 and args.relaxation != "proxyless"):
         p.add("--paths", "1, or 2 with --relaxation proxyless (Gumbel runs every path)")
+    if args.calibration_archs is not None and args.calibration_archs < 0:
+        p.add(
+            "--calibration-archs",
+            f"must be >= 0 (0: the plain model, unchecked), got {args.calibration_archs}",
+        )
     if not args.margin >= 0:
         p.add("--margin", f"must be >= 0 (the target's share kept free), got {args.margin}")
     for text in args.freeze:
@@ -75,8 +80,7 @@ def _check(args: argparse.Namespace) -> tuple[Any, list[HwDevice]]:
 def _latency_models(space: Any, devices: list[HwDevice], args: argparse.Namespace) -> None:
     import latency_models as lm
 
-    out = Path(args.out)
-    for d in devices:
+    for i, d in enumerate(devices):
         kind = getattr(lm.DEVICES.factory(d.name), "kind", "")
         if kind == "table":
             if args.table is None:
@@ -87,15 +91,47 @@ def _latency_models(space: Any, devices: list[HwDevice], args: argparse.Namespac
         if args.latency_model == "table":
             raise InputError(f"--latency-model table: {d.name!r} is a {kind} device, not a table")
         d.device = lm.get_device(d.name)
-        d.model = lm.create_latency_model(
-            args.latency_model,
+        d.model, d.latency_check = _calibrated_model(space, d.device, args, seed=i)
+
+
+def _calibrated_model(
+    space: Any, device: Any, args: argparse.Namespace, seed: int
+) -> tuple[Any, dict[str, Any]]:
+    """The device's latency model as a run's latency stage makes it: its table (resumed from
+    --out), checked on `--calibration-archs` whole networks priced or measured on the device and
+    as many held out, corrected where that pays (a LUT sum timed layer by layer is not the
+    network's time on a real runtime); the check's figures, for hwtrain.json."""
+    import latency_models as lm
+    from nas.app.budgets import calibrate_latency_model, check_archs
+
+    kind, out = args.latency_model, Path(args.out)
+    dtype = device.check_dtype(args.dtype or device.dtypes[0])
+    table = None
+    if lm.latency_model_class(kind).table_kind is not None:
+        table = lm.build_table(
+            kind,
             space,
-            d.device,
-            dtype=args.dtype,
-            path=out / f"{args.latency_model}-{d.name}.csv",
+            device,
+            out / f"{kind}-{device.name}.csv",
+            dtype=dtype,
             n_archs=args.lut_archs,
             progress=not args.quiet,
         )
+    model = lm.create_latency_model(kind, space, device, dtype=dtype, table=table)
+    cal = calibrate_latency_model(
+        space,
+        device,
+        kind,
+        dtype,
+        table,
+        model,
+        check_archs(args.calibration_archs, device),
+        seed=args.seed + 100 + seed,
+        cache=out / f"{device.name}-networks.json",
+    )
+    if cal.held is None:
+        return model, {}
+    return cal.model, {**cal.quality, "arch_keys": cal.arch_keys}
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -182,6 +218,12 @@ def add_hwtrain_parser(sub: Any, positive_int: Any, positive_float: Any) -> None
     p.add_argument("--dtype", help="the dtype priced (default: each device's first)")
     p.add_argument("--table", help="the CSV of a table device (e.g. nb201.csv)")
     p.add_argument("--lut-archs", type=positive_int, default=50)
+    p.add_argument(
+        "--calibration-archs",
+        type=int,
+        help="whole networks to fit the correction on, as many held out (default: 50 on an "
+        "emulated device, 10 on a real runtime; 0: the plain model, unchecked)",
+    )
     p.add_argument("--loss", default="target", help="target, multiplicative or additive")
     p.add_argument("--lam", type=positive_float, default=5.0)
     p.add_argument("--term", action="append", default=[], help="params or peak_memory")

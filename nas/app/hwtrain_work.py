@@ -27,6 +27,7 @@ class HwDevice:
     margin: float = 0.0
     model: Any = None
     device: Any = None
+    latency_check: dict[str, Any] = field(default_factory=dict)  # held-out check of `model`
 
 
 @dataclass
@@ -167,6 +168,7 @@ def train_and_derive(
         t.name: {"uniform": u, "final": monte_carlo_check(t.expected, n=work.mc, seed=work.seed)}
         for t, u in zip(terms, uniform_mc, strict=True)
     }
+    report["latency_check"] = {d.name: d.latency_check for d in devices if d.latency_check}
     report["expectation_method"] = {t.name: t.expected.method for t in terms}
     report["history"] = result.history
     report["resumed_from_epoch"] = result.resumed_from_epoch

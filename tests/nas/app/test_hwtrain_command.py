@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,43 @@ def test_run_hwtrain_prices_with_a_model_it_is_given(tmp_path: Path) -> None:
     assert report["device_ms"]["pixel3-emulated"] == pytest.approx(
         device.measure_arch(space, derived).latency_ms
     )  # the device's own figure, not the model's
+
+
+def _hw_args(tmp_path: Path, device: str, *extra: str) -> Any:
+    from nas.app.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["hwtrain", "--space", "tiny", "--device", device, "--out", str(tmp_path), *extra]
+    )
+    args.quiet = True
+    return args
+
+
+def test_the_command_corrects_its_latency_model_on_whole_networks(tmp_path: Path) -> None:
+    """`nas hwtrain` prices with the model a run's latency stage makes: the LUT is checked on
+    whole networks priced on the device and corrected where that pays; the check is kept, its
+    networks cached (a second call prices none again), and 0 archs keep the plain sum."""
+    import latency_models as lm
+    from nas.app.hwtrain_commands import _calibrated_model
+    from search_spaces import get_space
+
+    space, device = get_space("tiny"), lm.get_device("pixel3-emulated")
+    args = _hw_args(tmp_path, "pixel3-emulated", "--lut-archs", "2", "--calibration-archs", "4")
+    model, check = _calibrated_model(space, device, args, seed=0)
+    assert (check["n_fit"], check["n_test"], len(check["arch_keys"])) == (4, 4, 4)
+    assert check["model"] in ("plain", "corrected")
+    assert check["mape_pct"] == min(check["lut_mape_pct"], check["corrected_mape_pct"])
+    assert isinstance(model, lm.LUTCorrected) == (check["model"] == "corrected")
+    cache = tmp_path / "pixel3-emulated-networks.json"
+    assert len(json.loads(cache.read_text())) == 8
+
+    def no_network(*a: Any, **k: Any) -> Any:
+        raise AssertionError("a cached network priced again")
+
+    device.measure_arch = no_network  # type: ignore[method-assign]
+    _, check_again = _calibrated_model(space, device, args, seed=0)
+    assert check_again == check
+
+    args.calibration_archs = 0
+    plain, none = _calibrated_model(space, device, args, seed=0)
+    assert none == {} and type(plain) is lm.LUTSum
