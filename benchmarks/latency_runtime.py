@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import latency_models as lm
 import search_spaces
+from benchmarks._latency_runtime_report import (
+    PASSES,
+    carry_lut_build_times,
+    median_taus,
+    merge_results,
+    write_results,
+)
 from latency_models.validate import metrics
 from nas.app.config import git_commit
 from nas.app.latency_commands import disjoint_archs
@@ -77,11 +83,6 @@ LUT_PASSES = 3
 """Passes over every LUT layer (each layer's fastest kept: `latency_models.lut`): a table
 measured in one pass kept a host slowdown in a whole chunk of layers (mobilenetv3 on
 xnnpack-1t: a chunk 1.4x slow, so the LUT sum over-predicted 15 of 20 test archs by 9-48 %)."""
-
-PASSES = 3
-"""Passes per estimate, at least: test = min over passes 0, 2, 4; retest = min over 1, 3, 5;
-fit = min over 0, 1, 2. A case measured with more (`--passes`) uses every pass stored, odd
-against even, and as many fitting passes."""
 
 
 def fitting_passes(passes: int, test_stored: int, fit_stored: int) -> list[int]:
@@ -365,172 +366,64 @@ def prepare_only(
             )
 
 
-def merge_results(results: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
-    """This run's cases laid over those of the previous results.json (when it was run with the
-    same --quick, --max-archs and --seed): a run of some devices or cases updates those and
-    keeps the others, each case labelled with the commit that measured it."""
-    if not previous or any(previous.get(k) != results[k] for k in ("quick", "max_archs", "seed")):
-        return results
-    order = {(space, dtype): i for i, (space, dtype, _, _) in enumerate(FULL_PLAN)}
-    plans = {(p[0], p[1]): p for p in [*previous.get("plan", []), *results["plan"]]}
-    merged = {**results, "plan": sorted(plans.values(), key=lambda p: order.get((p[0], p[1]), 99))}
-    merged["devices"] = {}
-    old_devices = previous.get("devices", {})
-    for name in dict.fromkeys([*old_devices, *results["devices"]]):
-        new, old = results["devices"].get(name), old_devices.get(name)
-        if new is None or old is None:
-            merged["devices"][name] = new if old is None else old
+def _measure_device(
+    name: str,
+    args: argparse.Namespace,
+    plan: list[tuple[str, str, int, int]],
+    store: lm.ArchMeasurements,
+    results: dict[str, Any],
+    previous: dict[str, Any],
+) -> None:
+    """Every case of `plan` on one device into `results` (the tables written after each case),
+    then the cross-space transfer over its cases, this run's and the previous run's."""
+    device = lm.get_device(name)
+    for case in args.remeasure:
+        space_name, _, dtype = case.partition(":")
+        dropped = store.drop(device, _space(space_name), dtype)
+        log.info("%s: dropped %d stored measurements of %s", name, dropped, case)
+    cases: list[dict[str, Any]] = []
+    entry: dict[str, Any] = results["devices"].setdefault(name, {"cases": cases, "pending": []})
+    for space_name, dtype, n_test, n_fit in plan:
+        if dtype not in device.dtypes:
             continue
-        cases = {
-            (c["space"], c["dtype"]): {"commit": previous.get("commit", "unknown"), **c}
-            for c in old["cases"]
-        }
-        cases.update({(c["space"], c["dtype"]): c for c in new["cases"]})
-        merged["devices"][name] = {
-            **old,
-            **new,
-            "cases": sorted(cases.values(), key=lambda c: order.get((c["space"], c["dtype"]), 99)),
-            "pending": [p for p in new.get("pending", []) if tuple(p.split()) not in cases],
-        }
-    return merged
+        if args.stored_only and not _is_stored(
+            store,
+            device,
+            space_name,
+            dtype,
+            n_test,
+            n_fit,
+            args.out,
+            args.seed,
+            args.lut_passes,
+        ):
+            log.info("%s: %s %s is not fully measured yet: skipped", name, space_name, dtype)
+            entry["pending"].append(f"{space_name} {dtype}")
+            continue
+        log.info("%s: %s %s (%d test, %d fit archs)", name, space_name, dtype, n_test, n_fit)
+        case = run_case(
+            device,
+            space_name,
+            dtype,
+            n_test,
+            n_fit,
+            args.out,
+            store,
+            args.seed,
+            args.passes,
+            args.lut_passes,
+            args.stored_only,
+            args.kernel_passes,
+        )
+        cases.append(case)
+        # written after every case, so a run stopped between cases still has its tables
+        carry_lut_build_times(results, previous)
+        write_results(args.out, merge_results(results, previous, FULL_PLAN))
+    merged_cases = merge_results(results, previous, FULL_PLAN)["devices"][name]["cases"]
+    entry["cross_space"] = cross_space(device, merged_cases, args.seed)
 
 
-def _lut_build(lut: dict[str, Any]) -> str:
-    timed = lut.get("layers_measured_this_run", 1)
-    if timed or "earlier_run" not in lut:
-        return f"{lut['build_s_this_run']:.1f} ({timed} layer timings)"
-    earlier = lut["earlier_run"]
-    return f"{earlier['build_s']:.1f} (run at `{earlier['commit'][:10]}`)"
-
-
-def carry_lut_build_times(results: dict[str, Any], previous: dict[str, Any]) -> None:
-    """A case whose LUT was complete before this run measured nothing now: keep the build time
-    of the run that measured it (from the previous results.json), labelled with its commit;
-    a kernel table read as stored keeps the build figures of the run that built it."""
-    for dev, entry in results["devices"].items():
-        old_cases = {
-            (c["space"], c["dtype"]): c
-            for c in previous.get("devices", {}).get(dev, {}).get("cases", [])
-        }
-        for c in entry["cases"]:
-            lut = c["lut"]
-            old = old_cases.get((c["space"], c["dtype"]))
-            if lut["layers_measured_this_run"] or old is None:
-                continue
-            old_lut = old["lut"]
-            if old_lut.get("layers_measured_this_run", 1) and old_lut["build_s_this_run"] >= 0.5:
-                lut["earlier_run"] = {
-                    "build_s": old_lut["build_s_this_run"],
-                    "commit": previous.get("commit", "unknown"),
-                }
-            elif "earlier_run" in old_lut:
-                lut["earlier_run"] = old_lut["earlier_run"]
-        for c in entry["cases"]:
-            kernels, old = c.get("kernels"), old_cases.get((c["space"], c["dtype"]))
-            old_kernels = (old or {}).get("kernels") or {}
-            if kernels and "build_s_this_run" not in kernels and old_kernels:
-                for k in ("build_s_this_run", "kernels_measured_this_run"):
-                    if k in old_kernels:
-                        kernels[k] = old_kernels[k]
-
-
-def _more(case: dict[str, Any], commit: str = "") -> str:
-    n = case.get("passes_per_estimate", PASSES)
-    k = len(case.get("passes", {}).get("fit", range(PASSES)))
-    more = f" ({n}+{n} passes, fit {k})" if (n, k) != (PASSES, PASSES) else ""
-    if commit and case.get("commit", commit) != commit:
-        more += f" (run at `{case['commit'][:10]}`)"
-    return more
-
-
-def _table(results: dict[str, Any]) -> str:
-    lines = [
-        "# Latency models against real runtimes on this machine",
-        "",
-        f"commit `{results['commit'][:10]}`{' (quick)' if results['quick'] else ''}; "
-        "targets: Kendall tau >= 0.95, >= 95 % within +-10 %; a latency is the minimum over "
-        f"{PASSES} interleaved passes (test: passes 0, 2, 4; retest: 1, 3, 5; fit: 0, 1, 2) "
-        "unless the case says more (test: even passes; retest: odd; fit: as many as test)",
-        "",
-    ]
-    for dev, entry in results["devices"].items():
-        lines += [
-            f"## {dev}",
-            "",
-            "| space | dtype | test/fit archs | median arch ms | test-retest tau / w10 | predictor | tau | w10 % | w20 % | median APE % |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for c in entry["cases"]:
-            tr = c["test_retest"]
-            first = True
-            for name, m in c["metrics"].items():
-                lead = (
-                    f"| {c['space']} | {c['dtype']} | {c['n_test']}/{c['n_fit']}{_more(c, results['commit'])} | "
-                    f"{c['median_over_archs_ms']['test']:.3f} | {tr['kendall_tau']:.3f} / {tr['within_10_pct']:.0f} "
-                    if first
-                    else "| | | | | "
-                )
-                lines.append(
-                    f"{lead}| {name} | {m['kendall_tau']:.3f} | {m['within_10_pct']:.1f} | "
-                    f"{m['within_20_pct']:.1f} | {m['median_ape_pct']:.1f} |"
-                )
-                first = False
-        lines += [
-            "",
-            "| space | dtype | unique layers | LUT entries | LUT passes | LUT build s this run (measuring only; lowering ahead is not counted) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for c in entry["cases"]:
-            lut = c["lut"]
-            lines.append(
-                f"| {c['space']} | {c['dtype']} | {lut['unique_layers']} | {lut['entries']} | "
-                f"{lut.get('passes', 1)} | {_lut_build(lut)} |"
-            )
-        kernel_cases = [c for c in entry["cases"] if c.get("kernels")]
-        if kernel_cases:
-            lines += [
-                "",
-                "| space | dtype | unique kernels (optimised graphs of the case's archs) | table entries | passes | kernel table s this run (graphs + timing) |",
-                "|---|---|---|---|---|---|",
-            ]
-            for c in kernel_cases:
-                k = c["kernels"]
-                built = k.get("build_s_this_run")
-                shown = (
-                    f"{built:.0f} ({k['kernels_measured_this_run']} kernel timings)"
-                    if built is not None
-                    else "stored"
-                )
-                lines.append(
-                    f"| {c['space']} | {c['dtype']} | {k['unique_kernels']} | {k['entries']} | "
-                    f"{k['passes']} | {shown} |"
-                )
-        if entry.get("pending"):
-            lines += ["", f"Not fully measured yet: {', '.join(entry['pending'])}."]
-        cross = entry.get("cross_space")
-        if cross:
-            lines += [
-                "",
-                f"Cost model calibrated on nb201 fp32 only ({cross['n_archs']} archs), other spaces unchanged:",
-                "",
-                "| target | tau (transferred) | w10 % (transferred) | tau (calibrated on own space) |",
-                "|---|---|---|---|",
-            ]
-            for name, t in cross["targets"].items():
-                lines.append(
-                    f"| {name} | {t['transferred']['kendall_tau']:.3f} | {t['transferred']['within_10_pct']:.1f} | "
-                    f"{t['calibrated_on_own_space']['kendall_tau']:.3f} |"
-                )
-        lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-def _write(out: Path, results: dict[str, Any]) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "table.md").write_text(_table(results))
-
-
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--quick", action="store_true", help="tiny and nb201 fp32, 6+6 archs")
@@ -587,6 +480,11 @@ def main() -> None:
             "--passes, --lut-passes and --kernel-passes must be >= 1; got "
             f"{args.passes}, {args.lut_passes}, {args.kernel_passes}"
         )
+    return args
+
+
+def main() -> None:
+    args = _parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.cache is not None:
         os.environ["EDGE_NAS_CACHE"] = str(args.cache)
@@ -615,62 +513,11 @@ def main() -> None:
     }
     t_start = time.perf_counter()
     for name in args.devices:
-        device = lm.get_device(name)
-        for case in args.remeasure:
-            space_name, _, dtype = case.partition(":")
-            dropped = store.drop(device, _space(space_name), dtype)
-            log.info("%s: dropped %d stored measurements of %s", name, dropped, case)
-        cases: list[dict[str, Any]] = []
-        entry: dict[str, Any] = results["devices"].setdefault(name, {"cases": cases, "pending": []})
-        for space_name, dtype, n_test, n_fit in plan:
-            if dtype not in device.dtypes:
-                continue
-            if args.stored_only and not _is_stored(
-                store,
-                device,
-                space_name,
-                dtype,
-                n_test,
-                n_fit,
-                args.out,
-                args.seed,
-                args.lut_passes,
-            ):
-                log.info("%s: %s %s is not fully measured yet: skipped", name, space_name, dtype)
-                entry["pending"].append(f"{space_name} {dtype}")
-                continue
-            log.info("%s: %s %s (%d test, %d fit archs)", name, space_name, dtype, n_test, n_fit)
-            case = run_case(
-                device,
-                space_name,
-                dtype,
-                n_test,
-                n_fit,
-                args.out,
-                store,
-                args.seed,
-                args.passes,
-                args.lut_passes,
-                args.stored_only,
-                args.kernel_passes,
-            )
-            cases.append(case)
-            # written after every case, so a run stopped between cases still has its tables
-            carry_lut_build_times(results, previous)
-            _write(args.out, merge_results(results, previous))
-        merged_cases = merge_results(results, previous)["devices"][name]["cases"]
-        entry["cross_space"] = cross_space(device, merged_cases, args.seed)
+        _measure_device(name, args, plan, store, results, previous)
     results["total_s_this_run"] = time.perf_counter() - t_start
-    merged = merge_results(results, previous)
-    summary: dict[str, Any] = {}
-    for name, entry in merged["devices"].items():
-        for c in entry["cases"]:
-            for pred, m in c["metrics"].items():
-                summary.setdefault(name, {}).setdefault(pred, []).append(m["kendall_tau"])
-    merged["median_tau_over_cases"] = {
-        dev: {p: statistics.median(v) for p, v in preds.items()} for dev, preds in summary.items()
-    }
-    _write(args.out, merged)
+    merged = merge_results(results, previous, FULL_PLAN)
+    merged["median_tau_over_cases"] = median_taus(merged)
+    write_results(args.out, merged)
     print((args.out / "table.md").read_text())
 
 

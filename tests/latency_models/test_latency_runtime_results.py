@@ -8,6 +8,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from benchmarks._latency_runtime_report import more
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -49,7 +51,7 @@ def test_a_partial_run_updates_its_cases_and_keeps_the_rest() -> None:
         },
     )
     run = _results("new", {"ort-cpu-1t": [_case("nb201", "fp32", 0.85, commit="new")]})
-    merged = bench.merge_results(run, previous)
+    merged = bench.merge_results(run, previous, bench.FULL_PLAN)
     assert merged["commit"] == "new"
     ort = merged["devices"]["ort-cpu-1t"]["cases"]
     assert [(c["space"], c["metrics"]["lut sum"]["kendall_tau"]) for c in ort] == [
@@ -59,10 +61,10 @@ def test_a_partial_run_updates_its_cases_and_keeps_the_rest() -> None:
     assert ort[0]["commit"] == "old" and ort[1]["commit"] == "new"
     assert merged["devices"]["xnnpack-1t"]["cases"][0]["metrics"]["lut sum"]["kendall_tau"] == 0.7
     assert [p[:2] for p in merged["plan"]] == [["tiny", "fp32"], ["nb201", "fp32"]]
-    assert "(run at `old`)" in bench._more(ort[0], merged["commit"])
+    assert "(run at `old`)" in more(ort[0], merged["commit"])
     # a quick run (or other seed, or capped archs) never mixes with the full tables
     quick = {**run, "quick": True}
-    assert bench.merge_results(quick, previous) is quick
+    assert bench.merge_results(quick, previous, bench.FULL_PLAN) is quick
 
 
 def test_a_stored_kernel_table_keeps_the_build_figures_of_the_run_that_built_it() -> None:
@@ -81,13 +83,12 @@ def test_a_stored_kernel_table_keeps_the_build_figures_of_the_run_that_built_it(
 
 
 def test_a_case_names_its_passes_where_they_differ_from_the_default() -> None:
-    bench = _bench()
     default = {"passes_per_estimate": 3, "passes": {"fit": [0, 1, 2]}}
-    assert bench._more(default) == ""
+    assert more(default) == ""
     five = {"passes_per_estimate": 5, "passes": {"fit": [0, 1, 2, 3, 4]}}
-    assert bench._more(five) == " (5+5 passes, fit 5)"
+    assert more(five) == " (5+5 passes, fit 5)"
     # stored before fitting passes followed the test passes: its 3 fitting passes are said
-    assert bench._more({"passes_per_estimate": 5, "passes": {"fit": [0, 1, 2]}}) == (
+    assert more({"passes_per_estimate": 5, "passes": {"fit": [0, 1, 2]}}) == (
         " (5+5 passes, fit 3)"
     )
 
