@@ -109,13 +109,16 @@ def run_benchmark(
     max_trials: int | None = None,
     variants: dict[str, tuple[str, dict[str, Any]]] | None = None,
     seeds_of: dict[str, int] | None = None,
+    trials_of: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The whole benchmark on any table; returns the results dictionary.
 
     Every strategy sees the target device's latency only. `feature_columns` (other devices'
     latency columns) add one labelled row: `frontier` with them as extra features. `variants`
     add labelled rows too (label -> (strategy, sampler options)), e.g. the ablations.
-    `seeds_of` runs a row on its first N seeds only (label -> N; a slow baseline).
+    `seeds_of` runs a row on its first N seeds only (label -> N; a slow baseline);
+    `trials_of` caps a row's trials per run (label -> N, duplicates included; its `paid`
+    column says how many evaluations it reached).
     """
     frame = pd.read_csv(csv)
     extra = list(feature_columns or [])
@@ -133,6 +136,7 @@ def run_benchmark(
         "seeds": seeds,
         "max_trials": max_trials or 5 * max(budgets),
         "seeds_of": dict(seeds_of or {}),
+        "trials_of": dict(trials_of or {}),
         "features": "target device's latency only (plus labelled extra rows)",
         "feature_columns": extra,
         "strategies": list(strategies),
@@ -148,8 +152,9 @@ def run_benchmark(
     for acc, lat in pairs:
         key = f"{acc}/{lat}"
         results["pairs"][key] = _run_pair(
-            table, acc, lat, rows, seeds, budgets, n_jobs, max_trials, seeds_of or {}
-        )
+            table, acc, lat, rows, seeds, budgets, n_jobs, max_trials, seeds_of or {},
+            trials_of or {},
+        )  # fmt: skip
     results["targets"] = targets(results)
     if predictor_seeds:
         results["predictors"] = _predictors(table, pairs[0][0], predictor_seeds)
@@ -166,6 +171,7 @@ def _run_pair(
     n_jobs: int,
     max_trials: int | None,
     seeds_of: dict[str, int],
+    trials_of: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Every row's runs on one (accuracy, latency) pair, their summary and the true front."""
     t0 = time.perf_counter()
@@ -174,7 +180,8 @@ def _run_pair(
         mine = seeds[: seeds_of.get(label, len(seeds))]
         part = bench_tabular(
             table, acc, lat, [strategy], budgets, mine, n_jobs=n_jobs,
-            sampler_options={strategy: options}, max_trials=max_trials,
+            sampler_options={strategy: options},
+            max_trials=(trials_of or {}).get(label, max_trials),
             feature_columns=[c for c in cols if c != lat],
         )  # fmt: skip
         part["strategy"] = label
@@ -259,7 +266,7 @@ def table_md(results: dict[str, Any]) -> str:
         "Every row sees the target device's latency only, unless its label says otherwise. Mean "
         "(worst) over seeds after each number of paid accuracy evaluations; `paid` = mean "
         "evaluations a strategy reached at the last budget (each run stops at "
-        f"{results['max_trials']} trials); `seeds` = seeds run for that row.",
+        f"{results['max_trials']} trials{_caps(results)}); `seeds` = seeds run for that row.",
         "",
     ]
     for key, pair in results["pairs"].items():
@@ -306,6 +313,11 @@ def table_md(results: dict[str, Any]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _caps(results: dict[str, Any]) -> str:
+    caps = results.get("trials_of") or {}
+    return "".join(f", {row} at {n}" for row, n in caps.items())
 
 
 def _space(name: str) -> SearchSpace:
@@ -356,6 +368,14 @@ def _parser() -> argparse.ArgumentParser:
         "--max-trials", type=int, help="cap on each run's trials (default 5 x the largest budget)"
     )
     parser.add_argument(
+        "--max-trials-of",
+        action="append",
+        default=[],
+        metavar="ROW=N",
+        help="cap one row's trials per run, e.g. gp=400 (Optuna's GP sampler costs seconds a "
+        "trial at a few hundred points; `paid` reports what it reached; repeatable)",
+    )
+    parser.add_argument(
         "--feature-columns",
         help="other devices' latency columns given to `frontier` as extra features, reported as "
         "a separate row (comma list, or 'all': every other *_ms column); default: none",
@@ -392,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         pred_seeds,
         max_trials=args.max_trials,
         variants=ablations(_space(args.space), args.proxy_cache) if args.ablations else None,
-        seeds_of={k: int(v) for k, _, v in (x.rpartition("=") for x in args.seeds_of)},
+        seeds_of=_per_row(args.seeds_of),
+        trials_of=_per_row(args.max_trials_of),
     )
     results["elapsed_s"] = time.perf_counter() - t0
     results["loadavg_end"] = list(os.getloadavg())
@@ -409,12 +430,14 @@ def ablations(
 ) -> dict[str, tuple[str, dict[str, Any]]]:
     """Labelled `frontier` variants on the same target-only features, each without one of the
     default's signals: the zero-cost proxy prior (synflow on the untrained `proxy_build`
-    network, picking the initial design), and the path encoding (the one-hot code alone).
+    network, picking the initial design), the path encoding (the one-hot code alone), and the
+    rank warp of the paid accuracies (the GP on raw accuracies).
     With `proxy_cache` (a `ZeroCostProxy.save` file of every arch's synflow, filled when
     missing, which takes minutes) also one with synflow as a predictor feature of the pool."""
     rows: dict[str, tuple[str, dict[str, Any]]] = {
         "frontier, no synflow prior": ("frontier", {"prior": None}),
         "frontier, one-hot only (no paths)": ("frontier", {"encoding": "onehot"}),
+        "frontier, raw accuracies (no rank warp)": ("frontier", {"warp": "none"}),
     }
     if proxy_cache is not None:
         from nas.predictors import ZeroCostProxy
@@ -427,6 +450,11 @@ def ablations(
         options = {"prior": z, "features": {"synflow": z.many}}
         rows["frontier + synflow as a feature (cached)"] = ("frontier", options)
     return rows
+
+
+def _per_row(items: list[str]) -> dict[str, int]:
+    """`ROW=N` options (a strategy or a row's label) as a dictionary."""
+    return {k: int(v) for k, _, v in (x.rpartition("=") for x in items)}
 
 
 def _feature_columns(

@@ -87,3 +87,18 @@ def test_the_priors_scoring_and_the_pools_pricing_are_setup_not_a_step() -> None
     sampler = _run(14, prior=slow_prior).sampler
     assert sampler.setup_s >= 0.3 * 10  # ten strata, one prior call each
     assert sampler.step_cpu_s_max > 0 and 0 < sampler.step_s_max < 0.3 * 10
+
+
+def test_the_rank_warp_is_the_default_and_spreads_the_front_end() -> None:
+    """The GP fits normal scores of the paid accuracies' ranks (the default warp): a long tail
+    of broken archs no longer sets its scale, so near-front differences weigh as much as the
+    tail's; the order (dominance) is kept."""
+    from nas.search.samplers.frontier import _warp
+
+    y = np.array([10.0, 10.5, 90.0, 91.0, 92.0, 93.0])
+    w = _warp("rank", y)(y)
+    assert np.all(np.diff(w) > 0)  # monotone
+    assert w[-1] - w[-2] > 0.2 * (w[2] - w[0])  # 92 -> 93 is no longer 1/80 of 10 -> 90
+    assert np.allclose(_warp("none", y)(y), y)
+    sampler = _run(12).sampler
+    assert sampler.warp == "rank"

@@ -211,9 +211,41 @@ def test_benchmark_ablations_name_each_signal_and_fill_a_missing_proxy_cache(
     rows = bench.ablations(ToySpace())
     assert rows["frontier, no synflow prior"] == ("frontier", {"prior": None})
     assert rows["frontier, one-hot only (no paths)"] == ("frontier", {"encoding": "onehot"})
+    assert rows["frontier, raw accuracies (no rank warp)"] == ("frontier", {"warp": "none"})
     cache = tmp_path / "synflow.json"
     options = bench.ablations(ToySpace(), cache)["frontier + synflow as a feature (cached)"][1]
     assert cache.is_file()  # filled once, read back by the next run
     archs = list(ToySpace().enumerate())[:5]
     scores = options["features"]["synflow"](archs)
     assert np.array_equal(scores, options["prior"](archs)) and len(set(scores)) > 1
+
+
+def test_benchmark_caps_one_rows_trials_and_says_so(tmp_path: Path) -> None:
+    """`--max-trials-of ROW=N` caps that row's trials per run (a slow sampler such as Optuna's
+    GP); the other rows keep the default cap, and the table names the cap."""
+    bench = _search_bench()
+    csv = _toy_csv(tmp_path / "t.csv")
+    argv = ["--out", str(tmp_path), "--csv", str(csv), "--max-trials-of", "random=5"]
+    assert bench._per_row(["random=5", "frontier, no prior=3"]) == {
+        "random": 5,
+        "frontier, no prior": 3,
+    }
+    args = bench._parser().parse_args(argv)
+    assert bench._per_row(args.max_trials_of) == {"random": 5}
+    results = bench.run_benchmark(
+        csv,
+        ToySpace(),
+        "arch",
+        (("top1", "pixel3_ms"),),
+        None,
+        [0],
+        (8,),
+        ("random", "frontier"),
+        1,
+        (),
+        trials_of={"random": 5},
+    )
+    runs = pd.DataFrame(results["pairs"]["top1/pixel3_ms"]["runs"]).set_index("strategy")
+    assert runs.at["random", "n_trials"] <= 5 and runs.at["random", "n_paid"] <= 5
+    assert runs.at["frontier", "n_paid"] == 8
+    assert "random at 5" in bench.table_md(results)
