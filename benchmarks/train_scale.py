@@ -10,6 +10,9 @@ process and its DataLoader workers every 0.1 s (psutil):
 - speed: images/s of the streamed and the in-memory run on the same settings and the same work
   per image (the streamed runs do not augment, as the in-memory path does not), the in-memory
   run between two streamed ones; and the CPU seconds per image of each (process and workers);
+  the speed target itself from both trained in one process, in short interleaved blocks
+  (`benchmarks/_train_scale_speed.py`: separate runs minutes apart differ by more than the
+  10 % the target resolves, even on a quiet host);
 - throughput rows: `tiny` at 32 px and `mobilenetv3` at 224 px, on synthetic tensors and on a
   generated folder (streamed), fp32 and bf16, on the CPU and, with ``--device cuda``, the GPU;
 - elastic overhead: a supernet step (its first, a warm-up, left out) against the summed step
@@ -46,6 +49,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from benchmarks._train_scale_speed import interleaved, interleaved_ratio  # noqa: E402, F401
 from benchmarks.train_scale_tables import fmt_row, table, targets  # noqa: E402
 
 
@@ -82,30 +86,37 @@ def space_of(name: str, resolution: int) -> Any:
 
 
 # -- one run, in a subprocess ----------------------------------------------------------------
+def _data(spec: dict[str, Any], kind: str) -> Any:
+    from nas.data import load_image_folder, load_streamed_folder
+
+    res = spec["resolution"]
+    if kind == "synthetic":
+        return synthetic(spec["n"], res)
+    if kind == "memory":
+        return load_image_folder(
+            spec["folder"], resolution=res, val_fraction=0.0, test_fraction=0.0
+        )
+    return load_streamed_folder(
+        spec["folder"],
+        resolution=res,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        augment=spec.get("augment", "auto"),
+    )
+
+
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Train as `spec` says; what happened (images/s, data wait, steps, load time)."""
     import torch
 
-    from nas.data import load_image_folder, load_streamed_folder
     from nas.supernet import train_supernet
 
     torch.set_num_threads(spec.get("threads", 1))
+    if spec["data"] == "interleaved":
+        return interleaved(spec, _data, space_of)
     t0 = time.perf_counter()
     res, kind = spec["resolution"], spec["data"]
-    if kind == "synthetic":
-        data: Any = synthetic(spec["n"], res)
-    elif kind == "memory":
-        data = load_image_folder(
-            spec["folder"], resolution=res, val_fraction=0.0, test_fraction=0.0
-        )
-    else:
-        data = load_streamed_folder(
-            spec["folder"],
-            resolution=res,
-            val_fraction=0.0,
-            test_fraction=0.0,
-            augment=spec.get("augment", "auto"),
-        )
+    data = _data(spec, kind)
     load_s = time.perf_counter() - t0
     cpu0 = _cpu_seconds()
     result = train_supernet(
@@ -198,6 +209,8 @@ def run_child(spec: dict[str, Any], timeout: float = 7200) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak, stop = [0], threading.Event()
+    if spec.get("what") == "speed":
+        stop.set()  # no PSS sampling beside a speed measurement: it would take a core's share
 
     def sample() -> None:
         ps = psutil.Process(proc.pid)
@@ -273,18 +286,22 @@ def _sync(device: Any) -> None:
 
 # -- the benchmark ---------------------------------------------------------------------------
 #: quick: minutes, checks the script (the figures mean little); medium: the memory runs on
-#: 10,000 and 50,000 images for 15 steps, not a full epoch, and a few steps per throughput row
-#: (fits a shared 2-core machine in about 15 minutes); full: the settings of issue 22
+#: 10,000 and 50,000 images for 15 steps, not a full epoch, the interleaved speed blocks on
+#: 10,000, and a few steps per throughput row (fits a shared 2-core machine in about 25
+#: minutes); full: the settings of issue 22
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"memory_sizes": [600, 1200], "memory_batch": 64, "memory_steps": None,
               "speed_steps": 2, "mbv3_batch": 4, "mbv3_images": 16, "static_steps": 1,
-              "tiny_images": 256},
+              "tiny_images": 256, "speed_sizes": [600], "speed_block_steps": 3,
+              "speed_rounds": 1},
     "medium": {"memory_sizes": [10_000, 50_000], "memory_batch": 128, "memory_steps": 15,
                "speed_steps": 4, "mbv3_batch": 8, "mbv3_images": 48, "static_steps": 2,
-               "tiny_images": 640},
+               "tiny_images": 640, "speed_sizes": [10_000], "speed_block_steps": 8,
+               "speed_rounds": 2},
     "full": {"memory_sizes": [10_000, 50_000], "memory_batch": 128, "memory_steps": None,
              "speed_steps": 20, "mbv3_batch": 16, "mbv3_images": 160, "static_steps": 5,
-             "tiny_images": 2560},
+             "tiny_images": 2560, "speed_sizes": [10_000, 50_000], "speed_block_steps": 20,
+             "speed_rounds": 2},
 }  # fmt: skip
 
 
@@ -314,8 +331,33 @@ def memory_rows(tmp: Path, cfg: dict[str, Any], workers: int) -> list[dict[str, 
             }
             rows.append(run_child(spec))
             print(fmt_row(rows[-1]), flush=True)
+        if n in cfg["speed_sizes"]:
+            rows.append(speed_row(tmp, cfg, workers, folder, n))
+            print(fmt_row(rows[-1]), flush=True)
         shutil.rmtree(folder)
     return rows
+
+
+def speed_row(tmp: Path, cfg: dict[str, Any], workers: int, folder: Path, n: int) -> dict[str, Any]:
+    """Streamed against in memory on the memory rows' settings, interleaved in one process
+    (`benchmarks._train_scale_speed`): the speed target."""
+    spec = {
+        "space": "tiny",
+        "resolution": 64,
+        "data": "interleaved",
+        "augment": "none",
+        "folder": str(folder),
+        "batch": cfg["memory_batch"],
+        "workers": workers,
+        "precision": "fp32",
+        "device": "cpu",
+        "out": str(tmp / f"run-speed-{n}"),
+        "n": n,
+        "what": "speed",
+        "steps": cfg["speed_block_steps"],
+        "rounds": cfg["speed_rounds"],
+    }
+    return run_child(spec)
 
 
 def throughput_rows(
