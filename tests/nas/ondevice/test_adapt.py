@@ -174,3 +174,44 @@ def test_runtime_adaptation_matches_pytorch(data: ImageDataset, model: torch.nn.
     eager = finetune(model, plan, task.shots_x, task.shots_y, steps=20)
     with torch.no_grad():
         assert torch.allclose(result.model(task.test_x), eager.model(task.test_x), atol=1e-4)
+
+
+def test_training_mode_batch_norm_uses_batch_statistics_then_the_shots(
+    data: ImageDataset, model: torch.nn.Module
+) -> None:
+    """`batch_norm="train"`: the steps normalize with each batch's statistics (the losses differ
+    from frozen batch norm's from the first step), and the adapted model's running statistics
+    are the shots' own (re-estimated after the last step), not the deployed model's."""
+    task = make_shift_task(data, "invert", shots=4, max_test=10)
+    plan = make_plan(model, "bn_bias")
+    frozen = finetune(model, plan, task.shots_x, task.shots_y, steps=3, lr=0.05)
+    train = finetune(model, plan, task.shots_x, task.shots_y, steps=3, lr=0.05, batch_norm="train")
+    assert abs(train.losses[0] - frozen.losses[0]) > 1e-4
+    assert not train.model.training
+    stats, stats0 = dict(train.model.named_buffers()), dict(model.named_buffers())
+    expected = adabn(model, task.shots_x)  # the shots' statistics, before any step
+    # the stem's statistics read only the shots through frozen weights: AdaBN's exactly
+    assert torch.allclose(
+        stats["stem.1.running_mean"], dict(expected.named_buffers())["stem.1.running_mean"]
+    )
+    assert not torch.equal(stats["stem.1.running_mean"], stats0["stem.1.running_mean"])
+    with pytest.raises(ValueError, match="batch_norm must be one of"):
+        finetune(model, plan, task.shots_x, task.shots_y, steps=1, batch_norm="frozen")
+
+
+@pytest.mark.slow
+def test_training_mode_batch_norm_in_the_runtime_matches_pytorch(
+    data: ImageDataset, model: torch.nn.Module
+) -> None:
+    pytest.importorskip("executorch")
+    task = make_shift_task(data, "invert", shots=2, max_test=100)
+    plan = make_plan(model, "bn_bias")
+    kw: dict[str, Any] = dict(steps=10, batch_norm="train")
+    result = finetune(
+        model, plan, task.shots_x, task.shots_y, engine="executorch", check=True, **kw
+    )
+    for got, want in zip(result.losses, result.reference_losses, strict=True):
+        assert abs(got - want) <= 1e-4 * abs(want)
+    eager = finetune(model, plan, task.shots_x, task.shots_y, **kw)
+    with torch.no_grad():
+        assert torch.allclose(result.model(task.test_x), eager.model(task.test_x), atol=1e-4)
