@@ -15,6 +15,7 @@ from nas.data import ImageDataset, load_embedded_digits
 from nas.ondevice import (
     BUDGET_MARGIN,
     BudgetTooSmallError,
+    LayerProbe,
     TrainingMemory,
     UpdatePlan,
     adabn,
@@ -23,6 +24,7 @@ from nas.ondevice import (
     make_plan,
     make_shift_task,
     plan_under_budget,
+    probe_layers,
     step_down_in_program,
     training_memory,
 )
@@ -127,6 +129,28 @@ def test_sparse_plan_fits_its_budget(data: ImageDataset, model: torch.nn.Module)
             num_classes=10, probe_steps=1,
         )  # fmt: skip
     assert err.value.smallest_bytes >= smallest
+
+
+def test_layers_rank_by_gain_per_byte_over_the_floor(
+    data: ImageDataset, model: torch.nn.Module
+) -> None:
+    """The forward pass's memory is paid by every plan: a layer's gain is weighed against what
+    its update adds to it (MCUNetV3), so near the floor a cheap layer with a small gain outranks
+    a dear one with a large gain, which per total byte it would not."""
+    space = TinySpace()
+
+    def cost(plan: UpdatePlan) -> int:
+        return training_memory(lambda: space.build(SMALL_ARCH), (3, 32, 32), plan).total_bytes
+
+    floor = cost(make_plan(model, "sparse", layers=[]))
+    task = make_shift_task(data, "invert", shots=2, max_test=10)
+    probes = probe_layers(model, task.shots_x, task.shots_y, cost, steps=1)
+    assert {p.floor_bytes for p in probes} == {floor}
+    assert all(p.cost_bytes > floor for p in probes)
+    cheap = LayerProbe("a", gain=0.01, cost_bytes=floor + 1024, floor_bytes=floor)
+    dear = LayerProbe("b", gain=0.5, cost_bytes=floor + 100 * 1024, floor_bytes=floor)
+    assert cheap.gain_per_kb > dear.gain_per_kb
+    assert cheap.gain / cheap.cost_bytes < dear.gain / dear.cost_bytes  # per total byte
 
 
 @pytest.mark.slow
