@@ -48,7 +48,8 @@ OPTIMIZERS: dict[str, int] = {"sgd": 0, "sgd_momentum": 1, "adam": 2}
 # activations whose backward reads their output (the rest read their input)
 _READS_OUTPUT = {"relu", "sigmoid", "tanh"}
 # ops whose backward reads no activation at all
-_NO_SAVE = {"add", "avgpool", "global_avgpool", "concat", "copy", "sub", "view", "flatten"}
+# (an average pool's backward kernel takes its input: it is kept)
+_NO_SAVE = {"add", "global_avgpool", "concat", "copy", "sub", "view", "flatten"}
 
 
 @dataclass
@@ -59,6 +60,7 @@ class _Op:
     reads: list[int]
     writes: int
     params: list[str] = field(default_factory=list)
+    in_place: bool = False
 
 
 class _Recorder(OpRecorder):
@@ -91,7 +93,15 @@ class _Recorder(OpRecorder):
         if len(self.events) > n_events:
             ev = self.events[-1]
             self.ops.append(
-                _Op(self.stack[-1], ev.spec.op, ev.spec.activation, ev.reads, ev.writes, params)
+                _Op(
+                    self.stack[-1],
+                    ev.spec.op,
+                    ev.spec.activation,
+                    ev.reads,
+                    ev.writes,
+                    params,
+                    ev.in_place,
+                )
             )
         elif params and isinstance(out, torch.Tensor):
             # a view of a weight (a linear layer's transpose) still stands for that weight

@@ -9,7 +9,8 @@ weight's gradient is ``mm`` (weight-sized), ``permute_copy`` and ``permute_copy`
 output), each alive beside the one before. ``hardswish``'s backward makes two boolean masks
 of its input (``le``, ``lt``) that live through it; ``mean``'s backward ``expand_copy`` s the
 gradient to the input's size, then divides (a second input-sized tensor); the gradient of a
-broadcast factor of ``mul`` is a full-size product, then a sum.
+broadcast factor of ``mul`` is a full-size product, then a sum; a ReLU that is not in place
+copies its output in the forward and keeps the copy to its backward (nb201's ReLU-conv-BN).
 
 Times are on the memory model's grid scaled by :data:`SUBSTEPS`: forward op ``e`` runs in the
 slot ``SUBSTEPS * e``, its backward in ``SUBSTEPS * (2n - e)``, whose sub-steps order the
@@ -75,6 +76,10 @@ def program_spans(
                 if p.endswith("weight") and p in numels:
                     trained = op_rg[e] and trains(p)
                     spans += _linear(e, b, numels[p] * elem, in_grad, trained, end)
+        elif op.op == "act" and op.activation == "relu" and not op.in_place and in_grad:
+            # a ReLU that does not overwrite its input: the program copies its output in the
+            # forward (``alias_copy``) and keeps the copy to the backward
+            spans.append((k * e, k * b, nbytes[op.writes]))
         elif op.op == "act" and op.activation == "hswish" and in_grad:
             masks = 2 * (nbytes[op.reads[0]] // elem)  # two bool masks, a byte an element
             spans.append((k * b, k * b + k - 1, masks))
