@@ -330,11 +330,17 @@ def adapt_model(
         "step_ms": result.step_ms,
         "losses": result.losses,
     }
-    named = report["trainable"] + (["batch_norm=train"] if batch_norm == "train" else [])
+    return _write(out_root, report, result.model), report
+
+
+def _write(out_root: Path, report: dict[str, Any], model: nn.Module) -> Path:
+    """The adapted model and its report in a new folder under `out_root`, named by the mode
+    and a digest of what trained (and the batch norm mode, when not frozen)."""
+    named = report["trainable"] + (["batch_norm=train"] if report["batch_norm"] == "train" else [])
     digest = hashlib.sha256(json.dumps(named).encode()).hexdigest()[:8]
-    out = out_root / f"{mode}-{digest}"
+    out = out_root / f"{report['mode']}-{digest}"
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     write_bytes_atomic(out / "adapted.safetensors", save(state))
     write_json_atomic(out / "report.json", report)
-    return out, report
+    return out
