@@ -615,6 +615,10 @@ CASES: list[Case] = [
     run_config("ondevice-optimizer-the-runtime-lacks",
                {"ondevice": {"runtime": "executorch", "optimizer": "adam"}},
                "ondevice.optimizer", "adam", "ondevice.fallback: pytorch"),
+    run_config("ondevice-unknown-batch-norm", {"ondevice": {"batch_norm": "frozen"}},
+               "ondevice.batch_norm", "frozen", "eval"),
+    case("ondevice-adapt-unknown-batch-norm", "ondevice adapt --run {world}/run --arch {arch} "
+         "--batch-norm frozen", "--batch-norm", "frozen"),
     # -- the debug switch: the same bad input, with its traceback
     case("debug-flag-shows-the-traceback", "--debug run {tmp}/config.yaml", "{tmp}/config.yaml",
          files=(("config.yaml", ""),), traceback=True),

@@ -158,6 +158,9 @@ class OndeviceConfig:
     #: where the runtime cannot train as asked: "none" (fail, naming what it lacks) or
     #: "pytorch" (train there instead; the report says so)
     fallback: str = "none"
+    #: batch norm while adapting: "eval" (frozen statistics) or "train" (each batch's statistics,
+    #: the running statistics re-estimated on the shots afterwards)
+    batch_norm: str = "eval"
 
 
 @dataclass

@@ -273,11 +273,13 @@ def adapt_model(
     fallback: str = "none",
     factory: Callable[[], nn.Module] | None = None,
     extra: Mapping[str, Any] | None = None,
+    batch_norm: str = "eval",
 ) -> tuple[Path, dict[str, Any]]:
     """Adapt `model` (the deployed subnet of `arch`, built by `factory` when not the plain
     arch) to domain `shift` of `data` in `engine`, falling back to PyTorch where the runtime
     cannot only with ``fallback="pytorch"``; writes ``adapted.safetensors`` and ``report.json``
-    (with `extra` in it) into a new folder under `out_root`. The report says which engine ran."""
+    (with `extra` in it) into a new folder under `out_root`. The report says which engine ran.
+    `batch_norm` is `finetune`'s ("train": batch statistics, then re-estimated on the shots)."""
     task = make_shift_task(data, shift, shots=shots, seed=seed)
     choice = choose_plan(
         space,
@@ -291,7 +293,9 @@ def adapt_model(
         factory=factory,
         optimizer=optimizer,
     )
-    kw = dict(steps=steps, batch=batch, lr=lr, seed=seed, optimizer=optimizer)
+    kw = dict(
+        steps=steps, batch=batch, lr=lr, seed=seed, optimizer=optimizer, batch_norm=batch_norm
+    )
     trained = choice.network if choice.network is not None else model
     result, why = _train(trained, choice.plan, task, engine, fallback, **kw)
     mem = choice.memory
@@ -322,13 +326,21 @@ def adapt_model(
         "engine_asked": engine,
         "fallback_reason": why or None,
         "optimizer": optimizer,
+        "batch_norm": batch_norm,
         "step_ms": result.step_ms,
         "losses": result.losses,
     }
-    digest = hashlib.sha256(json.dumps(report["trainable"]).encode()).hexdigest()[:8]
-    out = out_root / f"{mode}-{digest}"
+    return _write(out_root, report, result.model), report
+
+
+def _write(out_root: Path, report: dict[str, Any], model: nn.Module) -> Path:
+    """The adapted model and its report in a new folder under `out_root`, named by the mode
+    and a digest of what trained (and the batch norm mode, when not frozen)."""
+    named = report["trainable"] + (["batch_norm=train"] if report["batch_norm"] == "train" else [])
+    digest = hashlib.sha256(json.dumps(named).encode()).hexdigest()[:8]
+    out = out_root / f"{report['mode']}-{digest}"
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     write_bytes_atomic(out / "adapted.safetensors", save(state))
     write_json_atomic(out / "report.json", report)
-    return out, report
+    return out

@@ -132,6 +132,7 @@ def adapt_cmd(args: Any) -> int:
             fallback=args.fallback,
             factory=deployed.factory,
             extra={"source": deployed.source},
+            batch_norm=args.batch_norm,
         )
     ran = report["engine"]
     if report["fallback_reason"]:
@@ -148,7 +149,7 @@ def adapt_cmd(args: Any) -> int:
 def add_ondevice_parser(sub: Any) -> None:
     """`nas ondevice plan|adapt` (a parser builder)."""
     from nas.app.arg_checks import positive_float, positive_int
-    from nas.ondevice import OPTIMIZERS, SHIFTS
+    from nas.ondevice import BATCH_NORM_MODES, OPTIMIZERS, SHIFTS
 
     od = sub.add_parser("ondevice", help="on-device learning: update plans and adaptation")
     cmds = od.add_subparsers(dest="ondevice_command", required=True, metavar="SUBCOMMAND")
@@ -170,6 +171,9 @@ def add_ondevice_parser(sub: Any) -> None:
             p.add_argument("--fallback", default="none", choices=list(FALLBACKS),
                            help="where the runtime cannot train as asked: fail (none) or "
                            "train in PyTorch, saying so (pytorch)")  # fmt: skip
+            p.add_argument("--batch-norm", default="eval", choices=list(BATCH_NORM_MODES),
+                           help="batch norm while adapting: frozen statistics (eval) or each "
+                           "batch's, re-estimated on the shots afterwards (train)")  # fmt: skip
             p.add_argument("--lr", type=positive_float, default=0.05)
             p.add_argument("--seed", type=int, default=0)
         p.add_argument("--arch", required=True, help="arch key")

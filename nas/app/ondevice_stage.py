@@ -20,7 +20,7 @@ from typing import Any
 import nas.app.builtin_stages  # noqa: F401  (registers "report", which this stage goes before)
 from nas.app.ondevice_adapt import adapt_model, arch_folder, deployed_model
 from nas.app.report import register_report_section
-from nas.app.stages import STAGES, Stage, fingerprint, register_stage
+from nas.app.stages import STAGES, Stage, fingerprint, key_added, register_stage
 from nas.core.files import json_digest, read_json, write_json_atomic
 
 __all__ = ["RESULTS", "STAGE_DIR", "ondevice_section", "stage_ondevice"]
@@ -86,6 +86,7 @@ def stage_ondevice(state: Any, progress: bool) -> None:
                     fallback=cfg.fallback,
                     factory=deployed.factory,
                     extra={"source": deployed.source},
+                    batch_norm=cfg.batch_norm,
                 )
                 report.pop("losses", None)  # they stay in the folder's report.json
                 row.update(report, folder=str(folder.relative_to(state.run_dir)))
@@ -200,3 +201,5 @@ register_stage(
     before="report",
 )
 register_report_section("ondevice", ondevice_section)
+# frozen batch norm, as the stage adapted before the key: older folders keep their rows
+key_added("ondevice.batch_norm", "eval")

@@ -188,7 +188,7 @@ def _check_compress(p: Problems, compress: Any) -> None:
 def _check_ondevice(p: Problems, cfg: Any) -> None:
     """The `ondevice` section: modes, numbers, names, and what the runtime cannot do."""
     from nas.app.ondevice_adapt import ENGINES, FALLBACKS, runtime_problem
-    from nas.ondevice import MODES, OPTIMIZERS, OPTIONAL_MODES, SHIFTS
+    from nas.ondevice import BATCH_NORM_MODES, MODES, OPTIMIZERS, OPTIONAL_MODES, SHIFTS
 
     known = {**MODES, **OPTIONAL_MODES}
 
@@ -211,6 +211,7 @@ def _check_ondevice(p: Problems, cfg: Any) -> None:
         ("shift", ["none", *SHIFTS]),
         ("runtime", ENGINES),
         ("fallback", FALLBACKS),
+        ("batch_norm", BATCH_NORM_MODES),
     )
     for key, valid in names:
         value = getattr(cfg, key)

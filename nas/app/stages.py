@@ -195,6 +195,12 @@ def _inputs(stage: Stage, config: Mapping[str, Any], stages: Mapping[str, Stage]
             value = None  # a key a stored config of an older version lacks
         if key in ADDED_KEYS and value == ADDED_KEYS[key]:
             continue  # as runs before the key computed: their fingerprints stay
+        if isinstance(value, dict):  # a whole section: its added keys at their old value too
+            value = {
+                k: v
+                for k, v in value.items()
+                if not (f"{key}.{k}" in ADDED_KEYS and v == ADDED_KEYS[f"{key}.{k}"])
+            }
         out[key] = value
     return out
 

@@ -118,11 +118,14 @@ def export_training_program(
     example: Sequence[torch.Tensor],
     partition: str = "portable",
     batch_norm: str = "eval",
+    check_kernels: bool = True,
 ) -> TrainingProgram:
     """Export `net` (its frozen parameters with ``requires_grad`` off) with a cross-entropy
     loss as an ExecuTorch training program for inputs like `example` (x, y). Batch norm runs
     in eval mode (`net` in eval mode), or with ``batch_norm="train"`` on the batch's statistics
-    with its running statistics updated in the runtime, starting from `net`'s."""
+    with its running statistics updated in the runtime, starting from `net`'s. A program with
+    an operator the runtime has no kernel for is an error, unless `check_kernels` is off (its
+    memory plan is still the program's: for measuring, never for running)."""
     if partition not in PARTITIONS:
         raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
     if batch_norm not in ("eval", "train"):
@@ -160,7 +163,7 @@ def export_training_program(
             raise TrainingProgramError(
                 f"the runtime cannot train this module: {type(exc).__name__}: {exc}"
             ) from exc
-    missing = _missing_kernels(et)
+    missing = _missing_kernels(et) if check_kernels else []
     if missing:
         raise TrainingProgramError(
             f"the runtime has no kernel for {', '.join(missing)}: the program exports but cannot "

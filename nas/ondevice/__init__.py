@@ -5,7 +5,14 @@ synthetic domain-shift task and adaptation in PyTorch and in the ExecuTorch runt
 
 from __future__ import annotations
 
-from nas.ondevice.adapt import AdaptResult, adabn, finetune, target_accuracy, train_source_model
+from nas.ondevice.adapt import (
+    BATCH_NORM_MODES,
+    AdaptResult,
+    adabn,
+    finetune,
+    target_accuracy,
+    train_source_model,
+)
 from nas.ondevice.measure import MemoryCheck, check_memory, eager_saved_bytes
 from nas.ondevice.memory import (
     OPTIMIZERS,
@@ -37,6 +44,7 @@ from nas.ondevice.sparse import (
 from nas.ondevice.task import SHIFTS, ShiftTask, apply_shift, make_shift_task
 
 __all__ = [
+    "BATCH_NORM_MODES",
     "BUDGET_MARGIN",
     "GROUP_WIDTH",
     "MODES",

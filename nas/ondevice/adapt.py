@@ -17,7 +17,19 @@ from nas.backends import RuntimeTrainer, check_runtime_optimizer, export_trainin
 from nas.ondevice.plans import UpdatePlan
 from nas.supernet import Precision, accuracy, execution, fits_memory, recalibrate_bn
 
-__all__ = ["AdaptResult", "adabn", "finetune", "target_accuracy", "train_source_model"]
+__all__ = [
+    "BATCH_NORM_MODES",
+    "AdaptResult",
+    "adabn",
+    "finetune",
+    "target_accuracy",
+    "train_source_model",
+]
+
+#: how batch norm runs while adapting: "eval" (frozen statistics, the default; what the memory
+#: model prices) or "train" (the batch's statistics, as in training; the running statistics
+#: re-estimated on the shots afterwards, since the runtime does not hand its own back)
+BATCH_NORM_MODES = ("eval", "train")
 
 
 @dataclass
@@ -95,15 +107,21 @@ def finetune(
     check: bool = False,
     optimizer: str = "sgd",
     device: str | torch.device = "cpu",
+    batch_norm: str = "eval",
 ) -> AdaptResult:
     """Fine-tune a copy of `model` under `plan` on (x, y) with `optimizer` (default SGD without
-    momentum), batch norm frozen (eval mode), the same batches for either engine.
+    momentum), the same batches for either engine. Batch norm is frozen (eval mode), or with
+    ``batch_norm="train"`` normalizes with each batch's statistics (in the runtime too:
+    `export_training_program`'s training mode) and has its running statistics re-estimated on
+    the shots after the last step (`recalibrate_bn`), the same for either engine.
     ``engine="executorch"`` runs the steps in the runtime's training program (a
     `TrainingProgramError` where the runtime cannot: an optimizer it lacks, an op); `check` runs
     PyTorch beside it and keeps its losses in ``reference_losses``. PyTorch trains on `device`
     (fp32; a `DeviceError` names the devices there are) and hands the model back on the CPU."""
     if engine not in ("pytorch", "executorch"):
         raise ValueError(f"engine must be 'pytorch' or 'executorch', got {engine!r}")
+    if batch_norm not in BATCH_NORM_MODES:
+        raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}")
     if engine == "executorch":
         check_runtime_optimizer(optimizer)  # before any work
     prec = execution(device, "fp32")  # an edge device trains in fp32
@@ -113,18 +131,42 @@ def finetune(
     plan.apply(work)
     if engine == "pytorch":
         start = time.perf_counter()
-        losses = _torch_steps(work, x, y, order, lr, optimizer, prec)
+        losses = _torch_steps(_bn_mode(work, batch_norm), x, y, order, lr, optimizer, prec)
         step_ms = 1e3 * (time.perf_counter() - start) / max(steps, 1)
-        return AdaptResult(work.to("cpu"), losses, engine, step_ms)
-    reference = _torch_steps(copy.deepcopy(work), x, y, order, lr, optimizer, prec) if check else []
-    program = export_training_program(work, (x[order[0]], y[order[0]]))
+        result = AdaptResult(work.to("cpu").eval(), losses, engine, step_ms)
+        return _restat(result, x, batch_norm)
+    reference = (
+        _torch_steps(_bn_mode(copy.deepcopy(work), batch_norm), x, y, order, lr, optimizer, prec)
+        if check
+        else []
+    )
+    program = export_training_program(work, (x[order[0]], y[order[0]]), batch_norm=batch_norm)
     momentum = MOMENTUM if optimizer == "sgd_momentum" else 0.0
     trainer = RuntimeTrainer(program, lr=lr, momentum=momentum)
     start = time.perf_counter()
     losses = [trainer.step(x[idx], y[idx]) for idx in order]
     step_ms = 1e3 * (time.perf_counter() - start) / max(steps, 1)
     trainer.load_into(work)
-    return AdaptResult(work, losses, engine, step_ms, reference, program.plan_bytes)
+    result = AdaptResult(work, losses, engine, step_ms, reference, program.plan_bytes)
+    return _restat(result, x, batch_norm)
+
+
+def _bn_mode(model: nn.Module, batch_norm: str) -> nn.Module:
+    """`model` (in eval mode) with its batch norms in training mode when `batch_norm` says so."""
+    if batch_norm == "train":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+    return model
+
+
+def _restat(result: AdaptResult, x: torch.Tensor, batch_norm: str, batch: int = 50) -> AdaptResult:
+    """After training-mode batch norm, the running statistics re-estimated on the shots `x`:
+    the weights trained on batch statistics, so the deployed (eval) model normalizes with the
+    shots' own, whichever engine ran (the runtime keeps its running statistics to itself)."""
+    if batch_norm == "train":
+        recalibrate_bn(result.model, [x[i : i + batch] for i in range(0, len(x), batch)])
+    return result
 
 
 def adabn(model: nn.Module, x: torch.Tensor, batch: int = 50) -> nn.Module:

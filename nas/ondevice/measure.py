@@ -87,11 +87,14 @@ def check_memory(
     input_shape: tuple[int, ...],
     num_classes: int,
     seed: int = 0,
+    check_kernels: bool = True,
 ) -> tuple[MemoryCheck, TrainingProgram]:
     """Export `plan` on a copy of `net` at the model's batch and compare the three figures.
 
     Trainable weights (the program's planned inputs) and their gradients (its outputs) are in
     the program's plan, so the reference adds only the optimizer state to it, as the model does.
+    `check_kernels` off measures the plan of a program the runtime could not run
+    (`export_training_program`).
     """
     if memory.optimizer != "sgd":
         raise ValueError("the runtime trains with SGD without momentum here; model it so")
@@ -100,7 +103,7 @@ def check_memory(
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((memory.batch, *input_shape), generator=gen)
     y = torch.randint(0, num_classes, (memory.batch,), generator=gen)
-    program = export_training_program(work, (x, y))
+    program = export_training_program(work, (x, y), check_kernels=check_kernels)
     check = MemoryCheck(
         mode=plan.describe(),
         batch=memory.batch,

@@ -29,6 +29,7 @@ from torch import nn
 from nas.backends import pack_offsets
 from nas.core.layers import DTYPE_BYTES, OpRecorder
 from nas.ondevice.plans import MODES, OPTIONAL_MODES, UpdatePlan, blocks, make_plan
+from nas.ondevice.program_spans import SUBSTEPS, program_spans, trained_linear_weights
 from nas.ondevice.residual import add_lite_residuals
 
 __all__ = [
@@ -47,7 +48,8 @@ OPTIMIZERS: dict[str, int] = {"sgd": 0, "sgd_momentum": 1, "adam": 2}
 # activations whose backward reads their output (the rest read their input)
 _READS_OUTPUT = {"relu", "sigmoid", "tanh"}
 # ops whose backward reads no activation at all
-_NO_SAVE = {"add", "avgpool", "global_avgpool", "concat", "copy", "sub", "view", "flatten"}
+# (an average pool's backward kernel takes its input: it is kept)
+_NO_SAVE = {"add", "global_avgpool", "concat", "copy", "sub", "view", "flatten"}
 
 
 @dataclass
@@ -58,6 +60,7 @@ class _Op:
     reads: list[int]
     writes: int
     params: list[str] = field(default_factory=list)
+    in_place: bool = False
 
 
 class _Recorder(OpRecorder):
@@ -90,7 +93,15 @@ class _Recorder(OpRecorder):
         if len(self.events) > n_events:
             ev = self.events[-1]
             self.ops.append(
-                _Op(self.stack[-1], ev.spec.op, ev.spec.activation, ev.reads, ev.writes, params)
+                _Op(
+                    self.stack[-1],
+                    ev.spec.op,
+                    ev.spec.activation,
+                    ev.reads,
+                    ev.writes,
+                    params,
+                    ev.in_place,
+                )
             )
         elif params and isinstance(out, torch.Tensor):
             # a view of a weight (a linear layer's transpose) still stands for that weight
@@ -339,21 +350,30 @@ def training_memory(
     trainable = {p for p in numels if plan.trains(p)}
     grad_bytes = sum(numels[p] * elem for p in trainable)
     # weight gradients are the program's outputs: made at their layer's backward, kept to the end
+    # (a linear layer's in `program_spans`, with the transposes that make it)
     first_bwd: dict[str, int] = {}
     for e, op in enumerate(ops):
         for p in op.params:
             if p in trainable:
                 first_bwd.setdefault(p, 2 * n - e)
-    spans += [(first_bwd.get(p, n), end_time, numels[p] * elem) for p in trainable]
+    linear = trained_linear_weights(ops, plan.trains)
+    spans += [(first_bwd.get(p, n), end_time, numels[p] * elem) for p in trainable - linear]
     # trainable weights are the program's planned inputs (frozen ones are its constants), alive
     # the whole step: they sit in the planned buffer, not beside it
     spans += [(0, end_time, numels[p] * elem) for p in trainable]
     if num_classes:
-        logits = batch * num_classes * elem
-        spans += [(n, n + 1, 2 * logits), (0, end_time, batch * 8)]  # softmax and its grad; labels
+        logits = sum(nbytes[o] for o in out_ids)  # the network's own classes
+        # softmax and its gradient, in the loss's slot only; the labels
+        spans += [(n, n, 2 * logits), (0, end_time, batch * 8)]
+    # each op's slot split in sub-steps, for the tensors only the compiled program makes
+    k = SUBSTEPS
+    spans = [(k * s, k * e + k - 1, size) for s, e, size in spans]
+    spans += program_spans(
+        ops, plan.trains, t_rg, op_rg, nbytes, numels, elem, end=k * end_time + k - 1
+    )
 
     plan_bytes = pack_offsets(spans)[1]  # the packing the training program's export uses
-    peak_bytes = _peak(spans, end_time)
+    peak_bytes = _peak(spans, k * end_time + k - 1)
     layers = _layer_table(ops, plan, numels, nbytes, saver, elem)
     return TrainingMemory(
         layers=layers,
@@ -368,7 +388,7 @@ def training_memory(
         dtype=dtype,
         optimizer=optimizer,
         count_frozen=count_frozen,
-        backward_peak_bytes=_peak(spans, end_time, after=n),
+        backward_peak_bytes=_peak(spans, k * end_time + k - 1, after=k * n + k - 1),
     )
 
 

@@ -147,3 +147,22 @@ def test_a_missing_runtime_is_said_before_any_work(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ConfigError, match=r"ondevice.runtime: ExecuTorch is not installed"):
         config_from_dict({"ondevice": {"runtime": "executorch"}})
     config_from_dict({"ondevice": {"runtime": "executorch", "fallback": "pytorch"}})
+
+
+def test_training_mode_batch_norm_is_a_key_that_keeps_older_folders(
+    tmp_path: Path, data: Any
+) -> None:
+    """`ondevice.batch_norm: train` reaches the adaptation (the row says so); at its default
+    the stage's fingerprint is the one a config from before the key had."""
+    from nas.app.stages import STAGES, fingerprint
+
+    state = _state(tmp_path, data, [], modes=["bn_bias"], batch_norm="train")
+    stage.stage_ondevice(state, False)
+    (row,) = json.loads((tmp_path / stage.RESULTS).read_text())["rows"]
+    assert row["batch_norm"] == "train" and row["mode"] == "bn_bias"
+    config = state.config.to_dict()
+    trained = fingerprint(STAGES["ondevice"], config)
+    config["ondevice"]["batch_norm"] = "eval"
+    frozen = fingerprint(STAGES["ondevice"], config)
+    del config["ondevice"]["batch_norm"]  # a stored config from before the key
+    assert fingerprint(STAGES["ondevice"], config) == frozen != trained

@@ -15,6 +15,7 @@ from nas.data import ImageDataset, load_embedded_digits
 from nas.ondevice import (
     BUDGET_MARGIN,
     BudgetTooSmallError,
+    LayerProbe,
     TrainingMemory,
     UpdatePlan,
     adabn,
@@ -23,6 +24,7 @@ from nas.ondevice import (
     make_plan,
     make_shift_task,
     plan_under_budget,
+    probe_layers,
     step_down_in_program,
     training_memory,
 )
@@ -129,6 +131,28 @@ def test_sparse_plan_fits_its_budget(data: ImageDataset, model: torch.nn.Module)
     assert err.value.smallest_bytes >= smallest
 
 
+def test_layers_rank_by_gain_per_byte_over_the_floor(
+    data: ImageDataset, model: torch.nn.Module
+) -> None:
+    """The forward pass's memory is paid by every plan: a layer's gain is weighed against what
+    its update adds to it (MCUNetV3), so near the floor a cheap layer with a small gain outranks
+    a dear one with a large gain, which per total byte it would not."""
+    space = TinySpace()
+
+    def cost(plan: UpdatePlan) -> int:
+        return training_memory(lambda: space.build(SMALL_ARCH), (3, 32, 32), plan).total_bytes
+
+    floor = cost(make_plan(model, "sparse", layers=[]))
+    task = make_shift_task(data, "invert", shots=2, max_test=10)
+    probes = probe_layers(model, task.shots_x, task.shots_y, cost, steps=1)
+    assert {p.floor_bytes for p in probes} == {floor}
+    assert all(p.cost_bytes > floor for p in probes)
+    cheap = LayerProbe("a", gain=0.01, cost_bytes=floor + 1024, floor_bytes=floor)
+    dear = LayerProbe("b", gain=0.5, cost_bytes=floor + 100 * 1024, floor_bytes=floor)
+    assert cheap.gain_per_kb > dear.gain_per_kb
+    assert cheap.gain / cheap.cost_bytes < dear.gain / dear.cost_bytes  # per total byte
+
+
 @pytest.mark.slow
 def test_program_check_steps_down_until_the_program_fits(
     data: ImageDataset, model: torch.nn.Module
@@ -172,5 +196,46 @@ def test_runtime_adaptation_matches_pytorch(data: ImageDataset, model: torch.nn.
     for got, want in zip(result.losses, result.reference_losses, strict=True):
         assert abs(got - want) <= 1e-4 * abs(want)
     eager = finetune(model, plan, task.shots_x, task.shots_y, steps=20)
+    with torch.no_grad():
+        assert torch.allclose(result.model(task.test_x), eager.model(task.test_x), atol=1e-4)
+
+
+def test_training_mode_batch_norm_uses_batch_statistics_then_the_shots(
+    data: ImageDataset, model: torch.nn.Module
+) -> None:
+    """`batch_norm="train"`: the steps normalize with each batch's statistics (the losses differ
+    from frozen batch norm's from the first step), and the adapted model's running statistics
+    are the shots' own (re-estimated after the last step), not the deployed model's."""
+    task = make_shift_task(data, "invert", shots=4, max_test=10)
+    plan = make_plan(model, "bn_bias")
+    frozen = finetune(model, plan, task.shots_x, task.shots_y, steps=3, lr=0.05)
+    train = finetune(model, plan, task.shots_x, task.shots_y, steps=3, lr=0.05, batch_norm="train")
+    assert abs(train.losses[0] - frozen.losses[0]) > 1e-4
+    assert not train.model.training
+    stats, stats0 = dict(train.model.named_buffers()), dict(model.named_buffers())
+    expected = adabn(model, task.shots_x)  # the shots' statistics, before any step
+    # the stem's statistics read only the shots through frozen weights: AdaBN's exactly
+    assert torch.allclose(
+        stats["stem.1.running_mean"], dict(expected.named_buffers())["stem.1.running_mean"]
+    )
+    assert not torch.equal(stats["stem.1.running_mean"], stats0["stem.1.running_mean"])
+    with pytest.raises(ValueError, match="batch_norm must be one of"):
+        finetune(model, plan, task.shots_x, task.shots_y, steps=1, batch_norm="frozen")
+
+
+@pytest.mark.slow
+def test_training_mode_batch_norm_in_the_runtime_matches_pytorch(
+    data: ImageDataset, model: torch.nn.Module
+) -> None:
+    pytest.importorskip("executorch")
+    task = make_shift_task(data, "invert", shots=2, max_test=100)
+    plan = make_plan(model, "bn_bias")
+    kw: dict[str, Any] = dict(steps=10, batch_norm="train")
+    result = finetune(
+        model, plan, task.shots_x, task.shots_y, engine="executorch", check=True, **kw
+    )
+    for got, want in zip(result.losses, result.reference_losses, strict=True):
+        assert abs(got - want) <= 1e-4 * abs(want)
+    eager = finetune(model, plan, task.shots_x, task.shots_y, **kw)
     with torch.no_grad():
         assert torch.allclose(result.model(task.test_x), eager.model(task.test_x), atol=1e-4)
