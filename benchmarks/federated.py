@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -160,9 +161,23 @@ def _federated(
     return _scores(spec, out), history
 
 
+def _central_settings(args: argparse.Namespace, train_images: int, clients: int) -> LocalSettings:
+    """Centralized training's budget: `samples`, the federated run's sample-gradient steps
+    (rounds x local epochs epochs over the pooled data, the issue's ceiling; its steps run in
+    one sequence, `clients` times the sequential steps of clients stepping side by side), or
+    `sequential`, the steps one average client takes in the whole run (each of rounds x local
+    epochs passes stops after that client's batches per epoch: the same wall-clock steps)."""
+    epochs = args.rounds * args.local_epochs
+    if args.central_budget == "samples":
+        return LocalSettings(epochs=epochs, batch_size=args.batch_size, lr=args.lr)
+    per_epoch = math.ceil(train_images / clients / args.batch_size)
+    return LocalSettings(epochs, args.batch_size, args.lr, max_batches=per_epoch)
+
+
 def _central(tiers: Any, args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """Each tier's subnet on the pooled train split, rounds x local epochs epochs."""
-    out = args.out / "central" / f"seed-{seed}"
+    """Each tier's subnet on the pooled train split, for `_central_settings`' budget."""
+    folder = "central" if args.central_budget == "samples" else f"central-{args.central_budget}"
+    out = args.out / folder / f"seed-{seed}"
     cache = out / "scores.npz"
     if not cache.exists():
         spec = _spec("supernet", tiers, args, "iid", None, seed)
@@ -170,8 +185,7 @@ def _central(tiers: Any, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         found = {}
         for t in spec.tiers:
             model = family.full_model(seed)
-            epochs = args.rounds * args.local_epochs  # the federated runs' sample-gradient steps
-            settings = LocalSettings(epochs=epochs, batch_size=args.batch_size, lr=args.lr)
+            settings = _central_settings(args, len(data.train.tensors[1]), spec.num_clients)
             train_local(family, model, t.sub_model, *data.train.tensors, settings, seed)
             cal = data.val.tensors[0][: spec.calibration_images]
             found[t.name] = evaluate_tier(family, model, t.sub_model, cal, *data.test.tensors)
@@ -266,6 +280,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--dp-clip", type=float, default=1.0, help="L2 clip of each client's update")
     p.add_argument("--dp-delta", type=float, default=1e-5)
+    p.add_argument(
+        "--central-budget",
+        choices=("samples", "sequential"),
+        default="samples",
+        help="centralized rows: the federated run's sample-gradient steps (the issue's ceiling) "
+        "or one client's sequential steps",
+    )
     p.add_argument(
         "--server-momentum",
         type=float,
