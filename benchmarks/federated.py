@@ -31,6 +31,7 @@ into --out; the figures and the table are made by benchmarks/_federated_report.p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -179,27 +180,35 @@ def _central(tiers: Any, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     folder = "central" if args.central_budget == "samples" else f"central-{args.central_budget}"
     out = args.out / folder / f"seed-{seed}"
     cache = out / "scores.npz"
+    spec = _spec("supernet", tiers, args, "iid", None, seed)
+    family, data = resolve(spec)
+    settings = _central_settings(args, len(data.train.tensors[1]), spec.num_clients)
+    budget = {"spec": spec.digest, "local": dataclasses.asdict(settings)}
+    if cache.exists() and _read_budget(out) != budget:  # made for other rounds or settings
+        cache.unlink()
     if not cache.exists():
-        spec = _spec("supernet", tiers, args, "iid", None, seed)
-        family, data = resolve(spec)
         found = {}
         for t in spec.tiers:
             model = family.full_model(seed)
-            settings = _central_settings(args, len(data.train.tensors[1]), spec.num_clients)
             train_local(family, model, t.sub_model, *data.train.tensors, settings, seed)
             cal = data.val.tensors[0][: spec.calibration_images]
             found[t.name] = evaluate_tier(family, model, t.sub_model, cal, *data.test.tensors)
         out.mkdir(parents=True, exist_ok=True)
         np.savez(cache, **found)
+        write_json_atomic(out / "budget.json", budget)
     with np.load(cache) as z:
         return {k: z[k] for k in z.files}
+
+
+def _read_budget(out: Path) -> Any:
+    """The settings a cached centralized row was trained with (None when unrecorded)."""
+    path = out / "budget.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _resume_check(tiers: Any, args: argparse.Namespace) -> float:
     """Run the supernet (Dirichlet, seed 0) for half the rounds, resume it to the end, and
     return the largest difference from the uninterrupted run's weights."""
-    import dataclasses
-
     spec = _spec("supernet", tiers, args, "dirichlet", 0.5, 0)
     whole = args.out / "dirichlet" / "seed-0" / "supernet"
     parts = args.out / "resume-check"

@@ -137,6 +137,26 @@ def test_central_budget_is_the_samples_or_one_clients_steps(
         bench._parse([*base, "--central-budget", "wallclock"])
 
 
+def test_a_cached_central_row_of_other_rounds_is_retrained(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resuming federated runs to more rounds must not read the fewer rounds' central row."""
+    import torch
+
+    trained: list[int] = []
+    pair = (torch.zeros(16, 3, 8, 8), torch.zeros(16, dtype=torch.long))
+    data = SimpleNamespace(train=SimpleNamespace(tensors=pair), val=SimpleNamespace(tensors=pair))
+    data.test = data.train
+    family = SimpleNamespace(full_model=lambda seed: None)
+    monkeypatch.setattr(bench, "resolve", lambda spec: (family, data))
+    monkeypatch.setattr(bench, "train_local", lambda *a: trained.append(a[-2].epochs))
+    monkeypatch.setattr(bench, "evaluate_tier", lambda *a: np.ones(4, dtype=bool))
+    for rounds in ("2", "2", "3"):
+        args = bench._parse(["--out", str(tmp_path), "--rounds", rounds, "--local-epochs", "1"])
+        assert bench._central(_fake_tiers(), args, 0)["only"].all()
+    assert trained == [2, 3]  # the second call read the cache; the third retrained
+
+
 def _fake_tiers() -> tuple[object, ...]:
     from nas.federated import TierSpec
 
