@@ -184,6 +184,8 @@ def table(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     lines.insert(0, f"Seeds per row: {results['seeds_run']}\n")
+    budget = results["settings"].get("central_budget", "samples")
+    lines.insert(1, f"Centralized rows' budget: {_BUDGETS[budget]}.\n")
     for key in (
         "faster_tiers_gain_pts",
         "slowest_tier_gain_pts",
@@ -201,6 +203,13 @@ def table(results: dict[str, Any]) -> str:
         f"{'met' if t['non_loopback_sockets'] == 0 else 'missed'} |",
     ]
     return "\n".join(lines + _privacy_table(results)) + "\n"
+
+
+_BUDGETS = {
+    "samples": "the federated runs' sample-gradient steps, in one sequence",
+    "sequential": "the sequential steps of one average client (the federated runs' wall-clock "
+    "steps)",
+}
 
 
 def _resume_row(diff: float | None) -> str:

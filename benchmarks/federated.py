@@ -31,7 +31,9 @@ into --out; the figures and the table are made by benchmarks/_federated_report.p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import platform
 import sys
@@ -160,32 +162,53 @@ def _federated(
     return _scores(spec, out), history
 
 
+def _central_settings(args: argparse.Namespace, train_images: int, clients: int) -> LocalSettings:
+    """Centralized training's budget: `samples`, the federated run's sample-gradient steps
+    (rounds x local epochs epochs over the pooled data, the issue's ceiling; its steps run in
+    one sequence, `clients` times the sequential steps of clients stepping side by side), or
+    `sequential`, the steps one average client takes in the whole run (each of rounds x local
+    epochs passes stops after that client's batches per epoch: the same wall-clock steps)."""
+    epochs = args.rounds * args.local_epochs
+    if args.central_budget == "samples":
+        return LocalSettings(epochs=epochs, batch_size=args.batch_size, lr=args.lr)
+    per_epoch = math.ceil(train_images / clients / args.batch_size)
+    return LocalSettings(epochs, args.batch_size, args.lr, max_batches=per_epoch)
+
+
 def _central(tiers: Any, args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """Each tier's subnet on the pooled train split, rounds x local epochs epochs."""
-    out = args.out / "central" / f"seed-{seed}"
+    """Each tier's subnet on the pooled train split, for `_central_settings`' budget."""
+    folder = "central" if args.central_budget == "samples" else f"central-{args.central_budget}"
+    out = args.out / folder / f"seed-{seed}"
     cache = out / "scores.npz"
+    spec = _spec("supernet", tiers, args, "iid", None, seed)
+    family, data = resolve(spec)
+    settings = _central_settings(args, len(data.train.tensors[1]), spec.num_clients)
+    budget = {"spec": spec.digest, "local": dataclasses.asdict(settings)}
+    if cache.exists() and _read_budget(out) != budget:  # made for other rounds or settings
+        cache.unlink()
     if not cache.exists():
-        spec = _spec("supernet", tiers, args, "iid", None, seed)
-        family, data = resolve(spec)
         found = {}
         for t in spec.tiers:
             model = family.full_model(seed)
-            epochs = args.rounds * args.local_epochs  # the federated runs' sample-gradient steps
-            settings = LocalSettings(epochs=epochs, batch_size=args.batch_size, lr=args.lr)
             train_local(family, model, t.sub_model, *data.train.tensors, settings, seed)
             cal = data.val.tensors[0][: spec.calibration_images]
             found[t.name] = evaluate_tier(family, model, t.sub_model, cal, *data.test.tensors)
         out.mkdir(parents=True, exist_ok=True)
         np.savez(cache, **found)
+        write_json_atomic(out / "budget.json", budget)
     with np.load(cache) as z:
         return {k: z[k] for k in z.files}
+
+
+def _read_budget(out: Path) -> Any:
+    """The settings a cached centralized row was trained with (None when unrecorded)."""
+    path = out / "budget.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _resume_check(tiers: Any, args: argparse.Namespace) -> float:
     """Run the supernet (Dirichlet, seed 0) for half the rounds, resume it to the end, and
     return the largest difference from the uninterrupted run's weights."""
-    import dataclasses
-
     spec = _spec("supernet", tiers, args, "dirichlet", 0.5, 0)
     whole = args.out / "dirichlet" / "seed-0" / "supernet"
     parts = args.out / "resume-check"
@@ -266,6 +289,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--dp-clip", type=float, default=1.0, help="L2 clip of each client's update")
     p.add_argument("--dp-delta", type=float, default=1e-5)
+    p.add_argument(
+        "--central-budget",
+        choices=("samples", "sequential"),
+        default="samples",
+        help="centralized rows: the federated run's sample-gradient steps (the issue's ceiling) "
+        "or one client's sequential steps",
+    )
     p.add_argument(
         "--server-momentum",
         type=float,

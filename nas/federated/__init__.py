@@ -11,7 +11,14 @@ from __future__ import annotations
 from nas.federated.apps import Resolve, client_partition, make_client_app, make_server_app
 from nas.federated.family import SubModelFamily, SupernetFamily, Tier, WidthFamily
 from nas.federated.grid import LocalGrid, run_in_process
-from nas.federated.local import LocalSettings, evaluate_tier, one_thread, round_seed, train_local
+from nas.federated.local import (
+    LocalSettings,
+    calibration_batches,
+    evaluate_tier,
+    one_thread,
+    round_seed,
+    train_local,
+)
 from nas.federated.partitions import PARTITION_KINDS, client_indices, partition_indices
 from nas.federated.runtime import DeploymentError, DeploymentReport, run_deployment
 from nas.federated.server import (
@@ -59,6 +66,7 @@ __all__ = [
     "TierSpec",
     "WidthFamily",
     "aggregate_held",
+    "calibration_batches",
     "candidate_archs",
     "check_partitions",
     "choose_tiers",

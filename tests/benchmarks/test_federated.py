@@ -101,6 +101,9 @@ def test_table_shows_targets_verdicts_and_the_privacy_cost(report: ModuleType) -
     assert "Local DP" in text and "| 1000 |" in text
     results["targets"]["resume_max_abs_diff"] = None  # --no-resume-check
     assert "| resume_max_abs_diff | not run" in report.table(results)
+    assert "budget: the federated runs' sample-gradient steps" in text  # the default
+    results["settings"]["central_budget"] = "sequential"
+    assert "budget: the sequential steps of one average client" in report.table(results)
 
 
 def test_command_line_reads_the_dp_levels(bench: ModuleType, tmp_path: Path) -> None:
@@ -120,6 +123,38 @@ def test_command_line_reads_the_dp_levels(bench: ModuleType, tmp_path: Path) -> 
         ["--out", str(tmp_path), "--dirichlet-methods", "supernet", "--no-resume-check"]
     )
     assert only.dirichlet_methods == ["supernet"] and only.resume_check is False
+
+
+def test_central_budget_is_the_samples_or_one_clients_steps(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    base = ["--out", str(tmp_path), "--rounds", "12", "--local-epochs", "3", "--batch-size", "8"]
+    samples = bench._central_settings(bench._parse(base), 1078, 12)
+    assert (samples.epochs, samples.max_batches) == (36, None)  # 36 passes over 1,078 images
+    seq = bench._central_settings(bench._parse([*base, "--central-budget", "sequential"]), 1078, 12)
+    assert (seq.epochs, seq.max_batches) == (36, 12)  # a 90-image client's 12 batches a pass
+    with pytest.raises(SystemExit):
+        bench._parse([*base, "--central-budget", "wallclock"])
+
+
+def test_a_cached_central_row_of_other_rounds_is_retrained(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resuming federated runs to more rounds must not read the fewer rounds' central row."""
+    import torch
+
+    trained: list[int] = []
+    pair = (torch.zeros(16, 3, 8, 8), torch.zeros(16, dtype=torch.long))
+    data = SimpleNamespace(train=SimpleNamespace(tensors=pair), val=SimpleNamespace(tensors=pair))
+    data.test = data.train
+    family = SimpleNamespace(full_model=lambda seed: None)
+    monkeypatch.setattr(bench, "resolve", lambda spec: (family, data))
+    monkeypatch.setattr(bench, "train_local", lambda *a: trained.append(a[-2].epochs))
+    monkeypatch.setattr(bench, "evaluate_tier", lambda *a: np.ones(4, dtype=bool))
+    for rounds in ("2", "2", "3"):
+        args = bench._parse(["--out", str(tmp_path), "--rounds", rounds, "--local-epochs", "1"])
+        assert bench._central(_fake_tiers(), args, 0)["only"].all()
+    assert trained == [2, 3]  # the second call read the cache; the third retrained
 
 
 def _fake_tiers() -> tuple[object, ...]:
