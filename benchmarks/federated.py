@@ -61,6 +61,7 @@ from nas.app.config import git_commit
 from nas.app.federated_apps import client_app, resolve, server_app
 from nas.core.files import write_json_atomic, write_text_atomic
 from nas.federated import (
+    TIER_SAMPLING,
     FederatedSpec,
     LocalSettings,
     TierBudget,
@@ -124,6 +125,7 @@ def _spec(
         seed=seed,
         dp=dp,
         server_momentum=args.server_momentum,
+        tier_sampling=args.tier_sampling,
     )
 
 
@@ -301,6 +303,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="FedAvgM on every federated row (0: plain FedAvg averaging)",
+    )
+    p.add_argument(
+        "--tier-sampling",
+        choices=TIER_SAMPLING,
+        default=FederatedSpec.__dataclass_fields__["tier_sampling"].default,
+        help="what a client trains per local step: nested (FjORD: one tier at or below its "
+        "own, uniformly) or own (its tier only, the rows committed before session 14)",
     )
     return _fill_defaults(p, p.parse_args(argv))
 

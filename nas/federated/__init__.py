@@ -21,6 +21,7 @@ from nas.federated.local import (
 )
 from nas.federated.partitions import PARTITION_KINDS, client_indices, partition_indices
 from nas.federated.runtime import DeploymentError, DeploymentReport, run_deployment
+from nas.federated.sampling import TIER_SAMPLING, nested_tiers, step_tier
 from nas.federated.server import (
     ROUNDS_LOG,
     RoundFailed,
@@ -49,6 +50,7 @@ __all__ = [
     "PARTITION_KINDS",
     "ROUNDS_LOG",
     "STATE_JSON",
+    "TIER_SAMPLING",
     "DeploymentError",
     "DeploymentReport",
     "FederatedSpec",
@@ -77,6 +79,7 @@ __all__ = [
     "load_server_state",
     "make_client_app",
     "make_server_app",
+    "nested_tiers",
     "one_thread",
     "partition_indices",
     "partition_nodes",
@@ -87,6 +90,7 @@ __all__ = [
     "run_rounds",
     "save_server_state",
     "server_step",
+    "step_tier",
     "supernet_masks",
     "take_held",
     "train_local",
