@@ -43,13 +43,20 @@ from nas.federated.slices import (
 )
 from nas.federated.spec import FAMILY_KINDS, FederatedSpec, TierSpec
 from nas.federated.state import STATE_JSON, ServerState, load_server_state, save_server_state
-from nas.federated.tiers import TierBudget, candidate_archs, choose_tiers
+from nas.federated.tiers import (
+    TIER_RULES,
+    TierBudget,
+    arch_depth,
+    candidate_archs,
+    choose_tiers,
+)
 
 __all__ = [
     "FAMILY_KINDS",
     "PARTITION_KINDS",
     "ROUNDS_LOG",
     "STATE_JSON",
+    "TIER_RULES",
     "TIER_SAMPLING",
     "DeploymentError",
     "DeploymentReport",
@@ -68,6 +75,7 @@ __all__ = [
     "TierSpec",
     "WidthFamily",
     "aggregate_held",
+    "arch_depth",
     "calibration_batches",
     "candidate_archs",
     "check_partitions",
