@@ -320,9 +320,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--tier-sampling",
         choices=TIER_SAMPLING,
-        default=FederatedSpec.__dataclass_fields__["tier_sampling"].default,
-        help="what a client trains per local step: nested (FjORD: one tier at or below its "
-        "own, uniformly) or own (its tier only, the rows committed before session 14)",
+        default="own",
+        help="what a client trains per local step: own (its tier only) or nested (FjORD: one "
+        "tier nested in its own, uniformly)",
     )
     p.add_argument(
         "--budgets",
