@@ -241,8 +241,8 @@ def add_federated_parser(sub: Any) -> None:
         p.add_argument("--server-lr", type=positive_float, default=1.0, help="the server's step")
         p.add_argument(
             "--tier-sampling",
-            choices=("own", "nested"),
+            choices=("own", "nested", "sandwich"),
             default="own",
             help="per local step a client trains its own tier (own) or one of the tiers nested "
-            "in it, uniformly (nested: FjORD)",
+            "in it, uniformly (nested: FjORD), or its own and the smallest nested one (sandwich)",
         )

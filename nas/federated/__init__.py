@@ -21,7 +21,7 @@ from nas.federated.local import (
 )
 from nas.federated.partitions import PARTITION_KINDS, client_indices, partition_indices
 from nas.federated.runtime import DeploymentError, DeploymentReport, run_deployment
-from nas.federated.sampling import TIER_SAMPLING, nested_tiers, step_tier
+from nas.federated.sampling import TIER_SAMPLING, client_sub_models, nested_tiers, step_tier
 from nas.federated.server import (
     ROUNDS_LOG,
     RoundFailed,
@@ -82,6 +82,7 @@ __all__ = [
     "choose_tiers",
     "client_indices",
     "client_partition",
+    "client_sub_models",
     "evaluate_tier",
     "held_bytes",
     "load_server_state",

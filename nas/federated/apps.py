@@ -26,7 +26,7 @@ from nas.data import ImageDataset
 from nas.federated.family import SubModelFamily
 from nas.federated.local import LocalSettings, round_seed, train_local
 from nas.federated.partitions import client_indices
-from nas.federated.sampling import nested_tiers
+from nas.federated.sampling import client_sub_models
 from nas.federated.server import run_rounds
 from nas.federated.slices import put_held, take_held
 from nas.federated.spec import FederatedSpec
@@ -113,14 +113,23 @@ def _train(message: Message, context: Context, resolve: Resolve) -> Message:
     own = spec.tier_of(part)
     tier = spec.tiers[own].sub_model
     subs = [t.sub_model for t in spec.tiers]
-    smaller = nested_tiers(family, subs, own)[1:] if spec.tier_sampling == "nested" else []
+    smaller, every_step = client_sub_models(family, subs, own, spec.tier_sampling)
     model = family.full_model(spec.seed)
     masks = family.masks(tier)
     put_held(model, masks, message.content["held"].to_torch_state_dict())  # type: ignore[union-attr]
     settings: LocalSettings = spec.local
     seed = round_seed(spec.seed, rnd, part)
     loss = train_local(
-        family, model, tier, images, labels, settings, seed, _node_execution(context), smaller
+        family,
+        model,
+        tier,
+        images,
+        labels,
+        settings,
+        seed,
+        _node_execution(context),
+        smaller,
+        every_step,
     )
     held = take_held(model.state_dict(), masks)
     content = RecordDict(

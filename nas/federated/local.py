@@ -84,11 +84,13 @@ def train_local(
     seed: int,
     precision: Precision | None = None,
     smaller: Sequence[Tier] = (),
+    every_step: bool = False,
 ) -> float:
     """Train `model` as `tier`'s sub-model on (images N x C x H x W, labels N); return the mean
     training loss. Only the sub-model's elements receive gradients. With `smaller` (sub-models
     nested in `tier`'s, `nas.federated.nested_tiers`), each step trains one of `tier` and
-    `smaller`, drawn uniformly from (seed, step) (FjORD's sampling).
+    `smaller`, drawn uniformly from (seed, step) (FjORD's sampling); with `every_step`, each
+    step sums the gradients of `tier` and every one of `smaller` (a client-side sandwich).
 
     `precision` (default fp32 on the CPU, on one thread) is where and how the steps run; the
     model comes back on the CPU, where its parameters go back to Flower."""
@@ -114,19 +116,20 @@ def train_local(
                 batch = order[i : i + settings.batch_size]
                 if len(batch) < 2:  # batch norm needs two images to normalise over
                     continue
-                sub = choices[step_tier(seed, step, len(choices))]
+                subs = choices if every_step else [choices[step_tier(seed, step, len(choices))]]
                 step += 1
-                x = resize_to(prec.to(images[batch]), family.input_shape(sub)[1:])  # B x C x H x W
-                with (
-                    family.activated(model, sub),
-                    fits_memory(prec.device, len(batch)),
-                    prec.autocast(),
-                ):
-                    loss = F.cross_entropy(model(x), prec.to(labels[batch]))
                 opt.zero_grad(set_to_none=True)
-                prec.backward(loss)
+                for sub in subs:  # one sub-model, or the sandwich's (gradients summed)
+                    x = resize_to(prec.to(images[batch]), family.input_shape(sub)[1:])
+                    with (
+                        family.activated(model, sub),
+                        fits_memory(prec.device, len(batch)),
+                        prec.autocast(),
+                    ):
+                        loss = F.cross_entropy(model(x), prec.to(labels[batch]))  # x: B x C x H x W
+                    prec.backward(loss)
+                    losses.append(loss.item())
                 prec.step(opt)
-                losses.append(loss.item())
     model.to("cpu")
     return float(np.mean(losses)) if losses else float("nan")
 

@@ -17,11 +17,13 @@ import torch
 
 from nas.federated.family import SubModelFamily, Tier
 
-__all__ = ["TIER_SAMPLING", "nested_tiers", "step_tier"]
+__all__ = ["TIER_SAMPLING", "client_sub_models", "nested_tiers", "step_tier"]
 
 #: "own": a client trains its own tier's sub-model every step (HeteroFL, the old behaviour);
-#: "nested": each step one of the nested tiers at or below its own, uniformly (FjORD)
-TIER_SAMPLING = ("own", "nested")
+#: "nested": each step one of the nested tiers at or below its own, uniformly (FjORD);
+#: "sandwich": each step its own tier and the smallest nested one, gradients summed (a step
+#: then costs its own tier plus the smallest: over the tier's budget by that much)
+TIER_SAMPLING = ("own", "nested", "sandwich")
 
 
 def _nested(inner: dict[str, torch.Tensor], outer: dict[str, torch.Tensor]) -> bool:
@@ -57,3 +59,23 @@ def step_tier(seed: int, step: int, count: int) -> int:
     if count == 1:
         return 0
     return int(np.random.default_rng([seed, step]).integers(count))
+
+
+def client_sub_models(
+    family: SubModelFamily, tiers: Sequence[Tier], own: int, mode: str
+) -> tuple[list[Tier], bool]:
+    """What a client of `tiers[own]` trains under `mode` (one of `TIER_SAMPLING`): the
+    sub-models besides its own (`train_local`'s `smaller`), and whether every step trains all
+    of them (the sandwich) rather than one drawn per step."""
+    if mode not in TIER_SAMPLING:
+        raise ValueError(f"tier sampling must be one of {TIER_SAMPLING}; got {mode!r}")
+    if mode == "own":
+        return [], False
+    rest = nested_tiers(family, tiers, own)[1:]
+    if mode == "nested" or not rest:
+        return rest, False
+
+    def held(tier: Tier) -> int:
+        return sum(int(m.sum()) for m in family.masks(tier).values())
+
+    return [min(rest, key=held)], True

@@ -31,4 +31,4 @@ def test_tier_sampling_reaches_the_spec(tmp_path: Path) -> None:
     nested = build_parser().parse_args([*base, "--tier-sampling", "nested"])
     assert _spec(nested).tier_sampling == "nested"
     with pytest.raises(SystemExit):
-        build_parser().parse_args([*base, "--tier-sampling", "sandwich"])
+        build_parser().parse_args([*base, "--tier-sampling", "bogus"])

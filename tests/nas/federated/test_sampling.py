@@ -121,3 +121,30 @@ def test_own_sampling_keeps_the_digest_of_older_runs() -> None:
     data.pop("tier_sampling")  # a spec written before the field reads as "own"... when told
     assert FederatedSpec.from_dict({**data, "tier_sampling": "own"}).digest == old.digest
     assert FederatedSpec(tiers=tiers, tier_sampling="nested").digest != old.digest
+
+
+def test_the_sandwich_trains_its_own_and_the_smallest_nested_tier_every_step() -> None:
+    from nas.federated import client_sub_models
+
+    space = nas.get_space("tiny")
+    family, _ = resolve(small_spec())
+    sn = space.supernet()
+    big, small = sn.largest_arch(), sn.smallest_arch()
+    tiers = [{"arch": a} for a in (big, {**big, "s2.depth": 1}, small)]
+    assert client_sub_models(family, tiers, 0, "own") == ([], False)
+    nested, every = client_sub_models(family, tiers, 0, "nested")
+    assert len(nested) == 2 and not every
+    sandwich, every = client_sub_models(family, tiers, 0, "sandwich")
+    assert every and [space.key(t["arch"]) for t in sandwich] == [space.key(small)]
+    assert client_sub_models(family, tiers, 2, "sandwich") == ([], False)  # nothing below
+    torch.manual_seed(0)
+    x, y = torch.randn(24, 3, 32, 32), torch.randint(0, 10, (24,))
+    runs = []
+    for every_step in (True, True, False):
+        model = family.full_model(0)
+        train_local(
+            family, model, tiers[0], x, y, small_spec().local, 5, None, sandwich, every_step
+        )
+        runs.append(model.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])  # reproducible
+    assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0])  # not a draw
