@@ -82,10 +82,10 @@ class FederatedSpec:
     # supernet), with its checksum; None: seeded initial weights
     init: str | None = None
     init_sha256: str | None = None
-    # what a client trains per local step: "own" (its tier's sub-model only) or "nested"
-    # (FjORD: one of the tiers nested in its own, uniformly, `nas.federated.nested_tiers`;
-    # measured in session 14 at 20 rounds: the fast tier 24 points lower, the others within
-    # noise, so not the default)
+    # what a client trains per local step (`nas.federated.client_sub_models`): "own" (its
+    # tier's sub-model only), "nested" (FjORD: one of the tiers nested in its own, uniformly;
+    # in session 14, 20 rounds: the fast tier 24 points lower, the others within noise, so
+    # not the default) or "sandwich" (its own and the smallest nested tier, summed)
     tier_sampling: str = "own"
 
     def __post_init__(self) -> None:
