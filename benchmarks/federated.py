@@ -133,7 +133,8 @@ def _spec(
         seed=seed,
         dp=dp,
         server_momentum=args.server_momentum,
-        tier_sampling=args.tier_sampling,
+        # the width row stays HeteroFL's (each client its own width); FedAvg has one tier
+        tier_sampling=args.tier_sampling if kind == "supernet" else "own",
     )
 
 
@@ -321,8 +322,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--tier-sampling",
         choices=TIER_SAMPLING,
         default="own",
-        help="what a client trains per local step: own (its tier only) or nested (FjORD: one "
-        "tier nested in its own, uniformly)",
+        help="what a supernet client trains per local step: own (its tier only), nested "
+        "(FjORD: one tier nested in its own, uniformly) or sandwich (its own and the smallest "
+        "nested one); the width row stays HeteroFL's",
     )
     p.add_argument(
         "--budgets",

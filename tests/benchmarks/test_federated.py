@@ -208,3 +208,14 @@ def test_width_models_are_priced_like_subnets_and_can_set_the_budgets() -> None:
     lat = device.predict_many(space, archs)
     assert budgets.tier_budgets("space", space, device, archs)[2] == pytest.approx(min(lat), 2e-4)
     assert quarter > min(lat)  # HeteroFL's quarter width misses the smallest subnet's budget
+
+
+def test_tier_sampling_applies_to_the_supernet_rows_only(bench: ModuleType, tmp_path: Path) -> None:
+    from nas.federated import TierSpec
+
+    tiers = tuple(TierSpec(n, clients=2, arch={"any": i}) for i, n in enumerate(("a", "b", "c")))
+    args = bench._parse(["--out", str(tmp_path), "--tier-sampling", "sandwich"])
+    assert bench._spec("supernet", tiers, args, "iid", None, 0).tier_sampling == "sandwich"
+    width = bench._spec("width", tiers, args, "iid", None, 0)
+    assert width.kind == "width" and width.tier_sampling == "own"  # HeteroFL's row as it was
+    assert bench._parse(["--out", str(tmp_path)]).tier_sampling == "own"
