@@ -321,10 +321,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--tier-sampling",
         choices=TIER_SAMPLING,
-        default="own",
-        help="what a supernet client trains per local step: own (its tier only), nested "
-        "(FjORD: one tier nested in its own, uniformly) or sandwich (its own and the smallest "
-        "nested one); the width row stays HeteroFL's",
+        default="sandwich",
+        help="what a supernet client trains per local step: sandwich (its own tier and the "
+        "smallest nested one, the default since session 14), own (its tier only: the rows "
+        "before) or nested (FjORD: one tier nested in its own, uniformly); the width row "
+        "stays HeteroFL's",
     )
     p.add_argument(
         "--budgets",

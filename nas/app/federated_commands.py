@@ -242,7 +242,8 @@ def add_federated_parser(sub: Any) -> None:
         p.add_argument(
             "--tier-sampling",
             choices=("own", "nested", "sandwich"),
-            default="own",
-            help="per local step a client trains its own tier (own) or one of the tiers nested "
-            "in it, uniformly (nested: FjORD), or its own and the smallest nested one (sandwich)",
+            default="sandwich",
+            help="per local step a client trains its own tier and the smallest one nested in it "
+            "(sandwich, the default), its own tier only (own: runs made before session 14), or "
+            "one of the nested tiers, uniformly (nested: FjORD)",
         )

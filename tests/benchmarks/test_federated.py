@@ -218,4 +218,4 @@ def test_tier_sampling_applies_to_the_supernet_rows_only(bench: ModuleType, tmp_
     assert bench._spec("supernet", tiers, args, "iid", None, 0).tier_sampling == "sandwich"
     width = bench._spec("width", tiers, args, "iid", None, 0)
     assert width.kind == "width" and width.tier_sampling == "own"  # HeteroFL's row as it was
-    assert bench._parse(["--out", str(tmp_path)]).tier_sampling == "own"
+    assert bench._parse(["--out", str(tmp_path)]).tier_sampling == "sandwich"

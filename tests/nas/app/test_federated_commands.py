@@ -27,8 +27,9 @@ def test_tier_sampling_reaches_the_spec(tmp_path: Path) -> None:
     from nas.app.federated_commands import _spec
 
     base = ["federated", "run", "--out", str(tmp_path), *TIER]
-    assert _spec(build_parser().parse_args(base)).tier_sampling == "own"
-    nested = build_parser().parse_args([*base, "--tier-sampling", "nested"])
-    assert _spec(nested).tier_sampling == "nested"
+    assert _spec(build_parser().parse_args(base)).tier_sampling == "sandwich"
+    for mode in ("own", "nested"):
+        chosen = build_parser().parse_args([*base, "--tier-sampling", mode])
+        assert _spec(chosen).tier_sampling == mode
     with pytest.raises(SystemExit):
         build_parser().parse_args([*base, "--tier-sampling", "bogus"])
