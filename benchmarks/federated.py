@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 import latency_models
+from benchmarks._federated_budgets import BUDGET_RULES, tier_budgets, width_model_ms
 from benchmarks._federated_report import (
     DP_PREFIX,
     METHODS,
@@ -61,6 +62,8 @@ from nas.app.config import git_commit
 from nas.app.federated_apps import client_app, resolve, server_app
 from nas.core.files import write_json_atomic, write_text_atomic
 from nas.federated import (
+    TIER_RULES,
+    TIER_SAMPLING,
     FederatedSpec,
     LocalSettings,
     TierBudget,
@@ -73,12 +76,17 @@ from nas.federated import (
     train_local,
 )
 
+_RULES = {"macs": "most MACs", "depth": "most blocks (then most MACs)"}
 
-def _tiers(space: Any, clients: int, candidates: int) -> tuple[TierSpec, ...]:
-    device = latency_models.CostModelPredictor(latency_models.get_device("pixel3-emulated"))
-    archs = candidate_archs(space, candidates, seed=0)
-    lat = device.predict_many(space, archs)
-    budgets = (float(lat.max()), float(np.sqrt(lat.max() * lat.min())), float(lat.min()) * 1.0001)
+
+def _device() -> Any:
+    return latency_models.CostModelPredictor(latency_models.get_device("pixel3-emulated"))
+
+
+def _tiers(space: Any, clients: int, args: argparse.Namespace) -> tuple[TierSpec, ...]:
+    device = _device()
+    candidates = args.candidates
+    budgets = tier_budgets(args.budgets, space, device, candidate_archs(space, candidates, seed=0))
     return choose_tiers(
         space,
         [
@@ -87,6 +95,7 @@ def _tiers(space: Any, clients: int, candidates: int) -> tuple[TierSpec, ...]:
         ],
         candidates=candidates,
         seed=0,
+        rule=args.tier_rule,
     )
 
 
@@ -124,13 +133,19 @@ def _spec(
         seed=seed,
         dp=dp,
         server_momentum=args.server_momentum,
+        # the width row stays HeteroFL's (each client its own width); FedAvg has one tier
+        tier_sampling=args.tier_sampling if kind == "supernet" else "own",
     )
 
 
 def _scores(spec: FederatedSpec, out: Path) -> dict[str, Any]:
-    """Per tier, the per-image correctness of the final weights (cached in scores.npz)."""
-    cache = out / "scores.npz"
+    """Per tier, the per-image correctness of the final weights (cached in scores.npz, with
+    the round it scores in scores.json: a run resumed to more rounds is scored again)."""
+    cache, stamp = out / "scores.npz", out / "scores.json"
     family, data = resolve(spec)
+    scored = json.loads(stamp.read_text()).get("round") if stamp.exists() else None
+    if cache.exists() and scored != spec.rounds:  # unstamped (older) caches are scored again
+        cache.unlink()
     if not cache.exists():
         state = load_server_state(out, spec.digest, family.full_model(spec.seed).state_dict())
         assert state is not None and state.round == spec.rounds
@@ -141,6 +156,7 @@ def _scores(spec: FederatedSpec, out: Path) -> dict[str, Any]:
             cal = data.val.tensors[0][: spec.calibration_images]
             found[t.name] = evaluate_tier(family, model, t.sub_model, cal, *data.test.tensors)
         np.savez(cache, **found)
+        write_json_atomic(stamp, {"round": state.round})
     with np.load(cache) as z:
         return {k: z[k] for k in z.files}
 
@@ -302,6 +318,28 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=0.0,
         help="FedAvgM on every federated row (0: plain FedAvg averaging)",
     )
+    p.add_argument(
+        "--tier-sampling",
+        choices=TIER_SAMPLING,
+        default="sandwich",
+        help="what a supernet client trains per local step: sandwich (its own tier and the "
+        "smallest nested one, the default since session 14), own (its tier only: the rows "
+        "before) or nested (FjORD: one tier nested in its own, uniformly); the width row "
+        "stays HeteroFL's",
+    )
+    p.add_argument(
+        "--budgets",
+        choices=BUDGET_RULES,
+        default="space",
+        help="tier budgets: space (largest subnet, smallest, their geometric mean) or width "
+        "(each tier's width-only model's latency, so both rows meet the same budgets)",
+    )
+    p.add_argument(
+        "--tier-rule",
+        choices=TIER_RULES,
+        default="macs",
+        help="each tier's subnet: the most MACs under its budget, or the most blocks (depth)",
+    )
     return _fill_defaults(p, p.parse_args(argv))
 
 
@@ -398,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     import search_spaces
 
     space = search_spaces.get_space("tiny")
-    tiers = _tiers(space, 4, args.candidates)
+    tiers = _tiers(space, 4, args)
     scores, histories, rows_runs = _run_all(tiers, args)
     _, data = resolve(_spec("supernet", tiers, args, "iid", None, 0))
     groups = data.groups("test")
@@ -419,7 +457,16 @@ def main(argv: list[str] | None = None) -> int:
             }
             for t in tiers
         ],
-        "tier_rule": "most MACs under the budget on pixel3-emulated's cost model (no client data)",
+        "tier_rule": f"{_RULES[args.tier_rule]} under the budget on pixel3-emulated's cost model "
+        "(no client data)",
+        "budget_rule": args.budgets,
+        "width_predicted_ms": dict(
+            zip(
+                [t.name for t in tiers],
+                width_model_ms(space, _device().emulated, tiers[0].arch),
+                strict=True,
+            )
+        ),
         "rows": rows,
         "runs": rows_runs,
         "loadavg": list(os.getloadavg()),

@@ -50,13 +50,15 @@ def parse_tier(text: str) -> tuple[str, str, float, int]:
     return name, device, budget_ms, count
 
 
-def pick_tiers(space: Any, budgets: list[Any], candidates: int, seed: int) -> tuple[Any, ...]:
-    """Each tier's subnet (`nas.federated.choose_tiers`), a budget no arch meets as InputError
-    naming the fastest arch's latency."""
+def pick_tiers(
+    space: Any, budgets: list[Any], candidates: int, seed: int, rule: str = "macs"
+) -> tuple[Any, ...]:
+    """Each tier's subnet (`nas.federated.choose_tiers` with `rule`), a budget no arch meets as
+    InputError naming the fastest arch's latency."""
     from nas.federated import choose_tiers
 
     try:
-        return choose_tiers(space, budgets, candidates=candidates, seed=seed)
+        return choose_tiers(space, budgets, candidates=candidates, seed=seed, rule=rule)
     except ValueError as err:
         raise InputError(str(err)) from None
 
@@ -74,7 +76,7 @@ def _tiers(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...]]:
         name, device, budget_ms, clients = parse_tier(text)
         predictor = latency_models.CostModelPredictor(latency_models.get_device(device))
         budgets.append(TierBudget(name, predictor, budget_ms, clients))
-    return space, pick_tiers(space, budgets, args.candidates, args.seed)
+    return space, pick_tiers(space, budgets, args.candidates, args.seed, args.tier_rule)
 
 
 def tiers_cmd(args: argparse.Namespace) -> int:
@@ -135,6 +137,7 @@ def _spec(args: argparse.Namespace) -> Any:
         partition=args.partition, alpha=args.alpha, seed=args.seed,
         min_clients=args.min_clients, test_images=args.test_images, dp=dp,
         server_lr=args.server_lr, server_momentum=args.server_momentum,
+        tier_sampling=args.tier_sampling,
     )  # fmt: skip
 
 
@@ -204,6 +207,12 @@ def add_federated_parser(sub: Any) -> None:
         p.add_argument("--space", default="tiny")
         p.add_argument("--candidates", type=positive_int, default=500, help="archs priced per tier")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--tier-rule",
+            choices=("macs", "depth"),
+            default="macs",
+            help="each tier's subnet: the most MACs under its budget, or the most blocks",
+        )
         p.set_defaults(func=func)
         if name == "tiers":
             continue
@@ -230,3 +239,11 @@ def add_federated_parser(sub: Any) -> None:
             help="FedAvgM: the server's momentum on the averaged update, in [0, 1) (0: FedAvg)",
         )
         p.add_argument("--server-lr", type=positive_float, default=1.0, help="the server's step")
+        p.add_argument(
+            "--tier-sampling",
+            choices=("own", "nested", "sandwich"),
+            default="sandwich",
+            help="per local step a client trains its own tier and the smallest one nested in it "
+            "(sandwich, the default), its own tier only (own: runs made before session 14), or "
+            "one of the nested tiers, uniformly (nested: FjORD)",
+        )

@@ -21,6 +21,7 @@ from nas.federated.local import (
 )
 from nas.federated.partitions import PARTITION_KINDS, client_indices, partition_indices
 from nas.federated.runtime import DeploymentError, DeploymentReport, run_deployment
+from nas.federated.sampling import TIER_SAMPLING, client_sub_models, nested_tiers, step_tier
 from nas.federated.server import (
     ROUNDS_LOG,
     RoundFailed,
@@ -42,13 +43,21 @@ from nas.federated.slices import (
 )
 from nas.federated.spec import FAMILY_KINDS, FederatedSpec, TierSpec
 from nas.federated.state import STATE_JSON, ServerState, load_server_state, save_server_state
-from nas.federated.tiers import TierBudget, candidate_archs, choose_tiers
+from nas.federated.tiers import (
+    TIER_RULES,
+    TierBudget,
+    arch_depth,
+    candidate_archs,
+    choose_tiers,
+)
 
 __all__ = [
     "FAMILY_KINDS",
     "PARTITION_KINDS",
     "ROUNDS_LOG",
     "STATE_JSON",
+    "TIER_RULES",
+    "TIER_SAMPLING",
     "DeploymentError",
     "DeploymentReport",
     "FederatedSpec",
@@ -66,17 +75,20 @@ __all__ = [
     "TierSpec",
     "WidthFamily",
     "aggregate_held",
+    "arch_depth",
     "calibration_batches",
     "candidate_archs",
     "check_partitions",
     "choose_tiers",
     "client_indices",
     "client_partition",
+    "client_sub_models",
     "evaluate_tier",
     "held_bytes",
     "load_server_state",
     "make_client_app",
     "make_server_app",
+    "nested_tiers",
     "one_thread",
     "partition_indices",
     "partition_nodes",
@@ -87,6 +99,7 @@ __all__ = [
     "run_rounds",
     "save_server_state",
     "server_step",
+    "step_tier",
     "supernet_masks",
     "take_held",
     "train_local",

@@ -26,6 +26,7 @@ from nas.data import ImageDataset
 from nas.federated.family import SubModelFamily
 from nas.federated.local import LocalSettings, round_seed, train_local
 from nas.federated.partitions import client_indices
+from nas.federated.sampling import client_sub_models
 from nas.federated.server import run_rounds
 from nas.federated.slices import put_held, take_held
 from nas.federated.spec import FederatedSpec
@@ -109,14 +110,26 @@ def _train(message: Message, context: Context, resolve: Resolve) -> Message:
         raise ValueError(f"the server sent partition {sent_part}'s slices to partition {part}")
     family, data = resolve(spec)
     images, labels = client_partition(spec, data, part, num)
-    tier = spec.tiers[spec.tier_of(part)].sub_model
+    own = spec.tier_of(part)
+    tier = spec.tiers[own].sub_model
+    subs = [t.sub_model for t in spec.tiers]
+    smaller, every_step = client_sub_models(family, subs, own, spec.tier_sampling)
     model = family.full_model(spec.seed)
     masks = family.masks(tier)
     put_held(model, masks, message.content["held"].to_torch_state_dict())  # type: ignore[union-attr]
     settings: LocalSettings = spec.local
     seed = round_seed(spec.seed, rnd, part)
     loss = train_local(
-        family, model, tier, images, labels, settings, seed, _node_execution(context)
+        family,
+        model,
+        tier,
+        images,
+        labels,
+        settings,
+        seed,
+        _node_execution(context),
+        smaller,
+        every_step,
     )
     held = take_held(model.state_dict(), masks)
     content = RecordDict(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from nas.core.elastic import resize_to
 from nas.federated.family import SubModelFamily, Tier
+from nas.federated.sampling import step_tier
 from nas.supernet import Precision, correct_mask, fits_memory, recalibrate_bn
 
 __all__ = [
@@ -82,9 +83,14 @@ def train_local(
     settings: LocalSettings,
     seed: int,
     precision: Precision | None = None,
+    smaller: Sequence[Tier] = (),
+    every_step: bool = False,
 ) -> float:
     """Train `model` as `tier`'s sub-model on (images N x C x H x W, labels N); return the mean
-    training loss. Only the sub-model's elements receive gradients.
+    training loss. Only the sub-model's elements receive gradients. With `smaller` (sub-models
+    nested in `tier`'s, `nas.federated.nested_tiers`), each step trains one of `tier` and
+    `smaller`, drawn uniformly from (seed, step) (FjORD's sampling); with `every_step`, each
+    step sums the gradients of `tier` and every one of `smaller` (a client-side sandwich).
 
     `precision` (default fp32 on the CPU, on one thread) is where and how the steps run; the
     model comes back on the CPU, where its parameters go back to Flower."""
@@ -97,11 +103,12 @@ def train_local(
     opt = torch.optim.SGD(
         params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
-    size = family.input_shape(tier)[1:]
+    choices = [tier, *smaller]
     losses: list[float] = []
     model.train()
     threads = one_thread() if prec.device.type == "cpu" else contextlib.nullcontext()
-    with threads, family.activated(model, tier):
+    step = 0
+    with threads:
         for _ in range(settings.epochs):
             order = torch.randperm(len(images), generator=generator)
             starts = range(0, len(order), settings.batch_size)[: settings.max_batches]
@@ -109,13 +116,20 @@ def train_local(
                 batch = order[i : i + settings.batch_size]
                 if len(batch) < 2:  # batch norm needs two images to normalise over
                     continue
-                x = resize_to(prec.to(images[batch]), size)  # B x C x H x W
-                with fits_memory(prec.device, len(batch)), prec.autocast():
-                    loss = F.cross_entropy(model(x), prec.to(labels[batch]))
+                subs = choices if every_step else [choices[step_tier(seed, step, len(choices))]]
+                step += 1
                 opt.zero_grad(set_to_none=True)
-                prec.backward(loss)
+                for sub in subs:  # one sub-model, or the sandwich's (gradients summed)
+                    x = resize_to(prec.to(images[batch]), family.input_shape(sub)[1:])
+                    with (
+                        family.activated(model, sub),
+                        fits_memory(prec.device, len(batch)),
+                        prec.autocast(),
+                    ):
+                        loss = F.cross_entropy(model(x), prec.to(labels[batch]))  # x: B x C x H x W
+                    prec.backward(loss)
+                    losses.append(loss.item())
                 prec.step(opt)
-                losses.append(loss.item())
     model.to("cpu")
     return float(np.mean(losses)) if losses else float("nan")
 

@@ -15,6 +15,7 @@ from typing import Any
 from nas.core.files import json_digest
 from nas.federated.local import LocalSettings
 from nas.federated.partitions import PARTITION_KINDS
+from nas.federated.sampling import TIER_SAMPLING
 
 __all__ = ["FAMILY_KINDS", "FederatedSpec", "TierSpec"]
 
@@ -81,6 +82,11 @@ class FederatedSpec:
     # supernet), with its checksum; None: seeded initial weights
     init: str | None = None
     init_sha256: str | None = None
+    # what a client trains per local step (`nas.federated.client_sub_models`): "own" (its
+    # tier's sub-model only), "nested" (FjORD: one of the tiers nested in its own, uniformly;
+    # in session 14, 20 rounds: the fast tier 24 points lower, the others within noise, so
+    # not the default) or "sandwich" (its own and the smallest nested tier, summed)
+    tier_sampling: str = "own"
 
     def __post_init__(self) -> None:
         if not self.tiers:
@@ -114,6 +120,10 @@ class FederatedSpec:
             raise ValueError(
                 "server_lr must be > 0 and server_momentum in [0, 1); got "
                 f"{self.server_lr!r}, {self.server_momentum!r}"
+            )
+        if self.tier_sampling not in TIER_SAMPLING:
+            raise ValueError(
+                f"tier_sampling must be one of {TIER_SAMPLING}; got {self.tier_sampling!r}"
             )
         if (self.init is None) != (self.init_sha256 is None):
             raise ValueError("init and init_sha256 go together (the weights and their checksum)")
@@ -162,6 +172,8 @@ class FederatedSpec:
         for key, plain in (("server_lr", 1.0), ("server_momentum", 0.0)):
             if data[key] == plain:
                 data.pop(key)  # plain FedAvg: runs made before the server step keep their digest
+        if data["tier_sampling"] == "own":
+            data.pop("tier_sampling")  # runs made before tier sampling keep their digest
         return json_digest(data)
 
     @classmethod

@@ -5,7 +5,11 @@ device (a LUT, a cost model, a calibrated predictor: any `LatencyModel`) and the
 costs. Among seeded candidates (the extremes and a random sample) it keeps those whose
 predicted latency meets the budget and picks the one with the most MACs (ties: the faster),
 as accuracy grows with compute across a supernet's subnets (Once-for-All's accuracy-vs-MACs
-fronts). A budget no candidate meets is an error naming the fastest candidate's latency.
+fronts); or, with ``rule="depth"``, the deepest one (the most blocks, summed over the arch's
+``*.depth`` choices), most MACs among equals: a data-free preference for depth over width,
+since on small budgets the deep, narrow sub-models of HeteroFL's widths learned more than the
+shallow, wide subnets with more MACs (issue 21's benchmark). A budget no candidate meets is an
+error naming the fastest candidate's latency.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from nas.core.protocols import LatencyModel
 from nas.core.space import Arch, SearchSpace
 from nas.federated.spec import TierSpec
 
-__all__ = ["TierBudget", "candidate_archs", "choose_tiers"]
+__all__ = ["TIER_RULES", "TierBudget", "arch_depth", "candidate_archs", "choose_tiers"]
+
+TIER_RULES = ("macs", "depth")
 
 
 @dataclass(frozen=True)
@@ -53,13 +59,26 @@ def candidate_archs(space: SearchSpace, count: int, seed: int) -> list[Arch]:
     return list(found.values())
 
 
+def arch_depth(arch: Arch) -> int:
+    """The arch's blocks: its ``*.depth`` choices summed (0 for a space without them)."""
+    return sum(int(v) for k, v in arch.items() if k == "depth" or k.endswith(".depth"))
+
+
 def choose_tiers(
-    space: SearchSpace, budgets: Sequence[TierBudget], candidates: int = 500, seed: int = 0
+    space: SearchSpace,
+    budgets: Sequence[TierBudget],
+    candidates: int = 500,
+    seed: int = 0,
+    rule: str = "macs",
 ) -> tuple[TierSpec, ...]:
-    """One `TierSpec` per budget: the arch with the most MACs whose predicted latency on the
-    tier's device meets its budget (the prediction is recorded in the tier's name-free fields)."""
+    """One `TierSpec` per budget: the arch with the most MACs (`rule` "macs"), or the deepest
+    with the most MACs among equals ("depth"), whose predicted latency on the tier's device
+    meets its budget (the prediction is recorded in the tier's name-free fields)."""
+    if rule not in TIER_RULES:
+        raise ValueError(f"the tier rule must be one of {TIER_RULES}; got {rule!r}")
     archs = candidate_archs(space, candidates, seed)
     macs = np.array([space.cost(a).macs for a in archs], dtype=np.float64)
+    depth = np.array([arch_depth(a) if rule == "depth" else 0 for a in archs], dtype=np.int64)
     tiers = []
     for b in budgets:
         latency_ms = np.asarray(b.latency.predict_many(space, archs), dtype=np.float64)
@@ -70,7 +89,7 @@ def choose_tiers(
                 f"{b.latency.device} (the fastest of {len(archs)} candidates takes "
                 f"{latency_ms.min():.4g} ms); raise the budget"
             )
-        best = min(feasible, key=lambda i: (-macs[i], latency_ms[i], i))
+        best = min(feasible, key=lambda i: (-depth[i], -macs[i], latency_ms[i], i))
         tiers.append(
             TierSpec(
                 b.name,

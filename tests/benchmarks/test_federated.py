@@ -161,3 +161,61 @@ def _fake_tiers() -> tuple[object, ...]:
     from nas.federated import TierSpec
 
     return (TierSpec("only", clients=2, arch={"any": 1}),)  # the spec does not read the arch
+
+
+def test_a_run_resumed_to_more_rounds_is_scored_again(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    pair = (torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    data = SimpleNamespace(val=SimpleNamespace(tensors=pair), test=SimpleNamespace(tensors=pair))
+    model = SimpleNamespace(load_state_dict=lambda w: None)
+    family = SimpleNamespace(
+        full_model=lambda seed: SimpleNamespace(state_dict=dict, **vars(model))
+    )
+    saved = {"round": 2}
+    monkeypatch.setattr(bench, "resolve", lambda spec: (family, data))
+    monkeypatch.setattr(
+        bench, "load_server_state", lambda *a: SimpleNamespace(round=saved["round"], weights={})
+    )
+    monkeypatch.setattr(bench, "evaluate_tier", lambda *a: np.full(4, saved["round"] == 3))
+    from dataclasses import replace
+
+    from nas.federated import FederatedSpec
+
+    spec = FederatedSpec(tiers=_fake_tiers(), rounds=2)
+    assert not bench._scores(spec, tmp_path)["only"].any()
+    saved["round"] = 3
+    assert bench._scores(replace(spec, rounds=3), tmp_path)["only"].all()  # not the cached 2
+
+
+def test_width_models_are_priced_like_subnets_and_can_set_the_budgets() -> None:
+    budgets = _load("federated_budgets_bench", ROOT / "benchmarks" / "_federated_budgets.py")
+    import latency_models
+    import search_spaces
+    from nas.federated import candidate_archs
+
+    space = search_spaces.get_space("tiny")
+    device = latency_models.CostModelPredictor(latency_models.get_device("pixel3-emulated"))
+    archs = candidate_archs(space, 40, seed=0)
+    largest = space.supernet().largest_arch()
+    full, half, quarter = budgets.width_model_ms(space, device.emulated, largest)
+    assert full == pytest.approx(float(device.predict_many(space, [largest])[0]), rel=1e-9)
+    assert full > half > quarter
+    fast, mid, slow = budgets.tier_budgets("width", space, device, archs)
+    assert (fast, mid, slow) == pytest.approx((full, half, quarter), rel=2e-4)
+    lat = device.predict_many(space, archs)
+    assert budgets.tier_budgets("space", space, device, archs)[2] == pytest.approx(min(lat), 2e-4)
+    assert quarter > min(lat)  # HeteroFL's quarter width misses the smallest subnet's budget
+
+
+def test_tier_sampling_applies_to_the_supernet_rows_only(bench: ModuleType, tmp_path: Path) -> None:
+    from nas.federated import TierSpec
+
+    tiers = tuple(TierSpec(n, clients=2, arch={"any": i}) for i, n in enumerate(("a", "b", "c")))
+    args = bench._parse(["--out", str(tmp_path), "--tier-sampling", "sandwich"])
+    assert bench._spec("supernet", tiers, args, "iid", None, 0).tier_sampling == "sandwich"
+    width = bench._spec("width", tiers, args, "iid", None, 0)
+    assert width.kind == "width" and width.tier_sampling == "own"  # HeteroFL's row as it was
+    assert bench._parse(["--out", str(tmp_path)]).tier_sampling == "sandwich"

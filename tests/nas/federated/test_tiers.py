@@ -54,3 +54,24 @@ def test_a_budget_no_arch_meets_names_the_fastest() -> None:
         choose_tiers(space, [TierBudget("watch", dev, fastest * 0.99, 3)], 20)
     with pytest.raises(ValueError, match="budget_ms must be > 0"):
         TierBudget("watch", dev, 0.0, 3)
+
+
+def test_the_depth_rule_takes_the_deepest_arch_then_the_most_macs() -> None:
+    from nas.federated import arch_depth
+
+    space = nas.get_space("tiny")
+    dev = _MacsLatency()
+    archs = candidate_archs(space, 60, seed=0)
+    lat = dev.predict_many(space, archs)
+    budget = float(np.quantile(lat, 0.5))
+    (macs,) = choose_tiers(space, [TierBudget("t", dev, budget, 2)], 60)
+    (deep,) = choose_tiers(space, [TierBudget("t", dev, budget, 2)], 60, rule="depth")
+    fits = [a for a, ms in zip(archs, lat, strict=True) if ms <= budget]
+    most = max(arch_depth(a) for a in fits)
+    assert deep.arch is not None and macs.arch is not None
+    assert arch_depth(deep.arch) == most > arch_depth(macs.arch)
+    assert space.cost(deep.arch).macs == max(
+        space.cost(a).macs for a in fits if arch_depth(a) == most
+    )
+    with pytest.raises(ValueError, match="tier rule"):
+        choose_tiers(space, [TierBudget("t", dev, budget, 2)], 60, rule="params")
