@@ -46,22 +46,34 @@ ROOT = Path(__file__).resolve().parents[1]
 PERCENTILES = (25, 50, 75)
 ALLOWANCE_PCT = 5.0  # a real runtime's figure: within the held-out p95 error plus this
 NB201_TABLE = ROOT.parent / "shared" / "benchmarks" / "nb201" / "nb201.csv"
+# --preset medium: `tiny` sits near chance for hundreds of single-path steps (uniformly drawn
+# subnets learn far slower than the largest; 4 epochs of 107 steps of 64: 22 % test accuracy;
+# 800 steps of 32: 32 %), so both routes get 800 steps of 32 on `tiny`. nb201's Gumbel step runs
+# every candidate of 90 mixed ops (~12 s a step on one core), so nb201 trains with sampled
+# paths and, like fbnet (the short run), few steps: its rows check the latency targets, its
+# accuracy stays near chance at this preset.
+MEDIUM_TINY: dict[str, Any] = {"epochs": 8, "warmup_epochs": 3, "max_steps": 100, "batch_size": 32}
+MEDIUM_NB201: dict[str, Any] = {"epochs": 3, "warmup_epochs": 1, "max_steps": 15, "batch_size": 32}
+MEDIUM_FBNET: dict[str, Any] = {"epochs": 2, "warmup_epochs": 1, "max_steps": 5, "batch_size": 32}
+MEDIUM_TRIALS = 40
 
 
-def _cases(quick: bool) -> list[dict[str, Any]]:
-    """(space, device, relaxations, seeds, training settings) of the full run or the small one;
-    `trials` is the search route's, `n` the archs whose whole-network figure sets the targets
-    (and, on a real runtime, checks the latency model held out)."""
-    if quick:
-        train: dict[str, Any] = {"epochs": 3, "warmup_epochs": 1, "max_steps": 4, "batch_size": 32}
-        return [
-            {"space": "tiny", "device": "pixel3-emulated", "relax": ["gumbel", "proxyless"],
-             "seeds": [0], "train": train, "trials": 30},
-            {"space": "nb201", "device": "nb201-pixel3", "relax": ["gumbel"], "seeds": [0],
-             "train": train, "percentiles": (50,), "trials": 30},
-            {"space": "tiny", "device": "ort-cpu-1t", "relax": ["gumbel"], "seeds": [0],
-             "train": train, "trials": 30, "n": 30, "lut_archs": 5},
-        ]  # fmt: skip
+PRESETS = ("quick", "medium", "full")
+
+
+def _cases(preset: str | bool) -> list[dict[str, Any]]:
+    """(space, device, relaxations, seeds, training settings) of a preset: `quick` (a smoke
+    run: a few steps, every arch at chance), `medium` (one seed, long enough that both routes
+    learn, about an hour on one core) or `full` (the issue's table); `trials` is the search
+    route's, `n` the archs whose whole-network figure sets the targets (and, on a real runtime,
+    checks the latency model held out). `True` / `False` are `quick` / `full`."""
+    preset = {True: "quick", False: "full"}.get(preset, preset)  # type: ignore[arg-type]
+    if preset == "quick":
+        return _quick_cases()
+    if preset == "medium":
+        return _medium_cases()
+    if preset != "full":
+        raise ValueError(f"unknown preset {preset!r}; one of {PRESETS}")
     train = {"epochs": 20, "warmup_epochs": 5, "max_steps": None, "batch_size": 64}
     return [
         {"space": "tiny", "device": d, "relax": ["gumbel", "proxyless"], "seeds": [0, 1, 2],
@@ -72,6 +84,34 @@ def _cases(quick: bool) -> list[dict[str, Any]]:
          "seeds": [0, 1, 2], "train": train},
         {"space": "fbnet", "device": "pixel3-emulated", "relax": ["proxyless"], "seeds": [0],
          "train": {**train, "epochs": 4, "warmup_epochs": 1}, "percentiles": (50,)},
+    ]  # fmt: skip
+
+
+def _quick_cases() -> list[dict[str, Any]]:
+    train: dict[str, Any] = {"epochs": 3, "warmup_epochs": 1, "max_steps": 4, "batch_size": 32}
+    return [
+        {"space": "tiny", "device": "pixel3-emulated", "relax": ["gumbel", "proxyless"],
+         "seeds": [0], "train": train, "trials": 30},
+        {"space": "nb201", "device": "nb201-pixel3", "relax": ["gumbel"], "seeds": [0],
+         "train": train, "percentiles": (50,), "trials": 30},
+        {"space": "tiny", "device": "ort-cpu-1t", "relax": ["gumbel"], "seeds": [0],
+         "train": train, "trials": 30, "n": 30, "lut_archs": 5},
+    ]  # fmt: skip
+
+
+def _medium_cases() -> list[dict[str, Any]]:
+    """One seed of every case, `tiny` trained until both routes learn (MEDIUM_TINY, both
+    routes the same epochs and steps), nb201 and fbnet short (see MEDIUM_TINY's comment)."""
+    tiny: dict[str, Any] = MEDIUM_TINY
+    return [
+        {"space": "tiny", "device": "pixel3-emulated", "relax": ["gumbel", "proxyless"],
+         "seeds": [0], "train": tiny, "trials": MEDIUM_TRIALS},
+        {"space": "tiny", "device": "ort-cpu-1t", "relax": ["gumbel"], "seeds": [0],
+         "train": tiny, "trials": MEDIUM_TRIALS, "n": 30, "lut_archs": 10},
+        {"space": "nb201", "device": "nb201-pixel3", "relax": ["proxyless"], "seeds": [0],
+         "train": MEDIUM_NB201, "trials": 20},
+        {"space": "fbnet", "device": "pixel3-emulated", "relax": ["proxyless"], "seeds": [0],
+         "train": MEDIUM_FBNET, "percentiles": (50,), "trials": 10},
     ]  # fmt: skip
 
 
@@ -308,9 +348,13 @@ def _route_table(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def _case_rows(case: dict[str, Any], data: Any, out: Path, noise: dict[str, float]) -> list:
+def _case_rows(
+    case: dict[str, Any], data: Any, out: Path, noise: dict[str, float],
+    on_row: Any = None,
+) -> list:  # fmt: skip
     """Every row of one (space, device): the shared latency model, the targets, per seed the
-    search route, then each target's hwtrain run, its comparison with the route and its cost."""
+    search route, then each target's hwtrain run, its comparison with the route and its cost.
+    `on_row(row)` is called as each row finishes (the run's results are rewritten then)."""
     import latency_models as lm
     from search_spaces import get_space
 
@@ -344,14 +388,63 @@ def _case_rows(case: dict[str, Any], data: Any, out: Path, noise: dict[str, floa
                     )
                 row |= json.loads(versus.read_text())
                 row |= {"route_s": route_s, "cost_ratio": row["wall_s"] / route_s,
-                        "route_supernet_s": route["supernet_s"], "route_search_s": route["search_s"]}  # fmt: skip
+                        "route_supernet_s": route["supernet_s"], "route_search_s": route["search_s"],
+                        "route_trials": case.get("trials", 200), "train": case["train"]}  # fmt: skip
                 if held is not None:
                     row |= {"heldout_p95_pct": held["p95_pct"], "heldout_n": held["n"],
                             "latency_model": held["model"],
                             "real_excess_pct": row["priced_err_pct"] - (held["p95_pct"] + ALLOWANCE_PCT)}  # fmt: skip
                 rows.append(row)
-                print(json.dumps(row))
+                print(json.dumps(row), flush=True)
+                if on_row is not None:
+                    on_row(row)
     return rows
+
+
+_LABELS = {
+    "quick": ("quick (small settings: not the issue's table)",
+              "Small run (--preset quick), not the issue's table"),
+    "medium": ("medium (one seed, both routes trained to learn: not the issue's 3-seed table)",
+               "Medium run (--preset medium: one seed), not the issue's 3-seed table"),
+    "full": ("full", "Full run"),
+}  # fmt: skip
+
+
+def _write(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], done: bool) -> None:
+    """results.json and table.md of the rows finished so far (atomically, so a kill between two
+    rows leaves the last complete pair); `partial` says whether the run went to its end."""
+    from nas.core.files import write_json_atomic, write_text_atomic
+
+    preset = meta["preset"]
+    results = {
+        "run": _LABELS[preset][0],
+        "preset": preset,
+        "partial": not done,
+        "spaces": meta["spaces"],
+        "rows": rows,
+        "targets": _targets(rows, meta["commit"]) if rows else {"commit": meta["commit"]},
+        "accuracy_noise": meta["noise"],
+        "commit": meta["commit"],
+        "command": meta["command"],
+        "cpus": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_before": meta["load_before"],
+        "load_average_after": os.getloadavg(),
+        "seconds": time.perf_counter() - meta["started"],
+    }
+    write_json_atomic(out / "results.json", results)
+    label = _LABELS[preset][1] + ("" if done else f" (partial: {len(rows)} rows so far)")
+    load = meta["load_before"]
+    table = (
+        f"# Hardware-aware training ({label})\n\n`{meta['command']}`\n\ncommit "
+        f"{meta['commit']}; {os.cpu_count()} CPUs, OMP_NUM_THREADS="
+        f"{results['omp_num_threads']}, load {load[0]:.1f} before, {os.getloadavg()[0]:.1f} "
+        f"now (timings under shared load; the cost ratio's two sides timed side by side in "
+        f"this run); {results['seconds']:.0f} s.\n\n{_table(rows)}\nAgainst the search route "
+        f"(the derived arch with its own weights; in brackets with the search supernet's):\n\n"
+        f"{_route_table(rows)}\nTargets: {json.dumps(results['targets'], indent=1)}\n"
+    )
+    write_text_atomic(out / "table.md", table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,43 +453,33 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--quick", action="store_true", help="a small run (labelled as such)")
+    parser.add_argument("--preset", choices=PRESETS, default="full")
+    parser.add_argument("--quick", action="store_true", help="the same as --preset quick")
     parser.add_argument("--spaces", nargs="+", help="only these spaces' cases (default: all)")
     args = parser.parse_args(argv)
+    preset = "quick" if args.quick else args.preset
     args.out.mkdir(parents=True, exist_ok=True)
-    commit = git_commit(ROOT, mark_dirty=True)  # at the start: the code this run loaded
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    data = load_dataset("digits")  # `nas hwtrain`'s default, which every row trains on
-    noise = _noise()
-    rows: list[dict[str, Any]] = []
-    for case in _cases(args.quick):
-        if not args.spaces or case["space"] in args.spaces:
-            rows += _case_rows(case, data, args.out, noise)
-    results = {
-        "run": "quick (small settings: not the issue's table)" if args.quick else "full",
+    meta = {
+        "preset": preset,
         "spaces": args.spaces or "all",
-        "rows": rows,
-        "targets": _targets(rows, commit),
-        "accuracy_noise": noise,
-        "commit": commit,
-        "cpus": os.cpu_count(),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "seconds": time.perf_counter() - started,
+        "commit": git_commit(ROOT, mark_dirty=True),  # at the start: the code this run loaded
+        "command": "python benchmarks/hwtrain.py " + " ".join(argv or sys.argv[1:]),
+        "load_before": os.getloadavg(),
+        "started": time.perf_counter(),
+        "noise": _noise(),
     }
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    label = "Small run (--quick), not the issue's table" if args.quick else "Full run"
-    table = (
-        f"# Hardware-aware training ({label})\n\ncommit {commit}; {os.cpu_count()} CPUs, load "
-        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (timings under shared "
-        f"load; the cost ratio's two sides timed side by side in this run); "
-        f"{results['seconds']:.0f} s.\n\n{_table(rows)}\nAgainst the search route (the "
-        f"derived arch with its own weights; in brackets with the search supernet's):\n\n"
-        f"{_route_table(rows)}\nTargets: {json.dumps(results['targets'], indent=1)}\n"
-    )
-    (args.out / "table.md").write_text(table)
-    print(table)
+    data = load_dataset("digits")  # `nas hwtrain`'s default, which every row trains on
+    rows: list[dict[str, Any]] = []
+
+    def finished(row: dict[str, Any]) -> None:
+        rows.append(row)
+        _write(args.out, rows, meta, done=False)
+
+    for case in _cases(preset):
+        if not args.spaces or case["space"] in args.spaces:
+            _case_rows(case, data, args.out, meta["noise"], finished)
+    _write(args.out, rows, meta, done=True)
+    print((args.out / "table.md").read_text())
     return 0
 
 

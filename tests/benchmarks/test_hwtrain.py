@@ -64,6 +64,60 @@ def test_its_command_line() -> None:
     assert args.table.endswith("nb201.csv") and args.max_steps == 4
 
 
+def test_its_presets() -> None:
+    """`medium` is one seed of every case the issue names (tiny on the emulated phone with both
+    relaxations and on the real runtime, nb201 on its table device at three percentiles, the
+    fbnet short run), each trained longer than `quick`; `--quick` is `--preset quick`."""
+    bench = _bench()
+    assert bench._cases(True) == bench._cases("quick") and bench._cases(False) == bench._cases(
+        "full"
+    )
+    medium = {(c["space"], c["device"]): c for c in bench._cases("medium")}
+    assert set(medium) == {("tiny", "pixel3-emulated"), ("tiny", "ort-cpu-1t"),
+                           ("nb201", "nb201-pixel3"), ("fbnet", "pixel3-emulated")}  # fmt: skip
+    assert medium["tiny", "pixel3-emulated"]["relax"] == ["gumbel", "proxyless"]
+    assert medium["nb201", "nb201-pixel3"].get("percentiles", bench.PERCENTILES) == (25, 50, 75)
+    assert all(c["seeds"] == [0] for c in medium.values())
+
+    def steps(train: dict) -> int:
+        return int(train["epochs"] * train["max_steps"])
+
+    quick = bench._cases("quick")[0]["train"]
+    assert steps(medium["tiny", "pixel3-emulated"]["train"]) >= 10 * steps(quick)
+    with pytest.raises(ValueError, match="unknown preset"):
+        bench._cases("huge")
+
+
+def test_finished_rows_survive_a_crash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """results.json and table.md are rewritten as each row finishes: a run killed in its third
+    row keeps the first two, marked partial; a run that ends is not partial."""
+    bench = _bench()
+    monkeypatch.setattr(bench, "_cases", lambda preset: [{"space": "tiny"}])
+    monkeypatch.setattr("nas.data.load_dataset", lambda name: None)
+
+    def crash(case: dict, data: object, out: Path, noise: dict, on_row: object) -> list:
+        on_row(_row(seed=0))  # type: ignore[operator]
+        on_row(_row(seed=1, predicted_err_pct=4.0))  # type: ignore[operator]
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(bench, "_case_rows", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        bench.main(["--out", str(tmp_path), "--preset", "medium"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["partial"] and results["preset"] == "medium" and len(results["rows"]) == 2
+    assert results["targets"]["predicted_err_pct"] == 4.0
+    assert "partial: 2 rows" in (tmp_path / "table.md").read_text()
+
+    def finish(case: dict, data: object, out: Path, noise: dict, on_row: object) -> list:
+        on_row(_row())  # type: ignore[operator]
+        return []
+
+    monkeypatch.setattr(bench, "_case_rows", finish)
+    assert bench.main(["--out", str(tmp_path), "--quick"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert not results["partial"] and results["preset"] == "quick" and len(results["rows"]) == 1
+
+
 def test_targets_take_the_search_route_and_the_real_runtime() -> None:
     bench = _bench()
     rows = [
