@@ -421,6 +421,7 @@ def _write(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], done: bo
         "preset": preset,
         "partial": not done,
         "spaces": meta["spaces"],
+        "failed_cases": meta.get("failed", []),
         "rows": rows,
         "targets": _targets(rows, meta["commit"]) if rows else {"commit": meta["commit"]},
         "accuracy_noise": meta["noise"],
@@ -459,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     preset = "quick" if args.quick else args.preset
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {
+    meta: dict[str, Any] = {
         "preset": preset,
         "spaces": args.spaces or "all",
         "commit": git_commit(ROOT, mark_dirty=True),  # at the start: the code this run loaded
@@ -467,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": os.getloadavg(),
         "started": time.perf_counter(),
         "noise": _noise(),
+        "failed": [],
     }
     data = load_dataset("digits")  # `nas hwtrain`'s default, which every row trains on
     rows: list[dict[str, Any]] = []
@@ -477,8 +479,16 @@ def main(argv: list[str] | None = None) -> int:
 
     for case in _cases(preset):
         if not args.spaces or case["space"] in args.spaces:
-            _case_rows(case, data, args.out, meta["noise"], finished)
-    _write(args.out, rows, meta, done=True)
+            try:
+                _case_rows(case, data, args.out, meta["noise"], finished)
+            except Exception as e:  # the next cases still run; the failure is in the results
+                import traceback
+
+                traceback.print_exc()
+                meta["failed"].append({"space": case["space"], "device": case["device"],
+                                       "error": f"{type(e).__name__}: {e}"})  # fmt: skip
+                _write(args.out, rows, meta, done=False)
+    _write(args.out, rows, meta, done=not meta["failed"])
     print((args.out / "table.md").read_text())
     return 0
 

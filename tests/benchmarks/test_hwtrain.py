@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -92,7 +93,7 @@ def test_finished_rows_survive_a_crash(monkeypatch: pytest.MonkeyPatch, tmp_path
     """results.json and table.md are rewritten as each row finishes: a run killed in its third
     row keeps the first two, marked partial; a run that ends is not partial."""
     bench = _bench()
-    monkeypatch.setattr(bench, "_cases", lambda preset: [{"space": "tiny"}])
+    monkeypatch.setattr(bench, "_cases", lambda preset: [{"space": "tiny", "device": "a"}])
     monkeypatch.setattr("nas.data.load_dataset", lambda name: None)
 
     def crash(case: dict, data: object, out: Path, noise: dict, on_row: object) -> list:
@@ -101,7 +102,8 @@ def test_finished_rows_survive_a_crash(monkeypatch: pytest.MonkeyPatch, tmp_path
         raise RuntimeError("killed")
 
     monkeypatch.setattr(bench, "_case_rows", crash)
-    with pytest.raises(RuntimeError, match="killed"):
+    monkeypatch.setattr(bench, "_write", _killed_after(bench._write, 3))
+    with pytest.raises(KeyboardInterrupt):  # killed while the third row trains
         bench.main(["--out", str(tmp_path), "--preset", "medium"])
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["partial"] and results["preset"] == "medium" and len(results["rows"]) == 2
@@ -112,10 +114,33 @@ def test_finished_rows_survive_a_crash(monkeypatch: pytest.MonkeyPatch, tmp_path
         on_row(_row())  # type: ignore[operator]
         return []
 
+    monkeypatch.undo()
+    monkeypatch.setattr(bench, "_cases", lambda preset: [{"space": "tiny", "device": "a"}] * 2)
+    monkeypatch.setattr("nas.data.load_dataset", lambda name: None)
+    monkeypatch.setattr(bench, "_case_rows", crash)  # a case that fails: the next one runs
+    assert bench.main(["--out", str(tmp_path), "--quick"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["partial"] and len(results["rows"]) == 4
+    assert results["failed_cases"] == [{"space": "tiny", "device": "a",
+                                        "error": "RuntimeError: killed"}] * 2  # fmt: skip
+
     monkeypatch.setattr(bench, "_case_rows", finish)
     assert bench.main(["--out", str(tmp_path), "--quick"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert not results["partial"] and results["preset"] == "quick" and len(results["rows"]) == 1
+    assert not results["partial"] and results["preset"] == "quick" and len(results["rows"]) == 2
+
+
+def _killed_after(write: Any, calls: int) -> Any:
+    """`_write`, with a kill (KeyboardInterrupt) in place of its `calls`-th call."""
+    seen = [0]
+
+    def killed(*args: Any, **kw: Any) -> None:
+        seen[0] += 1
+        if seen[0] == calls:
+            raise KeyboardInterrupt
+        write(*args, **kw)
+
+    return killed
 
 
 def test_targets_take_the_search_route_and_the_real_runtime() -> None:
