@@ -28,6 +28,12 @@ def _bench() -> ModuleType:
     return module
 
 
+def _report() -> ModuleType:
+    """benchmarks/_hwtrain_report.py (targets and tables), as the benchmark imports it."""
+    _bench()
+    return sys.modules["benchmarks._hwtrain_report"]
+
+
 def _row(**kw: object) -> dict[str, object]:
     row: dict[str, object] = {
         "space": "tiny", "device": "pixel3-emulated", "kind": "emulated", "percentile": 50,
@@ -41,14 +47,14 @@ def _row(**kw: object) -> dict[str, object]:
 
 
 def test_targets_are_the_worst_case_over_rows() -> None:
-    bench = _bench()
+    report = _report()
     rows = [_row(), _row(predicted_err_pct=7.0, mc_ratio_uniform=1.3, kind="table")]
-    targets = bench._targets(rows, "abc")
+    targets = report._targets(rows, "abc")
     assert targets["predicted_err_pct"] == 7.0
     assert targets["expected_vs_mc_ratio"] == 1.3
     assert targets["accuracy_vs_front_pts"] is None and "cost_ratio" in targets["not_measured"]
     assert targets["commit"] == "abc"
-    assert bench._table(rows).count("\n") == 4
+    assert report._table(rows).count("\n") == 4
 
 
 def test_nb201_targets_are_the_tables_percentiles(nb201_csv: Path) -> None:
@@ -144,7 +150,7 @@ def _killed_after(write: Any, calls: int) -> Any:
 
 
 def test_targets_take_the_search_route_and_the_real_runtime() -> None:
-    bench = _bench()
+    report = _report()
     rows = [
         _row(vs_front_pts=-3.0, cost_ratio=0.8, verdict="not resolvable"),
         _row(vs_front_pts=None, cost_ratio=2.5, verdict="no front arch at or below this latency"),
@@ -153,13 +159,13 @@ def test_targets_take_the_search_route_and_the_real_runtime() -> None:
         _row(kind="real", priced_err_pct=9.0, vs_front_pts=-7.5, cost_ratio=0.9,
              heldout_p95_pct=0.0, real_excess_pct=4.0),
     ]  # fmt: skip
-    targets = bench._targets(rows, "abc")
+    targets = report._targets(rows, "abc")
     assert targets["accuracy_vs_front_pts"] == -7.5  # the worst row with a front arch
     assert targets["cost_ratio"] == 2.5
     assert targets["real_excess_pct"] == 4.0  # real rows only, against their own allowance
     assert targets["priced_err_pct"] == 3.3  # a measured figure is not a priced one
     assert targets["not_measured"] == {} and targets["accuracy_not_resolvable_rows"] == 1
-    table = bench._route_table(rows)
+    table = report._route_table(rows)
     assert table.count("\n") == 2 + len(rows) and "9.0 vs 5.0" in table
 
 
