@@ -40,28 +40,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
+from benchmarks._hwtrain_report import ALLOWANCE_PCT, _write
 from benchmarks._hwtrain_route import _route, _versus_front
 
 ROOT = Path(__file__).resolve().parents[1]
 PERCENTILES = (25, 50, 75)
-ALLOWANCE_PCT = 5.0  # a real runtime's figure: within the held-out p95 error plus this
 NB201_TABLE = ROOT.parent / "shared" / "benchmarks" / "nb201" / "nb201.csv"
+# --preset medium: `tiny` sits near chance for hundreds of single-path steps (uniformly drawn
+# subnets learn far slower than the largest; 4 epochs of 107 steps of 64: 22 % test accuracy;
+# 800 steps of 32: 32 %), so both routes get 800 steps of 32 on `tiny`. nb201's Gumbel step runs
+# every candidate of 90 mixed ops (~12 s a step on one core), so nb201 trains with sampled
+# paths and, like fbnet (the short run), few steps: its rows check the latency targets, its
+# accuracy stays near chance at this preset.
+MEDIUM_TINY: dict[str, Any] = {"epochs": 8, "warmup_epochs": 3, "max_steps": 100, "batch_size": 32}
+MEDIUM_NB201: dict[str, Any] = {"epochs": 3, "warmup_epochs": 1, "max_steps": 15, "batch_size": 32}
+MEDIUM_FBNET: dict[str, Any] = {"epochs": 2, "warmup_epochs": 1, "max_steps": 5, "batch_size": 32}
+MEDIUM_TRIALS = 40
 
 
-def _cases(quick: bool) -> list[dict[str, Any]]:
-    """(space, device, relaxations, seeds, training settings) of the full run or the small one;
-    `trials` is the search route's, `n` the archs whose whole-network figure sets the targets
-    (and, on a real runtime, checks the latency model held out)."""
-    if quick:
-        train: dict[str, Any] = {"epochs": 3, "warmup_epochs": 1, "max_steps": 4, "batch_size": 32}
-        return [
-            {"space": "tiny", "device": "pixel3-emulated", "relax": ["gumbel", "proxyless"],
-             "seeds": [0], "train": train, "trials": 30},
-            {"space": "nb201", "device": "nb201-pixel3", "relax": ["gumbel"], "seeds": [0],
-             "train": train, "percentiles": (50,), "trials": 30},
-            {"space": "tiny", "device": "ort-cpu-1t", "relax": ["gumbel"], "seeds": [0],
-             "train": train, "trials": 30, "n": 30, "lut_archs": 5},
-        ]  # fmt: skip
+PRESETS = ("quick", "medium", "full")
+
+
+def _cases(preset: str | bool) -> list[dict[str, Any]]:
+    """(space, device, relaxations, seeds, training settings) of a preset: `quick` (a smoke
+    run: a few steps, every arch at chance), `medium` (one seed, long enough that both routes
+    learn, about an hour on one core) or `full` (the issue's table); `trials` is the search
+    route's, `n` the archs whose whole-network figure sets the targets (and, on a real runtime,
+    checks the latency model held out). `True` / `False` are `quick` / `full`."""
+    preset = {True: "quick", False: "full"}.get(preset, preset)  # type: ignore[arg-type]
+    if preset == "quick":
+        return _quick_cases()
+    if preset == "medium":
+        return _medium_cases()
+    if preset != "full":
+        raise ValueError(f"unknown preset {preset!r}; one of {PRESETS}")
     train = {"epochs": 20, "warmup_epochs": 5, "max_steps": None, "batch_size": 64}
     return [
         {"space": "tiny", "device": d, "relax": ["gumbel", "proxyless"], "seeds": [0, 1, 2],
@@ -72,6 +84,34 @@ def _cases(quick: bool) -> list[dict[str, Any]]:
          "seeds": [0, 1, 2], "train": train},
         {"space": "fbnet", "device": "pixel3-emulated", "relax": ["proxyless"], "seeds": [0],
          "train": {**train, "epochs": 4, "warmup_epochs": 1}, "percentiles": (50,)},
+    ]  # fmt: skip
+
+
+def _quick_cases() -> list[dict[str, Any]]:
+    train: dict[str, Any] = {"epochs": 3, "warmup_epochs": 1, "max_steps": 4, "batch_size": 32}
+    return [
+        {"space": "tiny", "device": "pixel3-emulated", "relax": ["gumbel", "proxyless"],
+         "seeds": [0], "train": train, "trials": 30},
+        {"space": "nb201", "device": "nb201-pixel3", "relax": ["gumbel"], "seeds": [0],
+         "train": train, "percentiles": (50,), "trials": 30},
+        {"space": "tiny", "device": "ort-cpu-1t", "relax": ["gumbel"], "seeds": [0],
+         "train": train, "trials": 30, "n": 30, "lut_archs": 5},
+    ]  # fmt: skip
+
+
+def _medium_cases() -> list[dict[str, Any]]:
+    """One seed of every case, `tiny` trained until both routes learn (MEDIUM_TINY, both
+    routes the same epochs and steps), nb201 and fbnet short (see MEDIUM_TINY's comment)."""
+    tiny: dict[str, Any] = MEDIUM_TINY
+    return [
+        {"space": "tiny", "device": "pixel3-emulated", "relax": ["gumbel", "proxyless"],
+         "seeds": [0], "train": tiny, "trials": MEDIUM_TRIALS},
+        {"space": "tiny", "device": "ort-cpu-1t", "relax": ["gumbel"], "seeds": [0],
+         "train": tiny, "trials": MEDIUM_TRIALS, "n": 30, "lut_archs": 10},
+        {"space": "nb201", "device": "nb201-pixel3", "relax": ["proxyless"], "seeds": [0],
+         "train": MEDIUM_NB201, "trials": 20},
+        {"space": "fbnet", "device": "pixel3-emulated", "relax": ["proxyless"], "seeds": [0],
+         "train": MEDIUM_FBNET, "percentiles": (50,), "trials": 10},
     ]  # fmt: skip
 
 
@@ -235,82 +275,13 @@ def _noise() -> dict[str, float]:
             "diff_ci95_pts": float(targets["diff_ci95_pts"])}  # fmt: skip
 
 
-def _worst(rows: list[dict[str, Any]], key: str, pick: Any) -> float | None:
-    values = [r[key] for r in rows if r.get(key) is not None]
-    return float(pick(values)) if values else None
-
-
-def _targets(rows: list[dict[str, Any]], commit: str) -> dict[str, Any]:
-    priced = [r for r in rows if r["kind"] in ("emulated", "table")]
-    real = [r for r in rows if r["kind"] == "real"]
-    targets: dict[str, Any] = {
-        "predicted_err_pct": max(r["predicted_err_pct"] for r in rows),
-        "priced_err_pct": _worst(priced, "priced_err_pct", max),
-        "real_excess_pct": _worst(real, "real_excess_pct", max),
-        "expected_vs_mc_ratio": max(max(r["mc_ratio_uniform"], r["mc_ratio_final"]) for r in rows),
-        "accuracy_vs_front_pts": _worst(rows, "vs_front_pts", min),
-        "cost_ratio": _worst(rows, "cost_ratio", max),
-    }
-    why = {
-        "real_excess_pct": "no real-runtime device in this run",
-        "accuracy_vs_front_pts": "no row has a search-front arch at or below its latency",
-        "cost_ratio": "the search route did not run",
-    }
-    targets["not_measured"] = {k: v for k, v in why.items() if targets[k] is None}
-    unresolved = [r for r in rows if r.get("verdict") == "not resolvable"]
-    targets["accuracy_not_resolvable_rows"] = len(unresolved)
-    targets["commit"] = commit
-    return targets
-
-
-def _cell(v: Any, fmt: str = ".4g") -> str:
-    return "" if v is None else format(v, fmt)
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| space | device | pct | target ms | relax | seed | predicted ms (err %) | "
-        "device ms (err %) | argmax err % | MC ratio u / f | test acc | s |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-    )
-    lines = [
-        f"| {r['space']} | {r['device']} | {r['percentile']} | {r['target_ms']:.4g} | "
-        f"{r['relaxation']} | {r['seed']} | {r['predicted_ms']:.4g} ({r['predicted_err_pct']:.1f}) "
-        f"| {r['priced_ms']:.4g} ({r['priced_err_pct']:.1f}) | {r['argmax_err_pct']:.1f} | "
-        f"{r['mc_ratio_uniform']:.2f} / {r['mc_ratio_final']:.2f} | {r['test_accuracy']:.3f} | "
-        f"{r['wall_s']:.0f} |"
-        for r in rows
-    ]
-    return head + "\n".join(lines) + "\n"
-
-
-def _route_table(rows: list[dict[str, Any]]) -> str:
-    """Against the search route: accuracy at equal latency, cost, and the real-runtime check."""
-    head = (
-        "| space | device | pct | relax | seed | derived test % (search weights) | front test % "
-        "at <= ms | diff pts (+- resolvable) | verdict | hwtrain s / route s (ratio) | "
-        "real: err % vs p95 + 5 % |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
-    )
-    lines = []
-    for r in rows:
-        real = ""
-        if r["kind"] == "real":
-            real = f"{r['priced_err_pct']:.1f} vs {r['heldout_p95_pct'] + ALLOWANCE_PCT:.1f}"
-        front = f"{_cell(r.get('front_test_pts'), '.1f')} at {_cell(r.get('front_device_ms'))}"
-        lines.append(
-            f"| {r['space']} | {r['device']} | {r['percentile']} | {r['relaxation']} | "
-            f"{r['seed']} | {_cell(r.get('derived_test_pts'), '.1f')} "
-            f"({_cell(r.get('derived_test_pts_search_weights'), '.1f')}) | {front} | "
-            f"{_cell(r.get('vs_front_pts'), '+.1f')} (+-{_cell(r.get('resolvable_pts'), '.1f')}) "
-            f"| {r.get('verdict', '')} | {r['wall_s']:.0f} / {_cell(r.get('route_s'), '.0f')} "
-            f"({_cell(r.get('cost_ratio'), '.2f')}) | {real} |"
-        )
-    return head + "\n".join(lines) + "\n"
-
-
-def _case_rows(case: dict[str, Any], data: Any, out: Path, noise: dict[str, float]) -> list:
+def _case_rows(
+    case: dict[str, Any], data: Any, out: Path, noise: dict[str, float],
+    on_row: Any = None,
+) -> list:  # fmt: skip
     """Every row of one (space, device): the shared latency model, the targets, per seed the
-    search route, then each target's hwtrain run, its comparison with the route and its cost."""
+    search route, then each target's hwtrain run, its comparison with the route and its cost.
+    `on_row(row)` is called as each row finishes (the run's results are rewritten then)."""
     import latency_models as lm
     from search_spaces import get_space
 
@@ -344,13 +315,16 @@ def _case_rows(case: dict[str, Any], data: Any, out: Path, noise: dict[str, floa
                     )
                 row |= json.loads(versus.read_text())
                 row |= {"route_s": route_s, "cost_ratio": row["wall_s"] / route_s,
-                        "route_supernet_s": route["supernet_s"], "route_search_s": route["search_s"]}  # fmt: skip
+                        "route_supernet_s": route["supernet_s"], "route_search_s": route["search_s"],
+                        "route_trials": case.get("trials", 200), "train": case["train"]}  # fmt: skip
                 if held is not None:
                     row |= {"heldout_p95_pct": held["p95_pct"], "heldout_n": held["n"],
                             "latency_model": held["model"],
                             "real_excess_pct": row["priced_err_pct"] - (held["p95_pct"] + ALLOWANCE_PCT)}  # fmt: skip
                 rows.append(row)
-                print(json.dumps(row))
+                print(json.dumps(row), flush=True)
+                if on_row is not None:
+                    on_row(row)
     return rows
 
 
@@ -360,43 +334,42 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--quick", action="store_true", help="a small run (labelled as such)")
+    parser.add_argument("--preset", choices=PRESETS, default="full")
+    parser.add_argument("--quick", action="store_true", help="the same as --preset quick")
     parser.add_argument("--spaces", nargs="+", help="only these spaces' cases (default: all)")
     args = parser.parse_args(argv)
+    preset = "quick" if args.quick else args.preset
     args.out.mkdir(parents=True, exist_ok=True)
-    commit = git_commit(ROOT, mark_dirty=True)  # at the start: the code this run loaded
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    data = load_dataset("digits")  # `nas hwtrain`'s default, which every row trains on
-    noise = _noise()
-    rows: list[dict[str, Any]] = []
-    for case in _cases(args.quick):
-        if not args.spaces or case["space"] in args.spaces:
-            rows += _case_rows(case, data, args.out, noise)
-    results = {
-        "run": "quick (small settings: not the issue's table)" if args.quick else "full",
+    meta: dict[str, Any] = {
+        "preset": preset,
         "spaces": args.spaces or "all",
-        "rows": rows,
-        "targets": _targets(rows, commit),
-        "accuracy_noise": noise,
-        "commit": commit,
-        "cpus": os.cpu_count(),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "seconds": time.perf_counter() - started,
+        "commit": git_commit(ROOT, mark_dirty=True),  # at the start: the code this run loaded
+        "command": "python benchmarks/hwtrain.py " + " ".join(argv or sys.argv[1:]),
+        "load_before": os.getloadavg(),
+        "started": time.perf_counter(),
+        "noise": _noise(),
+        "failed": [],
     }
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    label = "Small run (--quick), not the issue's table" if args.quick else "Full run"
-    table = (
-        f"# Hardware-aware training ({label})\n\ncommit {commit}; {os.cpu_count()} CPUs, load "
-        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (timings under shared "
-        f"load; the cost ratio's two sides timed side by side in this run); "
-        f"{results['seconds']:.0f} s.\n\n{_table(rows)}\nAgainst the search route (the "
-        f"derived arch with its own weights; in brackets with the search supernet's):\n\n"
-        f"{_route_table(rows)}\nTargets: {json.dumps(results['targets'], indent=1)}\n"
-    )
-    (args.out / "table.md").write_text(table)
-    print(table)
+    data = load_dataset("digits")  # `nas hwtrain`'s default, which every row trains on
+    rows: list[dict[str, Any]] = []
+
+    def finished(row: dict[str, Any]) -> None:
+        rows.append(row)
+        _write(args.out, rows, meta, done=False)
+
+    for case in _cases(preset):
+        if not args.spaces or case["space"] in args.spaces:
+            try:
+                _case_rows(case, data, args.out, meta["noise"], finished)
+            except Exception as e:  # the next cases still run; the failure is in the results
+                import traceback
+
+                traceback.print_exc()
+                meta["failed"].append({"space": case["space"], "device": case["device"],
+                                       "error": f"{type(e).__name__}: {e}"})  # fmt: skip
+                _write(args.out, rows, meta, done=False)
+    _write(args.out, rows, meta, done=not meta["failed"])
+    print((args.out / "table.md").read_text())
     return 0
 
 

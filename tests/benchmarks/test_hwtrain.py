@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,12 @@ def _bench() -> ModuleType:
     return module
 
 
+def _report() -> ModuleType:
+    """benchmarks/_hwtrain_report.py (targets and tables), as the benchmark imports it."""
+    _bench()
+    return sys.modules["benchmarks._hwtrain_report"]
+
+
 def _row(**kw: object) -> dict[str, object]:
     row: dict[str, object] = {
         "space": "tiny", "device": "pixel3-emulated", "kind": "emulated", "percentile": 50,
@@ -40,14 +47,14 @@ def _row(**kw: object) -> dict[str, object]:
 
 
 def test_targets_are_the_worst_case_over_rows() -> None:
-    bench = _bench()
+    report = _report()
     rows = [_row(), _row(predicted_err_pct=7.0, mc_ratio_uniform=1.3, kind="table")]
-    targets = bench._targets(rows, "abc")
+    targets = report._targets(rows, "abc")
     assert targets["predicted_err_pct"] == 7.0
     assert targets["expected_vs_mc_ratio"] == 1.3
     assert targets["accuracy_vs_front_pts"] is None and "cost_ratio" in targets["not_measured"]
     assert targets["commit"] == "abc"
-    assert bench._table(rows).count("\n") == 4
+    assert report._table(rows).count("\n") == 4
 
 
 def test_nb201_targets_are_the_tables_percentiles(nb201_csv: Path) -> None:
@@ -64,8 +71,86 @@ def test_its_command_line() -> None:
     assert args.table.endswith("nb201.csv") and args.max_steps == 4
 
 
-def test_targets_take_the_search_route_and_the_real_runtime() -> None:
+def test_its_presets() -> None:
+    """`medium` is one seed of every case the issue names (tiny on the emulated phone with both
+    relaxations and on the real runtime, nb201 on its table device at three percentiles, the
+    fbnet short run), each trained longer than `quick`; `--quick` is `--preset quick`."""
     bench = _bench()
+    assert bench._cases(True) == bench._cases("quick") and bench._cases(False) == bench._cases(
+        "full"
+    )
+    medium = {(c["space"], c["device"]): c for c in bench._cases("medium")}
+    assert set(medium) == {("tiny", "pixel3-emulated"), ("tiny", "ort-cpu-1t"),
+                           ("nb201", "nb201-pixel3"), ("fbnet", "pixel3-emulated")}  # fmt: skip
+    assert medium["tiny", "pixel3-emulated"]["relax"] == ["gumbel", "proxyless"]
+    assert medium["nb201", "nb201-pixel3"].get("percentiles", bench.PERCENTILES) == (25, 50, 75)
+    assert all(c["seeds"] == [0] for c in medium.values())
+
+    def steps(train: dict) -> int:
+        return int(train["epochs"] * train["max_steps"])
+
+    quick = bench._cases("quick")[0]["train"]
+    assert steps(medium["tiny", "pixel3-emulated"]["train"]) >= 10 * steps(quick)
+    with pytest.raises(ValueError, match="unknown preset"):
+        bench._cases("huge")
+
+
+def test_finished_rows_survive_a_crash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """results.json and table.md are rewritten as each row finishes: a run killed in its third
+    row keeps the first two, marked partial; a run that ends is not partial."""
+    bench = _bench()
+    monkeypatch.setattr(bench, "_cases", lambda preset: [{"space": "tiny", "device": "a"}])
+    monkeypatch.setattr("nas.data.load_dataset", lambda name: None)
+
+    def crash(case: dict, data: object, out: Path, noise: dict, on_row: object) -> list:
+        on_row(_row(seed=0))  # type: ignore[operator]
+        on_row(_row(seed=1, predicted_err_pct=4.0))  # type: ignore[operator]
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(bench, "_case_rows", crash)
+    monkeypatch.setattr(bench, "_write", _killed_after(bench._write, 3))
+    with pytest.raises(KeyboardInterrupt):  # killed while the third row trains
+        bench.main(["--out", str(tmp_path), "--preset", "medium"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["partial"] and results["preset"] == "medium" and len(results["rows"]) == 2
+    assert results["targets"]["predicted_err_pct"] == 4.0
+    assert "partial: 2 rows" in (tmp_path / "table.md").read_text()
+
+    def finish(case: dict, data: object, out: Path, noise: dict, on_row: object) -> list:
+        on_row(_row())  # type: ignore[operator]
+        return []
+
+    monkeypatch.undo()
+    monkeypatch.setattr(bench, "_cases", lambda preset: [{"space": "tiny", "device": "a"}] * 2)
+    monkeypatch.setattr("nas.data.load_dataset", lambda name: None)
+    monkeypatch.setattr(bench, "_case_rows", crash)  # a case that fails: the next one runs
+    assert bench.main(["--out", str(tmp_path), "--quick"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["partial"] and len(results["rows"]) == 4
+    assert results["failed_cases"] == [{"space": "tiny", "device": "a",
+                                        "error": "RuntimeError: killed"}] * 2  # fmt: skip
+
+    monkeypatch.setattr(bench, "_case_rows", finish)
+    assert bench.main(["--out", str(tmp_path), "--quick"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert not results["partial"] and results["preset"] == "quick" and len(results["rows"]) == 2
+
+
+def _killed_after(write: Any, calls: int) -> Any:
+    """`_write`, with a kill (KeyboardInterrupt) in place of its `calls`-th call."""
+    seen = [0]
+
+    def killed(*args: Any, **kw: Any) -> None:
+        seen[0] += 1
+        if seen[0] == calls:
+            raise KeyboardInterrupt
+        write(*args, **kw)
+
+    return killed
+
+
+def test_targets_take_the_search_route_and_the_real_runtime() -> None:
+    report = _report()
     rows = [
         _row(vs_front_pts=-3.0, cost_ratio=0.8, verdict="not resolvable"),
         _row(vs_front_pts=None, cost_ratio=2.5, verdict="no front arch at or below this latency"),
@@ -74,13 +159,13 @@ def test_targets_take_the_search_route_and_the_real_runtime() -> None:
         _row(kind="real", priced_err_pct=9.0, vs_front_pts=-7.5, cost_ratio=0.9,
              heldout_p95_pct=0.0, real_excess_pct=4.0),
     ]  # fmt: skip
-    targets = bench._targets(rows, "abc")
+    targets = report._targets(rows, "abc")
     assert targets["accuracy_vs_front_pts"] == -7.5  # the worst row with a front arch
     assert targets["cost_ratio"] == 2.5
     assert targets["real_excess_pct"] == 4.0  # real rows only, against their own allowance
     assert targets["priced_err_pct"] == 3.3  # a measured figure is not a priced one
     assert targets["not_measured"] == {} and targets["accuracy_not_resolvable_rows"] == 1
-    table = bench._route_table(rows)
+    table = report._route_table(rows)
     assert table.count("\n") == 2 + len(rows) and "9.0 vs 5.0" in table
 
 
