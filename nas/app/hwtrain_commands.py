@@ -149,6 +149,7 @@ def _config(args: argparse.Namespace) -> Any:
             max_steps_per_epoch=args.max_steps,
             seed=args.seed,
             loss=LossConfig(args.loss, lam=args.lam),
+            weight_rule=args.weight_rule,
         )
     except ValueError as err:
         raise InputError(f"nas hwtrain: {err}") from None
@@ -238,6 +239,12 @@ def add_hwtrain_parser(sub: Any, positive_int: Any, positive_float: Any) -> None
     p.add_argument("--arch-lr", type=positive_float, default=0.05)
     p.add_argument("--tolerance", type=positive_float, default=0.05)
     p.add_argument("--mc", type=positive_int, default=1000, help="Monte-Carlo archs per check")
+    p.add_argument(
+        "--weight-rule",
+        default="sandwich",
+        help="sandwich (each weight step also trains the largest subnet, the path distilled "
+        "from it) or path (the sampled path alone, the rule of before; resumes old runs)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/hwtrain")
     p.set_defaults(func=hwtrain_cmd)

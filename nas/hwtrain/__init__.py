@@ -9,12 +9,13 @@ from nas.hwtrain.expected import ExpectedCost, arch_cost_fn, monte_carlo_check, 
 from nas.hwtrain.logits import SAMPLE, ArchLogits
 from nas.hwtrain.losses import LOSS_FORMS, CostTerm, LossConfig, hardware_loss
 from nas.hwtrain.relax import RELAXATIONS, DimRole, NotRelaxableError, Relaxation, probe_dims
-from nas.hwtrain.train import HWTrainConfig, HWTrainResult, train_hw
+from nas.hwtrain.train import WEIGHT_RULES, HWTrainConfig, HWTrainResult, train_hw
 
 __all__ = [
     "LOSS_FORMS",
     "RELAXATIONS",
     "SAMPLE",
+    "WEIGHT_RULES",
     "ArchLogits",
     "CostTerm",
     "DimRole",

@@ -2,7 +2,9 @@
 steps and architecture steps alternate on disjoint splits of the training data (DARTS, FBNet),
 the architecture step's loss carrying the expected cost terms; seeded, and exactly resumable
 from the checkpoint written at the end of every epoch (a kill loses at most the running epoch,
-which is redone identically). It runs through `nas.supernet`'s device-and-precision helper: the
+which is redone identically). The weight step trains the sampled path alone (`weight_rule="path"`)
+or, by default, also the space's largest subnet with the path distilled from its logits
+(`"sandwich"`, the supernet's sandwich rule with in-place distillation). It runs through `nas.supernet`'s device-and-precision helper: the
 supernet's forward passes on the device under autocast, the expected costs in fp32."""
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ from nas.core.files import CheckpointError, write_bytes_atomic, write_json_atomi
 from nas.hwtrain.logits import ArchLogits
 from nas.hwtrain.losses import CostTerm, LossConfig, hardware_loss
 from nas.hwtrain.relax import Relaxation
-from nas.supernet import Precision, fits_memory
+from nas.supernet import Precision, fits_memory, soft_cross_entropy
 
-__all__ = ["HWTrainConfig", "HWTrainResult", "train_hw"]
+__all__ = ["WEIGHT_RULES", "HWTrainConfig", "HWTrainResult", "train_hw"]
 
 CHECKPOINT = "hwtrain_checkpoint.pt"
+#: how a weight step trains: the sampled path alone, or the largest subnet too (its labels'
+#: loss) with the path learning from the largest's detached logits; their gradients summed
+WEIGHT_RULES = ("path", "sandwich")
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class HWTrainConfig:
     record_every: int = 5
     seed: int = 0
     loss: LossConfig = field(default_factory=LossConfig)
+    weight_rule: str = "sandwich"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
@@ -65,6 +71,8 @@ class HWTrainConfig:
             raise ValueError(f"arch_fraction must be in (0, 1), got {self.arch_fraction!r}")
         if not (self.tau0 > 0 and 0 < self.tau_decay <= 1):
             raise ValueError("tau0 must be > 0 and tau_decay in (0, 1]")
+        if self.weight_rule not in WEIGHT_RULES:
+            raise ValueError(f"weight_rule must be one of {WEIGHT_RULES}, got {self.weight_rule!r}")
 
     def tau(self, epoch: int) -> float:
         return self.tau0 * self.tau_decay ** max(epoch - self.warmup_epochs, 0)
@@ -97,6 +105,7 @@ class _Run:
     opt_a: torch.optim.Optimizer
     prec: Precision  # the weight step's (with fp16, each optimizer has its own loss scaler)
     prec_a: Precision  # the architecture step's
+    largest: dict[str, Any] | None  # the sandwich rule's largest subnet (None: "path")
     trajectory: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     step: int = 0
@@ -171,6 +180,7 @@ def train_hw(
         ),
         prec=prec,
         prec_a=Precision(prec.name, prec.device),
+        largest=_largest(net) if config.weight_rule == "sandwich" else None,
     )
     out = Path(out_dir) if out_dir is not None else None
     start = _resume(run, out) if out is not None else 0
@@ -186,6 +196,16 @@ def train_hw(
     if out is not None:
         write_json_atomic(out / "trajectory.json", {"rows": run.trajectory})
     return HWTrainResult(logits, net, run.trajectory, run.history, resumed_from_epoch=start)
+
+
+def _largest(net: Supernet) -> dict[str, Any]:
+    """The supernet's largest subnet, the one its own sandwich rule trains every step."""
+    try:
+        return dict(net.largest_arch())
+    except NotImplementedError as e:
+        raise ValueError(
+            f"weight_rule='sandwich' needs the space's largest subnet ({e}); use weight_rule='path'"
+        ) from e
 
 
 def _batch(run: _Run, idx: Tensor, arch: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -206,14 +226,19 @@ def _epoch(run: _Run, epoch: int) -> None:
     tau = cfg.tau(epoch)
     run.net.train()
     totals = {"ce": 0.0, "arch_loss": 0.0}
+    if run.largest is not None:
+        totals["ce_largest"] = 0.0
     for s in range(steps):
         idx = w_order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+        run.opt_w.zero_grad(set_to_none=True)
+        soft = _largest_pass(run, idx, totals) if run.largest is not None else None
         arch = run.relax.uniform(gen) if warm else run.relax.step(tau, gen)
         x, y = _batch(run, idx, arch)
-        run.opt_w.zero_grad(set_to_none=True)
         with fits_memory(run.prec.device, cfg.batch_size), run.prec.autocast():
-            ce = F.cross_entropy(run.net(x), y)
-        run.prec.backward(ce)
+            out = run.net(x).float()
+            ce = F.cross_entropy(out, y)
+            loss = ce if soft is None else soft_cross_entropy(out, soft)
+        run.prec.backward(loss)
         run.prec.step(run.opt_w)
         totals["ce"] += float(ce.detach())
         if not warm:
@@ -226,6 +251,22 @@ def _epoch(run: _Run, epoch: int) -> None:
         row.update({f"expected.{t.name}": float(t.expected()) for t in run.terms})
     run.history.append(row)
     _record(run, epoch + 1, tau)
+
+
+def _largest_pass(run: _Run, idx: Tensor, totals: dict[str, float]) -> Tensor:
+    """The sandwich rule's first pass: the largest subnet on the labels, with the relaxation's
+    hooks idle (its gates get no gradient); its gradients stay for the step's one update, its
+    detached logits teach the sampled path (in-place distillation, as `nas.supernet`'s)."""
+    assert run.largest is not None
+    run.relax.idle()
+    run.net.set_arch(run.largest)
+    x, y = _batch(run, idx, run.largest)
+    with fits_memory(run.prec.device, run.config.batch_size), run.prec.autocast():
+        out = run.net(x).float()
+        ce = F.cross_entropy(out, y)
+    run.prec.backward(ce)
+    totals["ce_largest"] += float(ce.detach())
+    return out.detach()
 
 
 def _arch_step(run: _Run, order: Tensor, s: int, tau: float, gen: torch.Generator) -> float:
@@ -287,7 +328,17 @@ def _resume(run: _Run, out: Path) -> int:
         state = torch.load(path, map_location="cpu", weights_only=True)  # any device's
     except Exception as e:  # a torn or foreign file: say which and what to do
         raise CheckpointError(path, f"cannot be read ({e})", "delete it to start over") from e
-    if state["config"] != json.dumps(run.config.to_json(), sort_keys=True):
+    saved_config = json.loads(state["config"])
+    saved_config.setdefault("weight_rule", "path")  # checkpoints of before the field: "path"
+    if saved_config.get("weight_rule") != run.config.weight_rule:
+        raise CheckpointError(
+            path,
+            f"was written with weight_rule={saved_config['weight_rule']!r}, "
+            f"not {run.config.weight_rule!r}",
+            f"pass weight_rule={saved_config['weight_rule']!r} (--weight-rule) to resume it, "
+            "or use another --out folder",
+        )
+    if json.dumps(saved_config, sort_keys=True) != json.dumps(run.config.to_json(), sort_keys=True):
         raise CheckpointError(
             path,
             "was written by a run with other settings",
