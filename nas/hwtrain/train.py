@@ -24,7 +24,7 @@ from torch import Tensor
 
 from nas.core.elastic import Supernet, resize_to
 from nas.core.files import CheckpointError, write_bytes_atomic, write_json_atomic
-from nas.hwtrain.logits import ArchLogits
+from nas.hwtrain.logits import SAMPLE, ArchLogits
 from nas.hwtrain.losses import CostTerm, LossConfig, hardware_loss
 from nas.hwtrain.relax import Relaxation
 from nas.supernet import Precision, fits_memory, soft_cross_entropy
@@ -180,7 +180,7 @@ def train_hw(
         ),
         prec=prec,
         prec_a=Precision(prec.name, prec.device),
-        largest=_largest(net) if config.weight_rule == "sandwich" else None,
+        largest=_largest(net, logits) if config.weight_rule == "sandwich" else None,
     )
     out = Path(out_dir) if out_dir is not None else None
     start = _resume(run, out) if out is not None else 0
@@ -198,14 +198,20 @@ def train_hw(
     return HWTrainResult(logits, net, run.trajectory, run.history, resumed_from_epoch=start)
 
 
-def _largest(net: Supernet) -> dict[str, Any]:
-    """The supernet's largest subnet, the one its own sandwich rule trains every step."""
+def _largest(net: Supernet, logits: ArchLogits) -> dict[str, Any]:
+    """The supernet's largest subnet (the one its own sandwich rule trains every step; a
+    mixed-op space's is the one its supernet names, e.g. nb201's all-conv3x3 cell), with the
+    dims frozen at one value held there: the largest subnet the run can derive."""
     try:
-        return dict(net.largest_arch())
+        arch = dict(net.largest_arch())
     except NotImplementedError as e:
         raise ValueError(
             f"weight_rule='sandwich' needs the space's largest subnet ({e}); use weight_rule='path'"
         ) from e
+    for k, policy in logits.frozen.items():
+        if policy != SAMPLE:
+            arch[k] = logits.choices[k].coerce(policy)
+    return arch
 
 
 def _batch(run: _Run, idx: Tensor, arch: dict[str, Any]) -> tuple[Tensor, Tensor]:
