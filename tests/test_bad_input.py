@@ -560,6 +560,8 @@ CASES: list[Case] = [
          "--latency-model", "kernels"),
     case("hwtrain-unknown-loss", f"{HW1} --loss fbnet", "--loss", "fbnet"),
     case("hwtrain-unknown-relaxation", f"{HW1} --relaxation darts", "--relaxation", "darts"),
+    case("hwtrain-unknown-weight-rule", f"{HW1} --weight-rule largest", "--weight-rule",
+         "largest"),
     case("hwtrain-two-paths-gumbel", f"{HW1} --paths 2", "--paths", "proxyless"),
     case("hwtrain-warmup-too-long", f"{HW1} --epochs 2 --warmup-epochs 2", "warmup_epochs"),
     case("hwtrain-freeze-not-an-input-dim", f"{HW1} --freeze s0.width=16", "--freeze",

@@ -40,7 +40,7 @@ def _parse_targets(
 
 
 def _check(args: argparse.Namespace) -> tuple[Any, list[HwDevice]]:
-    from nas.hwtrain import LOSS_FORMS, RELAXATIONS
+    from nas.hwtrain import LOSS_FORMS, RELAXATIONS, WEIGHT_RULES
 
     p = Problems()
     space = check_space(p, "--space", args.space)
@@ -59,6 +59,8 @@ def _check(args: argparse.Namespace) -> tuple[Any, list[HwDevice]]:
         p.add("--loss", f"{args.loss!r} is not one of {', '.join(LOSS_FORMS)}")
     if args.relaxation not in RELAXATIONS:
         p.add("--relaxation", f"{args.relaxation!r} is not one of {', '.join(RELAXATIONS)}")
+    if args.weight_rule not in WEIGHT_RULES:
+        p.add("--weight-rule", f"{args.weight_rule!r} is not one of {', '.join(WEIGHT_RULES)}")
     if args.paths not in (1, 2) or (args.paths == 2 and args.relaxation != "proxyless"):
         p.add("--paths", "1, or 2 with --relaxation proxyless (Gumbel runs every path)")
     if args.calibration_archs is not None and args.calibration_archs < 0:

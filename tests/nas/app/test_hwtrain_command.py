@@ -106,3 +106,13 @@ def test_the_command_corrects_its_latency_model_on_whole_networks(tmp_path: Path
     args.calibration_archs = 0
     plain, none = _calibrated_model(space, device, args, seed=0)
     assert none == {} and type(plain) is lm.LUTSum
+
+
+def test_weight_rule_reaches_the_training_config() -> None:
+    from nas.app.cli import build_parser
+    from nas.app.hwtrain_commands import _config
+
+    argv = ["hwtrain", "--device", "pixel3-emulated", "--target", "pixel3-emulated=0.3"]
+    assert _config(build_parser().parse_args(argv)).weight_rule == "sandwich"
+    args = build_parser().parse_args([*argv, "--weight-rule", "path"])
+    assert _config(args).weight_rule == "path"
