@@ -75,8 +75,7 @@ def train_config(cfg: Any, seed: int) -> Any:
         max_steps_per_epoch=cfg.max_steps,
         seed=seed,
         loss=LossConfig(cfg.loss, lam=cfg.lam),
-        # the stage's weights start from the run's (sandwich-trained) supernet; it keeps the
-        # rule of before until its section names one (no `weight_rule` key yet)
+        # weights from the run's (sandwich-trained) supernet: "path" until the section has a key
         weight_rule=getattr(cfg, "weight_rule", "path"),
     )
 

@@ -209,8 +209,9 @@ def _largest(net: Supernet, logits: ArchLogits) -> dict[str, Any]:
             f"weight_rule='sandwich' needs the space's largest subnet ({e}); use weight_rule='path'"
         ) from e
     for k, policy in logits.frozen.items():
-        if policy != SAMPLE:
-            arch[k] = logits.choices[k].coerce(policy)
+        value = logits.choices[k].coerce(policy) if policy != SAMPLE else None
+        if value is not None:  # (ArchLogits checked every fixed value)
+            arch[k] = value
     return arch
 
 
