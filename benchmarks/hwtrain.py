@@ -197,6 +197,7 @@ def _row(
         "target_ms": target,
         "relaxation": relax,
         "seed": seed,
+        "weight_rule": report["settings"]["weight_rule"],  # rows of before: "path"
         "rule": report["rule"],
         "derived_key": report["derived"]["key"],
         "predicted_ms": predicted,
