@@ -16,6 +16,8 @@ import contextlib
 import ipaddress
 import logging
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
@@ -76,10 +78,38 @@ class DeploymentReport:
     survivors: list[int] = field(default_factory=list)  # alive after the stop (should be none)
 
 
-def _free_port() -> int:
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections (Linux; elsewhere IANA's range)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+def _free_port(taken: set[int] | None = None) -> int:
+    """A loopback port free now, below the ephemeral range: a port the kernel hands out (bind
+    to 0) can be taken by one of the run's own outgoing connections before the server that
+    was promised it binds it, and then a SuperNode dies at start."""
+    taken = set() if taken is None else taken
+    low, _ = _ephemeral_range()
+    candidates = list(range(max(1024, low - 12000), low)) if low > 2048 else []
+    random.SystemRandom().shuffle(candidates)
+    for port in candidates[:200]:
+        if port in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    taken.add(port)
+    return port
 
 
 def _loopback(address: str) -> bool:
@@ -180,16 +210,26 @@ def _environment(home: Path) -> dict[str, str]:
     return env
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+def _wait_listening(
+    port: int, proc: subprocess.Popen[bytes], timeout_s: float, name: str, logs: Path
+) -> None:
+    """Until `proc` accepts connections on `port`; its exit or the time running out is an
+    error that names its log."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DeploymentError(f"the SuperLink exited with code {proc.returncode} at start")
+            raise DeploymentError(
+                f"the {name} exited with code {proc.returncode} at start; read "
+                f"{logs / (name.lower() + '.log')}{_log_excerpt(logs)}"
+            )
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.2)
-    raise DeploymentError(f"the SuperLink did not listen on 127.0.0.1:{port} in {timeout_s:.0f} s")
+    raise DeploymentError(
+        f"the {name} did not listen on 127.0.0.1:{port} in {timeout_s:.0f} s; read "
+        f"{logs / (name.lower() + '.log')}"
+    )
 
 
 def _prepare(spec: FederatedSpec, out: Path, work: Path, link_port: int, module: str) -> Path:
@@ -222,7 +262,8 @@ def run_deployment(
     called about five times a second with the pids recorded so far (tests list sockets)."""
     out = Path(out_dir)
     work = out / "flower"
-    link_port = _free_port()
+    ports: set[int] = set()
+    link_port = _free_port(ports)
     config = _prepare(spec, out, work, link_port, module)
     procs = _Processes(_environment(work / "home"), work / "logs")
     report = DeploymentReport()
@@ -250,10 +291,12 @@ def run_deployment(
             ],
         )
         thread.start()
-        _wait_listening(link_port, link, 120.0)
+        _wait_listening(link_port, link, 120.0, "SuperLink", procs.logs)
+        nodes = []
         for i in range(spec.num_clients):
             node_config = f"partition-id={i} num-partitions={spec.num_clients}"
-            procs.start(
+            node_port = _free_port(ports)
+            node = procs.start(
                 f"supernode-{i}",
                 [
                     "flower-supernode",
@@ -263,11 +306,14 @@ def run_deployment(
                     "--host",
                     "127.0.0.1",
                     "--port",
-                    str(_free_port()),
+                    str(node_port),
                     "--node-config",
                     node_config,
                 ],
             )
+            nodes.append((i, node_port, node))
+        for i, node_port, node in nodes:  # a node that died at start would stall round 1
+            _wait_listening(node_port, node, 120.0, f"SuperNode-{i}", procs.logs)
         run = procs.start(
             "flwr-run",
             ["flwr", "run", str(work / "app"), "edge", "--run-config", str(config), "--stream"],
@@ -319,9 +365,37 @@ def _wait_run(
             raise DeploymentError(
                 f"the run ended after round {_round(out)} of {spec.rounds} (flwr run exit code "
                 f"{run.returncode}); read {logs / 'flwr-run.log'} and the other logs in {logs}"
+                f"{_log_excerpt(logs)}"
             )
         time.sleep(0.5)
     raise DeploymentError(f"the run did not finish in {timeout_s:.0f} s (logs in {procs.logs})")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# warnings every loopback run prints, by our choice (no TLS, no node authentication)
+_CHOSEN_WARNINGS = ("insecure", "authentication is disabled")
+
+
+def _log_excerpt(logs: Path, tail: int = 30, flagged: int = 10) -> str:
+    """The end of the run's own log (the ServerApp's output, a traceback when it raised) and
+    the last warnings and errors of the SuperLink and SuperNodes, for the error message: the
+    log folder may be gone by the time someone reads it (a test's temporary folder)."""
+    parts = []
+    run_log = logs / "flwr-run.log"
+    if run_log.exists():
+        lines = _ANSI.sub("", run_log.read_text(errors="replace")).splitlines()
+        parts.append(f"--- last {tail} lines of {run_log.name} ---")
+        parts.extend(lines[-tail:])
+    for path in sorted(logs.glob("*.log")):
+        if path == run_log:
+            continue
+        lines = _ANSI.sub("", path.read_text(errors="replace")).splitlines()
+        hits = [ln for ln in lines if re.search(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b", ln)]
+        hits = [ln for ln in hits if not any(chosen in ln for chosen in _CHOSEN_WARNINGS)]
+        if hits:
+            parts.append(f"--- warnings and errors in {path.name} ---")
+            parts.extend(hits[-flagged:])
+    return "\n" + "\n".join(parts) if parts else ""
 
 
 def _round(out: Path) -> int:
