@@ -70,17 +70,27 @@ def choose_tiers(
     candidates: int = 500,
     seed: int = 0,
     rule: str = "macs",
+    min_macs_ratio: float | None = None,
 ) -> tuple[TierSpec, ...]:
     """One `TierSpec` per budget: the arch with the most MACs (`rule` "macs"), or the deepest
     with the most MACs among equals ("depth"), whose predicted latency on the tier's device
-    meets its budget (the prediction is recorded in the tier's name-free fields)."""
+    meets its budget (the prediction is recorded in the tier's name-free fields).
+
+    With `min_macs_ratio` r, tiers are also kept apart in compute: taken from the largest
+    budget down, each tier's arch has at most 1/r of the MACs of the tier above it (a small
+    budget's subnet would otherwise take nearly the MACs of the next one where the device's
+    fixed costs dominate its latency); a tier no candidate can keep apart is an error."""
     if rule not in TIER_RULES:
         raise ValueError(f"the tier rule must be one of {TIER_RULES}; got {rule!r}")
+    if min_macs_ratio is not None and not min_macs_ratio >= 1.0:
+        raise ValueError(f"min_macs_ratio must be >= 1 (or None); got {min_macs_ratio!r}")
     archs = candidate_archs(space, candidates, seed)
     macs = np.array([space.cost(a).macs for a in archs], dtype=np.float64)
     depth = np.array([arch_depth(a) if rule == "depth" else 0 for a in archs], dtype=np.int64)
-    tiers = []
-    for b in budgets:
+    chosen: dict[int, TierSpec] = {}
+    above: float | None = None  # MACs of the tier with the next larger budget
+    for index in sorted(range(len(budgets)), key=lambda j: -budgets[j].budget_ms):
+        b = budgets[index]
         latency_ms = np.asarray(b.latency.predict_many(space, archs), dtype=np.float64)
         feasible = np.flatnonzero(latency_ms <= b.budget_ms)
         if len(feasible) == 0:
@@ -89,16 +99,25 @@ def choose_tiers(
                 f"{b.latency.device} (the fastest of {len(archs)} candidates takes "
                 f"{latency_ms.min():.4g} ms); raise the budget"
             )
+        if min_macs_ratio is not None and above is not None:
+            cap = above / min_macs_ratio
+            feasible = feasible[macs[feasible] <= cap * (1 + 1e-9)]
+            if len(feasible) == 0:
+                raise ValueError(
+                    f"tier {b.name!r}: no arch under {b.budget_ms:g} ms has at most 1/"
+                    f"{min_macs_ratio:g} of the tier above's {above / 1e6:.3g} MMACs (the "
+                    f"fewest of {len(archs)} candidates: {macs.min() / 1e6:.3g} MMACs); lower "
+                    "min_macs_ratio or use fewer tiers"
+                )
         best = min(feasible, key=lambda i: (-depth[i], -macs[i], latency_ms[i], i))
-        tiers.append(
-            TierSpec(
-                b.name,
-                b.clients,
-                arch=dict(archs[best]),
-                device=b.latency.device,
-                budget_ms=b.budget_ms,
-                predicted_ms=float(latency_ms[best]),
-                mmacs=float(macs[best] / 1e6),
-            )
+        above = float(macs[best])
+        chosen[index] = TierSpec(
+            b.name,
+            b.clients,
+            arch=dict(archs[best]),
+            device=b.latency.device,
+            budget_ms=b.budget_ms,
+            predicted_ms=float(latency_ms[best]),
+            mmacs=float(macs[best] / 1e6),
         )
-    return tuple(tiers)
+    return tuple(chosen[i] for i in range(len(budgets)))
