@@ -276,6 +276,13 @@ class FederatedConfig:
     test_images: int | None = None
     #: archs priced per tier to pick its subnet
     candidates: int = 500
+    #: each tier's subnet: "macs" (the most MACs under its budget) or "depth" (the most blocks)
+    tier_rule: str = "macs"
+    #: keep each tier's subnet at most 1/R of the MACs of the tier with the next larger budget
+    min_macs_ratio: float | None = None
+    #: what a supernet client trains per local step: "sandwich" (its tier and the smallest one
+    #: nested in it), "own" (its tier only) or "nested" (one nested tier per step, FjORD)
+    tier_sampling: str = "sandwich"
     #: "scratch" (seeded weights) or "supernet" (the run's trained supernet; supernet kind only)
     init: str = "scratch"
     #: "grid" (in-process, no sockets) or "deployment" (Flower's runtime, loopback only)

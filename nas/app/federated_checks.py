@@ -13,6 +13,8 @@ _CHOICES = {
     "partition": ("iid", "dirichlet"),
     "runtime": ("grid", "deployment"),
     "init": ("scratch", "supernet"),
+    "tier_rule": ("macs", "depth"),
+    "tier_sampling": ("own", "nested", "sandwich"),
 }
 
 
@@ -39,6 +41,12 @@ def _numbers(cfg: Any) -> Iterator[tuple[str, str]]:
         yield (
             "federated.alpha",
             f"a Dirichlet partition needs alpha > 0 (0.5: strong label skew); got {cfg.alpha}",
+        )
+    ratio = cfg.min_macs_ratio
+    if ratio is not None and not (isinstance(ratio, (int, float)) and ratio >= 1):
+        yield (
+            "federated.min_macs_ratio",
+            f"expected >= 1 (2: tiers at least 2x apart in MACs) or leave it out; got {ratio}",
         )
     if cfg.dp:
         missing = {"clipping_norm", "epsilon", "delta"} - set(cfg.dp)

@@ -51,14 +51,26 @@ def parse_tier(text: str) -> tuple[str, str, float, int]:
 
 
 def pick_tiers(
-    space: Any, budgets: list[Any], candidates: int, seed: int, rule: str = "macs"
+    space: Any,
+    budgets: list[Any],
+    candidates: int,
+    seed: int,
+    rule: str = "macs",
+    min_macs_ratio: float | None = None,
 ) -> tuple[Any, ...]:
-    """Each tier's subnet (`nas.federated.choose_tiers` with `rule`), a budget no arch meets as
-    InputError naming the fastest arch's latency."""
+    """Each tier's subnet (`nas.federated.choose_tiers` with `rule` and `min_macs_ratio`), a
+    budget no arch meets as InputError naming the fastest arch's latency."""
     from nas.federated import choose_tiers
 
     try:
-        return choose_tiers(space, budgets, candidates=candidates, seed=seed, rule=rule)
+        return choose_tiers(
+            space,
+            budgets,
+            candidates=candidates,
+            seed=seed,
+            rule=rule,
+            min_macs_ratio=min_macs_ratio,
+        )
     except ValueError as err:
         raise InputError(str(err)) from None
 
@@ -76,7 +88,9 @@ def _tiers(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...]]:
         name, device, budget_ms, clients = parse_tier(text)
         predictor = latency_models.CostModelPredictor(latency_models.get_device(device))
         budgets.append(TierBudget(name, predictor, budget_ms, clients))
-    return space, pick_tiers(space, budgets, args.candidates, args.seed, args.tier_rule)
+    return space, pick_tiers(
+        space, budgets, args.candidates, args.seed, args.tier_rule, args.min_macs_ratio
+    )
 
 
 def tiers_cmd(args: argparse.Namespace) -> int:
@@ -91,7 +105,8 @@ def tiers_cmd(args: argparse.Namespace) -> int:
 def make_spec(tiers: tuple[Any, ...], kind: str, local: Any, **fields: Any) -> Any:
     """The `FederatedSpec` of a run of `kind` over `tiers` (`supernet`: each tier its subnet;
     `fedavg`: every tier the slowest tier's subnet; `width`: HeteroFL's widths 1, 1/2, 1/4, ...
-    of the fastest tier's arch); bad settings as InputError."""
+    of the fastest tier's arch, each client training its own width whatever `tier_sampling`
+    says); bad settings as InputError."""
     from dataclasses import replace
 
     from nas.federated import FederatedSpec
@@ -107,6 +122,7 @@ def make_spec(tiers: tuple[Any, ...], kind: str, local: Any, **fields: Any) -> A
     elif kind == "width":
         base_arch = max(tiers, key=lambda t: t.mmacs).arch
         tiers = tuple(replace(t, arch=None, width=0.5**i) for i, t in enumerate(tiers))
+        fields["tier_sampling"] = "own"  # the baseline is HeteroFL's: each client its width
     try:
         return FederatedSpec(
             tiers=tiers,
@@ -212,6 +228,14 @@ def add_federated_parser(sub: Any) -> None:
             choices=("macs", "depth"),
             default="macs",
             help="each tier's subnet: the most MACs under its budget, or the most blocks",
+        )
+        p.add_argument(
+            "--min-macs-ratio",
+            type=float,
+            default=None,
+            metavar="R",
+            help="keep each tier's subnet at most 1/R of the MACs of the tier with the next "
+            "larger budget (2: tiers at least 2x apart in compute)",
         )
         p.set_defaults(func=func)
         if name == "tiers":

@@ -69,6 +69,21 @@ def _init(state: Any, out: Path) -> dict[str, str]:
     return {"init": str(path.resolve()), "init_sha256": sha256_file(path)}
 
 
+def _tiers(state: Any) -> tuple[Any, ...]:
+    """Each tier's subnet by the section's rule and MACs ratio, priced by the run's models."""
+    from nas.app.federated_commands import pick_tiers
+
+    cfg = state.config.federated
+    return pick_tiers(
+        state.space,
+        _budgets(state),
+        cfg.candidates,
+        state.config.seed,
+        cfg.tier_rule,
+        cfg.min_macs_ratio,
+    )
+
+
 def _spec(state: Any, tiers: tuple[Any, ...], out: Path) -> Any:
     from nas.app.federated_commands import make_spec
     from nas.federated import LocalSettings
@@ -81,7 +96,7 @@ def _spec(state: Any, tiers: tuple[Any, ...], out: Path) -> Any:
         dataset_options=dict(run.data.args), rounds=cfg.rounds, partition=cfg.partition,
         alpha=cfg.alpha, seed=run.seed, min_clients=cfg.min_clients,
         test_images=cfg.test_images, dp=dict(cfg.dp) or None, server_lr=cfg.server_lr,
-        server_momentum=cfg.server_momentum, **init,
+        server_momentum=cfg.server_momentum, tier_sampling=cfg.tier_sampling, **init,
     )  # fmt: skip
 
 
@@ -143,12 +158,12 @@ def _plots(out: Path, history: list[dict[str, Any]], names: list[str]) -> list[s
 def stage_federated(state: Any, progress: bool) -> None:
     """Pick each tier's subnet, run (or resume) the rounds, re-check each subnet on its device,
     and write ``federated/tiers.json`` and one plot per tier."""
-    from nas.app.federated_commands import pick_tiers, run_federated
+    from nas.app.federated_commands import run_federated
 
     cfg = state.config.federated
     out = state.run_dir / FEDERATED_DIR
     out.mkdir(parents=True, exist_ok=True)
-    tiers = pick_tiers(state.space, _budgets(state), cfg.candidates, state.config.seed)
+    tiers = _tiers(state)
     spec = _spec(state, tiers, out)
     began = time.perf_counter()
     server = run_federated(spec, out, cfg.runtime)
@@ -240,6 +255,11 @@ def federated_section(state: Any) -> list[str]:
 # plain FedAvg, as the stage averaged before the server could step: older folders keep rounds
 key_added("federated.server_momentum", 0.0)
 key_added("federated.server_lr", 1.0)
+# before session 15 the stage took the most MACs under each budget, tiers unconstrained, and
+# each supernet client trained its own tier only
+key_added("federated.tier_rule", "macs")
+key_added("federated.min_macs_ratio", None)
+key_added("federated.tier_sampling", "own")
 exempt_keys(
     {
         "federated.runtime": "the in-process grid and Flower's deployment runtime run the same "

@@ -165,6 +165,9 @@ def _final_weights(out: Path) -> dict[str, Any]:
         ({"server_momentum": 1.0}, "federated.server_momentum", "in [0, 1)"),
         ({"server_lr": 0.0}, "federated.server_lr", "expected > 0"),
         ({"init": "supernet", "kind": "width"}, "federated.init", "do not fit"),
+        ({"tier_rule": "params"}, "federated.tier_rule", "macs, depth"),
+        ({"tier_sampling": "all"}, "federated.tier_sampling", "own, nested, sandwich"),
+        ({"min_macs_ratio": 0.5}, "federated.min_macs_ratio", "expected >= 1"),
     ],
 )
 def test_bad_federated_settings_are_refused_with_the_key(
@@ -189,3 +192,41 @@ def test_more_rounds_continue_the_stage_and_other_keys_redo_it() -> None:
     assert fingerprint(stage, more) == fingerprint(stage, base)
     assert fingerprint(stage, other) != fingerprint(stage, base)
     assert stage.extends == ("federated.rounds",)
+
+
+def test_the_tier_keys_reach_the_tiers_and_the_spec(tmp_path: Path) -> None:
+    from nas.app.federated_stage import _spec, _tiers
+
+    three = [
+        {"name": "fast", "device": PIXEL, "budget_ms": 0.7, "clients": 2},
+        {"name": "mid", "device": PIXEL, "budget_ms": 0.35, "clients": 2},
+        {"name": "slow", "device": PIXEL, "budget_ms": 0.23, "clients": 2},
+    ]
+    free = _tiers(_state(tmp_path, _config(tiers=three, candidates=200)))
+    kept = _tiers(_state(tmp_path, _config(tiers=three, candidates=200, min_macs_ratio=2.0)))
+    assert [t.name for t in kept] == ["fast", "mid", "slow"]
+    assert kept[0].arch == free[0].arch
+    assert kept[0].mmacs >= 2 * kept[1].mmacs and kept[1].mmacs >= 2 * kept[2].mmacs
+    assert free[1].mmacs < 2 * free[2].mmacs  # without the cap these budgets sit closer
+    deep = _tiers(_state(tmp_path, _config(tiers=three, candidates=200, tier_rule="depth")))
+    assert deep != free
+    state = _state(tmp_path, _config())
+    assert _spec(state, _tiers(state), tmp_path).tier_sampling == "sandwich"
+    own = _state(tmp_path, _config(tier_sampling="own"))
+    assert _spec(own, _tiers(own), tmp_path).tier_sampling == "own"
+    width = _state(tmp_path, _config(kind="width"))
+    assert _spec(width, _tiers(width), tmp_path).tier_sampling == "own"  # HeteroFL's
+
+
+def test_folders_made_before_the_tier_keys_keep_their_rounds_with_own_sampling() -> None:
+    from nas.app.stages import STAGES, fingerprint
+
+    stage = STAGES["federated"]
+    before = _config().to_dict()
+    for key in ("tier_rule", "min_macs_ratio", "tier_sampling"):
+        del before["federated"][key]
+    assert fingerprint(stage, _config(tier_sampling="own").to_dict()) == fingerprint(stage, before)
+    assert fingerprint(stage, _config().to_dict()) != fingerprint(stage, before)  # sandwich
+    assert fingerprint(stage, _config(min_macs_ratio=2.0).to_dict()) != fingerprint(
+        stage, _config().to_dict()
+    )
