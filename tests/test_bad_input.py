@@ -579,6 +579,9 @@ CASES: list[Case] = [
                "hwtrain.targets"),
     run_config("hwtrain-unknown-relaxation", {"hwtrain": {"enabled": True, "relaxation": "darts",
         "targets": {"latency_ms@pixel3-emulated": 0.3}}}, "hwtrain.relaxation", "darts"),
+    run_config("hwtrain-unknown-weight-rule", {"hwtrain": {"enabled": True, "weight_rule":
+        "largest", "targets": {"latency_ms@pixel3-emulated": 0.3}}}, "hwtrain.weight_rule",
+        "sandwich"),
     run_config("hwtrain-kernel-table-cannot-price-layers", {
         "devices": [*BASE["devices"], {"name": "ort-cpu-1t", "latency_model": "kernels"}],
         "hwtrain": {"enabled": True, "targets": {"latency_ms@ort-cpu-1t": 0.3}}},

@@ -428,6 +428,7 @@ register_stage(
     )
 )
 key_added("search.enabled", True)  # run folders from before the switch keep their search
+key_added("hwtrain.weight_rule", "path")  # the stage's rule before the key (and its default)
 register_stage(
     Stage(
         "winners",

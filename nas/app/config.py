@@ -219,6 +219,10 @@ class HwtrainConfig:
     #: "gumbel" (FBNet) or "proxyless" (sampled paths; paths 1 or 2)
     relaxation: str = "gumbel"
     paths: int = 1
+    #: a weight step trains "path" (the drawn path alone: the weights start from the run's
+    #: sandwich-trained supernet) or "sandwich" (the largest subnet too, the path distilled
+    #: from it: what `nas hwtrain` does from scratch)
+    weight_rule: str = "path"
     #: weights start from the run's supernet, so the logits may move from the first epoch
     epochs: int = 10
     warmup_epochs: int = 0

@@ -75,8 +75,7 @@ def train_config(cfg: Any, seed: int) -> Any:
         max_steps_per_epoch=cfg.max_steps,
         seed=seed,
         loss=LossConfig(cfg.loss, lam=cfg.lam),
-        # weights from the run's (sandwich-trained) supernet: "path" until the section has a key
-        weight_rule=getattr(cfg, "weight_rule", "path"),
+        weight_rule=cfg.weight_rule,
     )
 
 

@@ -253,8 +253,9 @@ def _check_hwtrain(p: Problems, config: Any, space: Any, devices: list[tuple[str
         )
     if cfg.enabled is not True:
         return
-    p.check("hwtrain", lambda: train_config(cfg, 0))
     _hwtrain_numbers(p, cfg)
+    if len(p.items) == before:  # the engine's own check, where the keys did not say it already
+        p.check("hwtrain", lambda: train_config(cfg, 0))
     metrics = device_metrics(devices)
     for key, named in (("targets", cfg.targets), ("weights", cfg.weights)):
         for metric, value in (named if isinstance(named, dict) else {}).items():
@@ -271,10 +272,12 @@ def _check_hwtrain(p: Problems, config: Any, space: Any, devices: list[tuple[str
 
 
 def _hwtrain_numbers(p: Problems, cfg: Any) -> None:
-    from nas.hwtrain import RELAXATIONS
+    from nas.hwtrain import RELAXATIONS, WEIGHT_RULES
 
     if isinstance(cfg.relaxation, str) and cfg.relaxation not in RELAXATIONS:
         p.add("hwtrain.relaxation", choices_text(cfg.relaxation, RELAXATIONS))
+    if not isinstance(cfg.weight_rule, str) or cfg.weight_rule not in WEIGHT_RULES:
+        p.add("hwtrain.weight_rule", choices_text(str(cfg.weight_rule), WEIGHT_RULES))
     if cfg.paths not in (1, 2) or (cfg.paths == 2 and cfg.relaxation != "proxyless"):
         p.add("hwtrain.paths", "1, or 2 with relaxation proxyless (Gumbel runs every path)")
     margin = cfg.margin

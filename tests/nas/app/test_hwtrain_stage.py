@@ -195,6 +195,8 @@ def test_the_config_checks_its_hwtrain_section_before_any_work() -> None:
         "hwtrain.relaxation"
     )
     assert _problems(hwtrain={"enabled": True, "margin": 2})[0].startswith("hwtrain.margin")
+    rule = _problems(hwtrain={"enabled": True, "weight_rule": "largest"})
+    assert rule[0].startswith("hwtrain.weight_rule") and "sandwich" in rule[0]
     assert _problems(hwtrain={"enabled": True, "epochs": 1, "warmup_epochs": 1})[0].startswith(
         "hwtrain"
     )
@@ -248,3 +250,19 @@ def test_a_run_with_hwtrain_beside_the_search_then_instead_of_it(
     assert (run_dir / "study.db").exists()  # off: what the search left stays
     report = (run_dir / "report.md").read_text()
     assert "instead of the search" in report and "Against the search" not in report
+
+
+def test_the_stage_takes_its_weight_rule_and_folders_before_the_key_keep_it() -> None:
+    from nas.app.config import HwtrainConfig
+    from nas.app.hwtrain_stage import train_config
+    from nas.app.stages import STAGES, fingerprint
+
+    assert train_config(HwtrainConfig(), 0).weight_rule == "path"
+    assert train_config(HwtrainConfig(weight_rule="sandwich"), 0).weight_rule == "sandwich"
+    stage = STAGES["hwtrain"]
+    on = {"enabled": True, "targets": {"latency_ms@pixel3-emulated": 0.3}}
+    before = demo_config(hwtrain=on).to_dict()
+    del before["hwtrain"]["weight_rule"]
+    assert fingerprint(stage, demo_config(hwtrain=on).to_dict()) == fingerprint(stage, before)
+    changed = demo_config(hwtrain={**on, "weight_rule": "sandwich"}).to_dict()
+    assert fingerprint(stage, changed) != fingerprint(stage, before)
