@@ -248,6 +248,33 @@ def _prepare(spec: FederatedSpec, out: Path, work: Path, link_port: int, module:
     return config
 
 
+def _start_nodes(procs: _Processes, count: int, link_port: int, ports: set[int]) -> None:
+    """One SuperNode per client on a port of its own, each checked listening (a node that
+    died at start would stall round 1 until the round timeout)."""
+    nodes = []
+    for i in range(count):
+        node_config = f"partition-id={i} num-partitions={count}"
+        node_port = _free_port(ports)
+        node = procs.start(
+            f"supernode-{i}",
+            [
+                "flower-supernode",
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{link_port}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(node_port),
+                "--node-config",
+                node_config,
+            ],
+        )
+        nodes.append((i, node_port, node))
+    for i, node_port, node in nodes:
+        _wait_listening(node_port, node, 120.0, f"SuperNode-{i}", procs.logs)
+
+
 def run_deployment(
     spec: FederatedSpec,
     out_dir: str | os.PathLike[str],
@@ -292,28 +319,7 @@ def run_deployment(
         )
         thread.start()
         _wait_listening(link_port, link, 120.0, "SuperLink", procs.logs)
-        nodes = []
-        for i in range(spec.num_clients):
-            node_config = f"partition-id={i} num-partitions={spec.num_clients}"
-            node_port = _free_port(ports)
-            node = procs.start(
-                f"supernode-{i}",
-                [
-                    "flower-supernode",
-                    "--insecure",
-                    "--superlink",
-                    f"127.0.0.1:{link_port}",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(node_port),
-                    "--node-config",
-                    node_config,
-                ],
-            )
-            nodes.append((i, node_port, node))
-        for i, node_port, node in nodes:  # a node that died at start would stall round 1
-            _wait_listening(node_port, node, 120.0, f"SuperNode-{i}", procs.logs)
+        _start_nodes(procs, spec.num_clients, link_port, ports)
         run = procs.start(
             "flwr-run",
             ["flwr", "run", str(work / "app"), "edge", "--run-config", str(config), "--stream"],
