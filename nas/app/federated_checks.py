@@ -71,6 +71,7 @@ def _tiers(config: Any) -> Iterator[tuple[str, str]]:
         yield "federated.tiers", f"tier names must differ; got {names}"
     devices = config.devices if isinstance(config.devices, list) else []
     known = ", ".join(f"{d.name}-{d.dtype}" for d in devices) or "none"
+    priced: list[Any] = []  # the tiers checked here, for the MACs ratio across them
     for i, t in enumerate(tiers):
         key = f"federated.tiers[{i}]"
         if isinstance(t.clients, int) and t.clients < 1:
@@ -94,6 +95,21 @@ def _tiers(config: Any) -> Iterator[tuple[str, str]]:
             choose_tiers(space, [budget], candidates=config.federated.candidates, seed=config.seed)
         except ValueError as err:
             yield f"{key}.budget_ms", str(err)
+            continue
+        priced.append(budget)
+    ratio = config.federated.min_macs_ratio
+    if isinstance(ratio, (int, float)) and ratio >= 1 and len(priced) == len(tiers) > 1:
+        space = search_spaces.get_space(config.space.name)
+        try:
+            choose_tiers(
+                space,
+                priced,
+                candidates=config.federated.candidates,
+                seed=config.seed,
+                min_macs_ratio=float(ratio),
+            )
+        except ValueError as err:
+            yield "federated.min_macs_ratio", str(err)
 
 
 def _sources(config: Any) -> Iterator[tuple[str, str]]:

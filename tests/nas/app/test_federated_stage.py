@@ -168,6 +168,7 @@ def _final_weights(out: Path) -> dict[str, Any]:
         ({"tier_rule": "params"}, "federated.tier_rule", "macs, depth"),
         ({"tier_sampling": "all"}, "federated.tier_sampling", "own, nested, sandwich"),
         ({"min_macs_ratio": 0.5}, "federated.min_macs_ratio", "expected >= 1"),
+        ({"min_macs_ratio": 50.0}, "federated.min_macs_ratio", "at most 1/50 of the tier above"),
     ],
 )
 def test_bad_federated_settings_are_refused_with_the_key(
