@@ -90,6 +90,8 @@ _LABELS = {
               "Small run (--preset quick), not the issue's table"),
     "medium": ("medium (one seed, both routes trained to learn: not the issue's 3-seed table)",
                "Medium run (--preset medium: one seed), not the issue's 3-seed table"),
+    "seeds3": ("seeds3 (medium's training settings at 3 seeds: not the issue's 20 epochs)",
+               "3 seeds at medium's training settings (--preset seeds3)"),
     "full": ("full", "Full run"),
 }  # fmt: skip
 
@@ -105,6 +107,7 @@ def _write(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], done: bo
         "preset": preset,
         "partial": not done,
         "spaces": meta["spaces"],
+        "seeds": meta.get("seeds", "all"),
         "failed_cases": meta.get("failed", []),
         "rows": rows,
         "targets": _targets(rows, meta["commit"]) if rows else {"commit": meta["commit"]},

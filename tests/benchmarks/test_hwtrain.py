@@ -95,6 +95,24 @@ def test_its_presets() -> None:
         bench._cases("huge")
 
 
+def test_seeds3_is_medium_at_three_seeds_and_splits_by_seed() -> None:
+    """`seeds3` trains as `medium` at seeds 0-2 with both relaxations on `tiny` (fbnet stays the
+    one-seed short run); `--seeds` keeps only those seeds and drops a case left with none."""
+    bench = _bench()
+    medium = {(c["space"], c["device"]): c for c in bench._cases("medium")}
+    seeds3 = {(c["space"], c["device"]): c for c in bench._cases("seeds3")}
+    assert set(seeds3) == set(medium)
+    for key, case in seeds3.items():
+        assert case["train"] == medium[key]["train"]
+        assert case["seeds"] == ([0] if key[0] == "fbnet" else [0, 1, 2])
+        if key[0] == "tiny":
+            assert case["relax"] == ["gumbel", "proxyless"]
+    split = bench._only_seeds(bench._cases("seeds3"), [2])
+    assert {c["space"] for c in split} == {"tiny", "nb201"}
+    assert all(c["seeds"] == [2] for c in split)
+    assert bench._only_seeds(bench._cases("seeds3"), None) == bench._cases("seeds3")
+
+
 def test_finished_rows_survive_a_crash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """results.json and table.md are rewritten as each row finishes: a run killed in its third
     row keeps the first two, marked partial; a run that ends is not partial."""
