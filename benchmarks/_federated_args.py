@@ -25,6 +25,13 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     """Rounds, local training, which rows and seeds, the data, local DP."""
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seeds", type=int, default=None, help="default 5 (quick: 1)")
+    p.add_argument(
+        "--only-seeds",
+        type=int,
+        nargs="+",
+        help="run only these of the seeds (one process per core, each its own seeds, into one "
+        "--out; a last call without it reads every finished run back into one table)",
+    )
     p.add_argument("--rounds", type=int, default=None, help="default 20 (quick: 3)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--local-epochs", type=int, default=1)
@@ -139,6 +146,9 @@ def _fill_defaults(p: argparse.ArgumentParser, args: argparse.Namespace) -> argp
     args.rounds = args.rounds or (3 if args.quick else 20)
     args.iid_seeds = args.seeds if args.iid_seeds is None else args.iid_seeds
     args.central_seeds = args.seeds if args.central_seeds is None else args.central_seeds
+    if args.only_seeds is not None and not set(args.only_seeds) <= set(range(args.seeds)):
+        p.error(f"--only-seeds: seeds of 0..{args.seeds - 1} (--seeds {args.seeds}); got "
+                f"{args.only_seeds}")  # fmt: skip
     for name in ("iid_methods", "dirichlet_methods"):
         chosen = [m for m in getattr(args, name).split(",") if m]
         if set(chosen) - set(METHODS[:3]):

@@ -266,6 +266,8 @@ def _run_all(tiers: Sequence[Any], args: argparse.Namespace) -> tuple[Any, Any, 
         scores[part] = {m: [] for m in METHODS}
     scores["dirichlet"].update({m: [] for m in args.dp_methods})
     for seed in range(args.seeds):  # seed-major: a stopped run leaves whole seeds
+        if args.only_seeds is not None and seed not in args.only_seeds:
+            continue
         for part, alpha in PARTITIONS:
             methods = (
                 [*args.dirichlet_methods, *args.dp_methods]

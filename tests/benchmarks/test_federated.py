@@ -125,6 +125,40 @@ def test_command_line_reads_the_dp_levels(bench: ModuleType, tmp_path: Path) -> 
     assert only.dirichlet_methods == ["supernet"] and only.resume_check is False
 
 
+def test_only_seeds_splits_a_run_by_seed(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--only-seeds` runs those seeds' federated and centralized rows and no other; a seed
+    outside `--seeds` is refused."""
+    ran: list[tuple[str, str, int]] = []
+    fake_history = [{"clients": [], "wall_s": 1.0}]
+
+    def federated(method: str, tiers: object, args: object, part: str, alpha: object, seed: int):
+        ran.append((part, method, seed))
+        return {"only": np.ones(4, dtype=bool)}, fake_history
+
+    monkeypatch.setattr(bench, "_federated", federated)
+    monkeypatch.setattr(
+        bench, "_central", lambda t, a, seed: ran.append(("central", "", seed)) or {}
+    )
+    base = [
+        "--out",
+        str(tmp_path),
+        "--seeds",
+        "4",
+        "--dp-epsilons",
+        "",
+        "--iid-methods",
+        "supernet",
+    ]
+    bench._run_all(_fake_tiers(), bench._parse([*base, "--only-seeds", "1", "3"]))
+    assert {seed for _, _, seed in ran} == {1, 3}
+    assert ("iid", "supernet", 3) in ran and ("central", "", 1) in ran
+    assert ("dirichlet", "fedavg", 1) in ran
+    with pytest.raises(SystemExit):
+        bench._parse([*base, "--only-seeds", "4"])
+
+
 def test_central_budget_is_the_samples_or_one_clients_steps(
     bench: ModuleType, tmp_path: Path
 ) -> None:
