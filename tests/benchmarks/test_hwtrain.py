@@ -57,6 +57,27 @@ def test_targets_are_the_worst_case_over_rows() -> None:
     assert report._table(rows).count("\n") == 4
 
 
+def test_seed_means_judge_the_mean_difference_with_its_t_interval() -> None:
+    """Per case over seeds: the mean paired difference and its 95 % t-interval; a tight spread
+    below -1 is "missed", a tight one above "met", a wide one "not resolvable"; a case with one
+    seed has no interval and no row."""
+    report = _report()
+    rows = [_row(seed=s, vs_front_pts=d) for s, d in enumerate((-3.0, -3.2, -2.8))]
+    rows += [_row(seed=s, percentile=25, vs_front_pts=d) for s, d in enumerate((0.5, 0.7, 0.6))]
+    rows += [_row(seed=s, percentile=75, vs_front_pts=d) for s, d in enumerate((-9.0, 8.0, 1.0))]
+    rows += [_row(relaxation="proxyless", vs_front_pts=-20.0)]
+    means = {m["percentile"]: m for m in report._seed_means(rows) if m["relaxation"] == "gumbel"}
+    assert means[50]["mean_pts"] == pytest.approx(-3.0) and means[50]["verdict"] == "missed"
+    # t(0.975, 2) = 4.303, sd 0.2: +-0.497
+    assert means[50]["ci95_pts"] == pytest.approx(4.303 * 0.2 / 3**0.5, rel=1e-3)
+    assert means[25]["verdict"] == "met" and means[75]["verdict"] == "not resolvable"
+    assert all(m["relaxation"] == "gumbel" for m in report._seed_means(rows))
+    targets = report._targets(rows, "abc")
+    assert targets["accuracy_vs_front_seed_mean_pts"] == pytest.approx(-3.0)
+    assert targets["accuracy_vs_front_pts"] == -20.0  # the contract's figure stays the worst row
+    assert "missed" in report._seed_table(report._seed_means(rows))
+
+
 def test_nb201_targets_are_the_tables_percentiles(nb201_csv: Path) -> None:
     bench = _bench()
     pcts = bench._percentiles("nb201", "nb201-pixel3")
