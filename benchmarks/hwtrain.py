@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
+from benchmarks._hwtrain_remeasure import remeasure_real_rows
 from benchmarks._hwtrain_report import ALLOWANCE_PCT, _write
 from benchmarks._hwtrain_route import _route, _versus_front
 
@@ -366,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the same as --preset quick")
     parser.add_argument("--spaces", nargs="+", help="only these spaces' cases (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds (default: all)")
+    parser.add_argument(
+        "--remeasure-real",
+        type=int,
+        default=0,
+        metavar="N",
+        help="time each real-runtime row's derived arch N more times at the end (interleaved)",
+    )
     args = parser.parse_args(argv)
     preset = "quick" if args.quick else args.preset
     args.out.mkdir(parents=True, exist_ok=True)
@@ -398,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                 meta["failed"].append({"space": case["space"], "device": case["device"],
                                        "error": f"{type(e).__name__}: {e}"})  # fmt: skip
                 _write(args.out, rows, meta, done=False)
+    if args.remeasure_real:
+        remeasure_real_rows(rows, args.out, args.remeasure_real)
     _write(args.out, rows, meta, done=not meta["failed"])
     print((args.out / "table.md").read_text())
     return 0
