@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks._hwtrain_report import ALLOWANCE_PCT
+from benchmarks._hwtrain_report import ALLOWANCE_PCT, row_name
 
 __all__ = ["remeasure_real_rows"]
 
@@ -27,8 +27,9 @@ def remeasure_real_rows(rows: list[dict[str, Any]], out: Path, repeats: int) -> 
     todo = []
     for row in real:
         cache = _folder(row, out) / "remeasured.json"
-        if cache.is_file() and len(json.loads(cache.read_text())["remeasured_ms"]) == repeats:
-            row |= json.loads(cache.read_text())
+        found = json.loads(cache.read_text()) if cache.is_file() else None
+        if found is not None and len(found["remeasured_ms"]) == repeats:
+            row |= found
         else:
             todo.append(row)
     if not todo:
@@ -61,5 +62,5 @@ def _summary(row: dict[str, Any], times: list[float]) -> dict[str, Any]:
 
 
 def _folder(row: dict[str, Any], out: Path) -> Path:
-    name = f"{row['space']}-{row['device']}-p{row['percentile']}-{row['relaxation']}-s{row['seed']}"
-    return out / name
+    keys = ("space", "device", "percentile", "relaxation", "seed")
+    return out / row_name(*(row[k] for k in keys))

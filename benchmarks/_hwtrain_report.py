@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 ALLOWANCE_PCT = 5.0  # a real runtime's figure: within the held-out p95 error plus this
+
+
+def row_name(space: str, device: str, percentile: int, relaxation: str, seed: int) -> str:
+    """The folder of one row inside the run's `--out` (its hwtrain run, front and re-timing)."""
+    return f"{space}-{device}-p{percentile}-{relaxation}-s{seed}"
 
 
 def _worst(rows: list[dict[str, Any]], key: str, pick: Any) -> float | None:
@@ -65,8 +71,7 @@ def _seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         n = len(diffs)
         if n < 2:
             continue
-        mean = sum(diffs) / n
-        sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
+        mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
         half = float(stats.t.ppf(0.975, n - 1)) * sd / n**0.5
         verdict = "not resolvable" if abs(mean) <= half else ("met" if mean >= -1 else "missed")
         out.append({"space": space, "device": device, "percentile": pct, "relaxation": relax,
@@ -158,6 +163,7 @@ def _write(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], done: bo
     from nas.core.files import write_json_atomic, write_text_atomic
 
     preset = meta["preset"]
+    means = _seed_means(rows)
     results = {
         "run": _LABELS[preset][0],
         "preset": preset,
@@ -166,7 +172,7 @@ def _write(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], done: bo
         "seeds": meta.get("seeds", "all"),
         "failed_cases": meta.get("failed", []),
         "rows": rows,
-        "over_seeds": _seed_means(rows),
+        "over_seeds": means,
         "targets": _targets(rows, meta["commit"]) if rows else {"commit": meta["commit"]},
         "accuracy_noise": meta["noise"],
         "commit": meta["commit"],
@@ -187,7 +193,7 @@ def _write(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], done: bo
         f"now (timings under shared load; the cost ratio's two sides timed side by side in "
         f"this run); {results['seconds']:.0f} s.\n\n{_table(rows)}\nAgainst the search route "
         f"(the derived arch with its own weights; in brackets with the search supernet's):\n\n"
-        f"{_route_table(rows)}\n{_seed_table(_seed_means(rows))}"
+        f"{_route_table(rows)}\n{_seed_table(means)}"
         f"Targets: {json.dumps(results['targets'], indent=1)}\n"
     )
     write_text_atomic(out / "table.md", table)

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from benchmarks._hwtrain_remeasure import remeasure_real_rows
-from benchmarks._hwtrain_report import ALLOWANCE_PCT, _write
+from benchmarks._hwtrain_report import ALLOWANCE_PCT, _write, row_name
 from benchmarks._hwtrain_route import _route, _versus_front
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,7 +335,7 @@ def _case_rows(
         route_s = route["supernet_s"] + route["search_s"]
         for pct in case.get("percentiles", PERCENTILES):
             for relax in case["relax"]:
-                name = f"{case['space']}-{case['device']}-p{pct}-{relax}-s{seed}"
+                name = row_name(case["space"], case["device"], pct, relax, seed)
                 row = _row(case, pct, pcts[pct], relax, seed, out / name, lut, shared)
                 versus = out / name / "front.json"
                 if not versus.is_file():
